@@ -1,0 +1,730 @@
+"""The definitions state machine: vhosts, users, permissions, policies, durable exchanges,
+durable queues, bindings and vhost placement, changed only by `DefinitionState.apply`.
+
+Everything that affects the replicated definitions lives in this file, and this file does
+no I/O and knows nothing of Raft, threads or asyncio (`cluster.raft` feeds it commands in
+commit order).  Two rules keep every replica identical:
+
+* `apply` is deterministic: its outcome depends only on the state and the command (no
+  clock, no randomness, no iteration over sets, no regex engine), so replaying a journal
+  rebuilds the same state on every node and every restart;
+* `apply` never raises: a malformed or refused command is *committed* like any other, and
+  an exception there would wedge pysyncobj's apply loop on that entry forever.  It returns
+  ``{"ok": False, "code": <AMQP reply code>, "text": "..."}`` instead.
+
+The state is plain data (dict, list, str, int, bool, bytes, None) so that it can be
+msgpack-encoded for snapshots.  Commands and results are plain dicts too; a stored
+definition handed out in a result or by a read helper is a copy, never the live object.
+
+Shape of the state (and of `snapshot()`)::
+
+    vhosts[name]             = {"name", "description", "tags", "default_queue_type",
+                                "owner", "epoch"}
+    users[name]              = {"name", "password_hash", "hashing", "tags"}
+    permissions[vhost][user] = {"user", "vhost", "configure", "write", "read"}
+    policies[vhost][name]    = {"vhost", "name", "pattern", "definition", "priority",
+                                "apply_to"}
+    exchanges[vhost][name]   = {"vhost", "name", "type", "durable", "auto_delete",
+                                "internal", "arguments"}
+    queues[vhost][name]      = {"vhost", "name", "durable", "auto_delete", "exclusive",
+                                "arguments"}
+    bindings[vhost][key]     = {"vhost", "source", "destination", "destination_type",
+                                "routing_key", "arguments"}   (key: see `binding_key`)
+
+``arguments`` of exchanges, queues and bindings is an opaque ``bytes`` blob (the node's
+AMQP-encoded field table); this module never decodes it and compares it byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "ACCESS_REFUSED",
+    "DEFAULT_EXCHANGES",
+    "EMPTY_ARGUMENTS",
+    "INTERNAL_ERROR",
+    "NOT_FOUND",
+    "PRECONDITION_FAILED",
+    "SNAPSHOT_FORMAT",
+    "DefinitionState",
+    "binding_key",
+]
+
+# AMQP 0-9-1 reply codes used in refusals.
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+PRECONDITION_FAILED = 406
+INTERNAL_ERROR = 541  # a malformed command: a bug in the caller, not a user error
+
+SNAPSHOT_FORMAT = 1
+
+# An empty AMQP field table as the node encodes it (32-bit length 0, the same bytes as
+# node.amqp.fields.encode_table({})): the predeclared exchanges' arguments and the default
+# when a command omits `arguments`.  Nothing here decodes it.
+EMPTY_ARGUMENTS = b"\x00\x00\x00\x00"
+
+# Created in every vhost, as RabbitMQ does (rabbit_vhost:do_add): name -> (type, internal).
+# They are durable definitions, so bindings to them live here like any other.
+DEFAULT_EXCHANGES: dict[str, tuple[str, bool]] = {
+    "": ("direct", False),
+    "amq.direct": ("direct", False),
+    "amq.fanout": ("fanout", False),
+    "amq.topic": ("topic", False),
+    "amq.headers": ("headers", False),
+    "amq.match": ("headers", False),
+    "amq.rabbitmq.trace": ("topic", True),
+}
+
+_MISSING = object()
+
+
+class _Refused(Exception):
+    """Raised inside a handler to turn into an ``{"ok": False, ...}`` result."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def _copy(value: Any) -> Any:
+    """Deep copy of plain data (msgpack round trip: C speed, and proof of plainness)."""
+    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
+
+
+def binding_key(
+    source: str, destination_type: str, destination: str, routing_key: str, arguments: bytes
+) -> str:
+    """The identity of a binding, as the key of ``bindings[vhost]``.
+
+    JSON of the five fields: unambiguous whatever bytes the names contain, and readable.
+    """
+    return json.dumps([source, destination_type, destination, routing_key, arguments.hex()])
+
+
+def _in_vhost(kind: str, name: str, vhost: str) -> str:
+    return f"{kind} '{name}' in vhost '{vhost}'"
+
+
+class _Command:
+    """Typed access to a command's fields; a missing or mistyped field is refused."""
+
+    def __init__(self, op: str, fields: dict[str, Any]) -> None:
+        self.op = op
+        self.fields = fields
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+        value = self.fields.get(name, _MISSING)
+        if value is _MISSING or (value is None and default is not _MISSING):
+            if default is _MISSING:
+                raise _Refused(
+                    INTERNAL_ERROR, f"definition command '{self.op}' lacks field '{name}'"
+                )
+            return default() if callable(default) else default
+        # bool is an int subclass: never accept True where a number is expected.
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            raise _Refused(
+                INTERNAL_ERROR,
+                f"definition command '{self.op}': field '{name}' must be "
+                f"{_kind_names(kind)}, got {type(value).__name__}",
+            )
+        return value
+
+    def str_list(self, name: str) -> list[str]:
+        value = self.get(name, list, list)
+        if not all(isinstance(item, str) for item in value):
+            raise _Refused(
+                INTERNAL_ERROR,
+                f"definition command '{self.op}': field '{name}' must be a list of str",
+            )
+        return list(value)
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_names(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in _kinds(kind))
+
+
+def _ok(**fields: Any) -> dict[str, Any]:
+    return {"ok": True, **fields}
+
+
+class DefinitionState:
+    """The replicated definitions.  See the module docstring for the shape and the rules."""
+
+    def __init__(self) -> None:
+        self.bootstrapped: bool = False
+        self.vhosts: dict[str, dict[str, Any]] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self.permissions: dict[str, dict[str, dict[str, Any]]] = {}
+        self.policies: dict[str, dict[str, dict[str, Any]]] = {}
+        self.exchanges: dict[str, dict[str, dict[str, Any]]] = {}
+        self.queues: dict[str, dict[str, dict[str, Any]]] = {}
+        self.bindings: dict[str, dict[str, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep, plain, msgpack-able copy of the whole state."""
+        return _copy(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "bootstrapped": self.bootstrapped,
+                "vhosts": self.vhosts,
+                "users": self.users,
+                "permissions": self.permissions,
+                "policies": self.policies,
+                "exchanges": self.exchanges,
+                "queues": self.queues,
+                "bindings": self.bindings,
+            }
+        )
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> DefinitionState:
+        """Rebuild a state from `snapshot()` output (which it copies, never aliases)."""
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unsupported definitions snapshot format {data.get('format')!r}")
+        data = _copy(data)
+        state = cls()
+        state.bootstrapped = bool(data["bootstrapped"])
+        state.vhosts = data["vhosts"]
+        state.users = data["users"]
+        state.permissions = data["permissions"]
+        state.policies = data["policies"]
+        state.exchanges = data["exchanges"]
+        state.queues = data["queues"]
+        state.bindings = data["bindings"]
+        return state
+
+    # ------------------------------------------------------------------ read helpers
+    # All return copies; a missing vhost/user reads as None or empty.
+
+    def vhost(self, name: str) -> dict[str, Any] | None:
+        found = self.vhosts.get(name)
+        return _copy(found) if found is not None else None
+
+    def list_vhosts(self) -> list[dict[str, Any]]:
+        return _copy(list(self.vhosts.values()))
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        found = self.users.get(name)
+        return _copy(found) if found is not None else None
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return _copy(list(self.users.values()))
+
+    def permission(self, user: str, vhost: str) -> dict[str, Any] | None:
+        found = self.permissions.get(vhost, {}).get(user)
+        return _copy(found) if found is not None else None
+
+    def list_permissions(
+        self, *, vhost: str | None = None, user: str | None = None
+    ) -> list[dict[str, Any]]:
+        return _copy(
+            [
+                perm
+                for vhost_name, perms in self.permissions.items()
+                if vhost is None or vhost_name == vhost
+                for perm in perms.values()
+                if user is None or perm["user"] == user
+            ]
+        )
+
+    def policy(self, vhost: str, name: str) -> dict[str, Any] | None:
+        found = self.policies.get(vhost, {}).get(name)
+        return _copy(found) if found is not None else None
+
+    def list_policies(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        return _copy(self._across(self.policies, vhost))
+
+    def exchange(self, vhost: str, name: str) -> dict[str, Any] | None:
+        found = self.exchanges.get(vhost, {}).get(name)
+        return _copy(found) if found is not None else None
+
+    def list_exchanges(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        return _copy(self._across(self.exchanges, vhost))
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
+        found = self.queues.get(vhost, {}).get(name)
+        return _copy(found) if found is not None else None
+
+    def list_queues(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        return _copy(self._across(self.queues, vhost))
+
+    def list_bindings(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        return _copy(self._across(self.bindings, vhost))
+
+    @staticmethod
+    def _across(
+        table: dict[str, dict[str, dict[str, Any]]], vhost: str | None
+    ) -> list[dict[str, Any]]:
+        if vhost is not None:
+            return list(table.get(vhost, {}).values())
+        return [item for per_vhost in table.values() for item in per_vhost.values()]
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, command: Any) -> dict[str, Any]:
+        """Apply one committed command; never raises (see the module docstring)."""
+        try:
+            if not isinstance(command, dict):
+                raise _Refused(
+                    INTERNAL_ERROR,
+                    f"definition command must be a map, got {type(command).__name__}",
+                )
+            op = command.get("op")
+            handler = _HANDLERS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise _Refused(INTERNAL_ERROR, f"unknown definition command {op!r}")
+            return handler(self, _Command(op, command))
+        except _Refused as refused:
+            return {"ok": False, "code": refused.code, "text": refused.text}
+        except Exception as exc:  # a bug here must not wedge the replicated log
+            return {
+                "ok": False,
+                "code": INTERNAL_ERROR,
+                "text": f"definition command failed: {type(exc).__name__}: {exc}",
+            }
+
+    # ------------------------------------------------------------------ lookups
+
+    def _need_vhost(self, name: str) -> dict[str, Any]:
+        found = self.vhosts.get(name)
+        if found is None:
+            raise _Refused(NOT_FOUND, f"no vhost '{name}'")
+        return found
+
+    def _need_user(self, name: str) -> dict[str, Any]:
+        found = self.users.get(name)
+        if found is None:
+            raise _Refused(NOT_FOUND, f"no user '{name}'")
+        return found
+
+    def _need_exchange(self, vhost: str, name: str) -> dict[str, Any]:
+        found = self.exchanges.get(vhost, {}).get(name)
+        if found is None:
+            raise _Refused(NOT_FOUND, f"no {_in_vhost('exchange', name, vhost)}")
+        return found
+
+    def _need_queue(self, vhost: str, name: str) -> dict[str, Any]:
+        found = self.queues.get(vhost, {}).get(name)
+        if found is None:
+            raise _Refused(NOT_FOUND, f"no {_in_vhost('queue', name, vhost)}")
+        return found
+
+    # ------------------------------------------------------------------ vhosts
+
+    def _create_vhost(
+        self,
+        name: str,
+        description: str = "",
+        tags: list[str] | None = None,
+        default_queue_type: str = "classic",
+        owner: str | None = None,
+    ) -> None:
+        self.vhosts[name] = {
+            "name": name,
+            "description": description,
+            "tags": list(tags or []),
+            "default_queue_type": default_queue_type,
+            "owner": owner,
+            # Counts ownership assignments; data-path fencing compares it (DESIGN §4).
+            "epoch": 0 if owner is None else 1,
+        }
+        self.permissions[name] = {}
+        self.policies[name] = {}
+        self.queues[name] = {}
+        self.bindings[name] = {}
+        self.exchanges[name] = {
+            xname: {
+                "vhost": name,
+                "name": xname,
+                "type": xtype,
+                "durable": True,
+                "auto_delete": False,
+                "internal": internal,
+                "arguments": EMPTY_ARGUMENTS,
+            }
+            for xname, (xtype, internal) in DEFAULT_EXCHANGES.items()
+        }
+
+    def _op_add_vhost(self, cmd: _Command) -> dict[str, Any]:
+        """Create a vhost, or update the metadata of an existing one (HTTP PUT semantics).
+
+        Owner and epoch of an existing vhost change only through `set_vhost_owner`.
+        """
+        name = cmd.get("name", str)
+        description = cmd.get("description", str, "")
+        tags = cmd.str_list("tags")
+        default_queue_type = cmd.get("default_queue_type", str, "classic")
+        owner = cmd.get("owner", str, None)
+        existing = self.vhosts.get(name)
+        if existing is None:
+            self._create_vhost(name, description, tags, default_queue_type, owner)
+            return _ok(created=True, vhost=_copy(self.vhosts[name]))
+        existing.update(description=description, tags=tags, default_queue_type=default_queue_type)
+        return _ok(created=False, vhost=_copy(existing))
+
+    def _op_delete_vhost(self, cmd: _Command) -> dict[str, Any]:
+        name = cmd.get("name", str)
+        self._need_vhost(name)
+        del self.vhosts[name]
+        exchanges = list(self.exchanges.pop(name, {}))
+        queues = list(self.queues.pop(name, {}))
+        self.bindings.pop(name, None)
+        self.permissions.pop(name, None)
+        self.policies.pop(name, None)
+        return _ok(deleted=True, exchanges=exchanges, queues=queues)
+
+    def _op_set_vhost_owner(self, cmd: _Command) -> dict[str, Any]:
+        """Assign the vhost to a node; every assignment bumps the epoch.
+
+        With ``expected_epoch`` this is a compare-and-set, so that two nodes racing to take
+        over a vhost after a failure cannot both win.
+        """
+        name = cmd.get("name", str)
+        owner = cmd.get("owner", str, None)
+        expected = cmd.get("expected_epoch", int, None)
+        vhost = self._need_vhost(name)
+        if expected is not None and expected != vhost["epoch"]:
+            raise _Refused(
+                PRECONDITION_FAILED,
+                f"vhost '{name}' is at epoch {vhost['epoch']}, expected {expected}",
+            )
+        vhost["owner"] = owner
+        vhost["epoch"] += 1
+        return _ok(vhost=_copy(vhost), epoch=vhost["epoch"])
+
+    # ------------------------------------------------------------------ users
+
+    def _op_bootstrap(self, cmd: _Command) -> dict[str, Any]:
+        """First-start defaults (vhost, user, full permissions); applies once ever."""
+        vhost = cmd.get("vhost", str)
+        user = cmd.get("user", str)
+        password_hash = cmd.get("password_hash", (str, bytes))
+        hashing = cmd.get("hashing", str)
+        tags = cmd.str_list("tags")
+        if self.bootstrapped:
+            return _ok(applied=False)
+        self.bootstrapped = True
+        if vhost not in self.vhosts:
+            self._create_vhost(vhost)
+        if user not in self.users:
+            self.users[user] = {
+                "name": user,
+                "password_hash": password_hash,
+                "hashing": hashing,
+                "tags": tags,
+            }
+        self.permissions[vhost][user] = {
+            "user": user,
+            "vhost": vhost,
+            "configure": ".*",
+            "write": ".*",
+            "read": ".*",
+        }
+        return _ok(applied=True)
+
+    def _op_add_user(self, cmd: _Command) -> dict[str, Any]:
+        """Create a user, or replace the password and tags of an existing one."""
+        name = cmd.get("name", str)
+        password_hash = cmd.get("password_hash", (str, bytes))
+        hashing = cmd.get("hashing", str)
+        tags = cmd.str_list("tags")
+        created = name not in self.users
+        self.users[name] = {
+            "name": name,
+            "password_hash": password_hash,
+            "hashing": hashing,
+            "tags": tags,
+        }
+        return _ok(created=created)
+
+    def _op_delete_user(self, cmd: _Command) -> dict[str, Any]:
+        name = cmd.get("name", str)
+        self._need_user(name)
+        del self.users[name]
+        for perms in self.permissions.values():
+            perms.pop(name, None)
+        return _ok(deleted=True)
+
+    def _op_change_password(self, cmd: _Command) -> dict[str, Any]:
+        name = cmd.get("name", str)
+        password_hash = cmd.get("password_hash", (str, bytes))
+        hashing = cmd.get("hashing", str)
+        user = self._need_user(name)
+        user["password_hash"] = password_hash
+        user["hashing"] = hashing
+        return _ok()
+
+    def _op_set_user_tags(self, cmd: _Command) -> dict[str, Any]:
+        name = cmd.get("name", str)
+        tags = cmd.str_list("tags")
+        self._need_user(name)["tags"] = tags
+        return _ok()
+
+    def _op_set_permissions(self, cmd: _Command) -> dict[str, Any]:
+        # The patterns are regexes, but they are checked by the node before submitting:
+        # whether a pattern compiles may differ between Python versions, and the state
+        # must not depend on which version a replica runs.
+        user = cmd.get("user", str)
+        vhost = cmd.get("vhost", str)
+        configure = cmd.get("configure", str)
+        write = cmd.get("write", str)
+        read = cmd.get("read", str)
+        self._need_user(user)
+        self._need_vhost(vhost)
+        created = user not in self.permissions[vhost]
+        self.permissions[vhost][user] = {
+            "user": user,
+            "vhost": vhost,
+            "configure": configure,
+            "write": write,
+            "read": read,
+        }
+        return _ok(created=created)
+
+    def _op_clear_permissions(self, cmd: _Command) -> dict[str, Any]:
+        user = cmd.get("user", str)
+        vhost = cmd.get("vhost", str)
+        deleted = self.permissions.get(vhost, {}).pop(user, None) is not None
+        return _ok(deleted=deleted)
+
+    # ------------------------------------------------------------------ policies
+
+    def _op_set_policy(self, cmd: _Command) -> dict[str, Any]:
+        vhost = cmd.get("vhost", str)
+        name = cmd.get("name", str)
+        pattern = cmd.get("pattern", str)
+        definition = cmd.get("definition", dict)
+        priority = cmd.get("priority", int, 0)
+        apply_to = cmd.get("apply_to", str, "all")
+        self._need_vhost(vhost)
+        created = name not in self.policies[vhost]
+        self.policies[vhost][name] = policy = {
+            "vhost": vhost,
+            "name": name,
+            "pattern": pattern,
+            "definition": _copy(definition),
+            "priority": priority,
+            "apply_to": apply_to,
+        }
+        return _ok(created=created, policy=_copy(policy))
+
+    def _op_clear_policy(self, cmd: _Command) -> dict[str, Any]:
+        vhost = cmd.get("vhost", str)
+        name = cmd.get("name", str)
+        deleted = self.policies.get(vhost, {}).pop(name, None) is not None
+        return _ok(deleted=deleted)
+
+    # ------------------------------------------------------------------ exchanges
+
+    def _op_declare_exchange(self, cmd: _Command) -> dict[str, Any]:
+        """Create if absent; an existing exchange is returned unchanged, and the node
+        compares it with what the client asked for (406 inequivalent arg)."""
+        vhost = cmd.get("vhost", str)
+        name = cmd.get("name", str)
+        xtype = cmd.get("type", str)
+        durable = cmd.get("durable", bool)
+        auto_delete = cmd.get("auto_delete", bool, False)
+        internal = cmd.get("internal", bool, False)
+        arguments = cmd.get("arguments", bytes, EMPTY_ARGUMENTS)
+        self._need_vhost(vhost)
+        existing = self.exchanges[vhost].get(name)
+        if existing is not None:
+            return _ok(created=False, exchange=_copy(existing))
+        if name == "" or name.startswith("amq."):
+            raise _Refused(
+                ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
+        self.exchanges[vhost][name] = exchange = {
+            "vhost": vhost,
+            "name": name,
+            "type": xtype,
+            "durable": durable,
+            "auto_delete": auto_delete,
+            "internal": internal,
+            "arguments": arguments,
+        }
+        return _ok(created=True, exchange=_copy(exchange))
+
+    def _op_delete_exchange(self, cmd: _Command) -> dict[str, Any]:
+        vhost = cmd.get("vhost", str)
+        name = cmd.get("name", str)
+        if_unused = cmd.get("if_unused", bool, False)
+        if name == "":
+            raise _Refused(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        if name in DEFAULT_EXCHANGES:
+            raise _Refused(
+                ACCESS_REFUSED,
+                f"deletion of system {_in_vhost('exchange', name, vhost)} not allowed",
+            )
+        if name not in self.exchanges.get(vhost, {}):
+            return _ok(deleted=False, bindings=[], auto_deleted_exchanges=[])
+        if if_unused and any(b["source"] == name for b in self.bindings[vhost].values()):
+            raise _Refused(PRECONDITION_FAILED, f"{_in_vhost('exchange', name, vhost)} in use")
+        removed: list[dict[str, Any]] = []
+        auto_deleted: list[str] = []
+        self._remove_exchange(vhost, name, removed, auto_deleted)
+        return _ok(deleted=True, bindings=removed, auto_deleted_exchanges=auto_deleted)
+
+    def _remove_exchange(
+        self, vhost: str, name: str, removed: list[dict[str, Any]], auto_deleted: list[str]
+    ) -> None:
+        del self.exchanges[vhost][name]
+        self._remove_bindings(
+            vhost,
+            lambda b: (
+                b["source"] == name
+                or (b["destination_type"] == "exchange" and b["destination"] == name)
+            ),
+            removed,
+            auto_deleted,
+        )
+
+    def _remove_bindings(
+        self,
+        vhost: str,
+        doomed: Callable[[dict[str, Any]], bool],
+        removed: list[dict[str, Any]],
+        auto_deleted: list[str],
+    ) -> None:
+        """Drop the matching bindings, then any auto-delete exchange that lost its last
+        binding as a source (RabbitMQ deletes those, cascading, in the same operation)."""
+        table = self.bindings[vhost]
+        keys = [key for key, binding in table.items() if doomed(binding)]
+        sources: list[str] = []
+        for key in keys:
+            binding = table.pop(key)
+            removed.append(binding)
+            if binding["source"] not in sources:
+                sources.append(binding["source"])
+        for source in sources:
+            exchange = self.exchanges[vhost].get(source)
+            if (
+                exchange is not None
+                and exchange["auto_delete"]
+                and not any(b["source"] == source for b in table.values())
+            ):
+                auto_deleted.append(source)
+                self._remove_exchange(vhost, source, removed, auto_deleted)
+
+    # ------------------------------------------------------------------ queues
+
+    def _op_declare_queue(self, cmd: _Command) -> dict[str, Any]:
+        vhost = cmd.get("vhost", str)
+        name = cmd.get("name", str)
+        durable = cmd.get("durable", bool)
+        auto_delete = cmd.get("auto_delete", bool, False)
+        exclusive = cmd.get("exclusive", bool, False)
+        arguments = cmd.get("arguments", bytes, EMPTY_ARGUMENTS)
+        if exclusive:
+            # DESIGN §2: exclusive queues live only on the vhost's owner, never in Raft.
+            raise _Refused(
+                INTERNAL_ERROR,
+                f"exclusive {_in_vhost('queue', name, vhost)} cannot be replicated",
+            )
+        self._need_vhost(vhost)
+        existing = self.queues[vhost].get(name)
+        if existing is not None:
+            return _ok(created=False, queue=_copy(existing))
+        self.queues[vhost][name] = queue = {
+            "vhost": vhost,
+            "name": name,
+            "durable": durable,
+            "auto_delete": auto_delete,
+            "exclusive": False,
+            "arguments": arguments,
+        }
+        return _ok(created=True, queue=_copy(queue))
+
+    def _op_delete_queue(self, cmd: _Command) -> dict[str, Any]:
+        vhost = cmd.get("vhost", str)
+        name = cmd.get("name", str)
+        if name not in self.queues.get(vhost, {}):
+            return _ok(deleted=False, bindings=[], auto_deleted_exchanges=[])
+        del self.queues[vhost][name]
+        removed: list[dict[str, Any]] = []
+        auto_deleted: list[str] = []
+        self._remove_bindings(
+            vhost,
+            lambda b: b["destination_type"] == "queue" and b["destination"] == name,
+            removed,
+            auto_deleted,
+        )
+        return _ok(deleted=True, bindings=removed, auto_deleted_exchanges=auto_deleted)
+
+    # ------------------------------------------------------------------ bindings
+
+    def _binding_fields(self, cmd: _Command) -> tuple[str, str, str, str, str, bytes]:
+        vhost = cmd.get("vhost", str)
+        source = cmd.get("source", str)
+        destination = cmd.get("destination", str)
+        destination_type = cmd.get("destination_type", str)
+        routing_key = cmd.get("routing_key", str, "")
+        arguments = cmd.get("arguments", bytes, EMPTY_ARGUMENTS)
+        if destination_type not in ("queue", "exchange"):
+            raise _Refused(
+                INTERNAL_ERROR,
+                f"definition command '{cmd.op}': destination_type must be "
+                f"'queue' or 'exchange', got {destination_type!r}",
+            )
+        if source == "" or (destination_type == "exchange" and destination == ""):
+            raise _Refused(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        return vhost, source, destination, destination_type, routing_key, arguments
+
+    def _op_bind(self, cmd: _Command) -> dict[str, Any]:
+        vhost, source, destination, dtype, routing_key, arguments = self._binding_fields(cmd)
+        self._need_vhost(vhost)
+        self._need_exchange(vhost, source)
+        if dtype == "queue":
+            self._need_queue(vhost, destination)
+        else:
+            self._need_exchange(vhost, destination)
+        key = binding_key(source, dtype, destination, routing_key, arguments)
+        existing = self.bindings[vhost].get(key)
+        if existing is not None:
+            return _ok(created=False, binding=_copy(existing))
+        self.bindings[vhost][key] = binding = {
+            "vhost": vhost,
+            "source": source,
+            "destination": destination,
+            "destination_type": dtype,
+            "routing_key": routing_key,
+            "arguments": arguments,
+        }
+        return _ok(created=True, binding=_copy(binding))
+
+    def _op_unbind(self, cmd: _Command) -> dict[str, Any]:
+        vhost, source, destination, dtype, routing_key, arguments = self._binding_fields(cmd)
+        key = binding_key(source, dtype, destination, routing_key, arguments)
+        if key not in self.bindings.get(vhost, {}):
+            return _ok(deleted=False, bindings=[], auto_deleted_exchanges=[])
+        target = self.bindings[vhost][key]
+        removed: list[dict[str, Any]] = []
+        auto_deleted: list[str] = []
+        self._remove_bindings(vhost, lambda b: b is target, removed, auto_deleted)
+        return _ok(deleted=True, bindings=removed, auto_deleted_exchanges=auto_deleted)
+
+    # ------------------------------------------------------------------ internal
+
+    def _op_barrier(self, cmd: _Command) -> dict[str, Any]:
+        """No change: committed by `cluster.raft` to learn that every earlier entry is
+        applied locally (a Raft read barrier)."""
+        return _ok()
+
+
+_HANDLERS: dict[str, Callable[[DefinitionState, _Command], dict[str, Any]]] = {
+    name[len("_op_") :]: handler
+    for name, handler in vars(DefinitionState).items()
+    if name.startswith("_op_")
+}

@@ -1,0 +1,569 @@
+"""`MetadataStore`: the definitions state machine (`cluster.definitions`) replicated by
+Raft through pysyncobj, for callers on an asyncio event loop.
+
+Every definition change, also on a single node, is a msgpack-encoded command committed
+through Raft and applied by `DefinitionState.apply` on every node in commit order.  The
+node keeps its own runtime mirror, fed by `subscribe` events; messages never pass here.
+
+Threads.  pysyncobj runs with ``autoTick=True``: its own thread polls the Raft sockets,
+writes the journal and applies committed entries.  The alternative the maintainer suggests
+for asyncio (``autoTick=False``, ``doTick(0)`` from the loop) would put journal writes,
+pickling, compaction and a socket poll on the event loop, and its latency is the tick
+cadence; a thread never blocks the loop, and with a wake-up pipe (see `_Wakeup`) a change
+commits in well under a millisecond on one node.  The price is one lock: the tick thread
+takes it around each `apply` (a few dict updates) and `snapshot()` takes it on the loop.
+Results and events cross to the loop with ``call_soon_threadsafe``, always in commit order
+and each command's event before its `submit()` resolves (read-your-writes).
+
+Journal replay.  pysyncobj keeps no record of what was applied: at start it loads the
+last full dump (if any) and re-applies the journal after it, so listeners subscribed before
+`start()` see a ``reset`` (dump) and then the replayed commands, exactly as when they were
+first committed.  That is why `apply` must be deterministic and free of side effects.
+
+Security.  pysyncobj unpickles what arrives on the Raft port, so the port must only talk
+to holders of the cluster secret (DESIGN §8).  A multi-node store refuses to start without
+one; a single node without one listens on loopback only with a random secret nobody knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+from pysyncobj.poller import POLL_EVENT_TYPE
+
+from cluster.definitions import INTERNAL_ERROR, DefinitionState
+
+__all__ = [
+    "DEFAULT_RAFT_PORT",
+    "ClusterUnavailable",
+    "DefinitionsMachine",
+    "Listener",
+    "MetadataStore",
+    "normalize_address",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RAFT_PORT = 25672
+
+# Header of our full-dump file (pysyncobj's own is a gzip'ed pickle of the whole object).
+_DUMP_MAGIC = "warrenmq-definitions-dump"
+_DUMP_VERSION = 1
+
+# Committed by start() to learn that everything before it is applied here; not an event.
+_BARRIER = msgpack.packb({"op": "barrier"}, use_bin_type=True)
+
+Listener = Callable[[dict[str, Any], dict[str, Any]], None]
+
+_FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: "too many changes waiting for Raft",
+    FAIL_REASON.MISSING_LEADER: "no leader elected",
+    FAIL_REASON.DISCARDED: "a new leader discarded the change",
+    FAIL_REASON.NOT_LEADER: "the leader changed before the change was committed",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before the change was committed",
+    FAIL_REASON.REQUEST_DENIED: "the leader denied the change",
+    # 0.3.17: the entry may or may not have been committed.
+    getattr(FAIL_REASON, "UNKNOWN_OUTCOME", 7): "outcome unknown after a leader change; "
+    "the change may have been applied",
+}
+
+
+class ClusterUnavailable(Exception):
+    """A definition change could not be committed: no leader, no quorum, or timeout.
+
+    The node turns it into 541 INTERNAL_ERROR for the client, as RabbitMQ does when its
+    metadata store has no quorum; the client may retry.
+    """
+
+
+def normalize_address(address: str) -> str:
+    """``host`` or ``host:port`` -> ``host:port`` (default port 25672)."""
+    address = address.strip()
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        return f"{address}:{DEFAULT_RAFT_PORT}"
+    if not port.isdigit():
+        raise ValueError(f"bad raft address {address!r}: expected host:port")
+    return address
+
+
+class _Replica:
+    """The definitions as seen from pysyncobj's tick thread.
+
+    Held outside the SyncObj subclass so that no lock, loop or listener ever sits in an
+    object pysyncobj might pickle.  Mutated only on the tick thread, under `lock`.
+    """
+
+    def __init__(self, emit: Listener) -> None:
+        self.lock = threading.Lock()
+        self.state = DefinitionState()
+        self._emit = emit
+        self.dump_error: BaseException | None = None
+
+    def apply_blob(self, blob: bytes) -> dict[str, Any]:
+        try:
+            command = msgpack.unpackb(blob, raw=False)
+        except Exception as exc:
+            # Only a peer holding the secret can get here; still never raise (pysyncobj
+            # would retry this entry forever).
+            command = {"op": None}
+            result = {
+                "ok": False,
+                "code": INTERNAL_ERROR,
+                "text": f"undecodable definition command: {exc}",
+            }
+        else:
+            with self.lock:
+                result = self.state.apply(command)
+        if not (isinstance(command, dict) and command.get("op") == "barrier"):
+            self._emit(command if isinstance(command, dict) else {"op": None}, result)
+        return result
+
+    # pysyncobj calls these on the tick thread, between two applies, when it compacts the
+    # log (serializer) or loads a dump at start or from the leader (deserializer).  With a
+    # custom serializer it passes only its own bookkeeping, `raft_data` =
+    # (last applied entry, the entry before it, set of cluster Nodes), where an entry is
+    # (command bytes, index, term); the object state is ours to save (data[0] is None).
+
+    def serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
+        last, prev, cluster = raft_data
+        payload = {
+            "magic": _DUMP_MAGIC,
+            "version": _DUMP_VERSION,
+            "state": self.state.snapshot(),  # tick thread: nothing mutates it meanwhile
+            "raft": {
+                "last": [bytes(last[0]), last[1], last[2]],
+                "prev": [bytes(prev[0]), prev[1], prev[2]],
+                "cluster": sorted(node.id for node in cluster),
+            },
+        }
+        data = msgpack.packb(payload, use_bin_type=True)
+        with open(filename, "wb") as f:
+            f.write(data)
+            f.flush()
+            # pysyncobj renames this over the dump and then truncates the journal.
+            os.fsync(f.fileno())
+
+    def deserialize(self, filename: str) -> tuple[Any, Any, list[TCPNode]]:
+        try:
+            with open(filename, "rb") as f:
+                payload = msgpack.unpackb(f.read(), raw=False)
+            if payload.get("magic") != _DUMP_MAGIC or payload.get("version") != _DUMP_VERSION:
+                raise ValueError(f"{filename} is not a WarrenMQ definitions dump")
+            state = DefinitionState.from_snapshot(payload["state"])
+            raft = payload["raft"]
+            # Tuples, as the journal holds them: pysyncobj compares them with its first
+            # two journal entries and, when they differ, clears the journal.
+            last = (bytes(raft["last"][0]), int(raft["last"][1]), int(raft["last"][2]))
+            prev = (bytes(raft["prev"][0]), int(raft["prev"][1]), int(raft["prev"][2]))
+            # Node objects, not strings: pysyncobj filters itself out with `!=`, which a
+            # str never satisfies against a Node.
+            cluster = [TCPNode(address) for address in raft["cluster"]]
+        except Exception as exc:
+            # pysyncobj only logs a failed load and carries on with an empty state;
+            # remember it so that start() refuses to serve stale definitions.
+            self.dump_error = exc
+            raise
+        with self.lock:
+            self.state = state
+        self._emit({"op": "reset"}, {"ok": True, "state": state.snapshot()})
+        return last, prev, cluster
+
+
+class DefinitionsMachine(SyncObj):
+    """The pysyncobj object: one replicated method, applying one definition command.
+
+    Keep it to exactly this one ``@replicated`` method: pysyncobj numbers them by sorted
+    name, so adding one renumbers the others and nodes running different code would apply
+    each other's commands wrongly.  New kinds of change are new ops of `DefinitionState`.
+    """
+
+    def __init__(
+        self, self_address: str, peers: list[str], conf: SyncObjConf, replica: _Replica
+    ) -> None:
+        # Set before SyncObj.__init__: pysyncobj takes attributes existing at that point
+        # for its own and never serializes them (and we serialize with our own code).
+        self._replica = replica
+        super().__init__(self_address, peers, conf=conf)
+
+    @replicated
+    def apply_command(self, blob: bytes) -> dict[str, Any]:
+        return self._replica.apply_blob(blob)
+
+
+class _Wakeup:
+    """A pipe in pysyncobj's poller that ends its tick's sleep.
+
+    On a cluster of one, a change appended in tick N is committed in tick N+1, and
+    nothing (no follower's reply) ends tick N's poll, so each change would wait the whole
+    autoTickPeriod (50 ms).  While a change of ours is uncommitted we poke this pipe at the
+    end of every tick.  Multi-node clusters don't need it: followers' replies wake the poll.
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self.armed = False
+
+    def arm(self, poller: Any) -> None:
+        poller.subscribe(self._r, self._drain, POLL_EVENT_TYPE.READ)
+        self.armed = True
+
+    def notify(self) -> None:
+        try:
+            os.write(self._w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # full (already notified) or closed
+
+    def _drain(self, fd: int, event: int) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class MetadataStore:
+    """The replicated definitions, used from one asyncio event loop.
+
+    Subscribe before `start()` to see the journal replay; `snapshot()` is always current
+    for what this node has applied.
+    """
+
+    def __init__(
+        self,
+        *,
+        self_address: str,
+        peers: list[str],
+        data_dir: str,
+        secret: str | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._self_address = normalize_address(self_address)
+        others: list[str] = []
+        for peer in peers:
+            address = normalize_address(peer)
+            if address != self._self_address and address not in others:
+                others.append(address)
+        if others and not secret:
+            raise ValueError("a cluster of more than one node needs a cluster secret")
+        self._peers = others
+        port = self._self_address.rpartition(":")[2]
+        if secret:
+            self._secret = secret
+            self._bind_address = f"0.0.0.0:{port}"
+        else:
+            # A cluster of one without a secret: nobody may speak to its Raft port (it
+            # unpickles what it reads), so listen on loopback with a secret nobody knows.
+            self._secret = secrets.token_urlsafe(32)
+            self._bind_address = f"127.0.0.1:{port}"
+        self._raft_dir = os.path.join(data_dir, "raft")
+        self._loop = loop
+        self._listeners: list[Listener] = []
+        self._replica = _Replica(self._emit_from_tick)
+        self._machine: DefinitionsMachine | None = None
+        self._wakeup: _Wakeup | None = None
+        self._tokens = itertools.count(1)
+        self._futures: dict[int, asyncio.Future[dict[str, Any]]] = {}  # loop thread only
+        self._uncommitted: set[int] = set()  # read by the tick thread (set ops are atomic)
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start Raft and return once a leader is known and everything committed before
+        this call is applied here (journal replayed, events delivered).
+
+        Raises ClusterUnavailable if no quorum forms within `timeout` (Raft keeps running:
+        call start() again or close()), OSError if the Raft port is taken, RuntimeError if
+        the full dump on disk cannot be read.
+        """
+        if self._closed:
+            raise RuntimeError("metadata store is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("MetadataStore.start() called from a different event loop")
+        deadline = loop.time() + timeout
+        if self._machine is None:
+            self._check_port_free()
+            os.makedirs(self._raft_dir, exist_ok=True)
+            self._wakeup = _Wakeup()
+            # Built in a worker thread: the constructor derives the secret's key (PBKDF2,
+            # 100k rounds) and reads the whole journal.
+            self._machine = await asyncio.to_thread(
+                self._create_machine, threading.current_thread()
+            )
+        machine = self._machine
+        while True:
+            if self._replica.dump_error is not None:
+                raise RuntimeError(
+                    f"cannot load the definitions dump in {self._raft_dir}: "
+                    f"{self._replica.dump_error}"
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ClusterUnavailable(
+                    f"cluster has no quorum: no Raft leader within {timeout:g} s "
+                    f"(self {self._self_address}, peers {', '.join(self._peers) or 'none'})"
+                )
+            if machine._getLeader() is not None and machine.hasQuorum:
+                try:
+                    await self._replicate(machine, _BARRIER, min(remaining, 5.0))
+                except ClusterUnavailable:
+                    pass
+                else:
+                    return
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        """Stop Raft (the journal stays on disk) and fail changes still waiting."""
+        if self._closed:
+            return
+        self._closed = True
+        machine, self._machine = self._machine, None
+        if machine is not None:
+            machine.destroy()
+            if self._wakeup is not None:
+                self._wakeup.notify()  # end the tick thread's sleep: it exits at once
+            await asyncio.to_thread(machine.destroy_synchronous)
+        if self._wakeup is not None:
+            self._wakeup.close()
+            self._wakeup = None
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(
+                    ClusterUnavailable("metadata store closed: definition change abandoned")
+                )
+
+    def _check_port_free(self) -> None:
+        # pysyncobj retries a failed bind forever in the background; say it now instead.
+        host, _, port = self._bind_address.rpartition(":")
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot listen on the Raft port {self._bind_address}: {exc}"
+            ) from exc
+        finally:
+            probe.close()
+
+    def _create_machine(self, owner: threading.Thread) -> DefinitionsMachine:
+        conf = SyncObjConf(
+            # pysyncobj's default batches entries every appendEntriesPeriod: ~100 ms per
+            # change.  Unbatched, an entry is sent (and acked) at once: ~1 ms.
+            appendEntriesUseBatch=False,
+            # Without files pysyncobj keeps the log in memory only.
+            journalFile=os.path.join(self._raft_dir, "journal"),
+            fullDumpFile=os.path.join(self._raft_dir, "dump"),
+            # Nodes join and leave a running cluster (addNodeToCluster/removeNodeFromCluster).
+            dynamicMembershipChange=True,
+            # Fernet-encrypts and authenticates every Raft message: the port unpickles.
+            password=self._secret,
+            bindAddress=self._bind_address,
+            # Snapshots are written by our serializer on the tick thread, never from a
+            # fork(): the node holds LMDB environments, which a forked child must not touch.
+            useFork=False,
+            serializer=self._replica.serialize,
+            deserializer=self._replica.deserialize,
+            # Definitions are small: a restart replays at most ~5000 short commands (well
+            # under a second) and compaction writes a few hundred KB at most every 5 min.
+            logCompactionMinEntries=5000,
+            logCompactionMinTime=300,
+            # Refuse a change at once when there is no leader instead of queueing it;
+            # start() does its own waiting.
+            commandsWaitLeader=False,
+            # Reconnect to a restarted peer after 1 s instead of 5 s.
+            connectionRetryTime=1.0,
+            # A leader cut off from the majority steps down after 5 s instead of 30 s, so
+            # status() stops calling it leader (it could never commit anyway).
+            leaderFallbackTimeout=5.0,
+            autoTick=True,
+        )
+        machine = DefinitionsMachine(self._self_address, self._peers, conf, self._replica)
+        # pysyncobj ends its tick thread when the thread that built the SyncObj ends, so
+        # that a forgotten SyncObj doesn't keep the process alive.  That thread is this
+        # short-lived worker: hand the role to the event loop's thread, as if built there.
+        if hasattr(machine, "_SyncObj__mainThread"):
+            machine._SyncObj__mainThread = owner
+        else:  # pragma: no cover - a pysyncobj that renamed it
+            logger.warning("pysyncobj internals changed: tick thread bound to a worker")
+        wakeup = self._wakeup
+        assert wakeup is not None
+
+        def on_tick() -> None:  # tick thread, right before it sleeps in poll()
+            if not wakeup.armed:
+                wakeup.arm(machine._poller)
+            if self._uncommitted and not machine.otherNodes:
+                wakeup.notify()
+
+        machine.addOnTickCallback(on_tick)
+        return machine
+
+    # ------------------------------------------------------------------ changes
+
+    async def submit(self, command: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Commit one definition change; return `DefinitionState.apply`'s result.
+
+        A refused command (``{"ok": False, ...}``) is committed too and returned as is.
+        Raises ClusterUnavailable when the change cannot be committed; after a timeout or
+        an unknown outcome it may still be applied later (an event will say so).
+        """
+        machine = self._machine
+        if machine is None or self._closed:
+            raise ClusterUnavailable("metadata store is not running: definition change refused")
+        if not isinstance(command, dict) or not isinstance(command.get("op"), str):
+            raise ValueError(f"a definition command is a dict with an 'op', got {command!r}")
+        blob = msgpack.packb(command, use_bin_type=True)
+        if machine._getLeader() is None:
+            raise ClusterUnavailable(
+                "cluster has no quorum: definition change refused (no Raft leader)"
+            )
+        if not machine.hasQuorum:
+            raise ClusterUnavailable(
+                "cluster has no quorum: definition change refused "
+                "(this node reaches less than a majority)"
+            )
+        return await self._replicate(machine, blob, timeout)
+
+    async def _replicate(
+        self, machine: DefinitionsMachine, blob: bytes, timeout: float
+    ) -> dict[str, Any]:
+        assert self._loop is not None
+        token = next(self._tokens)
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._futures[token] = future
+        self._uncommitted.add(token)
+
+        def on_commit(result: Any, error: int) -> None:
+            # Tick thread, right after the entry was applied here (so after its event was
+            # queued to the loop), or on failure.
+            self._uncommitted.discard(token)
+            self._call_soon(self._resolve, token, result, error)
+
+        try:
+            machine.apply_command(blob, callback=on_commit)
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"cluster has no quorum: definition change not committed within {timeout:g} s"
+                " (it may still be applied)"
+            ) from None
+        finally:
+            self._futures.pop(token, None)
+            self._uncommitted.discard(token)
+
+    def _resolve(self, token: int, result: Any, error: int) -> None:
+        future = self._futures.get(token)
+        if future is None or future.done():
+            return
+        if error == FAIL_REASON.SUCCESS:
+            future.set_result(result)
+        else:
+            reason = _FAIL_TEXT.get(error, f"pysyncobj failure {error}")
+            future.set_exception(
+                ClusterUnavailable(f"cluster has no quorum: definition change refused ({reason})")
+            )
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(command, result)`` on the loop thread for every committed
+        command, in commit order, from any node, replays included; after loading a full
+        dump, ``listener({"op": "reset"}, {"ok": True, "state": <snapshot>})``."""
+        self._listeners.append(listener)
+
+    def _emit_from_tick(self, command: dict[str, Any], result: dict[str, Any]) -> None:
+        self._call_soon(self._dispatch, command, result)
+
+    def _dispatch(self, command: dict[str, Any], result: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(command, result)
+            except Exception:
+                logger.exception("definitions listener failed on %r", command.get("op"))
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is left to tell
+
+    # ------------------------------------------------------------------ reading
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of the definitions as applied on this node."""
+        with self._replica.lock:
+            return self._replica.state.snapshot()
+
+    def status(self) -> dict[str, Any]:
+        """This node's view of the Raft cluster (pysyncobj's getStatus(), renamed)."""
+        machine = self._machine
+        if machine is None:
+            return {
+                "self": self._self_address,
+                "started": False,
+                "leader": None,
+                "state": "stopped",
+                "has_quorum": False,
+                "partners": {peer: "disconnected" for peer in self._peers},
+            }
+        raw: dict[str, Any] = {}
+        for _ in range(5):
+            try:
+                # Read from the loop while the tick thread mutates: a dict may change size.
+                raw = machine.getStatus()
+                break
+            except RuntimeError:
+                continue
+        leader = raw.get("leader")
+        prefix = "partner_node_status_server_"
+        return {
+            "self": self._self_address,
+            "started": True,
+            "ready": machine.isReady(),
+            "leader": str(leader) if leader is not None else None,
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(raw.get("state"), "?"),
+            "term": raw.get("raft_term"),
+            "commit_index": raw.get("commit_idx"),
+            "last_applied": raw.get("last_applied"),
+            "leader_commit_index": raw.get("leader_commit_idx"),
+            "log_len": raw.get("log_len"),
+            "has_quorum": raw.get("has_quorum"),
+            "partners": {
+                key[len(prefix) :]: "connected" if value == 2 else "disconnected"
+                for key, value in raw.items()
+                if key.startswith(prefix)
+            },
+        }
+
+    def request_compaction(self) -> None:
+        """Ask pysyncobj to write a full dump and truncate the journal at its next tick."""
+        if self._machine is not None:
+            self._machine.forceLogCompaction()

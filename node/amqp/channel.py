@@ -1,0 +1,815 @@
+"""One AMQP channel: the methods of classes channel, exchange, queue, basic, confirm and tx,
+content assembly for basic.publish, consumers, unacknowledged deliveries, publisher
+confirms and transactions.
+
+This file owns the channel state machine.  Methods arrive already decoded; a handler either
+finishes at once (the hot path: publish, ack, deliver) or returns a coroutine (definition
+changes that go through Raft), in which case later frames on this channel wait in a backlog
+so that the client sees replies in order.  Errors are raised as `AMQPError` and turned into
+channel.close / connection.close by the connection, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from node import errors
+from node.amqp import spec
+from node.amqp.fields import SyntaxError_
+from node.amqp.frames import parse_content_header
+from node.errors import AMQPError, ChannelError, ConnectionError_
+from node.exchanges.base import Destination
+from node.message import Message
+from node.queues.consumer import Consumer
+from node.queues.entry import QueueEntry
+from node.queues.queue import Queue
+
+if TYPE_CHECKING:
+    from node.amqp.connection import AMQPConnection
+
+_FRAME_HEAD = struct.Struct(">BHI")
+_DELIVER_HEAD = struct.Struct(">HH")
+_QWORD = struct.Struct(">Q")
+_FRAME_END = b"\xce"
+
+OPEN, CLOSING = "open", "closing"
+
+
+def _shortstr(s: str) -> bytes:
+    b = s.encode()
+    return bytes((len(b),)) + b
+
+
+def new_name(prefix: str) -> str:
+    return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class Channel:
+    def __init__(self, conn: "AMQPConnection", number: int) -> None:
+        self.conn = conn
+        self.number = number
+        self.broker = conn.broker
+        self.vhost = conn.vhost
+        self.user = conn.user
+        self.state = OPEN
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, tuple[Queue, QueueEntry, Consumer | None]] = {}
+        self.delivery_tag = 0
+        self.prefetch_count = 0  # for consumers started after basic.qos(global=false)
+        self.global_prefetch = 0  # basic.qos(global=true): the whole channel
+        self.confirm = False
+        self.publish_tag = 0
+        self._confirms: deque[list] = deque()  # [tag, done, ok] in publish order
+        self._confirm_flush_scheduled = False
+        self._flush_future: asyncio.Future | None = None
+        self._flush_future_entries: list[list] = []
+        self.tx: list[Callable[[], Any]] | None = None
+        self.tx_taken: list[tuple[int, tuple]] = []
+        self.last_queue = ""
+        # content assembly for basic.publish
+        self._publishing: spec.BasicPublish | None = None
+        self._header: bytes | None = None
+        self._body: list[bytes] = []
+        self._remaining = 0
+        # methods that must wait while an earlier one is still going through Raft
+        self._busy = False
+        self._backlog: deque[tuple[int, Any]] = deque()
+        self._allowed: dict[tuple[str, str], bool] = {}
+        self._head = bytes((0,)) + number.to_bytes(2, "big")  # not used for header frames
+        self._deliver_prefix = _DELIVER_HEAD.pack(60, 60)
+        self.stats_publish = 0
+        self.stats_deliver = 0
+        self.stats_ack = 0
+
+    # ------------------------------------------------------------------------------
+    # frames in
+    # ------------------------------------------------------------------------------
+    def feed(self, frame_type: int, payload: Any) -> None:
+        """A method (already decoded), content header or body for this channel."""
+        if self._busy:
+            self._backlog.append((frame_type, payload))
+            return
+        if self.state == CLOSING:
+            # after we sent channel.close, only close/close-ok count (spec 2.2.5)
+            if frame_type == spec.FRAME_METHOD and isinstance(
+                    payload, (spec.ChannelCloseOk, spec.ChannelClose)):
+                self.conn.channel_closed(self.number)
+                if isinstance(payload, spec.ChannelClose):
+                    self.conn.send_method(self.number, spec.ChannelCloseOk())
+            return
+        if frame_type == spec.FRAME_METHOD:
+            if self._publishing is not None:
+                raise ConnectionError_(
+                    errors.UNEXPECTED_FRAME,
+                    f"expected content header for class 60, got non content header frame "
+                    f"instead", payload.CLASS_ID, payload.METHOD_ID)
+            result = self.handle_method(payload)
+            if result is not None:
+                self._run_async(result, payload)
+        elif frame_type == spec.FRAME_HEADER:
+            self._on_header(payload)
+        else:
+            self._on_body(payload)
+
+    def _run_async(self, coro: Any, method: Any) -> None:
+        self._busy = True
+
+        async def run() -> None:
+            try:
+                await coro
+            except AMQPError as e:
+                if not e.class_id:
+                    e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
+                self._busy = False
+                self._backlog.clear()
+                self.conn.handle_error(e, self.number)
+                return
+            except Exception as e:  # a bug must not take the connection's other channels down
+                self.conn.log.exception("channel %d: %s failed", self.number, method.NAME)
+                self._busy = False
+                self._backlog.clear()
+                self.conn.handle_error(ChannelError(errors.INTERNAL_ERROR, str(e),
+                                                    method.CLASS_ID, method.METHOD_ID),
+                                       self.number)
+                return
+            self._busy = False
+            while self._backlog and not self._busy and self.number in self.conn.channels:
+                ftype, payload = self._backlog.popleft()
+                try:
+                    self.feed(ftype, payload)
+                except AMQPError as e:
+                    if not e.class_id and ftype == spec.FRAME_METHOD:
+                        e.class_id, e.method_id = payload.CLASS_ID, payload.METHOD_ID
+                    self._backlog.clear()
+                    self.conn.handle_error(e, self.number)
+                    return
+            self.conn.flush()
+
+        self.conn.spawn(run())
+
+    def handle_method(self, m: Any) -> Any:
+        handler = _HANDLERS.get(type(m))
+        if handler is None:
+            raise ConnectionError_(errors.COMMAND_INVALID,
+                                   f"method {m.NAME} is not valid from a client on a channel",
+                                   m.CLASS_ID, m.METHOD_ID)
+        return handler(self, m)
+
+    # ------------------------------------------------------------------------------
+    # content assembly
+    # ------------------------------------------------------------------------------
+    def _on_header(self, payload: bytes) -> None:
+        if self._publishing is None or self._header is not None:
+            raise ConnectionError_(errors.UNEXPECTED_FRAME,
+                                   "expected method frame, got non method frame instead")
+        try:
+            class_id, body_size, _ = parse_content_header(payload)
+        except (SyntaxError_, ValueError) as e:
+            raise ConnectionError_(errors.FRAME_ERROR, f"malformed content header: {e}",
+                                   60, 40) from None
+        if class_id != 60:
+            raise ConnectionError_(errors.UNEXPECTED_FRAME,
+                                   f"expected content header for class 60, got one for class "
+                                   f"{class_id} instead", 60, 40)
+        max_size = self.conn.settings.max_message_size
+        if body_size > max_size:
+            self._publishing = None
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"message size {body_size} is larger than configured max size "
+                               f"{max_size}", 60, 40)
+        self._header = bytes(payload)
+        self._remaining = body_size
+        if body_size == 0:
+            self._publish_complete(b"")
+
+    def _on_body(self, payload: bytes) -> None:
+        if self._header is None:
+            raise ConnectionError_(errors.UNEXPECTED_FRAME,
+                                   "expected method frame, got non method frame instead")
+        n = len(payload)
+        if n > self._remaining:
+            raise ConnectionError_(errors.FRAME_ERROR,
+                                   "content body frame exceeds remaining content size", 60, 40)
+        self._remaining -= n
+        if self._remaining == 0 and not self._body:
+            self._publish_complete(bytes(payload))
+        else:
+            self._body.append(bytes(payload))
+            if self._remaining == 0:
+                body = b"".join(self._body)
+                self._body = []
+                self._publish_complete(body)
+
+    # ------------------------------------------------------------------------------
+    # permissions
+    # ------------------------------------------------------------------------------
+    def check(self, perm: str, kind: str, name: str) -> None:
+        key = (perm, name if kind == "queue" else "\x00" + name)
+        ok = self._allowed.get(key)
+        if ok is None:
+            ok = self.broker.permitted(self.user, self.vhost.name, perm, name)
+            self._allowed[key] = ok
+        if not ok:
+            raise ChannelError(errors.ACCESS_REFUSED,
+                               f"access to {kind} '{name}' in vhost '{self.vhost.name}' "
+                               f"refused for user '{self.user}'")
+
+    # ------------------------------------------------------------------------------
+    # channel class
+    # ------------------------------------------------------------------------------
+    def on_channel_close(self, m: spec.ChannelClose) -> None:
+        self.teardown()
+        self.conn.send_method(self.number, spec.ChannelCloseOk())
+        self.conn.channel_closed(self.number)
+
+    def on_channel_close_ok(self, m: spec.ChannelCloseOk) -> None:
+        # only valid after we sent channel.close, handled in feed(); otherwise ignore
+        return None
+
+    def on_channel_flow(self, m: spec.ChannelFlow) -> None:
+        if not m.active:
+            raise ConnectionError_(errors.NOT_IMPLEMENTED, "active=false", 20, 20)
+        self.conn.send_method(self.number, spec.ChannelFlowOk(active=True))
+
+    def on_channel_flow_ok(self, m: spec.ChannelFlowOk) -> None:
+        return None
+
+    def on_channel_open(self, m: spec.ChannelOpen) -> None:
+        raise ChannelError(errors.CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
+
+    def server_close(self, err: AMQPError) -> None:
+        """Close this channel because of an error (the one place that sends channel.close)."""
+        self.teardown()
+        self.state = CLOSING
+        self.conn.send_method(self.number, spec.ChannelClose(
+            reply_code=err.code, reply_text=err.reply_text[:255],
+            class_id=err.class_id, method_id=err.method_id))
+
+    def teardown(self) -> None:
+        """Release consumers and requeue unacknowledged messages (channel or connection end)."""
+        self._publishing = None
+        self._header = None
+        self._body = []
+        for c in list(self.consumers.values()):
+            c.queue.remove_consumer(c)
+        self.consumers.clear()
+        self._requeue_all()
+        # confirms that never resolved are dropped with the channel, as in RabbitMQ
+        self._confirms.clear()
+
+    def _requeue_all(self) -> None:
+        if self.tx_taken:  # acks of an uncommitted transaction never happened
+            self.unacked.update(self.tx_taken)
+            self.tx_taken = []
+            if self.tx:
+                self.tx = []
+        if not self.unacked:
+            return
+        by_queue: dict[Queue, list] = {}
+        # requeue in delivery order so the queue restores its original order
+        for q, entry, consumer in self.unacked.values():
+            by_queue.setdefault(q, []).append((entry, consumer))
+        self.unacked.clear()
+        for q, items in by_queue.items():
+            q.requeue(items)
+
+    # ------------------------------------------------------------------------------
+    # exchange class
+    # ------------------------------------------------------------------------------
+    def on_exchange_declare(self, m: spec.ExchangeDeclare) -> Any:
+        name = m.exchange
+        vh = self.vhost
+        if m.passive:
+            if name == "":
+                raise _default_exchange()
+            if name not in vh.exchanges:
+                raise errors.not_found("exchange", name, vh.name)
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.ExchangeDeclareOk())
+            return None
+        if name == "":
+            raise _default_exchange()
+        self.check("configure", "exchange", name)
+        args = m.arguments or {}
+        existing = vh.exchanges.get(name)
+        if existing is not None:
+            self.broker.check_exchange_equivalent(existing, m.type, m.durable, m.auto_delete,
+                                                  m.internal, args)
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.ExchangeDeclareOk())
+            return None
+        if m.type not in self.broker.exchange_types:
+            raise ConnectionError_(errors.COMMAND_INVALID, f"unknown exchange type '{m.type}'")
+        if name.startswith("amq."):
+            raise ChannelError(errors.ACCESS_REFUSED,
+                               f"exchange name '{name}' contains reserved prefix 'amq.*'")
+
+        async def declare() -> None:
+            await self.broker.declare_exchange(vh, name, m.type, m.durable, m.auto_delete,
+                                               m.internal, args)
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.ExchangeDeclareOk())
+        return declare()
+
+    def on_exchange_delete(self, m: spec.ExchangeDelete) -> Any:
+        name = m.exchange
+        vh = self.vhost
+        if name == "":
+            raise _default_exchange()
+        if name.startswith("amq.") and name in vh.exchanges:
+            raise ChannelError(errors.ACCESS_REFUSED,
+                               f"deletion of system exchange '{name}' in vhost '{vh.name}' "
+                               f"is not allowed")
+        self.check("configure", "exchange", name)
+
+        async def delete() -> None:
+            await self.broker.delete_exchange(vh, name, m.if_unused)
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.ExchangeDeleteOk())
+        return delete()
+
+    def _exchange_binding(self, m: Any, bind: bool) -> Any:
+        vh = self.vhost
+        if m.source == "" or m.destination == "":
+            raise _default_exchange()
+        self.check("write", "exchange", m.destination)
+        self.check("read", "exchange", m.source)
+        for n in (m.source, m.destination):
+            if n not in vh.exchanges and bind:
+                raise errors.not_found("exchange", n, vh.name)
+        dest = Destination("exchange", m.destination)
+        ok = spec.ExchangeBindOk() if bind else spec.ExchangeUnbindOk()
+
+        async def run() -> None:
+            if bind:
+                await self.broker.bind(vh, m.source, dest, m.routing_key, m.arguments or {})
+            else:
+                await self.broker.unbind(vh, m.source, dest, m.routing_key, m.arguments or {})
+            if not m.nowait:
+                self.conn.send_method(self.number, ok)
+        return run()
+
+    def on_exchange_bind(self, m: spec.ExchangeBind) -> Any:
+        return self._exchange_binding(m, True)
+
+    def on_exchange_unbind(self, m: spec.ExchangeUnbind) -> Any:
+        return self._exchange_binding(m, False)
+
+    # ------------------------------------------------------------------------------
+    # queue class
+    # ------------------------------------------------------------------------------
+    def _queue_name(self, name: str) -> str:
+        if name == "":
+            if not self.last_queue:
+                raise ChannelError(errors.NOT_FOUND, "no previously declared queue")
+            return self.last_queue
+        return name
+
+    def _lookup_queue(self, name: str) -> Queue:
+        q = self.vhost.queues.get(name)
+        if q is None:
+            raise errors.not_found("queue", name, self.vhost.name)
+        if q.exclusive_owner is not None and q.exclusive_owner is not self.conn:
+            raise _locked(name, self.vhost.name)
+        return q
+
+    def on_queue_declare(self, m: spec.QueueDeclare) -> Any:
+        vh = self.vhost
+        name = m.queue
+        if m.passive:
+            q = self._lookup_queue(self._queue_name(name))
+            self.last_queue = q.name
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeclareOk(
+                    queue=q.name, message_count=q.message_count,
+                    consumer_count=q.consumer_count))
+            return None
+        if name == "":
+            name = new_name("amq.gen-")
+        self.check("configure", "queue", name)
+        args = m.arguments or {}
+        existing = vh.queues.get(name)
+        if existing is not None:
+            if existing.exclusive_owner is not None and existing.exclusive_owner is not self.conn:
+                raise _locked(name, vh.name)
+            self.broker.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
+                                               args)
+            self.last_queue = name
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeclareOk(
+                    queue=name, message_count=existing.message_count,
+                    consumer_count=existing.consumer_count))
+            return None
+        if name.startswith("amq.") and m.queue != "":
+            raise ChannelError(errors.ACCESS_REFUSED,
+                               f"queue name '{name}' contains reserved prefix 'amq.*'")
+        self.broker.validate_queue_arguments(args)
+
+        async def declare() -> None:
+            q = await self.broker.declare_queue(
+                vh, name, m.durable, self.conn if m.exclusive else None, m.auto_delete, args)
+            if m.exclusive:
+                self.conn.exclusive_queues.add(q.name)
+            self.last_queue = name
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeclareOk(
+                    queue=name, message_count=q.message_count, consumer_count=q.consumer_count))
+        return declare()
+
+    def on_queue_bind(self, m: spec.QueueBind) -> Any:
+        return self._queue_binding(m, True)
+
+    def on_queue_unbind(self, m: spec.QueueUnbind) -> Any:
+        return self._queue_binding(m, False)
+
+    def _queue_binding(self, m: Any, bind: bool) -> Any:
+        vh = self.vhost
+        qname = self._queue_name(m.queue)
+        routing_key = m.routing_key
+        if m.queue == "" and routing_key == "":
+            routing_key = qname  # spec: empty key and queue name bind with the queue's name
+        if m.exchange == "":
+            raise _default_exchange()
+        self.check("write", "queue", qname)
+        self.check("read", "exchange", m.exchange)
+        if bind or qname in vh.queues:
+            self._lookup_queue(qname)
+        if bind and m.exchange not in vh.exchanges:
+            raise errors.not_found("exchange", m.exchange, vh.name)
+        dest = Destination("queue", qname)
+        nowait = getattr(m, "nowait", False)
+
+        async def run() -> None:
+            if bind:
+                await self.broker.bind(vh, m.exchange, dest, routing_key, m.arguments or {})
+                if not nowait:
+                    self.conn.send_method(self.number, spec.QueueBindOk())
+            else:
+                await self.broker.unbind(vh, m.exchange, dest, routing_key, m.arguments or {})
+                self.conn.send_method(self.number, spec.QueueUnbindOk())
+        return run()
+
+    def on_queue_purge(self, m: spec.QueuePurge) -> None:
+        name = self._queue_name(m.queue)
+        self.check("read", "queue", name)
+        q = self._lookup_queue(name)
+        n = q.purge()
+        if not m.nowait:
+            self.conn.send_method(self.number, spec.QueuePurgeOk(message_count=n))
+
+    def on_queue_delete(self, m: spec.QueueDelete) -> Any:
+        vh = self.vhost
+        name = self._queue_name(m.queue)
+        self.check("configure", "queue", name)
+        q = vh.queues.get(name)
+        if q is None:
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeleteOk(message_count=0))
+            return None
+        self._lookup_queue(name)
+        if m.if_unused and q.consumers:
+            raise errors.precondition(f"queue '{name}' in vhost '{vh.name}' in use")
+        if m.if_empty and q.message_count:
+            raise errors.precondition(f"queue '{name}' in vhost '{vh.name}' is not empty")
+
+        async def delete() -> None:
+            n = q.message_count
+            await self.broker.delete_queue(vh, q)
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeleteOk(message_count=n))
+        return delete()
+
+    # ------------------------------------------------------------------------------
+    # basic class: publish
+    # ------------------------------------------------------------------------------
+    def on_basic_publish(self, m: spec.BasicPublish) -> None:
+        self._publishing = m
+        self._header = None
+        self._body = []
+
+    def _publish_complete(self, body: bytes) -> None:
+        m = self._publishing
+        header = self._header
+        self._publishing = None
+        self._header = None
+        assert m is not None and header is not None
+        vh = self.vhost
+        ex = vh.exchanges.get(m.exchange)
+        if ex is None:
+            raise ChannelError(errors.NOT_FOUND,
+                               f"no exchange '{m.exchange}' in vhost '{vh.name}'", 60, 40)
+        if m.exchange != "":
+            self.check("write", "exchange", m.exchange)
+            if ex.internal:
+                raise ChannelError(errors.ACCESS_REFUSED,
+                                   f"cannot publish to internal exchange '{m.exchange}' in "
+                                   f"vhost '{vh.name}'", 60, 40)
+        if m.immediate:
+            raise ConnectionError_(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        msg = Message.from_publish(m.exchange, m.routing_key, header, body)
+        self.stats_publish += 1
+        if self.tx is not None:
+            self.tx.append(lambda: self._route(ex, msg, m.mandatory, None))
+            return
+        tag = 0
+        if self.confirm:
+            self.publish_tag += 1
+            tag = self.publish_tag
+        self._route(ex, msg, m.mandatory, tag)
+
+    def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
+        """Enqueue in every queue the message reaches; True if the store must flush."""
+        queues = self.vhost.route(ex, msg)
+        must_flush = False
+        if queues:
+            for q in queues:
+                if q.publish(msg):
+                    must_flush = True
+        elif mandatory:
+            self.send_content(spec.BasicReturn(
+                reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
+                routing_key=msg.routing_key), msg)
+        self.broker.count_publish(bool(queues))
+        if tag:
+            self._confirm_after(tag, must_flush)
+        return must_flush
+
+    # --- publisher confirms -----------------------------------------------------------
+    def _confirm_after(self, tag: int, must_flush: bool) -> None:
+        entry = [tag, not must_flush, True]
+        self._confirms.append(entry)
+        if must_flush:
+            fut = self.vhost.store.flush()
+            if fut is not self._flush_future:
+                self._flush_future = fut
+                entries: list[list] = []
+                self._flush_future_entries = entries
+                fut.add_done_callback(lambda f, es=entries: self._flushed(f, es))
+            self._flush_future_entries.append(entry)
+        elif not self._confirm_flush_scheduled:
+            self._confirm_flush_scheduled = True
+            self.conn.loop.call_soon(self._send_confirms)
+
+    def _flushed(self, fut: asyncio.Future, entries: list[list]) -> None:
+        ok = not fut.cancelled() and fut.exception() is None
+        for e in entries:
+            e[1] = True
+            e[2] = ok
+        if not ok:
+            self.conn.log.error("message store flush failed: %s",
+                                None if fut.cancelled() else fut.exception())
+        self._send_confirms()
+
+    def _send_confirms(self) -> None:
+        """Ack (or nack) the longest run of settled publishes, one frame per run."""
+        self._confirm_flush_scheduled = False
+        if self.state != OPEN or self.number not in self.conn.channels:
+            return
+        confirms = self._confirms
+        while confirms and confirms[0][1]:
+            ok = confirms[0][2]
+            last = 0
+            count = 0
+            while confirms and confirms[0][1] and confirms[0][2] == ok:
+                last = confirms.popleft()[0]
+                count += 1
+            if ok:
+                self.conn.send_method(self.number, spec.BasicAck(delivery_tag=last,
+                                                                 multiple=count > 1))
+            else:
+                self.conn.send_method(self.number, spec.BasicNack(delivery_tag=last,
+                                                                  multiple=count > 1,
+                                                                  requeue=False))
+        self.conn.flush()
+
+    def on_confirm_select(self, m: spec.ConfirmSelect) -> None:
+        if self.tx is not None:
+            raise errors.precondition("cannot switch from tx to confirm mode")
+        self.confirm = True
+        if not m.nowait:
+            self.conn.send_method(self.number, spec.ConfirmSelectOk())
+
+    # ------------------------------------------------------------------------------
+    # basic class: consume and deliver
+    # ------------------------------------------------------------------------------
+    def on_basic_qos(self, m: spec.BasicQos) -> None:
+        if m.prefetch_size:
+            raise ConnectionError_(errors.NOT_IMPLEMENTED,
+                                   f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.prefetch_count = m.prefetch_count
+        self.conn.send_method(self.number, spec.BasicQosOk())
+        self._dispatch_all()
+
+    def on_basic_consume(self, m: spec.BasicConsume) -> None:
+        name = self._queue_name(m.queue)
+        self.check("read", "queue", name)
+        q = self._lookup_queue(name)
+        tag = m.consumer_tag or new_name("amq.ctag-")
+        if tag in self.consumers:
+            raise ConnectionError_(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'",
+                                   60, 20)
+        if q.exclusive_consumer is not None or (m.exclusive and q.consumers):
+            raise ChannelError(errors.ACCESS_REFUSED,
+                               f"queue '{name}' in vhost '{self.vhost.name}' in exclusive use",
+                               60, 20)
+        c = Consumer(tag, q, self, m.no_ack, m.exclusive, self.prefetch_count, m.arguments)
+        self.consumers[tag] = c
+        if not m.nowait:
+            self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
+        q.add_consumer(c)
+
+    def on_basic_cancel(self, m: spec.BasicCancel) -> None:
+        c = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.conn.send_method(self.number, spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+        if c is not None:
+            c.queue.remove_consumer(c)
+
+    def cancel_consumers_of(self, q: Queue) -> None:
+        """The queue is gone: tell the client (consumer_cancel_notify) and forget them."""
+        for tag, c in list(self.consumers.items()):
+            if c.queue is q:
+                del self.consumers[tag]
+                if self.conn.capabilities.get("consumer_cancel_notify"):
+                    self.conn.send_method(self.number, spec.BasicCancel(consumer_tag=tag,
+                                                                        nowait=True))
+
+    # ConsumerOwner protocol, called by queues
+    def can_deliver(self, consumer: Consumer) -> bool:
+        return (self.state == OPEN and not self.conn.paused
+                and (not self.global_prefetch or len(self.unacked) < self.global_prefetch))
+
+    def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:
+        self.delivery_tag += 1
+        tag = self.delivery_tag
+        if not consumer.no_ack:
+            self.unacked[tag] = (queue, entry, consumer)
+        msg = entry.message
+        payload = b"".join((
+            self._deliver_prefix, _shortstr(consumer.tag), _QWORD.pack(tag),
+            b"\x01" if entry.redelivered else b"\x00",
+            _shortstr(msg.exchange), _shortstr(msg.routing_key)))
+        self.stats_deliver += 1
+        self.conn.send_content_frames(self.number, payload, msg)
+
+    def send_content(self, method: Any, msg: Message) -> None:
+        self.conn.send_content_frames(self.number, method.encode(), msg)
+
+    def on_basic_get(self, m: spec.BasicGet) -> None:
+        name = self._queue_name(m.queue)
+        self.check("read", "queue", name)
+        q = self._lookup_queue(name)
+        entry = q.get()
+        if entry is None:
+            self.conn.send_method(self.number, spec.BasicGetEmpty())
+            return
+        self.delivery_tag += 1
+        tag = self.delivery_tag
+        if m.no_ack:
+            q.discard(entry)
+        else:
+            q.taken(entry)
+            self.unacked[tag] = (q, entry, None)
+        msg = entry.message
+        self.send_content(spec.BasicGetOk(
+            delivery_tag=tag, redelivered=entry.redelivered, exchange=msg.exchange,
+            routing_key=msg.routing_key, message_count=q.message_count), msg)
+
+    # --- acknowledgements -------------------------------------------------------------
+    def _take(self, tag: int, multiple: bool) -> list[tuple[int, tuple]]:
+        """Remove and return the (tag, (queue, entry, consumer)) pairs an ack/nack names."""
+        unacked = self.unacked
+        if multiple:
+            if tag != 0 and tag not in unacked and (not unacked or tag < next(iter(unacked))):
+                raise errors.precondition(f"unknown delivery tag {tag}")
+            out = []
+            for t in list(unacked):
+                if tag != 0 and t > tag:
+                    break
+                out.append((t, unacked.pop(t)))
+            return out
+        item = unacked.pop(tag, None)
+        if item is None:
+            raise errors.precondition(f"unknown delivery tag {tag}")
+        return [(tag, item)]
+
+    def on_basic_ack(self, m: spec.BasicAck) -> None:
+        self._reject(self._take(m.delivery_tag, m.multiple), requeue=False)
+
+    def on_basic_reject(self, m: spec.BasicReject) -> None:
+        self._reject(self._take(m.delivery_tag, False), m.requeue)
+
+    def on_basic_nack(self, m: spec.BasicNack) -> None:
+        self._reject(self._take(m.delivery_tag, m.multiple), m.requeue)
+
+    def _reject(self, taken: list, requeue: bool) -> None:
+        if self.tx is not None:
+            # settled at tx.commit; tx.rollback puts them back as unacknowledged
+            self.tx_taken.extend(taken)
+            self.tx.append(lambda: self._settle([i for _, i in taken], requeue=requeue))
+            return
+        self._settle([i for _, i in taken], requeue=requeue)
+
+    def _settle(self, items: list, requeue: bool = False) -> None:
+        touched: set[Queue] = set()
+        if requeue:
+            by_queue: dict[Queue, list] = {}
+            for q, entry, consumer in items:
+                by_queue.setdefault(q, []).append((entry, consumer))
+            for q, pairs in by_queue.items():
+                q.requeue(pairs)
+                touched.add(q)
+        else:
+            for q, entry, consumer in items:
+                q.ack(entry, consumer)
+                touched.add(q)
+            self.stats_ack += len(items)
+        if self.global_prefetch:
+            self._dispatch_all()
+        else:
+            for q in touched:
+                if q.consumers:
+                    q.dispatch()
+
+    def _dispatch_all(self) -> None:
+        for q in {c.queue for c in self.consumers.values()}:
+            q.dispatch()
+
+    def on_basic_recover(self, m: spec.BasicRecover) -> None:
+        self._requeue_all()
+        self.conn.send_method(self.number, spec.BasicRecoverOk())
+
+    def on_basic_recover_async(self, m: Any) -> None:
+        self._requeue_all()
+
+    # ------------------------------------------------------------------------------
+    # tx class
+    # ------------------------------------------------------------------------------
+    def on_tx_select(self, m: spec.TxSelect) -> None:
+        if self.confirm:
+            raise errors.precondition("cannot switch from confirm to tx mode")
+        if self.tx is None:
+            self.tx = []
+        self.conn.send_method(self.number, spec.TxSelectOk())
+
+    def on_tx_commit(self, m: spec.TxCommit) -> Any:
+        if self.tx is None:
+            raise errors.precondition("channel is not transactional")
+        work, self.tx = self.tx, []
+        self.tx_taken = []
+        must_flush = False
+        for fn in work:
+            if fn():
+                must_flush = True
+        if not must_flush:
+            self.conn.send_method(self.number, spec.TxCommitOk())
+            return None
+
+        async def wait() -> None:
+            await self.vhost.store.flush()
+            self.conn.send_method(self.number, spec.TxCommitOk())
+        return wait()
+
+    def on_tx_rollback(self, m: spec.TxRollback) -> None:
+        if self.tx is None:
+            raise errors.precondition("channel is not transactional")
+        self.tx = []
+        if self.tx_taken:
+            restored = dict(self.unacked)
+            restored.update(self.tx_taken)
+            self.unacked = dict(sorted(restored.items()))
+            self.tx_taken = []
+        self.conn.send_method(self.number, spec.TxRollbackOk())
+
+
+def _default_exchange() -> ChannelError:
+    return ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+
+
+def _locked(name: str, vhost: str) -> ChannelError:
+    return ChannelError(
+        errors.RESOURCE_LOCKED,
+        f"cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could "
+        f"be originally declared on another connection or the exclusive property value does "
+        f"not match that of the original declaration.")
+
+
+_HANDLERS: dict[type, Callable[[Channel, Any], Any]] = {}
+
+
+def _register() -> None:
+    for cls in spec.METHODS.values():
+        attr = "on_" + cls.NAME.replace(".", "_").replace("-", "_")
+        fn = getattr(Channel, attr, None)
+        if fn is not None:
+            _HANDLERS[cls] = fn
+
+
+_register()

@@ -1,0 +1,472 @@
+"""One client connection: the protocol header, the connection-class handshake (start, tune,
+open), heartbeats, closing in both directions, channel multiplexing, and writing frames to
+the socket in one batch per event-loop turn.
+
+This file owns the connection state machine and is the one place where an `AMQPError`
+becomes channel.close or connection.close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from node import errors
+from node.amqp import spec
+from node.amqp.channel import Channel
+from node.amqp.fields import FrameError_, SyntaxError_, UnknownMethod, decode_table
+from node.amqp.frames import PROTOCOL_HEADER, FrameReader
+from node.auth import check_password, decode_plain, is_loopback
+from node.errors import AMQPError, ChannelError, ConnectionError_
+from node.message import Message
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger("warren.connection")
+
+_FRAME_HEAD = struct.Struct(">BHI")
+_FRAME_END = b"\xce"
+HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_OK_TIMEOUT = 3.0
+
+# connection states
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+
+
+class AMQPConnection(asyncio.Protocol):
+    def __init__(self, broker: "Broker") -> None:
+        self.broker = broker
+        self.settings = broker.settings
+        self.loop = asyncio.get_event_loop()
+        self.log = log
+        self.transport: asyncio.Transport | None = None
+        self.state = AWAIT_HEADER
+        self._header_buf = b""
+        self.reader = FrameReader(frame_max=spec.FRAME_MIN_SIZE)
+        self.channels: dict[int, Channel] = {}
+        self.channel_max = self.settings.channel_max
+        self.frame_max = spec.FRAME_MIN_SIZE
+        self.heartbeat = 0
+        self.user = ""
+        self.vhost: Any = None
+        self.client_properties: dict = {}
+        self.capabilities: dict = {}
+        self.exclusive_queues: set[str] = set()
+        self.paused = False
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+        self._last_recv = time.monotonic()
+        self._sent_since_tick = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer = ("?", 0)
+        self.name = "?"
+        self.connected_at = time.time()
+        self.recv_bytes = 0
+        self.send_bytes = 0
+
+    # ------------------------------------------------------------------------------
+    # asyncio.Protocol
+    # ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        local = transport.get_extra_info("sockname") or ("?", 0)
+        self.peer = (peer[0], peer[1])
+        self.name = f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
+        self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        self.broker.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+        for ch in list(self.channels.values()):
+            ch.teardown()
+        self.channels.clear()
+        for t in self._tasks:
+            t.cancel()
+        self.broker.connection_closed(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        # the client reads slower than we deliver: stop handing it messages until it drains
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for ch in list(self.channels.values()):
+            ch._dispatch_all()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_recv = time.monotonic()
+        self.recv_bytes += len(data)
+        if self.state == AWAIT_HEADER:
+            data = self._on_protocol_header(data)
+            if not data:
+                return
+        if self.state == CLOSED:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except FrameError_ as e:
+            self.close_connection(ConnectionError_(errors.FRAME_ERROR, str(e)))
+            return
+        for ftype, ch, payload in frames:
+            if self.state >= CLOSED or self.transport is None:
+                return
+            try:
+                self._on_frame(ftype, ch, payload)
+            except AMQPError as e:
+                self.handle_error(e, ch)
+            except Exception as e:
+                log.exception("connection %s: error handling a frame", self.name)
+                self.close_connection(ConnectionError_(errors.INTERNAL_ERROR, str(e)))
+        if self._out:
+            self.flush()
+
+    # ------------------------------------------------------------------------------
+    # frames in
+    # ------------------------------------------------------------------------------
+    def _on_protocol_header(self, data: bytes) -> bytes:
+        buf = self._header_buf + data
+        if len(buf) < 8:
+            if PROTOCOL_HEADER.startswith(buf):
+                self._header_buf = buf
+                return b""
+        head = buf[:8]
+        if head != PROTOCOL_HEADER and head != b"AMQP\x01\x01\x00\x09":
+            # tell the client which protocol we speak, then hang up (spec 4.2.2)
+            assert self.transport is not None
+            self.transport.write(PROTOCOL_HEADER)
+            self.transport.close()
+            self.state = CLOSED
+            return b""
+        self.state = AWAIT_START_OK
+        mechanisms = "PLAIN AMQPLAIN"
+        self.send_method(0, spec.ConnectionStart(
+            version_major=0, version_minor=9, server_properties=self.broker.server_properties(
+                SERVER_CAPABILITIES), mechanisms=mechanisms.encode(), locales=b"en_US"))
+        self.flush()
+        return buf[8:]
+
+    def _on_frame(self, ftype: int, ch: int, payload: Any) -> None:
+        if ftype == spec.FRAME_METHOD:
+            try:
+                method = spec.decode_method(payload)
+            except UnknownMethod as e:
+                raise ConnectionError_(errors.NOT_IMPLEMENTED,
+                                       f"unknown method class={e.class_id} method={e.method_id}",
+                                       e.class_id, e.method_id) from None
+            except SyntaxError_ as e:
+                cid, mid = (struct.unpack_from(">HH", payload) if len(payload) >= 4 else (0, 0))
+                raise ConnectionError_(errors.SYNTAX_ERROR, f"malformed method: {e}",
+                                       cid, mid) from None
+            if ch == 0:
+                self._on_connection_method(method)
+                return
+            if self.state != OPEN:
+                if self.state == CLOSING:
+                    return  # after connection.close only close/close-ok matter
+                raise ConnectionError_(errors.COMMAND_INVALID,
+                                       "channel frame before connection.open",
+                                       method.CLASS_ID, method.METHOD_ID)
+            channel = self.channels.get(ch)
+            if channel is None:
+                if isinstance(method, spec.ChannelOpen):
+                    self._open_channel(ch)
+                    return
+                if isinstance(method, spec.ChannelCloseOk):
+                    return  # late close-ok for a channel we already forgot
+                raise ConnectionError_(errors.CHANNEL_ERROR, f"expected 'channel.open' on "
+                                       f"channel {ch}", method.CLASS_ID, method.METHOD_ID)
+            try:
+                channel.feed(ftype, method)
+            except AMQPError as e:
+                if not e.class_id:
+                    e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
+                raise
+        elif ftype == spec.FRAME_HEARTBEAT:
+            if ch != 0:
+                raise ConnectionError_(errors.FRAME_ERROR, "heartbeat frame on non-zero channel")
+        else:
+            if self.state != OPEN:
+                if self.state == CLOSING:
+                    return
+                raise ConnectionError_(errors.UNEXPECTED_FRAME,
+                                       "content frame before connection.open")
+            if ch == 0:
+                raise ConnectionError_(errors.UNEXPECTED_FRAME, "content frame on channel 0")
+            channel = self.channels.get(ch)
+            if channel is None:
+                raise ConnectionError_(errors.CHANNEL_ERROR,
+                                       f"content frame on unopened channel {ch}")
+            channel.feed(ftype, payload)
+
+    def _open_channel(self, number: int) -> None:
+        if number > self.channel_max:
+            raise ConnectionError_(errors.NOT_ALLOWED,
+                                   f"number of channels opened ({len(self.channels)}) has reached"
+                                   f" the negotiated channel_max ({self.channel_max})", 20, 10)
+        self.channels[number] = Channel(self, number)
+        self.send_method(number, spec.ChannelOpenOk())
+
+    def channel_closed(self, number: int) -> None:
+        self.channels.pop(number, None)
+
+    # --- connection class ---------------------------------------------------------
+    def _on_connection_method(self, m: Any) -> None:
+        st = self.state
+        if isinstance(m, spec.ConnectionClose):
+            for ch in list(self.channels.values()):
+                ch.teardown()
+            self.channels.clear()
+            self.send_method(0, spec.ConnectionCloseOk())
+            self.flush()
+            self.state = CLOSED
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if isinstance(m, spec.ConnectionCloseOk):
+            if st == CLOSING and self.transport is not None:
+                self.transport.close()
+            return
+        if st == CLOSING:
+            return
+        if st == AWAIT_START_OK and isinstance(m, spec.ConnectionStartOk):
+            self._on_start_ok(m)
+        elif st == AWAIT_TUNE_OK and isinstance(m, spec.ConnectionTuneOk):
+            self._on_tune_ok(m)
+        elif st == AWAIT_OPEN and isinstance(m, spec.ConnectionOpen):
+            self._on_open(m)
+        elif isinstance(m, (spec.ConnectionBlocked, spec.ConnectionUnblocked)):
+            return  # clients may send these; nothing to do
+        elif isinstance(m, getattr(spec, "ConnectionUpdateSecret", ())):
+            raise ConnectionError_(errors.NOT_IMPLEMENTED, "connection.update-secret", 10, 70)
+        else:
+            raise ConnectionError_(errors.COMMAND_INVALID,
+                                   f"unexpected method {m.NAME} in this connection state",
+                                   m.CLASS_ID, m.METHOD_ID)
+
+    def _on_start_ok(self, m: Any) -> None:
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        mech = m.mechanism
+        response = bytes(m.response) if not isinstance(m.response, str) else m.response.encode()
+        try:
+            if mech == "PLAIN":
+                username, password = decode_plain(response)
+            elif mech == "AMQPLAIN":
+                table, _ = decode_table(struct.pack(">I", len(response)) + response, 0)
+                username = _text(table.get("LOGIN", ""))
+                password = _text(table.get("PASSWORD", ""))
+            else:
+                raise ConnectionError_(errors.ACCESS_REFUSED,
+                                       f"unsupported authentication mechanism '{mech}'", 10, 11)
+        except (ValueError, SyntaxError_):
+            raise ConnectionError_(errors.ACCESS_REFUSED,
+                                   f"malformed {mech} response", 10, 11) from None
+        user = self.broker.users.get(username)
+        refused = None
+        if user is None or not check_password(password, user.get("password_hash", ""),
+                                              user.get("hashing", "")):
+            refused = (f"Login was refused using authentication mechanism {mech}. For details "
+                       f"see the broker logfile.")
+            log.warning("login refused for user '%s' from %s: bad credentials", username,
+                        self.peer[0])
+        elif (username == self.settings.default_user == "guest"
+              and not is_loopback(self.peer[0]) and self.broker.loopback_only_guest):
+            refused = "user 'guest' can only connect via localhost"
+            log.warning("login refused for 'guest' from %s: loopback only", self.peer[0])
+        if refused:
+            if self.capabilities.get("authentication_failure_close"):
+                self.close_connection(ConnectionError_(errors.ACCESS_REFUSED, refused, 10, 11))
+            else:
+                self.state = CLOSED
+                if self.transport is not None:
+                    self.transport.close()
+            return
+        self.user = username
+        self.state = AWAIT_TUNE_OK
+        s = self.settings
+        self.send_method(0, spec.ConnectionTune(channel_max=s.channel_max, frame_max=s.frame_max,
+                                                heartbeat=s.heartbeat))
+
+    def _on_tune_ok(self, m: Any) -> None:
+        s = self.settings
+        if m.frame_max and m.frame_max < spec.FRAME_MIN_SIZE:
+            raise ConnectionError_(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < "
+                                   f"{spec.FRAME_MIN_SIZE} min size", 10, 31)
+        if m.frame_max > s.frame_max:
+            raise ConnectionError_(errors.NOT_ALLOWED,
+                                   f"frame_max={m.frame_max} > {s.frame_max} max size", 10, 31)
+        if m.channel_max > s.channel_max:
+            raise ConnectionError_(errors.NOT_ALLOWED, f"channel_max={m.channel_max} > "
+                                   f"{s.channel_max} max size", 10, 31)
+        self.frame_max = m.frame_max or s.frame_max
+        self.channel_max = m.channel_max or s.channel_max
+        self.heartbeat = m.heartbeat
+        self.reader.frame_max = self.frame_max
+        self.state = AWAIT_OPEN
+
+    def _on_open(self, m: Any) -> None:
+        vhost = self.broker.vhosts.get(m.virtual_host)
+        if vhost is None or not self.broker.can_access_vhost(self.user, m.virtual_host):
+            raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
+                                   f"refused for user '{self.user}'", 10, 40)
+        self.vhost = vhost
+        vhost.connections.add(self)
+        self.state = OPEN
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.heartbeat:
+            self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+        self.send_method(0, spec.ConnectionOpenOk())
+
+    # ------------------------------------------------------------------------------
+    # heartbeats and timeouts
+    # ------------------------------------------------------------------------------
+    def _handshake_timeout(self) -> None:
+        if self.state < OPEN and self.transport is not None:
+            log.warning("closing %s: handshake timeout", self.name)
+            self.transport.abort()
+
+    def _heartbeat_tick(self) -> None:
+        if self.transport is None or self.state >= CLOSED:
+            return
+        now = time.monotonic()
+        if now - self._last_recv > self.heartbeat * 2:
+            log.warning("closing %s: missed heartbeats from client, timeout %ds", self.name,
+                        self.heartbeat)
+            self.transport.abort()
+            return
+        if not self._sent_since_tick:
+            self.transport.write(HEARTBEAT)
+        self._sent_since_tick = False
+        self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+    # ------------------------------------------------------------------------------
+    # errors: the one place they become channel.close / connection.close
+    # ------------------------------------------------------------------------------
+    def handle_error(self, err: AMQPError, ch: int) -> None:
+        if self.state >= CLOSING:
+            return
+        channel = self.channels.get(ch)
+        if err.closes_connection or ch == 0 or channel is None:
+            self.close_connection(err)
+        else:
+            log.info("closing channel %d of %s: %s", ch, self.name, err.reply_text)
+            channel.server_close(err)
+        self.flush()
+
+    def close_connection(self, err: AMQPError) -> None:
+        if self.state >= CLOSING:
+            return
+        log.info("closing connection %s: %s", self.name, err.reply_text)
+        for ch in list(self.channels.values()):
+            ch.teardown()
+        self.channels.clear()
+        self.send_method(0, spec.ConnectionClose(
+            reply_code=err.code, reply_text=err.reply_text[:255], class_id=err.class_id,
+            method_id=err.method_id))
+        self.flush()
+        self.state = CLOSING
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------------------
+    # frames out, batched per event-loop turn
+    # ------------------------------------------------------------------------------
+    def send_method(self, channel: int, method: Any) -> None:
+        payload = method.encode()
+        self._out.append(_FRAME_HEAD.pack(1, channel, len(payload)) + payload + _FRAME_END)
+        self._schedule()
+
+    def send_content_frames(self, channel: int, method_payload: bytes, msg: Message) -> None:
+        out = self._out
+        head = _FRAME_HEAD.pack
+        out.append(head(1, channel, len(method_payload)))
+        out.append(method_payload)
+        out.append(_FRAME_END)
+        header = msg.header
+        out.append(head(2, channel, len(header)))
+        out.append(header)
+        out.append(_FRAME_END)
+        body = msg.body
+        n = len(body)
+        if n:
+            chunk = self.frame_max - 8
+            if n <= chunk:
+                out.append(head(3, channel, n))
+                out.append(body)
+                out.append(_FRAME_END)
+            else:
+                mv = memoryview(body)
+                for i in range(0, n, chunk):
+                    part = mv[i:i + chunk]
+                    out.append(head(3, channel, len(part)))
+                    out.append(part)  # type: ignore[arg-type]
+                    out.append(_FRAME_END)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is not None and not self.transport.is_closing():
+            self._sent_since_tick = True
+            self.transport.writelines(out)
+
+    def spawn(self, coro: Any) -> None:
+        t = self.loop.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def force_close(self, code: int, text: str) -> None:
+        """Broker-initiated close (shutdown, vhost deleted, management API)."""
+        self.close_connection(ConnectionError_(code, text))
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+__all__ = ["AMQPConnection", "ChannelError"]

@@ -1,0 +1,549 @@
+"""The broker's runtime: vhosts, users and permissions mirrored from the Raft-replicated
+definitions, plus the definition operations that channels and the management API call.
+
+Which path a definition takes (decision 1 and 2 of the design brief):
+  * durable exchanges, durable non-exclusive queues and bindings between durable things go
+    through Raft (`cluster.raft.MetadataStore.submit`); the runtime changes only when the
+    committed command comes back as an event, so every node sees the same order;
+  * transient and exclusive things live only in this node's memory and die with it (or
+    with their connection), as in RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from node import errors
+from node.amqp.fields import SyntaxError_, decode_table, encode_table
+from node.auth import matches
+from node.config import Settings
+from node.errors import AMQPError, ChannelError, ConnectionError_
+from node.exchanges.base import Destination, Exchange
+from node.exchanges.registry import EXCHANGE_TYPES
+from node.queues.queue import Queue
+from node.vhost import VirtualHost
+from storage.store import MessageStore
+
+if TYPE_CHECKING:
+    from cluster.raft import MetadataStore
+
+log = logging.getLogger("warren.broker")
+
+PRODUCT = "WarrenMQ"
+VERSION = "0.1.0"
+
+# Queue arguments RabbitMQ compares on redeclaration (rabbit_amqqueue:assert_args_equivalence)
+EQUIVALENT_QUEUE_ARGS = (
+    "x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+    "x-max-length", "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode",
+    "x-queue-type", "x-single-active-consumer", "x-delivery-limit",
+)
+EQUIVALENT_EXCHANGE_ARGS = ("alternate-exchange",)
+
+
+def encode_args(args: dict) -> bytes:
+    return encode_table(args) if args else b""
+
+
+def decode_args(blob: bytes | None) -> dict:
+    if not blob:
+        return {}
+    try:
+        return decode_table(blob, 0)[0]
+    except SyntaxError_:
+        return {}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if v is None:
+        return "none"
+    return str(v)
+
+
+class Broker:
+    def __init__(self, settings: Settings, metadata: "MetadataStore") -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.users: dict[str, dict] = {}
+        self.permissions: dict[str, dict[str, dict]] = {}
+        self.policies: dict[str, dict[str, dict]] = {}
+        self.connections: set[Any] = set()
+        self.exchange_types = EXCHANGE_TYPES
+        self.loopback_only_guest = True
+        self.started_at = time.time()
+        self._live = False
+        # global counters (management API, Prometheus)
+        self.published = 0
+        self.unroutable = 0
+        self._pending_store_closes: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------------------------
+    # startup and shutdown
+    # ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.metadata.start()
+        self.metadata.subscribe(self._on_event)
+        self._rebuild(self.metadata.snapshot())
+        self._live = True
+        s = self.settings
+        from node.auth import hash_password
+        await self.metadata.submit({
+            "op": "bootstrap", "vhost": s.default_vhost, "user": s.default_user,
+            "password_hash": hash_password(s.default_pass),
+            "hashing": "rabbit_password_hashing_sha256", "tags": ["administrator"]})
+
+    async def stop(self) -> None:
+        for conn in list(self.connections):
+            conn.force_close(errors.CONNECTION_FORCED,
+                             "broker forced connection closure with reason 'shutdown'")
+        await asyncio.sleep(0.05)
+        for vh in list(self.vhosts.values()):
+            if vh.store is not None:
+                await vh.store.close()
+        await self.metadata.close()
+
+    def _store_path(self, vhost: str) -> str:
+        return os.path.join(self.settings.data_dir, "vhosts", quote(vhost, safe="") or "%00")
+
+    def _open_vhost(self, name: str) -> VirtualHost:
+        vh = self.vhosts.get(name)
+        if vh is not None:
+            return vh
+        path = self._store_path(name)
+        os.makedirs(path, exist_ok=True)
+        store = MessageStore(path, sync=self.settings.sync)
+        store.start(asyncio.get_running_loop())
+        vh = VirtualHost(name, store, self.settings.queue_memory_messages,
+                         on_queue_unused=self._queue_unused,
+                         on_exchange_unused=self._exchange_unused)
+        self.vhosts[name] = vh
+        return vh
+
+    def _close_vhost(self, name: str, delete_data: bool) -> None:
+        vh = self.vhosts.pop(name, None)
+        if vh is None:
+            return
+        for conn in list(vh.connections):
+            conn.force_close(errors.CONNECTION_FORCED, f"vhost '{name}' is deleted")
+        path = self._store_path(name)
+
+        async def close() -> None:
+            if vh.store is not None:
+                await vh.store.close()
+            if delete_data:
+                shutil.rmtree(path, ignore_errors=True)
+        self._pending_store_closes.append(asyncio.ensure_future(close()))
+
+    # ------------------------------------------------------------------------------
+    # the runtime mirror of the replicated definitions
+    # ------------------------------------------------------------------------------
+    def _rebuild(self, state: dict) -> None:
+        """Make the runtime match a full snapshot (at start, or when Raft installs one)."""
+        self.users = {u["name"]: u for u in state.get("users", {}).values()}
+        self.permissions = {v: dict(p) for v, p in state.get("permissions", {}).items()}
+        self.policies = {v: dict(p) for v, p in state.get("policies", {}).items()}
+        wanted = set(state.get("vhosts", {}))
+        for name in list(self.vhosts):
+            if name not in wanted:
+                self._close_vhost(name, delete_data=True)
+        for name in wanted:
+            vh = self._open_vhost(name)
+            for x in state.get("exchanges", {}).get(name, {}).values():
+                if x["type"] in EXCHANGE_TYPES:
+                    vh.add_exchange(x["name"], x["type"], True, x["auto_delete"], x["internal"],
+                                    decode_args(x["arguments"]))
+            for q in state.get("queues", {}).get(name, {}).values():
+                vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
+                             arguments=decode_args(q["arguments"]), recover=True)
+            for b in state.get("bindings", {}).get(name, {}).values():
+                vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
+                        b["routing_key"], decode_args(b["arguments"]))
+
+    def _on_event(self, cmd: dict, result: dict) -> None:
+        if not self._live or not result.get("ok"):
+            return
+        op = cmd.get("op")
+        try:
+            handler = getattr(self, "_ev_" + str(op), None)
+            if handler is not None:
+                handler(cmd, result)
+        except Exception:
+            log.exception("applying committed definition %r failed", op)
+
+    def _ev_reset(self, cmd: dict, result: dict) -> None:
+        self._rebuild(result["state"])
+
+    def _ev_bootstrap(self, cmd: dict, result: dict) -> None:
+        if not result.get("applied"):
+            return
+        self._open_vhost(cmd["vhost"])
+        self.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
+                                   "hashing": cmd["hashing"], "tags": list(cmd["tags"])}
+        self.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
+            "user": cmd["user"], "vhost": cmd["vhost"], "configure": ".*", "write": ".*",
+            "read": ".*"}
+
+    def _ev_add_vhost(self, cmd: dict, result: dict) -> None:
+        self._open_vhost(cmd["name"])
+
+    def _ev_delete_vhost(self, cmd: dict, result: dict) -> None:
+        self._close_vhost(cmd["name"], delete_data=True)
+        self.permissions.pop(cmd["name"], None)
+        self.policies.pop(cmd["name"], None)
+
+    def _ev_add_user(self, cmd: dict, result: dict) -> None:
+        self.users[cmd["name"]] = {"name": cmd["name"], "password_hash": cmd["password_hash"],
+                                   "hashing": cmd.get("hashing", ""),
+                                   "tags": list(cmd.get("tags", []))}
+
+    def _ev_delete_user(self, cmd: dict, result: dict) -> None:
+        self.users.pop(cmd["name"], None)
+        for perms in self.permissions.values():
+            perms.pop(cmd["name"], None)
+
+    def _ev_change_password(self, cmd: dict, result: dict) -> None:
+        u = self.users.get(cmd["name"])
+        if u is not None:
+            u["password_hash"] = cmd["password_hash"]
+            u["hashing"] = cmd.get("hashing", u.get("hashing", ""))
+
+    def _ev_set_user_tags(self, cmd: dict, result: dict) -> None:
+        u = self.users.get(cmd["name"])
+        if u is not None:
+            u["tags"] = list(cmd["tags"])
+
+    def _ev_set_permissions(self, cmd: dict, result: dict) -> None:
+        self.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
+            "user": cmd["user"], "vhost": cmd["vhost"], "configure": cmd["configure"],
+            "write": cmd["write"], "read": cmd["read"]}
+        self._forget_permission_caches()
+
+    def _ev_clear_permissions(self, cmd: dict, result: dict) -> None:
+        self.permissions.get(cmd["vhost"], {}).pop(cmd["user"], None)
+        self._forget_permission_caches()
+
+    def _forget_permission_caches(self) -> None:
+        for conn in self.connections:
+            for ch in conn.channels.values():
+                ch._allowed.clear()
+
+    def _ev_set_policy(self, cmd: dict, result: dict) -> None:
+        self.policies.setdefault(cmd["vhost"], {})[cmd["name"]] = {
+            k: cmd.get(k) for k in ("vhost", "name", "pattern", "definition", "priority",
+                                    "apply_to")}
+
+    def _ev_clear_policy(self, cmd: dict, result: dict) -> None:
+        self.policies.get(cmd["vhost"], {}).pop(cmd["name"], None)
+
+    def _ev_declare_exchange(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["vhost"])
+        x = result.get("exchange")
+        if vh is None or x is None or x["type"] not in EXCHANGE_TYPES:
+            return
+        vh.add_exchange(x["name"], x["type"], x["durable"], x["auto_delete"], x["internal"],
+                        decode_args(x["arguments"]))
+
+    def _ev_delete_exchange(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["vhost"])
+        if vh is not None:
+            vh.remove_exchange(cmd["name"])
+            for name in result.get("auto_deleted_exchanges", []):
+                vh.remove_exchange(name)
+
+    def _ev_declare_queue(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["vhost"])
+        q = result.get("queue")
+        if vh is None or q is None:
+            return
+        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
+                     arguments=decode_args(q["arguments"]), recover=True)
+
+    def _ev_delete_queue(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["vhost"])
+        if vh is not None:
+            self._drop_queue(vh, cmd["name"])
+            for name in result.get("auto_deleted_exchanges", []):
+                vh.remove_exchange(name)
+
+    def _ev_bind(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["vhost"])
+        if vh is not None:
+            vh.bind(cmd["source"], Destination(cmd["destination_type"], cmd["destination"]),
+                    cmd["routing_key"], decode_args(cmd.get("arguments")))
+
+    def _ev_unbind(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["vhost"])
+        if vh is not None:
+            vh.unbind(cmd["source"], Destination(cmd["destination_type"], cmd["destination"]),
+                      cmd["routing_key"], decode_args(cmd.get("arguments")))
+            for name in result.get("auto_deleted_exchanges", []):
+                vh.remove_exchange(name)
+
+    # ------------------------------------------------------------------------------
+    # access control
+    # ------------------------------------------------------------------------------
+    def can_access_vhost(self, user: str, vhost: str) -> bool:
+        return user in self.permissions.get(vhost, {})
+
+    def permitted(self, user: str, vhost: str, perm: str, name: str) -> bool:
+        p = self.permissions.get(vhost, {}).get(user)
+        return p is not None and matches(p.get(perm, ""), name)
+
+    def server_properties(self, capabilities: dict) -> dict:
+        return {
+            "product": PRODUCT, "version": VERSION, "platform": "Python",
+            "cluster_name": self.settings.node_name,
+            "copyright": "WarrenMQ contributors",
+            "information": "Licensed under the Apache License 2.0",
+            "capabilities": capabilities,
+        }
+
+    def count_publish(self, routed: bool) -> None:
+        self.published += 1
+        if not routed:
+            self.unroutable += 1
+
+    # ------------------------------------------------------------------------------
+    # definitions: checks
+    # ------------------------------------------------------------------------------
+    @staticmethod
+    def check_exchange_equivalent(ex: Exchange, type_name: str, durable: bool,
+                                  auto_delete: bool, internal: bool, args: dict) -> None:
+        what = f"for exchange '{ex.name}' in vhost '{ex.vhost}'"
+        for field, current, received in (("type", ex.type_name, type_name),
+                                         ("durable", ex.durable, durable),
+                                         ("auto_delete", ex.auto_delete, auto_delete),
+                                         ("internal", ex.internal, internal)):
+            if current != received:
+                raise errors.precondition(f"inequivalent arg '{field}' {what}: received "
+                                          f"'{_fmt(received)}' but current is '{_fmt(current)}'")
+        for key in EQUIVALENT_EXCHANGE_ARGS:
+            if args.get(key) != ex.arguments.get(key):
+                raise errors.precondition(
+                    f"inequivalent arg '{key}' {what}: received '{_fmt(args.get(key))}' but "
+                    f"current is '{_fmt(ex.arguments.get(key))}'")
+
+    @staticmethod
+    def check_queue_equivalent(q: Queue, durable: bool, exclusive: bool, auto_delete: bool,
+                               args: dict) -> None:
+        what = f"for queue '{q.name}' in vhost '{q.vhost}'"
+        for field, current, received in (("durable", q.durable, durable),
+                                         ("exclusive", q.exclusive_owner is not None, exclusive),
+                                         ("auto_delete", q.auto_delete, auto_delete)):
+            if current != received:
+                raise errors.precondition(f"inequivalent arg '{field}' {what}: received "
+                                          f"'{_fmt(received)}' but current is '{_fmt(current)}'")
+        for key in EQUIVALENT_QUEUE_ARGS:
+            a, b = args.get(key), q.arguments.get(key)
+            if a != b and not (isinstance(a, bytes) and isinstance(b, str)
+                               and a.decode("utf-8", "replace") == b):
+                raise errors.precondition(f"inequivalent arg '{key}' {what}: received "
+                                          f"'{_fmt(a)}' but current is '{_fmt(b)}'")
+
+    @staticmethod
+    def validate_queue_arguments(args: dict) -> None:
+        def need_int(key: str, minimum: int) -> None:
+            v = args.get(key)
+            if v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise errors.precondition(f"invalid arg '{key}' for queue: expected an integer,"
+                                          f" got {_fmt(v)!r}")
+            if v < minimum:
+                raise errors.precondition(f"invalid arg '{key}' for queue: {v} < {minimum}")
+        need_int("x-message-ttl", 0)
+        need_int("x-expires", 1)
+        need_int("x-max-length", 0)
+        need_int("x-max-length-bytes", 0)
+        need_int("x-max-priority", 0)
+        qtype = args.get("x-queue-type")
+        if isinstance(qtype, bytes):
+            qtype = qtype.decode("utf-8", "replace")
+        if qtype not in (None, "classic", "quorum"):
+            raise errors.precondition(f"invalid arg 'x-queue-type': unsupported queue type "
+                                      f"'{qtype}'")
+
+    # ------------------------------------------------------------------------------
+    # definitions: changes
+    # ------------------------------------------------------------------------------
+    async def submit(self, command: dict) -> dict:
+        from cluster.raft import ClusterUnavailable
+        try:
+            result = await self.metadata.submit(command)
+        except ClusterUnavailable as e:
+            raise ConnectionError_(errors.INTERNAL_ERROR, str(e)) from None
+        if not result.get("ok"):
+            raise ChannelError(result.get("code", errors.INTERNAL_ERROR),
+                               result.get("text", "definition change refused"))
+        return result
+
+    async def declare_exchange(self, vh: VirtualHost, name: str, type_name: str, durable: bool,
+                               auto_delete: bool, internal: bool, args: dict) -> Exchange:
+        if durable:
+            result = await self.submit({
+                "op": "declare_exchange", "vhost": vh.name, "name": name, "type": type_name,
+                "durable": True, "auto_delete": auto_delete, "internal": internal,
+                "arguments": encode_args(args)})
+            ex = vh.exchanges.get(name)
+            if ex is None:  # deleted again before we looked
+                raise errors.not_found("exchange", name, vh.name)
+            if not result.get("created"):
+                self.check_exchange_equivalent(ex, type_name, durable, auto_delete, internal,
+                                               args)
+            return ex
+        return vh.add_exchange(name, type_name, False, auto_delete, internal, args)
+
+    async def delete_exchange(self, vh: VirtualHost, name: str, if_unused: bool) -> None:
+        ex = vh.exchanges.get(name)
+        if ex is None:
+            return
+        if if_unused and ex.bindings:
+            raise errors.precondition(f"exchange '{name}' in vhost '{vh.name}' in use")
+        if ex.durable:
+            await self.submit({"op": "delete_exchange", "vhost": vh.name, "name": name,
+                               "if_unused": if_unused})
+        # transient bindings and transient exchanges are only here
+        vh.remove_exchange(name)
+
+    async def declare_queue(self, vh: VirtualHost, name: str, durable: bool, owner: Any,
+                            auto_delete: bool, args: dict) -> Queue:
+        if durable and owner is None:
+            result = await self.submit({
+                "op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
+                "auto_delete": auto_delete, "exclusive": False, "arguments": encode_args(args)})
+            q = vh.queues.get(name)
+            if q is None:
+                raise errors.not_found("queue", name, vh.name)
+            if not result.get("created"):
+                self.check_queue_equivalent(q, durable, False, auto_delete, args)
+            return q
+        # transient and exclusive queues never leave this node (decision 2)
+        return vh.add_queue(name, durable=durable, exclusive_owner=owner,
+                            auto_delete=auto_delete, arguments=args)
+
+    async def delete_queue(self, vh: VirtualHost, q: Queue) -> None:
+        if q.durable and q.exclusive_owner is None:
+            await self.submit({"op": "delete_queue", "vhost": vh.name, "name": q.name})
+        self._drop_queue(vh, q.name)
+
+    def _drop_queue(self, vh: VirtualHost, name: str) -> None:
+        q = vh.remove_queue(name)
+        if q is None:
+            return
+        notified = set()
+        for c in list(q.consumers):
+            ch = c.owner
+            if id(ch) not in notified:
+                notified.add(id(ch))
+                ch.cancel_consumers_of(q)
+        q.consumers.clear()
+        if q.exclusive_owner is not None:
+            q.exclusive_owner.exclusive_queues.discard(name)
+
+    def _binding_is_durable(self, vh: VirtualHost, source: str, dest: Destination) -> bool:
+        src = vh.exchanges.get(source)
+        if src is None or not src.durable:
+            return False
+        if dest.kind == "queue":
+            q = vh.queues.get(dest.name)
+            return q is not None and q.durable and q.exclusive_owner is None
+        d = vh.exchanges.get(dest.name)
+        return d is not None and d.durable
+
+    async def bind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
+                   args: dict) -> None:
+        if self._binding_is_durable(vh, source, dest):
+            await self.submit({
+                "op": "bind", "vhost": vh.name, "source": source, "destination": dest.name,
+                "destination_type": dest.kind, "routing_key": routing_key,
+                "arguments": encode_args(args)})
+        else:
+            vh.bind(source, dest, routing_key, args)
+
+    async def unbind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
+                     args: dict) -> None:
+        if self._binding_is_durable(vh, source, dest):
+            await self.submit({
+                "op": "unbind", "vhost": vh.name, "source": source, "destination": dest.name,
+                "destination_type": dest.kind, "routing_key": routing_key,
+                "arguments": encode_args(args)})
+        else:
+            vh.unbind(source, dest, routing_key, args)
+
+    # --- auto-delete and exclusive cleanup ------------------------------------------
+    def _queue_unused(self, q: Queue) -> None:
+        vh = self.vhosts.get(q.vhost)
+        if vh is None or vh.queues.get(q.name) is not q:
+            return
+        asyncio.ensure_future(self._quietly(self.delete_queue(vh, q)))
+
+    def _exchange_unused(self, ex: Exchange) -> None:
+        vh = self.vhosts.get(ex.vhost)
+        if vh is None or ex.durable:
+            return  # the state machine auto-deletes durable exchanges on their last unbind
+        vh.remove_exchange(ex.name)
+
+    @staticmethod
+    async def _quietly(coro: Any) -> None:
+        try:
+            await coro
+        except AMQPError as e:
+            log.warning("auto-delete failed: %s", e.reply_text)
+
+    def connection_closed(self, conn: Any) -> None:
+        self.connections.discard(conn)
+        vh = conn.vhost
+        if vh is None:
+            return
+        vh.connections.discard(conn)
+        for name in list(conn.exclusive_queues):
+            q = vh.queues.get(name)
+            if q is not None and q.exclusive_owner is conn:
+                self._drop_queue(vh, name)
+        conn.exclusive_queues.clear()
+
+    # ------------------------------------------------------------------------------
+    # administration (management API, warrenctl)
+    # ------------------------------------------------------------------------------
+    async def add_vhost(self, name: str, description: str = "", tags: list | None = None,
+                        default_queue_type: str = "classic") -> None:
+        await self.submit({"op": "add_vhost", "name": name, "description": description,
+                           "tags": tags or [], "default_queue_type": default_queue_type})
+
+    async def delete_vhost(self, name: str) -> None:
+        await self.submit({"op": "delete_vhost", "name": name})
+
+    async def add_user(self, name: str, password_hash: str, tags: list,
+                       hashing: str = "rabbit_password_hashing_sha256") -> None:
+        await self.submit({"op": "add_user", "name": name, "password_hash": password_hash,
+                           "hashing": hashing, "tags": tags})
+
+    async def delete_user(self, name: str) -> None:
+        await self.submit({"op": "delete_user", "name": name})
+
+    async def change_password(self, name: str, password_hash: str,
+                              hashing: str = "rabbit_password_hashing_sha256") -> None:
+        await self.submit({"op": "change_password", "name": name,
+                           "password_hash": password_hash, "hashing": hashing})
+
+    async def set_user_tags(self, name: str, tags: list) -> None:
+        await self.submit({"op": "set_user_tags", "name": name, "tags": tags})
+
+    async def set_permissions(self, user: str, vhost: str, configure: str, write: str,
+                              read: str) -> None:
+        await self.submit({"op": "set_permissions", "user": user, "vhost": vhost,
+                           "configure": configure, "write": write, "read": read})
+
+    async def clear_permissions(self, user: str, vhost: str) -> None:
+        await self.submit({"op": "clear_permissions", "user": user, "vhost": vhost})

@@ -1,0 +1,78 @@
+"""Node settings: embedded defaults, overridden by WARREN_* environment variables, overridden
+by command-line flags.  One place, so scripts, docker-compose and tests can run many nodes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Settings:
+    node_name: str = "warren@localhost"
+    data_dir: str = "./data/warren"
+    amqp_host: str = "0.0.0.0"
+    amqp_port: int = 5672
+    http_host: str = "0.0.0.0"
+    http_port: int = 15672
+    raft_address: str = "127.0.0.1:25672"
+    peers: list[str] = field(default_factory=list)
+    cluster_secret: str = ""
+    default_vhost: str = "/"
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    # RabbitMQ's negotiation defaults
+    channel_max: int = 2047
+    frame_max: int = 131072
+    heartbeat: int = 60
+    max_message_size: int = 16 * 1024 * 1024
+    # paging: messages kept in memory per queue before the rest stays in LMDB only
+    queue_memory_messages: int = 20000
+    sync: bool = True
+    log_level: str = "info"
+
+    @property
+    def raft_port(self) -> int:
+        return int(self.raft_address.rsplit(":", 1)[1])
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True,
+         "0": False, "false": False, "no": False, "off": False}
+
+
+def _convert(name: str, typ: object, raw: str) -> object:
+    if typ in (int, "int"):
+        return int(raw)
+    if typ in (bool, "bool"):
+        try:
+            return _BOOL[raw.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{name}: expected a boolean, got {raw!r}") from None
+    if typ in ("list[str]",) or str(typ).startswith("list"):
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    return raw
+
+
+def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    s = Settings()
+    for f in fields(Settings):
+        key = "WARREN_" + f.name.upper()
+        if key in env:
+            setattr(s, f.name, _convert(f.name, f.type, env[key]))
+    p = argparse.ArgumentParser(prog="warren", description="Start a WarrenMQ node.")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, dest=f.name, default=None,
+                       help=f"(env WARREN_{f.name.upper()}; default {getattr(s, f.name)!r})")
+    args = p.parse_args(argv)
+    for f in fields(Settings):
+        raw = getattr(args, f.name)
+        if raw is not None:
+            setattr(s, f.name, _convert(f.name, f.type, raw))
+    if s.peers and not s.cluster_secret:
+        p.error("a cluster of more than one node needs --cluster-secret (or WARREN_CLUSTER_SECRET)")
+    if s.frame_max < 4096:
+        p.error("--frame-max must be at least 4096")
+    return s

@@ -1,0 +1,55 @@
+"""Headers exchange: bindings match on message headers instead of the routing key.
+
+`x-match` is "all" (the default) or "any"; the "-with-x" variants (all-with-x, any-with-x)
+also compare binding arguments whose names start with "x-", which plain all/any skip.  A
+binding argument with a void value matches when the header is present with any value."""
+
+from __future__ import annotations
+
+from node.exchanges.base import Binding, Destination, Exchange
+
+
+def headers_match(args: dict, headers: dict | None) -> bool:
+    headers = headers or {}
+    mode = args.get("x-match", "all")
+    if isinstance(mode, bytes):
+        mode = mode.decode("utf-8", "replace")
+    with_x = mode.endswith("-with-x")
+    any_mode = mode.startswith("any")
+    for k, v in args.items():
+        if k == "x-match" or (k.startswith("x-") and not with_x):
+            continue
+        if k in headers and (v is None or _equal(headers[k], v)):
+            if any_mode:
+                return True
+        elif not any_mode:
+            return False
+    # "all" with every argument present (or none to check) matches; "any" found none
+    return not any_mode
+
+
+def _equal(a: object, b: object) -> bool:
+    if isinstance(a, bytes) and isinstance(b, str):
+        a = a.decode("utf-8", "replace")
+    if isinstance(b, bytes) and isinstance(a, str):
+        b = b.decode("utf-8", "replace")
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return a == b
+
+
+class HeadersExchange(Exchange):
+    type_name = "headers"
+
+    def route(self, routing_key: str, headers: dict | None) -> set[Destination] | list[Destination]:
+        out: set[Destination] = set()
+        for b in self.bindings.values():
+            if b.destination not in out and headers_match(b.arguments, headers):
+                out.add(b.destination)
+        return out
+
+    def _index_add(self, b: Binding) -> None:
+        pass  # routing scans self.bindings: header matching cannot be indexed by key
+
+    def _index_remove(self, b: Binding) -> None:
+        pass

@@ -1,0 +1,66 @@
+"""`warren`: start a WarrenMQ node (AMQP listener, management HTTP API, Raft definitions,
+LMDB message stores) with embedded defaults, WARREN_* environment variables and flags."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from node.config import Settings, load_settings
+
+log = logging.getLogger("warren")
+
+
+async def serve(settings: Settings) -> None:
+    from cluster.raft import MetadataStore
+    from node.amqp.connection import AMQPConnection
+    from node.broker import Broker
+    from node.http.api import start_http
+
+    loop = asyncio.get_running_loop()
+    os.makedirs(settings.data_dir, exist_ok=True)
+    metadata = MetadataStore(self_address=settings.raft_address, peers=settings.peers,
+                             data_dir=settings.data_dir, secret=settings.cluster_secret or None,
+                             loop=loop)
+    broker = Broker(settings, metadata)
+    await broker.start()
+    server = await loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,
+                                      settings.amqp_port, reuse_address=True, backlog=1024)
+    http_runner = await start_http(broker, settings.http_host, settings.http_port)
+    log.info("node %s: AMQP on %s:%d, HTTP on %s:%d, raft on %s, data in %s",
+             settings.node_name, settings.amqp_host, settings.amqp_port, settings.http_host,
+             settings.http_port, settings.raft_address, os.path.abspath(settings.data_dir))
+    print(f"warren: node {settings.node_name} ready on amqp port {settings.amqp_port}",
+          flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.close()
+    await http_runner.cleanup()
+    await broker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "perf":
+        from node.perf import main as perf_main
+        perf_main(args[1:])
+        return
+    settings = load_settings(args)
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop  # optional: a faster event loop when installed
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
