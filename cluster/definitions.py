@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -92,9 +92,13 @@ class _Refused(Exception):
         self.text = text
 
 
-def _copy(value: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _copy(value: _T) -> _T:
     """Deep copy of plain data (msgpack round trip: C speed, and proof of plainness)."""
-    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
+    copied: _T = msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
+    return copied
 
 
 def binding_key(
@@ -282,10 +286,9 @@ class DefinitionState:
                     f"definition command must be a map, got {type(command).__name__}",
                 )
             op = command.get("op")
-            handler = _HANDLERS.get(op) if isinstance(op, str) else None
-            if handler is None:
+            if not isinstance(op, str) or op not in _HANDLERS:
                 raise _Refused(INTERNAL_ERROR, f"unknown definition command {op!r}")
-            return handler(self, _Command(op, command))
+            return _HANDLERS[op](self, _Command(op, command))
         except _Refused as refused:
             return {"ok": False, "code": refused.code, "text": refused.text}
         except Exception as exc:  # a bug here must not wedge the replicated log

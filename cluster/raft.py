@@ -79,6 +79,9 @@ _FAIL_TEXT = {
 }
 
 
+_RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
 class ClusterUnavailable(Exception):
     """A definition change could not be committed: no leader, no quorum, or timeout.
 
@@ -96,6 +99,17 @@ def normalize_address(address: str) -> str:
     if not port.isdigit():
         raise ValueError(f"bad raft address {address!r}: expected host:port")
     return address
+
+
+def _has_quorum(machine: SyncObj) -> bool:
+    """pysyncobj's hasQuorum (connected voters), read from the loop thread: the tick
+    thread may change the set of connected nodes while it is being intersected."""
+    for _ in range(5):
+        try:
+            return bool(machine.hasQuorum)
+        except RuntimeError:
+            continue
+    return False
 
 
 class _Replica:
@@ -317,6 +331,8 @@ class MetadataStore:
         machine = self._machine
         while True:
             if self._replica.dump_error is not None:
+                # pysyncobj would carry on with an empty state and never apply again.
+                await self.close()
                 raise RuntimeError(
                     f"cannot load the definitions dump in {self._raft_dir}: "
                     f"{self._replica.dump_error}"
@@ -327,7 +343,7 @@ class MetadataStore:
                     f"cluster has no quorum: no Raft leader within {timeout:g} s "
                     f"(self {self._self_address}, peers {', '.join(self._peers) or 'none'})"
                 )
-            if machine._getLeader() is not None and machine.hasQuorum:
+            if machine._getLeader() is not None and _has_quorum(machine):
                 try:
                     await self._replicate(machine, _BARRIER, min(remaining, 5.0))
                 except ClusterUnavailable:
@@ -441,7 +457,7 @@ class MetadataStore:
             raise ClusterUnavailable(
                 "cluster has no quorum: definition change refused (no Raft leader)"
             )
-        if not machine.hasQuorum:
+        if not _has_quorum(machine):
             raise ClusterUnavailable(
                 "cluster has no quorum: definition change refused "
                 "(this node reaches less than a majority)"
@@ -549,7 +565,7 @@ class MetadataStore:
             "started": True,
             "ready": machine.isReady(),
             "leader": str(leader) if leader is not None else None,
-            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(raw.get("state"), "?"),
+            "state": _RAFT_STATES.get(raw.get("state", -1), "?"),
             "term": raw.get("raft_term"),
             "commit_index": raw.get("commit_idx"),
             "last_applied": raw.get("last_applied"),

@@ -80,7 +80,7 @@ def print_rows(rows: list[dict], columns: list[str], formatter: str) -> None:
     table = [columns] + [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
 
 
 def run(args: argparse.Namespace, client: Client) -> None:

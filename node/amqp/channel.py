@@ -105,8 +105,8 @@ class Channel:
             if self._publishing is not None:
                 raise ConnectionError_(
                     errors.UNEXPECTED_FRAME,
-                    f"expected content header for class 60, got non content header frame "
-                    f"instead", payload.CLASS_ID, payload.METHOD_ID)
+                    "expected content header for class 60, got non content header frame "
+                    "instead", payload.CLASS_ID, payload.METHOD_ID)
             result = self.handle_method(payload)
             if result is not None:
                 self._run_async(result, payload)

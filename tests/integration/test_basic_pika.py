@@ -209,7 +209,7 @@ def test_round_robin_between_consumers(conn):
     got = {"a": 0, "b": 0}
     ch.basic_consume(q, lambda c, m, p, b: got.__setitem__("a", got["a"] + 1), auto_ack=True)
     ch.basic_consume(q, lambda c, m, p, b: got.__setitem__("b", got["b"] + 1), auto_ack=True)
-    for i in range(20):
+    for _i in range(20):
         ch.basic_publish("", q, b"x")
     pump(conn, 3, until=lambda: got["a"] + got["b"] == 20)
     assert got == {"a": 10, "b": 10}

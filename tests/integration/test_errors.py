@@ -8,7 +8,11 @@ import time
 
 import pika
 import pytest
-from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, ProbableAuthenticationError
+from pika.exceptions import (
+    ChannelClosedByBroker,
+    ConnectionClosedByBroker,
+    ProbableAuthenticationError,
+)
 
 
 def closed_code(fn) -> tuple[int, str]:

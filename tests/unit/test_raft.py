@@ -524,3 +524,18 @@ def test_status_and_snapshot_are_safe_from_the_loop_while_ticking(tmp_path: Path
             await store.close()
 
     run(main())
+
+
+def test_an_unreadable_dump_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "raft").mkdir()
+    (tmp_path / "raft" / "dump").write_bytes(b"\x1f\x8bnot ours")
+
+    async def main() -> None:
+        store = single(tmp_path)
+        try:
+            with pytest.raises(RuntimeError, match="cannot load the definitions dump"):
+                await store.start(timeout=10)
+        finally:
+            await store.close()
+
+    run(main())
