@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--formatter", "-f", choices=["table", "json"], default="table")
     p.add_argument("command")
     p.add_argument("args", nargs="*")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         run(args, Client(args.node, args.username, args.password))
     except CtlError as e:

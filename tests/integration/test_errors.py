@@ -159,7 +159,7 @@ class RawClient:
         self.sock.close()
 
 
-def raw_open(node) -> RawClient:
+def raw_open(node, heartbeat: int = 0) -> RawClient:
     """Handshake as a minimal client: PLAIN guest/guest, vhost /, no heartbeat."""
     from node.amqp import spec
     from node.amqp.frames import method_frame
@@ -173,7 +173,7 @@ def raw_open(node) -> RawClient:
     tune = s.read_method()
     assert isinstance(tune, spec.ConnectionTune)
     s.sendall(method_frame(0, spec.ConnectionTuneOk(channel_max=tune.channel_max,
-                                                    frame_max=tune.frame_max, heartbeat=0)))
+                                                    frame_max=tune.frame_max, heartbeat=heartbeat)))
     s.sendall(method_frame(0, spec.ConnectionOpen(virtual_host="/")))
     assert isinstance(s.read_method(), spec.ConnectionOpenOk)
     s.sendall(method_frame(1, spec.ChannelOpen()))
@@ -313,4 +313,39 @@ def test_server_chosen_consumer_tag(node):
     s.sendall(method_frame(1, spec.BasicConsume(queue=q, consumer_tag="")))
     ok = s.read_method()
     assert isinstance(ok, spec.BasicConsumeOk) and ok.consumer_tag.startswith("amq.ctag-")
+    s.close()
+
+
+def test_heartbeats_sent_and_silent_peer_dropped(node):
+    s = raw_open(node, heartbeat=1)
+    s.sock.settimeout(10)
+    start = time.monotonic()
+    heartbeats = 0
+    closed_after = None
+    while time.monotonic() - start < 8:
+        data = s.sock.recv(65536)
+        if not data:
+            closed_after = time.monotonic() - start
+            break
+        heartbeats += sum(1 for f in s.reader.feed(data) if f[0] == 8)
+    assert heartbeats >= 1  # the server sends heartbeats at half the timeout
+    assert closed_after is not None and closed_after < 5  # silent for 2 intervals: dropped
+    s.close()
+
+
+def test_heartbeating_peer_stays_connected(node):
+    from node.amqp.frames import HEARTBEAT_FRAME
+    s = raw_open(node, heartbeat=1)
+    s.sock.settimeout(0.5)
+    for _ in range(8):
+        s.sendall(HEARTBEAT_FRAME)
+        try:
+            assert s.sock.recv(65536) != b""
+        except socket.timeout:
+            pass
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    s.sendall(method_frame(1, spec.QueueDeclare(queue="", exclusive=True)))
+    s.sock.settimeout(5)
+    assert isinstance(s.read_method(), spec.QueueDeclareOk)
     s.close()

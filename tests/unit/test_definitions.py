@@ -17,6 +17,11 @@ from cluster.definitions import (
 ARGS = b"\x00\x00\x00\x0b\x05x-ttlI\x00\x00\x03\xe8"  # some opaque field table
 
 
+def some(definition: dict[str, Any] | None) -> dict[str, Any]:
+    assert definition is not None
+    return definition
+
+
 def ok(state: DefinitionState, **command: Any) -> dict[str, Any]:
     result = state.apply(command)
     assert result["ok"] is True, result
@@ -82,9 +87,9 @@ def test_add_vhost_creates_it_with_the_predeclared_exchanges() -> None:
         "epoch": 1,
     }
     assert set(s.exchanges["prod"]) == set(DEFAULT_EXCHANGES)
-    assert s.exchange("prod", "amq.topic")["type"] == "topic"
-    assert s.exchange("prod", "amq.rabbitmq.trace")["internal"] is True
-    assert s.exchange("prod", "")["arguments"] == EMPTY_ARGUMENTS
+    assert some(s.exchange("prod", "amq.topic"))["type"] == "topic"
+    assert some(s.exchange("prod", "amq.rabbitmq.trace"))["internal"] is True
+    assert some(s.exchange("prod", ""))["arguments"] == EMPTY_ARGUMENTS
     assert s.list_queues("prod") == [] and s.list_bindings("prod") == []
 
 
@@ -119,12 +124,12 @@ def test_delete_vhost_drops_everything_in_it(state: DefinitionState) -> None:
 
 
 def test_set_vhost_owner_bumps_the_epoch_and_can_compare_and_set(state: DefinitionState) -> None:
-    assert state.vhost("/")["epoch"] == 0
+    assert some(state.vhost("/"))["epoch"] == 0
     assert ok(state, op="set_vhost_owner", name="/", owner="n1")["epoch"] == 1
     assert ok(state, op="set_vhost_owner", name="/", owner="n2", expected_epoch=1)["epoch"] == 2
     text = refused(state, 406, op="set_vhost_owner", name="/", owner="n3", expected_epoch=1)
     assert text == "vhost '/' is at epoch 2, expected 1"
-    assert state.vhost("/")["owner"] == "n2"
+    assert some(state.vhost("/"))["owner"] == "n2"
     refused(state, 404, op="set_vhost_owner", name="nope", owner="n1")
 
 
@@ -167,7 +172,7 @@ def test_user_lifecycle(state: DefinitionState) -> None:
     ]
     again = ok(state, op="add_user", name="u", password_hash="h2", hashing="md5", tags=["x"])
     assert again["created"] is False
-    assert state.user("u")["password_hash"] == "h2"
+    assert some(state.user("u"))["password_hash"] == "h2"
     ok(state, op="change_password", name="u", password_hash="h3", hashing="sha512")
     ok(state, op="set_user_tags", name="u", tags=["administrator", "monitoring"])
     assert state.user("u") == {
@@ -206,7 +211,11 @@ def test_permissions(state: DefinitionState) -> None:
 
 
 def test_policies(state: DefinitionState) -> None:
-    definition = {"max-length": 10, "dead-letter-exchange": "dlx", "nested": {"a": [1, 2]}}
+    definition: dict[str, Any] = {
+        "max-length": 10,
+        "dead-letter-exchange": "dlx",
+        "nested": {"a": [1, 2]},
+    }
     result = ok(
         state,
         op="set_policy",
@@ -227,12 +236,12 @@ def test_policies(state: DefinitionState) -> None:
         "apply_to": "queues",
     }
     definition["nested"]["a"].append(3)  # the state holds its own copy
-    assert state.policy("/", "p")["definition"]["nested"] == {"a": [1, 2]}
+    assert some(state.policy("/", "p"))["definition"]["nested"] == {"a": [1, 2]}
     assert (
         ok(state, op="set_policy", vhost="/", name="p", pattern="x", definition={})["created"]
         is False
     )
-    assert state.policy("/", "p")["apply_to"] == "all"
+    assert some(state.policy("/", "p"))["apply_to"] == "all"
     refused(state, 404, op="set_policy", vhost="v", name="p", pattern="x", definition={})
     assert ok(state, op="clear_policy", vhost="/", name="p")["deleted"] is True
     assert ok(state, op="clear_policy", vhost="/", name="p")["deleted"] is False
@@ -499,9 +508,9 @@ def test_barrier_changes_nothing(state: DefinitionState) -> None:
 def test_results_never_alias_the_state(state: DefinitionState) -> None:
     result = declare_x(state, "x")
     result["exchange"]["type"] = "mutated"
-    state.vhost("/")["tags"].append("mutated")
-    assert state.exchange("/", "x")["type"] == "direct"
-    assert state.vhost("/")["tags"] == []
+    some(state.vhost("/"))["tags"].append("mutated")
+    assert some(state.exchange("/", "x"))["type"] == "direct"
+    assert some(state.vhost("/"))["tags"] == []
 
 
 # ---------------------------------------------------------------- snapshots & replay
@@ -553,10 +562,10 @@ def test_snapshot_round_trips_through_msgpack() -> None:
     wire = msgpack.packb(snap, use_bin_type=True)
     restored = DefinitionState.from_snapshot(msgpack.unpackb(wire, raw=False))
     assert restored.snapshot() == snap
-    assert restored.queue("/", "q")["arguments"] == ARGS  # bytes stay bytes
+    assert some(restored.queue("/", "q"))["arguments"] == ARGS  # bytes stay bytes
     # the restored state is independent of the snapshot it came from
     snap["vhosts"]["/"]["tags"].append("x")
-    assert restored.vhost("/")["tags"] == []
+    assert some(restored.vhost("/"))["tags"] == []
     # and it keeps working the same way
     for command in history()[14:]:
         assert restored.apply(command) == s.apply(command)

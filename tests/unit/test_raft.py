@@ -224,7 +224,8 @@ def test_single_node_submit_events_and_latency(tmp_path: Path) -> None:
             with pytest.raises(ValueError):
                 await store.submit({"no": "op"})
             with pytest.raises(TypeError):
-                await store.submit({"op": "add_vhost", "name": object()})
+                unpackable: Any = {"op": "add_vhost", "name": object()}
+                await store.submit(unpackable)
         finally:
             await store.close()
         await store.close()  # idempotent
@@ -236,7 +237,7 @@ def test_single_node_submit_events_and_latency(tmp_path: Path) -> None:
 
 def test_restart_replays_the_journal(tmp_path: Path) -> None:
     port = free_port()
-    commands = [
+    commands: list[dict[str, Any]] = [
         {"op": "add_vhost", "name": "/"},
         {"op": "declare_exchange", "vhost": "/", "name": "x", "type": "topic", "durable": True},
         {"op": "declare_queue", "vhost": "/", "name": "q", "durable": True, "arguments": b"\0"},
