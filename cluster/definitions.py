@@ -178,26 +178,40 @@ class DefinitionState:
 
     def snapshot(self) -> dict[str, Any]:
         """A deep, plain, msgpack-able copy of the whole state."""
-        return _copy(
-            {
-                "format": SNAPSHOT_FORMAT,
-                "bootstrapped": self.bootstrapped,
-                "vhosts": self.vhosts,
-                "users": self.users,
-                "permissions": self.permissions,
-                "policies": self.policies,
-                "exchanges": self.exchanges,
-                "queues": self.queues,
-                "bindings": self.bindings,
-            }
-        )
+        return _copy(self._tables())
+
+    def dumps(self) -> bytes:
+        """`snapshot()` as msgpack bytes, without the intermediate copy."""
+        return msgpack.packb(self._tables(), use_bin_type=True)
+
+    def _tables(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "bootstrapped": self.bootstrapped,
+            "vhosts": self.vhosts,
+            "users": self.users,
+            "permissions": self.permissions,
+            "policies": self.policies,
+            "exchanges": self.exchanges,
+            "queues": self.queues,
+            "bindings": self.bindings,
+        }
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> DefinitionState:
         """Rebuild a state from `snapshot()` output (which it copies, never aliases)."""
-        if data.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unsupported definitions snapshot format {data.get('format')!r}")
-        data = _copy(data)
+        return cls._adopt(_copy(data))
+
+    @classmethod
+    def loads(cls, blob: bytes) -> DefinitionState:
+        """Rebuild a state from `dumps()` output."""
+        return cls._adopt(msgpack.unpackb(blob, raw=False))
+
+    @classmethod
+    def _adopt(cls, data: Any) -> DefinitionState:
+        if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"unsupported definitions snapshot format {found!r}")
         state = cls()
         state.bootstrapped = bool(data["bootstrapped"])
         state.vhosts = data["vhosts"]

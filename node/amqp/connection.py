@@ -453,7 +453,9 @@ class AMQPConnection(asyncio.Protocol):
         self._out = []
         if self.transport is not None and not self.transport.is_closing():
             self._sent_since_tick = True
-            self.transport.writelines(out)
+            # one buffer per turn: uvloop's writelines keeps every piece as its own iovec,
+            # and a slow reader with millions of small pieces queued makes writes quadratic
+            self.transport.write(b"".join(out))
 
     def spawn(self, coro: Any) -> None:
         t = self.loop.create_task(coro)

@@ -572,9 +572,20 @@ def test_snapshot_round_trips_through_msgpack() -> None:
     assert restored.snapshot() == s.snapshot()
 
 
+def test_dumps_and_loads_are_msgpack_snapshots() -> None:
+    s = DefinitionState()
+    for command in history():
+        s.apply(command)
+    blob = s.dumps()
+    assert msgpack.unpackb(blob, raw=False) == s.snapshot()
+    assert DefinitionState.loads(blob).snapshot() == s.snapshot()
+
+
 def test_from_snapshot_refuses_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="unsupported definitions snapshot format"):
         DefinitionState.from_snapshot({"format": 99})
+    with pytest.raises(ValueError, match="unsupported definitions snapshot format"):
+        DefinitionState.loads(msgpack.packb([1, 2]))
 
 
 def test_replay_is_deterministic() -> None:

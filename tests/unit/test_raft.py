@@ -323,7 +323,7 @@ def test_restart_after_compaction_starts_with_a_reset(tmp_path: Path) -> None:
     # our dump is msgpack, not pysyncobj's gzip'ed pickle
     payload = msgpack.unpackb(dump.read_bytes(), raw=False)
     assert payload["magic"] == "warrenmq-definitions-dump"
-    assert payload["state"] == at_dump
+    assert DefinitionState.loads(payload["state"]).snapshot() == at_dump
 
     events, restored = run(second())
     assert events[0] == ({"op": "reset"}, {"ok": True, "state": at_dump})
