@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import time
 from typing import TYPE_CHECKING, Any
@@ -542,6 +543,12 @@ class Broker:
 
     async def set_permissions(self, user: str, vhost: str, configure: str, write: str,
                               read: str) -> None:
+        for kind, pattern in (("configure", configure), ("write", write), ("read", read)):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ChannelError(errors.PRECONDITION_FAILED,
+                                   f"invalid {kind} regex '{pattern}': {e}") from None
         await self.submit({"op": "set_permissions", "user": user, "vhost": vhost,
                            "configure": configure, "write": write, "read": read})
 
