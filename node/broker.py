@@ -96,6 +96,7 @@ class Broker:
         await self.metadata.start()
         self.metadata.subscribe(self._on_event)
         self._rebuild(self.metadata.snapshot())
+        self._drop_orphaned_messages()
         self._live = True
         s = self.settings
         from node.auth import hash_password
@@ -170,6 +171,17 @@ class Broker:
             for b in state.get("bindings", {}).get(name, {}).values():
                 vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
                         b["routing_key"], decode_args(b["arguments"]))
+
+    def _drop_orphaned_messages(self) -> None:
+        """Messages of queues that no longer exist (exclusive durable queues of a node that
+        crashed, a delete whose store cleanup did not commit) would sit in LMDB forever."""
+        for vh in self.vhosts.values():
+            if vh.store is None:
+                continue
+            for name in vh.store.queues() - set(vh.queues):
+                log.info("dropping stored messages of queue '%s' in vhost '%s': the queue no "
+                         "longer exists", name, vh.name)
+                vh.store.delete_queue(name)
 
     def _on_event(self, cmd: dict, result: dict) -> None:
         if not self._live or not result.get("ok"):

@@ -12,7 +12,7 @@ from node.amqp.fields import SyntaxError_
 
 class Message:
     __slots__ = ("exchange", "routing_key", "header", "body", "persistent", "_props",
-                 "__weakref__")
+                 "_record", "__weakref__")
 
     def __init__(self, exchange: str, routing_key: str, header: bytes, body: bytes,
                  persistent: bool) -> None:
@@ -23,6 +23,7 @@ class Message:
         self.body = body
         self.persistent = persistent
         self._props: spec.BasicProperties | None = None
+        self._record: bytes | None = None  # encoded once, shared by every queue it reaches
 
     @classmethod
     def from_publish(cls, exchange: str, routing_key: str, header: bytes,
@@ -51,8 +52,10 @@ class Message:
     def encode(self) -> bytes:
         """The record kept in the vhost's LMDB store: one flag byte (so recovery can drop
         transient records without decoding them), then msgpack."""
-        return (b"P" if self.persistent else b"T") + msgpack.packb(
-            (self.exchange, self.routing_key, self.header, self.body), use_bin_type=True)
+        if self._record is None:
+            self._record = (b"P" if self.persistent else b"T") + msgpack.packb(
+                (self.exchange, self.routing_key, self.header, self.body), use_bin_type=True)
+        return self._record
 
     @staticmethod
     def record_is_persistent(record: bytes) -> bool:

@@ -529,6 +529,7 @@ class Channel:
             for q in queues:
                 if q.publish(msg):
                     must_flush = True
+            msg._record = None  # the store has its copy; don't keep a second one in memory
         elif mandatory:
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,

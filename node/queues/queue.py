@@ -4,8 +4,8 @@ Ordering: every message gets a sequence number when it is enqueued.  Ready messa
 a deque; requeued ones (nack, reject, a closed channel) go to a heap keyed by their sequence
 number, so they come back at their old place ahead of newer messages.
 
-Paging: a durable queue holds at most `memory_limit` ready messages in memory.  Past that,
-new messages are written only to the vhost's LMDB store and paged back in batches as the
+Paging: a queue (durable or not) holds at most `memory_limit` ready messages in memory.  Past
+that, new messages are written only to the vhost's LMDB store and paged back in batches as the
 in-memory part drains, so a backlog larger than memory stays on disk, not in the Python heap.
 Every message past the in-memory part is newer than everything in memory, so paging never
 reorders."""
@@ -38,7 +38,7 @@ class Queue:
         self.exclusive_owner = exclusive_owner  # the connection that owns an exclusive queue
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.store = store if durable else None
+        self.store = store  # for persistence (durable queues) and paging (every queue)
         self.memory_limit = max(memory_limit, PAGE_BATCH)
         self.on_unused = on_unused
         self.consumers: deque[Consumer] = deque()
@@ -85,10 +85,10 @@ class Queue:
                 self._paged_from = seq
             self._paged_count += 1
             self._paged_bytes += len(message.body)
-            return message.persistent
+            return message.persistent and self.durable
         entry = QueueEntry(seq, message)
         must_flush = False
-        if store is not None and message.persistent:
+        if store is not None and message.persistent and self.durable:
             store.put(self.name, seq, message.encode())
             entry.stored = True
             must_flush = True
@@ -249,7 +249,7 @@ class Queue:
         """Load this durable queue's messages from the store after a restart.  Transient
         messages that were paged to disk are dropped, as RabbitMQ drops them."""
         store = self.store
-        if store is None:
+        if store is None or not self.durable:
             return 0
         start = 0
         while True:

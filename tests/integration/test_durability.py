@@ -119,3 +119,21 @@ def test_paged_backlog_survives_restart(fresh):
     got = [int(ch.basic_get("paged", auto_ack=True)[2]) for _ in range(5000)]
     assert got == list(range(5000))
     c.close()
+
+
+def test_transient_queue_backlog_pages_too(fresh):
+    c = connect(fresh)
+    ch = c.channel()
+    ch.queue_declare("transient_backlog", durable=False)
+    n = 7000
+    for i in range(n):
+        ch.basic_publish("", "transient_backlog", str(i).encode())
+    assert ch.queue_declare("transient_backlog", passive=True).method.message_count == n
+    got = [int(ch.basic_get("transient_backlog", auto_ack=True)[2]) for _ in range(n)]
+    assert got == list(range(n))
+    c.close()
+    fresh.kill()
+    fresh.start()  # the paged records of the transient queue are dropped at start
+    c = connect(fresh)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        c.channel().queue_declare("transient_backlog", passive=True)
