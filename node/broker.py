@@ -87,6 +87,8 @@ class Broker:
         # global counters (management API, Prometheus)
         self.published = 0
         self.unroutable = 0
+        self.returned = 0  # unroutable and mandatory: basic.return
+        self.confirmed = 0  # basic.ack sent to publishers
         self._pending_store_closes: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------------------
@@ -566,3 +568,17 @@ class Broker:
 
     async def clear_permissions(self, user: str, vhost: str) -> None:
         await self.submit({"op": "clear_permissions", "user": user, "vhost": vhost})
+
+    async def set_policy(self, vhost: str, name: str, pattern: str, definition: dict,
+                         priority: int = 0, apply_to: str = "all") -> None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"invalid policy pattern '{pattern}': {e}") from None
+        await self.submit({"op": "set_policy", "vhost": vhost, "name": name,
+                           "pattern": pattern, "definition": definition,
+                           "priority": priority, "apply_to": apply_to})
+
+    async def clear_policy(self, vhost: str, name: str) -> None:
+        await self.submit({"op": "clear_policy", "vhost": vhost, "name": name})

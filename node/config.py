@@ -30,6 +30,8 @@ class Settings:
     # paging: messages kept in memory per queue before the rest stays in LMDB only
     queue_memory_messages: int = 20000
     sync: bool = True
+    # how often the management plane samples counters into rates (RabbitMQ's name, ms)
+    collect_statistics_interval: int = 5000
     log_level: str = "info"
 
     @property

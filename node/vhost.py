@@ -32,6 +32,9 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.connections: set[Any] = set()
+        # stats_* counters of deleted queues and exchanges, so that vhost and node totals
+        # (management API, Prometheus *_total) never go backwards
+        self.retired_stats: dict[str, int] = {}
         for ex_name, ex_type in STANDARD_EXCHANGES:
             self.add_exchange(ex_name, ex_type, durable=True)
 
@@ -50,6 +53,7 @@ class VirtualHost:
         ex = self.exchanges.pop(name, None)
         if ex is None:
             return
+        self._retire(ex)
         dest = Destination("exchange", name)
         for other in list(self.exchanges.values()):
             if other.remove_destination(dest):
@@ -77,6 +81,7 @@ class VirtualHost:
         if q is None:
             return None
         q.deleted = True
+        self._retire(q)
         dest = Destination("queue", name)
         for ex in list(self.exchanges.values()):
             if ex.remove_destination(dest):
@@ -84,6 +89,12 @@ class VirtualHost:
         if q.store is not None:
             q.store.delete_queue(name)
         return q
+
+    def _retire(self, obj: Any) -> None:
+        totals = self.retired_stats
+        for key, value in vars(obj).items():
+            if key.startswith("stats_"):
+                totals[key] = totals.get(key, 0) + value
 
     # --- bindings -------------------------------------------------------------------
     def bind(self, source: str, dest: Destination, routing_key: str, arguments: dict) -> bool:

@@ -525,12 +525,15 @@ class Channel:
         """Enqueue in every queue the message reaches; True if the store must flush."""
         queues = self.vhost.route(ex, msg)
         must_flush = False
+        ex.stats_publish_in += 1
+        ex.stats_publish_out += len(queues)
         if queues:
             for q in queues:
                 if q.publish(msg):
                     must_flush = True
             msg._record = None  # the store has its copy; don't keep a second one in memory
         elif mandatory:
+            self.broker.returned += 1
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)
@@ -579,6 +582,7 @@ class Channel:
                 last = confirms.popleft()[0]
                 count += 1
             if ok:
+                self.broker.confirmed += count
                 self.conn.send_method(self.number, spec.BasicAck(delivery_tag=last,
                                                                  multiple=count > 1))
             else:

@@ -455,7 +455,9 @@ class AMQPConnection(asyncio.Protocol):
             self._sent_since_tick = True
             # one buffer per turn: uvloop's writelines keeps every piece as its own iovec,
             # and a slow reader with millions of small pieces queued makes writes quadratic
-            self.transport.write(b"".join(out))
+            data = b"".join(out)
+            self.send_bytes += len(data)  # management API: send_oct
+            self.transport.write(data)
 
     def spawn(self, coro: Any) -> None:
         t = self.loop.create_task(coro)

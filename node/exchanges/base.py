@@ -43,6 +43,9 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.bindings: dict[tuple, Binding] = {}
+        # message_stats publish_in / publish_out (management API), counted by channels
+        self.stats_publish_in = 0
+        self.stats_publish_out = 0
 
     # --- bindings -------------------------------------------------------------------
     def add_binding(self, b: Binding) -> bool:
