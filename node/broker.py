@@ -28,6 +28,7 @@ from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination, Exchange
 from node.exchanges.registry import EXCHANGE_TYPES
 from node.queues.queue import Queue
+from node.queues.settings import OVERFLOW_MODES
 from node.vhost import VirtualHost
 from storage.store import MessageStore
 
@@ -163,6 +164,8 @@ class Broker:
                 self._close_vhost(name, delete_data=True)
         for name in wanted:
             vh = self._open_vhost(name)
+            vh.policies = self.policies.setdefault(name, {})
+            vh.limits = dict(state["vhosts"][name].get("limits") or {})
             for x in state.get("exchanges", {}).get(name, {}).values():
                 if x["type"] in EXCHANGE_TYPES:
                     vh.add_exchange(x["name"], x["type"], True, x["auto_delete"], x["internal"],
@@ -254,12 +257,19 @@ class Broker:
                 ch._allowed.clear()
 
     def _ev_set_policy(self, cmd: dict, result: dict) -> None:
-        self.policies.setdefault(cmd["vhost"], {})[cmd["name"]] = {
-            k: cmd.get(k) for k in ("vhost", "name", "pattern", "definition", "priority",
-                                    "apply_to")}
+        policy = result.get("policy") or {k: cmd.get(k) for k in (
+            "vhost", "name", "pattern", "definition", "priority", "apply_to")}
+        self.policies.setdefault(cmd["vhost"], {})[cmd["name"]] = policy
+        self._apply_policies(cmd["vhost"])
 
     def _ev_clear_policy(self, cmd: dict, result: dict) -> None:
         self.policies.get(cmd["vhost"], {}).pop(cmd["name"], None)
+        self._apply_policies(cmd["vhost"])
+
+    def _apply_policies(self, vhost: str) -> None:
+        vh = self.vhosts.get(vhost)
+        if vh is not None:
+            vh.apply_policies(self.policies.setdefault(vhost, {}))
 
     def _ev_declare_exchange(self, cmd: dict, result: dict) -> None:
         vh = self.vhosts.get(cmd["vhost"])
@@ -382,6 +392,19 @@ class Broker:
         need_int("x-max-length", 0)
         need_int("x-max-length-bytes", 0)
         need_int("x-max-priority", 0)
+        if isinstance(args.get("x-max-priority"), int) and args["x-max-priority"] > 255:
+            raise errors.precondition("invalid arg 'x-max-priority': "
+                                      f"{args['x-max-priority']} > 255")
+        overflow = args.get("x-overflow")
+        if isinstance(overflow, bytes):
+            overflow = overflow.decode("utf-8", "replace")
+        if overflow is not None and overflow not in OVERFLOW_MODES:
+            raise errors.precondition(f"invalid arg 'x-overflow' for queue: '{overflow}' is not "
+                                      f"one of {', '.join(OVERFLOW_MODES)}")
+        for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
+            v = args.get(key)
+            if v is not None and not isinstance(v, (str, bytes)):
+                raise errors.precondition(f"invalid arg '{key}' for queue: expected a string")
         qtype = args.get("x-queue-type")
         if isinstance(qtype, bytes):
             qtype = qtype.decode("utf-8", "replace")

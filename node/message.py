@@ -4,24 +4,37 @@ expiry and persistence need, decoded once on demand."""
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 
 from node.amqp import spec
 from node.amqp.fields import SyntaxError_
 
+# property flag bits in the content header (first flag word, offset 12)
+FLAG_HEADERS = 0x2000
+FLAG_PRIORITY = 0x0800
+FLAG_EXPIRATION = 0x0100
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "header", "body", "persistent", "_props",
-                 "_record", "__weakref__")
+    __slots__ = ("exchange", "routing_key", "header", "body", "persistent", "published_at",
+                 "_props", "_record", "__weakref__")
 
     def __init__(self, exchange: str, routing_key: str, header: bytes, body: bytes,
-                 persistent: bool) -> None:
+                 persistent: bool, published_at: int = 0) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         # content header frame payload: class id, weight, body size, property flags + props
         self.header = header
         self.body = body
         self.persistent = persistent
+        # wall-clock ms when it entered the broker: TTLs count from here, across restarts
+        self.published_at = published_at or now_ms()
         self._props: spec.BasicProperties | None = None
         self._record: bytes | None = None  # encoded once, shared by every queue it reaches
 
@@ -31,6 +44,11 @@ class Message:
         # delivery-mode 2 = persistent; read without decoding the whole property block
         return cls(exchange, routing_key, header, body,
                    spec.delivery_mode_of(header, 12) == 2)
+
+    @property
+    def flags(self) -> int:
+        h = self.header
+        return (h[12] << 8) | h[13] if len(h) >= 14 else 0
 
     @property
     def properties(self) -> spec.BasicProperties:
@@ -43,7 +61,27 @@ class Message:
 
     @property
     def headers(self) -> dict:
+        if not self.flags & FLAG_HEADERS:
+            return {}
         return self.properties.headers or {}
+
+    @property
+    def priority(self) -> int:
+        if not self.flags & FLAG_PRIORITY:
+            return 0
+        return self.properties.priority or 0
+
+    @property
+    def expiration_ms(self) -> int | None:
+        """The per-message TTL (the `expiration` property), or None."""
+        if not self.flags & FLAG_EXPIRATION:
+            return None
+        raw = self.properties.expiration
+        try:
+            v = int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return v if v >= 0 else None
 
     @property
     def size(self) -> int:
@@ -54,7 +92,8 @@ class Message:
         transient records without decoding them), then msgpack."""
         if self._record is None:
             self._record = (b"P" if self.persistent else b"T") + msgpack.packb(
-                (self.exchange, self.routing_key, self.header, self.body), use_bin_type=True)
+                (self.exchange, self.routing_key, self.header, self.body, self.published_at),
+                use_bin_type=True)
         return self._record
 
     @staticmethod
@@ -63,13 +102,19 @@ class Message:
 
     @classmethod
     def decode(cls, record: bytes) -> "Message":
-        exchange, routing_key, header, body = msgpack.unpackb(memoryview(record)[1:], raw=False)
-        return cls(exchange, routing_key, header, body, record[:1] == b"P")
+        fields = msgpack.unpackb(memoryview(record)[1:], raw=False)
+        exchange, routing_key, header, body = fields[:4]
+        published_at = fields[4] if len(fields) > 4 else 0
+        return cls(exchange, routing_key, header, body, record[:1] == b"P", published_at)
 
-    def with_properties(self, props: spec.BasicProperties) -> "Message":
-        """A copy with rewritten properties (BCC stripping, direct reply-to, dead-lettering)."""
+    def with_properties(self, props: spec.BasicProperties, exchange: str | None = None,
+                        routing_key: str | None = None) -> "Message":
+        """A copy with rewritten properties (BCC stripping, direct reply-to, dead-lettering);
+        it counts as newly published."""
         from node.amqp.frames import content_header_payload
         header = content_header_payload(60, len(self.body), props.encode())
-        m = Message(self.exchange, self.routing_key, header, self.body, self.persistent)
+        m = Message(self.exchange if exchange is None else exchange,
+                    self.routing_key if routing_key is None else routing_key,
+                    header, self.body, props.delivery_mode == 2)
         m._props = props
         return m

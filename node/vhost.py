@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from node.exchanges.base import Binding, Destination, Exchange
 from node.exchanges.registry import EXCHANGE_TYPES, STANDARD_EXCHANGES
-from node.message import Message
+from node.message import FLAG_HEADERS, Message, now_ms
+from node.policies import matching_policy
+from node.queues.dead_letter import dead_lettered, death_cycle
 from node.queues.queue import Queue
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.connections: set[Any] = set()
+        self.policies: dict[str, dict] = {}
+        self.limits: dict[str, int] = {}
         # stats_* counters of deleted queues and exchanges, so that vhost and node totals
         # (management API, Prometheus *_total) never go backwards
         self.retired_stats: dict[str, int] = {}
@@ -46,6 +50,7 @@ class VirtualHost:
         if ex is None:
             ex = EXCHANGE_TYPES[type_name](self.name, name, durable, auto_delete, internal,
                                            arguments)
+            self._apply_exchange_policy(ex)
             self.exchanges[name] = ex
         return ex
 
@@ -65,9 +70,13 @@ class VirtualHost:
                   recover: bool = False) -> Queue:
         q = self.queues.get(name)
         if q is None:
+            policy = matching_policy(self.policies, "queue", name)
             q = Queue(self.name, name, durable=durable, exclusive_owner=exclusive_owner,
                       auto_delete=auto_delete, arguments=arguments, store=self.store,
-                      memory_limit=self.memory_limit, on_unused=self.on_queue_unused)
+                      memory_limit=self.memory_limit, on_unused=self.on_queue_unused,
+                      dead_letter=self.dead_letter,
+                      policy=policy["definition"] if policy else None)
+            q.policy_name = policy["name"] if policy else None
             self.queues[name] = q
             if durable and recover:
                 n = q.recover()
@@ -124,16 +133,68 @@ class VirtualHost:
             out.extend(ex.bindings.values())
         return out
 
+    # --- policies -------------------------------------------------------------------
+    def apply_policies(self, policies: dict[str, dict]) -> None:
+        """Policies changed: re-derive every queue's and exchange's effective settings."""
+        self.policies = policies
+        for q in self.queues.values():
+            p = matching_policy(policies, "queue", q.name)
+            q.apply_policy(p["name"] if p else None, p["definition"] if p else None)
+        for ex in self.exchanges.values():
+            self._apply_exchange_policy(ex)
+
+    def _apply_exchange_policy(self, ex: Exchange) -> None:
+        p = matching_policy(self.policies, "exchange", ex.name) if ex.name else None
+        ae = ex.arguments.get("alternate-exchange")  # the argument wins over the policy
+        if ae is None and p is not None:
+            ae = p["definition"].get("alternate-exchange")
+        if isinstance(ae, (bytes, bytearray)):
+            ae = bytes(ae).decode("utf-8", "replace")
+        ex.alternate = ae or None  # type: ignore[attr-defined]
+
     # --- routing --------------------------------------------------------------------
     def route(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """The queues a message published to `exchange` reaches, following exchange-to-
-        exchange bindings; each queue at most once, cycles cut."""
+        """The queues a message published to `exchange` reaches: exchange-to-exchange
+        bindings followed (cycles cut), sender-selected CC/BCC keys added, and the
+        alternate exchange tried when nothing matched."""
+        keys = None
+        if message.flags & FLAG_HEADERS and b"CC" in message.header:
+            h = message.headers
+            extra = _key_list(h.get("CC")) + _key_list(h.get("BCC"))
+            if extra:
+                keys = [message.routing_key] + extra
+        out = self._route_keys(exchange, message, keys)
+        if not out:
+            seen = {exchange.name}
+            ex: Exchange | None = exchange
+            while not out and ex is not None:
+                ae_name = getattr(ex, "alternate", None)
+                if not ae_name or ae_name in seen:
+                    break
+                seen.add(ae_name)
+                ex = self.exchanges.get(ae_name)
+                if ex is not None:
+                    out = self._route_keys(ex, message, keys)
+        return out
+
+    def _route_keys(self, exchange: Exchange, message: Message,
+                    keys: list[str] | None) -> list[Queue]:
+        if keys is None:
+            return self._route_one(exchange, message, message.routing_key)
+        out: list[Queue] = []
+        for k in keys:
+            for q in self._route_one(exchange, message, k):
+                if q not in out:
+                    out.append(q)
+        return out
+
+    def _route_one(self, exchange: Exchange, message: Message, routing_key: str) -> list[Queue]:
         queues = self.queues
         if exchange.name == "":
-            q = queues.get(message.routing_key)
+            q = queues.get(routing_key)
             return [q] if q is not None else []
         headers = message.headers if exchange.type_name == "headers" else None
-        dests = exchange.route(message.routing_key, headers)
+        dests = exchange.route(routing_key, headers)
         if not dests:
             return []
         out: list[Queue] = []
@@ -156,5 +217,27 @@ class VirtualHost:
                     if ex is not None:
                         if ex.type_name == "headers" and headers is None:
                             headers = message.headers
-                        stack.append(ex.route(message.routing_key, headers))
+                        stack.append(ex.route(routing_key, headers))
         return out
+
+    # --- dead-lettering ----------------------------------------------------------------
+    def dead_letter(self, q: Queue, message: Message, reason: str) -> None:
+        """Republish a message that died in `q` to its dead-letter exchange (at most once,
+        as RabbitMQ's classic queues do: no confirm is awaited)."""
+        s = q.settings
+        ex = self.exchanges.get(s.dead_letter_exchange or "")
+        if ex is None:
+            return  # a missing DLX silently drops, as in RabbitMQ
+        dl = dead_lettered(message, q.name, reason, ex.name, s.dead_letter_routing_key,
+                           now_ms() // 1000)
+        for target in self.route(ex, dl):
+            if death_cycle(dl, target.name):
+                continue
+            target.publish(dl)
+
+
+def _key_list(v: object) -> list[str]:
+    if not isinstance(v, (list, tuple)):
+        return []
+    return [x.decode("utf-8", "replace") if isinstance(x, (bytes, bytearray)) else str(x)
+            for x in v]

@@ -26,7 +26,7 @@ from node.exchanges.base import Destination
 from node.message import Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.queue import Queue
+from node.queues.queue import ACCEPTED_FLUSH, REJECTED, Queue
 
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
@@ -398,6 +398,7 @@ class Channel:
                 raise _locked(name, vh.name)
             self.broker.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
+            existing.touch()
             self.last_queue = name
             if not m.nowait:
                 self.conn.send_method(self.number, spec.QueueDeclareOk(
@@ -523,28 +524,32 @@ class Channel:
 
     def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
         """Enqueue in every queue the message reaches; True if the store must flush."""
-        queues = self.vhost.route(ex, msg)
+        vh = self.vhost
+        queues = vh.route(ex, msg)
         must_flush = False
-        ex.stats_publish_in += 1
-        ex.stats_publish_out += len(queues)
+        rejected = False
         if queues:
+            if b"BCC" in msg.header and "BCC" in msg.headers:
+                msg = _without_bcc(msg)  # sender-selected distribution: BCC never delivered
             for q in queues:
-                if q.publish(msg):
+                r = q.publish(msg)
+                if r == ACCEPTED_FLUSH:
                     must_flush = True
+                elif r == REJECTED:
+                    rejected = True
             msg._record = None  # the store has its copy; don't keep a second one in memory
         elif mandatory:
-            self.broker.returned += 1
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)
         self.broker.count_publish(bool(queues))
         if tag:
-            self._confirm_after(tag, must_flush)
+            self._confirm_after(tag, must_flush, not rejected)
         return must_flush
 
     # --- publisher confirms -----------------------------------------------------------
-    def _confirm_after(self, tag: int, must_flush: bool) -> None:
-        entry = [tag, not must_flush, True]
+    def _confirm_after(self, tag: int, must_flush: bool, ok: bool = True) -> None:
+        entry = [tag, not must_flush, ok]
         self._confirms.append(entry)
         if must_flush:
             fut = self.vhost.store.flush()
@@ -562,7 +567,7 @@ class Channel:
         ok = not fut.cancelled() and fut.exception() is None
         for e in entries:
             e[1] = True
-            e[2] = ok
+            e[2] = e[2] and ok
         if not ok:
             self.conn.log.error("message store flush failed: %s",
                                 None if fut.cancelled() else fut.exception())
@@ -625,6 +630,15 @@ class Channel:
                                f"queue '{name}' in vhost '{self.vhost.name}' in exclusive use",
                                60, 20)
         c = Consumer(tag, q, self, m.no_ack, m.exclusive, self.prefetch_count, m.arguments)
+        prio = (m.arguments or {}).get("x-priority")
+        if prio is not None:
+            if isinstance(prio, bool) or not isinstance(prio, int):
+                raise errors.precondition(f"invalid arg 'x-priority' for consumer: expected "
+                                          f"an integer, got '{prio}'")
+            c.priority = prio
+        if q.settings.single_active_consumer and m.exclusive:
+            raise errors.precondition("exclusive consume is not allowed on a single active "
+                                      f"consumer queue '{name}' in vhost '{self.vhost.name}'")
         self.consumers[tag] = c
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
@@ -706,7 +720,7 @@ class Channel:
         return [(tag, item)]
 
     def on_basic_ack(self, m: spec.BasicAck) -> None:
-        self._reject(self._take(m.delivery_tag, m.multiple), requeue=False)
+        self._reject(self._take(m.delivery_tag, m.multiple), requeue=False, dead=False)
 
     def on_basic_reject(self, m: spec.BasicReject) -> None:
         self._reject(self._take(m.delivery_tag, False), m.requeue)
@@ -714,15 +728,18 @@ class Channel:
     def on_basic_nack(self, m: spec.BasicNack) -> None:
         self._reject(self._take(m.delivery_tag, m.multiple), m.requeue)
 
-    def _reject(self, taken: list, requeue: bool) -> None:
+    def _reject(self, taken: list, requeue: bool, dead: bool = True) -> None:
+        """Settle what an ack (dead=False) or reject/nack (dead: unless requeued, the
+        messages die and may be dead-lettered) names."""
+        dead = dead and not requeue
         if self.tx is not None:
             # settled at tx.commit; tx.rollback puts them back as unacknowledged
             self.tx_taken.extend(taken)
-            self.tx.append(lambda: self._settle([i for _, i in taken], requeue=requeue))
+            self.tx.append(lambda: self._settle([i for _, i in taken], requeue, dead))
             return
-        self._settle([i for _, i in taken], requeue=requeue)
+        self._settle([i for _, i in taken], requeue, dead)
 
-    def _settle(self, items: list, requeue: bool = False) -> None:
+    def _settle(self, items: list, requeue: bool = False, dead: bool = False) -> None:
         touched: set[Queue] = set()
         if requeue:
             by_queue: dict[Queue, list] = {}
@@ -730,6 +747,10 @@ class Channel:
                 by_queue.setdefault(q, []).append((entry, consumer))
             for q, pairs in by_queue.items():
                 q.requeue(pairs)
+                touched.add(q)
+        elif dead:
+            for q, entry, consumer in items:
+                q.reject(entry, consumer)
                 touched.add(q)
         else:
             for q, entry, consumer in items:
@@ -792,6 +813,17 @@ class Channel:
             self.unacked = dict(sorted(restored.items()))
             self.tx_taken = []
         self.conn.send_method(self.number, spec.TxRollbackOk())
+
+
+def _without_bcc(msg: Message) -> Message:
+    import copy
+    props = copy.copy(msg.properties)
+    headers = dict(props.headers or {})
+    headers.pop("BCC", None)
+    props.headers = headers
+    out = msg.with_properties(props)
+    out.published_at = msg.published_at
+    return out
 
 
 def _default_exchange() -> ChannelError:

@@ -43,6 +43,7 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.bindings: dict[tuple, Binding] = {}
+        self.alternate: str | None = None  # alternate-exchange, from argument or policy
         # message_stats publish_in / publish_out (management API), counted by channels
         self.stats_publish_in = 0
         self.stats_publish_out = 0

@@ -6,14 +6,15 @@ from node.message import Message
 
 
 class QueueEntry:
-    __slots__ = ("seq", "message", "redelivered", "stored")
+    __slots__ = ("seq", "message", "redelivered", "stored", "expires_at")
 
     def __init__(self, seq: int, message: Message, redelivered: bool = False,
-                 stored: bool = False) -> None:
+                 stored: bool = False, expires_at: int = 0) -> None:
         self.seq = seq  # position in the queue: requeued entries go back to their seq
         self.message = message
         self.redelivered = redelivered
         self.stored = stored  # a record for it is in the vhost's LMDB store
+        self.expires_at = expires_at  # wall-clock ms, 0 = never
 
     def __lt__(self, other: "QueueEntry") -> bool:
         return self.seq < other.seq

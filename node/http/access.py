@@ -1,0 +1,294 @@
+"""/api/vhosts, /api/users, /api/permissions, /api/policies: who may do what, where.
+
+Every change goes through the broker's definition operations, so through Raft."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from node.auth import HASHING_SHA256, hash_password
+from node.http.common import (
+    ADMINISTRATOR,
+    POLICYMAKER,
+    bad_request,
+    body,
+    broker_of,
+    can_use_vhost,
+    created_or_updated,
+    json_response,
+    list_response,
+    name,
+    no_content,
+    not_authorised,
+    not_found,
+    parse_tags,
+    require,
+    stats_of,
+    vhost_or_404,
+    visible_vhosts,
+)
+from node.http.shapes import policy_json, user_json, vhost_json
+
+routes = web.RouteTableDef()
+
+APPLY_TO = ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams")
+
+
+class VhostMetadata:
+    """Descriptions, tags and default queue types of vhosts, which the broker's runtime does
+    not keep: read once from the definitions, then followed through their change events."""
+
+    def __init__(self, metadata: Any) -> None:
+        self.vhosts: dict[str, dict] = dict(metadata.snapshot().get("vhosts", {}))
+        metadata.subscribe(self._on_event)
+
+    def _on_event(self, cmd: dict, result: dict) -> None:
+        if not result.get("ok"):
+            return
+        op = cmd.get("op")
+        if op == "add_vhost" and result.get("vhost"):
+            self.vhosts[cmd["name"]] = result["vhost"]
+        elif op == "bootstrap" and cmd.get("vhost") not in self.vhosts:
+            self.vhosts[cmd["vhost"]] = {"name": cmd["vhost"], "description": "Default virtual "
+                                         "host", "tags": [], "default_queue_type": "classic"}
+        elif op == "delete_vhost":
+            self.vhosts.pop(cmd.get("name"), None)
+        elif op == "reset":
+            self.vhosts = dict(result.get("state", {}).get("vhosts", {}))
+
+    def get(self, vhost: str) -> dict | None:
+        return self.vhosts.get(vhost)
+
+
+def _meta(request: web.Request) -> VhostMetadata:
+    return request.app["vhost_metadata"]
+
+
+# --- vhosts ------------------------------------------------------------------------
+@routes.get("/api/vhosts")
+async def list_vhosts(request: web.Request) -> web.Response:
+    b, stats, meta = broker_of(request), stats_of(request), _meta(request)
+    return list_response(request, [vhost_json(b, stats, vh, meta.get(vh.name))
+                                   for vh in visible_vhosts(request)])
+
+
+@routes.get("/api/vhosts/{vhost}")
+async def get_vhost(request: web.Request) -> web.Response:
+    vh = visible_vhosts(request)[0]
+    return json_response(vhost_json(broker_of(request), stats_of(request), vh,
+                                    _meta(request).get(vh.name)))
+
+
+@routes.put("/api/vhosts/{vhost}")
+async def put_vhost(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    data = await body(request)
+    vhost = name(request, "vhost")
+    b = broker_of(request)
+    existed = vhost in b.vhosts
+    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    await b.add_vhost(vhost, str(data.get("description", meta.get("description", ""))),
+                      parse_tags(data.get("tags", meta.get("tags"))),
+                      str(data.get("default_queue_type",
+                                   meta.get("default_queue_type", "classic"))))
+    return created_or_updated(existed)
+
+
+@routes.delete("/api/vhosts/{vhost}")
+async def delete_vhost(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    vh = vhost_or_404(request)
+    stats_of(request).sample()  # keep the vhost's last counts in the node's totals
+    await broker_of(request).delete_vhost(vh.name)
+    return no_content()
+
+
+@routes.get("/api/vhosts/{vhost}/permissions")
+async def vhost_permissions(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    vh = vhost_or_404(request)
+    return list_response(request, list(broker_of(request).permissions.get(vh.name, {}).values()))
+
+
+# --- users ---------------------------------------------------------------------------
+@routes.get("/api/users")
+async def list_users(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    return list_response(request, [user_json(u) for u in broker_of(request).users.values()])
+
+
+@routes.get("/api/users/without-permissions")
+async def users_without_permissions(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    b = broker_of(request)
+    with_perms = {u for perms in b.permissions.values() for u in perms}
+    return list_response(request, [user_json(u) for n, u in b.users.items()
+                                   if n not in with_perms])
+
+
+def _user(request: web.Request) -> dict:
+    u = broker_of(request).users.get(name(request, "user"))
+    if u is None:
+        raise not_found()
+    return u
+
+
+@routes.get("/api/users/{user}")
+async def get_user(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    return json_response(user_json(_user(request)))
+
+
+@routes.put("/api/users/{user}")
+async def put_user(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    data = await body(request)
+    username = name(request, "user")
+    b = broker_of(request)
+    existing = b.users.get(username)
+    if "tags" not in data and existing is None:
+        raise bad_request("key missing: tags")
+    tags = parse_tags(data["tags"]) if "tags" in data else list(existing.get("tags", []))
+    if "password" in data:
+        pw_hash, hashing = hash_password(str(data["password"])), HASHING_SHA256
+    elif "password_hash" in data:
+        pw_hash = str(data["password_hash"])
+        hashing = str(data.get("hashing_algorithm") or HASHING_SHA256)
+    elif existing is not None:
+        pw_hash, hashing = existing.get("password_hash", ""), existing.get("hashing", "")
+    else:
+        raise bad_request("key missing: password or password_hash")
+    await b.add_user(username, pw_hash, tags, hashing)
+    return created_or_updated(existing is not None)
+
+
+@routes.delete("/api/users/{user}")
+async def delete_user(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    await broker_of(request).delete_user(_user(request)["name"])
+    return no_content()
+
+
+@routes.post("/api/users/bulk-delete")
+async def bulk_delete_users(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    data = await body(request, "users")
+    b = broker_of(request)
+    for username in data["users"]:
+        if username in b.users:
+            await b.delete_user(username)
+    return no_content()
+
+
+@routes.get("/api/users/{user}/permissions")
+async def user_permissions(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    u = _user(request)
+    return list_response(request, [p for perms in broker_of(request).permissions.values()
+                                   for p in perms.values() if p["user"] == u["name"]])
+
+
+# --- permissions ---------------------------------------------------------------------
+@routes.get("/api/permissions")
+async def list_permissions(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    return list_response(request, [p for perms in broker_of(request).permissions.values()
+                                   for p in perms.values()])
+
+
+@routes.get("/api/permissions/{vhost}/{user}")
+async def get_permission(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    p = broker_of(request).permissions.get(name(request, "vhost"), {}).get(name(request, "user"))
+    if p is None:
+        raise not_found()
+    return json_response(p)
+
+
+@routes.put("/api/permissions/{vhost}/{user}")
+async def put_permission(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    data = await body(request, "configure", "write", "read")
+    vh = vhost_or_404(request)
+    user = name(request, "user")
+    b = broker_of(request)
+    if user not in b.users:
+        raise bad_request(f"user '{user}' does not exist")
+    existed = user in b.permissions.get(vh.name, {})
+    await b.set_permissions(user, vh.name, str(data["configure"]), str(data["write"]),
+                            str(data["read"]))
+    return created_or_updated(existed)
+
+
+@routes.delete("/api/permissions/{vhost}/{user}")
+async def delete_permission(request: web.Request) -> web.Response:
+    require(request, ADMINISTRATOR)
+    vhost, user = name(request, "vhost"), name(request, "user")
+    b = broker_of(request)
+    if user not in b.permissions.get(vhost, {}):
+        raise not_found()
+    await b.clear_permissions(user, vhost)
+    return no_content()
+
+
+# --- policies ------------------------------------------------------------------------
+def _policy_vhosts(request: web.Request) -> list:
+    require(request, POLICYMAKER)
+    return visible_vhosts(request)
+
+
+@routes.get("/api/policies")
+@routes.get("/api/policies/{vhost}")
+async def list_policies(request: web.Request) -> web.Response:
+    b = broker_of(request)
+    return list_response(request, [policy_json(p) for vh in _policy_vhosts(request)
+                                   for p in b.policies.get(vh.name, {}).values()])
+
+
+def _policy(request: web.Request) -> dict:
+    vh = _policy_vhosts(request)[0]
+    p = broker_of(request).policies.get(vh.name, {}).get(name(request, "name"))
+    if p is None:
+        raise not_found()
+    return p
+
+
+@routes.get("/api/policies/{vhost}/{name}")
+async def get_policy(request: web.Request) -> web.Response:
+    return json_response(policy_json(_policy(request)))
+
+
+@routes.put("/api/policies/{vhost}/{name}")
+async def put_policy(request: web.Request) -> web.Response:
+    vh = _policy_vhosts(request)[0]
+    data = await body(request, "pattern", "definition")
+    policy_name = name(request, "name")
+    definition = data["definition"]
+    if not isinstance(definition, dict):
+        raise bad_request("'definition' must be a JSON object")
+    apply_to = str(data.get("apply-to", data.get("apply_to", "all")))
+    if apply_to not in APPLY_TO:
+        raise bad_request(f"'apply-to' must be one of {', '.join(APPLY_TO)}")
+    try:
+        priority = int(data.get("priority", 0))
+    except (TypeError, ValueError):
+        raise bad_request("'priority' must be an integer") from None
+    b = broker_of(request)
+    existed = policy_name in b.policies.get(vh.name, {})
+    await b.set_policy(vh.name, policy_name, str(data["pattern"]), definition, priority,
+                       apply_to)
+    return created_or_updated(existed)
+
+
+@routes.delete("/api/policies/{vhost}/{name}")
+async def delete_policy(request: web.Request) -> web.Response:
+    p = _policy(request)
+    await broker_of(request).clear_policy(p["vhost"], p["name"])
+    return no_content()
+
+
+def require_vhost_access(request: web.Request, vhost: str) -> None:
+    if not can_use_vhost(request, vhost):
+        raise not_authorised("User not authorised to access virtual host")

@@ -1,0 +1,220 @@
+"""Runtime objects as the JSON RabbitMQ's management API returns for them (same keys, same
+nesting), so that rabbitmqadmin habits, scripts and dashboards carry over."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+from node.http.stats import (
+    Sampler,
+    channel_counters,
+    exchange_counters,
+    queue_counters,
+    queue_depths,
+    vhost_counters,
+)
+
+PROTOCOL = "AMQP 0-9-1"
+# node.amqp.connection's states (AWAIT_HEADER … CLOSED) as RabbitMQ names them
+_CONNECTION_STATES = {0: "starting", 1: "starting", 2: "tuning", 3: "opening", 4: "running",
+                      5: "closing", 6: "closed"}
+
+
+def node_name(broker: Any) -> str:
+    return broker.settings.node_name
+
+
+# --- policies (display only: what a policy does to a queue is the broker's business) ------
+def matching_policy(broker: Any, vhost: str, name: str, kind: str) -> dict | None:
+    """The policy RabbitMQ would apply: highest priority among those whose pattern matches
+    and whose apply-to covers `kind` ("queues" or "exchanges")."""
+    best = None
+    for p in broker.policies.get(vhost, {}).values():
+        if p.get("apply_to", "all") not in ("all", kind, "classic_queues" if kind == "queues"
+                                           else kind):
+            continue
+        try:
+            if not re.search(p.get("pattern", ""), name):
+                continue
+        except re.error:
+            continue
+        if best is None or p.get("priority", 0) > best.get("priority", 0):
+            best = p
+    return best
+
+
+def policy_json(p: dict) -> dict:
+    return {"vhost": p["vhost"], "name": p["name"], "pattern": p.get("pattern", ""),
+            "apply-to": p.get("apply_to", "all"), "definition": p.get("definition", {}),
+            "priority": p.get("priority", 0)}
+
+
+# --- queues, exchanges, bindings -----------------------------------------------------
+def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any) -> dict:
+    key = ("queue", vhost, q.name)
+    ready, unacked = q.message_count, q.unacked
+    policy = matching_policy(broker, vhost, q.name, "queues")
+    consumers = list(q.consumers)
+    exclusive_consumer = getattr(q, "exclusive_consumer", None)
+    out = {
+        "name": q.name, "vhost": vhost, "durable": q.durable, "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
+        "type": "classic", "node": node_name(broker), "state": "running",
+        "policy": policy["name"] if policy else None, "operator_policy": None,
+        "effective_policy_definition": policy.get("definition", {}) if policy else {},
+        "consumers": len(consumers),
+        "consumer_capacity": 1.0 if consumers else 0.0,
+        "consumer_utilisation": 1.0 if consumers else 0.0,
+        "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else None,
+        "single_active_consumer_tag": None,
+        "message_bytes": q.ready_bytes, "message_bytes_ready": q.ready_bytes,
+        "message_bytes_unacknowledged": 0, "message_bytes_ram": q.ready_bytes,
+        "message_bytes_persistent": 0,
+        "messages_ram": ready + unacked, "messages_ready_ram": ready,
+        "messages_unacknowledged_ram": unacked, "messages_persistent": 0,
+        "messages_paged_out": getattr(q, "_paged_count", 0),
+        "message_bytes_paged_out": getattr(q, "_paged_bytes", 0),
+        "head_message_timestamp": None, "idle_since": None, "memory": 0,
+        "garbage_collection": {}, "reductions": 0, "recoverable_slaves": None,
+        "storage_version": 2,
+        "message_stats": stats.message_stats(key, queue_counters(q)),
+    }
+    out.update(stats.details(key, {"messages": ready + unacked, "messages_ready": ready,
+                                   "messages_unacknowledged": unacked}))
+    return out
+
+
+def exchange_json(broker: Any, stats: Sampler, vhost: str, ex: Any) -> dict:
+    policy = matching_policy(broker, vhost, ex.name, "exchanges") if ex.name else None
+    return {"name": ex.name, "vhost": vhost, "type": ex.type_name, "durable": ex.durable,
+            "auto_delete": ex.auto_delete, "internal": ex.internal, "arguments": ex.arguments,
+            "user_who_performed_action": "", "policy": policy["name"] if policy else None,
+            "message_stats": stats.message_stats(("exchange", vhost, ex.name),
+                                                 exchange_counters(ex))}
+
+
+def properties_key(routing_key: str, arguments: dict) -> str:
+    """The synthetic name RabbitMQ gives a binding in URLs: the routing key, plus "~" and a
+    hash of the arguments when there are any; "~" alone for an empty key."""
+    rk = quote(routing_key, safe="") if routing_key else ""
+    if not arguments:
+        return rk or "~"
+    blob = json.dumps(arguments, sort_keys=True, default=str).encode()
+    digest = base64.urlsafe_b64encode(hashlib.sha1(blob).digest()[:12]).decode()
+    return f"{rk}~{digest}"
+
+
+def binding_json(vhost: str, source: str, dest_kind: str, dest: str, routing_key: str,
+                 arguments: dict) -> dict:
+    return {"source": source, "vhost": vhost, "destination": dest,
+            "destination_type": dest_kind, "routing_key": routing_key,
+            "arguments": arguments, "properties_key": properties_key(routing_key, arguments)}
+
+
+def vhost_bindings(vh: Any) -> list[dict]:
+    """Every binding of a vhost, with the default exchange's implicit ones first, as
+    RabbitMQ lists them."""
+    out = [binding_json(vh.name, "", "queue", q, q, {}) for q in vh.queues]
+    for b in vh.bindings():
+        if b.source != "":
+            out.append(binding_json(vh.name, b.source, b.destination.kind, b.destination.name,
+                                    b.routing_key, b.arguments))
+    return out
+
+
+# --- vhosts, users ---------------------------------------------------------------------
+def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
+    meta = meta or {}
+    key = ("vhost", vh.name)
+    recv = sum(c.recv_bytes for c in vh.connections)
+    send = sum(c.send_bytes for c in vh.connections)
+    description = meta.get("description", "")
+    tags = list(meta.get("tags", []))
+    dqt = meta.get("default_queue_type", "classic")
+    out = {"name": vh.name, "description": description, "tags": tags,
+           "default_queue_type": dqt,
+           "metadata": {"description": description, "tags": tags,
+                        "default_queue_type": dqt},
+           "tracing": False, "protected_from_deletion": False,
+           "cluster_state": {node_name(broker): "running"},
+           "recv_oct": recv, "send_oct": send,
+           "message_stats": stats.message_stats(key, vhost_counters(vh))}
+    out.update(stats.details(key, queue_depths(vh.queues.values())))
+    return out
+
+
+def user_json(u: dict) -> dict:
+    return {"name": u["name"], "password_hash": u.get("password_hash", ""),
+            "hashing_algorithm": u.get("hashing") or "rabbit_password_hashing_sha256",
+            "tags": list(u.get("tags", [])), "limits": {}}
+
+
+# --- connections, channels, consumers ---------------------------------------------------
+def connection_json(broker: Any, stats: Sampler, c: Any) -> dict:
+    key = ("connection", c.name)
+    props = getattr(c, "client_properties", {}) or {}
+    sock = c.transport.get_extra_info("sockname") if getattr(c, "transport", None) else None
+    return {
+        "name": c.name, "node": node_name(broker), "type": "network", "protocol": PROTOCOL,
+        "user": c.user, "user_who_performed_action": c.user,
+        "vhost": c.vhost.name if getattr(c, "vhost", None) else None,
+        "channels": len(c.channels), "channel_max": c.channel_max, "frame_max": c.frame_max,
+        "timeout": c.heartbeat, "state": _CONNECTION_STATES.get(c.state, "running"),
+        "peer_host": c.peer[0], "peer_port": c.peer[1],
+        "host": sock[0] if sock else None, "port": sock[1] if sock else None,
+        "ssl": False, "auth_mechanism": "PLAIN",
+        "client_properties": props,
+        "user_provided_name": props.get("connection_name"),
+        "connected_at": int(c.connected_at * 1000),
+        "recv_oct": c.recv_bytes, "recv_oct_details": {"rate": stats.rate(key, "recv_oct")},
+        "send_oct": c.send_bytes, "send_oct_details": {"rate": stats.rate(key, "send_oct")},
+        "recv_cnt": 0, "send_cnt": 0, "send_pend": 0, "reductions": 0,
+        "garbage_collection": {},
+    }
+
+
+def channel_name(conn: Any, ch: Any) -> str:
+    return f"{conn.name} ({ch.number})"
+
+
+def connection_details(conn: Any) -> dict:
+    return {"name": conn.name, "peer_host": conn.peer[0], "peer_port": conn.peer[1]}
+
+
+def channel_json(broker: Any, stats: Sampler, conn: Any, ch: Any) -> dict:
+    tx = getattr(ch, "tx", None)
+    confirms = getattr(ch, "_confirms", ())
+    return {
+        "name": channel_name(conn, ch), "number": ch.number, "node": node_name(broker),
+        "user": conn.user, "user_who_performed_action": conn.user,
+        "vhost": conn.vhost.name if conn.vhost else None,
+        "connection_details": connection_details(conn),
+        "state": "running" if ch.state == "open" else str(ch.state),
+        "consumer_count": len(ch.consumers), "messages_unacknowledged": len(ch.unacked),
+        "messages_unconfirmed": len(confirms), "messages_uncommitted": len(tx or ()),
+        "acks_uncommitted": 0, "pending_raft_commands": 0,
+        "prefetch_count": ch.prefetch_count, "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirm, "transactional": tx is not None,
+        "garbage_collection": {}, "reductions": 0,
+        "message_stats": stats.message_stats(("channel", conn.name, ch.number),
+                                             channel_counters(ch)),
+    }
+
+
+def consumer_json(broker: Any, conn: Any, ch: Any, c: Any) -> dict:
+    q = c.queue
+    return {
+        "consumer_tag": c.tag, "queue": {"name": q.name, "vhost": q.vhost},
+        "channel_details": {"name": channel_name(conn, ch), "number": ch.number,
+                            "connection_name": conn.name, "node": node_name(broker),
+                            "peer_host": conn.peer[0], "peer_port": conn.peer[1],
+                            "user": conn.user},
+        "ack_required": not c.no_ack, "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch, "arguments": c.arguments, "active": True,
+        "activity_status": "up", "consumer_timeout": None, "priority": c.priority,
+    }

@@ -1,0 +1,39 @@
+"""Which policy applies to a queue or exchange: the highest-priority policy of the vhost
+whose pattern matches the name and whose apply-to covers the kind (RabbitMQ's rule; ties
+go to the name that sorts first, so every node picks the same one)."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_APPLIES = {
+    "queue": ("all", "queues", "classic_queues", "quorum_queues"),
+    "exchange": ("all", "exchanges"),
+}
+
+
+@lru_cache(maxsize=1024)
+def _rx(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
+
+
+def matching_policy(policies: dict[str, dict], kind: str, name: str) -> dict | None:
+    best = None
+    for p in policies.values():
+        if p.get("apply_to", "all") not in _APPLIES[kind]:
+            continue
+        rx = _rx(str(p.get("pattern", "")))
+        if rx is None or not rx.search(name):
+            continue
+        key = (int(p.get("priority") or 0), _neg(p.get("name", "")))
+        if best is None or key > best[0]:
+            best = (key, p)
+    return best[1] if best else None
+
+
+def _neg(name: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in name)
