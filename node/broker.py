@@ -81,6 +81,7 @@ class Broker:
         self.permissions: dict[str, dict[str, dict]] = {}
         self.policies: dict[str, dict[str, dict]] = {}
         self.connections: set[Any] = set()
+        self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         self.exchange_types = EXCHANGE_TYPES
         self.loopback_only_guest = True
         self.started_at = time.time()

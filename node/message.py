@@ -14,6 +14,7 @@ from node.amqp.fields import SyntaxError_
 # property flag bits in the content header (first flag word, offset 12)
 FLAG_HEADERS = 0x2000
 FLAG_PRIORITY = 0x0800
+FLAG_REPLY_TO = 0x0200
 FLAG_EXPIRATION = 0x0100
 
 

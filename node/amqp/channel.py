@@ -23,7 +23,7 @@ from node.amqp.fields import SyntaxError_
 from node.amqp.frames import parse_content_header
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination
-from node.message import Message
+from node.message import FLAG_REPLY_TO, Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import ACCEPTED_FLUSH, REJECTED, Queue
@@ -37,6 +37,8 @@ _QWORD = struct.Struct(">Q")
 _FRAME_END = b"\xce"
 
 OPEN, CLOSING = "open", "closing"
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 
 def _shortstr(s: str) -> bytes:
@@ -70,6 +72,8 @@ class Channel:
         self.tx: list[Callable[[], Any]] | None = None
         self.tx_taken: list[tuple[int, tuple]] = []
         self.last_queue = ""
+        self.reply_consumer: Consumer | None = None  # direct reply-to (amq.rabbitmq.reply-to)
+        self.reply_key = ""
         # content assembly for basic.publish
         self._publishing: spec.BasicPublish | None = None
         self._header: bytes | None = None
@@ -251,6 +255,8 @@ class Channel:
 
     def teardown(self) -> None:
         """Release consumers and requeue unacknowledged messages (channel or connection end)."""
+        if self.reply_consumer is not None:
+            self._end_direct_reply()
         self._publishing = None
         self._header = None
         self._body = []
@@ -380,6 +386,11 @@ class Channel:
     def on_queue_declare(self, m: spec.QueueDeclare) -> Any:
         vh = self.vhost
         name = m.queue
+        if m.passive and name == REPLY_TO:
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeclareOk(
+                    queue=REPLY_TO, message_count=0, consumer_count=0))
+            return None
         if m.passive:
             q = self._lookup_queue(self._queue_name(name))
             self.last_queue = q.name
@@ -513,6 +524,11 @@ class Channel:
             raise ConnectionError_(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message.from_publish(m.exchange, m.routing_key, header, body)
         self.stats_publish += 1
+        if msg.flags & FLAG_REPLY_TO and b"amq.rabbitmq.reply-to" in header:
+            msg = self._stamp_reply_to(msg)
+        if m.exchange == "" and m.routing_key.startswith(REPLY_TO_PREFIX):
+            self._publish_reply(msg, m.mandatory)
+            return
         if self.tx is not None:
             self.tx.append(lambda: self._route(ex, msg, m.mandatory, None))
             return
@@ -618,6 +634,9 @@ class Channel:
         self._dispatch_all()
 
     def on_basic_consume(self, m: spec.BasicConsume) -> None:
+        if m.queue == REPLY_TO:
+            self._consume_direct_reply(m)
+            return
         name = self._queue_name(m.queue)
         self.check("read", "queue", name)
         q = self._lookup_queue(name)
@@ -645,6 +664,8 @@ class Channel:
         q.add_consumer(c)
 
     def on_basic_cancel(self, m: spec.BasicCancel) -> None:
+        if self.reply_consumer is not None and m.consumer_tag == self.reply_consumer.tag:
+            self._end_direct_reply()
         c = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicCancelOk(consumer_tag=m.consumer_tag))
@@ -813,6 +834,50 @@ class Channel:
             self.unacked = dict(sorted(restored.items()))
             self.tx_taken = []
         self.conn.send_method(self.number, spec.TxRollbackOk())
+
+
+    # --- direct reply-to ---------------------------------------------------------------
+    def _consume_direct_reply(self, m: spec.BasicConsume) -> None:
+        if not m.no_ack:
+            raise errors.precondition("reply consumer cannot acknowledge")
+        if self.reply_consumer is not None:
+            raise errors.precondition("reply consumer already set")
+        tag = m.consumer_tag or new_name("amq.ctag-")
+        self.reply_consumer = Consumer(tag, None, self, True, False, 0)  # type: ignore[arg-type]
+        self.reply_key = new_name("")
+        self.broker.reply_channels[self.reply_key] = self
+        if not m.nowait:
+            self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
+
+    def _end_direct_reply(self) -> None:
+        self.broker.reply_channels.pop(self.reply_key, None)
+        self.reply_consumer = None
+
+    def _stamp_reply_to(self, msg: Message) -> Message:
+        """A request that asks for a direct reply: name this channel in its reply-to."""
+        import copy
+        if msg.properties.reply_to != REPLY_TO:
+            return msg
+        if self.reply_consumer is None:
+            raise errors.precondition("fast reply consumer does not exist")
+        props = copy.copy(msg.properties)
+        props.reply_to = REPLY_TO_PREFIX + self.reply_key
+        return msg.with_properties(props)
+
+    def _publish_reply(self, msg: Message, mandatory: bool) -> None:
+        target = self.broker.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
+        delivered = target is not None and target.reply_consumer is not None
+        if delivered:
+            target.deliver(target.reply_consumer, None, QueueEntry(0, msg))  # type: ignore[arg-type]
+            target.conn.flush()
+        elif mandatory:
+            self.send_content(spec.BasicReturn(
+                reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange="",
+                routing_key=msg.routing_key), msg)
+        self.broker.count_publish(delivered)
+        if self.confirm:
+            self.publish_tag += 1
+            self._confirm_after(self.publish_tag, False)
 
 
 def _without_bcc(msg: Message) -> Message:

@@ -280,3 +280,75 @@ def test_invalid_queue_arguments_refused(ch):
     with pytest.raises(ChannelClosedByBroker) as e:
         ch.queue_declare("bad_args", arguments={"x-overflow": "explode"})
     assert e.value.reply_code == 406 and "x-overflow" in e.value.reply_text
+
+
+def test_direct_reply_to_rpc_round_trip(node):
+    server = pika.BlockingConnection(pika.URLParameters(node.url))
+    client = pika.BlockingConnection(pika.URLParameters(node.url))
+    try:
+        sch = server.channel()
+        sch.queue_declare("drt_rpc")
+        cch = client.channel()
+        replies = []
+        cch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append((p, b)),
+                          auto_ack=True)
+        cch.basic_publish("", "drt_rpc", b"ping",
+                          pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                               correlation_id="c-1"))
+        m, props, body = None, None, None
+        deadline = time.monotonic() + 3
+        while m is None and time.monotonic() < deadline:
+            m, props, body = sch.basic_get("drt_rpc", auto_ack=True)
+        assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+        sch.basic_publish("", props.reply_to, b"pong",
+                          pika.BasicProperties(correlation_id=props.correlation_id))
+        pump(client, 2, until=lambda: replies)
+        assert [(p.correlation_id, b) for p, b in replies] == [("c-1", b"pong")]
+        # passive declare of the pseudo-queue succeeds, as in RabbitMQ
+        cch.queue_declare("amq.rabbitmq.reply-to", passive=True)
+        sch.queue_delete("drt_rpc")
+    finally:
+        server.close()
+        client.close()
+
+
+def test_direct_reply_to_rules(conn):
+    ch = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.basic_consume("amq.rabbitmq.reply-to", lambda *a: None, auto_ack=False)
+    assert e.value.reply_code == 406
+    ch = conn.channel()
+    ch.basic_publish("", "anything", b"x",
+                     pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.queue_declare("", exclusive=True)
+    assert e.value.reply_code == 406 and "fast reply consumer does not exist" in e.value.reply_text
+
+
+def test_direct_reply_to_with_aio_pika(node):
+    import asyncio
+
+    import aio_pika
+
+    async def main():
+        conn = await aio_pika.connect(node.url)
+        async with conn:
+            ch = await conn.channel()
+            req = await ch.declare_queue("drt_aio", auto_delete=True)
+
+            async def serve(msg):
+                async with msg.process():
+                    await ch.default_exchange.publish(
+                        aio_pika.Message(msg.body[::-1], correlation_id=msg.correlation_id),
+                        routing_key=msg.reply_to)
+
+            await req.consume(serve)
+            cch = await conn.channel()
+            reply_q = await cch.get_queue("amq.rabbitmq.reply-to", ensure=False)
+            fut = asyncio.get_running_loop().create_future()
+            await reply_q.consume(lambda m: fut.set_result(m.body), no_ack=True)
+            await cch.default_exchange.publish(
+                aio_pika.Message(b"abc", reply_to="amq.rabbitmq.reply-to", correlation_id="1"),
+                routing_key="drt_aio")
+            assert await asyncio.wait_for(fut, 5) == b"cba"
+    asyncio.run(main())
