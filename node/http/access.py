@@ -15,13 +15,11 @@ from node.http.common import (
     bad_request,
     body,
     broker_of,
-    can_use_vhost,
     created_or_updated,
     json_response,
     list_response,
     name,
     no_content,
-    not_authorised,
     not_found,
     parse_tags,
     require,
@@ -288,7 +286,3 @@ async def delete_policy(request: web.Request) -> web.Response:
     await broker_of(request).clear_policy(p["vhost"], p["name"])
     return no_content()
 
-
-def require_vhost_access(request: web.Request, vhost: str) -> None:
-    if not can_use_vhost(request, vhost):
-        raise not_authorised("User not authorised to access virtual host")

@@ -1,0 +1,222 @@
+"""Prometheus metrics at /metrics (aggregated) and /metrics/per-object, with the names, types
+and HELP texts of rabbitmq_prometheus, so RabbitMQ's Grafana dashboards work unchanged.
+
+Written by hand in the text exposition format (0.0.4): a scrape only reads counters the
+broker already keeps; it adds nothing to the message path."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any, Iterable
+
+from aiohttp import web
+
+from node.broker import VERSION
+from node.http import system
+from node.http.shapes import channel_name
+from node.http.stats import channel_counters
+
+routes = web.RouteTableDef()
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROTOCOL = {"protocol": "amqp091"}
+
+Labels = dict[str, str]
+Sample = tuple[Labels, float]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(v: float) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    return repr(float(v))
+
+
+class Exposition:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
+        """One family: HELP, TYPE, then its samples (a counter's name ends in _total)."""
+        samples = list(samples)
+        if not samples:
+            return
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{inner}}} {_number(value)}")
+            else:
+                self.lines.append(f"{name} {_number(value)}")
+
+    def gauge(self, name: str, help_text: str, value: float, labels: Labels | None = None
+              ) -> None:
+        self.add(name, "gauge", help_text, [(labels or {}, value)])
+
+    def counter(self, name: str, help_text: str, value: float, labels: Labels | None = None
+                ) -> None:
+        self.add(name, "counter", help_text, [(labels or {}, value)])
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+# per queue: (metric, type, help, reader)
+QUEUE_METRICS: list[tuple[str, str, str, Any]] = [
+    ("rabbitmq_queue_messages_ready", "gauge",
+     "Messages ready to be delivered to consumers", lambda q: q.message_count),
+    ("rabbitmq_queue_messages_unacked", "gauge",
+     "Messages delivered to consumers but not yet acknowledged", lambda q: q.unacked),
+    ("rabbitmq_queue_messages", "gauge",
+     "Sum of ready and unacknowledged messages - total queue depth",
+     lambda q: q.message_count + q.unacked),
+    ("rabbitmq_queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
+     lambda q: q.ready_bytes),
+    ("rabbitmq_queue_messages_paged_out", "gauge", "Messages paged out to disk",
+     lambda q: getattr(q, "_paged_count", 0)),
+    ("rabbitmq_queue_consumers", "gauge", "Consumers on a queue", lambda q: len(q.consumers)),
+    ("rabbitmq_queue_messages_published_total", "counter",
+     "Total number of messages published to queues", lambda q: q.stats_publish),
+]
+
+CHANNEL_METRICS: list[tuple[str, str, str, str]] = [
+    ("rabbitmq_channel_messages_published_total", "counter",
+     "Total number of messages published into an exchange on a channel", "publish"),
+    ("rabbitmq_channel_messages_delivered_ack_total", "counter",
+     "Total number of messages delivered to consumers in manual acknowledgement mode",
+     "deliver_get"),
+    ("rabbitmq_channel_messages_acked_total", "counter",
+     "Total number of messages acknowledged by consumers", "ack"),
+]
+
+
+def _queues(broker: Any) -> list[tuple[str, Any]]:
+    return [(vh.name, q) for vh in broker.vhosts.values() for q in list(vh.queues.values())]
+
+
+def _channels(broker: Any) -> list[tuple[Any, Any]]:
+    return [(c, ch) for c in list(broker.connections) for ch in list(c.channels.values())]
+
+
+def render(broker: Any, stats: Any, per_object: bool) -> str:
+    e = Exposition()
+    s = broker.settings
+    e.gauge("rabbitmq_build_info", "RabbitMQ & Erlang/OTP version info", 1, {
+        "rabbitmq_version": VERSION, "prometheus_plugin_version": VERSION,
+        "prometheus_client_version": VERSION,
+        "erlang_version": f"python-{platform.python_version()}"})
+    e.gauge("rabbitmq_identity_info", "RabbitMQ node & cluster identity info", 1, {
+        "rabbitmq_node": s.node_name,
+        "rabbitmq_cluster": getattr(broker, "cluster_name", None) or s.node_name,
+        "rabbitmq_cluster_permanent_id": f"warren-{s.node_name}"})
+
+    queues = _queues(broker)
+    channels = _channels(broker)
+    consumers = sum(len(q.consumers) for _v, q in queues)
+    e.gauge("rabbitmq_connections", "Connections currently open", len(broker.connections))
+    e.gauge("rabbitmq_channels", "Channels currently open", len(channels))
+    e.gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
+    e.gauge("rabbitmq_queues", "Queues available", len(queues))
+
+    # global counters: monotonic, they survive connection and queue churn
+    n = stats.node_counters()
+    for metric, help_text, value in (
+            ("received", "Total number of messages received from publishers", n["publish"]),
+            ("routed", "Total number of messages routed to queues or streams", n["routed"]),
+            ("unroutable_dropped", "Total number of messages published as non-mandatory into "
+             "an exchange and dropped as unroutable", n["drop_unroutable"]),
+            ("unroutable_returned", "Total number of messages published as mandatory into an "
+             "exchange and returned to the publisher as unroutable", n["return_unroutable"]),
+            ("confirmed", "Total number of messages confirmed to publishers", n["confirm"]),
+            ("delivered", "Total number of messages delivered to consumers", n["deliver_get"]),
+            ("redelivered", "Total number of messages redelivered to consumers",
+             n["redeliver"]),
+            ("acknowledged", "Total number of messages acknowledged by consumers", n["ack"])):
+        e.counter(f"rabbitmq_global_messages_{metric}_total", help_text, value, PROTOCOL)
+    e.gauge("rabbitmq_global_consumers", "Consumers currently connected", consumers, PROTOCOL)
+
+    for metric, kind, help_text, read in QUEUE_METRICS:
+        if per_object:
+            e.add(metric, kind, help_text, [({"vhost": v, "queue": q.name}, read(q))
+                                            for v, q in queues])
+        else:
+            e.add(metric, kind, help_text, [({}, sum(read(q) for _v, q in queues))])
+
+    conns = list(broker.connections)
+    for metric, help_text, attr in (
+            ("rabbitmq_connection_incoming_bytes_total",
+             "Total number of bytes received on a connection", "recv_bytes"),
+            ("rabbitmq_connection_outgoing_bytes_total",
+             "Total number of bytes sent on a connection", "send_bytes")):
+        if per_object:
+            e.add(metric, "counter", help_text, [({"connection": c.name}, getattr(c, attr))
+                                                 for c in conns])
+        else:
+            e.add(metric, "counter", help_text, [({}, sum(getattr(c, attr) for c in conns))])
+    if per_object:
+        e.add("rabbitmq_connection_channels", "gauge", "Channels on a connection",
+              [({"connection": c.name}, len(c.channels)) for c in conns])
+
+    for metric, kind, help_text, key in CHANNEL_METRICS:
+        if per_object:
+            e.add(metric, kind, help_text, [({"channel": channel_name(c, ch)},
+                                             channel_counters(ch)[key]) for c, ch in channels])
+        else:
+            e.add(metric, kind, help_text,
+                  [({}, sum(channel_counters(ch)[key] for _c, ch in channels))])
+    e.add("rabbitmq_channel_messages_unacked", "gauge",
+          "Delivered but not yet acknowledged messages",
+          [({"channel": channel_name(c, ch)}, len(ch.unacked)) for c, ch in channels]
+          if per_object else [({}, sum(len(ch.unacked) for _c, ch in channels))])
+
+    e.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes",
+            system.resident_memory())
+    e.gauge("rabbitmq_resident_memory_limit_bytes", "Memory high watermark in bytes",
+            system.memory_limit())
+    e.gauge("rabbitmq_disk_space_available_bytes", "Disk space available in bytes",
+            system.disk_free(s.data_dir))
+    e.gauge("rabbitmq_disk_space_available_limit_bytes", "Free disk space low watermark in "
+            "bytes", system.DISK_FREE_LIMIT)
+    e.gauge("rabbitmq_process_open_fds", "Open file descriptors", system.open_fds())
+    e.gauge("rabbitmq_process_max_fds", "Open file descriptors limit", system.max_fds())
+    e.gauge("rabbitmq_erlang_uptime_seconds", "Node uptime",
+            round(time.time() - broker.started_at, 3))
+    _raft(e, broker, per_object)
+    return e.text()
+
+
+def _raft(e: Exposition, broker: Any, per_object: bool) -> None:
+    status = broker.metadata.status()
+    labels = {"raft_cluster": "warren_metadata"} if per_object else {}
+    for metric, kind, help_text, key in (
+            ("rabbitmq_raft_term_total", "counter", "Current Raft term number", "term"),
+            ("rabbitmq_raft_log_commit_index", "gauge", "Raft log commit index",
+             "commit_index"),
+            ("rabbitmq_raft_log_last_applied_index", "gauge", "Raft log last applied index",
+             "last_applied")):
+        value = status.get(key)
+        if isinstance(value, int):
+            e.add(metric, kind, help_text, [(labels, value)])
+
+
+def _response(request: web.Request, per_object: bool) -> web.Response:
+    text = render(request.app["broker"], request.app["stats"], per_object)
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return _response(request, per_object=False)
+
+
+@routes.get("/metrics/per-object")
+async def metrics_per_object(request: web.Request) -> web.Response:
+    return _response(request, per_object=True)
+

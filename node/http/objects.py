@@ -1,0 +1,290 @@
+"""/api/queues, /api/exchanges, /api/bindings: declare, inspect, delete, purge, bind.
+
+An action that mirrors an AMQP method needs the same permission the method would (configure
+to declare or delete, read to purge, write and read to bind), as in RabbitMQ."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from node.exchanges.base import Destination
+from node.http.common import (
+    as_bool,
+    bad_request,
+    body,
+    broker_of,
+    check_permission,
+    json_response,
+    list_response,
+    name,
+    no_content,
+    not_found,
+    stats_of,
+    visible_vhosts,
+)
+from node.http.shapes import (
+    exchange_json,
+    properties_key,
+    queue_json,
+    vhost_bindings,
+)
+
+routes = web.RouteTableDef()
+
+
+def _arguments(data: dict) -> dict:
+    args = data.get("arguments") or {}
+    if not isinstance(args, dict):
+        raise bad_request("'arguments' must be a JSON object")
+    return args
+
+
+# --- queues ------------------------------------------------------------------------
+@routes.get("/api/queues")
+@routes.get("/api/queues/detailed")
+@routes.get("/api/queues/{vhost}")
+async def list_queues(request: web.Request) -> web.Response:
+    b, stats = broker_of(request), stats_of(request)
+    return list_response(request, [queue_json(b, stats, vh.name, q)
+                                   for vh in visible_vhosts(request)
+                                   for q in list(vh.queues.values())])
+
+
+def queue_of(request: web.Request) -> tuple[Any, Any]:
+    vh = visible_vhosts(request)[0]
+    q = vh.queues.get(name(request, "name"))
+    if q is None:
+        raise not_found()
+    return vh, q
+
+
+@routes.get("/api/queues/{vhost}/{name}")
+async def get_queue(request: web.Request) -> web.Response:
+    vh, q = queue_of(request)
+    out = queue_json(broker_of(request), stats_of(request), vh.name, q)
+    out["consumer_details"] = [{
+        "consumer_tag": c.tag, "ack_required": not c.no_ack, "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch, "arguments": c.arguments, "active": True,
+        "activity_status": "up",
+        "queue": {"name": q.name, "vhost": vh.name},
+        "channel_details": {"number": getattr(c.owner, "number", 0),
+                            "connection_name": getattr(getattr(c.owner, "conn", None), "name",
+                                                       ""),
+                            "user": getattr(c.owner, "user", "")}}
+        for c in list(q.consumers)]
+    return json_response(out)
+
+
+@routes.put("/api/queues/{vhost}/{name}")
+async def put_queue(request: web.Request) -> web.Response:
+    data = await body(request)
+    vh = visible_vhosts(request)[0]
+    qname = name(request, "name")
+    if not qname or qname.startswith("amq."):
+        raise bad_request(f"queue name '{qname}' contains reserved prefix 'amq.'"
+                          if qname else "queue name must not be empty")
+    check_permission(request, vh.name, "configure", "queue", qname)
+    args = _arguments(data)
+    durable = as_bool(data.get("durable"), "durable", True)
+    auto_delete = as_bool(data.get("auto_delete"), "auto_delete", False)
+    b = broker_of(request)
+    existing = vh.queues.get(qname)
+    if existing is not None:
+        b.check_queue_equivalent(existing, durable, False, auto_delete, args)
+        return no_content()
+    b.validate_queue_arguments(args)
+    await b.declare_queue(vh, qname, durable, None, auto_delete, args)
+    return web.Response(status=201)
+
+
+@routes.delete("/api/queues/{vhost}/{name}")
+async def delete_queue(request: web.Request) -> web.Response:
+    vh, q = queue_of(request)
+    check_permission(request, vh.name, "configure", "queue", q.name)
+    if request.query.get("if-unused") == "true" and q.consumers:
+        raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' in use")
+    if request.query.get("if-empty") == "true" and (q.message_count or q.unacked):
+        raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' "
+                          "not empty")
+    await broker_of(request).delete_queue(vh, q)
+    return no_content()
+
+
+@routes.delete("/api/queues/{vhost}/{name}/contents")
+async def purge_queue(request: web.Request) -> web.Response:
+    vh, q = queue_of(request)
+    check_permission(request, vh.name, "read", "queue", q.name)
+    q.purge()
+    return no_content()
+
+
+@routes.get("/api/queues/{vhost}/{name}/bindings")
+async def queue_bindings(request: web.Request) -> web.Response:
+    vh, q = queue_of(request)
+    return list_response(request, [b for b in vhost_bindings(vh)
+                                   if b["destination_type"] == "queue"
+                                   and b["destination"] == q.name])
+
+
+# --- exchanges -----------------------------------------------------------------------
+@routes.get("/api/exchanges")
+@routes.get("/api/exchanges/{vhost}")
+async def list_exchanges(request: web.Request) -> web.Response:
+    b, stats = broker_of(request), stats_of(request)
+    return list_response(request, [exchange_json(b, stats, vh.name, ex)
+                                   for vh in visible_vhosts(request)
+                                   for ex in list(vh.exchanges.values())])
+
+
+def exchange_of(request: web.Request, key: str = "name") -> tuple[Any, Any]:
+    vh = visible_vhosts(request)[0]
+    ex = vh.exchanges.get(name(request, key))
+    if ex is None:
+        raise not_found()
+    return vh, ex
+
+
+@routes.get("/api/exchanges/{vhost}/{name}")
+async def get_exchange(request: web.Request) -> web.Response:
+    vh, ex = exchange_of(request)
+    return json_response(exchange_json(broker_of(request), stats_of(request), vh.name, ex))
+
+
+@routes.put("/api/exchanges/{vhost}/{name}")
+async def put_exchange(request: web.Request) -> web.Response:
+    data = await body(request, "type")
+    vh = visible_vhosts(request)[0]
+    xname = name(request, "name")
+    if not xname:
+        raise bad_request("ACCESS_REFUSED - operation not permitted on the default exchange")
+    if xname.startswith("amq."):
+        raise bad_request(f"exchange name '{xname}' contains reserved prefix 'amq.'")
+    check_permission(request, vh.name, "configure", "exchange", xname)
+    b = broker_of(request)
+    xtype = data["type"]
+    if xtype not in b.exchange_types:
+        raise bad_request(f"invalid type '{xtype}' for exchange '{xname}' in vhost "
+                          f"'{vh.name}': unknown exchange type")
+    durable = as_bool(data.get("durable"), "durable", True)
+    auto_delete = as_bool(data.get("auto_delete"), "auto_delete", False)
+    internal = as_bool(data.get("internal"), "internal", False)
+    args = _arguments(data)
+    existing = vh.exchanges.get(xname)
+    if existing is not None:
+        b.check_exchange_equivalent(existing, xtype, durable, auto_delete, internal, args)
+        return no_content()
+    await b.declare_exchange(vh, xname, xtype, durable, auto_delete, internal, args)
+    return web.Response(status=201)
+
+
+@routes.delete("/api/exchanges/{vhost}/{name}")
+async def delete_exchange(request: web.Request) -> web.Response:
+    vh, ex = exchange_of(request)
+    if ex.name == "" or ex.name.startswith("amq."):
+        raise bad_request(f"ACCESS_REFUSED - operation not permitted on exchange "
+                          f"'{ex.name or 'amq.default'}'")
+    check_permission(request, vh.name, "configure", "exchange", ex.name)
+    if request.query.get("if-unused") == "true" and (
+            ex.bindings or any(b.destination == Destination("exchange", ex.name)
+                               for b in vh.bindings())):
+        raise bad_request(f"PRECONDITION_FAILED - exchange '{ex.name}' in vhost '{vh.name}' "
+                          "in use")
+    await broker_of(request).delete_exchange(vh, ex.name, False)
+    return no_content()
+
+
+@routes.get("/api/exchanges/{vhost}/{name}/bindings/source")
+async def exchange_bindings_source(request: web.Request) -> web.Response:
+    vh, ex = exchange_of(request)
+    return list_response(request, [b for b in vhost_bindings(vh) if b["source"] == ex.name])
+
+
+@routes.get("/api/exchanges/{vhost}/{name}/bindings/destination")
+async def exchange_bindings_destination(request: web.Request) -> web.Response:
+    vh, ex = exchange_of(request)
+    return list_response(request, [b for b in vhost_bindings(vh)
+                                   if b["destination_type"] == "exchange"
+                                   and b["destination"] == ex.name])
+
+
+# --- bindings ------------------------------------------------------------------------
+@routes.get("/api/bindings")
+@routes.get("/api/bindings/{vhost}")
+async def list_bindings(request: web.Request) -> web.Response:
+    return list_response(request, [b for vh in visible_vhosts(request)
+                                   for b in vhost_bindings(vh)])
+
+
+_KINDS = {"q": "queue", "e": "exchange"}
+
+
+def _binding_ends(request: web.Request) -> tuple[Any, str, Destination]:
+    vh = visible_vhosts(request)[0]
+    source = name(request, "source")
+    kind = _KINDS[request.match_info["kind"]]
+    dest = name(request, "destination")
+    if source not in vh.exchanges:
+        raise not_found()
+    if (kind == "queue" and dest not in vh.queues) or (
+            kind == "exchange" and dest not in vh.exchanges):
+        raise not_found()
+    return vh, source, Destination(kind, dest)
+
+
+def _matching(vh: Any, source: str, dest: Destination) -> list[dict]:
+    return [b for b in vhost_bindings(vh) if b["source"] == source
+            and b["destination_type"] == dest.kind and b["destination"] == dest.name]
+
+
+@routes.get(r"/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}")
+async def list_pair_bindings(request: web.Request) -> web.Response:
+    vh, source, dest = _binding_ends(request)
+    return list_response(request, _matching(vh, source, dest))
+
+
+@routes.post(r"/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}")
+async def create_binding(request: web.Request) -> web.Response:
+    data = await body(request)
+    vh, source, dest = _binding_ends(request)
+    if source == "":
+        raise bad_request("ACCESS_REFUSED - operation not permitted on the default exchange")
+    check_permission(request, vh.name, "write", dest.kind, dest.name)
+    check_permission(request, vh.name, "read", "exchange", source)
+    routing_key = str(data.get("routing_key", ""))
+    args = _arguments(data)
+    await broker_of(request).bind(vh, source, dest, routing_key, args)
+    resp = web.Response(status=201)
+    resp.headers["Location"] = properties_key(routing_key, args)
+    return resp
+
+
+def _one_binding(request: web.Request) -> tuple[Any, str, Destination, dict]:
+    vh, source, dest = _binding_ends(request)
+    props = request.match_info["props"]
+    for b in _matching(vh, source, dest):
+        if b["properties_key"] == props or props == properties_key(b["routing_key"],
+                                                                    b["arguments"]):
+            return vh, source, dest, b
+    raise not_found()
+
+
+@routes.get(r"/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}/{props}")
+async def get_binding(request: web.Request) -> web.Response:
+    return json_response(_one_binding(request)[3])
+
+
+@routes.delete(r"/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}/{props}")
+async def delete_binding(request: web.Request) -> web.Response:
+    vh, source, dest, b = _one_binding(request)
+    if source == "":
+        raise bad_request("ACCESS_REFUSED - operation not permitted on the default exchange")
+    check_permission(request, vh.name, "write", dest.kind, dest.name)
+    check_permission(request, vh.name, "read", "exchange", source)
+    raw_args = next((x.arguments for x in vh.exchanges[source].bindings.values()
+                     if x.destination == dest and x.routing_key == b["routing_key"]
+                     and properties_key(x.routing_key, x.arguments) == b["properties_key"]),
+                    b["arguments"])
+    await broker_of(request).unbind(vh, source, dest, b["routing_key"], raw_args)
+    return no_content()
