@@ -402,6 +402,22 @@ class DefinitionState:
         self.policies.pop(name, None)
         return _ok(deleted=True, exchanges=exchanges, queues=queues)
 
+    def _op_set_vhost_limits(self, cmd: _Command) -> dict[str, Any]:
+        """Replace a vhost's limits ({"max-connections": n, "max-queues": n}; a negative
+        value means no limit, as in RabbitMQ)."""
+        name = cmd.get("name", str)
+        limits = cmd.get("limits", dict)
+        vhost = self._need_vhost(name)
+        clean: dict[str, int] = {}
+        for key, value in limits.items():
+            if key not in ("max-connections", "max-queues") or isinstance(value, bool) \
+                    or not isinstance(value, int):
+                raise _Refused(PRECONDITION_FAILED, f"invalid vhost limit '{key}': {value!r}")
+            if value >= 0:
+                clean[key] = value
+        vhost["limits"] = clean
+        return _ok(vhost=_copy(vhost))
+
     def _op_set_vhost_owner(self, cmd: _Command) -> dict[str, Any]:
         """Assign the vhost to a node; every assignment bumps the epoch.
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from node import errors
+from node.alarms import ResourceMonitor
 from node.amqp.fields import SyntaxError_, decode_table, encode_table
 from node.auth import matches
 from node.config import Settings
@@ -82,6 +83,7 @@ class Broker:
         self.policies: dict[str, dict[str, dict]] = {}
         self.connections: set[Any] = set()
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
+        self.resources: ResourceMonitor | None = None
         self.exchange_types = EXCHANGE_TYPES
         self.loopback_only_guest = True
         self.started_at = time.time()
@@ -103,6 +105,10 @@ class Broker:
         self._drop_orphaned_messages()
         self._live = True
         s = self.settings
+        self.resources = ResourceMonitor(
+            s.data_dir, s.vm_memory_high_watermark, s.vm_memory_high_watermark_bytes,
+            s.disk_free_limit, s.alarm_check_interval, self._alarms_changed)
+        self.resources.start()
         from node.auth import hash_password
         await self.metadata.submit({
             "op": "bootstrap", "vhost": s.default_vhost, "user": s.default_user,
@@ -110,6 +116,8 @@ class Broker:
             "hashing": "rabbit_password_hashing_sha256", "tags": ["administrator"]})
 
     async def stop(self) -> None:
+        if self.resources is not None:
+            self.resources.stop()
         for conn in list(self.connections):
             conn.force_close(errors.CONNECTION_FORCED,
                              "broker forced connection closure with reason 'shutdown'")
@@ -215,6 +223,11 @@ class Broker:
 
     def _ev_add_vhost(self, cmd: dict, result: dict) -> None:
         self._open_vhost(cmd["name"])
+
+    def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
+        vh = self.vhosts.get(cmd["name"])
+        if vh is not None:
+            vh.limits = dict(result["vhost"].get("limits") or {})
 
     def _ev_delete_vhost(self, cmd: dict, result: dict) -> None:
         self._close_vhost(cmd["name"], delete_data=True)
@@ -334,6 +347,17 @@ class Broker:
             "information": "Licensed under the Apache License 2.0",
             "capabilities": capabilities,
         }
+
+    @property
+    def alarms(self) -> set[str]:
+        return self.resources.alarms if self.resources is not None else set()
+
+    def _alarms_changed(self, alarms: set[str]) -> None:
+        for conn in list(self.connections):
+            if alarms:
+                conn.alarm_raised(alarms)
+            else:
+                conn.alarm_cleared()
 
     def count_publish(self, routed: bool) -> None:
         self.published += 1
@@ -457,6 +481,10 @@ class Broker:
 
     async def declare_queue(self, vh: VirtualHost, name: str, durable: bool, owner: Any,
                             auto_delete: bool, args: dict) -> Queue:
+        limit = vh.limits.get("max-queues")
+        if limit is not None and name not in vh.queues and len(vh.queues) >= limit:
+            raise errors.precondition(f"cannot declare queue '{name}': queue limit in vhost "
+                                      f"'{vh.name}' ({limit}) is reached")
         if durable and owner is None:
             result = await self.submit({
                 "op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
@@ -559,6 +587,9 @@ class Broker:
                         default_queue_type: str = "classic") -> None:
         await self.submit({"op": "add_vhost", "name": name, "description": description,
                            "tags": tags or [], "default_queue_type": default_queue_type})
+
+    async def set_vhost_limits(self, name: str, limits: dict) -> None:
+        await self.submit({"op": "set_vhost_limits", "name": name, "limits": limits})
 
     async def delete_vhost(self, name: str) -> None:
         await self.submit({"op": "delete_vhost", "name": name})

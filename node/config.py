@@ -30,6 +30,11 @@ class Settings:
     # paging: messages kept in memory per queue before the rest stays in LMDB only
     queue_memory_messages: int = 20000
     sync: bool = True
+    # resource alarms (RabbitMQ's defaults: 0.4 of RAM, 50 MB free disk)
+    vm_memory_high_watermark: float = 0.4
+    vm_memory_high_watermark_bytes: int = 0
+    disk_free_limit: int = 50_000_000
+    alarm_check_interval: float = 1.0
     # how often the management plane samples counters into rates (RabbitMQ's name, ms)
     collect_statistics_interval: int = 5000
     log_level: str = "info"
@@ -46,6 +51,8 @@ _BOOL = {"1": True, "true": True, "yes": True, "on": True,
 def _convert(name: str, typ: object, raw: str) -> object:
     if typ in (int, "int"):
         return int(raw)
+    if typ in (float, "float"):
+        return float(raw)
     if typ in (bool, "bool"):
         try:
             return _BOOL[raw.strip().lower()]

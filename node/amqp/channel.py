@@ -499,6 +499,11 @@ class Channel:
     # basic class: publish
     # ------------------------------------------------------------------------------
     def on_basic_publish(self, m: spec.BasicPublish) -> None:
+        conn = self.conn
+        if not conn.publisher:
+            conn.publisher = True
+        if conn.broker.resources is not None and conn.broker.resources.alarms:
+            conn.block(conn.broker.resources.alarms)  # this publish passes, the next waits
         self._publishing = m
         self._header = None
         self._body = []

@@ -70,6 +70,8 @@ class AMQPConnection(asyncio.Protocol):
         self.capabilities: dict = {}
         self.exclusive_queues: set[str] = set()
         self.paused = False
+        self.publisher = False  # has published: blocked by resource alarms
+        self.blocked = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -339,6 +341,11 @@ class AMQPConnection(asyncio.Protocol):
         if vhost is None or not self.broker.can_access_vhost(self.user, m.virtual_host):
             raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
                                    f"refused for user '{self.user}'", 10, 40)
+        limit = vhost.limits.get("max-connections")
+        if limit is not None and len(vhost.connections) >= limit:
+            raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
+                                   f"refused for user '{self.user}': connection limit ({limit}) "
+                                   f"is reached", 10, 40)
         self.vhost = vhost
         vhost.connections.add(self)
         self.state = OPEN
@@ -361,6 +368,8 @@ class AMQPConnection(asyncio.Protocol):
         if self.transport is None or self.state >= CLOSED:
             return
         now = time.monotonic()
+        if self.blocked:
+            self._last_recv = now  # we stopped reading on purpose: not the client's fault
         if now - self._last_recv > self.heartbeat * 2:
             log.warning("closing %s: missed heartbeats from client, timeout %ds", self.name,
                         self.heartbeat)
@@ -463,6 +472,34 @@ class AMQPConnection(asyncio.Protocol):
         t = self.loop.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------------------
+    # resource alarms: block publishers (connection.blocked) until every alarm clears
+    # ------------------------------------------------------------------------------
+    def block(self, alarms: set[str]) -> None:
+        if self.blocked or self.transport is None or self.state != OPEN:
+            return
+        self.blocked = True
+        if self.capabilities.get("connection.blocked"):
+            reason = "low on memory" if "memory" in alarms else "low on disk"
+            self.send_method(0, spec.ConnectionBlocked(reason=reason))
+            self.flush()
+        self.transport.pause_reading()
+
+    def alarm_raised(self, alarms: set[str]) -> None:
+        if self.publisher:
+            self.block(alarms)
+
+    def alarm_cleared(self) -> None:
+        if not self.blocked:
+            return
+        self.blocked = False
+        if self.transport is None:
+            return
+        if self.capabilities.get("connection.blocked"):
+            self.send_method(0, spec.ConnectionUnblocked())
+            self.flush()
+        self.transport.resume_reading()
 
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""
