@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 DEFAULT_URL = "http://127.0.0.1:15672"
 
-# list command -> (API path, default columns)
+# list command -> (API path, default columns); rabbitmqctl's defaults where it has them
 LISTS: dict[str, tuple[str, list[str]]] = {
     "list_vhosts": ("/api/vhosts", ["name"]),
     "list_users": ("/api/users", ["name", "tags"]),
@@ -25,8 +25,24 @@ LISTS: dict[str, tuple[str, list[str]]] = {
     "list_bindings": ("/api/bindings", ["source", "destination", "destination_type",
                                          "routing_key"]),
     "list_connections": ("/api/connections", ["name", "user", "vhost", "channels"]),
+    "list_channels": ("/api/channels", ["name", "user", "consumer_count",
+                                        "messages_unacknowledged"]),
+    "list_consumers": ("/api/consumers", ["queue_name", "channel", "consumer_tag",
+                                          "ack_required", "prefetch_count", "active",
+                                          "arguments"]),
+    "list_policies": ("/api/policies", ["vhost", "name", "pattern", "apply-to", "definition",
+                                        "priority"]),
 }
-VHOST_SCOPED = {"list_queues", "list_exchanges", "list_bindings", "list_permissions"}
+VHOST_SCOPED = {"list_queues", "list_exchanges", "list_bindings", "list_permissions",
+                "list_consumers", "list_policies"}
+# vhost-scoped lists whose API has no per-vhost path: filter on the "vhost" key instead
+FILTERED_BY_VHOST = {"list_permissions"}
+
+# rabbitmqctl column names that are nested or renamed in the API's JSON
+COLUMN_ALIASES = {
+    "queue_name": "queue.name", "channel": "channel_details.name",
+    "channel_pid": "channel_details.name", "connection": "connection_details.name",
+}
 
 
 class CtlError(Exception):
@@ -39,10 +55,13 @@ class Client:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.auth = f"Basic {token}"
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", self.auth)
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -73,14 +92,72 @@ def fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def column(row: dict, name: str) -> Any:
+    """A column of a row by rabbitmqctl's name or a dotted path into the API's JSON."""
+    cur: Any = row
+    for part in COLUMN_ALIASES.get(name, name).split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
 def print_rows(rows: list[dict], columns: list[str], formatter: str) -> None:
     if formatter == "json":
-        print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2))
+        print(json.dumps([{c: column(r, c) for c in columns} for r in rows], indent=2))
         return
-    table = [columns] + [[fmt(r.get(c)) for c in columns] for r in rows]
+    table = [columns] + [[fmt(column(r, c)) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
+
+
+def print_status(overview: dict, nodes: list[dict], formatter: str) -> None:
+    if formatter == "json":
+        print(json.dumps({"overview": overview, "nodes": nodes}, indent=2))
+        return
+    totals, queued = overview.get("object_totals", {}), overview.get("queue_totals", {})
+    stats = overview.get("message_stats", {})
+    print(f"Status of node {overview.get('node')} ...")
+    print(f"Product: {overview.get('product_name')} {overview.get('product_version')}")
+    print(f"Cluster name: {overview.get('cluster_name')}")
+    for n in nodes:
+        print(f"Uptime (seconds): {n.get('uptime', 0) // 1000}")
+        print(f"Memory used: {n.get('mem_used')} bytes (limit {n.get('mem_limit')}), "
+              f"alarm: {fmt(n.get('mem_alarm'))}")
+        print(f"Disk free: {n.get('disk_free')} bytes (limit {n.get('disk_free_limit')}), "
+              f"alarm: {fmt(n.get('disk_free_alarm'))}")
+        raft = n.get("raft") or {}
+        print(f"Raft: {raft.get('state')}, leader {raft.get('leader')}, term "
+              f"{raft.get('term')}, commit index {raft.get('commit_index')}")
+    print("Totals: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    print(f"Messages: {queued.get('messages', 0)} (ready {queued.get('messages_ready', 0)}, "
+          f"unacknowledged {queued.get('messages_unacknowledged', 0)})")
+    rates = {k: stats.get(k + "_details", {}).get("rate", 0.0)
+             for k in ("publish", "deliver_get", "ack")}
+    print("Rates (msg/s): " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+    for listener in overview.get("listeners", []):
+        print(f"Listener: {listener.get('protocol')} on port {listener.get('port')}")
+
+
+def read_file(path: str) -> Any:
+    try:
+        with (sys.stdin if path == "-" else open(path, encoding="utf-8")) as f:
+            return json.load(f)
+    except OSError as e:
+        raise CtlError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise CtlError(f"{path} is not JSON: {e}") from None
+
+
+def parse_definition(raw: str) -> dict:
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise CtlError(f"policy definition is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CtlError("policy definition must be a JSON object")
+    return value
 
 
 def run(args: argparse.Namespace, client: Client) -> None:
@@ -94,66 +171,153 @@ def run(args: argparse.Namespace, client: Client) -> None:
 
     if cmd in LISTS:
         path, default_cols = LISTS[cmd]
-        if cmd in VHOST_SCOPED and cmd != "list_permissions":
+        if cmd in VHOST_SCOPED and cmd not in FILTERED_BY_VHOST:
             path = f"{path}/{q(vhost)}"
         rows = client.call("GET", path)
-        if cmd == "list_permissions":
+        if cmd in FILTERED_BY_VHOST and not args.all_vhosts:
             rows = [r for r in rows if r.get("vhost") == vhost]
         print_rows(rows, rest or default_cols, args.formatter)
-    elif cmd == "add_vhost":
-        (name, *_) = need(1, "<vhost>")
-        client.call("PUT", f"/api/vhosts/{q(name)}", {})
-        print(f"Adding vhost \"{name}\" ...")
-    elif cmd == "delete_vhost":
-        (name, *_) = need(1, "<vhost>")
-        client.call("DELETE", f"/api/vhosts/{q(name)}")
-        print(f"Deleting vhost \"{name}\" ...")
-    elif cmd == "add_user":
-        name, password, *_ = need(2, "<username> <password>")
-        client.call("PUT", f"/api/users/{q(name)}", {"password": password, "tags": ""})
-        print(f"Adding user \"{name}\" ...")
-    elif cmd == "delete_user":
-        (name, *_) = need(1, "<username>")
-        client.call("DELETE", f"/api/users/{q(name)}")
-        print(f"Deleting user \"{name}\" ...")
-    elif cmd == "change_password":
-        name, password, *_ = need(2, "<username> <new_password>")
-        user = client.call("GET", f"/api/users/{q(name)}")
-        client.call("PUT", f"/api/users/{q(name)}", {"password": password,
-                                                      "tags": user.get("tags", [])})
-        print(f"Changing password for user \"{name}\" ...")
-    elif cmd == "set_user_tags":
-        name, *tags = need(1, "<username> <tag> ...")
-        client.call("PUT", f"/api/users/{q(name)}", {"tags": tags})
-        print(f"Setting tags for user \"{name}\" to {tags} ...")
-    elif cmd == "set_permissions":
-        user, conf, write, read, *_ = need(4, "[-p <vhost>] <user> <conf> <write> <read>")
-        client.call("PUT", f"/api/permissions/{q(vhost)}/{q(user)}",
-                    {"configure": conf, "write": write, "read": read})
-        print(f"Setting permissions for user \"{user}\" in vhost \"{vhost}\" ...")
-    elif cmd == "clear_permissions":
-        (user, *_) = need(1, "[-p <vhost>] <user>")
-        client.call("DELETE", f"/api/permissions/{q(vhost)}/{q(user)}")
-        print(f"Clearing permissions for user \"{user}\" in vhost \"{vhost}\" ...")
+    elif cmd in SIMPLE:
+        SIMPLE[cmd](client, args, need)
     elif cmd == "status":
-        print(json.dumps(client.call("GET", "/api/overview"), indent=2))
+        print_status(client.call("GET", "/api/overview"), client.call("GET", "/api/nodes"),
+                     args.formatter)
     else:
         raise CtlError(f"unknown command '{cmd}'; commands: "
-                       + ", ".join(sorted(list(LISTS) + COMMANDS)))
+                       + ", ".join(sorted(list(LISTS) + list(SIMPLE) + ["status"])))
 
 
-COMMANDS = ["add_vhost", "delete_vhost", "add_user", "delete_user", "change_password",
-            "set_user_tags", "set_permissions", "clear_permissions", "status"]
+Need = Any
+
+
+def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "<vhost>")
+    c.call("PUT", f"/api/vhosts/{q(name)}", {})
+    print(f"Adding vhost \"{name}\" ...")
+
+
+def delete_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "<vhost>")
+    c.call("DELETE", f"/api/vhosts/{q(name)}")
+    print(f"Deleting vhost \"{name}\" ...")
+
+
+def add_user(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, password, *_ = need(2, "<username> <password>")
+    c.call("PUT", f"/api/users/{q(name)}", {"password": password, "tags": ""})
+    print(f"Adding user \"{name}\" ...")
+
+
+def delete_user(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "<username>")
+    c.call("DELETE", f"/api/users/{q(name)}")
+    print(f"Deleting user \"{name}\" ...")
+
+
+def change_password(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, password, *_ = need(2, "<username> <new_password>")
+    user = c.call("GET", f"/api/users/{q(name)}")
+    c.call("PUT", f"/api/users/{q(name)}", {"password": password,
+                                            "tags": user.get("tags", [])})
+    print(f"Changing password for user \"{name}\" ...")
+
+
+def set_user_tags(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, *tags = need(1, "<username> <tag> ...")
+    c.call("PUT", f"/api/users/{q(name)}", {"tags": tags})
+    print(f"Setting tags for user \"{name}\" to [{', '.join(tags)}] ...")
+
+
+def set_permissions(c: Client, a: argparse.Namespace, need: Need) -> None:
+    user, conf, write, read, *_ = need(4, "[-p <vhost>] <user> <conf> <write> <read>")
+    c.call("PUT", f"/api/permissions/{q(a.vhost)}/{q(user)}",
+           {"configure": conf, "write": write, "read": read})
+    print(f"Setting permissions for user \"{user}\" in vhost \"{a.vhost}\" ...")
+
+
+def clear_permissions(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (user, *_) = need(1, "[-p <vhost>] <user>")
+    c.call("DELETE", f"/api/permissions/{q(a.vhost)}/{q(user)}")
+    print(f"Clearing permissions for user \"{user}\" in vhost \"{a.vhost}\" ...")
+
+
+def close_connection(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, *reason = need(1, "<connection name> [<explanation>]")
+    headers = {"X-Reason": " ".join(reason)} if reason else None
+    c.call("DELETE", f"/api/connections/{q(name)}", headers=headers)
+    print(f"Closing connection {name}, reason: {' '.join(reason) or 'none'}...")
+
+
+def purge_queue(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "[-p <vhost>] <queue>")
+    c.call("DELETE", f"/api/queues/{q(a.vhost)}/{q(name)}/contents")
+    print(f"Purging queue '{name}' in vhost '{a.vhost}' ...")
+
+
+def delete_queue(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "[-p <vhost>] <queue> [--if-empty] [--if-unused]")
+    conditions = [f"{flag}=true" for flag, on in (("if-empty", a.if_empty),
+                                                  ("if-unused", a.if_unused)) if on]
+    query = "?" + "&".join(conditions) if conditions else ""
+    c.call("DELETE", f"/api/queues/{q(a.vhost)}/{q(name)}{query}")
+    print(f"Deleting queue '{name}' on vhost '{a.vhost}' ...")
+
+
+def set_policy(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, pattern, definition, *_ = need(
+        3, "[-p <vhost>] [--priority <n>] [--apply-to <kind>] <name> <pattern> <definition>")
+    c.call("PUT", f"/api/policies/{q(a.vhost)}/{q(name)}",
+           {"pattern": pattern, "definition": parse_definition(definition),
+            "priority": a.priority, "apply-to": a.apply_to})
+    print(f"Setting policy \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with "
+          f"priority \"{a.priority}\" for vhost \"{a.vhost}\" ...")
+
+
+def clear_policy(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "[-p <vhost>] <name>")
+    c.call("DELETE", f"/api/policies/{q(a.vhost)}/{q(name)}")
+    print(f"Clearing policy \"{name}\" on vhost \"{a.vhost}\" ...")
+
+
+def export_definitions(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (path, *_) = need(1, "<file> (- for standard output)")
+    doc = c.call("GET", "/api/definitions")
+    text = json.dumps(doc, indent=2)
+    if path == "-":
+        print(text)
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print(f"Exported definitions for the cluster to \"{path}\"", file=sys.stderr)
+
+
+def import_definitions(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (path, *_) = need(1, "<file> (- for standard input)")
+    c.call("POST", "/api/definitions", read_file(path))
+    print(f"Imported definitions from \"{path}\"", file=sys.stderr)
+
+
+SIMPLE = {f.__name__: f for f in (
+    add_vhost, delete_vhost, add_user, delete_user, change_password, set_user_tags,
+    set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
+    set_policy, clear_policy, export_definitions, import_definitions)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="warrenctl", description="Administer a WarrenMQ node.")
+    p = argparse.ArgumentParser(prog="warrenctl", description="Administer a WarrenMQ node "
+                                "through its management HTTP API (rabbitmqctl's commands).")
     p.add_argument("--node", "-n", default=os.environ.get("WARREN_HTTP_URL", DEFAULT_URL),
                    help="management API URL of any node (env WARREN_HTTP_URL)")
     p.add_argument("--username", "-u", default=os.environ.get("WARREN_CTL_USER", "guest"))
     p.add_argument("--password", default=os.environ.get("WARREN_CTL_PASSWORD", "guest"))
     p.add_argument("--vhost", "-p", default="/")
     p.add_argument("--formatter", "-f", choices=["table", "json"], default="table")
+    p.add_argument("--all-vhosts", action="store_true",
+                   help="list_permissions: of every vhost")
+    p.add_argument("--priority", type=int, default=0, help="set_policy: priority")
+    p.add_argument("--apply-to", default="all", help="set_policy: queues, exchanges or all")
+    p.add_argument("--if-empty", action="store_true", help="delete_queue: only if empty")
+    p.add_argument("--if-unused", action="store_true", help="delete_queue: only if unused")
     p.add_argument("command")
     p.add_argument("args", nargs="*")
     args = p.parse_intermixed_args(argv)
