@@ -236,7 +236,8 @@ def run(o: argparse.Namespace) -> dict[str, Any]:
         return sum(counters[i * NSLOTS + slot] for i in idx)
 
     collected: list[dict[str, Any]] = []
-    t_go = t_stop = time.monotonic()
+    t_go = t_stop = t_end = time.monotonic()
+    broker_cpu1 = None
     broker_cpu0 = _proc_cpu(o.broker_pid) if o.broker_pid else None
     try:
         for p in procs:
@@ -258,7 +259,9 @@ def run(o: argparse.Namespace) -> dict[str, Any]:
                                total(cons_idx, C_CONSUMED))
             if now - last[0] >= 0.999:
                 dt = now - last[0]
-                line = (f"time {now - t_go:6.1f}s  published {(pub - last[1]) / dt:9.0f} msg/s")
+                line = f"time {now - t_go:6.1f}s"
+                if prod_idx:
+                    line += f"  published {(pub - last[1]) / dt:9.0f} msg/s"
                 if o.confirm:
                     line += f"  confirmed {(conf - last[2]) / dt:9.0f} msg/s"
                 if cons_idx:
@@ -285,6 +288,8 @@ def run(o: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(0.02)
         control[K_STOP_CONS] = 1
+        broker_cpu1 = _proc_cpu(o.broker_pid) if o.broker_pid else None
+        t_end = time.monotonic()
         end = time.monotonic() + 15
         while len(collected) < len(clients) and time.monotonic() < end:
             try:
@@ -311,19 +316,21 @@ def run(o: argparse.Namespace) -> dict[str, Any]:
                 topo.teardown(url)
             except (OSError, PerfError) as exc:
                 errors.append(f"teardown: {exc}")
-    broker_cpu1 = _proc_cpu(o.broker_pid) if o.broker_pid else None
+    broker_cpu = None
+    if broker_cpu0 is not None and broker_cpu1 is not None and t_end > t_go:
+        broker_cpu = round(100 * (broker_cpu1 - broker_cpu0) / (t_end - t_go), 1)
     return _report(o, url, topo, collected, errors, counters, prod_idx, cons_idx,
-                   t_go, t_stop, broker_cpu0, broker_cpu1)
+                   t_go, t_stop, broker_cpu)
 
 
 def _report(o: argparse.Namespace, url: AmqpUrl, topo: Topology, collected: list[dict[str, Any]],
             errors: list[str], counters: Any, prod_idx: list[int], cons_idx: list[int],
-            t_go: float, t_stop: float, cpu0: float | None, cpu1: float | None,
-            ) -> dict[str, Any]:
+            t_go: float, t_stop: float, broker_cpu: float | None) -> dict[str, Any]:
     hist = [0] * HIST_BUCKETS
     chist = [0] * HIST_BUCKETS
     last_recv = t_go
-    cpu: dict[str, float] = {}
+    cpu_by_pid: dict[int, float] = {}
+    roles: dict[int, list[str]] = {}
     for r in collected:
         if r.get("error"):
             errors.append(r["error"])
@@ -334,7 +341,10 @@ def _report(o: argparse.Namespace, url: AmqpUrl, topo: Topology, collected: list
         if r.get("last"):
             last_recv = max(last_recv, r["last"])
         if "pid" in r:
-            cpu[f"{r['role']}-{r['pid']}"] = r["worker_cpu_pct"]
+            roles.setdefault(r["pid"], []).append(f"{r['role'][0]}{r['index']}")
+            cpu_by_pid[r["pid"]] = r["worker_cpu_pct"]
+    # CPU% of each worker process, named by the clients it ran (p0 = producer 0)
+    cpu = {"+".join(roles[pid]): v for pid, v in cpu_by_pid.items()}
     missing = len(prod_idx) + len(cons_idx) - len(collected)
     if missing > 0:
         errors.append(f"{missing} client(s) reported no result")
@@ -344,7 +354,7 @@ def _report(o: argparse.Namespace, url: AmqpUrl, topo: Topology, collected: list
     nacked = sum(counters[i * NSLOTS + C_NACKED] for i in prod_idx)
     consumed = sum(counters[i * NSLOTS + C_CONSUMED] for i in cons_idx)
     pub_time = max(t_stop - t_go, 1e-9)
-    cons_time = max(last_recv - t_go, 1e-9)
+    cons_time = last_recv - t_go if last_recv - t_go > 0.001 else pub_time
     lat = hist_percentiles(hist, PERCENTILES)
     res: dict[str, Any] = {
         "tool": "warren perf", "label": o.label, "url": url.safe(),
@@ -363,8 +373,7 @@ def _report(o: argparse.Namespace, url: AmqpUrl, topo: Topology, collected: list
         "latency_us": lat,
         "confirm_latency_us": hist_percentiles(chist, PERCENTILES) if o.confirm else {},
         "worker_cpu_pct": cpu,
-        "broker_cpu_pct": round(100 * (cpu1 - cpu0) / (cons_time if cons_idx else pub_time), 1)
-        if cpu0 is not None and cpu1 is not None else None,
+        "broker_cpu_pct": broker_cpu,
         "errors": len(errors), "error_msgs": errors[:10],
     }
     # amqpbench / table.py field names
@@ -387,19 +396,22 @@ def format_table(r: dict[str, Any]) -> str:
             + (", persistent" if r["persistent"] else "")
             + (f", confirm {r['confirm']}" if r["confirm"] else "")
             + (f", prefetch {r['prefetch']}" if r["prefetch"] else "")
-            + (", autoack" if r["autoack"] else f", ack every {r['ack_every']}")
+            + ("" if not r["consumers"] else
+               ", autoack" if r["autoack"] else f", ack every {r['ack_every']}")
             + (f", rate {r['rate_limit']:g}/s" if r["rate_limit"] else "")
             + f", {r['duration_s']:.1f} s")
     rows = [
         ("", "messages", "msg/s"),
-        ("published", f"{r['published']:,}", rate(r["publish_rate"])),
     ]
+    if r["producers"]:
+        rows.append(("published", f"{r['published']:,}", rate(r["publish_rate"])))
     if r["confirm"]:
         rows.append(("confirmed", f"{r['confirmed']:,}", rate(r["confirm_rate"])))
         if r["nacked"]:
             rows.append(("nacked", f"{r['nacked']:,}", ""))
     if r["consumers"]:
-        rows.append(("consumed", f"{r['consumed']:,} of {r['expected']:,}",
+        of = f" of {r['expected']:,}" if r["producers"] else ""
+        rows.append(("consumed", f"{r['consumed']:,}{of}",
                      rate(r["consume_rate"])))
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
