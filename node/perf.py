@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
         description="AMQP 0-9-1 load generator (PerfTest-style flags).")
     a = p.add_argument
     a("--help", action="help", help="show this help and exit")
-    a("-h", "--uri", default=DEFAULT_URL, help=f"broker URL (default {DEFAULT_URL})")
+    a("-h", "--uri", default=DEFAULT_URL, help=f"broker URL (default {DEFAULT_URL.replace('%', '%%')})")
     a("-x", "--producers", type=int, default=1, help="producer connections (default 1)")
     a("-y", "--consumers", type=int, default=1, help="consumer connections (default 1)")
     a("-s", "--size", type=int, default=16,
@@ -253,7 +253,7 @@ def run(o: argparse.Namespace) -> dict[str, Any]:
         last = (t_go, 0, 0, 0)
         target = o.pmessages * o.producers
         while True:
-            time.sleep(min(1.0, max(0.0, t_go + o.time - time.monotonic())) or 0.001)
+            time.sleep(min(0.05, max(0.001, t_go + o.time - time.monotonic())))
             now = time.monotonic()
             pub, conf, cons = (total(prod_idx, C_PUBLISHED), total(prod_idx, C_CONFIRMED),
                                total(cons_idx, C_CONSUMED))
@@ -353,7 +353,11 @@ def _report(o: argparse.Namespace, url: AmqpUrl, topo: Topology, collected: list
     confirmed = sum(counters[i * NSLOTS + C_CONFIRMED] for i in prod_idx)
     nacked = sum(counters[i * NSLOTS + C_NACKED] for i in prod_idx)
     consumed = sum(counters[i * NSLOTS + C_CONSUMED] for i in cons_idx)
-    pub_time = max(t_stop - t_go, 1e-9)
+    # a producer that stopped by itself (-C) ended before the main loop noticed
+    ends = [r["ended"] for r in collected if r.get("role") == "producer" and r.get("ended")]
+    pub_time = max((max(ends) if ends and len(ends) == len(prod_idx) else t_stop) - t_go, 1e-9)
+    conf_ends = [r["confirmed_at"] for r in collected if r.get("confirmed_at")]
+    conf_time = max(max(conf_ends) - t_go, 1e-9) if conf_ends else pub_time
     cons_time = last_recv - t_go if last_recv - t_go > 0.001 else pub_time
     lat = hist_percentiles(hist, PERCENTILES)
     res: dict[str, Any] = {
@@ -368,7 +372,7 @@ def _report(o: argparse.Namespace, url: AmqpUrl, topo: Topology, collected: list
         "expected": topo.expected([counters[i * NSLOTS + C_PUBLISHED] for i in prod_idx])
         if cons_idx else 0,
         "publish_rate": round(published / pub_time, 1),
-        "confirm_rate": round(confirmed / pub_time, 1) if o.confirm else None,
+        "confirm_rate": round(confirmed / conf_time, 1) if o.confirm else None,
         "consume_rate": round(consumed / cons_time, 1) if cons_idx else None,
         "latency_us": lat,
         "confirm_latency_us": hist_percentiles(chist, PERCENTILES) if o.confirm else {},

@@ -113,7 +113,10 @@ class Wire:
         }
         response = b"\0" + url.user.encode() + b"\0" + url.password.encode()
         self.send(0, spec.ConnectionStartOk(props, "PLAIN", response, "en_US"))
-        tune = self._expect(0, spec.ConnectionTune)
+        try:
+            tune = self._expect(0, spec.ConnectionTune)
+        except PerfError as exc:  # brokers may just hang up on a failed login
+            raise PerfError(f"login as {url.user!r} refused ({exc})") from None
         self.frame_max = min(tune.frame_max or 131072, 131072)
         # heartbeat 0: the hot loops never stop to answer heartbeats
         self.send(0, spec.ConnectionTuneOk(tune.channel_max or 2047, self.frame_max, 0))
@@ -389,7 +392,7 @@ class Producer(_Client):
         self.returned = 0
         self.confirm_hist = [0] * HIST_BUCKETS
         self.pending_batches: list[tuple[int, int, int]] = []  # (last tag, send ns, count)
-        self.started = self.ended = 0.0
+        self.started = self.ended = self.confirmed_at = 0.0
 
     def confirmed(self) -> int:
         return self.low - 1 + len(self.acked_above)
@@ -492,6 +495,7 @@ class Producer(_Client):
                 inbuf = self._on_data(inbuf + data)
                 counters[base + C_CONFIRMED] = self.confirmed()
                 counters[base + C_NACKED] = self.nacked
+        self.confirmed_at = time.monotonic()
         sock.setblocking(True)
 
     def _on_data(self, data: bytes) -> bytes:
@@ -544,7 +548,7 @@ class Producer(_Client):
         return {
             "index": self.c.index, "role": "producer", "published": self.published,
             "confirmed": self.confirmed(), "nacked": self.nacked, "returned": self.returned,
-            "elapsed": max(self.ended - self.started, 1e-9),
+            "ended": self.ended, "confirmed_at": self.confirmed_at if self.c.confirm else 0.0,
             "confirm_hist": _sparse(self.confirm_hist), "error": self.error,
         }
 
