@@ -175,6 +175,8 @@ class VirtualHost:
                 ex = self.exchanges.get(ae_name)
                 if ex is not None:
                     out = self._route_keys(ex, message, keys)
+        exchange.stats_publish_in += 1  # management API: the exchange's message_stats
+        exchange.stats_publish_out += len(out)
         return out
 
     def _route_keys(self, exchange: Exchange, message: Message,

@@ -560,6 +560,7 @@ class Channel:
                     rejected = True
             msg._record = None  # the store has its copy; don't keep a second one in memory
         elif mandatory:
+            self.broker.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)

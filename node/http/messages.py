@@ -99,8 +99,6 @@ async def publish(request: web.Request) -> web.Response:
     for q in queues:
         if q.publish(msg):
             must_flush = True
-    ex.stats_publish_in += 1
-    ex.stats_publish_out += len(queues)
     b.count_publish(bool(queues))
     if must_flush and vh.store is not None:
         await vh.store.flush()  # answer only once a persistent message is on disk
