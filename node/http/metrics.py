@@ -179,11 +179,11 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
     e.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes",
             system.resident_memory())
     e.gauge("rabbitmq_resident_memory_limit_bytes", "Memory high watermark in bytes",
-            system.memory_limit())
+            system.memory_limit(broker))
     e.gauge("rabbitmq_disk_space_available_bytes", "Disk space available in bytes",
             system.disk_free(s.data_dir))
     e.gauge("rabbitmq_disk_space_available_limit_bytes", "Free disk space low watermark in "
-            "bytes", system.DISK_FREE_LIMIT)
+            "bytes", system.disk_free_limit(broker))
     e.gauge("rabbitmq_process_open_fds", "Open file descriptors", system.open_fds())
     e.gauge("rabbitmq_process_max_fds", "Open file descriptors limit", system.max_fds())
     e.gauge("rabbitmq_erlang_uptime_seconds", "Node uptime",

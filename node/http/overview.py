@@ -108,9 +108,11 @@ def node_json(broker: Any) -> dict:
     return {
         "name": s.node_name, "type": "disc", "running": True, "being_drained": False,
         "os_pid": str(os.getpid()), "uptime": int((time.time() - broker.started_at) * 1000),
-        "mem_used": mem, "mem_limit": system.memory_limit(), "mem_alarm": "memory" in alarms,
+        "mem_used": mem, "mem_limit": system.memory_limit(broker),
+        "mem_alarm": "memory" in alarms,
         "mem_calculation_strategy": "rss",
-        "disk_free": system.disk_free(s.data_dir), "disk_free_limit": system.DISK_FREE_LIMIT,
+        "disk_free": system.disk_free(s.data_dir),
+        "disk_free_limit": system.disk_free_limit(broker),
         "disk_free_alarm": "disk" in alarms,
         "fd_used": system.open_fds(), "fd_total": system.max_fds(),
         "sockets_used": len(broker.connections), "sockets_total": system.max_fds(),

@@ -28,8 +28,19 @@ def total_memory() -> int:
         return 0
 
 
-def memory_limit() -> int:
+def memory_limit(broker: Any = None) -> int:
+    """The memory high watermark: the broker's resource monitor's when it has one."""
+    monitor = getattr(broker, "resources", None)
+    if monitor is not None:
+        return int(monitor.memory_limit)
     return int(total_memory() * MEMORY_WATERMARK)
+
+
+def disk_free_limit(broker: Any = None) -> int:
+    monitor = getattr(broker, "resources", None)
+    if monitor is not None:
+        return int(monitor.disk_free_limit)
+    return DISK_FREE_LIMIT
 
 
 def open_fds() -> int:
@@ -58,9 +69,9 @@ def alarms(broker: Any) -> list[str]:
     if own is not None:
         return sorted(str(a) for a in own)
     out = []
-    limit = memory_limit()
+    limit = memory_limit(broker)
     if limit and resident_memory() > limit:
         out.append("memory")
-    if disk_free(broker.settings.data_dir) < DISK_FREE_LIMIT:
+    if disk_free(broker.settings.data_dir) < disk_free_limit(broker):
         out.append("disk")
     return out
