@@ -173,6 +173,8 @@ class DefinitionState:
         self.exchanges: dict[str, dict[str, dict[str, Any]]] = {}
         self.queues: dict[str, dict[str, dict[str, Any]]] = {}
         self.bindings: dict[str, dict[str, dict[str, Any]]] = {}
+        # cluster members by node name: {"name", "raft", "forward", "amqp", "http"}
+        self.nodes: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ snapshots
 
@@ -195,6 +197,7 @@ class DefinitionState:
             "exchanges": self.exchanges,
             "queues": self.queues,
             "bindings": self.bindings,
+            "nodes": self.nodes,
         }
 
     @classmethod
@@ -221,6 +224,7 @@ class DefinitionState:
         state.exchanges = data["exchanges"]
         state.queues = data["queues"]
         state.bindings = data["bindings"]
+        state.nodes = data.get("nodes", {})
         return state
 
     # ------------------------------------------------------------------ read helpers
@@ -402,6 +406,24 @@ class DefinitionState:
         self.policies.pop(name, None)
         return _ok(deleted=True, exchanges=exchanges, queues=queues)
 
+    # ------------------------------------------------------------------ nodes
+
+    def _op_register_node(self, cmd: _Command) -> dict[str, Any]:
+        """A node announces (or updates) the addresses other nodes and clients reach it at."""
+        name = cmd.get("name", str)
+        node = {"name": name}
+        for key in ("raft", "forward", "amqp", "http"):
+            node[key] = cmd.get(key, str, "")
+        created = name not in self.nodes
+        self.nodes[name] = node
+        return _ok(created=created, node=_copy(node))
+
+    def _op_forget_node(self, cmd: _Command) -> dict[str, Any]:
+        name = cmd.get("name", str)
+        if self.nodes.pop(name, None) is None:
+            raise _Refused(NOT_FOUND, f"no node '{name}' in the cluster")
+        return _ok(deleted=True)
+
     def _op_set_vhost_limits(self, cmd: _Command) -> dict[str, Any]:
         """Replace a vhost's limits ({"max-connections": n, "max-queues": n}; a negative
         value means no limit, as in RabbitMQ)."""
@@ -446,11 +468,12 @@ class DefinitionState:
         password_hash = cmd.get("password_hash", (str, bytes))
         hashing = cmd.get("hashing", str)
         tags = cmd.str_list("tags")
+        owner = cmd.get("owner", str, None)
         if self.bootstrapped:
             return _ok(applied=False)
         self.bootstrapped = True
         if vhost not in self.vhosts:
-            self._create_vhost(vhost)
+            self._create_vhost(vhost, owner=owner)
         if user not in self.users:
             self.users[user] = {
                 "name": user,

@@ -583,6 +583,57 @@ class MetadataStore:
             },
         }
 
+    # ------------------------------------------------------------------ membership
+
+    async def add_node(self, address: str, timeout: float = 10.0) -> None:
+        """Add a Raft member (the new node starts after this returns, listing every
+        member as its peers: pysyncobj's membership rule, issue #89)."""
+        await self._change_membership("add", normalize_address(address), timeout)
+
+    async def remove_node(self, address: str, timeout: float = 10.0) -> None:
+        await self._change_membership("remove", normalize_address(address), timeout)
+
+    async def _change_membership(self, kind: str, address: str, timeout: float) -> None:
+        machine = self._machine
+        if machine is None or self._closed:
+            raise ClusterUnavailable("metadata store is not running: membership change refused")
+        if machine._getLeader() is None or not _has_quorum(machine):
+            raise ClusterUnavailable("cluster has no quorum: membership change refused")
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def done(result: Any, error: int) -> None:
+            def resolve() -> None:
+                if future.done():
+                    return
+                if error == FAIL_REASON.SUCCESS:
+                    future.set_result(None)
+                else:
+                    reason = _FAIL_TEXT.get(error, f"pysyncobj failure {error}")
+                    future.set_exception(ClusterUnavailable(
+                        f"membership change ({kind} {address}) refused: {reason}"))
+            self._call_soon(resolve)
+
+        if kind == "add":
+            machine.addNodeToCluster(address, callback=done)
+        else:
+            machine.removeNodeFromCluster(address, callback=done)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"membership change ({kind} {address}) not committed within {timeout:g} s"
+            ) from None
+        if kind == "add" and address not in self._peers:
+            self._peers.append(address)
+        elif kind == "remove" and address in self._peers:
+            self._peers.remove(address)
+
+    @property
+    def self_address(self) -> str:
+        return self._self_address
+
     def request_compaction(self) -> None:
         """Ask pysyncobj to write a full dump and truncate the journal at its next tick."""
         if self._machine is not None:

@@ -84,6 +84,9 @@ class Broker:
         self.connections: set[Any] = set()
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         self.resources: ResourceMonitor | None = None
+        self.vhost_defs: dict[str, dict] = {}  # replicated vhost records (owner, epoch...)
+        self.nodes: dict[str, dict] = {}  # cluster members: name -> addresses
+        self.forward_server: Any = None
         self.exchange_types = EXCHANGE_TYPES
         self.loopback_only_guest = True
         self.started_at = time.time()
@@ -113,7 +116,44 @@ class Broker:
         await self.metadata.submit({
             "op": "bootstrap", "vhost": s.default_vhost, "user": s.default_user,
             "password_hash": hash_password(s.default_pass),
-            "hashing": "rabbit_password_hashing_sha256", "tags": ["administrator"]})
+            "hashing": "rabbit_password_hashing_sha256", "tags": ["administrator"],
+            "owner": s.node_name})
+        me = self.node_record()
+        if self.nodes.get(s.node_name) != me:
+            await self.metadata.submit({"op": "register_node", **me})
+
+    def node_record(self) -> dict:
+        s = self.settings
+        host = s.raft_address.rpartition(":")[0]
+        return {"name": s.node_name, "raft": self.metadata.self_address,
+                "forward": s.forward_address,
+                "amqp": f"{host}:{s.amqp_port}", "http": f"{host}:{s.http_port}"}
+
+    # ------------------------------------------------------------------------------
+    # placement: which node runs a vhost
+    # ------------------------------------------------------------------------------
+    def owner_of(self, vhost: str) -> str | None:
+        d = self.vhost_defs.get(vhost)
+        return d.get("owner") if d else None
+
+    def owns(self, vhost: str) -> bool:
+        """A vhost without an owner (a single node's) is served wherever it is opened."""
+        owner = self.owner_of(vhost)
+        return owner is None or owner == self.settings.node_name
+
+    def pick_owner(self) -> str:
+        """The least loaded reachable node (fewest vhosts owned); ties by name."""
+        status = self.metadata.status()
+        reachable = {self.settings.node_name}
+        partners = status.get("partners", {})
+        for name, node in self.nodes.items():
+            if partners.get(node.get("raft")) == "connected":
+                reachable.add(name)
+        load = {n: 0 for n in reachable}
+        for d in self.vhost_defs.values():
+            if d.get("owner") in load:
+                load[d["owner"]] += 1
+        return min(sorted(load), key=lambda n: load[n])
 
     async def stop(self) -> None:
         if self.resources is not None:
@@ -134,22 +174,26 @@ class Broker:
         vh = self.vhosts.get(name)
         if vh is not None:
             return vh
-        path = self._store_path(name)
-        os.makedirs(path, exist_ok=True)
-        store = MessageStore(path, sync=self.settings.sync)
-        store.start(asyncio.get_running_loop())
+        store = None
+        if self.owns(name):  # only the owner holds the vhost's messages
+            path = self._store_path(name)
+            os.makedirs(path, exist_ok=True)
+            store = MessageStore(path, sync=self.settings.sync)
+            store.start(asyncio.get_running_loop())
         vh = VirtualHost(name, store, self.settings.queue_memory_messages,
                          on_queue_unused=self._queue_unused,
                          on_exchange_unused=self._exchange_unused)
         self.vhosts[name] = vh
         return vh
 
-    def _close_vhost(self, name: str, delete_data: bool) -> None:
+    def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted") -> None:
         vh = self.vhosts.pop(name, None)
         if vh is None:
             return
         for conn in list(vh.connections):
-            conn.force_close(errors.CONNECTION_FORCED, f"vhost '{name}' is deleted")
+            conn.force_close(errors.CONNECTION_FORCED, f"vhost '{name}' {why}")
+        for q in vh.queues.values():
+            q.close()
         path = self._store_path(name)
 
         async def close() -> None:
@@ -167,24 +211,30 @@ class Broker:
         self.users = {u["name"]: u for u in state.get("users", {}).values()}
         self.permissions = {v: dict(p) for v, p in state.get("permissions", {}).items()}
         self.policies = {v: dict(p) for v, p in state.get("policies", {}).items()}
+        self.nodes = dict(state.get("nodes", {}))
+        self.vhost_defs = dict(state.get("vhosts", {}))
         wanted = set(state.get("vhosts", {}))
         for name in list(self.vhosts):
             if name not in wanted:
                 self._close_vhost(name, delete_data=True)
         for name in wanted:
-            vh = self._open_vhost(name)
-            vh.policies = self.policies.setdefault(name, {})
-            vh.limits = dict(state["vhosts"][name].get("limits") or {})
-            for x in state.get("exchanges", {}).get(name, {}).values():
-                if x["type"] in EXCHANGE_TYPES:
-                    vh.add_exchange(x["name"], x["type"], True, x["auto_delete"], x["internal"],
-                                    decode_args(x["arguments"]))
-            for q in state.get("queues", {}).get(name, {}).values():
-                vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                             arguments=decode_args(q["arguments"]), recover=True)
-            for b in state.get("bindings", {}).get(name, {}).values():
-                vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
-                        b["routing_key"], decode_args(b["arguments"]))
+            self._build_vhost(name, state)
+
+    def _build_vhost(self, name: str, state: dict) -> None:
+        """Open a vhost's runtime from the definitions (its store only on its owner)."""
+        vh = self._open_vhost(name)
+        vh.policies = self.policies.setdefault(name, {})
+        vh.limits = dict(state["vhosts"][name].get("limits") or {})
+        for x in state.get("exchanges", {}).get(name, {}).values():
+            if x["type"] in EXCHANGE_TYPES:
+                vh.add_exchange(x["name"], x["type"], True, x["auto_delete"], x["internal"],
+                                decode_args(x["arguments"]))
+        for q in state.get("queues", {}).get(name, {}).values():
+            vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
+                         arguments=decode_args(q["arguments"]), recover=True)
+        for b in state.get("bindings", {}).get(name, {}).values():
+            vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
+                    b["routing_key"], decode_args(b["arguments"]))
 
     def _drop_orphaned_messages(self) -> None:
         """Messages of queues that no longer exist (exclusive durable queues of a node that
@@ -214,6 +264,8 @@ class Broker:
     def _ev_bootstrap(self, cmd: dict, result: dict) -> None:
         if not result.get("applied"):
             return
+        self.vhost_defs[cmd["vhost"]] = {"name": cmd["vhost"], "owner": cmd.get("owner"),
+                                         "epoch": 1 if cmd.get("owner") else 0}
         self._open_vhost(cmd["vhost"])
         self.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
                                    "hashing": cmd["hashing"], "tags": list(cmd["tags"])}
@@ -222,7 +274,26 @@ class Broker:
             "read": ".*"}
 
     def _ev_add_vhost(self, cmd: dict, result: dict) -> None:
+        if "vhost" in result:
+            self.vhost_defs[cmd["name"]] = result["vhost"]
         self._open_vhost(cmd["name"])
+
+    def _ev_set_vhost_owner(self, cmd: dict, result: dict) -> None:
+        name = cmd["name"]
+        was_mine = self.owns(name)
+        self.vhost_defs[name] = result["vhost"]
+        if was_mine != self.owns(name) and name in self.vhosts:
+            # the vhost moves: clients reconnect (to any node) and reach the new owner
+            self._close_vhost(name, delete_data=False,
+                              why=f"moved to node '{result['vhost'].get('owner')}'")
+            self._build_vhost(name, self.metadata.snapshot())
+
+    def _ev_register_node(self, cmd: dict, result: dict) -> None:
+        self.nodes[cmd["name"]] = result.get("node") or {k: cmd.get(k) for k in (
+            "name", "raft", "forward", "amqp", "http")}
+
+    def _ev_forget_node(self, cmd: dict, result: dict) -> None:
+        self.nodes.pop(cmd["name"], None)
 
     def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
         vh = self.vhosts.get(cmd["name"])
@@ -231,6 +302,7 @@ class Broker:
 
     def _ev_delete_vhost(self, cmd: dict, result: dict) -> None:
         self._close_vhost(cmd["name"], delete_data=True)
+        self.vhost_defs.pop(cmd["name"], None)
         self.permissions.pop(cmd["name"], None)
         self.policies.pop(cmd["name"], None)
 
@@ -584,9 +656,60 @@ class Broker:
     # administration (management API, warrenctl)
     # ------------------------------------------------------------------------------
     async def add_vhost(self, name: str, description: str = "", tags: list | None = None,
-                        default_queue_type: str = "classic") -> None:
-        await self.submit({"op": "add_vhost", "name": name, "description": description,
-                           "tags": tags or [], "default_queue_type": default_queue_type})
+                        default_queue_type: str = "classic", owner: str | None = None) -> None:
+        if owner is not None and owner not in self.nodes:
+            raise ChannelError(errors.NOT_FOUND, f"no node '{owner}' in the cluster")
+        cmd = {"op": "add_vhost", "name": name, "description": description,
+               "tags": tags or [], "default_queue_type": default_queue_type}
+        if name not in self.vhost_defs:  # placement is decided once, at creation
+            cmd["owner"] = owner or self.pick_owner()
+        await self.submit(cmd)
+
+    async def set_vhost_owner(self, name: str, owner: str) -> None:
+        if owner not in self.nodes:
+            raise ChannelError(errors.NOT_FOUND, f"no node '{owner}' in the cluster")
+        await self.submit({"op": "set_vhost_owner", "name": name, "owner": owner})
+
+    async def join_node(self, raft_address: str) -> None:
+        from cluster.raft import ClusterUnavailable
+        try:
+            await self.metadata.add_node(raft_address)
+        except ClusterUnavailable as e:
+            raise ChannelError(errors.INTERNAL_ERROR, str(e)) from None
+
+    async def forget_node(self, name: str) -> None:
+        from cluster.raft import ClusterUnavailable
+        node = self.nodes.get(name)
+        if node is None:
+            raise ChannelError(errors.NOT_FOUND, f"no node '{name}' in the cluster")
+        if name == self.settings.node_name:
+            raise errors.precondition("a node cannot forget itself; run this on another node")
+        try:
+            await self.metadata.remove_node(node["raft"])
+        except ClusterUnavailable as e:
+            raise ChannelError(errors.INTERNAL_ERROR, str(e)) from None
+        await self.submit({"op": "forget_node", "name": name})
+
+    def cluster_status(self) -> dict:
+        st = self.metadata.status()
+        partners = st.get("partners", {})
+        me = self.settings.node_name
+        nodes = []
+        for name, node in sorted(self.nodes.items()):
+            raft = node.get("raft")
+            nodes.append({
+                "name": name, "raft": raft, "amqp": node.get("amqp"),
+                "http": node.get("http"), "forward": node.get("forward"),
+                "running": name == me or partners.get(raft) == "connected",
+                "leader": raft == st.get("leader"),
+                "owns": sorted(v for v, d in self.vhost_defs.items()
+                               if d.get("owner") == name)})
+        return {"node": me, "leader": st.get("leader"), "term": st.get("term"),
+                "commit_index": st.get("commit_index"),
+                "last_applied": st.get("last_applied"), "has_quorum": st.get("has_quorum"),
+                "raft_state": st.get("state"), "nodes": nodes,
+                "vhosts": {v: {"owner": d.get("owner"), "epoch": d.get("epoch")}
+                           for v, d in sorted(self.vhost_defs.items())}}
 
     async def set_vhost_limits(self, name: str, limits: dict) -> None:
         await self.submit({"op": "set_vhost_limits", "name": name, "limits": limits})

@@ -17,6 +17,8 @@ class Settings:
     http_host: str = "0.0.0.0"
     http_port: int = 15672
     raft_address: str = "127.0.0.1:25672"
+    # where other nodes reach this one for forwarded client connections (DESIGN: 25673)
+    forward_address: str = "127.0.0.1:25673"
     peers: list[str] = field(default_factory=list)
     cluster_secret: str = ""
     default_vhost: str = "/"

@@ -191,9 +191,75 @@ Need = Any
 
 
 def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
-    (name, *_) = need(1, "<vhost>")
-    c.call("PUT", f"/api/vhosts/{q(name)}", {})
+    (name, *_) = need(1, "<vhost> [--owner <node>]")
+    if a.owner:
+        c.call("PUT", f"/api/cluster/vhosts/{q(name)}", {"owner": a.owner})
+    else:
+        c.call("PUT", f"/api/vhosts/{q(name)}", {})
     print(f"Adding vhost \"{name}\" ...")
+
+
+def set_vhost_owner(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, node, *_ = need(2, "<vhost> <node>")
+    c.call("PUT", f"/api/cluster/vhosts/{q(name)}", {"owner": node})
+    print(f"Moving vhost \"{name}\" to node \"{node}\" ...")
+
+
+def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
+    st = c.call("GET", "/api/cluster-status")
+    if a.formatter == "json":
+        print(json.dumps(st, indent=2))
+        return
+    print(f"Cluster status of node {st['node']}")
+    print(f"Raft: leader {st['leader']}, term {st['term']}, commit index "
+          f"{st['commit_index']}, applied {st['last_applied']}, quorum {st['has_quorum']}")
+    print()
+    rows = [{"name": n["name"], "raft": n["raft"], "amqp": n["amqp"],
+             "running": n["running"], "leader": n["leader"], "owns": n["owns"]}
+            for n in st["nodes"]]
+    print_rows(rows, ["name", "raft", "amqp", "running", "leader", "owns"], "table")
+    print()
+    print_rows([{"vhost": v, **d} for v, d in st["vhosts"].items()],
+               ["vhost", "owner", "epoch"], "table")
+
+
+def join_cluster(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (raft, *_) = need(1, "<raft address of the new node, host:port>")
+    c.call("POST", "/api/cluster/nodes", {"raft_address": raft})
+    print(f"Added {raft} to the cluster: start it now with every member as --peers")
+
+
+def forget_cluster_node(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (node, *_) = need(1, "<node name>")
+    c.call("DELETE", f"/api/cluster/nodes/{q(node)}")
+    print(f"Removing node \"{node}\" from the cluster ...")
+
+
+def set_vhost_limits(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (raw, *_) = need(1, "[-p <vhost>] '{\"max-connections\": N, \"max-queues\": N}'")
+    try:
+        limits = json.loads(raw)
+    except ValueError as e:
+        raise CtlError(f"limits must be JSON: {e}") from None
+    for key, value in limits.items():
+        c.call("PUT", f"/api/vhost-limits/{q(a.vhost)}/{q(key)}", {"value": value})
+    print(f"Applying limits {limits} to vhost \"{a.vhost}\" ...")
+
+
+def set_vm_memory_high_watermark(c: Client, a: argparse.Namespace, need: Need) -> None:
+    args = need(1, "<fraction> | absolute <bytes>")
+    if args[0] == "absolute":
+        need(2, "absolute <bytes>")
+        c.call("PUT", "/api/resources/vm-memory-high-watermark", {"absolute": int(args[1])})
+    else:
+        c.call("PUT", "/api/resources/vm-memory-high-watermark", {"fraction": float(args[0])})
+    print("Setting memory threshold ...")
+
+
+def set_disk_free_limit(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (limit, *_) = need(1, "<bytes>")
+    c.call("PUT", "/api/resources/disk-free-limit", {"bytes": int(limit)})
+    print(f"Setting disk free limit to {limit} bytes ...")
 
 
 def delete_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -300,7 +366,9 @@ def import_definitions(c: Client, a: argparse.Namespace, need: Need) -> None:
 SIMPLE = {f.__name__: f for f in (
     add_vhost, delete_vhost, add_user, delete_user, change_password, set_user_tags,
     set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
-    set_policy, clear_policy, export_definitions, import_definitions)}
+    set_policy, clear_policy, export_definitions, import_definitions, set_vhost_owner,
+    cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
+    set_vm_memory_high_watermark, set_disk_free_limit)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--apply-to", default="all", help="set_policy: queues, exchanges or all")
     p.add_argument("--if-empty", action="store_true", help="delete_queue: only if empty")
     p.add_argument("--if-unused", action="store_true", help="delete_queue: only if unused")
+    p.add_argument("--owner", default=None, help="add_vhost: the node that runs it")
     p.add_argument("command")
     p.add_argument("args", nargs="*")
     args = p.parse_intermixed_args(argv)

@@ -18,7 +18,7 @@ from node import errors
 from node.amqp import spec
 from node.amqp.channel import Channel
 from node.amqp.fields import FrameError_, SyntaxError_, UnknownMethod, decode_table
-from node.amqp.frames import PROTOCOL_HEADER, FrameReader
+from node.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_frame
 from node.auth import check_password, decode_plain, is_loopback
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.message import Message
@@ -70,6 +70,9 @@ class AMQPConnection(asyncio.Protocol):
         self.capabilities: dict = {}
         self.exclusive_queues: set[str] = set()
         self.paused = False
+        self.forwarding = False  # handing this client over to the vhost's owner node
+        self._forward_backlog: list[bytes] = []
+        self.via: str | None = None  # on the owner: the node that forwards this client
         self.publisher = False  # has published: blocked by resource alarms
         self.blocked = False
         self._out: list[bytes] = []
@@ -139,6 +142,9 @@ class AMQPConnection(asyncio.Protocol):
             self.close_connection(ConnectionError_(errors.FRAME_ERROR, str(e)))
             return
         for ftype, ch, payload in frames:
+            if self.forwarding:  # frames pipelined after connection.open go to the owner
+                self._forward_backlog.append(encode_frame(ftype, ch, payload))
+                continue
             if self.state >= CLOSED or self.transport is None:
                 return
             try:
@@ -148,6 +154,8 @@ class AMQPConnection(asyncio.Protocol):
             except Exception as e:
                 log.exception("connection %s: error handling a frame", self.name)
                 self.close_connection(ConnectionError_(errors.INTERNAL_ERROR, str(e)))
+        if self.forwarding:
+            self._forward_backlog.append(self.reader.take_buffered())
         if self._out:
             self.flush()
 
@@ -341,6 +349,9 @@ class AMQPConnection(asyncio.Protocol):
         if vhost is None or not self.broker.can_access_vhost(self.user, m.virtual_host):
             raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
                                    f"refused for user '{self.user}'", 10, 40)
+        if not self.broker.owns(m.virtual_host):
+            self._start_forwarding(m.virtual_host)
+            return
         limit = vhost.limits.get("max-connections")
         if limit is not None and len(vhost.connections) >= limit:
             raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
@@ -355,6 +366,87 @@ class AMQPConnection(asyncio.Protocol):
         if self.heartbeat:
             self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
         self.send_method(0, spec.ConnectionOpenOk())
+
+    # ------------------------------------------------------------------------------
+    # any-node access: hand the client over to the vhost's owner (node/forwarding.py)
+    # ------------------------------------------------------------------------------
+    def _start_forwarding(self, vhost: str) -> None:
+        owner = self.broker.owner_of(vhost)
+        node = self.broker.nodes.get(owner or "")
+        if node is None or not node.get("forward") or not self.settings.cluster_secret:
+            raise ConnectionError_(errors.NOT_ALLOWED, f"vhost '{vhost}' is unavailable: its "
+                                   f"owner node '{owner}' is not known here", 10, 40)
+        self.forwarding = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.spawn(self._forward(vhost, owner, node["forward"]))
+
+    async def _forward(self, vhost: str, owner: str | None, address: str) -> None:
+        from node.amqp.fields import encode_table
+        from node.forwarding import open_forward, splice
+        facts = {"user": self.user, "vhost": vhost, "node": self.settings.node_name,
+                 "client_properties": encode_table(self.client_properties),
+                 "channel_max": self.channel_max, "frame_max": self.frame_max,
+                 "heartbeat": self.heartbeat, "peer": [self.peer[0], self.peer[1]]}
+        try:
+            upstream, early = await open_forward(address, self.settings.cluster_secret, facts)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+            log.warning("cannot forward %s to node '%s' at %s: %s", self.name, owner, address, e)
+            self.forwarding = False
+            self._forward_backlog.clear()
+            self.close_connection(ConnectionError_(
+                errors.NOT_ALLOWED, f"vhost '{vhost}' is unavailable: its owner node "
+                f"'{owner}' cannot be reached", 10, 40))
+            if self.transport is not None:
+                self.transport.resume_reading()
+            return
+        client = self.transport
+        if client is None or client.is_closing():
+            upstream.close()
+            return
+        log.info("forwarding %s (vhost '%s') to node '%s'", self.name, vhost, owner)
+        self.flush()
+        self.broker.connections.discard(self)
+        self.transport = None  # from now on this object is out of the path
+        self.state = CLOSED
+        splice(client, upstream, early, b"".join(self._forward_backlog))
+        self._forward_backlog = []
+
+    def adopt(self, facts: dict) -> None:
+        """On the owner: a connection another node authenticated and forwards to us."""
+        from node.amqp.fields import decode_table
+        try:
+            self.user = str(facts["user"])
+            vhost = str(facts["vhost"])
+            self.client_properties = decode_table(facts.get("client_properties") or
+                                                  b"\x00\x00\x00\x00", 0)[0]
+            self.channel_max = int(facts["channel_max"])
+            self.frame_max = int(facts["frame_max"])
+            self.heartbeat = int(facts["heartbeat"])
+            peer = facts.get("peer") or ["?", 0]
+            self.peer = (str(peer[0]), int(peer[1]))
+            self.via = str(facts.get("node"))
+        except (KeyError, TypeError, ValueError, SyntaxError_) as e:
+            log.warning("forwarded connection with bad facts: %s", e)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        caps = self.client_properties.get("capabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        self.reader.frame_max = self.frame_max
+        self.name = f"{self.peer[0]}:{self.peer[1]} -> {self.settings.node_name} (via {self.via})"
+        self.state = AWAIT_OPEN
+        try:
+            if not self.broker.owns(vhost):
+                raise ConnectionError_(errors.NOT_ALLOWED, f"vhost '{vhost}' is not served by "
+                                       f"node '{self.settings.node_name}'", 10, 40)
+            self._on_open(spec.ConnectionOpen(virtual_host=vhost))
+        except AMQPError as e:
+            self.close_connection(e)
+        self.flush()
 
     # ------------------------------------------------------------------------------
     # heartbeats and timeouts

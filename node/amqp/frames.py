@@ -88,6 +88,12 @@ class FrameReader:
         """Bytes held back waiting for the rest of a frame."""
         return len(self._partial)
 
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes of an incomplete frame (a connection that turns into a
+        byte pipe passes them on unparsed)."""
+        out, self._partial = bytes(self._partial), bytearray()
+        return out
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Consume `data`; return every frame it completes, in order."""
         if type(data) is not bytes:

@@ -11,8 +11,10 @@ from aiohttp import web
 from node.broker import Broker
 from node.http import (
     access,
+    cluster,
     connections,
     definitions,
+    limits,
     messages,
     metrics,
     objects,
@@ -25,7 +27,7 @@ from node.http.auth import auth_middleware
 from node.http.stats import Sampler
 
 # order matters where paths overlap: literal paths before the {name} ones that would match
-ROUTE_TABLES = (overview.routes, connections.routes, access.routes, messages.routes,
+ROUTE_TABLES = (cluster.routes, limits.routes, overview.routes, connections.routes, access.routes, messages.routes,
                 objects.routes, definitions.routes, metrics.routes, openapi.routes,
                 ui.routes)
 

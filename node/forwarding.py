@@ -1,0 +1,209 @@
+"""Any-node access: a client that opens a vhost owned by another node is served by the
+owner through this node, frame for frame (DESIGN decision 3).
+
+The accepting node authenticates the client itself (users are replicated), then opens a
+forwarding connection to the owner's forwarding port and, from then on, only copies bytes
+both ways.  The owner adopts the connection as already open for that user and vhost and
+answers connection.open-ok, so the client sees an ordinary broker.
+
+Only peers that hold the cluster secret may use the forwarding port: the owner sends a
+random nonce, the peer answers with msgpack-encoded connection facts and an HMAC-SHA256 of
+nonce + facts under a key derived from the secret.  Nothing on this port is unpickled."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import struct
+from typing import TYPE_CHECKING, Any, Callable
+
+import msgpack
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger("warren.forwarding")
+
+MAGIC = b"WFWD1"
+NONCE_SIZE = 32
+MAC_SIZE = 32
+MAX_PREAMBLE = 64 * 1024
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def forward_key(secret: str) -> bytes:
+    return hashlib.sha256(b"warrenmq-forwarding\x00" + secret.encode()).digest()
+
+
+def _mac(key: bytes, nonce: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, nonce + payload, hashlib.sha256).digest()
+
+
+class Pipe(asyncio.Protocol):
+    """Copies what one transport reads into another; back-pressure crosses over."""
+
+    def __init__(self, peer: asyncio.Transport) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)
+
+    def eof_received(self) -> bool | None:
+        self.peer.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+
+    def pause_writing(self) -> None:
+        self.peer.pause_reading()  # our side is full: stop reading what fills it
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+
+# ----------------------------------------------------------------------------------------
+# the owner's side
+# ----------------------------------------------------------------------------------------
+class _ForwardServerProtocol(asyncio.Protocol):
+    def __init__(self, broker: "Broker", key: bytes) -> None:
+        self.broker = broker
+        self.key = key
+        self.nonce = os.urandom(NONCE_SIZE)
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(MAGIC + self.nonce)  # type: ignore[attr-defined]
+        self.timer = asyncio.get_event_loop().call_later(HANDSHAKE_TIMEOUT, self._refuse,
+                                                         "handshake timeout")
+
+    def _refuse(self, why: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            peer = self.transport.get_extra_info("peername")
+            log.warning("forwarding port: refused %s: %s", peer, why)
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) < 4:
+            return
+        (size,) = struct.unpack_from(">I", self.buf)
+        if size > MAX_PREAMBLE:
+            self._refuse("oversized preamble")
+            return
+        if len(self.buf) < 4 + size + MAC_SIZE:
+            return
+        payload = self.buf[4:4 + size]
+        mac = self.buf[4 + size:4 + size + MAC_SIZE]
+        rest = self.buf[4 + size + MAC_SIZE:]
+        if not hmac.compare_digest(mac, _mac(self.key, self.nonce, payload)):
+            self._refuse("bad cluster secret")
+            return
+        try:
+            facts = msgpack.unpackb(payload, raw=False)
+            if not isinstance(facts, dict):
+                raise ValueError("preamble is not a map")
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            self._refuse(f"malformed preamble: {e}")
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        from node.amqp.connection import AMQPConnection
+        assert self.transport is not None
+        conn = AMQPConnection(self.broker)
+        self.transport.set_protocol(conn)
+        conn.connection_made(self.transport)
+        conn.adopt(facts)
+        if rest:
+            conn.data_received(rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+async def start_forward_server(broker: "Broker", host: str, port: int,
+                               secret: str) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    key = forward_key(secret)
+    return await loop.create_server(lambda: _ForwardServerProtocol(broker, key), host, port,
+                                    reuse_address=True)
+
+
+# ----------------------------------------------------------------------------------------
+# the accepting node's side
+# ----------------------------------------------------------------------------------------
+class _ForwardClientProtocol(asyncio.Protocol):
+    def __init__(self, key: bytes, facts: dict, done: asyncio.Future) -> None:
+        self.key = key
+        self.payload = msgpack.packb(facts, use_bin_type=True)
+        self.done = done
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        want = len(MAGIC) + NONCE_SIZE
+        if len(self.buf) < want or self.done.done():
+            return
+        if not self.buf.startswith(MAGIC):
+            self.done.set_exception(ConnectionError("the owner's forwarding port spoke "
+                                                    "something else"))
+            return
+        nonce = self.buf[len(MAGIC):want]
+        assert self.transport is not None
+        self.transport.write(struct.pack(">I", len(self.payload)) + self.payload
+                             + _mac(self.key, nonce, self.payload))
+        self.done.set_result(self.buf[want:])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"forwarding connection lost: {exc}"))
+
+
+async def open_forward(address: str, secret: str, facts: dict,
+                       timeout: float = HANDSHAKE_TIMEOUT) -> tuple[asyncio.Transport, bytes]:
+    """Connect to an owner's forwarding port and hand it a client connection's facts.
+    Returns the transport (now a plain byte stream to the owner) and any bytes the owner
+    already sent past the handshake."""
+    loop = asyncio.get_running_loop()
+    host, _, port = address.rpartition(":")
+    done: asyncio.Future = loop.create_future()
+    transport, _proto = await asyncio.wait_for(loop.create_connection(
+        lambda: _ForwardClientProtocol(forward_key(secret), facts, done), host, int(port)),
+        timeout)
+    try:
+        early = await asyncio.wait_for(done, timeout)
+    except BaseException:
+        transport.abort()
+        raise
+    return transport, early
+
+
+def splice(client: asyncio.Transport, owner: asyncio.Transport, early: bytes,
+           backlog: bytes, on_close: Callable[[], Any] | None = None) -> None:
+    """Join the client's socket and the owner's: bytes pass untouched both ways."""
+    to_owner = Pipe(owner)
+    to_client = Pipe(client)
+    client.set_protocol(to_owner)
+    to_owner.connection_made(client)
+    owner.set_protocol(to_client)
+    to_client.connection_made(owner)
+    if early:
+        client.write(early)
+    if backlog:
+        owner.write(backlog)
+    client.resume_reading()
