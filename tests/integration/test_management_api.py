@@ -184,7 +184,9 @@ def test_vhost_user_permission_crud(api):
     assert api.get("/api/permissions/crud-vh/crud-user") == {
         "user": "crud-user", "vhost": "crud-vh", **perm}
     assert {"user": "crud-user", "vhost": "crud-vh", **perm} in api.get("/api/permissions")
-    assert [p["user"] for p in api.get("/api/vhosts/crud-vh/permissions")] == ["crud-user"]
+    # the creator of a vhost gets full permissions on it, as in RabbitMQ
+    assert sorted(p["user"] for p in api.get("/api/vhosts/crud-vh/permissions")) == [
+        "crud-user", "guest"]
     assert api("PUT", "/api/permissions/crud-vh/ghost", json=perm).status_code == 400
     r = api("PUT", "/api/permissions/crud-vh/crud-user", json={**perm, "read": "(unclosed"})
     assert r.status_code == 400
