@@ -167,6 +167,9 @@ class _ForwardClientProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(struct.pack(">I", len(self.payload)) + self.payload
                              + _mac(self.key, nonce, self.payload))
+        # the owner's answer (connection.open-ok) must wait for splice(): read no more
+        # until the pipe is in place, or it would land in this protocol and be lost
+        self.transport.pause_reading()
         self.done.set_result(self.buf[want:])
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -207,3 +210,4 @@ def splice(client: asyncio.Transport, owner: asyncio.Transport, early: bytes,
     if backlog:
         owner.write(backlog)
     client.resume_reading()
+    owner.resume_reading()

@@ -39,6 +39,7 @@ class NodeProcess:
         self.amqp_port = free_port()
         self.http_port = free_port()
         self.raft_port = free_port()
+        self.forward_port = free_port()
         self.settings = settings
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -61,20 +62,37 @@ class NodeProcess:
             "WARREN_HTTP_HOST": "127.0.0.1",
             "WARREN_HTTP_PORT": str(self.http_port),
             "WARREN_RAFT_ADDRESS": f"127.0.0.1:{self.raft_port}",
+            "WARREN_FORWARD_ADDRESS": f"127.0.0.1:{self.forward_port}",
             "PYTHONPATH": str(REPO),
         })
         for k, v in self.settings.items():
             env["WARREN_" + k.upper()] = str(v)
         return env
 
-    def start(self, timeout: float = 30.0) -> "NodeProcess":
+    @property
+    def raft_address(self) -> str:
+        return f"127.0.0.1:{self.raft_port}"
+
+    def launch(self) -> "NodeProcess":
+        """Start the process without waiting (a cluster's nodes must start together)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "node"], env=self.env(),
                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        return self
+
+    def wait(self, timeout: float = 30.0) -> "NodeProcess":
         wait_port(self.amqp_port, timeout, self.proc)
         wait_port(self.http_port, timeout, self.proc)
         return self
+
+    def start(self, timeout: float = 30.0) -> "NodeProcess":
+        return self.launch().wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """kill -9: no chance to flush anything."""
