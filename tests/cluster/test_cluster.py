@@ -131,8 +131,9 @@ def test_cluster_secret_guards_raft_and_forwarding_ports(cluster: Cluster, tmp_p
 
 
 def test_forward_port_refuses_a_wrong_secret(cluster: Cluster):
-    from node.forwarding import MAGIC, NONCE_SIZE, _mac, forward_key
     import msgpack
+
+    from node.forwarding import MAGIC, NONCE_SIZE, _mac, forward_key
     n1 = cluster.nodes[0]
     s = socket.create_connection(("127.0.0.1", n1.forward_port), timeout=5)
     hello = s.recv(len(MAGIC) + NONCE_SIZE)

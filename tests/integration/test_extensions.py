@@ -346,7 +346,11 @@ def test_direct_reply_to_with_aio_pika(node):
             cch = await conn.channel()
             reply_q = await cch.get_queue("amq.rabbitmq.reply-to", ensure=False)
             fut = asyncio.get_running_loop().create_future()
-            await reply_q.consume(lambda m: fut.set_result(m.body), no_ack=True)
+
+            async def on_reply(m):
+                fut.set_result(m.body)
+
+            await reply_q.consume(on_reply, no_ack=True)
             await cch.default_exchange.publish(
                 aio_pika.Message(b"abc", reply_to="amq.rabbitmq.reply-to", correlation_id="1"),
                 routing_key="drt_aio")
