@@ -91,9 +91,6 @@ async def put_vhost(request: web.Request) -> web.Response:
                       parse_tags(data.get("tags", meta.get("tags"))),
                       str(data.get("default_queue_type",
                                    meta.get("default_queue_type", "classic"))))
-    if not existed:
-        # as RabbitMQ does: whoever creates a vhost through the API may use it at once
-        await b.set_permissions(request["user"]["name"], vhost, ".*", ".*", ".*")
     return created_or_updated(existed)
 
 

@@ -184,9 +184,8 @@ def test_vhost_user_permission_crud(api):
     assert api.get("/api/permissions/crud-vh/crud-user") == {
         "user": "crud-user", "vhost": "crud-vh", **perm}
     assert {"user": "crud-user", "vhost": "crud-vh", **perm} in api.get("/api/permissions")
-    # the creator of a vhost gets full permissions on it, as in RabbitMQ
-    assert sorted(p["user"] for p in api.get("/api/vhosts/crud-vh/permissions")) == [
-        "crud-user", "guest"]
+    # as in RabbitMQ, creating a vhost grants nobody (not even its creator) access to it
+    assert [p["user"] for p in api.get("/api/vhosts/crud-vh/permissions")] == ["crud-user"]
     assert api("PUT", "/api/permissions/crud-vh/ghost", json=perm).status_code == 400
     r = api("PUT", "/api/permissions/crud-vh/crud-user", json={**perm, "read": "(unclosed"})
     assert r.status_code == 400

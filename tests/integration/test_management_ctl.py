@@ -91,9 +91,12 @@ def test_user_tags_and_policies(node, api):
 
 
 def test_export_and_import_definitions(node, api, tmp_path):
-    api("PUT", "/api/vhosts/ctl-defs", json={})
-    api("PUT", "/api/queues/ctl-defs/kept", json={"durable": True,
-                                                  "arguments": {"x-max-length": 7}})
+    assert api("PUT", "/api/vhosts/ctl-defs", json={}).status_code == 201
+    r = api("PUT", "/api/queues/ctl-defs/kept", json={"durable": True})
+    assert r.status_code == 401  # a new vhost grants no access, not even to its creator
+    ctl(node, "set_permissions", "-p", "ctl-defs", "guest", ".*", ".*", ".*")
+    assert api("PUT", "/api/queues/ctl-defs/kept", json={
+        "durable": True, "arguments": {"x-max-length": 7}}).status_code == 201
     path = tmp_path / "defs.json"
     ctl(node, "export_definitions", str(path))
     doc = json.loads(path.read_text())
