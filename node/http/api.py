@@ -27,9 +27,9 @@ from node.http.auth import auth_middleware
 from node.http.stats import Sampler
 
 # order matters where paths overlap: literal paths before the {name} ones that would match
-ROUTE_TABLES = (cluster.routes, limits.routes, overview.routes, connections.routes, access.routes, messages.routes,
-                objects.routes, definitions.routes, metrics.routes, openapi.routes,
-                ui.routes)
+ROUTE_TABLES = (cluster.routes, limits.routes, overview.routes, connections.routes,
+                access.routes, messages.routes, objects.routes, definitions.routes,
+                metrics.routes, openapi.routes, ui.routes)
 
 
 def create_app(broker: Broker) -> web.Application:
