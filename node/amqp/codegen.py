@@ -71,6 +71,17 @@ ANNOTATIONS = {
 # Constants RabbitMQ uses that its published XML lacks: (name, value, class).
 EXTRA_CONSTANTS = [("no-route", 312, "soft-error")]
 
+# Methods RabbitMQ implements that its published XML lacks (rabbit_framing_amqp_0_9_1):
+# connection.blocked/unblocked (connection.blocked capability) and connection.update-secret.
+# (class, method name, index, synchronous, [(field, primitive type)], responses)
+EXTRA_METHODS = [
+    ("connection", "blocked", 60, False, [("reason", "shortstr")], []),
+    ("connection", "unblocked", 61, False, [], []),
+    ("connection", "update-secret", 70, True, [("new-secret", "longstr"),
+                                               ("reason", "shortstr")], ["update-secret-ok"]),
+    ("connection", "update-secret-ok", 71, True, [], []),
+]
+
 # Method arguments renamed from the XML.  The XML spells the flag "no-wait" in every
 # method but confirm.select ("nowait"); RabbitMQ's JSON spec, pika and pamqp call it
 # nowait everywhere, and one name lets channel code treat all methods alike.
@@ -206,6 +217,11 @@ def load_spec(path: Path) -> Spec:
                     ],
                 )
             )
+        have = {m.name for m in cls.methods}
+        for xcls, mname, index, sync, fields, responses in EXTRA_METHODS:
+            if xcls == cname and mname not in have:
+                cls.methods.append(Method(cname, cls.index, mname, index, sync, False,
+                                          responses, [Field(f, t) for f, t in fields]))
         classes.append(cls)
 
     spec = Spec(

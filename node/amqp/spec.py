@@ -551,6 +551,117 @@ class ConnectionCloseOk(Method):
         return b"\x00\x0a\x00\x33"
 
 
+class ConnectionBlocked(Method):
+    """connection.blocked (10, 60)."""
+
+    __slots__ = ("reason",)
+    CLASS_ID = 10
+    METHOD_ID = 60
+    INDEX = (CLASS_ID << 16) | METHOD_ID
+    NAME = "connection.blocked"
+    SYNCHRONOUS = False
+    HAS_CONTENT = False
+    RESPONSES = ()
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+    @classmethod
+    def decode(cls, buf: Buffer, offset: int) -> ConnectionBlocked:
+        try:
+            reason, _ = decode_shortstr(buf, offset)
+        except _TRUNCATED:
+            raise SyntaxError_("connection.blocked: arguments truncated") from None
+        except SyntaxError_ as exc:
+            raise SyntaxError_(f"connection.blocked: {exc}") from None
+        return cls(reason)
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                b"\x00\x0a\x00\x3c",
+                encode_shortstr(self.reason),
+            )
+        )
+
+
+class ConnectionUnblocked(Method):
+    """connection.unblocked (10, 61)."""
+
+    __slots__ = ()
+    CLASS_ID = 10
+    METHOD_ID = 61
+    INDEX = (CLASS_ID << 16) | METHOD_ID
+    NAME = "connection.unblocked"
+    SYNCHRONOUS = False
+    HAS_CONTENT = False
+    RESPONSES = ()
+
+    @classmethod
+    def decode(cls, buf: Buffer, offset: int) -> ConnectionUnblocked:
+        return cls()
+
+    def encode(self) -> bytes:
+        return b"\x00\x0a\x00\x3d"
+
+
+class ConnectionUpdateSecret(Method):
+    """connection.update-secret (10, 70): synchronous."""
+
+    __slots__ = ("new_secret", "reason")
+    CLASS_ID = 10
+    METHOD_ID = 70
+    INDEX = (CLASS_ID << 16) | METHOD_ID
+    NAME = "connection.update-secret"
+    SYNCHRONOUS = True
+    HAS_CONTENT = False
+    RESPONSES = ("ConnectionUpdateSecretOk",)
+
+    def __init__(self, new_secret: bytes | str = b"", reason: str = "") -> None:
+        self.new_secret = new_secret
+        self.reason = reason
+
+    @classmethod
+    def decode(cls, buf: Buffer, offset: int) -> ConnectionUpdateSecret:
+        try:
+            new_secret, offset = decode_longstr(buf, offset)
+            reason, _ = decode_shortstr(buf, offset)
+        except _TRUNCATED:
+            raise SyntaxError_("connection.update-secret: arguments truncated") from None
+        except SyntaxError_ as exc:
+            raise SyntaxError_(f"connection.update-secret: {exc}") from None
+        return cls(new_secret, reason)
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                b"\x00\x0a\x00\x46",
+                encode_longstr(self.new_secret),
+                encode_shortstr(self.reason),
+            )
+        )
+
+
+class ConnectionUpdateSecretOk(Method):
+    """connection.update-secret-ok (10, 71): synchronous."""
+
+    __slots__ = ()
+    CLASS_ID = 10
+    METHOD_ID = 71
+    INDEX = (CLASS_ID << 16) | METHOD_ID
+    NAME = "connection.update-secret-ok"
+    SYNCHRONOUS = True
+    HAS_CONTENT = False
+    RESPONSES = ()
+
+    @classmethod
+    def decode(cls, buf: Buffer, offset: int) -> ConnectionUpdateSecretOk:
+        return cls()
+
+    def encode(self) -> bytes:
+        return b"\x00\x0a\x00\x47"
+
+
 class ChannelOpen(Method):
     """channel.open (20, 10): synchronous."""
 
@@ -2383,6 +2494,10 @@ METHODS: dict[int, type[Method]] = {
     ConnectionOpenOk.INDEX: ConnectionOpenOk,
     ConnectionClose.INDEX: ConnectionClose,
     ConnectionCloseOk.INDEX: ConnectionCloseOk,
+    ConnectionBlocked.INDEX: ConnectionBlocked,
+    ConnectionUnblocked.INDEX: ConnectionUnblocked,
+    ConnectionUpdateSecret.INDEX: ConnectionUpdateSecret,
+    ConnectionUpdateSecretOk.INDEX: ConnectionUpdateSecretOk,
     ChannelOpen.INDEX: ChannelOpen,
     ChannelOpenOk.INDEX: ChannelOpenOk,
     ChannelFlow.INDEX: ChannelFlow,
