@@ -25,6 +25,7 @@ from node.http.common import (
 )
 from node.http.objects import queue_of
 from node.message import Message
+from node.queues.queue import ACCEPTED_FLUSH, REJECTED
 
 routes = web.RouteTableDef()
 
@@ -95,13 +96,12 @@ async def publish(request: web.Request) -> web.Response:
         raise bad_request(f"invalid message properties: {e}") from None
     msg = Message.from_publish(xname, str(data["routing_key"]), header, payload)
     queues = vh.route(ex, msg)
-    must_flush = False
-    for q in queues:
-        if q.publish(msg):
-            must_flush = True
+    results = {q.publish(msg) for q in queues}
     b.count_publish(bool(queues))
-    if must_flush and vh.store is not None:
+    if ACCEPTED_FLUSH in results and vh.store is not None:
         await vh.store.flush()  # answer only once a persistent message is on disk
+    if REJECTED in results:  # what a publisher confirm would nack
+        raise bad_request("Unable to publish message. Check queue limits.")
     return json_response({"routed": bool(queues)})
 
 
@@ -155,6 +155,9 @@ async def get_messages(request: web.Request) -> web.Response:
     # requeue only at the end, or the next get would return the same message again
     if requeue:
         q.requeue([(e, None) for e in taken])
+    elif ackmode.startswith("reject") and hasattr(q, "reject"):
+        for e in taken:
+            q.reject(e, None)  # dead-lettered when the queue says so, as basic.reject
     else:
         for e in taken:
             q.ack(e, None)

@@ -48,6 +48,13 @@ def matching_policy(broker: Any, vhost: str, name: str, kind: str) -> dict | Non
     return best
 
 
+def queue_policy(broker: Any, vhost: str, q: Any) -> dict | None:
+    """The policy in effect on a queue: the queue's own record of it when it keeps one."""
+    if hasattr(q, "policy_name"):
+        return broker.policies.get(vhost, {}).get(q.policy_name) if q.policy_name else None
+    return matching_policy(broker, vhost, q.name, "queues")
+
+
 def policy_json(p: dict) -> dict:
     return {"vhost": p["vhost"], "name": p["name"], "pattern": p.get("pattern", ""),
             "apply-to": p.get("apply_to", "all"), "definition": p.get("definition", {}),
@@ -58,7 +65,7 @@ def policy_json(p: dict) -> dict:
 def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any) -> dict:
     key = ("queue", vhost, q.name)
     ready, unacked = q.message_count, q.unacked
-    policy = matching_policy(broker, vhost, q.name, "queues")
+    policy = queue_policy(broker, vhost, q)
     consumers = list(q.consumers)
     exclusive_consumer = getattr(q, "exclusive_consumer", None)
     out = {
@@ -72,7 +79,8 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any) -> dict:
         "consumer_utilisation": 1.0 if consumers else 0.0,
         "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else None,
         "single_active_consumer_tag": None,
-        "message_bytes": q.ready_bytes, "message_bytes_ready": q.ready_bytes,
+        "message_bytes": getattr(q, "message_bytes", q.ready_bytes),
+        "message_bytes_ready": q.ready_bytes,
         "message_bytes_unacknowledged": 0, "message_bytes_ram": q.ready_bytes,
         "message_bytes_persistent": 0,
         "messages_ram": ready + unacked, "messages_ready_ram": ready,

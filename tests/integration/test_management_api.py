@@ -404,3 +404,29 @@ def test_openapi_describes_the_api(node):
                          ("/api/definitions", "post"), ("/api/policies/{vhost}/{name}", "put")):
         assert method in paths[path], path
     assert doc["components"]["securitySchemes"]["basicAuth"]["scheme"] == "basic"
+
+
+def test_publish_refused_by_queue_limits_and_get_rejects_to_dead_letters(api):
+    api("PUT", "/api/queues/%2F/lim-dlq", json={"durable": False})
+    assert api("PUT", "/api/queues/%2F/lim-q", json={"durable": False, "arguments": {
+        "x-max-length": 1, "x-overflow": "reject-publish", "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "lim-dlq"}}).status_code == 201
+    try:
+        def publish(payload: str) -> requests.Response:
+            return api("POST", "/api/exchanges/%2F/amq.default/publish", json={
+                "properties": {}, "routing_key": "lim-q", "payload": payload,
+                "payload_encoding": "string"})
+        assert publish("first").json() == {"routed": True}
+        r = publish("second")  # RabbitMQ answers a nacked publish with 400
+        assert r.status_code == 400
+        assert r.json()["reason"] == "Unable to publish message. Check queue limits."
+        got = api("POST", "/api/queues/%2F/lim-q/get", json={
+            "count": 1, "ackmode": "reject_requeue_false", "encoding": "auto"}).json()
+        assert [m["payload"] for m in got] == ["first"]
+        dead = api("POST", "/api/queues/%2F/lim-dlq/get", json={
+            "count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"}).json()
+        assert [m["payload"] for m in dead] == ["first"]
+        assert dead[0]["properties"]["headers"]["x-death"][0]["reason"] == "rejected"
+    finally:
+        api("DELETE", "/api/queues/%2F/lim-q")
+        api("DELETE", "/api/queues/%2F/lim-dlq")
