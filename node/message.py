@@ -5,6 +5,7 @@ expiry and persistence need, decoded once on demand."""
 from __future__ import annotations
 
 import time
+from time import time as _time
 
 import msgpack
 
@@ -24,7 +25,7 @@ def now_ms() -> int:
 
 class Message:
     __slots__ = ("exchange", "routing_key", "header", "body", "persistent", "published_at",
-                 "_props", "_record", "__weakref__")
+                 "flags", "_props", "_record", "_route_bytes", "__weakref__")
 
     def __init__(self, exchange: str, routing_key: str, header: bytes, body: bytes,
                  persistent: bool, published_at: int = 0) -> None:
@@ -35,8 +36,11 @@ class Message:
         self.body = body
         self.persistent = persistent
         # wall-clock ms when it entered the broker: TTLs count from here, across restarts
-        self.published_at = published_at or now_ms()
+        self.published_at = published_at or int(_time() * 1000)
+        # property flags (first flag word): which properties are present, read once
+        self.flags = (header[12] << 8) | header[13] if len(header) >= 14 else 0
         self._props: spec.BasicProperties | None = None
+        self._route_bytes: bytes | None = None
         self._record: bytes | None = None  # encoded once, shared by every queue it reaches
 
     @classmethod
@@ -47,9 +51,15 @@ class Message:
                    spec.delivery_mode_of(header, 12) == 2)
 
     @property
-    def flags(self) -> int:
-        h = self.header
-        return (h[12] << 8) | h[13] if len(h) >= 14 else 0
+    def route_bytes(self) -> bytes:
+        """exchange and routing key as the two shortstrs ending basic.deliver/get-ok,
+        encoded once however many consumers receive the message."""
+        rb = self._route_bytes
+        if rb is None:
+            ex = self.exchange.encode()
+            rk = self.routing_key.encode()
+            rb = self._route_bytes = bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
+        return rb
 
     @property
     def properties(self) -> spec.BasicProperties:

@@ -26,7 +26,7 @@ from node.exchanges.base import Destination
 from node.message import FLAG_REPLY_TO, Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.queue import ACCEPTED_FLUSH, REJECTED, Queue
+from node.queues.queue import ACCEPTED_FLUSH, FLOW_HIGH, REJECTED, Queue
 
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
@@ -558,6 +558,8 @@ class Channel:
                     must_flush = True
                 elif r == REJECTED:
                     rejected = True
+                if q.consumers and q.message_count > FLOW_HIGH:
+                    self.conn.flow_pause(q)
             msg._record = None  # the store has its copy; don't keep a second one in memory
         elif mandatory:
             self.broker.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
@@ -699,9 +701,8 @@ class Channel:
             self.unacked[tag] = (queue, entry, consumer)
         msg = entry.message
         payload = b"".join((
-            self._deliver_prefix, _shortstr(consumer.tag), _QWORD.pack(tag),
-            b"\x01" if entry.redelivered else b"\x00",
-            _shortstr(msg.exchange), _shortstr(msg.routing_key)))
+            self._deliver_prefix, consumer.tag_bytes, _QWORD.pack(tag),
+            b"\x01" if entry.redelivered else b"\x00", msg.route_bytes))
         self.stats_deliver += 1
         self.conn.send_content_frames(self.number, payload, msg)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from node import errors
 from node.amqp import spec
+from node.amqp.channel import OPEN as OPEN_CH
 from node.amqp.channel import Channel
 from node.amqp.fields import FrameError_, SyntaxError_, UnknownMethod, decode_table
 from node.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_frame
@@ -31,8 +32,11 @@ log = logging.getLogger("warren.connection")
 _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = b"\xce"
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+_PUBLISH_ID = b"\x00\x3c\x00\x28"  # basic.publish: class 60, method 40
+_decode_publish = spec.BasicPublish.decode
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_OK_TIMEOUT = 3.0
+FLOW_MAX_PAUSE = 0.5
 
 # connection states
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
@@ -75,6 +79,8 @@ class AMQPConnection(asyncio.Protocol):
         self.via: str | None = None  # on the owner: the node that forwards this client
         self.publisher = False  # has published: blocked by resource alarms
         self.blocked = False
+        self.flow_queues: set[Any] = set()  # queues that asked us to slow down (flow control)
+        self._flow_timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -107,6 +113,11 @@ class AMQPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
+        for q in self.flow_queues:
+            q.flow_blocked.discard(self)
+        self.flow_queues.clear()
+        if self._flow_timer is not None:
+            self._flow_timer.cancel()
         if self._timer is not None:
             self._timer.cancel()
         for ch in list(self.channels.values()):
@@ -141,6 +152,7 @@ class AMQPConnection(asyncio.Protocol):
         except FrameError_ as e:
             self.close_connection(ConnectionError_(errors.FRAME_ERROR, str(e)))
             return
+        channels = self.channels
         for ftype, ch, payload in frames:
             if self.forwarding:  # frames pipelined after connection.open go to the owner
                 self._forward_backlog.append(encode_frame(ftype, ch, payload))
@@ -148,6 +160,25 @@ class AMQPConnection(asyncio.Protocol):
             if self.state >= CLOSED or self.transport is None:
                 return
             try:
+                # hot path: the basic.publish method, header and body frames of an open,
+                # idle channel go straight to it (the general path checks much more)
+                channel = channels.get(ch) if ch else None
+                if channel is not None and not channel._busy and channel.state is OPEN_CH:
+                    if ftype == 3:
+                        channel._on_body(payload)
+                        continue
+                    if ftype == 2:
+                        channel._on_header(payload)
+                        continue
+                    if (ftype == 1 and payload[:4] == _PUBLISH_ID
+                            and channel._publishing is None and self.state == OPEN):
+                        try:
+                            method = _decode_publish(payload, 4)
+                        except SyntaxError_ as e:
+                            raise ConnectionError_(errors.SYNTAX_ERROR,
+                                                   f"malformed method: {e}", 60, 40) from None
+                        channel.on_basic_publish(method)
+                        continue
                 self._on_frame(ftype, ch, payload)
             except AMQPError as e:
                 self.handle_error(e, ch)
@@ -591,7 +622,42 @@ class AMQPConnection(asyncio.Protocol):
         if self.capabilities.get("connection.blocked"):
             self.send_method(0, spec.ConnectionUnblocked())
             self.flush()
-        self.transport.resume_reading()
+        if not self.flow_queues:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------------------
+    # flow control: a publisher that outruns a queue's consumers is read more slowly
+    # (RabbitMQ's credit flow has the same effect), so the backlog stays small and the
+    # consumers get the CPU they need instead of the queue paging to disk
+    # ------------------------------------------------------------------------------
+    def flow_pause(self, queue: Any) -> None:
+        if self.transport is None or queue in self.flow_queues:
+            return
+        if not self.flow_queues and not self.blocked:
+            self.transport.pause_reading()
+            self._flow_timer = self.loop.call_later(FLOW_MAX_PAUSE, self._flow_timeout)
+        self.flow_queues.add(queue)
+        queue.flow_blocked.add(self)
+
+    def flow_resume(self, queue: Any) -> None:
+        self.flow_queues.discard(queue)
+        if self.flow_queues:
+            return
+        if self._flow_timer is not None:
+            self._flow_timer.cancel()
+            self._flow_timer = None
+        if self.transport is not None and not self.blocked:
+            self.transport.resume_reading()
+
+    def _flow_timeout(self) -> None:
+        # never hold a publisher longer than this: a queue that cannot drain must not
+        # starve it (RabbitMQ does not block publishers on a queue's length either)
+        self._flow_timer = None
+        for q in list(self.flow_queues):
+            q.flow_blocked.discard(self)
+        self.flow_queues.clear()
+        if self.transport is not None and not self.blocked:
+            self.transport.resume_reading()
 
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""

@@ -20,7 +20,7 @@ class ConsumerOwner(Protocol):
 
 class Consumer:
     __slots__ = ("tag", "queue", "owner", "no_ack", "exclusive", "prefetch", "unacked",
-                 "arguments", "priority")
+                 "arguments", "priority", "tag_bytes")
 
     def __init__(self, tag: str, queue: "Queue", owner: Any, no_ack: bool, exclusive: bool,
                  prefetch: int, arguments: dict | None = None) -> None:
@@ -33,6 +33,8 @@ class Consumer:
         self.unacked = 0
         self.arguments = arguments or {}
         self.priority = 0
+        tb = tag.encode()
+        self.tag_bytes = bytes((len(tb),)) + tb  # the consumer-tag shortstr of basic.deliver
 
     def has_capacity(self) -> bool:
         return self.no_ack or self.prefetch == 0 or self.unacked < self.prefetch

@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from node.message import Message, now_ms
+from node.message import FLAG_EXPIRATION, Message, now_ms
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from storage.store import MessageStore
 
 PAGE_BATCH = 2000
+# flow control: with consumers attached, a publisher is paused while the queue holds more
+# than FLOW_HIGH ready messages, and resumed below FLOW_LOW
+FLOW_HIGH = 5000
+FLOW_LOW = 2500
 
 # publish() results
 ACCEPTED, ACCEPTED_FLUSH, REJECTED = 0, 1, 2
@@ -71,6 +75,7 @@ class Queue:
         self._expiry_at = 0
         self._unused_timer: asyncio.TimerHandle | None = None
         self._prioritised = False  # some consumer has x-priority != 0
+        self.flow_blocked: set[Any] = set()  # publishing connections we paused
         # counters for the management API and metrics
         self.stats_publish = 0
         self.stats_deliver = 0
@@ -109,6 +114,8 @@ class Queue:
     # --- enqueue ---------------------------------------------------------------------
     def _expires_at(self, message: Message) -> int:
         ttl = self.settings.message_ttl
+        if ttl is None and not message.flags & FLAG_EXPIRATION:
+            return 0
         per_msg = message.expiration_ms
         if per_msg is not None:
             ttl = per_msg if ttl is None else min(ttl, per_msg)
@@ -223,6 +230,9 @@ class Queue:
 
     def _next_consumer(self) -> Consumer | None:
         consumers = self.consumers
+        if len(consumers) == 1 and not self.settings.single_active_consumer:
+            c = consumers[0]
+            return c if c.has_capacity() and c.owner.can_deliver(c) else None
         if self.settings.single_active_consumer:
             c = self._active_consumer()
             return c if c is not None and c.has_capacity() and c.owner.can_deliver(c) else None
@@ -255,10 +265,14 @@ class Queue:
         while self.consumers and (self._ready or self._paged_count):
             chosen = self._next_consumer()
             if chosen is None:
+                if self.flow_blocked and not any(c.has_capacity() for c in self.consumers):
+                    # every consumer waits for its client's acks: holding publishers back
+                    # gains nothing (a slow socket, by contrast, is worth waiting for)
+                    self._release_flow()
                 return
             entry = self._pop()
             if entry is None:
-                return
+                break
             self.stats_deliver += 1
             if entry.redelivered:
                 self.stats_redeliver += 1
@@ -270,6 +284,13 @@ class Queue:
             elif entry.stored:
                 self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
             chosen.owner.deliver(chosen, self, entry)
+        if self.flow_blocked and self.message_count < FLOW_LOW:
+            self._release_flow()
+
+    def _release_flow(self) -> None:
+        blocked, self.flow_blocked = self.flow_blocked, set()
+        for conn in blocked:
+            conn.flow_resume(self)
 
     # --- settle ----------------------------------------------------------------------
     def taken(self, entry: QueueEntry) -> None:
@@ -425,8 +446,9 @@ class Queue:
             self.dispatch()  # the next consumer takes over
 
     def close(self) -> None:
-        """The queue is deleted: stop its timers."""
+        """The queue is deleted: stop its timers, let its publishers go."""
         self.deleted = True
+        self._release_flow()
         for t in (self._expiry_timer, self._unused_timer):
             if t is not None:
                 t.cancel()

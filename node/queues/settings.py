@@ -51,9 +51,9 @@ class QueueSettings:
     max_priority: int | None = None  # argument only, not settable by policy
     single_active_consumer: bool = False  # argument only
 
-    @property
-    def has_limit(self) -> bool:
-        return self.max_length is not None or self.max_length_bytes is not None
+    def __post_init__(self) -> None:
+        # read on every publish: a plain attribute, not a property
+        self.has_limit = self.max_length is not None or self.max_length_bytes is not None
 
 
 def merged_arguments(args: dict, policy: dict | None) -> dict:
