@@ -75,7 +75,8 @@ class Channel:
         self.reply_consumer: Consumer | None = None  # direct reply-to (amq.rabbitmq.reply-to)
         self.reply_key = ""
         # content assembly for basic.publish
-        self._publishing: spec.BasicPublish | None = None
+        # (exchange, routing key, mandatory, immediate) of the basic.publish being assembled
+        self._publishing: tuple[str, str, bool, bool] | None = None
         self._header: bytes | None = None
         self._body: list[bytes] = []
         self._remaining = 0
@@ -212,7 +213,7 @@ class Channel:
     # permissions
     # ------------------------------------------------------------------------------
     def check(self, perm: str, kind: str, name: str) -> None:
-        key = (perm, name if kind == "queue" else "\x00" + name)
+        key = (perm, kind, name)
         ok = self._allowed.get(key)
         if ok is None:
             ok = self.broker.permitted(self.user, self.vhost.name, perm, name)
@@ -499,49 +500,55 @@ class Channel:
     # basic class: publish
     # ------------------------------------------------------------------------------
     def on_basic_publish(self, m: spec.BasicPublish) -> None:
+        self.start_publish(m.exchange, m.routing_key, m.mandatory, m.immediate)
+
+    def start_publish(self, exchange: str, routing_key: str, mandatory: bool,
+                      immediate: bool) -> None:
+        """basic.publish arrived (the connection's hot path calls this directly)."""
         conn = self.conn
         if not conn.publisher:
             conn.publisher = True
         if conn.broker.resources is not None and conn.broker.resources.alarms:
             conn.block(conn.broker.resources.alarms)  # this publish passes, the next waits
-        self._publishing = m
+        self._publishing = (exchange, routing_key, mandatory, immediate)
         self._header = None
         self._body = []
 
     def _publish_complete(self, body: bytes) -> None:
-        m = self._publishing
+        publishing = self._publishing
         header = self._header
         self._publishing = None
         self._header = None
-        assert m is not None and header is not None
+        assert publishing is not None and header is not None
+        exchange, routing_key, mandatory, immediate = publishing
         vh = self.vhost
-        ex = vh.exchanges.get(m.exchange)
+        ex = vh.exchanges.get(exchange)
         if ex is None:
             raise ChannelError(errors.NOT_FOUND,
-                               f"no exchange '{m.exchange}' in vhost '{vh.name}'", 60, 40)
-        if m.exchange != "":
-            self.check("write", "exchange", m.exchange)
+                               f"no exchange '{exchange}' in vhost '{vh.name}'", 60, 40)
+        if exchange != "":
+            self.check("write", "exchange", exchange)
             if ex.internal:
                 raise ChannelError(errors.ACCESS_REFUSED,
-                                   f"cannot publish to internal exchange '{m.exchange}' in "
+                                   f"cannot publish to internal exchange '{exchange}' in "
                                    f"vhost '{vh.name}'", 60, 40)
-        if m.immediate:
+        if immediate:
             raise ConnectionError_(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        msg = Message.from_publish(m.exchange, m.routing_key, header, body)
+        msg = Message.from_publish(exchange, routing_key, header, body)
         self.stats_publish += 1
         if msg.flags & FLAG_REPLY_TO and b"amq.rabbitmq.reply-to" in header:
             msg = self._stamp_reply_to(msg)
-        if m.exchange == "" and m.routing_key.startswith(REPLY_TO_PREFIX):
-            self._publish_reply(msg, m.mandatory)
+        if exchange == "" and routing_key.startswith(REPLY_TO_PREFIX):
+            self._publish_reply(msg, mandatory)
             return
         if self.tx is not None:
-            self.tx.append(lambda: self._route(ex, msg, m.mandatory, None))
+            self.tx.append(lambda: self._route(ex, msg, mandatory, None))
             return
         tag = 0
         if self.confirm:
             self.publish_tag += 1
             tag = self.publish_tag
-        self._route(ex, msg, m.mandatory, tag)
+        self._route(ex, msg, mandatory, tag)
 
     def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
         """Enqueue in every queue the message reaches; True if the store must flush."""

@@ -33,7 +33,6 @@ _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = b"\xce"
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 _PUBLISH_ID = b"\x00\x3c\x00\x28"  # basic.publish: class 60, method 40
-_decode_publish = spec.BasicPublish.decode
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_OK_TIMEOUT = 3.0
 FLOW_MAX_PAUSE = 0.5
@@ -172,12 +171,19 @@ class AMQPConnection(asyncio.Protocol):
                         continue
                     if (ftype == 1 and payload[:4] == _PUBLISH_ID
                             and channel._publishing is None and self.state == OPEN):
+                        # basic.publish: reserved short, exchange, routing key, bits
                         try:
-                            method = _decode_publish(payload, 4)
-                        except SyntaxError_ as e:
-                            raise ConnectionError_(errors.SYNTAX_ERROR,
-                                                   f"malformed method: {e}", 60, 40) from None
-                        channel.on_basic_publish(method)
+                            n = payload[6]
+                            i = 8 + n
+                            exchange = payload[7:i - 1].decode()
+                            m = payload[i - 1]
+                            routing_key = payload[i:i + m].decode()
+                            bits = payload[i + m]
+                        except (IndexError, UnicodeDecodeError):
+                            raise ConnectionError_(errors.SYNTAX_ERROR, "malformed method: "
+                                                   "basic.publish", 60, 40) from None
+                        channel.start_publish(exchange, routing_key, bool(bits & 1),
+                                              bool(bits & 2))
                         continue
                 self._on_frame(ftype, ch, payload)
             except AMQPError as e:
