@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -132,10 +133,53 @@ def node_json(broker: Any) -> dict:
     }
 
 
+def _cluster_fields(broker: Any, status: dict, name: str) -> dict:
+    """Membership, leadership and placement of one node, as this node sees them."""
+    entry = next((n for n in status["nodes"] if n["name"] == name), None) or {}
+    return {"cluster_member": bool(entry), "raft_address": entry.get("raft"),
+            "leader": bool(entry.get("leader")), "running": bool(entry.get("running", True)),
+            "owned_vhosts": entry.get("owns", [])}
+
+
+async def _remote_node(request: web.Request, node: dict) -> dict | None:
+    """A peer's own figures, asked from its management API with the caller's credentials
+    (users are replicated, so they work there too)."""
+    import aiohttp
+    url = f"http://{node['http']}/api/nodes/{quote(node['name'], safe='')}?local=true"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as s:
+            async with s.get(url, headers={"Authorization":
+                                           request.headers.get("Authorization", "")}) as r:
+                if r.status == 200:
+                    return await r.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        pass
+    return None
+
+
 @routes.get("/api/nodes")
 async def nodes(request: web.Request) -> web.Response:
     require(request, MONITORING)
-    return json_response([node_json(broker_of(request))])
+    b = broker_of(request)
+    status = b.cluster_status()
+    me = b.settings.node_name
+    out = []
+    members = [n["name"] for n in status["nodes"]] or [me]
+    if me not in members:
+        members.append(me)
+    for member in sorted(members):
+        if member == me:
+            item = node_json(b)
+        else:
+            node = b.nodes.get(member, {})
+            item = await _remote_node(request, node) if node.get("http") else None
+            if item is None:
+                item = {"name": member, "type": "disc", "running": False}
+        item.update(_cluster_fields(b, status, member))
+        if member == me:
+            item["running"] = True
+        out.append(item)
+    return json_response(out)
 
 
 @routes.get("/api/nodes/{node}")
@@ -144,7 +188,10 @@ async def get_node(request: web.Request) -> web.Response:
     b = broker_of(request)
     if name(request, "node") != b.settings.node_name:
         raise not_found()
-    return json_response(node_json(b))
+    item = node_json(b)
+    if request.query.get("local") != "true":
+        item.update(_cluster_fields(b, b.cluster_status(), b.settings.node_name))
+    return json_response(item)
 
 
 # --- health checks: 200 {"status": "ok"} or 503 -----------------------------------------

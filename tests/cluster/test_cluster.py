@@ -145,3 +145,15 @@ def test_forward_port_refuses_a_wrong_secret(cluster: Cluster):
     s.settimeout(3)
     assert s.recv(100) == b""  # dropped without a word
     s.close()
+
+
+def test_api_nodes_shows_members_leader_health_and_placement(cluster: Cluster):
+    code, nodes = cluster.http(cluster.nodes[1], "GET", "/api/nodes")
+    assert code == 200
+    assert [n["name"] for n in nodes] == ["n1@localhost", "n2@localhost", "n3@localhost"]
+    assert sum(n["leader"] for n in nodes) == 1
+    for n in nodes:
+        assert n["running"] and n["cluster_member"]
+        assert n["mem_used"] > 0 and "disk_free" in n and "mem_alarm" in n  # its own figures
+    owner = cluster.owner_of("/")
+    assert "/" in next(n for n in nodes if n["name"] == owner.name)["owned_vhosts"]

@@ -331,10 +331,12 @@ const pages = {
     const mb = (b) => (b / 1048576).toFixed(0) + " MiB";
     return [el("h1", {}, "Nodes"), table("nodes-table", [
       ["Name", r => r.name], ["Running", r => r.running],
-      ["Memory", r => `${mb(r.mem_used)} of ${mb(r.mem_limit)}${r.mem_alarm ? " (alarm)" : ""}`],
-      ["Disk free", r => `${mb(r.disk_free)}${r.disk_free_alarm ? " (alarm)" : ""}`],
-      ["File descriptors", r => `${r.fd_used} / ${r.fd_total}`, 1],
-      ["Uptime", r => Math.round(r.uptime / 1000) + " s", 1],
+      ["Raft role", r => r.leader ? "leader" : (r.running ? "follower" : "down")],
+      ["Vhosts owned", r => (r.owned_vhosts || []).join(", ")],
+      ["Memory", r => r.mem_used === undefined ? "" : `${mb(r.mem_used)} of ${mb(r.mem_limit)}${r.mem_alarm ? " (alarm)" : ""}`],
+      ["Disk free", r => r.disk_free === undefined ? "" : `${mb(r.disk_free)}${r.disk_free_alarm ? " (alarm)" : ""}`],
+      ["File descriptors", r => r.fd_used === undefined ? "" : `${r.fd_used} / ${r.fd_total}`, 1],
+      ["Uptime", r => r.uptime === undefined ? "" : Math.round(r.uptime / 1000) + " s", 1],
       ["Raft", r => r.raft ? `${r.raft.state}, term ${r.raft.term}, commit ${r.raft.commit_index}` : ""],
     ], rows)];
   },
