@@ -24,6 +24,7 @@ from node.http.common import (
     visible_vhosts,
 )
 from node.http.objects import queue_of
+from node.http.proxy import from_owner
 from node.message import Message
 from node.queues.queue import ACCEPTED_FLUSH, REJECTED
 
@@ -73,6 +74,9 @@ def decode_payload(payload: Any, encoding: Any) -> bytes:
 
 @routes.post("/api/exchanges/{vhost}/{name}/publish")
 async def publish(request: web.Request) -> web.Response:
+    relayed = await from_owner(request, name(request, "vhost"))
+    if relayed is not None:
+        return relayed
     data = await body(request, "properties", "routing_key", "payload", "payload_encoding")
     vh = visible_vhosts(request)[0]
     xname = exchange_name(name(request, "name"))
@@ -124,6 +128,9 @@ def properties_json(msg: Message) -> dict:
 
 @routes.post("/api/queues/{vhost}/{name}/get")
 async def get_messages(request: web.Request) -> web.Response:
+    relayed = await from_owner(request, name(request, "vhost"))
+    if relayed is not None:
+        return relayed
     data = await body(request, "count", "ackmode", "encoding")
     vh, q = queue_of(request)
     check_permission(request, vh.name, "read", "queue", q.name)

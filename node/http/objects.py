@@ -24,6 +24,7 @@ from node.http.common import (
     stats_of,
     visible_vhosts,
 )
+from node.http.proxy import from_owner
 from node.http.shapes import (
     exchange_json,
     properties_key,
@@ -62,6 +63,9 @@ def queue_of(request: web.Request) -> tuple[Any, Any]:
 
 @routes.get("/api/queues/{vhost}/{name}")
 async def get_queue(request: web.Request) -> web.Response:
+    relayed = await from_owner(request, name(request, "vhost"))
+    if relayed is not None:  # live counts and consumers are the owner's
+        return relayed
     vh, q = queue_of(request)
     out = queue_json(broker_of(request), stats_of(request), vh.name, q)
     out["consumer_details"] = [{
@@ -114,6 +118,9 @@ async def delete_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}/contents")
 async def purge_queue(request: web.Request) -> web.Response:
+    relayed = await from_owner(request, name(request, "vhost"))
+    if relayed is not None:
+        return relayed
     vh, q = queue_of(request)
     check_permission(request, vh.name, "read", "queue", q.name)
     q.purge()

@@ -157,3 +157,18 @@ def test_api_nodes_shows_members_leader_health_and_placement(cluster: Cluster):
         assert n["mem_used"] > 0 and "disk_free" in n and "mem_alarm" in n  # its own figures
     owner = cluster.owner_of("/")
     assert "/" in next(n for n in nodes if n["name"] == owner.name)["owned_vhosts"]
+
+
+def test_management_api_on_any_node_reaches_the_owner(cluster: Cluster):
+    owner = cluster.owner_of("/")
+    other = next(n for n in cluster.nodes if n is not owner)
+    assert cluster.http(other, "PUT", "/api/queues/%2F/api-q", {"durable": True})[0] in (201, 204)
+    code, r = cluster.http(other, "POST", "/api/exchanges/%2F/amq.default/publish",
+                           {"properties": {}, "routing_key": "api-q", "payload": "via other",
+                            "payload_encoding": "string"})
+    assert code == 200 and r == {"routed": True}
+    code, q = cluster.http(other, "GET", "/api/queues/%2F/api-q")
+    assert code == 200 and q["messages"] == 1 and q["node"] == owner.name
+    code, msgs = cluster.http(other, "POST", "/api/queues/%2F/api-q/get",
+                              {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+    assert code == 200 and [m["payload"] for m in msgs] == ["via other"]

@@ -1,0 +1,39 @@
+"""Requests about a vhost's messages (publish, get, purge, a queue's live counts) are
+answered by the node that owns the vhost; any other node relays them there, with the
+caller's own credentials (users are replicated), so the API works from every node."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from node.http.common import broker_of, error_response
+
+HOP_HEADER = "X-Warren-Forwarded"
+
+
+async def from_owner(request: web.Request, vhost: str) -> web.Response | None:
+    """The owner's response if another node owns `vhost`; None to answer here."""
+    b = broker_of(request)
+    if b.owns(vhost) or request.headers.get(HOP_HEADER):
+        return None
+    owner = b.owner_of(vhost)
+    node = b.nodes.get(owner or "")
+    if node is None or not node.get("http"):
+        return error_response(503, "service_unavailable",
+                              f"vhost '{vhost}' is owned by node '{owner}', which is unknown here")
+    url = f"http://{node['http']}{request.rel_url}"
+    headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
+    if request.content_type:
+        headers["Content-Type"] = request.content_type
+    data = await request.read() if request.can_read_body else None
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            async with s.request(request.method, url, data=data, headers=headers) as r:
+                body = await r.read()
+                return web.Response(status=r.status, body=body,
+                                    content_type=r.content_type or "application/json")
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return error_response(503, "service_unavailable",
+                              f"vhost '{vhost}' is owned by node '{owner}', which cannot be "
+                              f"reached: {e}")
