@@ -32,6 +32,12 @@ from typing import Any
 import lmdb
 
 from storage.keys import SEQ_BYTES, check_seq, last_key, queue_prefix, seq_of
+from storage.residency import release_mapped_pages
+
+# give back the map's touched pages (see storage/residency.py) after this many writes,
+# at most this often
+TRIM_EVERY_OPS = 20_000
+TRIM_MIN_INTERVAL = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +169,8 @@ class MessageStore:
         self._writer_idle = False
         self._closing = False
         self._failed: BaseException | None = None
+        self._written_since_trim = 0
+        self._last_trim = 0.0
         # set_mapsize() must not run while any transaction of this process is open; reads on
         # the loop thread hold this lock for the life of their read transaction.
         self._map_lock = threading.Lock()
@@ -451,6 +459,13 @@ class MessageStore:
                         gen.sealed = True
                         self._gens.append(_Generation())
                 self._commit(gen)
+                self._written_since_trim += gen.nops
+                if (self._written_since_trim >= TRIM_EVERY_OPS
+                        and time.monotonic() - self._last_trim >= TRIM_MIN_INTERVAL):
+                    # only the LMDB map; safe while readers use it (they fault pages back)
+                    release_mapped_pages(os.path.join(self.path, "data.mdb"))
+                    self._written_since_trim = 0
+                    self._last_trim = time.monotonic()
                 with self._lock:
                     self._gens.popleft()
                     fut = gen.future
