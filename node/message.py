@@ -19,6 +19,9 @@ FLAG_REPLY_TO = 0x0200
 FLAG_EXPIRATION = 0x0100
 
 
+_ROUTE_BYTES: dict[tuple[str, str], bytes] = {}
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -56,9 +59,16 @@ class Message:
         encoded once however many consumers receive the message."""
         rb = self._route_bytes
         if rb is None:
-            ex = self.exchange.encode()
-            rk = self.routing_key.encode()
-            rb = self._route_bytes = bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
+            key = (self.exchange, self.routing_key)
+            rb = _ROUTE_BYTES.get(key)
+            if rb is None:
+                ex = self.exchange.encode()
+                rk = self.routing_key.encode()
+                rb = bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
+                if len(_ROUTE_BYTES) >= 4096:  # publishers reuse a few keys; stay bounded
+                    _ROUTE_BYTES.clear()
+                _ROUTE_BYTES[key] = rb
+            self._route_bytes = rb
         return rb
 
     @property

@@ -23,10 +23,10 @@ from node.amqp.fields import SyntaxError_
 from node.amqp.frames import parse_content_header
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination
-from node.message import FLAG_REPLY_TO, Message
+from node.message import FLAG_HEADERS, FLAG_REPLY_TO, Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.queue import ACCEPTED_FLUSH, FLOW_HIGH, REJECTED, Queue
+from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
 
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
@@ -553,7 +553,14 @@ class Channel:
     def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
         """Enqueue in every queue the message reaches; True if the store must flush."""
         vh = self.vhost
-        queues = vh.route(ex, msg)
+        if ex.name == "" and not msg.flags & FLAG_HEADERS:
+            # the default exchange without CC/BCC: the queue named by the routing key
+            q = vh.queues.get(msg.routing_key)
+            queues = [q] if q is not None else []
+            ex.stats_publish_in += 1
+            ex.stats_publish_out += len(queues)
+        else:
+            queues = vh.route(ex, msg)
         must_flush = False
         rejected = False
         if queues:
@@ -561,19 +568,23 @@ class Channel:
                 msg = _without_bcc(msg)  # sender-selected distribution: BCC never delivered
             for q in queues:
                 r = q.publish(msg)
-                if r == ACCEPTED_FLUSH:
-                    must_flush = True
-                elif r == REJECTED:
-                    rejected = True
-                if q.consumers and q.message_count > FLOW_HIGH:
-                    self.conn.flow_pause(q)
+                if r:
+                    if r & ACCEPTED_FLUSH:
+                        must_flush = True
+                    if r & REJECTED:
+                        rejected = True
+                    if r & FLOW:
+                        self.conn.flow_pause(q)
             msg._record = None  # the store has its copy; don't keep a second one in memory
         elif mandatory:
             self.broker.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)
-        self.broker.count_publish(bool(queues))
+        broker = self.broker
+        broker.published += 1
+        if not queues:
+            broker.unroutable += 1
         if tag:
             self._confirm_after(tag, must_flush, not rejected)
         return must_flush
@@ -707,9 +718,8 @@ class Channel:
         if not consumer.no_ack:
             self.unacked[tag] = (queue, entry, consumer)
         msg = entry.message
-        payload = b"".join((
-            self._deliver_prefix, consumer.tag_bytes, _QWORD.pack(tag),
-            b"\x01" if entry.redelivered else b"\x00", msg.route_bytes))
+        payload = (self._deliver_prefix + consumer.tag_bytes + _QWORD.pack(tag)
+                   + (b"\x01" if entry.redelivered else b"\x00") + msg.route_bytes)
         self.stats_deliver += 1
         self.conn.send_content_frames(self.number, payload, msg)
 

@@ -100,11 +100,13 @@ async def publish(request: web.Request) -> web.Response:
         raise bad_request(f"invalid message properties: {e}") from None
     msg = Message.from_publish(xname, str(data["routing_key"]), header, payload)
     queues = vh.route(ex, msg)
-    results = {q.publish(msg) for q in queues}
+    results = 0
+    for q in queues:
+        results |= q.publish(msg)  # bit flags: ACCEPTED_FLUSH, REJECTED, FLOW
     b.count_publish(bool(queues))
-    if ACCEPTED_FLUSH in results and vh.store is not None:
+    if results & ACCEPTED_FLUSH and vh.store is not None:
         await vh.store.flush()  # answer only once a persistent message is on disk
-    if REJECTED in results:  # what a publisher confirm would nack
+    if results & REJECTED:  # what a publisher confirm would nack
         raise bad_request("Unable to publish message. Check queue limits.")
     return json_response({"routed": bool(queues)})
 

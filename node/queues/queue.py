@@ -32,8 +32,8 @@ PAGE_BATCH = 2000
 FLOW_HIGH = 5000
 FLOW_LOW = 2500
 
-# publish() results
-ACCEPTED, ACCEPTED_FLUSH, REJECTED = 0, 1, 2
+# publish() results; FLOW may be or'ed in: the queue asks its publisher to slow down
+ACCEPTED, ACCEPTED_FLUSH, REJECTED, FLOW = 0, 1, 2, 4
 
 DeadLetter = Callable[["Queue", Message, str], None]
 
@@ -91,7 +91,7 @@ class Queue:
     @property
     def message_count(self) -> int:
         """Ready messages (what queue.declare-ok reports)."""
-        return len(self._ready) + self._paged_count
+        return self._ready.n + self._paged_count
 
     @property
     def consumer_count(self) -> int:
@@ -134,7 +134,7 @@ class Queue:
         self.stats_publish += 1
         store = self.store
         result = ACCEPTED
-        if store is not None and (self._paged_count or len(self._ready) >= self.memory_limit):
+        if store is not None and (self._paged_count or self._ready.n >= self.memory_limit):
             store.put(self.name, seq, message.encode())
             if not self._paged_count:
                 self._paged_from = seq
@@ -147,12 +147,20 @@ class Queue:
                 store.put(self.name, seq, message.encode())
                 entry.stored = True
                 result = ACCEPTED_FLUSH
+            if self.consumers and not self._ready.n and not self._paged_count:
+                # nothing waits ahead of it: straight to a consumer that can take it
+                chosen = self._next_consumer()
+                if chosen is not None:
+                    self._hand_over(chosen, entry)
+                    return result
             self._ready.push(entry)
             self.ready_bytes += len(message.body)
             if entry.expires_at and not self._expiry_timer:
                 self._schedule_expiry()
         if self.consumers:
             self.dispatch()
+            if self._ready.n + self._paged_count > FLOW_HIGH:
+                result |= FLOW
         if s.has_limit:
             self._enforce_length()
         return result
@@ -273,19 +281,22 @@ class Queue:
             entry = self._pop()
             if entry is None:
                 break
-            self.stats_deliver += 1
-            if entry.redelivered:
-                self.stats_redeliver += 1
-            if not chosen.no_ack:
-                chosen.unacked += 1
-                self.unacked += 1
-                if entry.stored:
-                    self.store.mark_delivered(self.name, entry.seq)  # type: ignore[union-attr]
-            elif entry.stored:
-                self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
-            chosen.owner.deliver(chosen, self, entry)
+            self._hand_over(chosen, entry)
         if self.flow_blocked and self.message_count < FLOW_LOW:
             self._release_flow()
+
+    def _hand_over(self, chosen: Consumer, entry: QueueEntry) -> None:
+        self.stats_deliver += 1
+        if entry.redelivered:
+            self.stats_redeliver += 1
+        if not chosen.no_ack:
+            chosen.unacked += 1
+            self.unacked += 1
+            if entry.stored:
+                self.store.mark_delivered(self.name, entry.seq)  # type: ignore[union-attr]
+        elif entry.stored:
+            self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
+        chosen.owner.deliver(chosen, self, entry)
 
     def _release_flow(self) -> None:
         blocked, self.flow_blocked = self.flow_blocked, set()

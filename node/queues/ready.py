@@ -14,17 +14,18 @@ from node.queues.entry import QueueEntry
 
 
 class ReadyList:
-    __slots__ = ("_new", "_requeued")
+    __slots__ = ("_new", "_requeued", "n")
 
     def __init__(self) -> None:
         self._new: deque[QueueEntry] = deque()
         self._requeued: list[QueueEntry] = []
+        self.n = 0  # entries held; read on every publish, so kept rather than computed
 
     def __len__(self) -> int:
-        return len(self._new) + len(self._requeued)
+        return self.n
 
     def __bool__(self) -> bool:
-        return bool(self._new) or bool(self._requeued)
+        return self.n > 0
 
     def __iter__(self) -> Iterator[QueueEntry]:
         yield from self._requeued
@@ -32,9 +33,11 @@ class ReadyList:
 
     def push(self, entry: QueueEntry) -> None:
         self._new.append(entry)
+        self.n += 1
 
     def requeue(self, entry: QueueEntry) -> None:
         heapq.heappush(self._requeued, entry)
+        self.n += 1
 
     def peek(self) -> QueueEntry | None:
         rq, new = self._requeued, self._new
@@ -45,33 +48,39 @@ class ReadyList:
     def pop(self) -> QueueEntry | None:
         rq, new = self._requeued, self._new
         if rq and (not new or rq[0].seq < new[0].seq):
+            self.n -= 1
             return heapq.heappop(rq)
-        return new.popleft() if new else None
+        if new:
+            self.n -= 1
+            return new.popleft()
+        return None
 
     def clear(self) -> None:
         self._new.clear()
         self._requeued.clear()
+        self.n = 0
 
 
 class PriorityReadyList:
     """Higher priority first; within a priority, queue order.  A message without a priority
     is 0, one above the maximum counts as the maximum (RabbitMQ's rules)."""
 
-    __slots__ = ("_levels", "_max")
+    __slots__ = ("_levels", "_max", "n")
 
     def __init__(self, max_priority: int) -> None:
         self._max = max_priority
         self._levels = [ReadyList() for _ in range(max_priority + 1)]
+        self.n = 0
 
     def level(self, entry: QueueEntry) -> ReadyList:
         p = entry.message.priority
         return self._levels[min(max(p, 0), self._max)]
 
     def __len__(self) -> int:
-        return sum(len(lv) for lv in self._levels)
+        return self.n
 
     def __bool__(self) -> bool:
-        return any(self._levels)
+        return self.n > 0
 
     def __iter__(self) -> Iterator[QueueEntry]:
         for lv in reversed(self._levels):
@@ -79,9 +88,11 @@ class PriorityReadyList:
 
     def push(self, entry: QueueEntry) -> None:
         self.level(entry).push(entry)
+        self.n += 1
 
     def requeue(self, entry: QueueEntry) -> None:
         self.level(entry).requeue(entry)
+        self.n += 1
 
     def peek(self) -> QueueEntry | None:
         for lv in reversed(self._levels):
@@ -92,9 +103,11 @@ class PriorityReadyList:
     def pop(self) -> QueueEntry | None:
         for lv in reversed(self._levels):
             if lv:
+                self.n -= 1
                 return lv.pop()
         return None
 
     def clear(self) -> None:
         for lv in self._levels:
             lv.clear()
+        self.n = 0
