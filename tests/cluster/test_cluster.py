@@ -31,6 +31,10 @@ def amqp(node: NodeProcess, vhost: str = "/") -> pika.BlockingConnection:
 
 
 def test_cluster_forms_and_reports_status(cluster: Cluster):
+    # Raft links come up one by one after the nodes listen: wait for the full picture
+    cluster.wait_until(lambda: all(n["running"] for n in cluster.status(cluster.nodes[1])["nodes"])
+                       and sum(n["leader"] for n in cluster.status(cluster.nodes[1])["nodes"]) == 1,
+                       what="all members connected, one leader")
     st = cluster.status(cluster.nodes[1])
     assert sorted(n["name"] for n in st["nodes"]) == ["n1@localhost", "n2@localhost",
                                                        "n3@localhost"]
