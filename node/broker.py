@@ -195,6 +195,12 @@ class Broker:
         for q in vh.queues.values():
             q.close()
         path = self._store_path(name)
+        if delete_data and os.path.isdir(path):
+            # out of the way at once: a vhost of the same name may be created in this very
+            # loop turn, and must not find (or later lose) the old files
+            tomb = f"{path}.deleted-{os.urandom(4).hex()}"
+            os.rename(path, tomb)
+            path = tomb
 
         async def close() -> None:
             if vh.store is not None:
@@ -221,7 +227,14 @@ class Broker:
             self._build_vhost(name, state)
 
     def _build_vhost(self, name: str, state: dict) -> None:
-        """Open a vhost's runtime from the definitions (its store only on its owner)."""
+        """Open a vhost's runtime from the definitions (its store only on its owner), or
+        bring an open one in line with them (a snapshot installed after a gap)."""
+        vh = self.vhosts.get(name)
+        if vh is not None and (vh.store is not None) != self.owns(name):
+            self._close_vhost(name, delete_data=False, why="changed owner")
+            vh = None
+        if vh is not None:
+            self._prune_vhost(vh, state)
         vh = self._open_vhost(name)
         vh.policies = self.policies.setdefault(name, {})
         vh.limits = dict(state["vhosts"][name].get("limits") or {})
@@ -235,6 +248,24 @@ class Broker:
         for b in state.get("bindings", {}).get(name, {}).values():
             vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
                     b["routing_key"], decode_args(b["arguments"]))
+
+    def _prune_vhost(self, vh: VirtualHost, state: dict) -> None:
+        """Drop durable things the definitions no longer have (deleted while we lagged)."""
+        queues = state.get("queues", {}).get(vh.name, {})
+        exchanges = state.get("exchanges", {}).get(vh.name, {})
+        for qname, q in list(vh.queues.items()):
+            if q.durable and q.exclusive_owner is None and qname not in queues:
+                self._drop_queue(vh, qname)
+        for xname, ex in list(vh.exchanges.items()):
+            if ex.durable and xname not in exchanges:
+                vh.remove_exchange(xname)
+        wanted = {(b["source"], b["destination_type"], b["destination"], b["routing_key"])
+                  for b in state.get("bindings", {}).get(vh.name, {}).values()}
+        for b in vh.bindings():
+            if ((b.source, b.destination.kind, b.destination.name, b.routing_key) not in wanted
+                    and self._binding_is_durable(vh, b.source, b.destination)):
+                vh.unbind(b.source, b.destination, b.routing_key, b.arguments)
+        vh.apply_policies(self.policies.setdefault(vh.name, {}))
 
     def _drop_orphaned_messages(self) -> None:
         """Messages of queues that no longer exist (exclusive durable queues of a node that

@@ -89,7 +89,7 @@ class VirtualHost:
         q = self.queues.pop(name, None)
         if q is None:
             return None
-        q.deleted = True
+        q.close()  # stops its TTL and expiry timers: they must not touch a successor's data
         self._retire(q)
         dest = Destination("queue", name)
         for ex in list(self.exchanges.values()):
@@ -230,8 +230,13 @@ class VirtualHost:
         ex = self.exchanges.get(s.dead_letter_exchange or "")
         if ex is None:
             return  # a missing DLX silently drops, as in RabbitMQ
-        dl = dead_lettered(message, q.name, reason, ex.name, s.dead_letter_routing_key,
-                           now_ms() // 1000)
+        try:
+            dl = dead_lettered(message, q.name, reason, ex.name, s.dead_letter_routing_key,
+                               now_ms() // 1000)
+        except Exception:  # a malformed message must not fail whoever triggered the death
+            log.exception("cannot dead-letter a message from queue '%s' in vhost '%s'",
+                          q.name, self.name)
+            return
         for target in self.route(ex, dl):
             if death_cycle(dl, target.name):
                 continue

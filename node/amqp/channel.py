@@ -133,6 +133,9 @@ class Channel:
                 self._backlog.clear()
                 self.conn.handle_error(e, self.number)
                 return
+            except asyncio.CancelledError:
+                self._busy = False  # the connection is going away
+                raise
             except Exception as e:  # a bug must not take the connection's other channels down
                 self.conn.log.exception("channel %d: %s failed", self.number, method.NAME)
                 self._busy = False
@@ -264,16 +267,17 @@ class Channel:
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
         self.consumers.clear()
-        self._requeue_all()
+        self._requeue_all(ending=True)
         # confirms that never resolved are dropped with the channel, as in RabbitMQ
         self._confirms.clear()
 
-    def _requeue_all(self) -> None:
-        if self.tx_taken:  # acks of an uncommitted transaction never happened
+    def _requeue_all(self, ending: bool = False) -> None:
+        """Requeue what is unacknowledged: on basic.recover, or (ending) when the channel
+        goes, when the acks of an uncommitted transaction never happened either."""
+        if ending and self.tx_taken:
             self.unacked.update(self.tx_taken)
             self.tx_taken = []
-            if self.tx:
-                self.tx = []
+            self.tx = [] if self.tx is not None else None
         if not self.unacked:
             return
         by_queue: dict[Queue, list] = {}
@@ -709,7 +713,7 @@ class Channel:
 
     # ConsumerOwner protocol, called by queues
     def can_deliver(self, consumer: Consumer) -> bool:
-        return (self.state == OPEN and not self.conn.paused
+        return (self.state == OPEN and not self.conn.paused and not self.conn.closing
                 and (not self.global_prefetch or len(self.unacked) < self.global_prefetch))
 
     def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:
@@ -751,7 +755,7 @@ class Channel:
         """Remove and return the (tag, (queue, entry, consumer)) pairs an ack/nack names."""
         unacked = self.unacked
         if multiple:
-            if tag != 0 and tag not in unacked and (not unacked or tag < next(iter(unacked))):
+            if tag != 0 and tag not in unacked:  # as RabbitMQ: the tag itself must be there
                 raise errors.precondition(f"unknown delivery tag {tag}")
             out = []
             for t in list(unacked):
@@ -844,7 +848,8 @@ class Channel:
             return None
 
         async def wait() -> None:
-            await self.vhost.store.flush()
+            # shielded: the flush future is shared by every waiter of this commit batch
+            await asyncio.shield(self.vhost.store.flush())
             self.conn.send_method(self.number, spec.TxCommitOk())
         return wait()
 

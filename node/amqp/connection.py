@@ -74,6 +74,7 @@ class AMQPConnection(asyncio.Protocol):
         self.exclusive_queues: set[str] = set()
         self.paused = False
         self.forwarding = False  # handing this client over to the vhost's owner node
+        self.closing = False  # going away: deliver nothing more to its channels
         self._forward_backlog: list[bytes] = []
         self.via: str | None = None  # on the owner: the node that forwards this client
         self.publisher = False  # has published: blocked by resource alarms
@@ -112,6 +113,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
+        self.closing = True
         for q in self.flow_queues:
             q.flow_blocked.discard(self)
         self.flow_queues.clear()
@@ -188,6 +190,9 @@ class AMQPConnection(asyncio.Protocol):
                 self._on_frame(ftype, ch, payload)
             except AMQPError as e:
                 self.handle_error(e, ch)
+            except SyntaxError_ as e:  # e.g. a content header whose properties are cut short
+                self.handle_error(ConnectionError_(errors.SYNTAX_ERROR, f"malformed frame: {e}"),
+                                  ch)
             except Exception as e:
                 log.exception("connection %s: error handling a frame", self.name)
                 self.close_connection(ConnectionError_(errors.INTERNAL_ERROR, str(e)))
@@ -289,6 +294,7 @@ class AMQPConnection(asyncio.Protocol):
     def _on_connection_method(self, m: Any) -> None:
         st = self.state
         if isinstance(m, spec.ConnectionClose):
+            self.closing = True
             for ch in list(self.channels.values()):
                 ch.teardown()
             self.channels.clear()
@@ -430,7 +436,7 @@ class AMQPConnection(asyncio.Protocol):
                  "heartbeat": self.heartbeat, "peer": [self.peer[0], self.peer[1]]}
         try:
             upstream, early = await open_forward(address, self.settings.cluster_secret, facts)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+        except Exception as e:  # any failure: tell the client, never leave it hanging
             log.warning("cannot forward %s to node '%s' at %s: %s", self.name, owner, address, e)
             self.forwarding = False
             self._forward_backlog.clear()
@@ -527,6 +533,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.state >= CLOSING:
             return
         log.info("closing connection %s: %s", self.name, err.reply_text)
+        self.closing = True
         for ch in list(self.channels.values()):
             ch.teardown()
         self.channels.clear()
@@ -559,7 +566,7 @@ class AMQPConnection(asyncio.Protocol):
         body = msg.body
         n = len(body)
         chunk = self.frame_max - 8
-        if n <= 4096:
+        if n <= 4096 and n <= chunk:
             # small messages: one bytes object for all three frames (fewer pieces to join)
             self._out.append(
                 head(1, channel, len(method_payload)) + method_payload + _FRAME_END
@@ -645,8 +652,11 @@ class AMQPConnection(asyncio.Protocol):
     def flow_pause(self, queue: Any) -> None:
         if self.transport is None or queue in self.flow_queues:
             return
-        if not self.flow_queues and not self.blocked:
-            self.transport.pause_reading()
+        if not self.flow_queues:
+            if not self.blocked:
+                self.transport.pause_reading()
+            # the bound holds whatever else paused us (an alarm clearing must not find a
+            # publisher still held by a queue that will never drain)
             self._flow_timer = self.loop.call_later(FLOW_MAX_PAUSE, self._flow_timeout)
         self.flow_queues.add(queue)
         queue.flow_blocked.add(self)

@@ -3,6 +3,7 @@ exchange, and peek at a queue with POST /get and an ackmode."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -105,7 +106,7 @@ async def publish(request: web.Request) -> web.Response:
         results |= q.publish(msg)  # bit flags: ACCEPTED_FLUSH, REJECTED, FLOW
     b.count_publish(bool(queues))
     if results & ACCEPTED_FLUSH and vh.store is not None:
-        await vh.store.flush()  # answer only once a persistent message is on disk
+        await asyncio.shield(vh.store.flush())  # answer once it is on disk (shared future)
     if results & REJECTED:  # what a publisher confirm would nack
         raise bad_request("Unable to publish message. Check queue limits.")
     return json_response({"routed": bool(queues)})

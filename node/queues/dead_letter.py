@@ -27,12 +27,17 @@ def dead_lettered(message: Message, queue: str, reason: str, dlx: str,
     props = copy.copy(message.properties)
     headers = dict(props.headers or {})
     routing_keys = [message.routing_key] + _keys(headers.get("CC"))
-    deaths = [d for d in headers.get("x-death", []) if isinstance(d, dict)]
+    raw = headers.get("x-death")
+    # a client may have put anything here: only a list of tables counts
+    deaths = [d for d in raw if isinstance(d, dict)] if isinstance(raw, list) else []
     count = 1
     first_time = Timestamp(now_s)
     for i, d in enumerate(deaths):
         if d.get("queue") == queue and d.get("reason") == reason:
-            count = int(d.get("count", 0)) + 1
+            try:
+                count = int(d.get("count", 0)) + 1
+            except (TypeError, ValueError):
+                count = 1
             first_time = d.get("time", first_time)
             del deaths[i]
             break
@@ -60,13 +65,15 @@ def dead_lettered(message: Message, queue: str, reason: str, dlx: str,
 def death_cycle(message: Message, target_queue: str) -> bool:
     """True when dead-lettering into `target_queue` closes a cycle with no rejection in it:
     RabbitMQ drops such messages instead of letting them loop forever."""
-    deaths = message.headers.get("x-death") or []
-    seen = False
+    deaths = message.headers.get("x-death")
+    if not isinstance(deaths, list):
+        return False
+    # most recent first: a cycle is a path back to the target with no rejection on it
     for d in deaths:
         if not isinstance(d, dict):
             continue
         if d.get("reason") == "rejected":
             return False
         if d.get("queue") == target_queue:
-            seen = True
-    return seen
+            return True
+    return False

@@ -135,11 +135,12 @@ class Queue:
         store = self.store
         result = ACCEPTED
         if store is not None and (self._paged_count or self._ready.n >= self.memory_limit):
-            store.put(self.name, seq, message.encode())
+            record = message.encode()
+            store.put(self.name, seq, record)
             if not self._paged_count:
                 self._paged_from = seq
             self._paged_count += 1
-            self._paged_bytes += len(message.body)
+            self._paged_bytes += len(record)  # paged sizes are record sizes, everywhere
             result = ACCEPTED_FLUSH if message.persistent and self.durable else ACCEPTED
         else:
             entry = QueueEntry(seq, message, expires_at=self._expires_at(message))
@@ -217,10 +218,11 @@ class Queue:
             msg = Message.decode(record)
             self._ready.push(QueueEntry(seq, msg, delivered, True, self._expires_at(msg)))
             self.ready_bytes += len(msg.body)
-            self._paged_bytes -= len(msg.body)
+            self._paged_bytes -= len(record)
         if rows:
             self._paged_from = rows[-1][0] + 1
         self._paged_count = max(0, self._paged_count - len(rows))
+        self._paged_bytes = max(0, self._paged_bytes)
         if not rows:  # store and counter disagree (should not happen): trust the store
             self._paged_count = 0
             self._paged_bytes = 0
@@ -398,6 +400,8 @@ class Queue:
     def _expire(self) -> None:
         self._expiry_timer = None
         self._expiry_at = 0
+        if self.deleted:
+            return
         now = now_ms()
         # RabbitMQ expires from the head only: a live message shields expired ones behind it
         while True:
@@ -490,6 +494,7 @@ class Queue:
                     if not self._paged_count:
                         self._paged_from = seq
                     self._paged_count += 1
+                    self._paged_bytes += len(record)
             start = rows[-1][0] + 1
         self._next_seq = store.last_seq(self.name) + 1
         self._schedule_expiry()
