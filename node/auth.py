@@ -56,8 +56,9 @@ def matches(pattern: str, name: str) -> bool:
 
 
 def is_loopback(host: str | None) -> bool:
-    return bool(host) and (host.startswith("127.") or host in ("::1", "localhost")
-                           or host.startswith("::ffff:127."))
+    if not host:
+        return False
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")
 
 
 def decode_plain(response: bytes) -> tuple[str, str]:

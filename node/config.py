@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 
@@ -65,8 +66,10 @@ def _convert(name: str, typ: object, raw: str) -> object:
     return raw
 
 
-def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
+def load_settings(argv: list[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    if env is None:
+        env = os.environ
     s = Settings()
     for f in fields(Settings):
         key = "WARREN_" + f.name.upper()

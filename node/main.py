@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # optional: a faster event loop when installed
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    runner(serve(settings))
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class Channel:
         # methods that must wait while an earlier one is still going through Raft
         self._busy = False
         self._backlog: deque[tuple[int, Any]] = deque()
-        self._allowed: dict[tuple[str, str], bool] = {}
+        self._allowed: dict[tuple[str, str, str], bool] = {}
         self._head = bytes((0,)) + number.to_bytes(2, "big")  # not used for header frames
         self._deliver_prefix = _DELIVER_HEAD.pack(60, 60)
         self.stats_publish = 0
@@ -895,9 +895,10 @@ class Channel:
 
     def _publish_reply(self, msg: Message, mandatory: bool) -> None:
         target = self.broker.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
-        delivered = target is not None and target.reply_consumer is not None
-        if delivered:
-            target.deliver(target.reply_consumer, None, QueueEntry(0, msg))  # type: ignore[arg-type]
+        consumer = target.reply_consumer if target is not None else None
+        delivered = consumer is not None
+        if target is not None and consumer is not None:
+            target.deliver(consumer, None, QueueEntry(0, msg))  # type: ignore[arg-type]
             target.conn.flush()
         elif mandatory:
             self.send_content(spec.BasicReturn(

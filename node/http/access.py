@@ -52,7 +52,7 @@ class VhostMetadata:
             self.vhosts[cmd["vhost"]] = {"name": cmd["vhost"], "description": "Default virtual "
                                          "host", "tags": [], "default_queue_type": "classic"}
         elif op == "delete_vhost":
-            self.vhosts.pop(cmd.get("name"), None)
+            self.vhosts.pop(str(cmd.get("name")), None)
         elif op == "reset":
             self.vhosts = dict(result.get("state", {}).get("vhosts", {}))
 
@@ -86,7 +86,8 @@ async def put_vhost(request: web.Request) -> web.Response:
     vhost = name(request, "vhost")
     b = broker_of(request)
     existed = vhost in b.vhosts
-    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    raw_meta = data.get("metadata")
+    meta: dict = raw_meta if isinstance(raw_meta, dict) else {}
     await b.add_vhost(vhost, str(data.get("description", meta.get("description", ""))),
                       parse_tags(data.get("tags", meta.get("tags"))),
                       str(data.get("default_queue_type",

@@ -158,7 +158,8 @@ class Importer:
         await self.broker.add_user(username, pw_hash, parse_tags(u.get("tags")), hashing)
 
     async def vhost(self, v: dict) -> None:
-        meta = v.get("metadata") if isinstance(v.get("metadata"), dict) else {}
+        raw_meta = v.get("metadata")
+        meta: dict = raw_meta if isinstance(raw_meta, dict) else {}
         await self.broker.add_vhost(
             str(v["name"]), str(v.get("description", meta.get("description", "")) or ""),
             parse_tags(v.get("tags", meta.get("tags"))),

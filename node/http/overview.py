@@ -172,8 +172,9 @@ async def nodes(request: web.Request) -> web.Response:
             item = node_json(b)
         else:
             node = b.nodes.get(member, {})
-            item = await _remote_node(request, node) if node.get("http") else None
-            if item is None:
+            remote = await _remote_node(request, node) if node.get("http") else None
+            item = remote if remote is not None else {}
+            if remote is None:
                 item = {"name": member, "type": "disc", "running": False}
         item.update(_cluster_fields(b, status, member))
         if member == me:

@@ -17,6 +17,9 @@ class ConsumerOwner(Protocol):
 
     def deliver(self, consumer: "Consumer", queue: "Queue", entry: "QueueEntry") -> None: ...
 
+    def cancel_consumers_of(self, queue: "Queue") -> None:
+        """The queue is gone: forget (and tell the client about) its consumers."""
+
 
 class Consumer:
     __slots__ = ("tag", "queue", "owner", "no_ack", "exclusive", "prefetch", "unacked",

@@ -244,8 +244,10 @@ class Queue:
             c = consumers[0]
             return c if c.has_capacity() and c.owner.can_deliver(c) else None
         if self.settings.single_active_consumer:
-            c = self._active_consumer()
-            return c if c is not None and c.has_capacity() and c.owner.can_deliver(c) else None
+            active = self._active_consumer()
+            if active is not None and active.has_capacity() and active.owner.can_deliver(active):
+                return active
+            return None
         if self._prioritised:
             # highest priority first; round-robin among equals (rotating only within them)
             for prio in sorted({c.priority for c in consumers}, reverse=True):
