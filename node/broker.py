@@ -93,6 +93,17 @@ class Broker:
         self._live = False
         # global counters (management API, Prometheus)
         self.published = 0
+        # rabbitmq_prometheus's global counters that need a count of their own
+        self.delivered_consume_auto_ack = 0
+        self.delivered_consume_manual_ack = 0
+        self.delivered_get_auto_ack = 0
+        self.delivered_get_manual_ack = 0
+        self.get_empty = 0
+        self.received_confirm = 0
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.channels_opened = 0
+        self.channels_closed = 0
         self.unroutable = 0
         self.returned = 0  # unroutable and mandatory: basic.return
         self.confirmed = 0  # basic.ack sent to publishers

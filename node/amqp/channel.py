@@ -552,6 +552,7 @@ class Channel:
         if self.confirm:
             self.publish_tag += 1
             tag = self.publish_tag
+            self.broker.received_confirm += 1
         self._route(ex, msg, mandatory, tag)
 
     def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
@@ -719,8 +720,11 @@ class Channel:
     def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:
         self.delivery_tag += 1
         tag = self.delivery_tag
-        if not consumer.no_ack:
+        if consumer.no_ack:
+            self.broker.delivered_consume_auto_ack += 1
+        else:
             self.unacked[tag] = (queue, entry, consumer)
+            self.broker.delivered_consume_manual_ack += 1
         msg = entry.message
         payload = (self._deliver_prefix + consumer.tag_bytes + _QWORD.pack(tag)
                    + (b"\x01" if entry.redelivered else b"\x00") + msg.route_bytes)
@@ -736,8 +740,13 @@ class Channel:
         q = self._lookup_queue(name)
         entry = q.get()
         if entry is None:
+            self.broker.get_empty += 1
             self.conn.send_method(self.number, spec.BasicGetEmpty())
             return
+        if m.no_ack:
+            self.broker.delivered_get_auto_ack += 1
+        else:
+            self.broker.delivered_get_manual_ack += 1
         self.delivery_tag += 1
         tag = self.delivery_tag
         if m.no_ack:

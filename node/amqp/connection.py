@@ -110,10 +110,12 @@ class AMQPConnection(asyncio.Protocol):
         self.name = f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
         self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         self.broker.connections.add(self)
+        self.broker.connections_opened += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
         self.closing = True
+        self.broker.connections_closed += 1
         for q in self.flow_queues:
             q.flow_blocked.discard(self)
         self.flow_queues.clear()
@@ -285,10 +287,12 @@ class AMQPConnection(asyncio.Protocol):
                                    f"number of channels opened ({len(self.channels)}) has reached"
                                    f" the negotiated channel_max ({self.channel_max})", 20, 10)
         self.channels[number] = Channel(self, number)
+        self.broker.channels_opened += 1
         self.send_method(number, spec.ChannelOpenOk())
 
     def channel_closed(self, number: int) -> None:
-        self.channels.pop(number, None)
+        if self.channels.pop(number, None) is not None:
+            self.broker.channels_closed += 1
 
     # --- connection class ---------------------------------------------------------
     def _on_connection_method(self, m: Any) -> None:

@@ -140,6 +140,30 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
              n["redeliver"]),
             ("acknowledged", "Total number of messages acknowledged by consumers", n["ack"])):
         e.counter(f"rabbitmq_global_messages_{metric}_total", help_text, value, PROTOCOL)
+    for metric, help_text in (
+            ("delivered_consume_auto_ack", "Total number of messages delivered to consumers "
+             "using basic.consume with automatic acknowledgment"),
+            ("delivered_consume_manual_ack", "Total number of messages delivered to consumers "
+             "using basic.consume with manual acknowledgment"),
+            ("delivered_get_auto_ack", "Total number of messages delivered to consumers using "
+             "basic.get with automatic acknowledgment"),
+            ("delivered_get_manual_ack", "Total number of messages delivered to consumers "
+             "using basic.get with manual acknowledgment"),
+            ("get_empty", "Total number of times basic.get operations fetched no message"),
+            ("received_confirm", "Total number of messages received from publishers expecting "
+             "confirmations")):
+        e.counter(f"rabbitmq_global_messages_{metric}_total", help_text,
+                  getattr(broker, metric, 0), PROTOCOL)
+    for metric, help_text, attr in (
+            ("rabbitmq_connections_opened_total", "Total number of connections opened",
+             "connections_opened"),
+            ("rabbitmq_connections_closed_total", "Total number of connections closed or "
+             "terminated", "connections_closed"),
+            ("rabbitmq_channels_opened_total", "Total number of channels opened",
+             "channels_opened"),
+            ("rabbitmq_channels_closed_total", "Total number of channels closed",
+             "channels_closed")):
+        e.counter(metric, help_text, getattr(broker, attr, 0))
     e.gauge("rabbitmq_global_consumers", "Consumers currently connected", consumers, PROTOCOL)
 
     for metric, kind, help_text, read in QUEUE_METRICS:
