@@ -1,0 +1,38 @@
+"""Settings: embedded defaults < WARREN_* environment < flags; a cluster needs a secret."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.config import load_settings
+
+
+def test_defaults_are_rabbitmq_like():
+    s = load_settings([], env={})
+    assert (s.amqp_port, s.http_port, s.channel_max, s.frame_max, s.heartbeat) == (
+        5672, 15672, 2047, 131072, 60)
+    assert s.default_vhost == "/" and s.default_user == "guest"
+
+
+def test_environment_then_flags():
+    env = {"WARREN_AMQP_PORT": "5999", "WARREN_NODE_NAME": "a@h", "WARREN_SYNC": "false",
+           "WARREN_PEERS": "h1:1,h2:2", "WARREN_CLUSTER_SECRET": "s",
+           "WARREN_VM_MEMORY_HIGH_WATERMARK": "0.5"}
+    s = load_settings(["--amqp-port", "6000", "--data-dir", "/tmp/x"], env=env)
+    assert s.amqp_port == 6000  # the flag wins
+    assert s.node_name == "a@h" and s.sync is False and s.data_dir == "/tmp/x"
+    assert s.peers == ["h1:1", "h2:2"] and s.vm_memory_high_watermark == 0.5
+
+
+def test_a_cluster_refuses_to_start_without_a_secret(capsys):
+    with pytest.raises(SystemExit) as e:
+        load_settings(["--peers", "127.0.0.1:25672,127.0.0.1:26672"], env={})
+    assert e.value.code == 2
+    assert "needs --cluster-secret" in capsys.readouterr().err
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(SystemExit):
+        load_settings(["--frame-max", "100"], env={})
+    with pytest.raises(ValueError):
+        load_settings([], env={"WARREN_SYNC": "maybe"})
