@@ -49,9 +49,11 @@ class Message:
     @classmethod
     def from_publish(cls, exchange: str, routing_key: str, header: bytes,
                      body: bytes) -> "Message":
-        # delivery-mode 2 = persistent; read without decoding the whole property block
-        return cls(exchange, routing_key, header, body,
-                   spec.delivery_mode_of(header, 12) == 2)
+        # delivery-mode 2 = persistent; read without decoding the whole property block, and
+        # not at all when the flags say there is no delivery-mode
+        persistent = (len(header) >= 14 and header[12] & 0x10
+                      and spec.delivery_mode_of(header, 12) == 2)
+        return cls(exchange, routing_key, header, body, bool(persistent))
 
     @property
     def route_bytes(self) -> bytes:

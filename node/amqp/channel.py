@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from node import errors
 from node.amqp import spec
-from node.amqp.fields import SyntaxError_
-from node.amqp.frames import parse_content_header
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination
 from node.message import FLAG_HEADERS, FLAG_REPLY_TO, Message
@@ -34,6 +32,7 @@ if TYPE_CHECKING:
 _FRAME_HEAD = struct.Struct(">BHI")
 _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
+_CONTENT_HEADER = struct.Struct(">HHQ")
 _FRAME_END = b"\xce"
 
 OPEN, CLOSING = "open", "closing"
@@ -174,11 +173,10 @@ class Channel:
         if self._publishing is None or self._header is not None:
             raise ConnectionError_(errors.UNEXPECTED_FRAME,
                                    "expected method frame, got non method frame instead")
-        try:
-            class_id, body_size, _ = parse_content_header(payload)
-        except (SyntaxError_, ValueError) as e:
-            raise ConnectionError_(errors.FRAME_ERROR, f"malformed content header: {e}",
-                                   60, 40) from None
+        if len(payload) < 14:  # class, weight, body size, property flags
+            raise ConnectionError_(errors.FRAME_ERROR, "malformed content header: "
+                                   f"{len(payload)} bytes", 60, 40)
+        class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload)
         if class_id != 60:
             raise ConnectionError_(errors.UNEXPECTED_FRAME,
                                    f"expected content header for class 60, got one for class "

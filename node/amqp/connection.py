@@ -156,6 +156,8 @@ class AMQPConnection(asyncio.Protocol):
             self.close_connection(ConnectionError_(errors.FRAME_ERROR, str(e)))
             return
         channels = self.channels
+        last_ch = -1
+        channel = None
         for ftype, ch, payload in frames:
             if self.forwarding:  # frames pipelined after connection.open go to the owner
                 self._forward_backlog.append(encode_frame(ftype, ch, payload))
@@ -165,7 +167,9 @@ class AMQPConnection(asyncio.Protocol):
             try:
                 # hot path: the basic.publish method, header and body frames of an open,
                 # idle channel go straight to it (the general path checks much more)
-                channel = channels.get(ch) if ch else None
+                if ch != last_ch:  # a publish is 3 frames on one channel: look it up once
+                    channel = channels.get(ch) if ch else None
+                    last_ch = ch
                 if channel is not None and not channel._busy and channel.state is OPEN_CH:
                     if ftype == 3:
                         channel._on_body(payload)
@@ -189,6 +193,7 @@ class AMQPConnection(asyncio.Protocol):
                         channel.start_publish(exchange, routing_key, bool(bits & 1),
                                               bool(bits & 2))
                         continue
+                last_ch = -1  # the general path may open or close channels: look up again
                 self._on_frame(ftype, ch, payload)
             except AMQPError as e:
                 self.handle_error(e, ch)
