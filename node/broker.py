@@ -84,6 +84,7 @@ class Broker:
         self.connections: set[Any] = set()
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         self.resources: ResourceMonitor | None = None
+        self._ack_timer: asyncio.Future | None = None
         self.vhost_defs: dict[str, dict] = {}  # replicated vhost records (owner, epoch...)
         self.nodes: dict[str, dict] = {}  # cluster members: name -> addresses
         self.forward_server: Any = None
@@ -123,6 +124,8 @@ class Broker:
             s.data_dir, s.vm_memory_high_watermark, s.vm_memory_high_watermark_bytes,
             s.disk_free_limit, s.alarm_check_interval, self._alarms_changed)
         self.resources.start()
+        if s.consumer_timeout > 0:
+            self._ack_timer = asyncio.ensure_future(self._check_ack_timeouts())
         from node.auth import hash_password
         await self.metadata.submit({
             "op": "bootstrap", "vhost": s.default_vhost, "user": s.default_user,
@@ -166,7 +169,18 @@ class Broker:
                 load[d["owner"]] += 1
         return min(sorted(load), key=lambda n: load[n])
 
+    async def _check_ack_timeouts(self) -> None:
+        timeout = self.settings.consumer_timeout / 1000
+        while True:
+            await asyncio.sleep(min(max(timeout / 4, 0.05), 15.0))
+            now = time.monotonic()
+            for conn in list(self.connections):
+                for ch in list(conn.channels.values()):
+                    ch.check_ack_timeout(now, timeout)
+
     async def stop(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         if self.resources is not None:
             self.resources.stop()
         for conn in list(self.connections):

@@ -38,6 +38,8 @@ class Settings:
     vm_memory_high_watermark_bytes: int = 0
     disk_free_limit: int = 50_000_000
     alarm_check_interval: float = 1.0
+    # RabbitMQ's delivery acknowledgement timeout (consumer_timeout), ms; 0 = none
+    consumer_timeout: int = 1_800_000
     # how often the management plane samples counters into rates (RabbitMQ's name, ms)
     collect_statistics_interval: int = 5000
     log_level: str = "info"

@@ -15,6 +15,7 @@ import base64
 import os
 import struct
 from collections import deque
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
 from node import errors
@@ -710,6 +711,19 @@ class Channel:
                     self.conn.send_method(self.number, spec.BasicCancel(consumer_tag=tag,
                                                                         nowait=True))
 
+    def check_ack_timeout(self, now: float, timeout: float) -> None:
+        """Close the channel when its oldest unacknowledged delivery is older than the
+        consumer timeout, as RabbitMQ does; its messages go back to their queues."""
+        if self.state != OPEN or not self.unacked:
+            return
+        _q, entry, _c = next(iter(self.unacked.values()))
+        if entry.delivered_at and now - entry.delivered_at > timeout:
+            ms = int(timeout * 1000)
+            self.conn.handle_error(errors.precondition(
+                f"delivery acknowledgement on channel {self.number} timed out. Timeout value "
+                f"used: {ms} ms. This timeout value can be configured, see consumers doc guide "
+                f"to learn more"), self.number)
+
     # ConsumerOwner protocol, called by queues
     def can_deliver(self, consumer: Consumer) -> bool:
         return (self.state == OPEN and not self.conn.paused and not self.conn.closing
@@ -722,6 +736,7 @@ class Channel:
             self.broker.delivered_consume_auto_ack += 1
         else:
             self.unacked[tag] = (queue, entry, consumer)
+            entry.delivered_at = _monotonic()
             self.broker.delivered_consume_manual_ack += 1
         msg = entry.message
         payload = (self._deliver_prefix + consumer.tag_bytes + _QWORD.pack(tag)
@@ -751,6 +766,7 @@ class Channel:
             q.discard(entry)
         else:
             q.taken(entry)
+            entry.delivered_at = _monotonic()
             self.unacked[tag] = (q, entry, None)
         msg = entry.message
         self.send_content(spec.BasicGetOk(

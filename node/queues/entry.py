@@ -6,7 +6,7 @@ from node.message import Message
 
 
 class QueueEntry:
-    __slots__ = ("seq", "message", "redelivered", "stored", "expires_at")
+    __slots__ = ("seq", "message", "redelivered", "stored", "expires_at", "delivered_at")
 
     def __init__(self, seq: int, message: Message, redelivered: bool = False,
                  stored: bool = False, expires_at: int = 0) -> None:
@@ -15,6 +15,7 @@ class QueueEntry:
         self.redelivered = redelivered
         self.stored = stored  # a record for it is in the vhost's LMDB store
         self.expires_at = expires_at  # wall-clock ms, 0 = never
+        self.delivered_at = 0.0  # monotonic time of its delivery awaiting an ack
 
     def __lt__(self, other: "QueueEntry") -> bool:
         return self.seq < other.seq

@@ -83,3 +83,30 @@ def test_deliveries_respect_a_small_frame_max(node):
     s.sendall(method_frame(1, spec.BasicGet(queue=qname, no_ack=True)))
     assert isinstance(s.read_method(), spec.BasicGetOk)
     s.close()
+
+
+def test_consumer_timeout_closes_the_channel_and_requeues(tmp_path):
+    from tests.nodeproc import NodeProcess
+    n = NodeProcess(tmp_path / "data", consumer_timeout="400").start()
+    try:
+        c = pika.BlockingConnection(pika.URLParameters(n.url))
+        ch = c.channel()
+        reasons = []
+        ch._impl.add_on_close_callback(lambda _ch, reason: reasons.append(reason))
+        ch.queue_declare("slow")
+        ch.basic_publish("", "slow", b"task")
+        ch.basic_consume("slow", lambda *a: None)  # never acks
+        deadline = time.monotonic() + 5
+        while not reasons and time.monotonic() < deadline:
+            try:
+                c.process_data_events(time_limit=0.1)
+            except ChannelClosedByBroker:
+                break
+        assert reasons, "the channel was not closed"
+        assert reasons[0].reply_code == 406
+        assert "delivery acknowledgement on channel 1 timed out" in reasons[0].reply_text
+        m, _, body = c.channel().basic_get("slow", auto_ack=True)
+        assert body == b"task" and m.redelivered
+        c.close()
+    finally:
+        n.stop()
