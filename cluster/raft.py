@@ -555,9 +555,10 @@ class MetadataStore:
                 "partners": {peer: "disconnected" for peer in self._peers},
             }
         raw: dict[str, Any] = {}
-        for _ in range(5):
+        for _ in range(200):
             try:
-                # Read from the loop while the tick thread mutates: a dict may change size.
+                # Read from the loop while the tick thread mutates: a dict may change size
+                # under us; the next try almost always succeeds (the GIL switches rarely).
                 raw = machine.getStatus()
                 break
             except RuntimeError:

@@ -531,7 +531,9 @@ def test_status_and_snapshot_are_safe_from_the_loop_while_ticking(tmp_path: Path
                 snap = store.snapshot()
                 assert set(snap["queues"]["/"]) <= {f"q{i}" for i in range(100)}
                 assert store.status()["state"] == "leader"
-                await asyncio.sleep(0)
+                # a real pause: spinning on the state lock (not a fair lock) could starve the
+                # tick thread that applies the writes, which no caller of snapshot() does
+                await asyncio.sleep(0.001)
             await task
             assert os.path.exists(tmp_path / "raft" / "journal")
         finally:
