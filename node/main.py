@@ -28,9 +28,6 @@ async def serve(settings: Settings) -> None:
                              loop=loop)
     broker = Broker(settings, metadata)
     await broker.start()
-    server = await loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,
-                                      settings.amqp_port, reuse_address=True, backlog=1024)
-    http_runner = await start_http(broker, settings.http_host, settings.http_port)
     forward_server = None
     if settings.cluster_secret:
         from node.forwarding import start_forward_server
@@ -38,6 +35,9 @@ async def serve(settings: Settings) -> None:
         # listen on every interface like Raft does; the secret is the wall (DESIGN 8)
         forward_server = await start_forward_server(broker, "0.0.0.0", int(fport),
                                                     settings.cluster_secret)
+    server = await loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,
+                                      settings.amqp_port, reuse_address=True, backlog=1024)
+    http_runner = await start_http(broker, settings.http_host, settings.http_port)
     log.info("node %s: AMQP on %s:%d, HTTP on %s:%d, raft on %s, data in %s",
              settings.node_name, settings.amqp_host, settings.amqp_port, settings.http_host,
              settings.http_port, settings.raft_address, os.path.abspath(settings.data_dir))

@@ -167,6 +167,8 @@ def test_management_api_on_any_node_reaches_the_owner(cluster: Cluster):
     owner = cluster.owner_of("/")
     other = next(n for n in cluster.nodes if n is not owner)
     assert cluster.http(other, "PUT", "/api/queues/%2F/api-q", {"durable": True})[0] in (201, 204)
+    # a declaration is visible on another node a moment later (as in RabbitMQ): wait for it
+    cluster.wait_until(lambda: cluster.http(owner, "GET", "/api/queues/%2F/api-q")[0] == 200)
     code, r = cluster.http(other, "POST", "/api/exchanges/%2F/amq.default/publish",
                            {"properties": {}, "routing_key": "api-q", "payload": "via other",
                             "payload_encoding": "string"})

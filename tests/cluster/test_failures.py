@@ -39,8 +39,8 @@ def test_leader_killed_changes_resume_and_node_catches_up(fresh_cluster: Cluster
     for q in ("after-failover", "after-failover-2"):
         c.wait_until(lambda q=q: c.http(leader, "GET", f"/api/queues/%2F/{q}")[0] == 200,
                      what=f"{q} on the restarted node")
-    st = c.status(leader)
-    assert all(n["running"] for n in st["nodes"])
+    c.wait_until(lambda: all(n["running"] for n in c.status(leader)["nodes"]),
+                 what="the restarted node linked to every member")
 
 
 def test_minority_refuses_definition_changes_at_once(fresh_cluster: Cluster):
