@@ -658,21 +658,22 @@ class Broker:
 
     async def bind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
                    args: dict) -> None:
-        if self._binding_is_durable(vh, source, dest):
-            await self.submit({
-                "op": "bind", "vhost": vh.name, "source": source, "destination": dest.name,
-                "destination_type": dest.kind, "routing_key": routing_key,
-                "arguments": encode_args(args)})
-        else:
-            vh.bind(source, dest, routing_key, args)
+        await self._change_binding("bind", vh, source, dest, routing_key, args)
 
     async def unbind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
                      args: dict) -> None:
+        await self._change_binding("unbind", vh, source, dest, routing_key, args)
+
+    async def _change_binding(self, op: str, vh: VirtualHost, source: str, dest: Destination,
+                              routing_key: str, args: dict) -> None:
+        """Through Raft when both ends are durable (it comes back as an event), else here."""
         if self._binding_is_durable(vh, source, dest):
             await self.submit({
-                "op": "unbind", "vhost": vh.name, "source": source, "destination": dest.name,
+                "op": op, "vhost": vh.name, "source": source, "destination": dest.name,
                 "destination_type": dest.kind, "routing_key": routing_key,
                 "arguments": encode_args(args)})
+        elif op == "bind":
+            vh.bind(source, dest, routing_key, args)
         else:
             vh.unbind(source, dest, routing_key, args)
 
