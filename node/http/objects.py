@@ -24,7 +24,7 @@ from node.http.common import (
     stats_of,
     visible_vhosts,
 )
-from node.http.proxy import from_owner
+from node.http.proxy import from_owner, owner_list
 from node.http.shapes import (
     exchange_json,
     properties_key,
@@ -48,9 +48,15 @@ def _arguments(data: dict) -> dict:
 @routes.get("/api/queues/{vhost}")
 async def list_queues(request: web.Request) -> web.Response:
     b, stats = broker_of(request), stats_of(request)
-    return list_response(request, [queue_json(b, stats, vh.name, q)
-                                   for vh in visible_vhosts(request)
-                                   for q in list(vh.queues.values())])
+    items: list[dict] = []
+    for vh in visible_vhosts(request):
+        # a vhost another node runs: its queues' live figures are the owner's
+        remote = await owner_list(request, vh.name, "/api/queues/{vhost}")
+        if remote is not None:
+            items.extend(remote)
+        else:
+            items.extend(queue_json(b, stats, vh.name, q) for q in list(vh.queues.values()))
+    return list_response(request, items)
 
 
 def queue_of(request: web.Request) -> tuple[Any, Any]:

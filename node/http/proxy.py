@@ -37,3 +37,26 @@ async def from_owner(request: web.Request, vhost: str) -> web.Response | None:
         return error_response(503, "service_unavailable",
                               f"vhost '{vhost}' is owned by node '{owner}', which cannot be "
                               f"reached: {e}")
+
+
+async def owner_list(request: web.Request, vhost: str, path: str) -> list | None:
+    """A list the owner of `vhost` keeps (e.g. its queues with live counts), or None when
+    this node owns it or the owner cannot say."""
+    from urllib.parse import quote
+    b = broker_of(request)
+    if b.owns(vhost) or request.headers.get(HOP_HEADER):
+        return None
+    node = b.nodes.get(b.owner_of(vhost) or "")
+    if node is None or not node.get("http"):
+        return None
+    url = f"http://{node['http']}{path.format(vhost=quote(vhost, safe=''))}"
+    headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            async with s.get(url, headers=headers) as r:
+                if r.status == 200:
+                    data = await r.json()
+                    return data if isinstance(data, list) else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        pass
+    return None

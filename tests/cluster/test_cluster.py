@@ -178,3 +178,20 @@ def test_management_api_on_any_node_reaches_the_owner(cluster: Cluster):
     code, msgs = cluster.http(other, "POST", "/api/queues/%2F/api-q/get",
                               {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
     assert code == 200 and [m["payload"] for m in msgs] == ["via other"]
+
+
+def test_queue_lists_on_any_node_show_the_owners_figures(cluster: Cluster):
+    owner = cluster.owner_of("/")
+    other = next(n for n in cluster.nodes if n is not owner)
+    c = amqp(owner)
+    ch = c.channel()
+    ch.queue_declare("listed-q", durable=True)
+    for _ in range(3):
+        ch.basic_publish("", "listed-q", b"x")
+    c.close()
+    code, rows = cluster.http(other, "GET", "/api/queues/%2F")
+    assert code == 200
+    row = next(r for r in rows if r["name"] == "listed-q")
+    assert row["messages"] == 3 and row["node"] == owner.name
+    code, rows = cluster.http(other, "GET", "/api/queues")
+    assert next(r for r in rows if r["name"] == "listed-q")["messages"] == 3
