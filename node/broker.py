@@ -116,6 +116,7 @@ class Broker:
     async def start(self) -> None:
         await self.metadata.start()
         self.metadata.subscribe(self._on_event)
+        self._remove_tombstones()
         self._rebuild(self.metadata.snapshot())
         self._drop_orphaned_messages()
         self._live = True
@@ -291,6 +292,15 @@ class Broker:
                     and self._binding_is_durable(vh, b.source, b.destination)):
                 vh.unbind(b.source, b.destination, b.routing_key, b.arguments)
         vh.apply_policies(self.policies.setdefault(vh.name, {}))
+
+    def _remove_tombstones(self) -> None:
+        """Stores of deleted vhosts whose removal a crash interrupted."""
+        base = os.path.join(self.settings.data_dir, "vhosts")
+        if not os.path.isdir(base):
+            return
+        for entry in os.listdir(base):
+            if ".deleted-" in entry:
+                shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
 
     def _drop_orphaned_messages(self) -> None:
         """Messages of queues that no longer exist (exclusive durable queues of a node that
