@@ -517,6 +517,17 @@ class Channel:
         self._header = None
         self._body = []
 
+    def publish_whole(self, exchange: str, routing_key: str, mandatory: bool,
+                      immediate: bool, header: bytes, body: bytes) -> None:
+        """basic.publish with its header and whole body in hand (the connection's hot path:
+        the same checks as start_publish and the content frames, in one call)."""
+        conn = self.conn
+        if not conn.publisher:
+            conn.publisher = True
+        if conn.broker.resources is not None and conn.broker.resources.alarms:
+            conn.block(conn.broker.resources.alarms)
+        self._publish(exchange, routing_key, mandatory, immediate, header, body)
+
     def _publish_complete(self, body: bytes) -> None:
         publishing = self._publishing
         header = self._header
@@ -524,6 +535,10 @@ class Channel:
         self._header = None
         assert publishing is not None and header is not None
         exchange, routing_key, mandatory, immediate = publishing
+        self._publish(exchange, routing_key, mandatory, immediate, header, body)
+
+    def _publish(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
+                 header: bytes, body: bytes) -> None:
         vh = self.vhost
         ex = vh.exchanges.get(exchange)
         if ex is None:

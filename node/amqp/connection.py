@@ -33,6 +33,7 @@ _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = b"\xce"
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 _PUBLISH_ID = b"\x00\x3c\x00\x28"  # basic.publish: class 60, method 40
+_CONTENT_HEADER = struct.Struct(">HHQ")  # class id, weight, body size
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_OK_TIMEOUT = 3.0
 FLOW_MAX_PAUSE = 0.5
@@ -158,7 +159,11 @@ class AMQPConnection(asyncio.Protocol):
         channels = self.channels
         last_ch = -1
         channel = None
-        for ftype, ch, payload in frames:
+        nframes = len(frames)
+        k = 0
+        while k < nframes:
+            ftype, ch, payload = frames[k]
+            k += 1
             if self.forwarding:  # frames pipelined after connection.open go to the owner
                 self._forward_backlog.append(encode_frame(ftype, ch, payload))
                 continue
@@ -190,6 +195,20 @@ class AMQPConnection(asyncio.Protocol):
                         except (IndexError, UnicodeDecodeError):
                             raise ConnectionError_(errors.SYNTAX_ERROR, "malformed method: "
                                                    "basic.publish", 60, 40) from None
+                        # most often its header and its one body frame came in the same read:
+                        # publish the whole message at once
+                        if k + 1 < nframes:
+                            htype, hch, header = frames[k]
+                            btype, bch, body = frames[k + 1]
+                            if (htype == 2 and btype == 3 and hch == ch and bch == ch
+                                    and len(header) >= 14):
+                                class_id, _w, size = _CONTENT_HEADER.unpack_from(header)
+                                if (class_id == 60 and size == len(body)
+                                        and size <= self.settings.max_message_size):
+                                    k += 2
+                                    channel.publish_whole(exchange, routing_key, bool(bits & 1),
+                                                          bool(bits & 2), header, body)
+                                    continue
                         channel.start_publish(exchange, routing_key, bool(bits & 1),
                                               bool(bits & 2))
                         continue
