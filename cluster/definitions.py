@@ -473,7 +473,7 @@ class DefinitionState:
             return _ok(applied=False)
         self.bootstrapped = True
         if vhost not in self.vhosts:
-            self._create_vhost(vhost, owner=owner)
+            self._create_vhost(vhost, "Default virtual host", owner=owner)
         if user not in self.users:
             self.users[user] = {
                 "name": user,

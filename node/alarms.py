@@ -32,6 +32,13 @@ def rss_bytes() -> int:
         return 0
 
 
+def disk_free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
 class ResourceMonitor:
     def __init__(self, data_dir: str, memory_fraction: float, memory_bytes: int,
                  disk_free_limit: int, interval: float,
@@ -82,10 +89,7 @@ class ResourceMonitor:
 
     def check(self) -> None:
         self.memory_used = rss_bytes()
-        try:
-            self.disk_free = shutil.disk_usage(self.data_dir).free
-        except OSError:
-            self.disk_free = 0
+        self.disk_free = disk_free_bytes(self.data_dir)
         alarms = set()
         if self.memory_used > self.memory_limit:
             alarms.add(MEMORY)

@@ -330,8 +330,10 @@ class Broker:
     def _ev_bootstrap(self, cmd: dict, result: dict) -> None:
         if not result.get("applied"):
             return
-        self.vhost_defs[cmd["vhost"]] = {"name": cmd["vhost"], "owner": cmd.get("owner"),
-                                         "epoch": 1 if cmd.get("owner") else 0}
+        self.vhost_defs[cmd["vhost"]] = {
+            "name": cmd["vhost"], "description": "Default virtual host", "tags": [],
+            "default_queue_type": "classic", "owner": cmd.get("owner"),
+            "epoch": 1 if cmd.get("owner") else 0}
         self._open_vhost(cmd["vhost"])
         self.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
                                    "hashing": cmd["hashing"], "tags": list(cmd["tags"])}

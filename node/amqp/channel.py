@@ -30,20 +30,13 @@ from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
 
-_FRAME_HEAD = struct.Struct(">BHI")
 _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
 _CONTENT_HEADER = struct.Struct(">HHQ")
-_FRAME_END = b"\xce"
 
 OPEN, CLOSING = "open", "closing"
 REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
-
-
-def _shortstr(s: str) -> bytes:
-    b = s.encode()
-    return bytes((len(b),)) + b
 
 
 def new_name(prefix: str) -> str:
@@ -84,7 +77,6 @@ class Channel:
         self._busy = False
         self._backlog: deque[tuple[int, Any]] = deque()
         self._allowed: dict[tuple[str, str, str], bool] = {}
-        self._head = bytes((0,)) + number.to_bytes(2, "big")  # not used for header frames
         self._deliver_prefix = _DELIVER_HEAD.pack(60, 60)
         self.stats_publish = 0
         self.stats_deliver = 0

@@ -4,8 +4,6 @@ Every change goes through the broker's definition operations, so through Raft.""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from node.auth import HASHING_SHA256, hash_password
@@ -34,49 +32,19 @@ routes = web.RouteTableDef()
 APPLY_TO = ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams")
 
 
-class VhostMetadata:
-    """Descriptions, tags and default queue types of vhosts, which the broker's runtime does
-    not keep: read once from the definitions, then followed through their change events."""
-
-    def __init__(self, metadata: Any) -> None:
-        self.vhosts: dict[str, dict] = dict(metadata.snapshot().get("vhosts", {}))
-        metadata.subscribe(self._on_event)
-
-    def _on_event(self, cmd: dict, result: dict) -> None:
-        if not result.get("ok"):
-            return
-        op = cmd.get("op")
-        if op == "add_vhost" and result.get("vhost"):
-            self.vhosts[cmd["name"]] = result["vhost"]
-        elif op == "bootstrap" and cmd.get("vhost") not in self.vhosts:
-            self.vhosts[cmd["vhost"]] = {"name": cmd["vhost"], "description": "Default virtual "
-                                         "host", "tags": [], "default_queue_type": "classic"}
-        elif op == "delete_vhost":
-            self.vhosts.pop(str(cmd.get("name")), None)
-        elif op == "reset":
-            self.vhosts = dict(result.get("state", {}).get("vhosts", {}))
-
-    def get(self, vhost: str) -> dict | None:
-        return self.vhosts.get(vhost)
-
-
-def _meta(request: web.Request) -> VhostMetadata:
-    return request.app["vhost_metadata"]
-
-
 # --- vhosts ------------------------------------------------------------------------
 @routes.get("/api/vhosts")
 async def list_vhosts(request: web.Request) -> web.Response:
-    b, stats, meta = broker_of(request), stats_of(request), _meta(request)
-    return list_response(request, [vhost_json(b, stats, vh, meta.get(vh.name))
+    b, stats = broker_of(request), stats_of(request)
+    return list_response(request, [vhost_json(b, stats, vh, b.vhost_defs.get(vh.name))
                                    for vh in visible_vhosts(request)])
 
 
 @routes.get("/api/vhosts/{vhost}")
 async def get_vhost(request: web.Request) -> web.Response:
     vh = visible_vhosts(request)[0]
-    return json_response(vhost_json(broker_of(request), stats_of(request), vh,
-                                    _meta(request).get(vh.name)))
+    b = broker_of(request)
+    return json_response(vhost_json(b, stats_of(request), vh, b.vhost_defs.get(vh.name)))
 
 
 @routes.put("/api/vhosts/{vhost}")

@@ -22,7 +22,6 @@ from node.http import (
     overview,
     ui,
 )
-from node.http.access import VhostMetadata
 from node.http.auth import auth_middleware
 from node.http.stats import Sampler
 
@@ -37,7 +36,6 @@ def create_app(broker: Broker) -> web.Application:
     app["broker"] = broker
     interval = getattr(broker.settings, "collect_statistics_interval", 5000) / 1000
     app["stats"] = Sampler(broker, interval)
-    app["vhost_metadata"] = VhostMetadata(broker.metadata)
     for table in ROUTE_TABLES:
         app.add_routes(table)
     app.on_startup.append(_start_sampler)
