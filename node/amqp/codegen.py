@@ -4,8 +4,8 @@
     python -m node.amqp.codegen --check    # exit 1 if spec.py is out of date
     python -m node.amqp.codegen --spec PATH --output PATH
 
-The spec path defaults to `shared/spec/amqp0-9-1.extended.xml` beside the checkout and
-can be overridden by `--spec` or the WARREN_AMQP_SPEC environment variable.
+The spec path defaults to the copy vendored in `node/amqp/spec_xml/` (license notice
+beside it) and can be overridden by `--spec` or the WARREN_AMQP_SPEC environment variable.
 
 Why generate: sixty-odd method classes with argument layouts, ids and bit packing are
 exactly the kind of table that drifts when typed by hand.  The generated code is
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SPEC = REPO_ROOT.parent / "shared/spec/amqp0-9-1.extended.xml"
+DEFAULT_SPEC = REPO_ROOT / "node/amqp/spec_xml/amqp0-9-1.extended.xml"
 DEFAULT_OUTPUT = REPO_ROOT / "node/amqp/spec.py"
 SPEC_ENV = "WARREN_AMQP_SPEC"
 

@@ -5,7 +5,7 @@ usage: compare.py --warren W1.jsonl [W2.jsonl ...] --rabbit R1.jsonl [R2.jsonl .
 
 One row per scenario: the median headline figure of each broker over its runs (the
 runs themselves in brackets), the ratio WarrenMQ/RabbitMQ and the errors either side.
-Headlines, as /work/shared/bench/summarize.py defines them: consume msg/s (all
+Headlines, as ../shared/bench/summarize.py defines them: consume msg/s (all
 deliveries) for S1 S2 S4 S5; confirmed publish msg/s for S3 S3b; latency p50/p99 ms
 for S6 (a ratio below 1 is better there); connections/s for S7.  A run marked "*"
 had other processes take more than OTHER_MAX % CPU (default 15) while it ran.

@@ -13,7 +13,7 @@ VmHWM (peak), RssAnon and RssFile from /proc/<pid>/status.  The queue is deleted
 afterwards.
 
 WarrenMQ is started from this checkout on free ports with a fresh data dir (removed at
-the end).  RabbitMQ is the bench node of /work/shared/bench/anchors/rabbitmq.sh: used
+the end).  RabbitMQ is the bench node of ../shared/bench/anchors/rabbitmq.sh: used
 if it listens at --rabbit-url, otherwise started (and stopped at the end); its pid is
 `anchors/rabbitmq.sh pid`.  RssFile matters for WarrenMQ: LMDB is a memory map, so
 pages of the message store the kernel keeps cached count in VmRSS but can be dropped.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -40,7 +41,7 @@ from node import perf  # noqa: E402
 from node.perf_client import AmqpUrl  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
 
-RABBIT_SH = Path("/work/shared/bench/anchors/rabbitmq.sh")
+RABBIT_SH = Path(os.environ.get("BENCH_DIR", REPO.parent / "shared/bench")) / "anchors/rabbitmq.sh"
 
 
 def status(pid: int) -> dict[str, int]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # WarrenMQ vs RabbitMQ on this machine: the scenario set S1-S7 (+S3b) of
-# /work/shared/bench/run_scenarios.sh against both brokers, alternating
+# ../shared/bench/run_scenarios.sh (beside the checkout; BENCH_DIR) against both brokers, alternating
 # A B A B, then one table with each headline figure and the WarrenMQ/RabbitMQ ratio.
 #
 # usage: tests/bench/side_by_side.sh
@@ -13,14 +13,14 @@
 #   RABBIT_URL    default amqp://guest:guest@127.0.0.1:5673/ (anchors/rabbitmq.sh);
 #                 a RabbitMQ already listening there is used and left running,
 #                 otherwise one is started and stopped at the end
-#   BENCH_DIR     default /work/shared/bench;  RESULTS_DIR default $BENCH_WORK/results
+#   BENCH_DIR     default ../shared/bench beside the checkout;  RESULTS_DIR default $BENCH_WORK/results
 #   RUN_PREFIX    result file prefix (default sbs-<UTC time>)
 # Each run writes RESULTS_DIR/<RUN_PREFIX>-{warren,rabbit}-r<N>.jsonl; the table is
 # tests/bench/compare.py over those files.  The WarrenMQ node runs from this
 # checkout with a fresh data dir under a temp dir, removed at the end.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/work/shared/bench}
+BENCH_DIR=${BENCH_DIR:-$REPO/../shared/bench}
 WORK=${BENCH_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/warren-bench}
 export RESULTS_DIR=${RESULTS_DIR:-$WORK/results}
 ROUNDS=${ROUNDS:-2}
