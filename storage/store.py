@@ -15,6 +15,16 @@ A generation is not an op log but the net effect of its ops per queue (cleared f
 deletes, delivered marks).  That makes a put followed by a delete in the same generation
 cost nothing on disk, and makes a sealed generation immutable, so the writer can retry it
 after growing the map.
+
+Replication (DESIGN §4).  Every commit is one *record* with an offset (1, 2, 3, ...) and
+the epoch of the owner that wrote it; the store's position ``(epoch, offset)`` is written
+in the same transaction, so it always says exactly what the files hold.  With a change log
+enabled (a vhost that has replicas), the writer encodes each generation
+(`storage.records`) before committing it and hands it to the loop (`on_record`), so the
+owner streams it while its own fsync runs.  A replica's store takes the owner's records
+with `apply_record` (merged into generations, so a replica group-commits too) or a whole
+snapshot (`begin_snapshot` / `load_snapshot` / `end_snapshot`).  A `confirm_gate` lets the
+replication layer hold flush() futures until the in-sync replicas have the record too.
 """
 
 from __future__ import annotations
@@ -26,11 +36,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import lmdb
+import msgpack
 
+from storage import records
+from storage.changelog import ChangeLog
 from storage.keys import SEQ_BYTES, check_seq, last_key, queue_prefix, seq_of
 from storage.residency import release_mapped_pages
 
@@ -48,10 +61,21 @@ MAX_BATCH_BYTES = 16 << 20
 
 _DB_MSGS = b"msgs"
 _DB_DELIVERED = b"delivered"
+_DB_META = b"meta"
+# (epoch, offset) of the last committed record; offset -1 while a snapshot is half loaded
+_KEY_POSITION = b"position"
+# [[epoch, first offset of that epoch], ...]: where each owner's history began
+_KEY_EPOCHS = b"epochs"
+
+SNAPSHOT_CHUNK_BYTES = 4 << 20
 
 
 class StoreError(Exception):
     """The store is closed or its writer thread failed; no further writes are accepted."""
+
+
+class _SnapshotAbandoned(Exception):
+    """The reader of a snapshot went away."""
 
 
 class _QueueOps:
@@ -73,7 +97,8 @@ class _QueueOps:
 
 
 class _Generation:
-    __slots__ = ("queues", "nops", "nbytes", "sealed", "future")
+    __slots__ = ("queues", "nops", "nbytes", "sealed", "future", "position", "reset", "raw",
+                 "meta")
 
     def __init__(self) -> None:
         self.queues: dict[str, _QueueOps] = {}
@@ -81,12 +106,23 @@ class _Generation:
         self.nbytes = 0
         self.sealed = False
         self.future: asyncio.Future[None] | None = None
+        # (epoch, offset) of the owner's record merged last (a replica's store); None on
+        # the owner, whose writer numbers its generations itself
+        self.position: tuple[int, int] | None = None
+        self.reset = False  # a snapshot begins: empty every table first
+        self.raw: list[tuple[bytes, bytes | None]] = []  # snapshot rows: (key, msg or None=mark)
+        self.meta: dict[bytes, bytes] = {}
 
     def ops_for(self, queue: str) -> _QueueOps:
         q = self.queues.get(queue)
         if q is None:
             q = self.queues[queue] = _QueueOps()
         return q
+
+
+def _changes_of(gen: _Generation) -> list[records.QueueChange]:
+    return [(name, q.cleared, q.puts, list(q.deletes), list(q.delivered))
+            for name, q in gen.queues.items()]
 
 
 class _View:
@@ -128,6 +164,44 @@ class _View:
         return seq in self.hidden or seq in self.extra
 
 
+class _MapLock:
+    """Readers share the LMDB map; set_mapsize() waits until no read transaction is open.
+
+    Shared, not exclusive, so that a snapshot streamed to a replica (one long read
+    transaction on another thread) never blocks the loop's own reads."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._readers += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def exclusive(self) -> "_Exclusive":
+        return _Exclusive(self._cond, self)
+
+
+class _Exclusive:
+    def __init__(self, cond: threading.Condition, owner: _MapLock) -> None:
+        self._cond = cond
+        self._owner = owner
+
+    def __enter__(self) -> None:
+        self._cond.acquire()
+        while self._owner._readers:
+            self._cond.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cond.release()
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -161,6 +235,26 @@ class MessageStore:
         )
         self._msgs = self._env.open_db(_DB_MSGS)
         self._delivered = self._env.open_db(_DB_DELIVERED)
+        self._meta = self._env.open_db(_DB_META)
+        with self._env.begin() as txn:
+            raw = txn.get(_KEY_POSITION, db=self._meta)
+            position = tuple(msgpack.unpackb(raw)) if raw else (0, 0)
+            raw = txn.get(_KEY_EPOCHS, db=self._meta)
+            self.epochs: list[list[int]] = msgpack.unpackb(raw) if raw else []
+        # Position of the last committed record: the writer thread updates it.
+        self.position: tuple[int, int] = (int(position[0]), int(position[1]))
+        # The writer numbers the owner's generations from here; the epoch they carry.
+        self._last_offset = max(self.position[1], 0)
+        self.epoch = self.position[0]
+        # Set by the replication layer (loop thread); read by the writer thread.
+        self.changelog: ChangeLog | None = None
+        self.on_record: Any = None  # callable(offset, epoch, payload) on the loop
+        self.confirm_gate: Any = None  # callable(offset, future) on the loop
+        # False once this node no longer owns the vhost: late writes of its torn-down
+        # runtime (an ack on a closing connection) are dropped instead of forking history.
+        self.local_writes = True
+        # A replica's store takes its records' positions from the owner instead of numbering.
+        self.replica = False
 
         # Guards _gens, every open generation's contents, _closing, _failed, _writer_idle.
         self._lock = threading.Lock()
@@ -171,9 +265,9 @@ class MessageStore:
         self._failed: BaseException | None = None
         self._written_since_trim = 0
         self._last_trim = 0.0
-        # set_mapsize() must not run while any transaction of this process is open; reads on
-        # the loop thread hold this lock for the life of their read transaction.
-        self._map_lock = threading.Lock()
+        # set_mapsize() must not run while any transaction of this process is open; reads
+        # hold this (shared) lock for the life of their read transaction.
+        self._map_lock = _MapLock()
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -223,6 +317,8 @@ class MessageStore:
         """Store ``record`` as message ``seq`` of ``queue`` (overwrites an existing one)."""
         queue_prefix(queue)  # validates the name here, not later on the writer thread
         check_seq(seq)
+        if not self.local_writes:
+            return
         with self._lock:
             gen = self._open_gen()
             gen.ops_for(queue).puts[seq] = record
@@ -233,6 +329,8 @@ class MessageStore:
         """Remove message ``seq`` of ``queue`` and its delivered mark."""
         queue_prefix(queue)
         check_seq(seq)
+        if not self.local_writes:
+            return
         with self._lock:
             gen = self._open_gen()
             q = gen.ops_for(queue)
@@ -246,6 +344,8 @@ class MessageStore:
         """Record that ``seq`` was handed to a consumer, so recovery sets ``redelivered``."""
         queue_prefix(queue)
         check_seq(seq)
+        if not self.local_writes:
+            return
         with self._lock:
             gen = self._open_gen()
             gen.ops_for(queue).delivered.add(seq)
@@ -254,6 +354,8 @@ class MessageStore:
     def delete_queue(self, queue: str) -> None:
         """Remove every message and delivered mark of ``queue``."""
         queue_prefix(queue)
+        if not self.local_writes:
+            return
         with self._lock:
             gen = self._open_gen()
             q = gen.ops_for(queue)
@@ -263,6 +365,169 @@ class MessageStore:
             q.deletes = set()
             q.delivered = set()
             self._enqueued(gen)
+
+    # ------------------------------------------------------------------ replication
+
+    @property
+    def last_offset(self) -> int:
+        """Offset of the newest record this store has numbered or taken (maybe not yet
+        committed)."""
+        return self._last_offset
+
+    def takeover(self, epoch: int) -> None:
+        """This node now owns the vhost at ``epoch``: number new records after what the
+        store holds, and remember where this epoch's history begins.  Call it only once
+        everything taken from the previous owner is committed (await flush())."""
+        self.replica = False
+        self.local_writes = True
+        self.epoch = epoch
+        start = self._last_offset + 1
+        self.epochs = [e for e in self.epochs if e[0] < epoch] + [[epoch, start]]
+        with self._lock:
+            gen = self._open_gen()
+            gen.meta[_KEY_EPOCHS] = msgpack.packb(self.epochs)
+            self._enqueued(gen)
+
+    def become_replica(self) -> None:
+        """Stop taking this node's own writes; records come from the owner from now on."""
+        self.replica = True
+        self.local_writes = False
+        self.on_record = None
+        self.confirm_gate = None
+
+    def adopt_epochs(self, epochs: list[list[int]]) -> None:
+        """A replica keeps the owner's epoch history: it decides, should this node become
+        the owner, which of another replica's records are shared history."""
+        self.epochs = [[int(e), int(o)] for e, o in epochs]
+        with self._lock:
+            gen = self._open_gen()
+            gen.meta[_KEY_EPOCHS] = msgpack.packb(self.epochs)
+            self._enqueued(gen)
+
+    def apply_record(self, offset: int, epoch: int, payload: bytes) -> asyncio.Future[None]:
+        """Merge one of the owner's records (a replica's store).  The future resolves once
+        it is durable here.  Raises records.RecordError on a malformed record."""
+        changes = records.decode(payload)
+        with self._lock:
+            gen = self._open_gen()
+            for queue, cleared, puts, deletes, delivered in changes:
+                q = gen.ops_for(queue)
+                if cleared:
+                    q.cleared = True
+                    q.puts = {}
+                    q.deletes = set()
+                    q.delivered = set()
+                for seq in deletes:
+                    q.puts.pop(seq, None)
+                    q.deletes.add(seq)
+                    q.delivered.discard(seq)
+                for seq, rec in puts.items():
+                    q.puts[seq] = rec
+                    gen.nbytes += len(rec)
+                q.delivered.update(delivered)
+            gen.position = (epoch, offset)
+            self._last_offset = offset
+            self._enqueued(gen)
+        if self.changelog is not None:
+            self.changelog.append(offset, epoch, payload)
+        return self.flush()
+
+    def begin_snapshot(self) -> None:
+        """Empty the store before a snapshot's rows arrive; until `end_snapshot` commits,
+        the position says offset -1 (a crash half way leaves a store nobody trusts)."""
+        with self._lock:
+            gen = self._open_gen()
+            if gen.nops:  # earlier ops must not survive the reset in the same transaction
+                gen.sealed = True
+                gen = _Generation()
+                self._gens.append(gen)
+            gen.reset = True
+            gen.position = (0, -1)
+            self._last_offset = 0
+            self._enqueued(gen)
+        if self.changelog is not None:
+            self.changelog.clear()
+
+    def load_snapshot(self, rows: list[tuple[bytes, bytes | None]]) -> None:
+        """Rows of a snapshot: ``(key, message record)``, or ``(key, None)`` for a
+        delivered mark."""
+        with self._lock:
+            gen = self._open_gen()
+            gen.raw.extend(rows)
+            gen.nbytes += sum(len(v) for _, v in rows if v is not None)
+            self._enqueued(gen)
+
+    def end_snapshot(self, position: tuple[int, int], epochs: list[list[int]]
+                     ) -> asyncio.Future[None]:
+        with self._lock:
+            gen = self._open_gen()
+            gen.position = (int(position[0]), int(position[1]))
+            gen.meta[_KEY_EPOCHS] = msgpack.packb(epochs)
+            self._last_offset = gen.position[1]
+            self._enqueued(gen)
+        self.epochs = [list(e) for e in epochs]
+        return self.flush()
+
+    async def snapshot(self, chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
+                       ) -> AsyncIterator[tuple[Any, ...]]:
+        """The committed contents as of one transaction: ``("begin", position, epochs)``,
+        then ``("rows", [(key, record or None), ...])`` chunks.  Read on a thread of its
+        own so that the loop never waits; the writer goes on committing meanwhile."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item: tuple[Any, ...]) -> None:
+            if stop.is_set():
+                raise _SnapshotAbandoned
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+        def produce() -> None:
+            try:
+                with self._map_lock, self._env.begin() as txn:
+                    raw = txn.get(_KEY_POSITION, db=self._meta)
+                    position = tuple(msgpack.unpackb(raw)) if raw else (0, 0)
+                    raw = txn.get(_KEY_EPOCHS, db=self._meta)
+                    put(("begin", position, msgpack.unpackb(raw) if raw else []))
+                    rows: list[tuple[bytes, bytes | None]] = []
+                    size = 0
+                    for key, value in txn.cursor(self._msgs):
+                        rows.append((key, value))
+                        size += len(key) + len(value)
+                        if size >= chunk_bytes:
+                            put(("rows", rows))
+                            rows, size = [], 0
+                    for key in txn.cursor(self._delivered).iternext(values=False):
+                        rows.append((key, None))
+                        size += len(key)
+                        if size >= chunk_bytes:
+                            put(("rows", rows))
+                            rows, size = [], 0
+                    if rows:
+                        put(("rows", rows))
+                put(("end",))
+            except _SnapshotAbandoned:
+                pass
+            except BaseException as exc:  # noqa: B036 - the reader must hear of it
+                try:
+                    put(("error", exc))
+                except _SnapshotAbandoned:
+                    pass
+
+        threading.Thread(target=produce, name=f"store-snapshot:{self.path}",
+                         daemon=True).start()
+        try:
+            while True:
+                item = await queue.get()
+                if item[0] == "error":
+                    raise StoreError(f"snapshot of {self.path} failed: {item[1]!r}")
+                if item[0] == "end":
+                    return
+                yield item
+        finally:
+            stop.set()
+            while not queue.empty():  # unblock a producer waiting to put
+                queue.get_nowait()
 
     def flush(self) -> asyncio.Future[None]:
         """A future that resolves once every op enqueued before this call is durable.
@@ -458,7 +723,18 @@ class MessageStore:
                     if not gen.sealed:
                         gen.sealed = True
                         self._gens.append(_Generation())
-                self._commit(gen)
+                position = gen.position
+                if position is None and not self.replica:
+                    self._last_offset += 1
+                    position = (self.epoch, self._last_offset)
+                    if self.changelog is not None:
+                        # encoded before the commit so the owner streams it to the replicas
+                        # while its own fsync runs
+                        self._call_on_loop(self._publish_record, position[1], position[0],
+                                           records.encode(_changes_of(gen)))
+                self._commit(gen, position)
+                if position is not None:
+                    self.position = position
                 self._written_since_trim += gen.nops
                 if (self._written_since_trim >= TRIM_EVERY_OPS
                         and time.monotonic() - self._last_trim >= TRIM_MIN_INTERVAL):
@@ -472,7 +748,10 @@ class MessageStore:
                 self.stats["commits"] += 1
                 self.stats["ops"] += gen.nops
                 self.stats["last_batch_size"] = gen.nops
-                if fut is not None:
+                gate = self.confirm_gate
+                if gate is not None and position is not None:
+                    self._call_on_loop(gate, position[1], fut)
+                elif fut is not None:
                     self._call_on_loop(_resolve, fut)
         except BaseException as exc:  # noqa: B036 - confirms must never hang, whatever it is
             log.exception("message store writer for %s failed", self.path)
@@ -492,11 +771,21 @@ class MessageStore:
         except RuntimeError:
             pass  # loop already closed: nobody is left to wait
 
-    def _commit(self, gen: _Generation) -> None:
+    def _publish_record(self, offset: int, epoch: int, payload: bytes) -> None:
+        changelog = self.changelog
+        if changelog is not None:
+            changelog.append(offset, epoch, payload)
+        sink = self.on_record
+        if sink is not None:
+            sink(offset, epoch, payload)
+
+    def _commit(self, gen: _Generation, position: tuple[int, int] | None) -> None:
         while True:
             try:
                 with self._env.begin(write=True) as txn:
                     self._apply(txn, gen)
+                    if position is not None:
+                        txn.put(_KEY_POSITION, msgpack.packb(position), db=self._meta)
                     t0 = time.perf_counter()
                     # __exit__ commits; with sync=True that is where both fsyncs happen.
                 self.stats["fsync_seconds_total"] += time.perf_counter() - t0
@@ -504,13 +793,23 @@ class MessageStore:
             except lmdb.MapFullError:
                 # The transaction was aborted on the way out of `with`, so no transaction of
                 # this thread is open; readers are kept out by _map_lock.
-                with self._map_lock:
+                with self._map_lock.exclusive():
                     new_size = self._env.info()["map_size"] * 2
                     self._env.set_mapsize(new_size)
                 self.stats["map_resizes"] += 1
                 log.info("message store %s: map grown to %d bytes", self.path, new_size)
 
     def _apply(self, txn: lmdb.Transaction, gen: _Generation) -> None:
+        if gen.reset:
+            txn.drop(self._msgs, delete=False)
+            txn.drop(self._delivered, delete=False)
+        for key, value in gen.raw:
+            if value is None:
+                txn.put(key, b"", db=self._delivered)
+            else:
+                txn.put(key, value, db=self._msgs)
+        for key, value in gen.meta.items():
+            txn.put(key, value, db=self._meta)
         msgs = txn.cursor(self._msgs)
         marks = txn.cursor(self._delivered)
         for queue, q in gen.queues.items():

@@ -1,0 +1,83 @@
+"""The change log of one vhost store: its recent committed changes as records addressed by
+offset, so that a replica that is a little behind catches up by stream, not by snapshot.
+
+Each record is one write transaction of the store (a generation: see storage/store.py),
+encoded by `storage.records`.  Offsets count transactions from 1 and never repeat within
+an epoch's history; the epoch is the placement epoch of the owner that wrote the record
+(DESIGN §4: replicas refuse records from an older epoch).
+
+The log lives in memory only and keeps at most ``max_bytes`` of records: a replica whose
+next offset has fallen out of it catches up from a snapshot of the store instead.  It is
+used from the event-loop thread only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+
+class Record(NamedTuple):
+    offset: int
+    epoch: int
+    payload: bytes
+
+
+class ChangeLog:
+    """Offset-addressed, size-bounded window over a store's recent records."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._records: deque[Record] = deque()
+        self._bytes = 0
+        # The offset the next record must carry; 0 until the first record fixes the start.
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    @property
+    def first_offset(self) -> int | None:
+        return self._records[0].offset if self._records else None
+
+    @property
+    def last_offset(self) -> int | None:
+        return self._records[-1].offset if self._records else None
+
+    def append(self, offset: int, epoch: int, payload: bytes) -> None:
+        if self._next and offset != self._next:
+            # A gap (the store was reset by a snapshot, or records were skipped): what we
+            # hold no longer joins up with what follows, so start the window afresh.
+            self.clear()
+        self._records.append(Record(offset, epoch, payload))
+        self._bytes += len(payload)
+        self._next = offset + 1
+        while self._bytes > self.max_bytes and len(self._records) > 1:
+            self._bytes -= len(self._records.popleft().payload)
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._bytes = 0
+        self._next = 0
+
+    def since(self, offset: int) -> list[Record] | None:
+        """Every record after ``offset``, oldest first; None when the log cannot say (the
+        record right after ``offset`` has been dropped, or was never in the window)."""
+        if not self._next or offset >= self._next:
+            return None
+        if offset + 1 == self._next:
+            return []
+        records = self._records
+        first = records[0].offset
+        if offset + 1 < first:
+            return None
+        return [records[i] for i in range(offset + 1 - first, len(records))]
+
+    def lag_bytes(self, offset: int) -> int:
+        """Bytes of the records after ``offset`` that the log still holds."""
+        found = self.since(offset)
+        return sum(len(r.payload) for r in found) if found else 0

@@ -1,0 +1,173 @@
+"""A vhost store's change log, records and snapshots, between two real LMDB stores: what a
+replica applies must leave it holding exactly what the owner holds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from storage import records
+from storage.changelog import ChangeLog
+from storage.store import MessageStore
+
+
+def contents(store: MessageStore, queues: list[str]) -> dict[str, list]:
+    return {q: store.read_range(q, 0, 10_000) for q in queues}
+
+
+async def open_store(path: Path) -> MessageStore:
+    store = MessageStore(path)
+    store.start(asyncio.get_running_loop())
+    return store
+
+
+def test_records_stream_to_a_replica_and_positions_survive_reopen(tmp_path: Path) -> None:
+    async def main() -> None:
+        owner = await open_store(tmp_path / "owner")
+        replica = await open_store(tmp_path / "replica")
+        owner.takeover(1)
+        owner.changelog = ChangeLog()
+        replica.become_replica()
+        replica.changelog = ChangeLog()
+        streamed: list[tuple[int, int, bytes]] = []
+        owner.on_record = lambda o, e, p: streamed.append((o, e, p))
+
+        for i in range(1, 101):
+            owner.put("q", i, b"m%d" % i)
+        await owner.flush()
+        for i in range(1, 51):
+            owner.delete("q", i)
+        owner.mark_delivered("q", 60)
+        owner.put("other", 1, b"x")
+        await owner.flush()
+        owner.delete_queue("other")
+        owner.put("other", 2, b"y")
+        await owner.flush()
+
+        offsets = [o for o, _, _ in streamed]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+        assert all(e == 1 for _, e, _ in streamed)
+        replica.adopt_epochs(owner.epochs)
+        for o, e, p in streamed:
+            fut = replica.apply_record(o, e, p)
+        await fut
+        assert contents(replica, ["q", "other"]) == contents(owner, ["q", "other"])
+        assert replica.position == owner.position == (1, offsets[-1])
+        assert replica.changelog.since(offsets[0]) is not None
+        await owner.close()
+        await replica.close()
+
+        again = await open_store(tmp_path / "replica")
+        assert again.position == (1, offsets[-1])
+        assert again.epochs == [[1, 1]]
+        assert again.read_range("q", 0, 2) == [(51, b"m51", False), (52, b"m52", False)]
+        assert (60, b"m60", True) in again.read_range("q", 0, 100)
+        await again.close()
+
+    asyncio.run(main())
+
+
+def test_snapshot_then_stream_catches_up_without_pausing_the_owner(tmp_path: Path) -> None:
+    async def main() -> None:
+        owner = await open_store(tmp_path / "owner")
+        owner.takeover(3)
+        owner.changelog = ChangeLog()
+        for i in range(1, 2001):
+            owner.put("big", i, b"%d" % i * 50)
+        for i in range(1, 11):
+            owner.mark_delivered("big", i)
+        await owner.flush()
+
+        replica = await open_store(tmp_path / "replica")
+        replica.become_replica()
+        replica.put("stale", 1, b"local writes of a replica are ignored")
+        # a stale queue from an earlier life must be wiped by the snapshot
+        replica.apply_record(1, 1, records.encode([("stale", False, {7: b"old"}, [], [])]))
+        await replica.flush()
+
+        snap = owner.snapshot(chunk_bytes=10_000)
+        kind, position, epochs = await snap.__anext__()
+        assert kind == "begin" and epochs == [[3, 1]]
+        # the owner goes on writing while the snapshot is read
+        for i in range(2001, 2101):
+            owner.put("big", i, b"late")
+        await owner.flush()
+        replica.begin_snapshot()
+        chunks = 0
+        async for item in snap:
+            replica.load_snapshot(item[1])
+            chunks += 1
+        assert chunks > 1
+        await replica.end_snapshot(position, epochs)
+        for rec in owner.changelog.since(position[1]):
+            fut = replica.apply_record(*rec)
+        await fut
+        assert contents(replica, ["big", "stale"]) == contents(owner, ["big", "stale"])
+        assert replica.read_range("stale", 0, 10) == []
+        assert replica.position == owner.position
+        await owner.close()
+        await replica.close()
+
+    asyncio.run(main())
+
+
+def test_a_promoted_replica_numbers_after_what_it_holds(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "s")
+        store.become_replica()
+        await store.apply_record(41, 2, records.encode([("q", False, {1: b"a"}, [], [])]))
+        assert store.position == (2, 41)
+        store.takeover(3)
+        seen: list[tuple[int, int]] = []
+        store.changelog = ChangeLog()
+        store.on_record = lambda o, e, p: seen.append((o, e))
+        store.put("q", 2, b"b")
+        await store.flush()
+        assert store.epochs == [[3, 42]]
+        assert seen == [(42, 3)]  # the epoch's first record: its history starts there
+        assert store.position == (3, 42)
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_confirm_gate_holds_flush_until_released(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path / "s")
+        held: list[tuple[int, asyncio.Future | None]] = []
+        store.confirm_gate = lambda offset, fut: held.append((offset, fut))
+        store.put("q", 1, b"a")
+        fut = store.flush()
+        await asyncio.sleep(0.2)
+        assert not fut.done()
+        assert held and held[-1][1] is fut
+        fut.set_result(None)
+        await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x01", records.encode([["q", False, {"x": b"a"}, [], []]]),
+    records.encode([["q", False, {1: "str"}, [], []]]), records.encode([["q", 1, {}, [], []]]),
+    records.encode([["q", False, {}, [-1], []]]), records.encode({"q": 1}),
+])
+def test_malformed_records_are_refused(payload: bytes) -> None:
+    with pytest.raises(records.RecordError):
+        records.decode(payload)
+
+
+def test_changelog_window() -> None:
+    log = ChangeLog(max_bytes=10)
+    assert log.since(0) is None
+    for o in range(5, 9):
+        log.append(o, 1, b"abcd")
+    assert [r.offset for r in log.since(6)] == [7, 8]  # 5 and 6 were dropped: 12 > 10 bytes
+    assert log.since(5) is None
+    assert log.since(8) == []
+    assert log.since(9) is None
+    log.append(20, 2, b"x")  # a gap starts the window afresh
+    assert log.since(19) == [(20, 2, b"x")]
+    assert log.since(8) is None
