@@ -19,7 +19,8 @@ definition handed out in a result or by a read helper is a copy, never the live 
 Shape of the state (and of `snapshot()`)::
 
     vhosts[name]             = {"name", "description", "tags", "default_queue_type",
-                                "owner", "epoch"}
+                                "owner", "epoch", "replicas", "in_sync",
+                                "replication_factor"}
     users[name]              = {"name", "password_hash", "hashing", "tags"}
     permissions[vhost][user] = {"user", "vhost", "configure", "write", "read"}
     policies[vhost][name]    = {"vhost", "name", "pattern", "definition", "priority",
@@ -351,6 +352,8 @@ class DefinitionState:
         tags: list[str] | None = None,
         default_queue_type: str = "classic",
         owner: str | None = None,
+        replicas: list[str] | None = None,
+        replication_factor: int | None = None,
     ) -> None:
         self.vhosts[name] = {
             "name": name,
@@ -360,6 +363,13 @@ class DefinitionState:
             "owner": owner,
             # Counts ownership assignments; data-path fencing compares it (DESIGN §4).
             "epoch": 0 if owner is None else 1,
+            # Nodes that hold a copy of the vhost's store besides the owner, and those of
+            # them whose copy is known complete: only they may be promoted, and the owner
+            # confirms a persistent message only once each of them has it (DESIGN §4).
+            "replicas": [r for r in replicas or [] if r != owner],
+            "in_sync": [],
+            # Copies wanted, the owner's included (None: the cluster's default).
+            "replication_factor": replication_factor,
         }
         self.permissions[name] = {}
         self.policies[name] = {}
@@ -388,9 +398,12 @@ class DefinitionState:
         tags = cmd.str_list("tags")
         default_queue_type = cmd.get("default_queue_type", str, "classic")
         owner = cmd.get("owner", str, None)
+        replicas = cmd.str_list("replicas")
+        factor = cmd.get("replication_factor", int, None)
         existing = self.vhosts.get(name)
         if existing is None:
-            self._create_vhost(name, description, tags, default_queue_type, owner)
+            self._create_vhost(name, description, tags, default_queue_type, owner, replicas,
+                               factor)
             return _ok(created=True, vhost=_copy(self.vhosts[name]))
         existing.update(description=description, tags=tags, default_queue_type=default_queue_type)
         return _ok(created=False, vhost=_copy(existing))
@@ -422,7 +435,13 @@ class DefinitionState:
         name = cmd.get("name", str)
         if self.nodes.pop(name, None) is None:
             raise _Refused(NOT_FOUND, f"no node '{name}' in the cluster")
-        return _ok(deleted=True)
+        changed = []
+        for vname, vhost in self.vhosts.items():
+            if name in vhost.get("replicas", []):
+                vhost["replicas"] = [r for r in vhost["replicas"] if r != name]
+                vhost["in_sync"] = [r for r in vhost.get("in_sync", []) if r != name]
+                changed.append(vname)
+        return _ok(deleted=True, vhosts=changed)
 
     def _op_set_vhost_limits(self, cmd: _Command) -> dict[str, Any]:
         """Replace a vhost's limits ({"max-connections": n, "max-queues": n}; a negative
@@ -440,24 +459,83 @@ class DefinitionState:
         vhost["limits"] = clean
         return _ok(vhost=_copy(vhost))
 
-    def _op_set_vhost_owner(self, cmd: _Command) -> dict[str, Any]:
-        """Assign the vhost to a node; every assignment bumps the epoch.
-
-        With ``expected_epoch`` this is a compare-and-set, so that two nodes racing to take
-        over a vhost after a failure cannot both win.
-        """
-        name = cmd.get("name", str)
-        owner = cmd.get("owner", str, None)
-        expected = cmd.get("expected_epoch", int, None)
+    def _expect_epoch(self, name: str, cmd: _Command) -> dict[str, Any]:
+        """The vhost, if ``expected_epoch`` (when given) is still its epoch: placement
+        changes are compare-and-set, so a deposed owner's late request, or two nodes racing
+        to take over after a failure, cannot both win."""
         vhost = self._need_vhost(name)
+        expected = cmd.get("expected_epoch", int, None)
         if expected is not None and expected != vhost["epoch"]:
             raise _Refused(
                 PRECONDITION_FAILED,
                 f"vhost '{name}' is at epoch {vhost['epoch']}, expected {expected}",
             )
+        return vhost
+
+    def _op_set_vhost_owner(self, cmd: _Command) -> dict[str, Any]:
+        """Assign the vhost to a node (a move, or a failover's promotion); every assignment
+        bumps the epoch.
+
+        With ``require_in_sync`` the new owner must be an in-sync replica (failover never
+        promotes a copy that may lack confirmed messages).  The old owner stays a replica;
+        with ``old_owner_in_sync`` (a move that drained every record to the new owner
+        first) it also stays in sync.
+        """
+        name = cmd.get("name", str)
+        owner = cmd.get("owner", str, None)
+        require_in_sync = cmd.get("require_in_sync", bool, False)
+        old_in_sync = cmd.get("old_owner_in_sync", bool, False)
+        vhost = self._expect_epoch(name, cmd)
+        in_sync = list(vhost.get("in_sync", []))
+        replicas = list(vhost.get("replicas", []))
+        if require_in_sync and owner not in in_sync:
+            raise _Refused(
+                PRECONDITION_FAILED,
+                f"node '{owner}' is not an in-sync replica of vhost '{name}'",
+            )
+        old = vhost["owner"]
+        if old is not None and old != owner:
+            if old not in replicas:
+                replicas.append(old)
+            if old_in_sync and old not in in_sync:
+                in_sync.append(old)
         vhost["owner"] = owner
+        vhost["replicas"] = [r for r in replicas if r != owner]
+        vhost["in_sync"] = [r for r in in_sync if r != owner]
         vhost["epoch"] += 1
-        return _ok(vhost=_copy(vhost), epoch=vhost["epoch"])
+        return _ok(vhost=_copy(vhost), epoch=vhost["epoch"], previous_owner=old)
+
+    def _op_set_vhost_replicas(self, cmd: _Command) -> dict[str, Any]:
+        """Choose which nodes hold copies (and, optionally, how many copies are wanted);
+        a replica that is dropped leaves the in-sync set with it."""
+        name = cmd.get("name", str)
+        replicas = cmd.str_list("replicas")
+        vhost = self._expect_epoch(name, cmd)
+        vhost["replicas"] = [r for r in dict.fromkeys(replicas) if r != vhost["owner"]]
+        vhost["in_sync"] = [r for r in vhost.get("in_sync", []) if r in vhost["replicas"]]
+        if "replication_factor" in cmd.fields:
+            vhost["replication_factor"] = cmd.get("replication_factor", int, None)
+        return _ok(vhost=_copy(vhost))
+
+    def _op_set_in_sync(self, cmd: _Command) -> dict[str, Any]:
+        """The owner adds a caught-up replica to the in-sync set, or drops one that fell
+        behind; only the owner of ``expected_epoch`` may (fencing)."""
+        name = cmd.get("name", str)
+        node = cmd.get("node", str)
+        in_sync = cmd.get("in_sync", bool)
+        vhost = self._expect_epoch(name, cmd)
+        if "expected_epoch" not in cmd.fields:
+            raise _Refused(INTERNAL_ERROR, "set_in_sync needs expected_epoch")
+        current = list(vhost.get("in_sync", []))
+        if in_sync:
+            if node not in vhost.get("replicas", []):
+                raise _Refused(NOT_FOUND, f"node '{node}' is not a replica of vhost '{name}'")
+            if node not in current:
+                current.append(node)
+        else:
+            current = [r for r in current if r != node]
+        vhost["in_sync"] = current
+        return _ok(vhost=_copy(vhost))
 
     # ------------------------------------------------------------------ users
 

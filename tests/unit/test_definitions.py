@@ -85,6 +85,9 @@ def test_add_vhost_creates_it_with_the_predeclared_exchanges() -> None:
         "default_queue_type": "classic",
         "owner": "n1",
         "epoch": 1,
+        "replicas": [],
+        "in_sync": [],
+        "replication_factor": None,
     }
     assert set(s.exchanges["prod"]) == set(DEFAULT_EXCHANGES)
     assert some(s.exchange("prod", "amq.topic"))["type"] == "topic"
@@ -131,6 +134,53 @@ def test_set_vhost_owner_bumps_the_epoch_and_can_compare_and_set(state: Definiti
     assert text == "vhost '/' is at epoch 2, expected 1"
     assert some(state.vhost("/"))["owner"] == "n2"
     refused(state, 404, op="set_vhost_owner", name="nope", owner="n1")
+
+
+def test_in_sync_set_changes_only_through_the_owners_epoch(state: DefinitionState) -> None:
+    ok(state, op="add_vhost", name="v", owner="n1", replicas=["n2", "n3", "n1"],
+       replication_factor=3)
+    v = some(state.vhost("v"))
+    assert (v["owner"], v["replicas"], v["in_sync"], v["epoch"]) == ("n1", ["n2", "n3"], [], 1)
+    ok(state, op="set_in_sync", name="v", node="n2", in_sync=True, expected_epoch=1)
+    ok(state, op="set_in_sync", name="v", node="n3", in_sync=True, expected_epoch=1)
+    refused(state, 404, op="set_in_sync", name="v", node="n9", in_sync=True, expected_epoch=1)
+    refused(state, 541, op="set_in_sync", name="v", node="n2", in_sync=False)
+    assert some(state.vhost("v"))["in_sync"] == ["n2", "n3"]
+    ok(state, op="set_in_sync", name="v", node="n3", in_sync=False, expected_epoch=1)
+    assert some(state.vhost("v"))["in_sync"] == ["n2"]
+
+
+def test_failover_promotes_only_an_in_sync_replica_and_keeps_the_old_owner(
+        state: DefinitionState) -> None:
+    ok(state, op="add_vhost", name="v", owner="n1", replicas=["n2", "n3"])
+    ok(state, op="set_in_sync", name="v", node="n2", in_sync=True, expected_epoch=1)
+    text = refused(state, 406, op="set_vhost_owner", name="v", owner="n3", expected_epoch=1,
+                   require_in_sync=True)
+    assert text == "node 'n3' is not an in-sync replica of vhost 'v'"
+    result = ok(state, op="set_vhost_owner", name="v", owner="n2", expected_epoch=1,
+                require_in_sync=True)
+    v = result["vhost"]
+    assert (v["owner"], v["epoch"], v["replicas"], v["in_sync"]) == ("n2", 2, ["n3", "n1"], [])
+    assert result["previous_owner"] == "n1"
+    # a deposed owner's late change is refused by the epoch
+    refused(state, 406, op="set_in_sync", name="v", node="n3", in_sync=False, expected_epoch=1)
+    # a move that drained everything keeps the old owner in sync
+    ok(state, op="set_vhost_owner", name="v", owner="n3", expected_epoch=2,
+       old_owner_in_sync=True)
+    v = some(state.vhost("v"))
+    assert (v["owner"], v["replicas"], v["in_sync"]) == ("n3", ["n1", "n2"], ["n2"])
+
+
+def test_replicas_follow_membership(state: DefinitionState) -> None:
+    ok(state, op="register_node", name="n2", raft="h:2", forward="h:3", amqp="h:4", http="h:5")
+    ok(state, op="add_vhost", name="v", owner="n1", replicas=["n2"])
+    ok(state, op="set_in_sync", name="v", node="n2", in_sync=True, expected_epoch=1)
+    ok(state, op="set_vhost_replicas", name="v", replicas=["n2", "n3"], replication_factor=3)
+    v = some(state.vhost("v"))
+    assert (v["replicas"], v["in_sync"], v["replication_factor"]) == (["n2", "n3"], ["n2"], 3)
+    assert ok(state, op="forget_node", name="n2")["vhosts"] == ["v"]
+    v = some(state.vhost("v"))
+    assert (v["replicas"], v["in_sync"]) == (["n3"], [])
 
 
 # ---------------------------------------------------------------- users & permissions
