@@ -500,6 +500,7 @@ class DefinitionState:
             if old_in_sync and old not in in_sync:
                 in_sync.append(old)
         vhost["owner"] = owner
+        vhost.pop("moving_to", None)
         vhost["replicas"] = [r for r in replicas if r != owner]
         vhost["in_sync"] = [r for r in in_sync if r != owner]
         vhost["epoch"] += 1
@@ -513,6 +514,9 @@ class DefinitionState:
         vhost = self._expect_epoch(name, cmd)
         vhost["replicas"] = [r for r in dict.fromkeys(replicas) if r != vhost["owner"]]
         vhost["in_sync"] = [r for r in vhost.get("in_sync", []) if r in vhost["replicas"]]
+        if "moving_to" in cmd.fields:
+            # a move's target: repairs never trim it while it catches up
+            vhost["moving_to"] = cmd.get("moving_to", str, None)
         if "replication_factor" in cmd.fields:
             vhost["replication_factor"] = cmd.get("replication_factor", int, None)
         return _ok(vhost=_copy(vhost))

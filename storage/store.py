@@ -430,7 +430,7 @@ class MessageStore:
             self._enqueued(gen)
         if self.changelog is not None:
             self.changelog.append(offset, epoch, payload)
-        return self.flush()
+        return self._flush()
 
     def begin_snapshot(self) -> None:
         """Empty the store before a snapshot's rows arrive; until `end_snapshot` commits,
@@ -466,7 +466,7 @@ class MessageStore:
             self._last_offset = gen.position[1]
             self._enqueued(gen)
         self.epochs = [list(e) for e in epochs]
-        return self.flush()
+        return self._flush()
 
     async def snapshot(self, chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
                        ) -> AsyncIterator[tuple[Any, ...]]:
@@ -534,8 +534,23 @@ class MessageStore:
 
         Calls between two commits share one future, so calling this per message is cheap.
         Because the future is shared, do not cancel it; wrap it in asyncio.shield() to put a
-        timeout on the wait.
+        timeout on the wait.  Fails while local writes are off (this node no longer owns
+        the vhost): what a caller just wrote was dropped, and must not be confirmed.
         """
+        if not self.local_writes:
+            assert self._loop is not None
+            fut: asyncio.Future[None] = self._loop.create_future()
+            fut.set_exception(StoreError(f"message store at {self.path} takes no local "
+                                         "writes: this node no longer owns the vhost"))
+            return fut
+        return self._flush()
+
+    def sync_point(self) -> asyncio.Future[None]:
+        """Like flush(), for the replication layer: resolves once everything enqueued so
+        far (local or replicated) is durable here, whatever the role."""
+        return self._flush()
+
+    def _flush(self) -> asyncio.Future[None]:
         loop = self._loop
         if loop is None:
             raise RuntimeError(f"message store at {self.path} is not started")

@@ -10,7 +10,7 @@ import pytest
 
 from storage import records
 from storage.changelog import ChangeLog
-from storage.store import MessageStore
+from storage.store import MessageStore, StoreError
 
 
 def contents(store: MessageStore, queues: list[str]) -> dict[str, list]:
@@ -84,8 +84,9 @@ def test_snapshot_then_stream_catches_up_without_pausing_the_owner(tmp_path: Pat
         replica.become_replica()
         replica.put("stale", 1, b"local writes of a replica are ignored")
         # a stale queue from an earlier life must be wiped by the snapshot
-        replica.apply_record(1, 1, records.encode([("stale", False, {7: b"old"}, [], [])]))
-        await replica.flush()
+        await replica.apply_record(1, 1, records.encode([("stale", False, {7: b"old"}, [], [])]))
+        with pytest.raises(StoreError, match="no local writes"):
+            await replica.flush()  # a publish that reached a replica's store is never confirmed
 
         snap = owner.snapshot(chunk_bytes=10_000)
         kind, position, epochs = await snap.__anext__()

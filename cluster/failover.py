@@ -1,0 +1,149 @@
+"""The failover controller: on the Raft leader only, it promotes an in-sync replica of
+every vhost whose owner is gone, and gives under-replicated vhosts new replicas.
+
+Failover (DESIGN §4, decision rules in `cluster.replication`): when `Liveness` says the
+owner is gone, ask the vhost's in-sync replicas for their store positions, promote the one
+with the highest offset with one committed Raft entry (owner and epoch change together,
+compare-and-set on the epoch, and the state machine refuses a target that is not in sync).
+With no in-sync replica answering, the vhost stays unavailable (no unclean promotion)
+until its owner returns; `unavailable` says why, for the API, logs and clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cluster import placement
+from cluster.liveness import Liveness, Positions
+
+log = logging.getLogger("warren.failover")
+
+TICK = 0.05
+
+Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class FailoverController:
+    def __init__(self, me: str, liveness: Liveness, submit: Submit,
+                 is_leader: Callable[[], bool],
+                 definitions: Callable[[], tuple[dict[str, dict], dict[str, dict]]],
+                 local_positions: Callable[[], Positions], default_factor: int) -> None:
+        self.me = me
+        self.liveness = liveness
+        self._submit = submit
+        self._is_leader = is_leader
+        self._definitions = definitions  # () -> (vhost records, nodes)
+        self._local_positions = local_positions
+        self.default_factor = default_factor
+        self.unavailable: dict[str, str] = {}  # vhost -> why (only on the leader)
+        self.failovers = 0
+        self._task: asyncio.Task[None] | None = None
+        self._leading = False
+        self._busy: set[str] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.liveness.stop()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                if self._is_leader():
+                    if not self._leading:
+                        log.info("this node leads the cluster: watching vhost owners")
+                        self._leading = True
+                    await self._tick()
+                elif self._leading:
+                    self._leading = False
+                    self.liveness.stop()
+                    self.unavailable.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("failover controller tick failed")
+
+    async def _tick(self) -> None:
+        vhosts, nodes = self._definitions()
+        self.liveness.watch({n: d.get("forward", "") for n, d in nodes.items()})
+        for name, v in vhosts.items():
+            owner = v.get("owner")
+            if owner is None or owner == self.me or name in self._busy:
+                continue
+            why = self.liveness.dead(owner)
+            if why is None:
+                self.unavailable.pop(name, None)
+                continue
+            self._busy.add(name)
+            asyncio.ensure_future(self._fail_over(name, v, why))
+        await self._repair(vhosts, nodes)
+
+    async def _fail_over(self, name: str, v: dict[str, Any], why: str) -> None:
+        try:
+            started = time.monotonic()
+            candidates = [r for r in v.get("in_sync", [])
+                          if r == self.me or self.liveness.dead(r) is None]
+            positions: dict[str, Positions] = await self.liveness.positions(
+                [r for r in candidates if r != self.me])
+            if self.me in candidates:
+                positions[self.me] = self._local_positions()
+            offsets = {n: p[name] for n, p in positions.items() if name in p}
+            vhosts, nodes = self._definitions()
+            choice = placement.promotion_choice(candidates, offsets,
+                                                placement.load(vhosts.values(), nodes))
+            if choice is None:
+                text = (f"vhost '{name}' is unavailable: its owner {v['owner']} is down "
+                        f"({why}) and no in-sync replica can take over (no unclean "
+                        f"promotion); it returns with its owner")
+                if self.unavailable.get(name) != text:
+                    log.error("%s", text)
+                self.unavailable[name] = text
+                return
+            result = await self._submit({
+                "op": "set_vhost_owner", "name": name, "owner": choice,
+                "expected_epoch": v["epoch"], "require_in_sync": True})
+            if result.get("ok"):
+                self.failovers += 1
+                self.unavailable.pop(name, None)
+                log.warning("vhost '%s': owner %s is down (%s): promoted in-sync replica %s "
+                            "at offset %s, epoch %s, in %.0f ms", name, v["owner"], why,
+                            choice, offsets[choice][1], result.get("epoch"),
+                            (time.monotonic() - started) * 1000)
+            else:
+                log.info("vhost '%s': promotion of %s refused: %s", name, choice,
+                         result.get("text"))
+        except Exception as e:
+            log.warning("vhost '%s': failover attempt failed: %s", name, e)
+        finally:
+            self._busy.discard(name)
+
+    async def _repair(self, vhosts: dict[str, dict], nodes: dict[str, dict]) -> None:
+        members = sorted(nodes)
+        counts = placement.load(vhosts.values(), members)
+        for name, v in vhosts.items():
+            if v.get("owner") is None or name in self._busy:
+                continue
+            want = placement.wanted_replicas(v, self.default_factor, len(members))
+            replicas = placement.repaired_replicas(v, members, want, counts)
+            if replicas == v.get("replicas", []):
+                continue
+            self._busy.add(name)
+            try:
+                result = await self._submit({"op": "set_vhost_replicas", "name": name,
+                                             "replicas": replicas,
+                                             "expected_epoch": v["epoch"]})
+                if result.get("ok"):
+                    log.info("vhost '%s': replicas %s (wanted %d)", name, replicas, want)
+            except Exception as e:
+                log.warning("vhost '%s': could not set replicas: %s", name, e)
+            finally:
+                self._busy.discard(name)
+            return  # one change per tick: the next tick sees the committed state

@@ -1,0 +1,228 @@
+"""A replica's end of a vhost's replication: it keeps a session open to the owner's cluster
+port, loads a snapshot when it must, applies the owner's records to its own copy of the
+vhost store (fsync'ed, group-committed by the store) and acks each by offset.
+
+Fencing (DESIGN §4): a record from an epoch older than the one this node knows from Raft
+comes from a deposed owner; it is refused, the owner is told the newer epoch, and the
+session ends, so an owner that was paused or cut off can confirm nothing afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cluster import wire
+from storage.records import RecordError
+from storage.store import MessageStore, StoreError
+
+log = logging.getLogger("warren.replication")
+
+# connect(address, facts) -> (transport, bytes already read past the handshake)
+Connect = Callable[[str, dict[str, Any]], Awaitable[tuple[asyncio.Transport, bytes]]]
+
+RETRY_MIN = 0.05
+RETRY_MAX = 1.0
+
+
+class Follower:
+    """Follows one vhost's owner for as long as this node is a replica of it."""
+
+    def __init__(self, vhost: str, node: str, store: MessageStore, connect: Connect) -> None:
+        self.vhost = vhost
+        self.node = node
+        self.store = store
+        self._connect = connect
+        self.owner: str | None = None
+        self.owner_address: str | None = None
+        self.epoch = 0
+        self.connected = False
+        self.state = "idle"  # idle | connecting | snapshot | streaming
+        self._session: FollowerSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        store.become_replica()
+
+    def follow(self, owner: str | None, address: str | None, epoch: int) -> None:
+        """Follow ``owner`` at ``epoch`` (called again whenever placement changes)."""
+        changed = (owner, address) != (self.owner, self.owner_address) or epoch != self.epoch
+        self.owner, self.owner_address, self.epoch = owner, address, epoch
+        session = self._session
+        if changed and session is not None:
+            # a new owner, or this one's history may have moved on: apply nothing more
+            # from this session, and tell a deposed owner why it hears no more acks
+            session.stopped = True
+            if epoch > session.epoch:
+                session.send(wire.control({"t": "fenced", "epoch": epoch}))
+            session.close()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop following; when this returns, no record is applied any more."""
+        task, self._task = self._task, None
+        if self._session is not None:
+            self._session.stopped = True
+            self._session.close()
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # noqa: B036 - cancelled on purpose
+                pass
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            if not self.owner_address or self.owner == self.node:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self.state = "connecting"
+            facts = {"kind": "replicate", "vhost": self.vhost, "node": self.node,
+                     "epoch": self.epoch, "position": list(self.store.position)}
+            try:
+                transport, early = await self._connect(self.owner_address, facts)
+            except (OSError, ConnectionError, asyncio.TimeoutError) as e:
+                log.debug("vhost '%s': cannot reach owner %s: %s", self.vhost, self.owner, e)
+                self.state = "idle"
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            session = FollowerSession(self)
+            self._session = session
+            transport.set_protocol(session)
+            session.connection_made(transport)
+            if early:
+                session.data_received(early)
+            self.connected = True
+            await session.closed
+            self.connected = False
+            self._session = None
+            self.state = "idle"
+            delay = RETRY_MIN if session.streamed else min(delay * 2, RETRY_MAX)
+            await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+
+class FollowerSession(wire.FramedProtocol):
+    def __init__(self, follower: Follower) -> None:
+        super().__init__()
+        self.follower = follower
+        self.store = follower.store
+        self.epoch = follower.epoch
+        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self.stopped = False
+        self.streamed = False
+        self._mode: str | None = None
+        self._acking: asyncio.Future[None] | None = None
+
+    def frame_received(self, kind: int, body: bytes) -> None:
+        if self.stopped:
+            return
+        if kind == wire.RECORD:
+            offset, epoch, payload = self.decode_record(body)
+            self._record(offset, epoch, payload)
+        elif kind == wire.CONTROL:
+            self._control(self.decode_control(body))
+        else:
+            raise wire.WireError(f"unexpected frame kind {kind}")
+
+    def _record(self, offset: int, epoch: int, payload: bytes) -> None:
+        known = self.follower.epoch
+        if self.epoch < known:
+            # a deposed owner still writing: refuse, and tell it why
+            self.send(wire.control({"t": "fenced", "epoch": known}))
+            self.fail(f"records from a deposed owner (epoch {self.epoch}; placement says "
+                      f"{known})")
+            return
+        if epoch > self.epoch or self._mode != "streaming":
+            self.fail(f"record of epoch {epoch} in a session of epoch {self.epoch}")
+            return
+        expected = self.store.last_offset + 1
+        if offset != expected:
+            self.fail(f"record {offset} where {expected} was expected")
+            return
+        try:
+            fut = self.store.apply_record(offset, epoch, payload)
+        except (RecordError, StoreError) as e:
+            self.fail(f"cannot apply record {offset}: {e}")
+            return
+        self.streamed = True
+        self._ack_after(fut, offset)
+
+    def _ack_after(self, fut: asyncio.Future[None], offset: int) -> None:
+        # one callback per store commit, acking the newest offset it holds
+        self._last = offset
+        if fut is self._acking:
+            return
+        self._acking = fut
+
+        def done(f: asyncio.Future[None], epoch: int = self.epoch) -> None:
+            if f.cancelled() or f.exception() is not None or self.stopped:
+                self.fail("store commit failed")
+                return
+            self.send(wire.ack(epoch, self.store.position[1]))
+        fut.add_done_callback(done)
+
+    def _control(self, message: dict[str, Any]) -> None:
+        t = message.get("t")
+        store = self.store
+        if t == "hello":
+            epoch = int(message.get("epoch", 0))
+            if epoch < self.follower.epoch:
+                self.send(wire.control({"t": "fenced", "epoch": self.follower.epoch}))
+                self.fail(f"owner writes epoch {epoch}, placement says {self.follower.epoch}")
+                return
+            self.epoch = epoch
+            if message.get("mode") == "stream":
+                self._mode = "streaming"
+                self.follower.state = "streaming"
+                store.adopt_epochs(message.get("epochs") or [])
+                self._ack_after(store.sync_point(), store.last_offset)
+            else:
+                self._mode = "snapshot"
+                self.follower.state = "snapshot"
+                log.info("vhost '%s': loading a snapshot from %s", self.follower.vhost,
+                         self.follower.owner)
+        elif t == "snap_begin" and self._mode == "snapshot":
+            store.begin_snapshot()
+        elif t == "snap_rows" and self._mode == "snapshot":
+            rows = message.get("rows")
+            if not isinstance(rows, list) or not all(
+                    isinstance(r, list) and len(r) == 2 and isinstance(r[0], bytes)
+                    and (r[1] is None or isinstance(r[1], bytes)) for r in rows):
+                raise wire.WireError("malformed snapshot rows")
+            store.load_snapshot([(k, v) for k, v in rows])
+        elif t == "snap_end" and self._mode == "snapshot":
+            position = message.get("position") or [0, 0]
+            fut = store.end_snapshot((int(position[0]), int(position[1])),
+                                     message.get("epochs") or [])
+            self._mode = "streaming"
+            self.follower.state = "streaming"
+            self.streamed = True
+            self._ack_after(fut, int(position[1]))
+            log.info("vhost '%s': snapshot loaded at offset %s", self.follower.vhost,
+                     position[1])
+        elif t == "refuse":
+            self.fail(f"owner refused: {message.get('reason')}")
+        else:
+            raise wire.WireError(f"unexpected control message {t!r}")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)

@@ -1,0 +1,59 @@
+"""Where a vhost's copies go: pure choices over the definitions, so that every node (and
+every test) computes the same answer from the same state.
+
+Load is counted in roles: owning a vhost or holding a replica of it each count one.  New
+owners and replicas go to the least loaded nodes (ties by name), which spreads copies
+evenly as vhosts are created and as nodes join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def load(vhosts: Iterable[Mapping[str, Any]], members: Iterable[str]) -> dict[str, int]:
+    counts = {m: 0 for m in members}
+    for v in vhosts:
+        for node in [v.get("owner"), *v.get("replicas", [])]:
+            if node in counts:
+                counts[node] += 1
+    return counts
+
+
+def least_loaded(candidates: Iterable[str], counts: Mapping[str, int]) -> list[str]:
+    return sorted(candidates, key=lambda n: (counts.get(n, 0), n))
+
+
+def wanted_replicas(vhost: Mapping[str, Any], default_factor: int, members: int) -> int:
+    """Replicas (copies besides the owner) a vhost should have in a cluster of ``members``."""
+    factor = vhost.get("replication_factor") or default_factor
+    return max(min(factor, members) - 1, 0)
+
+
+def repaired_replicas(vhost: Mapping[str, Any], members: list[str], want: int,
+                      counts: Mapping[str, int]) -> list[str]:
+    """The vhost's replica list after adding or trimming copies to reach ``want``: new ones
+    on the least loaded members; surplus ones trimmed out-of-sync first."""
+    owner = vhost.get("owner")
+    in_sync = set(vhost.get("in_sync", []))
+    current = [r for r in vhost.get("replicas", []) if r in members and r != owner]
+    if len(current) < want:
+        spare = [m for m in members if m != owner and m not in current]
+        current += least_loaded(spare, counts)[: want - len(current)]
+    elif len(current) > want:
+        pinned = vhost.get("moving_to")
+        keep = sorted(current, key=lambda n: (n != pinned, n not in in_sync,
+                                              -counts.get(n, 0), n))
+        current = [r for r in current if r in keep[:want]]
+    return current
+
+
+def promotion_choice(in_sync: Iterable[str], positions: Mapping[str, list[int]],
+                     counts: Mapping[str, int]) -> str | None:
+    """The in-sync replica with the highest offset (then the least loaded, then by name);
+    None when no in-sync replica answered."""
+    best = [n for n in in_sync if n in positions]
+    if not best:
+        return None
+    return min(best, key=lambda n: (-positions[n][1], counts.get(n, 0), n))

@@ -1,0 +1,316 @@
+"""This node's part in vhost replication: which role it plays for each vhost (owner,
+replica or none), wired to the vhost stores and the runtime; the sessions on the cluster
+port; the leader's failover controller; and the live move of a vhost.
+
+The mechanisms live in cluster/ (replication stream, in-sync bookkeeping, followers,
+liveness, failover) and storage/ (change log, snapshots); this module only decides, from
+the committed placement, which of them runs here, and ties them to queues and clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from cluster import wire
+from cluster.failover import FailoverController
+from cluster.follower import Follower
+from cluster.liveness import Liveness, PingServer
+from cluster.replication import ReplicationSource, SourceSession
+from node import errors
+from node.errors import ChannelError
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger("warren.replication")
+
+MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
+MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
+
+
+class Replication:
+    def __init__(self, broker: Broker) -> None:
+        s = broker.settings
+        self.broker = broker
+        self.me = s.node_name
+        # A single node (no cluster secret, no cluster port) has nothing to replicate to.
+        self.enabled = bool(s.cluster_secret)
+        self.sources: dict[str, ReplicationSource] = {}
+        self.followers: dict[str, Follower] = {}
+        self.moves = 0
+        self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
+        self.controller = FailoverController(
+            self.me, self.liveness, broker.metadata.submit, self._is_leader,
+            lambda: (broker.vhost_defs, broker.nodes), self.positions,
+            s.replication_factor)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self.enabled:
+            self.controller.start()
+
+    async def stop(self) -> None:
+        self.controller.stop()
+        for source in self.sources.values():
+            source.close("the node is stopping")
+        self.sources.clear()
+        followers, self.followers = self.followers, {}
+        for follower in followers.values():
+            await follower.stop()
+
+    def _is_leader(self) -> bool:
+        return self.broker.metadata.status().get("state") == "leader"
+
+    async def connect(self, address: str, facts: dict[str, Any]
+                      ) -> tuple[asyncio.Transport, bytes]:
+        from node.forwarding import open_forward
+        return await open_forward(address, self.broker.settings.cluster_secret, facts,
+                                  timeout=self.broker.settings.failover_timeout)
+
+    def positions(self) -> dict[str, list[int]]:
+        return {name: list(store.position) for name, store in self.broker.stores.items()}
+
+    # ------------------------------------------------------------------ cluster port
+
+    def accept(self, facts: dict[str, Any], transport: asyncio.Transport, early: bytes) -> None:
+        """A session of another node on our cluster port (after its HMAC handshake)."""
+        kind = facts.get("kind")
+        if kind == "ping":
+            server = PingServer(self.positions)
+            transport.set_protocol(server)
+            server.connection_made(transport)
+            if early:
+                server.data_received(early)
+            return
+        vhost, node = facts.get("vhost"), facts.get("node")
+        source = self.sources.get(vhost) if isinstance(vhost, str) else None
+        d = self.broker.vhost_defs.get(vhost) if isinstance(vhost, str) else None
+        position = facts.get("position")
+        if source is None or d is None or node not in d.get("replicas", []) \
+                or not (isinstance(position, list) and len(position) == 2):
+            reason = f"node {self.me} does not own vhost {vhost!r} as a source for {node!r}"
+            transport.write(wire.control({"t": "refuse", "reason": reason,
+                                          "owner": d.get("owner") if d else None}))
+            transport.close()
+            return
+        session = SourceSession(source, node, (int(position[0]), int(position[1])),
+                                lambda epoch, v=vhost: self.fenced(v, epoch))
+        session.start(transport, early)
+
+    # ------------------------------------------------------------------ roles
+
+    def role(self, name: str) -> str | None:
+        d = self.broker.vhost_defs.get(name)
+        if d is None:
+            return None
+        if d.get("owner") in (None, self.me):
+            return "owner"
+        return "replica" if self.me in d.get("replicas", []) else None
+
+    def prepare_takeover(self, name: str) -> None:
+        """This node is about to serve ``name``: stop taking the old owner's records (now,
+        synchronously) and number new records in the new epoch, before the runtime
+        recovers its queues from the store."""
+        follower = self.followers.pop(name, None)
+        if follower is not None:
+            asyncio.ensure_future(follower.stop())
+        store = self.broker.stores.get(name)
+        d = self.broker.vhost_defs.get(name)
+        if store is not None and d is not None and store.epoch != d.get("epoch", 0):
+            store.takeover(d.get("epoch", 0))
+
+    def step_down(self, name: str, why: str) -> None:
+        """This node no longer serves ``name``: nothing pending may be confirmed, nothing
+        more written locally (the runtime is torn down right after)."""
+        source = self.sources.pop(name, None)
+        if source is not None:
+            source.close(why)
+        store = self.broker.stores.get(name)
+        if store is not None:
+            store.become_replica()
+
+    def fenced(self, vhost: str, epoch: int) -> None:
+        """A replica knows a newer epoch than ours: we were deposed while paused or cut
+        off.  Stop confirming and close the vhost's clients before Raft even tells us."""
+        if self.role(vhost) != "owner" or vhost not in self.sources:
+            return
+        log.warning("vhost '%s': a replica follows epoch %d: this node lost ownership; "
+                    "closing its clients", vhost, epoch)
+        self.step_down(vhost, f"this node lost ownership (epoch {epoch})")
+        vh = self.broker.vhosts.get(vhost)
+        if vh is not None:
+            for conn in list(vh.connections):
+                conn.force_close(errors.CONNECTION_FORCED,
+                                 f"vhost '{vhost}' moved: this node lost ownership "
+                                 f"(epoch {epoch}); reconnect")
+
+    def reconcile_all(self) -> None:
+        for name in list(self.broker.vhost_defs):
+            self.reconcile(name)
+        for name in list(self.followers):
+            if name not in self.broker.vhost_defs:
+                self.forget(name)
+
+    def reconcile(self, name: str) -> None:
+        """Run, for ``name``, exactly what the committed placement gives this node."""
+        if not self.enabled:
+            return
+        b = self.broker
+        d = b.vhost_defs.get(name)
+        role = self.role(name)
+        if role == "owner" and d is not None:
+            store = b.stores.get(name)
+            if store is None:
+                return  # the runtime opens it
+            if store.epoch != d.get("epoch", 0) and not self.sources.get(name):
+                self.prepare_takeover(name)
+            source = self.sources.get(name)
+            if not d.get("replicas"):
+                if source is not None:
+                    self.sources.pop(name).close("the vhost has no replicas any more")
+                store.changelog = None
+                return
+            if source is not None and source.epoch != d["epoch"]:
+                self.sources.pop(name).close("epoch changed")
+                source = None
+            if source is None:
+                s = b.settings
+                self.sources[name] = ReplicationSource(
+                    name, store, d["epoch"], d.get("in_sync", []),
+                    min_in_sync=s.min_in_sync, lag_timeout=s.failover_timeout,
+                    propose=lambda node, join, epoch, v=name: self._propose(v, node, join,
+                                                                            epoch))
+            else:
+                source.update_in_sync(d.get("in_sync", []))
+            return
+        source = self.sources.pop(name, None)
+        if source is not None:
+            source.close("this node no longer owns the vhost")
+        if role == "replica" and d is not None:
+            store = b.stores.open(name)
+            follower = self.followers.get(name)
+            if follower is None:
+                follower = self.followers[name] = Follower(name, self.me, store, self.connect)
+            owner = d.get("owner")
+            follower.follow(owner, (b.nodes.get(owner) or {}).get("forward"), d["epoch"])
+        else:
+            self.forget(name, drop_copy=d is not None)
+
+    def forget(self, name: str, drop_copy: bool = False) -> None:
+        """This node holds no copy of ``name`` any more (its replica was moved elsewhere,
+        or the vhost is deleted: the caller removes the files then)."""
+        follower = self.followers.pop(name, None)
+        if follower is not None:
+            asyncio.ensure_future(follower.stop())
+        if drop_copy and name not in self.broker.vhosts or (
+                drop_copy and self.broker.vhosts[name].store is None):
+            self.broker.stores.close(name, delete_data=True)
+
+    async def _propose(self, vhost: str, node: str, join: bool, epoch: int) -> bool:
+        result = await self.broker.metadata.submit({
+            "op": "set_in_sync", "name": vhost, "node": node, "in_sync": join,
+            "expected_epoch": epoch})
+        return bool(result.get("ok"))
+
+    # ------------------------------------------------------------------ seen from outside
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Placement and replication state of a vhost, as the API shows it."""
+        b = self.broker
+        d = b.vhost_defs.get(name) or {}
+        source = self.sources.get(name)
+        owner = d.get("owner")
+        out = {
+            "name": name, "owner": owner, "epoch": d.get("epoch"),
+            "replicas": list(d.get("replicas", [])), "in_sync": list(d.get("in_sync", [])),
+            "replication_factor": d.get("replication_factor") or b.settings.replication_factor,
+            "available": self.available(name) is None,
+        }
+        if source is not None:
+            out["lag"] = source.lag()
+            out["offset"] = source.store.last_offset
+        why = self.available(name)
+        if why is not None:
+            out["reason"] = why
+        return out
+
+    def available(self, name: str) -> str | None:
+        """Why the vhost cannot be served now (None when it can)."""
+        b = self.broker
+        d = b.vhost_defs.get(name)
+        if d is None or d.get("owner") in (None, self.me):
+            return None
+        why = self.controller.unavailable.get(name)
+        if why is not None:
+            return why
+        owner = d["owner"]
+        node = b.nodes.get(owner) or {}
+        partners = b.metadata.status().get("partners", {})
+        if partners.get(node.get("raft")) != "connected":
+            return (f"vhost '{name}' is unavailable: its owner {owner} cannot be reached"
+                    + ("" if d.get("in_sync") else
+                       " and no in-sync replica can take over (no unclean promotion)"))
+        return None
+
+    # ------------------------------------------------------------------ the live move
+
+    async def move(self, name: str, target: str) -> dict[str, Any]:
+        """Move ``name`` to ``target`` with its messages (DESIGN §5); run on the owner."""
+        b = self.broker
+        d = b.vhost_defs.get(name)
+        if d is None:
+            raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
+        if target not in b.nodes:
+            raise ChannelError(errors.NOT_FOUND, f"no node '{target}' in the cluster")
+        if d.get("owner") == target:
+            return {"owner": target, "epoch": d["epoch"], "pause_ms": 0.0}
+        if d.get("owner") != self.me:
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"vhost '{name}' is owned by {d.get('owner')}, not {self.me}")
+        partners = b.metadata.status().get("partners", {})
+        if partners.get(b.nodes[target].get("raft")) != "connected":
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"cannot move vhost '{name}' to {target}: the node is down")
+        if not self.enabled:
+            raise ChannelError(errors.PRECONDITION_FAILED, "a single node cannot move vhosts")
+        epoch = d["epoch"]
+        if target not in d.get("replicas", []):
+            await b.submit({"op": "set_vhost_replicas", "name": name,
+                            "replicas": [*d.get("replicas", []), target],
+                            "moving_to": target, "expected_epoch": epoch})
+        deadline = time.monotonic() + MOVE_SYNC_TIMEOUT
+        while target not in (b.vhost_defs.get(name) or {}).get("in_sync", []):
+            if time.monotonic() > deadline or b.vhost_defs.get(name, {}).get("epoch") != epoch:
+                raise ChannelError(errors.PRECONDITION_FAILED,
+                                   f"cannot move vhost '{name}': {target} did not get in sync")
+            await asyncio.sleep(0.01)
+        source = self.sources.get(name)
+        store = b.stores.get(name)
+        vh = b.vhosts.get(name)
+        if source is None or store is None or vh is None:
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"vhost '{name}' is not served here any more")
+        paused = [c for c in vh.connections if c.transport is not None]
+        started = time.monotonic()
+        for conn in paused:  # publishes pause: nothing new reaches the store
+            conn.transport.pause_reading()
+        try:
+            await asyncio.shield(store.flush())
+            await source.drained_to(target, MOVE_DRAIN_TIMEOUT)
+            result = await b.submit({"op": "set_vhost_owner", "name": name, "owner": target,
+                                     "expected_epoch": epoch, "require_in_sync": True,
+                                     "old_owner_in_sync": True})
+        except BaseException:
+            for conn in paused:
+                if conn.transport is not None and not conn.transport.is_closing():
+                    conn.transport.resume_reading()
+            raise
+        pause_ms = (time.monotonic() - started) * 1000
+        self.moves += 1
+        log.info("vhost '%s' moved to %s (epoch %s): publishers paused %.0f ms", name, target,
+                 result.get("epoch"), pause_ms)
+        return {"owner": target, "epoch": result.get("epoch"), "pause_ms": round(pause_ms, 1)}
