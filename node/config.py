@@ -42,6 +42,13 @@ class Settings:
     consumer_timeout: int = 1_800_000
     # how often the management plane samples counters into rates (RabbitMQ's name, ms)
     collect_statistics_interval: int = 5000
+    # vhost replication (DESIGN §4): copies of each vhost's store, the owner's included
+    # (capped at the cluster's size; 1 = no replicas); copies that must be in sync for a
+    # persistent publish to be confirmed rather than nacked; how long an owner (or a
+    # replica) may be silent before it is failed over (or dropped from the in-sync set), s
+    replication_factor: int = 3
+    min_in_sync: int = 1
+    failover_timeout: float = 3.0
     log_level: str = "info"
 
     @property
@@ -91,4 +98,8 @@ def load_settings(argv: list[str] | None = None,
         p.error("a cluster of more than one node needs --cluster-secret (or WARREN_CLUSTER_SECRET)")
     if s.frame_max < 4096:
         p.error("--frame-max must be at least 4096")
+    if s.replication_factor < 1 or s.min_in_sync < 1:
+        p.error("--replication-factor and --min-in-sync must be at least 1")
+    if s.failover_timeout <= 0:
+        p.error("--failover-timeout must be positive")
     return s
