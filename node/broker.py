@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import shutil
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from node import errors
 from node.alarms import ResourceMonitor
@@ -31,7 +28,7 @@ from node.exchanges.registry import EXCHANGE_TYPES
 from node.queues.queue import Queue
 from node.queues.settings import OVERFLOW_MODES
 from node.vhost import VirtualHost
-from storage.store import MessageStore
+from node.vhost_stores import VhostStores
 
 if TYPE_CHECKING:
     from cluster.raft import MetadataStore
@@ -108,7 +105,7 @@ class Broker:
         self.unroutable = 0
         self.returned = 0  # unroutable and mandatory: basic.return
         self.confirmed = 0  # basic.ack sent to publishers
-        self._pending_store_closes: list[asyncio.Task] = []
+        self.stores = VhostStores(settings.data_dir, settings.sync)
 
     # ------------------------------------------------------------------------------
     # startup and shutdown
@@ -116,9 +113,10 @@ class Broker:
     async def start(self) -> None:
         await self.metadata.start()
         self.metadata.subscribe(self._on_event)
-        self._remove_tombstones()
+        self.stores.remove_tombstones()
         self._rebuild(self.metadata.snapshot())
-        self._drop_orphaned_messages()
+        for vh in self.vhosts.values():
+            self.stores.drop_orphaned_messages(vh.name, vh.queues)
         self._live = True
         s = self.settings
         self.resources = ResourceMonitor(
@@ -188,24 +186,15 @@ class Broker:
             conn.force_close(errors.CONNECTION_FORCED,
                              "broker forced connection closure with reason 'shutdown'")
         await asyncio.sleep(0.05)
-        for vh in list(self.vhosts.values()):
-            if vh.store is not None:
-                await vh.store.close()
+        await self.stores.close_all()
         await self.metadata.close()
-
-    def _store_path(self, vhost: str) -> str:
-        return os.path.join(self.settings.data_dir, "vhosts", quote(vhost, safe="") or "%00")
 
     def _open_vhost(self, name: str) -> VirtualHost:
         vh = self.vhosts.get(name)
         if vh is not None:
             return vh
-        store = None
-        if self.owns(name):  # only the owner holds the vhost's messages
-            path = self._store_path(name)
-            os.makedirs(path, exist_ok=True)
-            store = MessageStore(path, sync=self.settings.sync)
-            store.start(asyncio.get_running_loop())
+        # only the owner holds the vhost's messages
+        store = self.stores.open(name) if self.owns(name) else None
         vh = VirtualHost(name, store, self.settings.queue_memory_messages,
                          on_queue_unused=self._queue_unused,
                          on_exchange_unused=self._exchange_unused)
@@ -220,20 +209,7 @@ class Broker:
             conn.force_close(errors.CONNECTION_FORCED, f"vhost '{name}' {why}")
         for q in vh.queues.values():
             q.close()
-        path = self._store_path(name)
-        if delete_data and os.path.isdir(path):
-            # out of the way at once: a vhost of the same name may be created in this very
-            # loop turn, and must not find (or later lose) the old files
-            tomb = f"{path}.deleted-{os.urandom(4).hex()}"
-            os.rename(path, tomb)
-            path = tomb
-
-        async def close() -> None:
-            if vh.store is not None:
-                await vh.store.close()
-            if delete_data:
-                shutil.rmtree(path, ignore_errors=True)
-        self._pending_store_closes.append(asyncio.ensure_future(close()))
+        self.stores.close(name, delete_data)
 
     # ------------------------------------------------------------------------------
     # the runtime mirror of the replicated definitions
@@ -292,26 +268,6 @@ class Broker:
                     and self._binding_is_durable(vh, b.source, b.destination)):
                 vh.unbind(b.source, b.destination, b.routing_key, b.arguments)
         vh.apply_policies(self.policies.setdefault(vh.name, {}))
-
-    def _remove_tombstones(self) -> None:
-        """Stores of deleted vhosts whose removal a crash interrupted."""
-        base = os.path.join(self.settings.data_dir, "vhosts")
-        if not os.path.isdir(base):
-            return
-        for entry in os.listdir(base):
-            if ".deleted-" in entry:
-                shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
-
-    def _drop_orphaned_messages(self) -> None:
-        """Messages of queues that no longer exist (exclusive durable queues of a node that
-        crashed, a delete whose store cleanup did not commit) would sit in LMDB forever."""
-        for vh in self.vhosts.values():
-            if vh.store is None:
-                continue
-            for name in vh.store.queues() - set(vh.queues):
-                log.info("dropping stored messages of queue '%s' in vhost '%s': the queue no "
-                         "longer exists", name, vh.name)
-                vh.store.delete_queue(name)
 
     def _on_event(self, cmd: dict, result: dict) -> None:
         if not self._live or not result.get("ok"):
