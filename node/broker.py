@@ -18,9 +18,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from node import errors
+from node.access import AccessControl
 from node.alarms import ResourceMonitor
 from node.amqp.fields import SyntaxError_, decode_table, encode_table
-from node.auth import matches
 from node.config import Settings
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination, Exchange
@@ -70,7 +70,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-class Broker:
+class Broker(AccessControl):
     def __init__(self, settings: Settings, metadata: "MetadataStore") -> None:
         self.settings = settings
         self.metadata = metadata
@@ -361,11 +361,6 @@ class Broker:
         self.permissions.get(cmd["vhost"], {}).pop(cmd["user"], None)
         self._forget_permission_caches()
 
-    def _forget_permission_caches(self) -> None:
-        for conn in self.connections:
-            for ch in conn.channels.values():
-                ch._allowed.clear()
-
     def _ev_set_policy(self, cmd: dict, result: dict) -> None:
         policy = result.get("policy") or {k: cmd.get(k) for k in (
             "vhost", "name", "pattern", "definition", "priority", "apply_to")}
@@ -424,16 +419,6 @@ class Broker:
                       cmd["routing_key"], decode_args(cmd.get("arguments")))
             for name in result.get("auto_deleted_exchanges", []):
                 vh.remove_exchange(name)
-
-    # ------------------------------------------------------------------------------
-    # access control
-    # ------------------------------------------------------------------------------
-    def can_access_vhost(self, user: str, vhost: str) -> bool:
-        return user in self.permissions.get(vhost, {})
-
-    def permitted(self, user: str, vhost: str, perm: str, name: str) -> bool:
-        p = self.permissions.get(vhost, {}).get(user)
-        return p is not None and matches(p.get(perm, ""), name)
 
     def server_properties(self, capabilities: dict) -> dict:
         return {

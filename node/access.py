@@ -1,0 +1,30 @@
+"""Access control: may a user open a vhost, does a permission regex allow an operation.
+(Password hashes and regex matching themselves are in node/auth.py.)
+
+AccessControl is a mixin of `Broker`. It reads `permissions` (vhost -> user -> record, kept
+by the definitions mirror) and `connections` (to reset their channels' permission caches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.auth import matches
+
+
+class AccessControl:
+    permissions: dict[str, dict[str, dict]]
+    connections: set[Any]
+
+    def can_access_vhost(self, user: str, vhost: str) -> bool:
+        return user in self.permissions.get(vhost, {})
+
+    def permitted(self, user: str, vhost: str, perm: str, name: str) -> bool:
+        p = self.permissions.get(vhost, {}).get(user)
+        return p is not None and matches(p.get(perm, ""), name)
+
+    def _forget_permission_caches(self) -> None:
+        """Channels cache what they were allowed; a permission change must be seen at once."""
+        for conn in self.connections:
+            for ch in conn.channels.values():
+                ch._allowed.clear()
