@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from node import errors
 from node.access import AccessControl
 from node.alarms import ResourceMonitor
-from node.amqp.fields import SyntaxError_, decode_table, encode_table
 from node.config import Settings
-from node.errors import AMQPError, ChannelError, ConnectionError_
-from node.exchanges.base import Destination, Exchange
+from node.definition_changes import DefinitionChanges, decode_args
+from node.exchanges.base import Destination
 from node.exchanges.registry import EXCHANGE_TYPES
 from node.placement import Placement
-from node.queues.queue import Queue
-from node.queues.settings import OVERFLOW_MODES
 from node.vhost import VirtualHost
 from node.vhost_stores import VhostStores
 
@@ -39,39 +35,8 @@ log = logging.getLogger("warren.broker")
 PRODUCT = "WarrenMQ"
 VERSION = "0.1.0"
 
-# Queue arguments RabbitMQ compares on redeclaration (rabbit_amqqueue:assert_args_equivalence)
-EQUIVALENT_QUEUE_ARGS = (
-    "x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key",
-    "x-max-length", "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode",
-    "x-queue-type", "x-single-active-consumer", "x-delivery-limit",
-)
-EQUIVALENT_EXCHANGE_ARGS = ("alternate-exchange",)
 
-
-def encode_args(args: dict) -> bytes:
-    return encode_table(args) if args else b""
-
-
-def decode_args(blob: bytes | None) -> dict:
-    if not blob:
-        return {}
-    try:
-        return decode_table(blob, 0)[0]
-    except SyntaxError_:
-        return {}
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if v is None:
-        return "none"
-    return str(v)
-
-
-class Broker(AccessControl, Placement):
+class Broker(AccessControl, DefinitionChanges, Placement):
     def __init__(self, settings: Settings, metadata: "MetadataStore") -> None:
         self.settings = settings
         self.metadata = metadata
@@ -414,145 +379,8 @@ class Broker(AccessControl, Placement):
             self.unroutable += 1
 
     # ------------------------------------------------------------------------------
-    # definitions: checks
+    # the runtime: queues that go, connections that close
     # ------------------------------------------------------------------------------
-    @staticmethod
-    def check_exchange_equivalent(ex: Exchange, type_name: str, durable: bool,
-                                  auto_delete: bool, internal: bool, args: dict) -> None:
-        what = f"for exchange '{ex.name}' in vhost '{ex.vhost}'"
-        for field, current, received in (("type", ex.type_name, type_name),
-                                         ("durable", ex.durable, durable),
-                                         ("auto_delete", ex.auto_delete, auto_delete),
-                                         ("internal", ex.internal, internal)):
-            if current != received:
-                raise errors.precondition(f"inequivalent arg '{field}' {what}: received "
-                                          f"'{_fmt(received)}' but current is '{_fmt(current)}'")
-        for key in EQUIVALENT_EXCHANGE_ARGS:
-            if args.get(key) != ex.arguments.get(key):
-                raise errors.precondition(
-                    f"inequivalent arg '{key}' {what}: received '{_fmt(args.get(key))}' but "
-                    f"current is '{_fmt(ex.arguments.get(key))}'")
-
-    @staticmethod
-    def check_queue_equivalent(q: Queue, durable: bool, exclusive: bool, auto_delete: bool,
-                               args: dict) -> None:
-        what = f"for queue '{q.name}' in vhost '{q.vhost}'"
-        for field, current, received in (("durable", q.durable, durable),
-                                         ("exclusive", q.exclusive_owner is not None, exclusive),
-                                         ("auto_delete", q.auto_delete, auto_delete)):
-            if current != received:
-                raise errors.precondition(f"inequivalent arg '{field}' {what}: received "
-                                          f"'{_fmt(received)}' but current is '{_fmt(current)}'")
-        for key in EQUIVALENT_QUEUE_ARGS:
-            a, b = args.get(key), q.arguments.get(key)
-            if a != b and not (isinstance(a, bytes) and isinstance(b, str)
-                               and a.decode("utf-8", "replace") == b):
-                raise errors.precondition(f"inequivalent arg '{key}' {what}: received "
-                                          f"'{_fmt(a)}' but current is '{_fmt(b)}'")
-
-    @staticmethod
-    def validate_queue_arguments(args: dict) -> None:
-        def need_int(key: str, minimum: int) -> None:
-            v = args.get(key)
-            if v is None:
-                return
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise errors.precondition(f"invalid arg '{key}' for queue: expected an integer,"
-                                          f" got {_fmt(v)!r}")
-            if v < minimum:
-                raise errors.precondition(f"invalid arg '{key}' for queue: {v} < {minimum}")
-        need_int("x-message-ttl", 0)
-        need_int("x-expires", 1)
-        need_int("x-max-length", 0)
-        need_int("x-max-length-bytes", 0)
-        need_int("x-max-priority", 0)
-        if isinstance(args.get("x-max-priority"), int) and args["x-max-priority"] > 255:
-            raise errors.precondition("invalid arg 'x-max-priority': "
-                                      f"{args['x-max-priority']} > 255")
-        overflow = args.get("x-overflow")
-        if isinstance(overflow, bytes):
-            overflow = overflow.decode("utf-8", "replace")
-        if overflow is not None and overflow not in OVERFLOW_MODES:
-            raise errors.precondition(f"invalid arg 'x-overflow' for queue: '{overflow}' is not "
-                                      f"one of {', '.join(OVERFLOW_MODES)}")
-        for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
-            v = args.get(key)
-            if v is not None and not isinstance(v, (str, bytes)):
-                raise errors.precondition(f"invalid arg '{key}' for queue: expected a string")
-        qtype = args.get("x-queue-type")
-        if isinstance(qtype, bytes):
-            qtype = qtype.decode("utf-8", "replace")
-        if qtype not in (None, "classic", "quorum"):
-            raise errors.precondition(f"invalid arg 'x-queue-type': unsupported queue type "
-                                      f"'{qtype}'")
-
-    # ------------------------------------------------------------------------------
-    # definitions: changes
-    # ------------------------------------------------------------------------------
-    async def submit(self, command: dict) -> dict:
-        from cluster.raft import ClusterUnavailable
-        try:
-            result = await self.metadata.submit(command)
-        except ClusterUnavailable as e:
-            raise ConnectionError_(errors.INTERNAL_ERROR, str(e)) from None
-        if not result.get("ok"):
-            raise ChannelError(result.get("code", errors.INTERNAL_ERROR),
-                               result.get("text", "definition change refused"))
-        return result
-
-    async def declare_exchange(self, vh: VirtualHost, name: str, type_name: str, durable: bool,
-                               auto_delete: bool, internal: bool, args: dict) -> Exchange:
-        if durable:
-            result = await self.submit({
-                "op": "declare_exchange", "vhost": vh.name, "name": name, "type": type_name,
-                "durable": True, "auto_delete": auto_delete, "internal": internal,
-                "arguments": encode_args(args)})
-            ex = vh.exchanges.get(name)
-            if ex is None:  # deleted again before we looked
-                raise errors.not_found("exchange", name, vh.name)
-            if not result.get("created"):
-                self.check_exchange_equivalent(ex, type_name, durable, auto_delete, internal,
-                                               args)
-            return ex
-        return vh.add_exchange(name, type_name, False, auto_delete, internal, args)
-
-    async def delete_exchange(self, vh: VirtualHost, name: str, if_unused: bool) -> None:
-        ex = vh.exchanges.get(name)
-        if ex is None:
-            return
-        if if_unused and ex.bindings:
-            raise errors.precondition(f"exchange '{name}' in vhost '{vh.name}' in use")
-        if ex.durable:
-            await self.submit({"op": "delete_exchange", "vhost": vh.name, "name": name,
-                               "if_unused": if_unused})
-        # transient bindings and transient exchanges are only here
-        vh.remove_exchange(name)
-
-    async def declare_queue(self, vh: VirtualHost, name: str, durable: bool, owner: Any,
-                            auto_delete: bool, args: dict) -> Queue:
-        limit = vh.limits.get("max-queues")
-        if limit is not None and name not in vh.queues and len(vh.queues) >= limit:
-            raise errors.precondition(f"cannot declare queue '{name}': queue limit in vhost "
-                                      f"'{vh.name}' ({limit}) is reached")
-        if durable and owner is None:
-            result = await self.submit({
-                "op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
-                "auto_delete": auto_delete, "exclusive": False, "arguments": encode_args(args)})
-            q = vh.queues.get(name)
-            if q is None:
-                raise errors.not_found("queue", name, vh.name)
-            if not result.get("created"):
-                self.check_queue_equivalent(q, durable, False, auto_delete, args)
-            return q
-        # transient and exclusive queues never leave this node (decision 2)
-        return vh.add_queue(name, durable=durable, exclusive_owner=owner,
-                            auto_delete=auto_delete, arguments=args)
-
-    async def delete_queue(self, vh: VirtualHost, q: Queue) -> None:
-        if q.durable and q.exclusive_owner is None:
-            await self.submit({"op": "delete_queue", "vhost": vh.name, "name": q.name})
-        self._drop_queue(vh, q.name)
-
     def _drop_queue(self, vh: VirtualHost, name: str) -> None:
         q = vh.remove_queue(name)
         if q is None:
@@ -567,57 +395,6 @@ class Broker(AccessControl, Placement):
         if q.exclusive_owner is not None:
             q.exclusive_owner.exclusive_queues.discard(name)
 
-    def _binding_is_durable(self, vh: VirtualHost, source: str, dest: Destination) -> bool:
-        src = vh.exchanges.get(source)
-        if src is None or not src.durable:
-            return False
-        if dest.kind == "queue":
-            q = vh.queues.get(dest.name)
-            return q is not None and q.durable and q.exclusive_owner is None
-        d = vh.exchanges.get(dest.name)
-        return d is not None and d.durable
-
-    async def bind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
-                   args: dict) -> None:
-        await self._change_binding("bind", vh, source, dest, routing_key, args)
-
-    async def unbind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
-                     args: dict) -> None:
-        await self._change_binding("unbind", vh, source, dest, routing_key, args)
-
-    async def _change_binding(self, op: str, vh: VirtualHost, source: str, dest: Destination,
-                              routing_key: str, args: dict) -> None:
-        """Through Raft when both ends are durable (it comes back as an event), else here."""
-        if self._binding_is_durable(vh, source, dest):
-            await self.submit({
-                "op": op, "vhost": vh.name, "source": source, "destination": dest.name,
-                "destination_type": dest.kind, "routing_key": routing_key,
-                "arguments": encode_args(args)})
-        elif op == "bind":
-            vh.bind(source, dest, routing_key, args)
-        else:
-            vh.unbind(source, dest, routing_key, args)
-
-    # --- auto-delete and exclusive cleanup ------------------------------------------
-    def _queue_unused(self, q: Queue) -> None:
-        vh = self.vhosts.get(q.vhost)
-        if vh is None or vh.queues.get(q.name) is not q:
-            return
-        asyncio.ensure_future(self._quietly(self.delete_queue(vh, q)))
-
-    def _exchange_unused(self, ex: Exchange) -> None:
-        vh = self.vhosts.get(ex.vhost)
-        if vh is None or ex.durable:
-            return  # the state machine auto-deletes durable exchanges on their last unbind
-        vh.remove_exchange(ex.name)
-
-    @staticmethod
-    async def _quietly(coro: Any) -> None:
-        try:
-            await coro
-        except AMQPError as e:
-            log.warning("auto-delete failed: %s", e.reply_text)
-
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
         vh = conn.vhost
@@ -630,65 +407,3 @@ class Broker(AccessControl, Placement):
                 self._drop_queue(vh, name)
         conn.exclusive_queues.clear()
 
-    # ------------------------------------------------------------------------------
-    # administration (management API, warrenctl)
-    # ------------------------------------------------------------------------------
-    async def add_vhost(self, name: str, description: str = "", tags: list | None = None,
-                        default_queue_type: str = "classic", owner: str | None = None) -> None:
-        if owner is not None and owner not in self.nodes:
-            raise ChannelError(errors.NOT_FOUND, f"no node '{owner}' in the cluster")
-        cmd = {"op": "add_vhost", "name": name, "description": description,
-               "tags": tags or [], "default_queue_type": default_queue_type}
-        if name not in self.vhost_defs:  # placement is decided once, at creation
-            cmd["owner"] = owner or self.pick_owner()
-        await self.submit(cmd)
-
-    async def set_vhost_limits(self, name: str, limits: dict) -> None:
-        await self.submit({"op": "set_vhost_limits", "name": name, "limits": limits})
-
-    async def delete_vhost(self, name: str) -> None:
-        await self.submit({"op": "delete_vhost", "name": name})
-
-    async def add_user(self, name: str, password_hash: str, tags: list,
-                       hashing: str = "rabbit_password_hashing_sha256") -> None:
-        await self.submit({"op": "add_user", "name": name, "password_hash": password_hash,
-                           "hashing": hashing, "tags": tags})
-
-    async def delete_user(self, name: str) -> None:
-        await self.submit({"op": "delete_user", "name": name})
-
-    async def change_password(self, name: str, password_hash: str,
-                              hashing: str = "rabbit_password_hashing_sha256") -> None:
-        await self.submit({"op": "change_password", "name": name,
-                           "password_hash": password_hash, "hashing": hashing})
-
-    async def set_user_tags(self, name: str, tags: list) -> None:
-        await self.submit({"op": "set_user_tags", "name": name, "tags": tags})
-
-    async def set_permissions(self, user: str, vhost: str, configure: str, write: str,
-                              read: str) -> None:
-        for kind, pattern in (("configure", configure), ("write", write), ("read", read)):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"invalid {kind} regex '{pattern}': {e}") from None
-        await self.submit({"op": "set_permissions", "user": user, "vhost": vhost,
-                           "configure": configure, "write": write, "read": read})
-
-    async def clear_permissions(self, user: str, vhost: str) -> None:
-        await self.submit({"op": "clear_permissions", "user": user, "vhost": vhost})
-
-    async def set_policy(self, vhost: str, name: str, pattern: str, definition: dict,
-                         priority: int = 0, apply_to: str = "all") -> None:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"invalid policy pattern '{pattern}': {e}") from None
-        await self.submit({"op": "set_policy", "vhost": vhost, "name": name,
-                           "pattern": pattern, "definition": definition,
-                           "priority": priority, "apply_to": apply_to})
-
-    async def clear_policy(self, vhost: str, name: str) -> None:
-        await self.submit({"op": "clear_policy", "vhost": vhost, "name": name})
