@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, ItemsView
 from urllib.parse import quote
 
 from storage.store import MessageStore
@@ -32,6 +32,10 @@ class VhostStores:
 
     def get(self, vhost: str) -> MessageStore | None:
         return self._stores.get(vhost)
+
+    def items(self) -> ItemsView[str, MessageStore]:
+        """The open stores by vhost name (owned and replica alike)."""
+        return self._stores.items()
 
     def open(self, vhost: str) -> MessageStore:
         """The vhost's store, opened (and created on disk) if it is not open yet."""
