@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster import wire
+from storage.changelog import ChangeLog
 from storage.records import RecordError
 from storage.store import MessageStore, StoreError
 
@@ -44,6 +45,11 @@ class Follower:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         store.become_replica()
+        if store.changelog is None:
+            # kept so that, once promoted, this node can catch the other replicas up by
+            # stream from where they are
+            store.changelog = ChangeLog()
+            store.changelog.expect(store.last_offset + 1)
 
     def follow(self, owner: str | None, address: str | None, epoch: int) -> None:
         """Follow ``owner`` at ``epoch`` (called again whenever placement changes)."""
@@ -98,6 +104,7 @@ class Follower:
             session.connection_made(transport)
             if early:
                 session.data_received(early)
+            transport.resume_reading()  # the handshake stops reading until a protocol is set
             self.connected = True
             await session.closed
             self.connected = False

@@ -141,6 +141,7 @@ class Liveness:
             session.connection_made(transport)
             if early:
                 session.data_received(early)
+            transport.resume_reading()  # the handshake stops reading until a protocol is set
             member.session = session
             member.refused = False
             try:

@@ -83,6 +83,7 @@ class ReplicationSource:
         self._seen: dict[str, float] = {}
         if store.changelog is None:
             store.changelog = ChangeLog(changelog_bytes)
+            store.changelog.expect(store.last_offset + 1)
         store.on_record = self._on_record
         store.confirm_gate = self._on_committed
         self._watch = asyncio.ensure_future(self._watch_lag())
@@ -300,6 +301,9 @@ class SourceSession(wire.FramedProtocol):
             self.live = True
         except (ConnectionError, StoreError) as e:
             self.fail(f"catch-up of {self.node} failed: {e}")
+        except Exception:
+            log.exception("vhost '%s': catch-up of %s failed", self.source.vhost, self.node)
+            self.fail("catch-up failed")
 
     def frame_received(self, kind: int, body: bytes) -> None:
         if kind == wire.ACK:

@@ -23,6 +23,7 @@ from node.definition_changes import DefinitionChanges, decode_args
 from node.definitions_mirror import DefinitionMirror
 from node.exchanges.registry import EXCHANGE_TYPES
 from node.placement import Placement
+from node.replication import Replication
 from node.vhost import VirtualHost
 from node.vhost_stores import VhostStores
 
@@ -72,6 +73,7 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
         self.returned = 0  # unroutable and mandatory: basic.return
         self.confirmed = 0  # basic.ack sent to publishers
         self.stores = VhostStores(settings.data_dir, settings.sync)
+        self.replication = Replication(self)
 
     # ------------------------------------------------------------------------------
     # startup and shutdown
@@ -82,8 +84,10 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
         self.stores.remove_tombstones()
         self._rebuild(self.metadata.snapshot())
         for vh in self.vhosts.values():
-            self.stores.drop_orphaned_messages(vh.name, vh.queues)
+            if vh.store is not None:
+                self.stores.drop_orphaned_messages(vh.name, vh.queues)
         self._live = True
+        self.replication.start()
         s = self.settings
         self.resources = ResourceMonitor(
             s.data_dir, s.vm_memory_high_watermark, s.vm_memory_high_watermark_bytes,
@@ -119,6 +123,7 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
             conn.force_close(errors.CONNECTION_FORCED,
                              "broker forced connection closure with reason 'shutdown'")
         await asyncio.sleep(0.05)
+        await self.replication.stop()
         await self.stores.close_all()
         await self.metadata.close()
 

@@ -191,18 +191,26 @@ Need = Any
 
 
 def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
-    (name, *_) = need(1, "<vhost> [--owner <node>]")
-    if a.owner:
-        c.call("PUT", f"/api/cluster/vhosts/{q(name)}", {"owner": a.owner})
+    (name, *_) = need(1, "<vhost> [--owner <node>] [--replicas <copies>]")
+    print(f"Adding vhost \"{name}\" ...")
+    if a.owner or a.replicas:
+        placement: dict[str, Any] = {}
+        if a.owner:
+            placement["owner"] = a.owner
+        if a.replicas:
+            placement["replicas"] = a.replicas
+        c.call("PUT", f"/api/cluster/vhosts/{q(name)}", placement)
     else:
         c.call("PUT", f"/api/vhosts/{q(name)}", {})
-    print(f"Adding vhost \"{name}\" ...")
 
 
-def set_vhost_owner(c: Client, a: argparse.Namespace, need: Need) -> None:
+def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
     name, node, *_ = need(2, "<vhost> <node>")
-    c.call("PUT", f"/api/cluster/vhosts/{q(name)}", {"owner": node})
-    print(f"Moving vhost \"{name}\" to node \"{node}\" ...")
+    print(f"Moving vhost \"{name}\" to node \"{node}\" with its messages ...")
+    done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move", {"node": node})
+    print(f"Moved: owner {done['owner']}, epoch {done['epoch']}, publishers paused "
+          f"{done['pause_ms']} ms")
+
 
 
 def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -219,8 +227,9 @@ def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
             for n in st["nodes"]]
     print_rows(rows, ["name", "raft", "amqp", "running", "leader", "owns"], "table")
     print()
-    print_rows([{"vhost": v, **d} for v, d in st["vhosts"].items()],
-               ["vhost", "owner", "epoch"], "table")
+    print_rows([{"vhost": v, **d, "replicas": ",".join(d.get("replicas", [])),
+                 "in_sync": ",".join(d.get("in_sync", []))} for v, d in st["vhosts"].items()],
+               ["vhost", "owner", "epoch", "replicas", "in_sync", "available"], "table")
 
 
 def join_cluster(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -366,9 +375,10 @@ def import_definitions(c: Client, a: argparse.Namespace, need: Need) -> None:
 SIMPLE = {f.__name__: f for f in (
     add_vhost, delete_vhost, add_user, delete_user, change_password, set_user_tags,
     set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
-    set_policy, clear_policy, export_definitions, import_definitions, set_vhost_owner,
+    set_policy, clear_policy, export_definitions, import_definitions, move_vhost,
     cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
     set_vm_memory_high_watermark, set_disk_free_limit)}
+SIMPLE["set_vhost_owner"] = move_vhost  # the name of earlier releases
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -387,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--if-empty", action="store_true", help="delete_queue: only if empty")
     p.add_argument("--if-unused", action="store_true", help="delete_queue: only if unused")
     p.add_argument("--owner", default=None, help="add_vhost: the node that runs it")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="add_vhost: copies of its messages, the owner's included")
     p.add_argument("command")
     p.add_argument("args", nargs="*")
     args = p.parse_intermixed_args(argv)

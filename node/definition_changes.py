@@ -20,8 +20,10 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from cluster import placement
 from node import errors
 from node.amqp.fields import SyntaxError_, decode_table, encode_table
+from node.config import Settings
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination, Exchange
 from node.queues.queue import Queue
@@ -66,6 +68,7 @@ def _fmt(v: Any) -> str:
 
 
 class DefinitionChanges:
+    settings: Settings
     metadata: "MetadataStore"
     vhosts: dict[str, VirtualHost]
     vhost_defs: dict[str, dict]
@@ -197,13 +200,29 @@ class DefinitionChanges:
     # administration (management API, warrenctl)
     # ------------------------------------------------------------------------------
     async def add_vhost(self, name: str, description: str = "", tags: list | None = None,
-                        default_queue_type: str = "classic", owner: str | None = None) -> None:
+                        default_queue_type: str = "classic", owner: str | None = None,
+                        replicas: int | None = None) -> None:
+        """Create a vhost (or update its description, tags and default queue type).
+        ``replicas`` is the number of copies, the owner's included (default: the node's
+        --replication-factor), capped at the cluster's size."""
         if owner is not None and owner not in self.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{owner}' in the cluster")
-        cmd = {"op": "add_vhost", "name": name, "description": description,
-               "tags": tags or [], "default_queue_type": default_queue_type}
+        if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                     or replicas < 1):
+            raise errors.precondition(f"replicas must be a whole number of copies >= 1, got "
+                                      f"{replicas!r}")
+        cmd: dict[str, Any] = {"op": "add_vhost", "name": name, "description": description,
+                               "tags": tags or [], "default_queue_type": default_queue_type}
         if name not in self.vhost_defs:  # placement is decided once, at creation
-            cmd["owner"] = owner or self.pick_owner()
+            cmd["owner"] = owner = owner or self.pick_owner()
+            members = sorted(self.nodes)
+            record: dict[str, Any] = {"owner": owner, "replicas": [],
+                                      "replication_factor": replicas}
+            want = placement.wanted_replicas(record, self.settings.replication_factor,
+                                             len(members))
+            cmd["replicas"] = placement.repaired_replicas(
+                record, members, want, placement.load(self.vhost_defs.values(), members))
+            cmd["replication_factor"] = replicas
         await self.submit(cmd)
 
     async def set_vhost_limits(self, name: str, limits: dict) -> None:

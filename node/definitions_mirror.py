@@ -27,6 +27,9 @@ from node.vhost import VirtualHost
 from node.vhost_stores import VhostStores
 
 if TYPE_CHECKING:
+    from node.replication import Replication
+
+if TYPE_CHECKING:
     from cluster.raft import MetadataStore
 
 log = logging.getLogger("warren.broker")
@@ -36,6 +39,7 @@ class DefinitionMirror:
     settings: Settings
     metadata: "MetadataStore"
     stores: VhostStores
+    replication: "Replication"
     vhosts: dict[str, VirtualHost]
     vhost_defs: dict[str, dict]
     nodes: dict[str, dict]
@@ -68,7 +72,8 @@ class DefinitionMirror:
         self.vhosts[name] = vh
         return vh
 
-    def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted") -> None:
+    def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted",
+                     keep_store: bool = False) -> None:
         vh = self.vhosts.pop(name, None)
         if vh is None:
             return
@@ -76,7 +81,18 @@ class DefinitionMirror:
             conn.force_close(errors.CONNECTION_FORCED, f"vhost '{name}' {why}")
         for q in vh.queues.values():
             q.close()
-        self.stores.close(name, delete_data)
+        if not keep_store:
+            self.stores.close(name, delete_data)
+
+    def _change_role(self, name: str, why: str) -> None:
+        """The vhost's runtime is rebuilt on the other side of a placement change: the
+        store stays open (it is, or becomes, this node's replica copy)."""
+        if self.owns(name):
+            self.replication.prepare_takeover(name)
+        else:
+            self.replication.step_down(name, why)
+        self._close_vhost(name, delete_data=False, why=why,
+                          keep_store=self.replication.enabled)
 
     def _rebuild(self, state: dict) -> None:
         """Make the runtime match a full snapshot (at start, or when Raft installs one)."""
@@ -91,13 +107,14 @@ class DefinitionMirror:
                 self._close_vhost(name, delete_data=True)
         for name in wanted:
             self._build_vhost(name, state)
+        self.replication.reconcile_all()
 
     def _build_vhost(self, name: str, state: dict) -> None:
         """Open a vhost's runtime from the definitions (its store only on its owner), or
         bring an open one in line with them (a snapshot installed after a gap)."""
         vh = self.vhosts.get(name)
         if vh is not None and (vh.store is not None) != self.owns(name):
-            self._close_vhost(name, delete_data=False, why="changed owner")
+            self._change_role(name, why="changed owner")
             vh = None
         if vh is not None:
             self._prune_vhost(vh, state)
@@ -156,8 +173,10 @@ class DefinitionMirror:
         self.vhost_defs[cmd["vhost"]] = {
             "name": cmd["vhost"], "description": "Default virtual host", "tags": [],
             "default_queue_type": "classic", "owner": cmd.get("owner"),
-            "epoch": 1 if cmd.get("owner") else 0}
+            "epoch": 1 if cmd.get("owner") else 0, "replicas": [], "in_sync": [],
+            "replication_factor": None}
         self._open_vhost(cmd["vhost"])
+        self.replication.reconcile(cmd["vhost"])
         self.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
                                    "hashing": cmd["hashing"], "tags": list(cmd["tags"])}
         self.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
@@ -168,23 +187,37 @@ class DefinitionMirror:
         if "vhost" in result:
             self.vhost_defs[cmd["name"]] = result["vhost"]
         self._open_vhost(cmd["name"])
+        self.replication.reconcile(cmd["name"])
 
     def _ev_set_vhost_owner(self, cmd: dict, result: dict) -> None:
         name = cmd["name"]
         was_mine = self.owns(name)
         self.vhost_defs[name] = result["vhost"]
         if was_mine != self.owns(name) and name in self.vhosts:
-            # the vhost moves: clients reconnect (to any node) and reach the new owner
-            self._close_vhost(name, delete_data=False,
-                              why=f"moved to node '{result['vhost'].get('owner')}'")
+            # the vhost moves (or fails over): clients reconnect (to any node) and reach
+            # the new owner
+            self._change_role(name, why=f"moved to node '{result['vhost'].get('owner')}'")
             self._build_vhost(name, self.metadata.snapshot())
+        self.replication.reconcile(name)
+
+    def _ev_set_vhost_replicas(self, cmd: dict, result: dict) -> None:
+        self.vhost_defs[cmd["name"]] = result["vhost"]
+        self.replication.reconcile(cmd["name"])
+
+    def _ev_set_in_sync(self, cmd: dict, result: dict) -> None:
+        self.vhost_defs[cmd["name"]] = result["vhost"]
+        self.replication.reconcile(cmd["name"])
 
     def _ev_register_node(self, cmd: dict, result: dict) -> None:
         self.nodes[cmd["name"]] = result.get("node") or {k: cmd.get(k) for k in (
             "name", "raft", "forward", "amqp", "http")}
+        self.replication.reconcile_all()  # followers of that node's vhosts use its address
 
     def _ev_forget_node(self, cmd: dict, result: dict) -> None:
         self.nodes.pop(cmd["name"], None)
+        if result.get("vhosts"):
+            self.vhost_defs = dict(self.metadata.snapshot().get("vhosts", {}))
+            self.replication.reconcile_all()
 
     def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
         vh = self.vhosts.get(cmd["name"])
@@ -192,6 +225,8 @@ class DefinitionMirror:
             vh.limits = dict(result["vhost"].get("limits") or {})
 
     def _ev_delete_vhost(self, cmd: dict, result: dict) -> None:
+        self.replication.step_down(cmd["name"], "the vhost is deleted")
+        self.replication.forget(cmd["name"])
         self._close_vhost(cmd["name"], delete_data=True)
         self.vhost_defs.pop(cmd["name"], None)
         self.permissions.pop(cmd["name"], None)

@@ -118,8 +118,12 @@ class _ForwardServerProtocol(asyncio.Protocol):
             return
         if self.timer is not None:
             self.timer.cancel()
-        from node.amqp.connection import AMQPConnection
         assert self.transport is not None
+        if facts.get("kind", "forward") != "forward":
+            # the other sessions of the cluster port: replication, liveness pings
+            self.broker.replication.accept(facts, self.transport, rest)
+            return
+        from node.amqp.connection import AMQPConnection
         conn = AMQPConnection(self.broker)
         self.transport.set_protocol(conn)
         conn.connection_made(self.transport)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cluster import placement as copy_placement
 from node import errors
 from node.config import Settings
 from node.errors import ChannelError
 
 if TYPE_CHECKING:
     from cluster.raft import MetadataStore
+    from node.replication import Replication
 
 
 class Placement:
@@ -23,6 +25,7 @@ class Placement:
     metadata: "MetadataStore"
     nodes: dict[str, dict]
     vhost_defs: dict[str, dict]
+    replication: "Replication"
 
     if TYPE_CHECKING:
         async def submit(self, command: dict) -> dict: ...
@@ -57,10 +60,20 @@ class Placement:
                 load[d["owner"]] += 1
         return min(sorted(load), key=lambda n: load[n])
 
-    async def set_vhost_owner(self, name: str, owner: str) -> None:
-        if owner not in self.nodes:
-            raise ChannelError(errors.NOT_FOUND, f"no node '{owner}' in the cluster")
-        await self.submit({"op": "set_vhost_owner", "name": name, "owner": owner})
+    async def set_replication_factor(self, name: str, copies: int) -> None:
+        """Keep ``copies`` copies of the vhost (the owner's included, capped at the
+        cluster's size): replicas are added on the least loaded nodes, or trimmed."""
+        d = self.vhost_defs.get(name)
+        if d is None:
+            raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
+        members = sorted(self.nodes)
+        record = dict(d, replication_factor=copies)
+        want = copy_placement.wanted_replicas(record, self.settings.replication_factor,
+                                              len(members))
+        replicas = copy_placement.repaired_replicas(
+            record, members, want, copy_placement.load(self.vhost_defs.values(), members))
+        await self.submit({"op": "set_vhost_replicas", "name": name, "replicas": replicas,
+                           "replication_factor": copies, "expected_epoch": d["epoch"]})
 
     async def join_node(self, raft_address: str) -> None:
         from cluster.raft import ClusterUnavailable
@@ -95,10 +108,15 @@ class Placement:
                 "running": name == me or partners.get(raft) == "connected",
                 "leader": raft == st.get("leader"),
                 "owns": sorted(v for v, d in self.vhost_defs.items()
-                               if d.get("owner") == name)})
+                               if d.get("owner") == name),
+                "replicates": sorted(v for v, d in self.vhost_defs.items()
+                                     if name in d.get("replicas", []))})
         return {"node": me, "leader": st.get("leader"), "term": st.get("term"),
                 "commit_index": st.get("commit_index"),
                 "last_applied": st.get("last_applied"), "has_quorum": st.get("has_quorum"),
                 "raft_state": st.get("state"), "nodes": nodes,
-                "vhosts": {v: {"owner": d.get("owner"), "epoch": d.get("epoch")}
+                "vhosts": {v: {"owner": d.get("owner"), "epoch": d.get("epoch"),
+                               "replicas": d.get("replicas", []),
+                               "in_sync": d.get("in_sync", []),
+                               "available": self.replication.available(v) is None}
                            for v, d in sorted(self.vhost_defs.items())}}

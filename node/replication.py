@@ -86,9 +86,9 @@ class Replication:
             if early:
                 server.data_received(early)
             return
-        vhost, node = facts.get("vhost"), facts.get("node")
-        source = self.sources.get(vhost) if isinstance(vhost, str) else None
-        d = self.broker.vhost_defs.get(vhost) if isinstance(vhost, str) else None
+        vhost, node = str(facts.get("vhost")), str(facts.get("node"))
+        source = self.sources.get(vhost)
+        d = self.broker.vhost_defs.get(vhost)
         position = facts.get("position")
         if source is None or d is None or node not in d.get("replicas", []) \
                 or not (isinstance(position, list) and len(position) == 2):
@@ -97,8 +97,10 @@ class Replication:
                                           "owner": d.get("owner") if d else None}))
             transport.close()
             return
+        def on_fenced(epoch: int) -> None:
+            self.fenced(vhost, epoch)
         session = SourceSession(source, node, (int(position[0]), int(position[1])),
-                                lambda epoch, v=vhost: self.fenced(v, epoch))
+                                on_fenced)
         session.start(transport, early)
 
     # ------------------------------------------------------------------ roles
@@ -179,11 +181,12 @@ class Replication:
                 source = None
             if source is None:
                 s = b.settings
+                async def propose(node: str, join: bool, epoch: int) -> bool:
+                    return await self._propose(name, node, join, epoch)
                 self.sources[name] = ReplicationSource(
                     name, store, d["epoch"], d.get("in_sync", []),
                     min_in_sync=s.min_in_sync, lag_timeout=s.failover_timeout,
-                    propose=lambda node, join, epoch, v=name: self._propose(v, node, join,
-                                                                            epoch))
+                    propose=propose)
             else:
                 source.update_in_sync(d.get("in_sync", []))
             return
@@ -196,7 +199,8 @@ class Replication:
             if follower is None:
                 follower = self.followers[name] = Follower(name, self.me, store, self.connect)
             owner = d.get("owner")
-            follower.follow(owner, (b.nodes.get(owner) or {}).get("forward"), d["epoch"])
+            follower.follow(owner, (b.nodes.get(owner or "") or {}).get("forward"),
+                            d["epoch"])
         else:
             self.forget(name, drop_copy=d is not None)
 

@@ -59,6 +59,12 @@ class ChangeLog:
         while self._bytes > self.max_bytes and len(self._records) > 1:
             self._bytes -= len(self._records.popleft().payload)
 
+    def expect(self, offset: int) -> None:
+        """The next record will carry ``offset`` (a log started on a store that already
+        holds records: a copy at ``offset - 1`` is up to date, not unknown)."""
+        if not self._records:
+            self._next = offset
+
     def clear(self) -> None:
         self._records.clear()
         self._bytes = 0
@@ -72,6 +78,8 @@ class ChangeLog:
         if offset + 1 == self._next:
             return []
         records = self._records
+        if not records:
+            return None
         first = records[0].offset
         if offset + 1 < first:
             return None

@@ -1,6 +1,8 @@
-"""Cluster membership and vhost placement over HTTP (what `warrenctl cluster_status`,
-`join_cluster`, `forget_cluster_node`, `add_vhost --owner` and `set_vhost_owner` call).
-These paths are WarrenMQ's own: RabbitMQ manages membership only from its CLI."""
+"""Cluster membership, vhost placement and replication over HTTP (what `warrenctl
+cluster_status`, `join_cluster`, `forget_cluster_node`, `add_vhost --owner --replicas` and
+`move_vhost` call).  These paths are WarrenMQ's own: RabbitMQ manages membership only from
+its CLI.  A vhost's live replication figures and its move are the owner's business: other
+nodes relay those requests to it."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from node.http.common import (
     json_response,
     name,
     no_content,
+    not_found,
     require,
 )
+from node.http.proxy import from_owner
 
 routes = web.RouteTableDef()
 
@@ -46,15 +50,81 @@ async def forget_node(request: web.Request) -> web.Response:
     return no_content()
 
 
-@routes.put("/api/cluster/vhosts/{vhost}")
-async def place_vhost(request: web.Request) -> web.Response:
-    """Create a vhost on a chosen node, or (if it exists) change its owner."""
-    require(request, ADMINISTRATOR)
-    data = await body(request, "owner")
+def _copies(data: dict) -> int | None:
+    replicas = data.get("replicas")
+    if replicas is None:
+        return None
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise bad_request("replicas must be a whole number of copies >= 1 (the owner's "
+                          "included)")
+    return replicas
+
+
+@routes.get("/api/cluster/vhosts")
+async def list_placements(request: web.Request) -> web.Response:
+    require(request, MONITORING)
+    b = broker_of(request)
+    return json_response([b.replication.describe(v) for v in sorted(b.vhost_defs)])
+
+
+@routes.get("/api/cluster/vhosts/{vhost}")
+async def placement(request: web.Request) -> web.Response:
+    """Owner, epoch, replicas, in-sync set and each replica's lag (from the owner)."""
+    require(request, MONITORING)
     b = broker_of(request)
     vhost = name(request, "vhost")
-    if vhost in b.vhost_defs:
-        await b.set_vhost_owner(vhost, str(data["owner"]))
-        return no_content()
-    await b.add_vhost(vhost, str(data.get("description", "")), owner=str(data["owner"]))
-    return web.Response(status=201)
+    if vhost not in b.vhost_defs:
+        raise not_found()
+    if b.replication.available(vhost) is None:
+        relayed = await from_owner(request, vhost)
+        if relayed is not None and relayed.status == 200:
+            return relayed
+    return json_response(b.replication.describe(vhost))
+
+
+@routes.put("/api/cluster/vhosts/{vhost}")
+async def place_vhost(request: web.Request) -> web.Response:
+    """Create a vhost on a chosen node with a number of copies, or (if it exists) change
+    its number of copies and move it to the given owner."""
+    require(request, ADMINISTRATOR)
+    data = await body(request)
+    b = broker_of(request)
+    vhost = name(request, "vhost")
+    owner = data.get("owner")
+    if owner is not None and not isinstance(owner, str):
+        raise bad_request("owner must be a node name")
+    copies = _copies(data)
+    if vhost not in b.vhost_defs:
+        await b.add_vhost(vhost, str(data.get("description", "")), owner=owner,
+                          replicas=copies)
+        return web.Response(status=201)
+    if copies is not None:
+        await b.set_replication_factor(vhost, copies)
+    if owner is not None and owner != b.owner_of(vhost):
+        return await _move(request, vhost, owner)
+    return no_content()
+
+
+@routes.post("/api/cluster/vhosts/{vhost}/move")
+async def move_vhost(request: web.Request) -> web.Response:
+    """Move a vhost with its messages; answers once the new owner serves it."""
+    require(request, ADMINISTRATOR)
+    data = await body(request, "node")
+    target = data["node"]
+    if not isinstance(target, str):
+        raise bad_request("node must be a node name")
+    vhost = name(request, "vhost")
+    if vhost not in broker_of(request).vhost_defs:
+        raise not_found()
+    return await _move(request, vhost, target)
+
+
+async def _move(request: web.Request, vhost: str, target: str) -> web.Response:
+    b = broker_of(request)
+    why = b.replication.available(vhost)
+    if why is not None:
+        raise bad_request(f"cannot move vhost '{vhost}': {why}")
+    relayed = await from_owner(request, vhost)
+    if relayed is not None:
+        return relayed
+    return json_response(await b.replication.move(vhost, target))

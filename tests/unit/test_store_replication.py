@@ -169,6 +169,9 @@ def test_changelog_window() -> None:
     assert log.since(5) is None
     assert log.since(8) == []
     assert log.since(9) is None
+    log.clear()
+    log.expect(12)  # a log started on a store that holds 11 records
+    assert log.since(11) == [] and log.since(10) is None
     log.append(20, 2, b"x")  # a gap starts the window afresh
     assert log.since(19) == [(20, 2, b"x")]
     assert log.since(8) is None
