@@ -24,6 +24,9 @@ from node.http.proxy import from_owner
 
 routes = web.RouteTableDef()
 
+# a move first brings the target in sync (a snapshot of a large vhost) before it pauses
+MOVE_HTTP_TIMEOUT = 180.0
+
 
 @routes.get("/api/cluster-status")
 async def cluster_status(request: web.Request) -> web.Response:
@@ -76,7 +79,8 @@ async def placement(request: web.Request) -> web.Response:
     if vhost not in b.vhost_defs:
         raise not_found()
     if b.replication.available(vhost) is None:
-        relayed = await from_owner(request, vhost)
+        # the lag figures are the owner's; a hung owner must not hang this answer
+        relayed = await from_owner(request, vhost, timeout=2.0)
         if relayed is not None and relayed.status == 200:
             return relayed
     return json_response(b.replication.describe(vhost))
@@ -124,7 +128,7 @@ async def _move(request: web.Request, vhost: str, target: str) -> web.Response:
     why = b.replication.available(vhost)
     if why is not None:
         raise bad_request(f"cannot move vhost '{vhost}': {why}")
-    relayed = await from_owner(request, vhost)
+    relayed = await from_owner(request, vhost, timeout=MOVE_HTTP_TIMEOUT)
     if relayed is not None:
         return relayed
     return json_response(await b.replication.move(vhost, target))

@@ -12,7 +12,8 @@ from node.http.common import broker_of, error_response
 HOP_HEADER = "X-Warren-Forwarded"
 
 
-async def from_owner(request: web.Request, vhost: str) -> web.Response | None:
+async def from_owner(request: web.Request, vhost: str,
+                     timeout: float = 30.0) -> web.Response | None:
     """The owner's response if another node owns `vhost`; None to answer here."""
     b = broker_of(request)
     if b.owns(vhost) or request.headers.get(HOP_HEADER):
@@ -28,7 +29,7 @@ async def from_owner(request: web.Request, vhost: str) -> web.Response | None:
         headers["Content-Type"] = request.content_type
     data = await request.read() if request.can_read_body else None
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.request(request.method, url, data=data, headers=headers) as r:
                 body = await r.read()
                 return web.Response(status=r.status, body=body,
