@@ -177,6 +177,9 @@ def run(args: argparse.Namespace, client: Client) -> None:
         if cmd in FILTERED_BY_VHOST and not args.all_vhosts:
             rows = [r for r in rows if r.get("vhost") == vhost]
         print_rows(rows, rest or default_cols, args.formatter)
+        for reason in sorted({r["reason"] for r in rows if r.get("state") == "down"
+                              and r.get("reason")}):
+            print(f"Warning: {reason}: message counts unknown", file=sys.stderr)
     elif cmd in SIMPLE:
         SIMPLE[cmd](client, args, need)
     elif cmd == "status":

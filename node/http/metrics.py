@@ -213,7 +213,31 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
     e.gauge("rabbitmq_erlang_uptime_seconds", "Node uptime",
             round(time.time() - broker.started_at, 3))
     _raft(e, broker, per_object)
+    _replication(e, broker)
     return e.text()
+
+
+def _replication(e: Exposition, broker: Any) -> None:
+    """WarrenMQ's own families (RabbitMQ has no vhost replication): per vhost this node
+    owns, each replica's lag and the in-sync set's size; failovers this node decided (as
+    Raft leader) and moves it carried out (as owner)."""
+    r = broker.replication
+    lag_records, lag_bytes, in_sync = [], [], []
+    for vhost, source in sorted(r.sources.items()):
+        in_sync.append(({"vhost": vhost}, 1 + len(source.in_sync)))
+        for node, lag in sorted(source.lag().items()):
+            lag_records.append(({"vhost": vhost, "replica": node}, lag["records"]))
+            lag_bytes.append(({"vhost": vhost, "replica": node}, lag["bytes"]))
+    e.add("warren_vhost_replication_lag_records", "gauge",
+          "Records the owner committed that a replica has not acknowledged", lag_records)
+    e.add("warren_vhost_replication_lag_bytes", "gauge",
+          "Bytes of change-log records a replica has not acknowledged", lag_bytes)
+    e.add("warren_vhost_in_sync_copies", "gauge",
+          "Copies of a vhost's messages known complete, the owner's included", in_sync)
+    e.counter("warren_vhost_failovers_total",
+              "Vhosts this node promoted a replica of, as Raft leader", r.controller.failovers)
+    e.counter("warren_vhost_moves_total", "Vhosts this node moved away, as their owner",
+              r.moves)
 
 
 def _raft(e: Exposition, broker: Any, per_object: bool) -> None:

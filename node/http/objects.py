@@ -54,8 +54,17 @@ async def list_queues(request: web.Request) -> web.Response:
         remote = await owner_list(request, vh.name, "/api/queues/{vhost}")
         if remote is not None:
             items.extend(remote)
-        else:
-            items.extend(queue_json(b, stats, vh.name, q) for q in list(vh.queues.values()))
+            continue
+        rows = [queue_json(b, stats, vh.name, q) for q in list(vh.queues.values())]
+        if not b.owns(vh.name):
+            # the owner did not answer: its queues' contents are unknown here, not empty
+            why = b.replication.available(vh.name) or (
+                f"vhost '{vh.name}' is served by node '{b.owner_of(vh.name)}', which did "
+                "not answer")
+            for row in rows:
+                row.update(state="down", reason=why, messages=None, messages_ready=None,
+                           messages_unacknowledged=None)
+        items.extend(rows)
     return list_response(request, items)
 
 

@@ -153,6 +153,10 @@ def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
            "recv_oct": recv, "send_oct": send,
            "message_stats": stats.message_stats(key, vhost_counters(vh))}
     out.update(stats.details(key, queue_depths(vh.queues.values())))
+    # WarrenMQ's placement: who serves the vhost, and who holds copies of its messages
+    out.update(owner=meta.get("owner"), epoch=meta.get("epoch"),
+               replicas=list(meta.get("replicas", [])), in_sync=list(meta.get("in_sync", [])),
+               available=broker.replication.available(vh.name) is None)
     return out
 
 

@@ -253,11 +253,29 @@ const pages = {
   },
 
   async vhosts() {
-    const rows = await api("GET", "/api/vhosts");
+    const [rows, nodes] = await Promise.all([api("GET", "/api/vhosts"), api("GET", "/api/nodes")]);
+    // a vhost moves with its messages to another node (its owner brings it in sync first)
+    const mover = (r) => {
+      const pick = el("select", { id: "move-" + r.name }, nodes.filter(n => n.name !== r.owner).map(n => el("option", { value: n.name }, n.name)));
+      const status = el("span", { class: "status" });
+      const go = el("button", { class: "move", onclick: async () => {
+        status.className = "status"; status.textContent = "moving…";
+        try {
+          const done = await api("POST", `/api/cluster/vhosts/${enc(r.name)}/move`, { node: pick.value });
+          status.className = "status ok"; status.textContent = `moved to ${done.owner} (paused ${done.pause_ms} ms)`;
+          setTimeout(render, 800);
+        } catch (e) { status.className = "status error"; status.textContent = e.message; }
+      } }, "Move");
+      return r.owner ? el("span", {}, pick, go, status) : "";
+    };
     return [el("h1", {}, "Virtual hosts"), table("vhosts-table", [
       ["Name", r => r.name], ["Description", r => r.description], ["Tags", r => (r.tags || []).join(", ")],
+      ["Owner", r => r.owner || ""], ["Epoch", r => r.epoch, 1],
+      ["Replicas", r => (r.replicas || []).join(", ")], ["In sync", r => (r.in_sync || []).join(", ")],
+      ["Available", r => r.available === false ? "no" : "yes"],
       ["Ready", r => r.messages_ready, 1], ["Unacked", r => r.messages_unacknowledged, 1], ["Total", r => r.messages, 1],
       ["Publish", r => rate(r.message_stats, "publish"), 1], ["Deliver", r => rate(r.message_stats, "deliver_get"), 1],
+      ["Move to", mover],
     ], rows),
     el("h2", {}, "Add a new virtual host"),
     form("add-vhost", [field("Name", el("input", { id: "add-vhost-name", required: true })),
@@ -327,12 +345,14 @@ const pages = {
   },
 
   async nodes() {
-    const rows = await api("GET", "/api/nodes");
+    const [rows, vhosts] = await Promise.all([api("GET", "/api/nodes"), api("GET", "/api/vhosts")]);
     const mb = (b) => (b / 1048576).toFixed(0) + " MiB";
     return [el("h1", {}, "Nodes"), table("nodes-table", [
       ["Name", r => r.name], ["Running", r => r.running],
       ["Raft role", r => r.leader ? "leader" : (r.running ? "follower" : "down")],
       ["Vhosts owned", r => (r.owned_vhosts || []).join(", ")],
+      ["Replica of", r => vhosts.filter(v => (v.replicas || []).includes(r.name))
+        .map(v => v.name + ((v.in_sync || []).includes(r.name) ? "" : " (catching up)")).join(", ")],
       ["Memory", r => r.mem_used === undefined ? "" : `${mb(r.mem_used)} of ${mb(r.mem_limit)}${r.mem_alarm ? " (alarm)" : ""}`],
       ["Disk free", r => r.disk_free === undefined ? "" : `${mb(r.disk_free)}${r.disk_free_alarm ? " (alarm)" : ""}`],
       ["File descriptors", r => r.fd_used === undefined ? "" : `${r.fd_used} / ${r.fd_total}`, 1],
