@@ -1,0 +1,59 @@
+"""The pure rules of vhost replication: where copies go, who is promoted, which copy can
+go on by stream and which needs a snapshot."""
+
+from __future__ import annotations
+
+from cluster import placement
+from cluster.replication import continues_history
+
+MEMBERS = ["n1", "n2", "n3", "n4"]
+
+
+def test_replicas_spread_to_the_least_loaded_nodes() -> None:
+    vhosts = [{"owner": "n1", "replicas": ["n2"]}, {"owner": "n2", "replicas": ["n1"]}]
+    counts = placement.load(vhosts, MEMBERS)
+    assert counts == {"n1": 2, "n2": 2, "n3": 0, "n4": 0}
+    new = {"owner": "n1", "replicas": []}
+    assert placement.repaired_replicas(new, MEMBERS, 2, counts) == ["n3", "n4"]
+    assert placement.wanted_replicas({"replication_factor": None}, 3, 4) == 2
+    assert placement.wanted_replicas({"replication_factor": 5}, 3, 4) == 3  # capped
+    assert placement.wanted_replicas({"replication_factor": 1}, 3, 4) == 0
+    assert placement.wanted_replicas({}, 3, 1) == 0  # a single node has nobody to copy to
+
+
+def test_surplus_replicas_are_trimmed_out_of_sync_first_and_a_move_target_is_kept() -> None:
+    counts = {m: 1 for m in MEMBERS}
+    v = {"owner": "n1", "replicas": ["n2", "n3", "n4"], "in_sync": ["n3"]}
+    assert placement.repaired_replicas(v, MEMBERS, 1, counts) == ["n3"]
+    v["moving_to"] = "n4"
+    assert placement.repaired_replicas(v, MEMBERS, 1, counts) == ["n4"]
+    # a forgotten member's copy does not count
+    v = {"owner": "n1", "replicas": ["n9", "n2"], "in_sync": []}
+    assert placement.repaired_replicas(v, MEMBERS, 2, counts) == ["n2", "n3"]
+
+
+def test_promotion_takes_the_in_sync_replica_with_the_most_records() -> None:
+    counts = {"n2": 5, "n3": 0}
+    assert placement.promotion_choice(["n2", "n3"], {"n2": [1, 90], "n3": [1, 80]},
+                                      counts) == "n2"
+    assert placement.promotion_choice(["n2", "n3"], {"n2": [1, 90], "n3": [1, 90]},
+                                      counts) == "n3"  # a tie goes to the least loaded
+    # a replica that did not answer cannot be promoted; none answering: nobody
+    assert placement.promotion_choice(["n2", "n3"], {"n3": [1, 10]}, counts) == "n3"
+    assert placement.promotion_choice(["n2"], {"n3": [1, 10]}, counts) is None
+    assert placement.promotion_choice([], {}, counts) is None
+
+
+def test_which_copies_continue_the_owners_history() -> None:
+    # epoch 1 wrote 1..99, epoch 2 began at 100 (a failover), epoch 4 at 250 (a move)
+    epochs = [[1, 1], [2, 100], [4, 250]]
+    assert continues_history((1, 99), epochs, 300)  # a replica of epoch 1, complete
+    assert continues_history((1, 40), epochs, 300)  # behind, but a prefix
+    # the old owner of epoch 1 wrote 100..120 after it lost ownership: those diverge
+    assert not continues_history((1, 120), epochs, 300)
+    assert continues_history((2, 249), epochs, 300)
+    assert not continues_history((2, 250), epochs, 300)
+    assert continues_history((4, 300), epochs, 300)
+    assert not continues_history((4, 301), epochs, 300)  # ahead of the owner: impossible
+    assert not continues_history((4, -1), epochs, 300)  # a half-loaded snapshot
+    assert continues_history((0, 0), epochs, 300)  # an empty copy
