@@ -67,14 +67,20 @@ class Follower:
             self._task = asyncio.ensure_future(self._run())
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Stop following; when this returns, no record is applied any more."""
+    def halt(self) -> asyncio.Task[None] | None:
+        """Stop following at once: from this call on, no record is applied (a promotion
+        numbers its own records right after).  Returns the task to await, if any."""
         task, self._task = self._task, None
         if self._session is not None:
             self._session.stopped = True
             self._session.close()
         if task is not None:
             task.cancel()
+        return task
+
+    async def stop(self) -> None:
+        task = self.halt()
+        if task is not None:
             try:
                 await task
             except BaseException:  # noqa: B036 - cancelled on purpose

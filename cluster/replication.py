@@ -275,6 +275,8 @@ class SourceSession(wire.FramedProtocol):
                 async for item in store.snapshot():
                     if item[0] == "begin":
                         position = tuple(item[1])  # type: ignore[assignment]
+                        # the records after the snapshot must still be here at its end
+                        store.changelog.pin(self, position[1])
                         self.send(wire.control({"t": "snap_begin"}))
                         epochs = item[2]
                     else:
@@ -295,10 +297,12 @@ class SourceSession(wire.FramedProtocol):
                 for rec in backlog[:LIVE_WINDOW_RECORDS]:
                     self.send(wire.record(*rec))
                     self.sent = rec.offset
+                store.changelog.pin(self, self.sent)
                 await self.drain()
                 if self.transport is None or self.transport.is_closing():
                     return
             self.live = True
+            store.changelog.unpin(self)
         except (ConnectionError, StoreError) as e:
             self.fail(f"catch-up of {self.node} failed: {e}")
         except Exception:
@@ -328,4 +332,6 @@ class SourceSession(wire.FramedProtocol):
         super().connection_lost(exc)
         if self._task is not None:
             self._task.cancel()
+        if self.source.store.changelog is not None:
+            self.source.store.changelog.unpin(self)
         self.source.detach(self.node, self)

@@ -119,7 +119,7 @@ class Replication:
         recovers its queues from the store."""
         follower = self.followers.pop(name, None)
         if follower is not None:
-            asyncio.ensure_future(follower.stop())
+            follower.halt()
         store = self.broker.stores.get(name)
         d = self.broker.vhost_defs.get(name)
         if store is not None and d is not None and store.epoch != d.get("epoch", 0):
@@ -209,7 +209,7 @@ class Replication:
         or the vhost is deleted: the caller removes the files then)."""
         follower = self.followers.pop(name, None)
         if follower is not None:
-            asyncio.ensure_future(follower.stop())
+            follower.halt()
         if drop_copy and name not in self.broker.vhosts or (
                 drop_copy and self.broker.vhosts[name].store is None):
             self.broker.stores.close(name, delete_data=True)

@@ -7,8 +7,10 @@ an epoch's history; the epoch is the placement epoch of the owner that wrote the
 (DESIGN §4: replicas refuse records from an older epoch).
 
 The log lives in memory only and keeps at most ``max_bytes`` of records: a replica whose
-next offset has fallen out of it catches up from a snapshot of the store instead.  It is
-used from the event-loop thread only.
+next offset has fallen out of it catches up from a snapshot of the store instead.  While a
+replica catches up (a snapshot, then the records since), it *pins* the records it still
+needs, up to ``hard_max_bytes``, so that a snapshot slower than the writes does not start
+over forever.  It is used from the event-loop thread only.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ class Record(NamedTuple):
 class ChangeLog:
     """Offset-addressed, size-bounded window over a store's recent records."""
 
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, max_bytes: int = 64 << 20, hard_max_bytes: int = 512 << 20) -> None:
         self.max_bytes = max_bytes
+        self.hard_max_bytes = hard_max_bytes
         self._records: deque[Record] = deque()
         self._bytes = 0
+        self._pins: dict[object, int] = {}
         # The offset the next record must carry; 0 until the first record fixes the start.
         self._next = 0
 
@@ -56,8 +60,19 @@ class ChangeLog:
         self._records.append(Record(offset, epoch, payload))
         self._bytes += len(payload)
         self._next = offset + 1
-        while self._bytes > self.max_bytes and len(self._records) > 1:
-            self._bytes -= len(self._records.popleft().payload)
+        records = self._records
+        while self._bytes > self.max_bytes and len(records) > 1:
+            if self._pins and records[0].offset > min(self._pins.values()) \
+                    and self._bytes <= self.hard_max_bytes:
+                break
+            self._bytes -= len(records.popleft().payload)
+
+    def pin(self, holder: object, offset: int) -> None:
+        """Keep the records after ``offset`` for ``holder`` (within the hard bound)."""
+        self._pins[holder] = offset
+
+    def unpin(self, holder: object) -> None:
+        self._pins.pop(holder, None)
 
     def expect(self, offset: int) -> None:
         """The next record will carry ``offset`` (a log started on a store that already

@@ -169,6 +169,12 @@ def test_changelog_window() -> None:
     assert log.since(5) is None
     assert log.since(8) == []
     assert log.since(9) is None
+    log.pin("catching-up", 7)  # a replica that still needs 8 and later
+    log.append(9, 1, b"abcd")
+    assert [r.offset for r in log.since(7)] == [8, 9]
+    log.unpin("catching-up")
+    log.append(10, 1, b"abcd")
+    assert log.since(7) is None
     log.clear()
     log.expect(12)  # a log started on a store that holds 11 records
     assert log.since(11) == [] and log.since(10) is None
