@@ -23,6 +23,7 @@ from cluster.liveness import Liveness, Positions
 log = logging.getLogger("warren.failover")
 
 TICK = 0.05
+REPAIR_EVERY = 1.0  # replica repairs are not urgent; owners' deaths are
 
 Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -44,6 +45,7 @@ class FailoverController:
         self._task: asyncio.Task[None] | None = None
         self._leading = False
         self._busy: set[str] = set()
+        self._repaired_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -84,7 +86,9 @@ class FailoverController:
                 continue
             self._busy.add(name)
             asyncio.ensure_future(self._fail_over(name, v, why))
-        await self._repair(vhosts, nodes)
+        if time.monotonic() - self._repaired_at >= REPAIR_EVERY:
+            self._repaired_at = time.monotonic()
+            await self._repair(vhosts, nodes)
 
     async def _fail_over(self, name: str, v: dict[str, Any], why: str) -> None:
         try:
@@ -146,4 +150,5 @@ class FailoverController:
                 log.warning("vhost '%s': could not set replicas: %s", name, e)
             finally:
                 self._busy.discard(name)
-            return  # one change per tick: the next tick sees the committed state
+            self._repaired_at = 0.0  # more may be due: look again at the next tick
+            return  # one change at a time: the next tick sees the committed state
