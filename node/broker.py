@@ -52,6 +52,8 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
         self.vhost_defs: dict[str, dict] = {}  # replicated vhost records (owner, epoch...)
         self.nodes: dict[str, dict] = {}  # cluster members: name -> addresses
         self.forward_server: Any = None
+        # clients this node forwards to other nodes, by vhost (node/forwarding.Spliced)
+        self.forwarded: dict[str, set[Any]] = {}
         self.exchange_types = EXCHANGE_TYPES
         self.loopback_only_guest = True
         self.started_at = time.time()

@@ -40,6 +40,7 @@ class DefinitionMirror:
     metadata: "MetadataStore"
     stores: VhostStores
     replication: "Replication"
+    forwarded: dict[str, set]
     vhosts: dict[str, VirtualHost]
     vhost_defs: dict[str, dict]
     nodes: dict[str, dict]
@@ -198,6 +199,14 @@ class DefinitionMirror:
             # the new owner
             self._change_role(name, why=f"moved to node '{result['vhost'].get('owner')}'")
             self._build_vhost(name, self.metadata.snapshot())
+        # clients this node forwards to the old owner: it may be hung or cut off and never
+        # close them itself
+        new_owner = result["vhost"].get("owner")
+        for spliced in list(self.forwarded.get(name, ())):
+            if spliced.owner != new_owner:
+                spliced.close(errors.CONNECTION_FORCED,
+                              f"CONNECTION_FORCED - vhost '{name}' moved to node "
+                              f"'{new_owner}'; reconnect")
         self.replication.reconcile(name)
 
     def _ev_set_vhost_replicas(self, cmd: dict, result: dict) -> None:

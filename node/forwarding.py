@@ -48,12 +48,15 @@ class Pipe(asyncio.Protocol):
     def __init__(self, peer: asyncio.Transport) -> None:
         self.peer = peer
         self.transport: asyncio.Transport | None = None
+        self.cut = False  # set when the splice is ended: what arrives is dropped
+        self.on_close: Callable[[], Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.peer.write(data)
+        if not self.cut:
+            self.peer.write(data)
 
     def eof_received(self) -> bool | None:
         self.peer.close()
@@ -61,12 +64,90 @@ class Pipe(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer.close()
+        if self.on_close is not None:
+            self.on_close()
 
     def pause_writing(self) -> None:
         self.peer.pause_reading()  # our side is full: stop reading what fills it
 
     def resume_writing(self) -> None:
         self.peer.resume_reading()
+
+
+class _ToClient(Pipe):
+    """The owner-to-client direction: also follows AMQP frame boundaries (a header's size
+    field, then a skip), so that the entry node can end the client's connection with a
+    connection.close of its own between two frames when the owner can no longer do it."""
+
+    def __init__(self, peer: asyncio.Transport) -> None:
+        super().__init__(peer)
+        self._skip = 0  # bytes of the current frame still to come
+        self._head = b""  # a frame header cut by a read
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._skip and not self._head
+
+    def data_received(self, data: bytes) -> None:
+        if self.cut:
+            return
+        self.peer.write(data)
+        pos, n = 0, len(data)
+        if self._skip:
+            pos = min(self._skip, n)
+            self._skip -= pos
+        if self._head:
+            take = data[pos:pos + 7 - len(self._head)]
+            self._head += take
+            pos += len(take)
+            if len(self._head) < 7:
+                return
+            self._skip = int.from_bytes(self._head[3:7], "big") + 1
+            self._head = b""
+            step = min(self._skip, n - pos)
+            pos += step
+            self._skip -= step
+        while pos < n:
+            if n - pos < 7:
+                self._head = data[pos:]
+                return
+            size = int.from_bytes(data[pos + 3:pos + 7], "big") + 8
+            if pos + size > n:
+                self._skip = pos + size - n
+                return
+            pos += size
+
+
+class Spliced:
+    """A client connection this node forwards to a vhost's owner."""
+
+    def __init__(self, vhost: str, owner: str | None, to_owner: Pipe,
+                 to_client: _ToClient) -> None:
+        self.vhost = vhost
+        self.owner = owner
+        self.to_owner = to_owner
+        self.to_client = to_client
+
+    def close(self, code: int, text: str) -> None:
+        """End the client's connection from here: the owner is hung or cut off, so it
+        cannot send the close itself.  Between two frames the client gets a proper
+        connection.close (it answers close-ok, then we close); otherwise the socket."""
+        from node.amqp import spec
+        from node.amqp.frames import method_frame
+        client = self.to_owner.transport
+        owner = self.to_client.transport
+        if self.to_client.cut or client is None:
+            return
+        at_boundary = self.to_client.at_boundary
+        self.to_client.cut = self.to_owner.cut = True
+        if owner is not None:
+            owner.abort()
+        if client.is_closing():
+            return
+        if at_boundary:
+            client.write(method_frame(0, spec.ConnectionClose(
+                reply_code=code, reply_text=text[:255], class_id=0, method_id=0)))
+        client.close()  # after what is buffered: the close reaches the client first
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,10 +282,11 @@ async def open_forward(address: str, secret: str, facts: dict,
 
 
 def splice(client: asyncio.Transport, owner: asyncio.Transport, early: bytes,
-           backlog: bytes, on_close: Callable[[], Any] | None = None) -> None:
+           backlog: bytes, on_close: Callable[[], Any] | None = None) -> tuple[Pipe, _ToClient]:
     """Join the client's socket and the owner's: bytes pass untouched both ways."""
     to_owner = Pipe(owner)
-    to_client = Pipe(client)
+    to_owner.on_close = on_close
+    to_client = _ToClient(client)
     client.set_protocol(to_owner)
     to_owner.connection_made(client)
     owner.set_protocol(to_client)
@@ -215,3 +297,4 @@ def splice(client: asyncio.Transport, owner: asyncio.Transport, early: bytes,
         owner.write(backlog)
     client.resume_reading()
     owner.resume_reading()
+    return to_owner, to_client

@@ -457,7 +457,7 @@ class AMQPConnection(asyncio.Protocol):
 
     async def _forward(self, vhost: str, owner: str | None, address: str) -> None:
         from node.amqp.fields import encode_table
-        from node.forwarding import open_forward, splice
+        from node.forwarding import Spliced, open_forward, splice
         facts = {"user": self.user, "vhost": vhost, "node": self.settings.node_name,
                  "client_properties": encode_table(self.client_properties),
                  "channel_max": self.channel_max, "frame_max": self.frame_max,
@@ -483,8 +483,13 @@ class AMQPConnection(asyncio.Protocol):
         self.broker.connections.discard(self)
         self.transport = None  # from now on this object is out of the path
         self.state = CLOSED
-        splice(client, upstream, early, b"".join(self._forward_backlog))
+        to_owner, to_client = splice(client, upstream, early, b"".join(self._forward_backlog))
         self._forward_backlog = []
+        # kept so that an owner change can close it from here (the old owner may be hung)
+        spliced = Spliced(vhost, owner, to_owner, to_client)
+        forwarded = self.broker.forwarded.setdefault(vhost, set())
+        forwarded.add(spliced)
+        to_owner.on_close = lambda: forwarded.discard(spliced)
 
     def adopt(self, facts: dict) -> None:
         """On the owner: a connection another node authenticated and forwards to us."""

@@ -27,7 +27,8 @@ async def from_owner(request: web.Request, vhost: str,
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     if request.content_type:
         headers["Content-Type"] = request.content_type
-    data = await request.read() if request.can_read_body else None
+    # body_exists, not can_read_body: the handler may have read (and cached) it already
+    data = await request.read() if request.body_exists else None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.request(request.method, url, data=data, headers=headers) as r:
