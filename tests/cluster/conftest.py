@@ -103,3 +103,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = Cluster(tmp_path_factory.mktemp("cluster")).start()
     yield c
     c.stop()
+
+
+@pytest.fixture
+def netns_lab():
+    """Three network namespaces on a bridge (tests.cluster.netns); skipped, with the reason,
+    where they cannot be made (not root, no `ip` or `iptables`)."""
+    from tests.cluster import netns
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(f"partition tests cannot run here: {reason}")
+    lab = netns.NetnsLab(3)
+    try:
+        lab.setup()
+        yield lab
+    finally:
+        lab.teardown()
+
+
+def netns_cluster(lab, base: Path, **settings: str):
+    """A started cluster whose node i lives in the lab's namespace i; a context manager
+    that heals every cut before stopping the nodes."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def managed():
+        c = Cluster(base, placement=lab.placement, **lab.settings, **settings)
+        try:
+            c.start()
+            yield c
+        finally:
+            lab.heal()  # nodes stopped while cut off leave orphan sockets behind
+            c.stop()
+    return managed()

@@ -9,8 +9,7 @@ import time
 import pika
 import pytest
 
-from tests.cluster import netns
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, netns_cluster
 from tests.cluster.harness import (
     Publishers,
     amqp_params,
@@ -45,30 +44,13 @@ def test_publish_and_drain_through_every_node_without_faults(fresh_cluster: Clus
 
 
 @pytest.fixture
-def lab():
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(f"partition tests cannot run here: {reason}")
-    lab = netns.NetnsLab(3)
-    try:
-        lab.setup()
-        yield lab
-    finally:
-        lab.teardown()
-
-
-@pytest.fixture
-def ns_cluster(lab, tmp_path):
-    c = Cluster(tmp_path, placement=lab.placement, **lab.settings)
-    try:
-        c.start()
+def ns_cluster(netns_lab, tmp_path):
+    with netns_cluster(netns_lab, tmp_path) as c:
         yield c
-    finally:
-        lab.heal()  # nodes stopped while cut off leave orphan sockets behind
-        c.stop()
 
 
-def test_cut_off_node_refuses_definition_changes_and_heals(lab, ns_cluster: Cluster):
+def test_cut_off_node_refuses_definition_changes_and_heals(netns_lab, ns_cluster: Cluster):
+    lab = netns_lab
     c = ns_cluster
     c.wait_until(lambda: all(n["running"] for n in c.status(c.nodes[0])["nodes"]),
                  timeout=30, what="all Raft links")
