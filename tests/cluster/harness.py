@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from tests.cluster.conftest import Cluster
 
 log = logging.getLogger("tests.faults")
-logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO lines drown ours
+# pika logs every refused or dropped connection (expected here) at ERROR, with tracebacks
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 CONNECTION_FORCED = 320
 

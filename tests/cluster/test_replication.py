@@ -367,14 +367,22 @@ def test_owner_killed_at_random_moments(rcluster: Cluster):
     consumer.start()
     started = time.monotonic()
     for i in range(rounds):
-        st = wait_in_sync(c, "orders", 2, timeout=90)
+        if rng.random() < 0.5:  # every replica back in sync
+            st = wait_in_sync(c, "orders", 2, timeout=90)
+        else:  # or as soon as one running replica is in sync (the last victim may not be)
+            st = wait_vhost(c, "orders", lambda s: any(
+                c.by_name(r).running for r in s["in_sync"]), timeout=90,
+                what="a running in-sync replica")
         pubs.wait_confirms(20, what=f"round {i}: before the kill")
         time.sleep(rng.uniform(0.0, 1.0))
         victim = c.by_name(st["owner"])
         t = time.monotonic()
         victim.kill()
         after = wait_epoch_change(c, "orders", st, via=others(c, victim), since=t)
-        assert after["owner"] in st["in_sync"], (i, st, after)
+        # (whether it was in sync at the kill is not observable from here: the last victim
+        # may have caught up since `st` was read; the messages tell, at the end)
+        assert after["owner"] in st["replicas"] and c.by_name(after["owner"]).running, \
+            (i, st, after)
         pubs.wait_confirms(50, what=f"round {i}: after the failover")
         log_recovery(f"round {i} ({victim.name} killed)", pubs, t)
         victim.start(60)
