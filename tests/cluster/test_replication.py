@@ -279,6 +279,21 @@ def test_old_owner_returns_as_replica_without_resurrecting_messages(rcluster: Cl
     assert all(d.redelivered[m] for m in held), [d.redelivered[m] for m in held]
 
 
+def test_vhost_entries_carry_the_placement(rcluster: Cluster):
+    c = rcluster
+    st = placed(c, "orders", c.nodes[1], 3)
+    for n in c.nodes:
+        code, v = c.http(n, "GET", "/api/vhosts/orders")
+        assert code == 200 and isinstance(v, dict), (code, v)
+        code, listed = c.http(n, "GET", "/api/vhosts")
+        assert code == 200 and isinstance(listed, list), (code, listed)
+        for entry in (v, next(x for x in listed if x["name"] == "orders")):
+            assert (entry.get("owner"), entry.get("epoch")) == (st["owner"], st["epoch"]), \
+                (n.name, entry, st)
+            assert sorted(entry.get("replicas") or []) == sorted(st["replicas"]), (entry, st)
+            assert sorted(entry.get("in_sync") or []) == sorted(st["in_sync"]), (entry, st)
+
+
 def test_move_to_a_down_node_is_refused(rcluster: Cluster):
     c = rcluster
     owner, via, down = c.nodes
@@ -297,10 +312,41 @@ def test_move_to_a_down_node_is_refused(rcluster: Cluster):
     assert down.name in r.stdout + r.stderr, (r.stdout, r.stderr)
 
 
+def test_too_few_in_sync_copies_nack_instead_of_confirming(tmp_path):
+    """--min-in-sync 3 (the owner counted): with a replica gone, persistent publishes are
+    nacked, not confirmed; once it is back in sync they are confirmed again."""
+    c = Cluster(tmp_path, **SETTINGS, min_in_sync="3")
+    try:
+        c.start()
+        owner, _, replica = c.nodes
+        placed(c, "orders", owner, 3)
+        pubs = Publishers(c.nodes[:2], "orders", "q", count=2, **creds(c)).start()
+        pubs.wait_confirms(200, what="with every copy in sync")
+        replica.kill()
+        wait_vhost(c, "orders", lambda s: replica.name not in s["in_sync"],
+                   via=c.nodes[:2], timeout=30, what="the dead replica leaving the in-sync set")
+        t_shrunk = time.monotonic()
+        c.wait_until(lambda: len(pubs.nacked) >= 50, timeout=60,
+                     what="nacks with too few copies in sync")
+        late = [cf for cf in pubs.confirms_since(t_shrunk) if cf.sent >= t_shrunk]
+        assert not late, f"confirmed with 2 of 3 copies in sync: {[cf.id for cf in late[:20]]}"
+        replica.start(60)
+        wait_in_sync(c, "orders", 2, timeout=90)
+        pubs.wait_confirms(200, what="with the replica back in sync")
+        pubs.stop()
+        d = drain(c.nodes, "orders", "q", **creds(c))
+        assert_confirmed_present(pubs.confirmed, d, c, "min-in-sync")
+        log.warning("min-in-sync: %s", pubs.summary())
+    finally:
+        c.stop()
+
+
 # -----------------------------------------------------------------------------------------
 def single_copy_vhost_with_dead_owner(c: Cluster) -> tuple[NodeProcess, set[str]]:
     """Factor 1 on n3, 50 confirmed messages in it, then n3 killed; (the owner, their ids)."""
     owner = c.nodes[2]
+    r = ctl(c.nodes[0], "add_vhost", "solo", "--owner", owner.name, "--replicas", "1")
+    assert r.returncode == 0, (r.stdout, r.stderr)
     st = placed(c, "solo", owner, 1)
     assert st["replicas"] == [] and st["replication_factor"] == 1, st
     pubs = Publishers(c.nodes[:2], "solo", "q", count=1, **creds(c)).start()
