@@ -136,3 +136,12 @@ def netns_cluster(lab, base: Path, **settings: str):
             lab.heal()  # nodes stopped while cut off leave orphan sockets behind
             c.stop()
     return managed()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_clients():
+    """A fault test that fails halfway must not leave its publishers running into the next
+    test's cluster."""
+    yield
+    from tests.cluster import harness
+    harness.stop_all()

@@ -23,10 +23,12 @@ Timings (fault to first confirm, longest gap between confirms) are logged, never
 from __future__ import annotations
 
 import logging
+import secrets
 import select
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,21 @@ log = logging.getLogger("tests.faults")
 logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 CONNECTION_FORCED = 320
+
+# every publisher and background consumer started, so that a test that fails halfway does
+# not leave them publishing into the next test's cluster (see stop_all)
+_running: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def stop_all() -> None:
+    """Stop whatever publishers and consumers a test left running (its fixture's finalizer)."""
+    for t in list(_running):
+        if t.is_alive():
+            if isinstance(t, Publisher):
+                t._settle = 0.0  # nothing to wait for: the test is over
+            t._stop_event.set()  # type: ignore[attr-defined]
+    for t in list(_running):
+        t.join(20)
 
 
 # =========================================================================================
@@ -179,7 +196,7 @@ class Publisher(threading.Thread):
         self.nodes = list(nodes)
         self.vhost, self.queue = vhost, queue
         self.user, self.password = user, password
-        self.tag = name
+        self.tag = f"{name}:{secrets.token_hex(2)}"  # ids unique across tests and runs
         self.index = start % len(self.nodes)
         self.window = window
         self.interval = 1.0 / rate if rate else 0.0
@@ -235,6 +252,10 @@ class Publisher(threading.Thread):
             return [c for c in self.confirms if c.confirmed >= t]
 
     # ------------------------------------------------------------------ the loop
+    def start(self) -> None:
+        _running.add(self)
+        super().start()
+
     def run(self) -> None:
         # short and capped low: the time to the first confirm after a fault should measure
         # the broker, not this loop's waiting
@@ -600,6 +621,10 @@ class BackgroundConsumer(threading.Thread):
         self.drainer = Drainer(nodes, vhost, queue, **kw)
         self._stop_event = threading.Event()
         self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        _running.add(self)
+        super().start()
 
     def run(self) -> None:
         try:
