@@ -62,7 +62,12 @@ def test_owner_cut_off_confirms_nothing_it_cannot_replicate(netns_lab, ns_cluste
     stubborn = Publisher([owner], "orders", "q", name="stubborn", confirm_timeout=3, **cred)
     sticky = Publisher([owner], "orders", "q", name="sticky", confirm_timeout=600, **cred)
     own = [stubborn, sticky]
-    for p in own:
+    # and a client of a majority node, forwarded to the owner: once the vhost has failed
+    # over, that node must close it (as a dead owner's socket would) rather than leave it
+    # hanging on the cut-off owner until a heartbeat timeout
+    forwarded = Publisher([majority[0]], "orders", "q", name="forwarded", confirm_timeout=600,
+                          **cred)
+    for p in own + [forwarded]:
         p.start()
     pubs.wait_confirms(300, what="before the cut")
     lab.cut(i)
@@ -71,6 +76,19 @@ def test_owner_cut_off_confirms_nothing_it_cannot_replicate(netns_lab, ns_cluste
     assert after["owner"] in before["in_sync"], (before, after)
     pubs.wait_confirms(300, timeout=60, what="through the majority after the failover")
     log_recovery("owner partitioned", pubs, t_cut)
+    # (checked at the end, so that the rest of the scenario still runs and reports)
+    problems = []
+    try:
+        c.wait_until(lambda: forwarded.snapshot("closes") or forwarded.confirms_since(t_cut),
+                     timeout=30)
+    except TimeoutError:
+        pass
+    closes = [(round(cl.at - t_cut, 3), cl.code, cl.text) for cl in forwarded.closes]
+    log.warning("client forwarded by %s: closes %s", majority[0].name, closes)
+    if not closes or closes[0][1] != CONNECTION_FORCED:
+        problems.append(f"{majority[0].name} did not close its client forwarded to the cut-off "
+                        f"owner with 320 within 30 s of the failover (closes: {closes}; "
+                        f"confirms since the cut: {len(forwarded.confirms_since(t_cut))})")
     time.sleep(3)  # the cut-off owner's clients go on publishing to it a while
     # nothing sent to the cut-off owner after the cut can have reached a replica
     late = [cf for p in own for cf in p.confirms_since(t_cut) if cf.sent >= t_cut]
@@ -91,8 +109,9 @@ def test_owner_cut_off_confirms_nothing_it_cannot_replicate(netns_lab, ns_cluste
                  timeout=30, what="the old owner closing its clients with 320")
     pubs.wait_confirms(100, what="after the heal")
     pubs.stop()
-    for p in own:
+    for p in own + [forwarded]:
         p.stop()
-    confirmed = pubs.confirmed.union(*(p.confirmed for p in own))
+    confirmed = pubs.confirmed.union(*(p.confirmed for p in own + [forwarded]))
     d = drain(majority + [owner], "orders", "q", **cred)
     assert_confirmed_present(confirmed, d, c, "owner partitioned")
+    assert not problems, problems
