@@ -146,15 +146,31 @@ def test_owner_paused_beyond_failover_timeout_confirms_nothing_after_losing_owne
     # and one that stays on the owner through the hang, whatever happens
     sticky = Publisher([owner], "orders", "q", name="sticky", confirm_timeout=600,
                        **creds(c))
+    # and one on another node, forwarded to the owner: once the vhost has failed over, that
+    # node must close it (as a dead owner's socket would), not leave it hanging
+    forwarded = Publisher([c.nodes[1]], "orders", "q", name="forwarded", confirm_timeout=600,
+                          **creds(c))
     sticky.start()
+    forwarded.start()
     pubs.wait_confirms(300, what="before the pause")
     t = time.monotonic()
     owner.pause()
+    problems = []  # checked at the end, so that the rest of the scenario still reports
     try:
         after = wait_epoch_change(c, "orders", before, via=others(c, owner), since=t)
         assert after["owner"] in before["in_sync"], (before, after)
         pubs.wait_confirms(300, what="through the other nodes after the failover")
         log_recovery("owner SIGSTOP", pubs, t)
+        try:
+            c.wait_until(lambda: forwarded.snapshot("closes"), timeout=30)
+        except TimeoutError:
+            pass
+        closes = [(round(cl.at - t, 3), cl.code, cl.text) for cl in forwarded.closes]
+        log.warning("client forwarded by %s while the owner hung: closes %s",
+                    c.nodes[1].name, closes)
+        if not closes or closes[0][1] != CONNECTION_FORCED:
+            problems.append(f"{c.nodes[1].name} did not close its client forwarded to the hung "
+                            f"owner with 320 within 30 s of the failover (closes: {closes})")
     finally:
         t_cont = time.monotonic()
         owner.resume()
@@ -172,9 +188,11 @@ def test_owner_paused_beyond_failover_timeout_confirms_nothing_after_losing_owne
     pubs.wait_confirms(100, what="after SIGCONT")
     pubs.stop()
     sticky.stop()
-    confirmed = pubs.confirmed | sticky.confirmed
+    forwarded.stop()
+    confirmed = pubs.confirmed | sticky.confirmed | forwarded.confirmed
     d = drain(others(c, owner) + [owner], "orders", "q", **creds(c))
     assert_confirmed_present(confirmed, d, c, "owner paused")
+    assert not problems, problems
 
 
 def test_replica_killed_publishing_goes_on(rcluster: Cluster):
