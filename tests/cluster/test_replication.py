@@ -231,7 +231,7 @@ def test_move_under_load_loses_nothing(rcluster: Cluster):
     pubs = Publishers(c.nodes, "orders", "q", **creds(c)).start()
     pubs.wait_confirms(2000, what="before the move")
     t = time.monotonic()
-    code, body = move(c, c.nodes[1], "orders", target)
+    code, body = move(c, owner, "orders", target)  # through another node: the next test
     took = time.monotonic() - t
     assert code == 200, (code, body, log_tails(c))
     assert isinstance(body, dict), body
@@ -312,22 +312,38 @@ def test_vhost_entries_carry_the_placement(rcluster: Cluster):
             assert sorted(entry.get("in_sync") or []) == sorted(st["in_sync"]), (entry, st)
 
 
+def test_move_requested_through_any_node(rcluster: Cluster):
+    c = rcluster
+    n1, n2, n3 = c.nodes
+    before = placed(c, "orders", n1, 3)
+    code, body = move(c, n2, "orders", n3)  # n2 relays to the owner
+    assert code == 200, (code, body)
+    assert isinstance(body, dict) and body["owner"] == n3.name, body
+    assert body["epoch"] == before["epoch"] + 1, (before, body)
+    r = ctl(n1, "move_vhost", "orders", n2.name)  # n1 no longer owns it
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    st = wait_vhost(c, "orders", lambda s: s["owner"] == n2.name, timeout=30,
+                    what="the move through warrenctl")
+    assert st["epoch"] == before["epoch"] + 2, st
+
+
 def test_move_to_a_down_node_is_refused(rcluster: Cluster):
     c = rcluster
-    owner, via, down = c.nodes
+    owner, other, down = c.nodes
     before = placed(c, "orders", owner, 3)
     down.kill()
-    code, body = move(c, via, "orders", down)
-    assert 400 <= code < 500, (code, body)
-    assert down.name in str(body), body
-    code, body = c.http(via, "POST", vhost_path("orders") + "/move",
-                        {"node": "nobody@nowhere"})
-    assert 400 <= code < 500, (code, body)
-    st = vhost_state(c, "orders", via=[via])
-    assert (st["owner"], st["epoch"]) == (owner.name, before["epoch"]), st
-    r = ctl(via, "move_vhost", "orders", down.name)
-    assert r.returncode != 0, r.stdout
-    assert down.name in r.stdout + r.stderr, (r.stdout, r.stderr)
+    for via in (owner, other):  # asked of the owner, and of a node that relays it
+        code, body = move(c, via, "orders", down)
+        assert 400 <= code < 500, (via.name, code, body)
+        assert down.name in str(body), (via.name, body)
+        code, body = c.http(via, "POST", vhost_path("orders") + "/move",
+                            {"node": "nobody@nowhere"})
+        assert 400 <= code < 500, (via.name, code, body)
+        st = vhost_state(c, "orders", via=[via])
+        assert (st["owner"], st["epoch"]) == (owner.name, before["epoch"]), st
+        r = ctl(via, "move_vhost", "orders", down.name)
+        assert r.returncode != 0, (via.name, r.stdout)
+        assert down.name in r.stdout + r.stderr, (via.name, r.stdout, r.stderr)
 
 
 def test_too_few_in_sync_copies_nack_instead_of_confirming(tmp_path):
