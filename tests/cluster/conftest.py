@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,17 @@ SECRET = "test-cluster-secret"
 
 
 class Cluster:
-    def __init__(self, base: Path, size: int = 3) -> None:
+    """`settings` go to every node (e.g. replication_factor="3"); `placement(i)` gives node
+    i's host and network namespace (the partition tests' NetnsLab.placement)."""
+
+    def __init__(self, base: Path, size: int = 3,
+                 placement: Callable[[int], dict] | None = None, **settings: str) -> None:
         self.base = base
+        self.user = settings.get("default_user", "guest")
+        self.password = settings.get("default_pass", "guest")
         self.nodes = [NodeProcess(base / f"n{i + 1}", name=f"n{i + 1}@localhost",
-                                  cluster_secret=SECRET, log_level="info")
+                                  **(placement(i) if placement else {}),
+                                  **{"cluster_secret": SECRET, "log_level": "info", **settings})
                       for i in range(size)]
         peers = ",".join(n.raft_address for n in self.nodes)
         for n in self.nodes:
@@ -41,12 +49,12 @@ class Cluster:
     def by_name(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)
 
-    @staticmethod
-    def http(node: NodeProcess, method: str, path: str, body: object = None,
+    def http(self, node: NodeProcess, method: str, path: str, body: object = None,
              timeout: float = 20) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(node.http_url + path, data=data, method=method)
-        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        auth = f"{self.user}:{self.password}".encode()
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth).decode())
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -95,3 +103,45 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = Cluster(tmp_path_factory.mktemp("cluster")).start()
     yield c
     c.stop()
+
+
+@pytest.fixture
+def netns_lab():
+    """Three network namespaces on a bridge (tests.cluster.netns); skipped, with the reason,
+    where they cannot be made (not root, no `ip` or `iptables`)."""
+    from tests.cluster import netns
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(f"partition tests cannot run here: {reason}")
+    lab = netns.NetnsLab(3)
+    try:
+        lab.setup()
+        yield lab
+    finally:
+        lab.teardown()
+
+
+def netns_cluster(lab, base: Path, **settings: str):
+    """A started cluster whose node i lives in the lab's namespace i; a context manager
+    that heals every cut before stopping the nodes."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def managed():
+        c = Cluster(base, placement=lab.placement, **lab.settings, **settings)
+        try:
+            c.start()
+            yield c
+        finally:
+            lab.heal()  # nodes stopped while cut off leave orphan sockets behind
+            c.stop()
+    return managed()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_clients():
+    """A fault test that fails halfway must not leave its publishers running into the next
+    test's cluster."""
+    yield
+    from tests.cluster import harness
+    harness.stop_all()
