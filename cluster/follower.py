@@ -106,11 +106,7 @@ class Follower:
                 continue
             session = FollowerSession(self)
             self._session = session
-            transport.set_protocol(session)
-            session.connection_made(transport)
-            if early:
-                session.data_received(early)
-            transport.resume_reading()  # the handshake stops reading until a protocol is set
+            session.take_over(transport, early)
             self.connected = True
             await session.closed
             self.connected = False
@@ -133,7 +129,6 @@ class FollowerSession(wire.FramedProtocol):
         self.follower = follower
         self.store = follower.store
         self.epoch = follower.epoch
-        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         self.stopped = False
         self.streamed = False
         self._mode: str | None = None
@@ -230,12 +225,3 @@ class FollowerSession(wire.FramedProtocol):
             self.fail(f"owner refused: {message.get('reason')}")
         else:
             raise wire.WireError(f"unexpected control message {t!r}")
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if not self.closed.done():
-            self.closed.set_result(None)

@@ -137,11 +137,7 @@ class Liveness:
                 await asyncio.sleep(RETRY_INTERVAL)
                 continue
             session = _PingClient(member)
-            transport.set_protocol(session)
-            session.connection_made(transport)
-            if early:
-                session.data_received(early)
-            transport.resume_reading()  # the handshake stops reading until a protocol is set
+            session.take_over(transport, early)
             member.session = session
             member.refused = False
             try:
@@ -166,7 +162,6 @@ class _PingClient(wire.FramedProtocol):
     def __init__(self, member: _Member) -> None:
         super().__init__()
         self.member = member
-        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         self._waiting: dict[Any, asyncio.Future[Positions]] = {}
 
     def ping(self, ident: int) -> asyncio.Future[Positions]:
@@ -189,14 +184,8 @@ class _PingClient(wire.FramedProtocol):
         if fut is not None and not fut.done():
             fut.set_result(positions)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("ping session closed"))

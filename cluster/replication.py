@@ -251,11 +251,8 @@ class SourceSession(wire.FramedProtocol):
         self._task: asyncio.Future[None] | None = None
 
     def start(self, transport: asyncio.Transport, early: bytes) -> None:
-        transport.set_protocol(self)
-        self.connection_made(transport)
         self.source.attach(self.node, self)
-        if early:
-            self.data_received(early)
+        self.take_over(transport, early)
         self._task = asyncio.ensure_future(self._catch_up())
 
     async def _catch_up(self) -> None:
@@ -323,10 +320,6 @@ class SourceSession(wire.FramedProtocol):
                 self.on_fenced(epoch)
         else:
             raise wire.WireError(f"unexpected frame kind {kind}")
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -56,6 +56,20 @@ class FramedProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._paused_writing = False
         self._drained: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+
+    def take_over(self, transport: asyncio.Transport, early: bytes) -> None:
+        """Become the protocol of a transport the cluster port's handshake opened (it
+        stopped reading there, so that no byte lands in the handshake's protocol)."""
+        transport.set_protocol(self)
+        self.connection_made(transport)
+        if early:
+            self.data_received(early)
+        transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -135,3 +149,5 @@ class FramedProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._drained is not None and not self._drained.done():
             self._drained.set_exception(ConnectionError("session closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)

@@ -80,11 +80,7 @@ class Replication:
         """A session of another node on our cluster port (after its HMAC handshake)."""
         kind = facts.get("kind")
         if kind == "ping":
-            server = PingServer(self.positions)
-            transport.set_protocol(server)
-            server.connection_made(transport)
-            if early:
-                server.data_received(early)
+            PingServer(self.positions).take_over(transport, early)
             return
         vhost, node = str(facts.get("vhost")), str(facts.get("node"))
         source = self.sources.get(vhost)
