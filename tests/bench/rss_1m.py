@@ -146,7 +146,13 @@ def main() -> int:
             print(json.dumps(r))
     else:
         print(table(rows))
-    return 0
+    short = [r for r in rows if r["confirmed"] != a.messages or r["nacked"] or r["errors"]]
+    for r in short:
+        # the memory of a run that did not hold every message says nothing: fail loudly
+        print(f"# {r['broker']}: only {r['confirmed']:,} of {a.messages:,} messages confirmed "
+              f"({r['nacked']} nacked, errors: {'; '.join(r['errors']) or 'none'}): its RSS "
+              "is not a figure for the full backlog", file=sys.stderr)
+    return 1 if short else 0
 
 
 if __name__ == "__main__":
