@@ -536,8 +536,10 @@ class Channel:
         if ex is None:
             raise ChannelError(errors.NOT_FOUND,
                                f"no exchange '{exchange}' in vhost '{vh.name}'", 60, 40)
+        # RabbitMQ checks the default exchange under its name amq.default: without this, a
+        # user with no write permission could publish to every queue of the vhost
+        self.check("write", "exchange", exchange or "amq.default")
         if exchange != "":
-            self.check("write", "exchange", exchange)
             if ex.internal:
                 raise ChannelError(errors.ACCESS_REFUSED,
                                    f"cannot publish to internal exchange '{exchange}' in "

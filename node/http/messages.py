@@ -84,8 +84,7 @@ async def publish(request: web.Request) -> web.Response:
     ex = vh.exchanges.get(xname)
     if ex is None:
         raise not_found()
-    if xname:
-        check_permission(request, vh.name, "write", "exchange", xname)
+    check_permission(request, vh.name, "write", "exchange", xname or "amq.default")
     if ex.internal:
         raise bad_request(f"ACCESS_REFUSED - cannot publish to internal exchange '{xname}' in "
                           f"vhost '{vh.name}'")

@@ -24,11 +24,12 @@ def test_vhost_user_permission_lifecycle(node):
     ctl(node, "add_user", "alice", "s3cret")
     users = json.loads(ctl(node, "list_users", "--formatter", "json").stdout)
     assert {"name": "alice", "tags": []} in users
-    ctl(node, "set_permissions", "-p", "staging", "alice", "^alice-.*", "^alice-.*|amq\\.topic",
-        "^alice-.*")
+    # the default exchange is checked as amq.default, as in RabbitMQ
+    ctl(node, "set_permissions", "-p", "staging", "alice", "^alice-.*",
+        "^alice-.*|amq\\.topic|amq\\.default", "^alice-.*")
     perms = json.loads(ctl(node, "list_permissions", "-p", "staging", "-f", "json").stdout)
     assert perms == [{"user": "alice", "vhost": "staging", "configure": "^alice-.*",
-                      "write": "^alice-.*|amq\\.topic", "read": "^alice-.*"}]
+                      "write": "^alice-.*|amq\\.topic|amq\\.default", "read": "^alice-.*"}]
 
     url = f"amqp://alice:s3cret@127.0.0.1:{node.amqp_port}/staging"
     c = pika.BlockingConnection(pika.URLParameters(url))
