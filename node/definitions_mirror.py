@@ -7,8 +7,8 @@ applies the same changes in the same order (node/definition_changes.py submits t
 DefinitionMirror is a mixin of `Broker`. It writes `vhosts` (the runtime VirtualHosts),
 `vhost_defs`, `nodes`, `users`, `permissions` and `policies`; it reads `_live` (events are
 ignored until the runtime is built), `settings`, `metadata` (snapshot) and uses `stores`
-(node/vhost_stores.py). It calls `owns` (placement), `_forget_permission_caches` (access),
-`_drop_queue` (broker), `_binding_is_durable`, `_queue_unused` and `_exchange_unused`
+(node/vhost_stores.py). It calls `owns` (placement), `_forget_permission_caches` and
+`close_user_connections` (access), `_drop_queue` (broker), `_binding_is_durable`, `_queue_unused` and `_exchange_unused`
 (definition changes).
 """
 
@@ -52,6 +52,8 @@ class DefinitionMirror:
     if TYPE_CHECKING:
         def owns(self, vhost: str) -> bool: ...
         def _forget_permission_caches(self) -> None: ...
+        def close_user_connections(self, user: str, why: str,
+                                   vhost: str | None = None) -> None: ...
         def _drop_queue(self, vh: VirtualHost, name: str) -> None: ...
         def _binding_is_durable(self, vh: VirtualHost, source: str,
                                 dest: Destination) -> bool: ...
@@ -242,20 +244,28 @@ class DefinitionMirror:
         self.policies.pop(cmd["name"], None)
 
     def _ev_add_user(self, cmd: dict, result: dict) -> None:
+        before = self.users.get(cmd["name"])
         self.users[cmd["name"]] = {"name": cmd["name"], "password_hash": cmd["password_hash"],
                                    "hashing": cmd.get("hashing", ""),
                                    "tags": list(cmd.get("tags", []))}
+        if before is not None and before.get("password_hash") != cmd["password_hash"]:
+            # PUT /api/users/<name> with a new password is how a password changes
+            self.close_user_connections(cmd["name"],
+                                        f"credentials of user '{cmd['name']}' changed")
 
     def _ev_delete_user(self, cmd: dict, result: dict) -> None:
         self.users.pop(cmd["name"], None)
         for perms in self.permissions.values():
             perms.pop(cmd["name"], None)
+        self._forget_permission_caches()
+        self.close_user_connections(cmd["name"], f"user '{cmd['name']}' is deleted")
 
     def _ev_change_password(self, cmd: dict, result: dict) -> None:
         u = self.users.get(cmd["name"])
         if u is not None:
             u["password_hash"] = cmd["password_hash"]
             u["hashing"] = cmd.get("hashing", u.get("hashing", ""))
+        self.close_user_connections(cmd["name"], f"credentials of user '{cmd['name']}' changed")
 
     def _ev_set_user_tags(self, cmd: dict, result: dict) -> None:
         u = self.users.get(cmd["name"])
@@ -271,6 +281,9 @@ class DefinitionMirror:
     def _ev_clear_permissions(self, cmd: dict, result: dict) -> None:
         self.permissions.get(cmd["vhost"], {}).pop(cmd["user"], None)
         self._forget_permission_caches()
+        self.close_user_connections(
+            cmd["user"], f"access to vhost '{cmd['vhost']}' revoked for user '{cmd['user']}'",
+            cmd["vhost"])
 
     def _ev_set_policy(self, cmd: dict, result: dict) -> None:
         policy = result.get("policy") or {k: cmd.get(k) for k in (

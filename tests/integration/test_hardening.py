@@ -77,3 +77,59 @@ def test_default_exchange_needs_write_permission_over_http(node, ch, readonly_us
     assert status == 401, out
     assert ch.queue_declare("h11-victim-http", passive=True).method.message_count == 0
     ch.queue_delete("h11-victim-http")
+
+
+# --- item 2: deleting a user, or changing their password or permissions, takes effect --
+def _user_connection(node, user: str, password: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(
+        f"amqp://{user}:{password}@127.0.0.1:{node.amqp_port}/%2F"))
+
+
+def _closed_with(c: pika.BlockingConnection) -> tuple[int, str]:
+    """Wait for the broker to close `c`; its (code, text)."""
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        for _ in range(50):
+            c.process_data_events(time_limit=0.1)
+    return e.value.reply_code, e.value.reply_text
+
+
+@pytest.mark.parametrize("change", ["delete_user", "change_password", "clear_permissions"])
+def test_revoking_a_user_closes_their_connections(node, change):
+    ctl(node, "add_user", "revoked", "pw")
+    ctl(node, "set_permissions", "-p", "/", "revoked", ".*", ".*", ".*")
+    c = _user_connection(node, "revoked", "pw")
+    c.channel().queue_declare("h11-revoked", auto_delete=True)
+    if change == "delete_user":
+        ctl(node, "delete_user", "revoked")
+        expected = "CONNECTION_FORCED - user 'revoked' is deleted"
+    elif change == "change_password":
+        ctl(node, "change_password", "revoked", "other")
+        expected = "CONNECTION_FORCED - credentials of user 'revoked' changed"
+    else:
+        ctl(node, "clear_permissions", "-p", "/", "revoked")
+        expected = "CONNECTION_FORCED - access to vhost '/' revoked for user 'revoked'"
+    try:
+        assert _closed_with(c) == (320, expected)
+    finally:
+        ctl(node, "delete_user", "revoked", check=False)
+
+
+def test_changed_permissions_apply_to_open_channels(node):
+    """Cached permission checks are forgotten when permissions change (also the ones a
+    deleted-then-recreated user's old channels had)."""
+    ctl(node, "add_user", "narrowed", "pw")
+    ctl(node, "set_permissions", "-p", "/", "narrowed", ".*", ".*", ".*")
+    c = _user_connection(node, "narrowed", "pw")
+    try:
+        uch = c.channel()
+        uch.queue_declare("h11-narrowed", auto_delete=True)
+        uch.basic_publish("", "h11-narrowed", b"allowed")
+        ctl(node, "set_permissions", "-p", "/", "narrowed", ".*", "^$", ".*")
+        uch.basic_publish("", "h11-narrowed", b"refused now")
+        with pytest.raises(ChannelClosedByBroker) as e:
+            uch.queue_declare("h11-narrowed", passive=True)
+        assert e.value.reply_code == 403
+    finally:
+        if c.is_open:
+            c.close()
+        ctl(node, "delete_user", "narrowed", check=False)
