@@ -38,11 +38,14 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import pysyncobj.syncobj as _pysyncobj_module
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 from cluster.definitions import INTERNAL_ERROR, DefinitionState
+from cluster.journal import DurableJournal
+from cluster.raft_port import WarrenTransport
 
 __all__ = [
     "DEFAULT_RAFT_PORT",
@@ -210,11 +213,31 @@ class DefinitionsMachine(SyncObj):
         # Set before SyncObj.__init__: pysyncobj takes attributes existing at that point
         # for its own and never serializes them (and we serialize with our own code).
         self._replica = replica
-        super().__init__(self_address, peers, conf=conf)
+        # pysyncobj builds its journal itself (createJournal, looked up in its module) and
+        # never fsyncs it: hand it ours for the length of the constructor
+        original = _pysyncobj_module.createJournal
+        with _CONSTRUCTING:
+            _pysyncobj_module.createJournal = _durable_journal
+            try:
+                super().__init__(self_address, peers, conf=conf, transportClass=WarrenTransport)
+            finally:
+                _pysyncobj_module.createJournal = original
 
     @replicated
     def apply_command(self, blob: bytes) -> dict[str, Any]:
+        # applying acknowledges the change to its client: the entry must be on disk first
+        journal = getattr(self, "_SyncObj__raftLog", None)
+        if isinstance(journal, DurableJournal):
+            journal.sync()
         return self._replica.apply_blob(blob)
+
+
+_CONSTRUCTING = threading.Lock()
+
+
+def _durable_journal(journal_file: str | None) -> Any:
+    from pysyncobj.journal import MemoryJournal
+    return DurableJournal(journal_file) if journal_file else MemoryJournal()
 
 
 class _Wakeup:

@@ -1,0 +1,81 @@
+"""A Raft journal that is on disk before anything that depends on it leaves the node.
+
+pysyncobj's `FileJournal` writes entries into an mmap'd file and never fsyncs it, and saves
+its meta file (term, vote, commit index) with a rename but no fsync (its issue #84): a
+committed definition could vanish on power loss while the messages it names are on disk.
+
+`DurableJournal` keeps pysyncobj's file format and marks the journal dirty on every change;
+`sync()` makes it durable with one fsync of the journal file, however many entries were
+added since the last one (a follower appending a batch pays once).  `cluster.raft` calls
+`sync()` at the two points Raft needs it: before any Raft message leaves the node (an
+append-entries reply or a leader's append-entries: a peer may count what we claim to hold)
+and before a committed entry is applied (applying is what acknowledges a change to the
+client).  Term and vote are fsynced (file and directory) before they are used, as Raft
+requires of `currentTerm` and `votedFor`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from pysyncobj.journal import FileJournal, MetaStorer
+from pysyncobj.pickle import dumps
+
+__all__ = ["DurableJournal", "fsync_dir"]
+
+
+def fsync_dir(path: str) -> None:
+    """A rename is durable only once its directory is."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _DurableMetaStorer(MetaStorer):
+    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 - pysyncobj's name
+        path = self.getPath()
+        with open(path + ".tmp", "wb") as f:
+            f.write(dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.move(path + ".tmp", path)
+        fsync_dir(path)
+
+
+class DurableJournal(FileJournal):
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._path = journal_file
+        self._dirty = False
+        self.syncs = 0  # fsyncs done (management figures, tests)
+        # pysyncobj's private attribute: its meta writes go through our durable storer
+        self._FileJournal__metaStorer = _DurableMetaStorer(journal_file + ".meta")
+
+    # every mutation of the log marks it dirty; sync() makes it durable
+    def add(self, command: Any, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self._dirty = True
+
+    def clear(self) -> None:
+        super().clear()
+        self._dirty = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803
+        super().deleteEntriesFrom(entryFrom)
+        self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def sync(self) -> None:
+        """fsync the journal file if anything changed since the last sync (tick thread)."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        f = self._FileJournal__journalFile._ResizableFile__f  # reopened when the file grows
+        os.fsync(f.fileno())
+        self.syncs += 1
