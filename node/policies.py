@@ -22,18 +22,17 @@ def _rx(pattern: str) -> re.Pattern[str] | None:
 
 
 def matching_policy(policies: dict[str, dict], kind: str, name: str) -> dict | None:
+    """The policy for the queue or exchange `name` (`kind` "queue" or "exchange").  The one
+    implementation: the broker applies what this returns and the management API shows it."""
     best = None
+    best_key: tuple[int, str] | None = None
     for p in policies.values():
         if p.get("apply_to", "all") not in _APPLIES[kind]:
             continue
         rx = _rx(str(p.get("pattern", "")))
         if rx is None or not rx.search(name):
             continue
-        key = (int(p.get("priority") or 0), _neg(p.get("name", "")))
-        if best is None or key > best[0]:
-            best = (key, p)
-    return best[1] if best else None
-
-
-def _neg(name: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in name)
+        key = (-int(p.get("priority") or 0), str(p.get("name", "")))  # smallest wins
+        if best_key is None or key < best_key:
+            best, best_key = p, key
+    return best

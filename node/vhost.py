@@ -39,8 +39,8 @@ class VirtualHost:
         # stats_* counters of deleted queues and exchanges, so that vhost and node totals
         # (management API, Prometheus *_total) never go backwards
         self.retired_stats: dict[str, int] = {}
-        for ex_name, ex_type in STANDARD_EXCHANGES:
-            self.add_exchange(ex_name, ex_type, durable=True)
+        for ex_name, ex_type, internal in STANDARD_EXCHANGES:
+            self.add_exchange(ex_name, ex_type, durable=True, internal=internal)
 
     # --- exchanges ------------------------------------------------------------------
     def add_exchange(self, name: str, type_name: str, durable: bool = False,

@@ -51,26 +51,21 @@ MAX_NESTING = 64
 # The trailing underscore keeps SyntaxError_ from shadowing the builtin SyntaxError;
 # FrameError_ follows suit so the codec errors read as one family.
 class SyntaxError_(ValueError):
-    """Malformed or truncated bytes on the wire (AMQP 502 SYNTAX_ERROR)."""
-
-    reply_code = 502
+    """Malformed or truncated bytes on the wire (AMQP 502 SYNTAX_ERROR: the connection
+    picks the code, from node.errors, the one table of reply codes)."""
 
 
 class FrameError_(ValueError):
     """A frame that breaks the framing rules: bad end octet, unknown type, too big
     (AMQP 501 FRAME_ERROR)."""
 
-    reply_code = 501
-
 
 class UnknownMethod(ValueError):
     """A method frame whose class/method id pair is not in the spec.
 
     The connection picks the reply code (540 NOT_IMPLEMENTED for an unknown class,
-    503 COMMAND_INVALID otherwise); `reply_code` is only the default.
+    503 COMMAND_INVALID otherwise).
     """
-
-    reply_code = 540
 
     def __init__(self, class_id: int, method_id: int, message: str | None = None) -> None:
         self.class_id = class_id

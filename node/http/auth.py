@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from node import errors
 from node.auth import check_password, is_loopback
 from node.errors import AMQPError
 from node.http.common import MANAGEMENT_TAGS, HTTPError, error_response
@@ -23,7 +24,9 @@ PUBLIC_PREFIXES = ("/metrics", "/api/openapi.json", "/static/", "/favicon.ico")
 PUBLIC_PATHS = {"/", "/index.html"}
 
 # AMQP reply codes of definition refusals -> HTTP status
-_STATUS_OF_AMQP = {403: 401, 404: 404, 405: 400, 406: 400, 530: 400, 541: 503}
+_STATUS_OF_AMQP = {errors.ACCESS_REFUSED: 401, errors.NOT_FOUND: 404, errors.RESOURCE_LOCKED: 400,
+                   errors.PRECONDITION_FAILED: 400, errors.NOT_ALLOWED: 400,
+                   errors.INTERNAL_ERROR: 503}
 
 
 def authenticate(broker: Any, header: str, remote: str | None) -> tuple[dict | None, str]:

@@ -31,7 +31,7 @@ from node.http.common import (
 
 routes = web.RouteTableDef()
 
-BUILTIN_EXCHANGES = {n for n, _t in STANDARD_EXCHANGES}
+BUILTIN_EXCHANGES = {n for n, _t, _i in STANDARD_EXCHANGES}
 
 
 def _builtin(exchange: str) -> bool:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from typing import Any
 from urllib.parse import quote
 
+from node import policies
 from node.http.stats import (
     Sampler,
     channel_counters,
@@ -29,23 +29,10 @@ def node_name(broker: Any) -> str:
     return broker.settings.node_name
 
 
-# --- policies (display only: what a policy does to a queue is the broker's business) ------
+# --- policies: node.policies decides, for the broker and for what the API shows ------------
 def matching_policy(broker: Any, vhost: str, name: str, kind: str) -> dict | None:
-    """The policy RabbitMQ would apply: highest priority among those whose pattern matches
-    and whose apply-to covers `kind` ("queues" or "exchanges")."""
-    best = None
-    for p in broker.policies.get(vhost, {}).values():
-        if p.get("apply_to", "all") not in ("all", kind, "classic_queues" if kind == "queues"
-                                           else kind):
-            continue
-        try:
-            if not re.search(p.get("pattern", ""), name):
-                continue
-        except re.error:
-            continue
-        if best is None or p.get("priority", 0) > best.get("priority", 0):
-            best = p
-    return best
+    """The policy in effect on a queue or exchange (`kind` "queues" or "exchanges")."""
+    return policies.matching_policy(broker.policies.get(vhost, {}), kind.rstrip("s"), name)
 
 
 def queue_policy(broker: Any, vhost: str, q: Any) -> dict | None:

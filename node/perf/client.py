@@ -205,7 +205,7 @@ class Wire:
         """connection.close and wait briefly for close-ok; never raises."""
         try:
             self.sock.settimeout(timeout)
-            self.send(0, spec.ConnectionClose(200, "bye", 0, 0))
+            self.send(0, spec.ConnectionClose(spec.REPLY_SUCCESS, "bye", 0, 0))
             # deliveries may still be in flight before close-ok: skip them, within limits
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
