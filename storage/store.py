@@ -529,6 +529,13 @@ class MessageStore:
             while not queue.empty():  # unblock a producer waiting to put
                 queue.get_nowait()
 
+    @property
+    def pending_bytes(self) -> int:
+        """Record bytes queued and not yet committed.  Publishers are no longer read above
+        a bound (node side), so a disk slower than they are cannot make this grow forever."""
+        with self._lock:
+            return sum(g.nbytes for g in self._gens)
+
     def flush(self) -> asyncio.Future[None]:
         """A future that resolves once every op enqueued before this call is durable.
 

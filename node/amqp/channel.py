@@ -35,6 +35,14 @@ _QWORD = struct.Struct(">Q")
 _CONTENT_HEADER = struct.Struct(">HHQ")
 
 OPEN, CLOSING = "open", "closing"
+# Memory a client can make a channel hold (issue 11): frames that wait while a definition
+# change is in Raft, and the message store's uncommitted bytes (a slow disk), before the
+# connection is no longer read; what a direct reply-to client that never reads may have
+# queued before further replies to it are dropped (they are no-ack: RabbitMQ gives no
+# delivery guarantee for them either).
+BACKLOG_MAX_BYTES = 1 << 20
+STORE_PENDING_MAX_BYTES = 64 << 20
+REPLY_TO_MAX_BUFFERED = 4 << 20
 REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
@@ -76,6 +84,7 @@ class Channel:
         # methods that must wait while an earlier one is still going through Raft
         self._busy = False
         self._backlog: deque[tuple[int, Any]] = deque()
+        self._backlog_bytes = 0
         self._allowed: dict[tuple[str, str, str], bool] = {}
         self._deliver_prefix = _DELIVER_HEAD.pack(60, 60)
         self.stats_publish = 0
@@ -89,6 +98,9 @@ class Channel:
         """A method (already decoded), content header or body for this channel."""
         if self._busy:
             self._backlog.append((frame_type, payload))
+            self._backlog_bytes += len(payload) if isinstance(payload, (bytes, bytearray)) else 64
+            if self._backlog_bytes > BACKLOG_MAX_BYTES:
+                self.conn.hold_reading(self._backlog_hold)
             return
         if self.state == CLOSING:
             # after we sent channel.close, only close/close-ok count (spec 2.2.5)
@@ -112,6 +124,15 @@ class Channel:
         else:
             self._on_body(payload)
 
+    @property
+    def _backlog_hold(self) -> str:
+        return f"backlog:{self.number}"
+
+    def _backlog_drained(self) -> None:
+        if not self._backlog:
+            self._backlog_bytes = 0
+            self.conn.release_reading(self._backlog_hold)
+
     def _run_async(self, coro: Any, method: Any) -> None:
         self._busy = True
 
@@ -123,6 +144,7 @@ class Channel:
                     e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
                 self._busy = False
                 self._backlog.clear()
+                self._backlog_drained()
                 self.conn.handle_error(e, self.number)
                 return
             except asyncio.CancelledError:
@@ -132,6 +154,7 @@ class Channel:
                 self.conn.log.exception("channel %d: %s failed", self.number, method.NAME)
                 self._busy = False
                 self._backlog.clear()
+                self._backlog_drained()
                 self.conn.handle_error(ChannelError(errors.INTERNAL_ERROR, str(e),
                                                     method.CLASS_ID, method.METHOD_ID),
                                        self.number)
@@ -139,14 +162,18 @@ class Channel:
             self._busy = False
             while self._backlog and not self._busy and self.number in self.conn.channels:
                 ftype, payload = self._backlog.popleft()
+                self._backlog_bytes -= (len(payload) if isinstance(payload, (bytes, bytearray))
+                                        else 64)
                 try:
                     self.feed(ftype, payload)
                 except AMQPError as e:
                     if not e.class_id and ftype == spec.FRAME_METHOD:
                         e.class_id, e.method_id = payload.CLASS_ID, payload.METHOD_ID
                     self._backlog.clear()
+                    self._backlog_drained()
                     self.conn.handle_error(e, self.number)
                     return
+            self._backlog_drained()
             self.conn.flush()
 
         self.conn.spawn(run())
@@ -589,6 +616,14 @@ class Channel:
                     if r & FLOW:
                         self.conn.flow_pause(q)
             msg._record = None  # the store has its copy; don't keep a second one in memory
+            if must_flush:
+                store = vh.store
+                if (store is not None and store.pending_bytes > STORE_PENDING_MAX_BYTES
+                        and "store" not in self.conn.read_holds):
+                    # the disk is slower than this publisher: read it again once the store
+                    # has committed what is queued
+                    self.conn.hold_reading("store")
+                    store.flush().add_done_callback(self._store_caught_up)
         elif mandatory:
             self.broker.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
             self.send_content(spec.BasicReturn(
@@ -601,6 +636,11 @@ class Channel:
         if tag:
             self._confirm_after(tag, must_flush, not rejected)
         return must_flush
+
+    def _store_caught_up(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled():
+            fut.exception()  # a failed flush is reported by whoever confirms; read it here
+        self.conn.release_reading("store")
 
     # --- publisher confirms -----------------------------------------------------------
     def _confirm_after(self, tag: int, must_flush: bool, ok: bool = True) -> None:
@@ -928,6 +968,10 @@ class Channel:
     def _publish_reply(self, msg: Message, mandatory: bool) -> None:
         target = self.broker.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
         consumer = target.reply_consumer if target is not None else None
+        transport = target.conn.transport if target is not None else None
+        if (consumer is not None and transport is not None
+                and transport.get_write_buffer_size() > REPLY_TO_MAX_BUFFERED):
+            consumer = None  # its client does not read: drop, as for a vanished requester
         delivered = consumer is not None
         if target is not None and consumer is not None:
             target.deliver(consumer, None, QueueEntry(0, msg))  # type: ignore[arg-type]

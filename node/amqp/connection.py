@@ -81,6 +81,9 @@ class AMQPConnection(asyncio.Protocol):
         self.publisher = False  # has published: blocked by resource alarms
         self.blocked = False
         self.flow_queues: set[Any] = set()  # queues that asked us to slow down (flow control)
+        # other reasons we stopped reading this client (see hold_reading): memory it could
+        # otherwise make us hold, e.g. "writing" while it does not read what we send
+        self.read_holds: set[str] = set()
         self._flow_timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -133,11 +136,15 @@ class AMQPConnection(asyncio.Protocol):
         self.transport = None
 
     def pause_writing(self) -> None:
-        # the client reads slower than we deliver: stop handing it messages until it drains
+        # the client reads slower than we write: stop handing it messages until it drains,
+        # and stop reading it too: what it sends meanwhile (publishes that come back as
+        # basic.return with their bodies, confirms, gets) would only pile up in our buffer
         self.paused = True
+        self.hold_reading("writing")
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.release_reading("writing")
         for ch in list(self.channels.values()):
             ch._dispatch_all()
         self.flush()
@@ -536,7 +543,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.transport is None or self.state >= CLOSED:
             return
         now = time.monotonic()
-        if self.blocked:
+        if self.blocked or self.read_holds:
             self._last_recv = now  # we stopped reading on purpose: not the client's fault
         if now - self._last_recv > self.heartbeat * 2:
             log.warning("closing %s: missed heartbeats from client, timeout %ds", self.name,
@@ -674,7 +681,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.capabilities.get("connection.blocked"):
             self.send_method(0, spec.ConnectionUnblocked())
             self.flush()
-        if not self.flow_queues:
+        if not self.flow_queues and not self.read_holds:
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------------------
@@ -686,7 +693,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.transport is None or queue in self.flow_queues:
             return
         if not self.flow_queues:
-            if not self.blocked:
+            if not self.blocked and not self.read_holds:
                 self.transport.pause_reading()
             # the bound holds whatever else paused us (an alarm clearing must not find a
             # publisher still held by a queue that will never drain)
@@ -701,7 +708,7 @@ class AMQPConnection(asyncio.Protocol):
         if self._flow_timer is not None:
             self._flow_timer.cancel()
             self._flow_timer = None
-        if self.transport is not None and not self.blocked:
+        if self.transport is not None and not self.blocked and not self.read_holds:
             self.transport.resume_reading()
 
     def _flow_timeout(self) -> None:
@@ -711,7 +718,26 @@ class AMQPConnection(asyncio.Protocol):
         for q in list(self.flow_queues):
             q.flow_blocked.discard(self)
         self.flow_queues.clear()
-        if self.transport is not None and not self.blocked:
+        if self.transport is not None and not self.blocked and not self.read_holds:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------------------
+    # bounded memory: stop reading a client while it makes us hold more than we should
+    # (reading resumes when every reason, alarms and flow control included, has cleared)
+    # ------------------------------------------------------------------------------
+    def hold_reading(self, reason: str) -> None:
+        if self.transport is None or reason in self.read_holds:
+            return
+        if not self.read_holds and not self.blocked and not self.flow_queues:
+            self.transport.pause_reading()
+        self.read_holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        if reason not in self.read_holds:
+            return
+        self.read_holds.discard(reason)
+        if (self.transport is not None and not self.read_holds and not self.blocked
+                and not self.flow_queues):
             self.transport.resume_reading()
 
     def force_close(self, code: int, text: str) -> None:

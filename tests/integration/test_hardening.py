@@ -4,6 +4,8 @@ memory a client that never reads can pin, honest management figures)."""
 from __future__ import annotations
 
 import base64
+import select
+import time
 import json
 import subprocess
 import sys
@@ -133,3 +135,80 @@ def test_changed_permissions_apply_to_open_channels(node):
         if c.is_open:
             c.close()
         ctl(node, "delete_user", "narrowed", check=False)
+
+
+# --- item 8: a client that never reads cannot make the node hold its traffic --------------
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _never_reading_client(port: int):  # type: ignore[no-untyped-def]
+    """A raw AMQP client, opened on channel 1, whose socket buffers are small and which
+    will never read again after the handshake."""
+    import socket as socketlib
+
+    from node.amqp import spec
+    from node.amqp.frames import FrameReader, method_frame
+
+    s = socketlib.socket()
+    s.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 16384)
+    s.connect(("127.0.0.1", port))
+    reader = FrameReader(0)
+
+    def expect(n: int) -> None:
+        got = 0
+        while got < n:
+            got += len(reader.feed(s.recv(65536)))
+
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    expect(1)  # start
+    s.sendall(method_frame(0, spec.ConnectionStartOk(
+        client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest",
+        locale="en_US")))
+    expect(1)  # tune
+    s.sendall(method_frame(0, spec.ConnectionTuneOk(channel_max=16, frame_max=131072,
+                                                    heartbeat=0)))
+    s.sendall(method_frame(0, spec.ConnectionOpen(virtual_host="/")))
+    expect(1)  # open-ok
+    s.sendall(method_frame(1, spec.ChannelOpen()))
+    expect(1)
+    return s
+
+
+def test_a_client_that_never_reads_its_returns_is_no_longer_read(node):
+    """Mandatory publishes that route nowhere come back whole as basic.return; a client
+    that never reads them could make the node hold every byte it sends.  The node stops
+    reading it instead, so the client soon cannot send more."""
+    from node.amqp import spec
+    from node.amqp.frames import content_header_payload, encode_frame, method_frame
+
+    body = b"m" * 65536
+    one = (method_frame(1, spec.BasicPublish(exchange="", routing_key="h11-nowhere",
+                                             mandatory=True))
+           + encode_frame(2, 1, content_header_payload(60, len(body),
+                                                       spec.BasicProperties().encode()))
+           + encode_frame(3, 1, body))
+    assert node.proc is not None
+    rss_before = _rss_kb(node.proc.pid)
+    s = _never_reading_client(node.amqp_port)
+    sent = 0
+    try:
+        s.setblocking(False)
+        deadline = time.monotonic() + 4.0
+        view = memoryview(one * 16)
+        while time.monotonic() < deadline and sent < 512 << 20:
+            try:
+                sent += s.send(view[sent % len(view):])
+            except BlockingIOError:
+                select.select([], [s], [], 0.05)
+        time.sleep(0.5)
+        held_kb = _rss_kb(node.proc.pid) - rss_before
+        print(f"\nnever-reading client: sent {sent / 1e6:.1f} MB in 4 s; node RSS "
+              f"+{held_kb / 1024:.1f} MiB")
+        assert sent < 32 << 20, f"the node kept reading: {sent / 1e6:.0f} MB accepted"
+    finally:
+        s.close()
