@@ -50,6 +50,15 @@ class Settings:
     min_in_sync: int = 1
     failover_timeout: float = 3.0
     log_level: str = "info"
+    # TLS (RabbitMQ's ssl_options; see node/tls.py): AMQPS listens only with a certificate
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: str = "none"
+    tls_fail_if_no_peer_cert: bool = False
+    amqps_port: int = 5671
+    http_tls: bool = False  # the management port speaks HTTPS with the same certificate
+    cluster_tls: bool = False  # nodes talk to each other over mutual TLS with --tls-ca
 
     @property
     def raft_port(self) -> int:
@@ -102,4 +111,8 @@ def load_settings(argv: list[str] | None = None,
         p.error("--replication-factor and --min-in-sync must be at least 1")
     if s.failover_timeout <= 0:
         p.error("--failover-timeout must be positive")
+    from node.tls import validate
+    problem = validate(s)
+    if problem:
+        p.error(problem)
     return s

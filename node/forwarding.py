@@ -8,7 +8,10 @@ answers connection.open-ok, so the client sees an ordinary broker.
 
 Only peers that hold the cluster secret may use the forwarding port: the owner sends a
 random nonce, the peer answers with msgpack-encoded connection facts and an HMAC-SHA256 of
-nonce + facts under a key derived from the secret.  Nothing on this port is unpickled."""
+nonce + facts under a key derived from the secret.  Nothing on this port is unpickled.
+
+With --cluster-tls the port is TLS-only (mutual, the cluster's CA, see node/tls.py): the
+listener is wrapped, not the session, so every kind of session on this port gets it."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl as ssl_lib
 import struct
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -217,12 +221,25 @@ class _ForwardServerProtocol(asyncio.Protocol):
             self.timer.cancel()
 
 
-async def start_forward_server(broker: "Broker", host: str, port: int,
-                               secret: str) -> asyncio.AbstractServer:
+async def start_forward_server(broker: "Broker", host: str, port: int, secret: str,
+                               ssl: ssl_lib.SSLContext | None = None) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     key = forward_key(secret)
     return await loop.create_server(lambda: _ForwardServerProtocol(broker, key), host, port,
-                                    reuse_address=True)
+                                    reuse_address=True, ssl=ssl)
+
+
+async def open_cluster_connection(address: str, factory: Callable[[], asyncio.Protocol],
+                                  ssl: ssl_lib.SSLContext | None, timeout: float
+                                  ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Connect to another node's cluster port (host:port), over TLS when `ssl` is given
+    (node.tls.cluster_client_ssl(settings)): any session on that port opens this way."""
+    loop = asyncio.get_running_loop()
+    host, _, port = address.rpartition(":")
+    transport, proto = await asyncio.wait_for(loop.create_connection(
+        factory, host, int(port), ssl=ssl, server_hostname=host if ssl is not None else None),
+        timeout)
+    return transport, proto
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,16 +280,15 @@ class _ForwardClientProtocol(asyncio.Protocol):
 
 
 async def open_forward(address: str, secret: str, facts: dict,
-                       timeout: float = HANDSHAKE_TIMEOUT) -> tuple[asyncio.Transport, bytes]:
+                       timeout: float = HANDSHAKE_TIMEOUT,
+                       ssl: ssl_lib.SSLContext | None = None) -> tuple[asyncio.Transport, bytes]:
     """Connect to an owner's forwarding port and hand it a client connection's facts.
     Returns the transport (now a plain byte stream to the owner) and any bytes the owner
     already sent past the handshake."""
     loop = asyncio.get_running_loop()
-    host, _, port = address.rpartition(":")
     done: asyncio.Future = loop.create_future()
-    transport, _proto = await asyncio.wait_for(loop.create_connection(
-        lambda: _ForwardClientProtocol(forward_key(secret), facts, done), host, int(port)),
-        timeout)
+    transport, _proto = await open_cluster_connection(
+        address, lambda: _ForwardClientProtocol(forward_key(secret), facts, done), ssl, timeout)
     try:
         early = await asyncio.wait_for(done, timeout)
     except BaseException:

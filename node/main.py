@@ -26,6 +26,8 @@ async def serve(settings: Settings) -> None:
     metadata = MetadataStore(self_address=settings.raft_address, peers=settings.peers,
                              data_dir=settings.data_dir, secret=settings.cluster_secret or None,
                              loop=loop)
+    from node.tls import cluster_server_ssl, server_ssl
+    tls = server_ssl(settings)  # built before anything starts: a bad certificate stops here
     broker = Broker(settings, metadata)
     await broker.start()
     forward_server = None
@@ -34,10 +36,18 @@ async def serve(settings: Settings) -> None:
         fhost, _, fport = settings.forward_address.rpartition(":")
         # listen on every interface like Raft does; the secret is the wall (DESIGN 8)
         forward_server = await start_forward_server(broker, "0.0.0.0", int(fport),
-                                                    settings.cluster_secret)
+                                                    settings.cluster_secret,
+                                                    ssl=cluster_server_ssl(settings))
     server = await loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,
                                       settings.amqp_port, reuse_address=True, backlog=1024)
-    http_runner = await start_http(broker, settings.http_host, settings.http_port)
+    amqps_server = None
+    if tls is not None:  # AMQPS listens only when a certificate is given, as in RabbitMQ
+        amqps_server = await loop.create_server(
+            lambda: AMQPConnection(broker), settings.amqp_host, settings.amqps_port,
+            reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10.0)
+        log.info("AMQPS on %s:%d", settings.amqp_host, settings.amqps_port)
+    http_runner = await start_http(broker, settings.http_host, settings.http_port,
+                                   ssl_context=tls if settings.http_tls else None)
     log.info("node %s: AMQP on %s:%d, HTTP on %s:%d, raft on %s, data in %s",
              settings.node_name, settings.amqp_host, settings.amqp_port, settings.http_host,
              settings.http_port, settings.raft_address, os.path.abspath(settings.data_dir))
@@ -49,6 +59,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down")
     server.close()
+    if amqps_server is not None:
+        amqps_server.close()
     if forward_server is not None:
         forward_server.close()
     await http_runner.cleanup()

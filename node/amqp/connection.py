@@ -96,6 +96,9 @@ class AMQPConnection(asyncio.Protocol):
         self.connected_at = time.time()
         self.recv_bytes = 0
         self.send_bytes = 0
+        self.auth_mechanism = ""
+        self.tls = False  # AMQPS (management API: "ssl")
+        self.tls_peer_name: str | None = None  # CN of a verified client certificate
 
     # ------------------------------------------------------------------------------
     # asyncio.Protocol
@@ -112,6 +115,10 @@ class AMQPConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("?", 0)
         self.peer = (peer[0], peer[1])
         self.name = f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
+        if transport.get_extra_info("sslcontext") is not None:
+            from node.tls import peer_common_name
+            self.tls = True
+            self.tls_peer_name = peer_common_name(transport)
         self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         self.broker.connections.add(self)
         self.broker.connections_opened += 1
@@ -253,6 +260,8 @@ class AMQPConnection(asyncio.Protocol):
             return b""
         self.state = AWAIT_START_OK
         mechanisms = "PLAIN AMQPLAIN"
+        if self.tls_peer_name is not None:
+            mechanisms += " EXTERNAL"
         self.send_method(0, spec.ConnectionStart(
             version_major=0, version_minor=9, server_properties=self.broker.server_properties(
                 SERVER_CAPABILITIES), mechanisms=mechanisms.encode(), locales=b"en_US"))
@@ -366,8 +375,14 @@ class AMQPConnection(asyncio.Protocol):
         self.capabilities = caps if isinstance(caps, dict) else {}
         mech = m.mechanism
         response = bytes(m.response) if not isinstance(m.response, str) else m.response.encode()
+        external = None
         try:
-            if mech == "PLAIN":
+            if mech == "EXTERNAL" and self.tls_peer_name is not None:
+                # rabbitmq_auth_mechanism_ssl with ssl_cert_login_from = common_name: the
+                # verified client certificate is the credential; the user must exist
+                username, password = self.tls_peer_name, ""
+                external = username
+            elif mech == "PLAIN":
                 username, password = decode_plain(response)
             elif mech == "AMQPLAIN":
                 table, _ = decode_table(struct.pack(">I", len(response)) + response, 0)
@@ -381,8 +396,8 @@ class AMQPConnection(asyncio.Protocol):
                                    f"malformed {mech} response", 10, 11) from None
         user = self.broker.users.get(username)
         refused = None
-        if user is None or not check_password(password, user.get("password_hash", ""),
-                                              user.get("hashing", "")):
+        if user is None or (external is None and not check_password(
+                password, user.get("password_hash", ""), user.get("hashing", ""))):
             refused = (f"Login was refused using authentication mechanism {mech}. For details "
                        f"see the broker logfile.")
             log.warning("login refused for user '%s' from %s: bad credentials", username,
@@ -400,6 +415,7 @@ class AMQPConnection(asyncio.Protocol):
                     self.transport.close()
             return
         self.user = username
+        self.auth_mechanism = mech
         self.state = AWAIT_TUNE_OK
         s = self.settings
         self.send_method(0, spec.ConnectionTune(channel_max=s.channel_max, frame_max=s.frame_max,
@@ -468,9 +484,12 @@ class AMQPConnection(asyncio.Protocol):
         facts = {"user": self.user, "vhost": vhost, "node": self.settings.node_name,
                  "client_properties": encode_table(self.client_properties),
                  "channel_max": self.channel_max, "frame_max": self.frame_max,
-                 "heartbeat": self.heartbeat, "peer": [self.peer[0], self.peer[1]]}
+                 "heartbeat": self.heartbeat, "peer": [self.peer[0], self.peer[1]],
+                 "tls": self.tls, "auth_mechanism": self.auth_mechanism}
         try:
-            upstream, early = await open_forward(address, self.settings.cluster_secret, facts)
+            from node.tls import cluster_client_ssl
+            upstream, early = await open_forward(address, self.settings.cluster_secret, facts,
+                                                 ssl=cluster_client_ssl(self.settings))
         except Exception as e:  # any failure: tell the client, never leave it hanging
             log.warning("cannot forward %s to node '%s' at %s: %s", self.name, owner, address, e)
             self.forwarding = False
@@ -512,6 +531,10 @@ class AMQPConnection(asyncio.Protocol):
             peer = facts.get("peer") or ["?", 0]
             self.peer = (str(peer[0]), int(peer[1]))
             self.via = str(facts.get("node"))
+            # what the client's own connection to the accepting node was (not our link)
+            self.tls = bool(facts.get("tls", False))
+            self.tls_peer_name = None
+            self.auth_mechanism = str(facts.get("auth_mechanism") or "PLAIN")
         except (KeyError, TypeError, ValueError, SyntaxError_) as e:
             log.warning("forwarded connection with bad facts: %s", e)
             if self.transport is not None:

@@ -6,6 +6,8 @@ and starts and stops the statistics sampler with the application."""
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from node.broker import Broker
@@ -51,9 +53,10 @@ async def _stop_sampler(app: web.Application) -> None:
     await app["stats"].stop()
 
 
-async def start_http(broker: Broker, host: str, port: int) -> web.AppRunner:
+async def start_http(broker: Broker, host: str, port: int,
+                     ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     runner = web.AppRunner(create_app(broker), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     return runner

@@ -145,9 +145,14 @@ async def _remote_node(request: web.Request, node: dict) -> dict | None:
     """A peer's own figures, asked from its management API with the caller's credentials
     (users are replicated, so they work there too)."""
     import aiohttp
-    url = f"http://{node['http']}/api/nodes/{quote(node['name'], safe='')}?local=true"
+
+    from node.http.proxy import relay_session
+    from node.tls import relay_scheme
+    b = broker_of(request)
+    url = (f"{relay_scheme(b.settings)}://{node['http']}/api/nodes/"
+           f"{quote(node['name'], safe='')}?local=true")
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as s:
+        async with relay_session(b, 1.5) as s:
             async with s.get(url, headers={"Authorization":
                                            request.headers.get("Authorization", "")}) as r:
                 if r.status == 200:

@@ -4,12 +4,23 @@ caller's own credentials (users are replicated), so the API works from every nod
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from aiohttp import web
 
 from node.http.common import broker_of, error_response
+from node.tls import relay_scheme, relay_ssl
 
 HOP_HEADER = "X-Warren-Forwarded"
+
+
+def relay_session(broker: Any, timeout: float) -> aiohttp.ClientSession:
+    # with --http-tls the relay (which carries the caller's Basic credentials) is HTTPS
+    connector = (aiohttp.TCPConnector(ssl=relay_ssl(broker.settings))
+                 if broker.settings.http_tls else None)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                 connector=connector)
 
 
 async def from_owner(request: web.Request, vhost: str,
@@ -23,14 +34,14 @@ async def from_owner(request: web.Request, vhost: str,
     if node is None or not node.get("http"):
         return error_response(503, "service_unavailable",
                               f"vhost '{vhost}' is owned by node '{owner}', which is unknown here")
-    url = f"http://{node['http']}{request.rel_url}"
+    url = f"{relay_scheme(b.settings)}://{node['http']}{request.rel_url}"
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     if request.content_type:
         headers["Content-Type"] = request.content_type
     # body_exists, not can_read_body: the handler may have read (and cached) it already
     data = await request.read() if request.body_exists else None
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+        async with relay_session(b, timeout) as s:
             async with s.request(request.method, url, data=data, headers=headers) as r:
                 body = await r.read()
                 return web.Response(status=r.status, body=body,
@@ -51,10 +62,10 @@ async def owner_list(request: web.Request, vhost: str, path: str) -> list | None
     node = b.nodes.get(b.owner_of(vhost) or "")
     if node is None or not node.get("http"):
         return None
-    url = f"http://{node['http']}{path.format(vhost=quote(vhost, safe=''))}"
+    url = f"{relay_scheme(b.settings)}://{node['http']}{path.format(vhost=quote(vhost, safe=''))}"
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        async with relay_session(b, 5) as s:
             async with s.get(url, headers=headers) as r:
                 if r.status == 200:
                     data = await r.json()

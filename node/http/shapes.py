@@ -166,7 +166,8 @@ def connection_json(broker: Any, stats: Sampler, c: Any) -> dict:
         "timeout": c.heartbeat, "state": _CONNECTION_STATES.get(c.state, "running"),
         "peer_host": c.peer[0], "peer_port": c.peer[1],
         "host": sock[0] if sock else None, "port": sock[1] if sock else None,
-        "ssl": False, "auth_mechanism": "PLAIN",
+        "ssl": bool(getattr(c, "tls", False)),
+        "auth_mechanism": getattr(c, "auth_mechanism", "") or None,
         "client_properties": props,
         "user_provided_name": props.get("connection_name"),
         "connected_at": int(c.connected_at * 1000),
@@ -174,7 +175,18 @@ def connection_json(broker: Any, stats: Sampler, c: Any) -> dict:
         "send_oct": c.send_bytes, "send_oct_details": {"rate": stats.rate(key, "send_oct")},
         "recv_cnt": 0, "send_cnt": 0, "send_pend": 0, "reductions": 0,
         "garbage_collection": {},
+        **_tls_fields(c),
     }
+
+
+def _tls_fields(c: Any) -> dict:
+    """RabbitMQ's ssl_* fields, read from the live TLS session (absent without one)."""
+    obj = c.transport.get_extra_info("ssl_object") if getattr(c, "transport", None) else None
+    if obj is None:
+        return {}
+    cipher = obj.cipher()
+    return {"ssl_protocol": obj.version(), "ssl_cipher": cipher[0] if cipher else None,
+            "peer_cert_subject": getattr(c, "tls_peer_name", None)}
 
 
 def channel_name(conn: Any, ch: Any) -> str:

@@ -4,11 +4,11 @@ memory a client that never reads can pin, honest management figures)."""
 from __future__ import annotations
 
 import base64
-import select
-import time
 import json
+import select
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 

@@ -36,3 +36,21 @@ def test_bad_values_are_refused():
         load_settings(["--frame-max", "100"], env={})
     with pytest.raises(ValueError):
         load_settings([], env={"WARREN_SYNC": "maybe"})
+
+
+def test_tls_options_as_rabbitmq_ssl_options(capsys):
+    s = load_settings(["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem",
+                       "--tls-verify", "peer", "--tls-fail-if-no-peer-cert", "true",
+                       "--http-tls", "true"], env={"WARREN_AMQPS_PORT": "5999"})
+    assert (s.tls_cert, s.tls_key, s.tls_ca, s.tls_verify) == ("c.pem", "k.pem", "ca.pem",
+                                                                "peer")
+    assert s.tls_fail_if_no_peer_cert and s.http_tls and s.amqps_port == 5999
+    assert load_settings([], env={}).amqps_port == 5671
+    for argv, why in ((["--tls-verify", "sometimes"], "--tls-verify must be one of"),
+                      (["--http-tls", "true"], "--http-tls needs --tls-cert"),
+                      (["--tls-cert", "c", "--cluster-tls", "true"], "needs --tls-cert and "
+                       "--tls-ca"),
+                      (["--tls-fail-if-no-peer-cert", "true"], "needs --tls-verify peer")):
+        with pytest.raises(SystemExit):
+            load_settings(argv, env={})
+        assert why in capsys.readouterr().err
