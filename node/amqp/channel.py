@@ -90,6 +90,10 @@ class Channel:
         self.stats_publish = 0
         self.stats_deliver = 0
         self.stats_ack = 0
+        # deliveries that await an ack (basic.consume and basic.get with manual ack):
+        # rabbitmq_channel_messages_delivered_ack_total
+        self.stats_deliver_manual_ack = 0
+        self.tx_publishes = 0  # publishes of the open transaction (messages_uncommitted)
 
     # ------------------------------------------------------------------------------
     # frames in
@@ -582,6 +586,7 @@ class Channel:
             return
         if self.tx is not None:
             self.tx.append(lambda: self._route(ex, msg, mandatory, None))
+            self.tx_publishes += 1
             return
         tag = 0
         if self.confirm:
@@ -787,6 +792,7 @@ class Channel:
             self.unacked[tag] = (queue, entry, consumer)
             entry.delivered_at = _monotonic()
             self.broker.delivered_consume_manual_ack += 1
+            self.stats_deliver_manual_ack += 1
         msg = entry.message
         payload = (self._deliver_prefix + consumer.tag_bytes + _QWORD.pack(tag)
                    + (b"\x01" if entry.redelivered else b"\x00") + msg.route_bytes)
@@ -809,6 +815,7 @@ class Channel:
             self.broker.delivered_get_auto_ack += 1
         else:
             self.broker.delivered_get_manual_ack += 1
+            self.stats_deliver_manual_ack += 1
         self.delivery_tag += 1
         tag = self.delivery_tag
         if m.no_ack:
@@ -911,6 +918,7 @@ class Channel:
             raise errors.precondition("channel is not transactional")
         work, self.tx = self.tx, []
         self.tx_taken = []
+        self.tx_publishes = 0
         must_flush = False
         for fn in work:
             if fn():
@@ -929,6 +937,7 @@ class Channel:
         if self.tx is None:
             raise errors.precondition("channel is not transactional")
         self.tx = []
+        self.tx_publishes = 0
         if self.tx_taken:
             restored = dict(self.unacked)
             restored.update(self.tx_taken)

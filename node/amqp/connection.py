@@ -96,6 +96,8 @@ class AMQPConnection(asyncio.Protocol):
         self.connected_at = time.time()
         self.recv_bytes = 0
         self.send_bytes = 0
+        self.recv_count = 0  # socket reads (management API: recv_cnt)
+        self.send_count = 0  # socket writes (send_cnt)
         self.auth_mechanism = ""
         self.tls = False  # AMQPS (management API: "ssl")
         self.tls_peer_name: str | None = None  # CN of a verified client certificate
@@ -159,6 +161,7 @@ class AMQPConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
         self.recv_bytes += len(data)
+        self.recv_count += 1
         if self.state == AWAIT_HEADER:
             data = self._on_protocol_header(data)
             if not data:
@@ -671,6 +674,7 @@ class AMQPConnection(asyncio.Protocol):
             # and a slow reader with millions of small pieces queued makes writes quadratic
             data = b"".join(out)
             self.send_bytes += len(data)  # management API: send_oct
+            self.send_count += 1
             self.transport.write(data)
 
     def spawn(self, coro: Any) -> None:

@@ -15,7 +15,6 @@ from aiohttp import web
 from node.broker import VERSION
 from node.http import system
 from node.http.shapes import channel_name
-from node.http.stats import channel_counters
 
 routes = web.RouteTableDef()
 
@@ -88,12 +87,12 @@ QUEUE_METRICS: list[tuple[str, str, str, Any]] = [
 
 CHANNEL_METRICS: list[tuple[str, str, str, str]] = [
     ("rabbitmq_channel_messages_published_total", "counter",
-     "Total number of messages published into an exchange on a channel", "publish"),
+     "Total number of messages published into an exchange on a channel", "stats_publish"),
     ("rabbitmq_channel_messages_delivered_ack_total", "counter",
      "Total number of messages delivered to consumers in manual acknowledgement mode",
-     "deliver_get"),
+     "stats_deliver_manual_ack"),
     ("rabbitmq_channel_messages_acked_total", "counter",
-     "Total number of messages acknowledged by consumers", "ack"),
+     "Total number of messages acknowledged by consumers", "stats_ack"),
 ]
 
 
@@ -191,10 +190,10 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
     for metric, kind, help_text, key in CHANNEL_METRICS:
         if per_object:
             e.add(metric, kind, help_text, [({"channel": channel_name(c, ch)},
-                                             channel_counters(ch)[key]) for c, ch in channels])
+                                             getattr(ch, key, 0)) for c, ch in channels])
         else:
             e.add(metric, kind, help_text,
-                  [({}, sum(channel_counters(ch)[key] for _c, ch in channels))])
+                  [({}, sum(getattr(ch, key, 0) for _c, ch in channels))])
     e.add("rabbitmq_channel_messages_unacked", "gauge",
           "Delivered but not yet acknowledged messages",
           [({"channel": channel_name(c, ch)}, len(ch.unacked)) for c, ch in channels]

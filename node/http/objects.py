@@ -29,6 +29,7 @@ from node.http.shapes import (
     exchange_json,
     properties_key,
     queue_json,
+    unacked_bytes,
     vhost_bindings,
 )
 
@@ -55,7 +56,8 @@ async def list_queues(request: web.Request) -> web.Response:
         if remote is not None:
             items.extend(remote)
             continue
-        rows = [queue_json(b, stats, vh.name, q) for q in list(vh.queues.values())]
+        unacked = unacked_bytes(b)
+        rows = [queue_json(b, stats, vh.name, q, unacked) for q in list(vh.queues.values())]
         if not b.owns(vh.name):
             # the owner did not answer: its queues' contents are unknown here, not empty
             why = b.replication.available(vh.name) or (

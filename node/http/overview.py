@@ -117,7 +117,6 @@ def node_json(broker: Any) -> dict:
         "disk_free_alarm": "disk" in alarms,
         "fd_used": system.open_fds(), "fd_total": system.max_fds(),
         "sockets_used": len(broker.connections), "sockets_total": system.max_fds(),
-        "proc_used": 0, "proc_total": 0, "run_queue": 0,
         "processors": os.cpu_count() or 1, "rates_mode": "basic",
         "exchange_types": exchange_types(broker),
         "auth_mechanisms": [{"name": "PLAIN", "description": "SASL PLAIN authentication "

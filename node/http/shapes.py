@@ -49,12 +49,50 @@ def policy_json(p: dict) -> dict:
 
 
 # --- queues, exchanges, bindings -----------------------------------------------------
-def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any) -> dict:
+def unacked_bytes(broker: Any) -> dict[int, int]:
+    """Body bytes delivered and not yet acknowledged, per queue (by id): what the channels
+    hold, counted once per request."""
+    out: dict[int, int] = {}
+    for conn in list(broker.connections):
+        for ch in list(conn.channels.values()):
+            for q, entry, _c in list(ch.unacked.values()):
+                out[id(q)] = out.get(id(q), 0) + len(entry.message.body)
+    return out
+
+
+def _head_timestamp(q: Any) -> int | None:
+    """The timestamp property of the message at the head of the queue, as RabbitMQ shows
+    it (seconds), or None when it has none."""
+    ready = getattr(q, "_ready", None)
+    entry = ready.peek() if ready is not None else None
+    if entry is None:
+        return None
+    ts = entry.message.properties.timestamp
+    return int(ts) if ts is not None else None
+
+
+def active_consumer(q: Any) -> Any:
+    """The consumer that receives: with single-active-consumer only one; else None."""
+    if q.settings.single_active_consumer:
+        return q._active_consumer()
+    return None
+
+
+def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
+               unacked_by_queue: dict[int, int] | None = None) -> dict:
+    """Figures that are measured, nothing made up: RabbitMQ's consumer_capacity and
+    consumer_utilisation, memory and messages_persistent are not tracked here, so they
+    are left out rather than shown as constants."""
     key = ("queue", vhost, q.name)
     ready, unacked = q.message_count, q.unacked
     policy = queue_policy(broker, vhost, q)
     consumers = list(q.consumers)
     exclusive_consumer = getattr(q, "exclusive_consumer", None)
+    if unacked_by_queue is None:
+        unacked_by_queue = unacked_bytes(broker)
+    bytes_unacked = unacked_by_queue.get(id(q), 0)
+    paged_bytes = getattr(q, "_paged_bytes", 0)
+    sac = active_consumer(q)
     out = {
         "name": q.name, "vhost": vhost, "durable": q.durable, "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
@@ -62,23 +100,25 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any) -> dict:
         "policy": policy["name"] if policy else None, "operator_policy": None,
         "effective_policy_definition": policy.get("definition", {}) if policy else {},
         "consumers": len(consumers),
-        "consumer_capacity": 1.0 if consumers else 0.0,
-        "consumer_utilisation": 1.0 if consumers else 0.0,
         "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else None,
-        "single_active_consumer_tag": None,
-        "message_bytes": getattr(q, "message_bytes", q.ready_bytes),
-        "message_bytes_ready": q.ready_bytes,
-        "message_bytes_unacknowledged": 0, "message_bytes_ram": q.ready_bytes,
-        "message_bytes_persistent": 0,
-        "messages_ram": ready + unacked, "messages_ready_ram": ready,
-        "messages_unacknowledged_ram": unacked, "messages_persistent": 0,
+        "single_active_consumer_tag": sac.tag if sac is not None else None,
+        "message_bytes": q.ready_bytes + paged_bytes + bytes_unacked,
+        "message_bytes_ready": q.ready_bytes + paged_bytes,
+        "message_bytes_unacknowledged": bytes_unacked,
+        "message_bytes_ram": q.ready_bytes + bytes_unacked,
+        "messages_ram": ready - getattr(q, "_paged_count", 0) + unacked,
+        "messages_ready_ram": ready - getattr(q, "_paged_count", 0),
+        "messages_unacknowledged_ram": unacked,
         "messages_paged_out": getattr(q, "_paged_count", 0),
-        "message_bytes_paged_out": getattr(q, "_paged_bytes", 0),
-        "head_message_timestamp": None, "idle_since": None, "memory": 0,
-        "garbage_collection": {}, "reductions": 0, "recoverable_slaves": None,
+        "message_bytes_paged_out": paged_bytes,
+        "head_message_timestamp": _head_timestamp(q),
+        "recoverable_slaves": None,
         "storage_version": 2,
         "message_stats": stats.message_stats(key, queue_counters(q)),
     }
+    idle = stats.idle_since(key)
+    if idle is not None and not consumers:
+        out["idle_since"] = idle
     out.update(stats.details(key, {"messages": ready + unacked, "messages_ready": ready,
                                    "messages_unacknowledged": unacked}))
     return out
@@ -173,8 +213,10 @@ def connection_json(broker: Any, stats: Sampler, c: Any) -> dict:
         "connected_at": int(c.connected_at * 1000),
         "recv_oct": c.recv_bytes, "recv_oct_details": {"rate": stats.rate(key, "recv_oct")},
         "send_oct": c.send_bytes, "send_oct_details": {"rate": stats.rate(key, "send_oct")},
-        "recv_cnt": 0, "send_cnt": 0, "send_pend": 0, "reductions": 0,
-        "garbage_collection": {},
+        # socket reads and writes, and bytes waiting in our send buffer
+        "recv_cnt": getattr(c, "recv_count", 0), "send_cnt": getattr(c, "send_count", 0),
+        "send_pend": (c.transport.get_write_buffer_size()
+                      if getattr(c, "transport", None) is not None else 0),
         **_tls_fields(c),
     }
 
@@ -207,14 +249,25 @@ def channel_json(broker: Any, stats: Sampler, conn: Any, ch: Any) -> dict:
         "connection_details": connection_details(conn),
         "state": "running" if ch.state == "open" else str(ch.state),
         "consumer_count": len(ch.consumers), "messages_unacknowledged": len(ch.unacked),
-        "messages_unconfirmed": len(confirms), "messages_uncommitted": len(tx or ()),
-        "acks_uncommitted": 0, "pending_raft_commands": 0,
+        "messages_unconfirmed": len(confirms),
+        # a transaction's publishes and acks not yet committed
+        "messages_uncommitted": getattr(ch, "tx_publishes", 0) if tx is not None else 0,
+        "acks_uncommitted": len(getattr(ch, "tx_taken", ())) if tx is not None else 0,
+        "pending_raft_commands": len(getattr(ch, "_backlog", ())) + int(
+            bool(getattr(ch, "_busy", False))),
         "prefetch_count": ch.prefetch_count, "global_prefetch_count": ch.global_prefetch,
         "confirm": ch.confirm, "transactional": tx is not None,
-        "garbage_collection": {}, "reductions": 0,
         "message_stats": stats.message_stats(("channel", conn.name, ch.number),
                                              channel_counters(ch)),
     }
+
+
+def _consumer_activity(q: Any, c: Any) -> dict:
+    """With single-active-consumer only the active one receives; the others wait."""
+    sac = active_consumer(q)
+    active = sac is None or sac is c
+    return {"active": active, "activity_status": "single_active" if sac is c else
+            "up" if active else "waiting"}
 
 
 def consumer_json(broker: Any, conn: Any, ch: Any, c: Any) -> dict:
@@ -226,6 +279,6 @@ def consumer_json(broker: Any, conn: Any, ch: Any, c: Any) -> dict:
                             "peer_host": conn.peer[0], "peer_port": conn.peer[1],
                             "user": conn.user},
         "ack_required": not c.no_ack, "exclusive": c.exclusive,
-        "prefetch_count": c.prefetch, "arguments": c.arguments, "active": True,
-        "activity_status": "up", "consumer_timeout": None, "priority": c.priority,
+        "prefetch_count": c.prefetch, "arguments": c.arguments,
+        **_consumer_activity(q, c), "consumer_timeout": None, "priority": c.priority,
     }

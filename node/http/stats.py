@@ -67,6 +67,10 @@ class Sampler:
         self.interval = max(0.05, interval)
         self._last: dict[Key, tuple[float, dict[str, int]]] = {}
         self._rates: dict[Key, dict[str, float]] = {}
+        # wall time of the last sample whose counters differed from the one before, and
+        # whether the latest sample saw no change (idle_since: shown only while idle)
+        self._active_at: dict[Key, float] = {}
+        self._idle: set[Key] = set()
         self._retired_node: dict[str, int] = {}  # counters of deleted vhosts
         self._last_vhosts: dict[str, dict[str, int]] = {}
         self._task: asyncio.Task | None = None
@@ -119,6 +123,11 @@ class Sampler:
                  seen: set[Key]) -> None:
         seen.add(key)
         prev = self._last.get(key)
+        if prev is None or any(prev[1].get(k) != v for k, v in counters.items()):
+            self._active_at[key] = time.time()
+            self._idle.discard(key)
+        else:
+            self._idle.add(key)
         if prev is not None and now > prev[0]:
             dt = now - prev[0]
             # a counter that went down means a new object took the old one's name: no rate
@@ -159,11 +168,21 @@ class Sampler:
         for key in [k for k in self._last if k not in seen]:
             self._last.pop(key, None)
             self._rates.pop(key, None)
+            self._active_at.pop(key, None)
+            self._idle.discard(key)
         rates = self._rates.get(NODE, {})
         self.history.append({"time": time.time(), "publish": rates.get("publish", 0.0),
                              "deliver_get": rates.get("deliver_get", 0.0),
                              "ack": rates.get("ack", 0.0), **depths})
         del self.history[:-self.history_len]
+
+    def idle_since(self, key: Key) -> str | None:
+        """When the object last changed, if nothing happened between the last two samples
+        (RabbitMQ's idle_since), else None."""
+        if key not in self._idle or key not in self._active_at:
+            return None
+        t = time.gmtime(self._active_at[key])
+        return time.strftime("%Y-%m-%dT%H:%M:%S", t) + "+00:00"
 
     def rate(self, key: Key, field: str) -> float:
         return round(self._rates.get(key, {}).get(field, 0.0), 1)

@@ -212,3 +212,111 @@ def test_a_client_that_never_reads_its_returns_is_no_longer_read(node):
         assert sent < 32 << 20, f"the node kept reading: {sent / 1e6:.0f} MB accepted"
     finally:
         s.close()
+
+
+# --- item 10: figures the management API shows are measured (values, not only keys) -------
+def _metric(node, name: str, path: str = "/metrics/per-object") -> dict[str, float]:
+    with urllib.request.urlopen(node.http_url + path, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            out[labels] = float(value)
+    return out
+
+
+def _named(node, name: str) -> pika.BlockingConnection:
+    params = pika.URLParameters(node.url)
+    params.client_properties = {"connection_name": name}
+    return pika.BlockingConnection(params)
+
+
+def _api_connection(node, name: str) -> dict:
+    _, conns = api(node, "GET", "/api/connections")
+    assert isinstance(conns, list)
+    found = [c for c in conns if c.get("user_provided_name") == name]
+    assert len(found) == 1, conns
+    return found[0]
+
+
+@pytest.fixture
+def named_conn(node):
+    c = _named(node, "h11-figures")
+    yield c
+    if c.is_open:
+        c.close()
+
+
+def test_management_figures_are_measured(node, named_conn):
+    conn = named_conn
+    ch1 = conn.channel()
+    ch1.queue_declare("h11-figs", arguments={"x-single-active-consumer": True})
+    ch1.basic_qos(prefetch_count=1)
+    bodies = [b"a" * 100, b"b" * 200, b"c" * 300]
+    for i, b in enumerate(bodies):
+        ch1.basic_publish("", "h11-figs", b, pika.BasicProperties(
+            timestamp=1_700_000_000 + i, delivery_mode=2 if i < 2 else 1))
+    first = ch1.basic_consume("h11-figs", lambda *a: None)  # gets "a", keeps it unacked
+    ch2 = conn.channel()
+    second = ch2.basic_consume("h11-figs", lambda *a: None)
+    conn.process_data_events(time_limit=0.3)
+    status, q = api(node, "GET", "/api/queues/%2F/h11-figs")
+    assert status == 200 and isinstance(q, dict)
+    assert q["single_active_consumer_tag"] == first
+    assert (q["message_bytes_ready"], q["message_bytes_unacknowledged"],
+            q["message_bytes"]) == (500, 100, 600)
+    assert q["head_message_timestamp"] == 1_700_000_001  # "b" is now at the head
+    for made_up in ("consumer_capacity", "consumer_utilisation", "memory",
+                    "messages_persistent", "garbage_collection", "reductions"):
+        assert made_up not in q, made_up  # not measured: left out, not a constant
+    _, consumers = api(node, "GET", "/api/consumers/%2F")
+    assert isinstance(consumers, list)
+    active = {c["consumer_tag"]: c["active"] for c in consumers
+              if c["queue"]["name"] == "h11-figs"}
+    assert active == {first: True, second: False}
+    mine = _api_connection(node, "h11-figures")
+    assert mine["auth_mechanism"] == "PLAIN" and mine["ssl"] is False
+    assert mine["recv_cnt"] > 0 and mine["send_cnt"] > 0
+    ch1.close()
+    ch2.close()
+    ch = conn.channel()
+    ch.queue_delete("h11-figs")
+
+    # a transaction's uncommitted publishes and acks
+    ch.queue_declare("h11-tx")
+    ch.basic_publish("", "h11-tx", b"to ack")
+    method, _, _ = ch.basic_get("h11-tx")
+    ch.tx_select()
+    ch.basic_publish("", "h11-tx", b"t1")
+    ch.basic_publish("", "h11-tx", b"t2")
+    ch.basic_ack(method.delivery_tag)
+    conn.process_data_events(time_limit=0.2)
+    _, chans = api(node, "GET", "/api/channels")
+    assert isinstance(chans, list)
+    txc = [c for c in chans if c["transactional"]]
+    assert [(c["messages_uncommitted"], c["acks_uncommitted"]) for c in txc] == [(2, 1)]
+    ch.tx_rollback()
+    ch.queue_delete("h11-tx")
+
+    _, nodes = api(node, "GET", "/api/nodes")
+    assert isinstance(nodes, list)
+    assert not {"proc_used", "proc_total", "run_queue"} & set(nodes[0])
+
+
+def test_delivered_ack_metric_counts_manual_acks_only(node, named_conn):
+    conn = named_conn
+    ch = conn.channel()
+    ch.queue_declare("h11-metric", auto_delete=False)
+    for _ in range(6):
+        ch.basic_publish("", "h11-metric", b"x")
+    ch.basic_get("h11-metric", auto_ack=False)  # manual ack: counts
+    ch.basic_get("h11-metric", auto_ack=False)  # manual ack: counts
+    ch.basic_get("h11-metric", auto_ack=True)  # no ack: does not
+    ch.basic_consume("h11-metric", lambda *a: None, auto_ack=True)  # 3 without ack: do not
+    conn.process_data_events(time_limit=0.3)
+    values = _metric(node, "rabbitmq_channel_messages_delivered_ack_total")
+    label = f'{_api_connection(node, "h11-figures")["name"]} ({ch.channel_number})'
+    mine = [v for k, v in values.items() if label in k]
+    assert mine == [2.0], values
+    ch.queue_delete("h11-metric")
