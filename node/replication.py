@@ -68,8 +68,10 @@ class Replication:
     async def connect(self, address: str, facts: dict[str, Any]
                       ) -> tuple[asyncio.Transport, bytes]:
         from node.forwarding import open_forward
+        from node.tls import cluster_client_ssl
         return await open_forward(address, self.broker.settings.cluster_secret, facts,
-                                  timeout=self.broker.settings.failover_timeout)
+                                  timeout=self.broker.settings.failover_timeout,
+                                  ssl=cluster_client_ssl(self.broker.settings))
 
     def positions(self) -> dict[str, list[int]]:
         return {name: list(store.position) for name, store in self.broker.stores.items()}

@@ -19,6 +19,7 @@ with `cluster_server_ssl`, and a connecting node passes `cluster_client_ssl` (se
 
 from __future__ import annotations
 
+import functools
 import ssl
 from typing import Any
 
@@ -49,10 +50,18 @@ def server_ssl(settings: Settings) -> ssl.SSLContext | None:
 def _cluster_context(settings: Settings, purpose: ssl.Purpose) -> ssl.SSLContext | None:
     if not settings.cluster_tls:
         return None
+    return _cluster_context_for(settings.tls_cert, settings.tls_key, settings.tls_ca, purpose)
+
+
+@functools.lru_cache(maxsize=8)
+def _cluster_context_for(cert: str, key: str, ca: str,
+                         purpose: ssl.Purpose) -> ssl.SSLContext:
+    # one context per process and direction: connections to other nodes reuse it (and its
+    # session cache) instead of reading the certificate files each time
     ctx = ssl.create_default_context(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(settings.tls_cert, settings.tls_key or None)
-    ctx.load_verify_locations(settings.tls_ca)
+    ctx.load_cert_chain(cert, key or None)
+    ctx.load_verify_locations(ca)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED  # both ways: only nodes of this cluster's CA
     return ctx

@@ -170,9 +170,9 @@ def test_a_slow_disk_stops_reading_persistent_publishers(
         assert store is not None
         real_commit = store._commit
 
-        def slow_commit(gen: Any) -> None:
+        def slow_commit(*args: Any) -> None:
             time.sleep(0.3)  # a slow disk
-            real_commit(gen)
+            real_commit(*args)
 
         monkeypatch.setattr(store, "_commit", slow_commit)
         persistent = spec.BasicProperties(delivery_mode=2)
