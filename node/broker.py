@@ -83,8 +83,10 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
     async def start(self) -> None:
         await self.metadata.start()
         self.metadata.subscribe(self._on_event)
+        snapshot = self.metadata.snapshot()
+        self.stores.adopt_legacy(snapshot.get("vhosts", {}))  # before tombstones are swept
         self.stores.remove_tombstones()
-        self._rebuild(self.metadata.snapshot())
+        self._rebuild(snapshot)
         for vh in self.vhosts.values():
             if vh.store is not None:
                 self.stores.drop_orphaned_messages(vh.name, vh.queues)

@@ -48,6 +48,19 @@ def encode_args(args: dict) -> bytes:
     return encode_table(args) if args else b""
 
 
+def check_vhost_name(name: str) -> None:
+    """A vhost name must be one a client can open: connection.open carries it as an AMQP
+    short string (1 to 255 bytes of UTF-8, as RabbitMQ requires), without control
+    characters (it shows up in logs, URLs and file names)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 0 < size <= 255:
+        raise errors.precondition(f"invalid vhost name '{name[:64]}': it must be 1 to 255 "
+                                  f"bytes of UTF-8, not {size}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise errors.precondition(f"invalid vhost name {name[:64]!r}: control characters "
+                                  "are not allowed")
+
+
 def decode_args(blob: bytes | None) -> dict:
     if not blob:
         return {}
@@ -207,6 +220,7 @@ class DefinitionChanges:
         --replication-factor), capped at the cluster's size."""
         if owner is not None and owner not in self.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{owner}' in the cluster")
+        check_vhost_name(name)
         if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
                                      or replicas < 1):
             raise errors.precondition(f"replicas must be a whole number of copies >= 1, got "

@@ -1,5 +1,13 @@
 """The vhost stores on this node's disk: one LMDB `MessageStore` per vhost under
-`data_dir/vhosts/<quoted name>/`, opened and closed by name, and the cleanup of deleted ones.
+`data_dir/vhosts/<readable prefix>-<digest of the name>/` (the name itself in a `vhost.name`
+file inside, as RabbitMQ keeps a `.vhost` file in its hashed directories), opened and closed
+by name, and the cleanup of deleted ones.
+
+A vhost name is not a file name: quoting it once let `orders.deleted-1` look like a
+tombstone (its messages were removed at the next start), put `..` in the data directory
+itself, and let a long CJK name overflow the file-name limit so the node could not start.
+Deleted stores now wait in `data_dir/vhosts-deleted/`, outside the stores' namespace.
+`adopt_legacy` moves stores of the old quoted-name layout to their new place.
 
 Which vhosts get a store is the caller's decision (today: the vhosts this node owns); this
 class only keeps the stores it was asked to open.
@@ -8,8 +16,10 @@ class only keeps the stores it was asked to open.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Collection, ItemsView
 from urllib.parse import quote
@@ -18,17 +28,48 @@ from storage.store import MessageStore
 
 log = logging.getLogger("warren.broker")
 
+NAME_FILE = "vhost.name"
+_READABLE = re.compile(r"[^A-Za-z0-9_-]+")
+_LEGACY_TOMBSTONE = re.compile(r"\.deleted-[0-9a-f]{8}$")
+
+
+def store_dir_name(vhost: str) -> str:
+    """A directory name that depends on the whole name (digest) and shows its start: no
+    two vhosts share one, none is `.`/`..`, contains a separator or exceeds 80 bytes."""
+    prefix = _READABLE.sub("_", vhost).strip("_")[:40] or "vhost"
+    return f"{prefix}-{hashlib.sha256(vhost.encode()).hexdigest()[:32]}"
+
 
 class VhostStores:
     def __init__(self, data_dir: str, sync: bool) -> None:
         self.base = os.path.join(data_dir, "vhosts")
+        self.graveyard = os.path.join(data_dir, "vhosts-deleted")
         self.sync = sync
         self._stores: dict[str, MessageStore] = {}
         # closes run in the background; the tasks are kept so they are not collected early
         self._pending_closes: list[asyncio.Task] = []
 
     def path(self, vhost: str) -> str:
-        return os.path.join(self.base, quote(vhost, safe="") or "%00")
+        return os.path.join(self.base, store_dir_name(vhost))
+
+    def adopt_legacy(self, vhosts: Collection[str]) -> None:
+        """Move stores of the quoted-name layout (before issue 11) to their place; run at
+        start, before `remove_tombstones`, with every vhost the definitions have."""
+        for vhost in vhosts:
+            old = os.path.join(self.base, quote(vhost, safe="") or "%00")
+            new = self.path(vhost)
+            try:
+                if old != new and os.path.isdir(old) and not os.path.exists(new):
+                    os.rename(old, new)
+                    self._write_name(new, vhost)
+                    log.info("vhost '%s': store moved from %s to %s", vhost, old, new)
+            except OSError as e:  # e.g. a name too long to ever have had a directory
+                log.debug("vhost '%s': no legacy store adopted: %s", vhost, e)
+
+    @staticmethod
+    def _write_name(path: str, vhost: str) -> None:
+        with open(os.path.join(path, NAME_FILE), "w", encoding="utf-8") as f:
+            f.write(vhost)
 
     def get(self, vhost: str) -> MessageStore | None:
         return self._stores.get(vhost)
@@ -43,6 +84,8 @@ class VhostStores:
         if store is None:
             path = self.path(vhost)
             os.makedirs(path, exist_ok=True)
+            if not os.path.exists(os.path.join(path, NAME_FILE)):
+                self._write_name(path, vhost)
             store = MessageStore(path, sync=self.sync)
             store.start(asyncio.get_running_loop())
             self._stores[vhost] = store
@@ -56,7 +99,8 @@ class VhostStores:
         if delete_data and os.path.isdir(path):
             # out of the way at once: a vhost of the same name may be created in this very
             # loop turn, and must not find (or later lose) the old files
-            tomb = f"{path}.deleted-{os.urandom(4).hex()}"
+            os.makedirs(self.graveyard, exist_ok=True)
+            tomb = os.path.join(self.graveyard, f"{os.path.basename(path)}-{os.urandom(4).hex()}")
             os.rename(path, tomb)
             path = tomb
 
@@ -74,11 +118,14 @@ class VhostStores:
             await store.close()
 
     def remove_tombstones(self) -> None:
-        """Stores of deleted vhosts whose removal a crash interrupted."""
+        """Stores of deleted vhosts whose removal a crash interrupted (and tombstones of the
+        old layout, once `adopt_legacy` has moved every live store out of their way)."""
+        if os.path.isdir(self.graveyard):
+            shutil.rmtree(self.graveyard, ignore_errors=True)
         if not os.path.isdir(self.base):
             return
         for entry in os.listdir(self.base):
-            if ".deleted-" in entry:
+            if _LEGACY_TOMBSTONE.search(entry):
                 shutil.rmtree(os.path.join(self.base, entry), ignore_errors=True)
 
     def drop_orphaned_messages(self, vhost: str, queues: Collection[str]) -> None:
