@@ -154,73 +154,83 @@ class VirtualHost:
 
     # --- routing --------------------------------------------------------------------
     def route(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """The queues a message published to `exchange` reaches: exchange-to-exchange
-        bindings followed (cycles cut), sender-selected CC/BCC keys added, and the
-        alternate exchange tried when nothing matched."""
+        """The queues a message published to `exchange` reaches, as RabbitMQ's
+        rabbit_exchange:route/2 finds them: every exchange on the way routes with all the
+        message's keys (routing key plus sender-selected CC/BCC), exchange-to-exchange
+        bindings are followed with each exchange visited once (cycles end), and each
+        exchange that itself matched no binding falls back to its own alternate exchange."""
         keys = None
         if message.flags & FLAG_HEADERS and b"CC" in message.header:
             h = message.headers
             extra = _key_list(h.get("CC")) + _key_list(h.get("BCC"))
             if extra:
                 keys = [message.routing_key] + extra
-        out = self._route_keys(exchange, message, keys)
-        if not out:
-            seen = {exchange.name}
-            ex: Exchange | None = exchange
-            while not out and ex is not None:
-                ae_name = getattr(ex, "alternate", None)
-                if not ae_name or ae_name in seen:
-                    break
-                seen.add(ae_name)
-                ex = self.exchanges.get(ae_name)
-                if ex is not None:
-                    out = self._route_keys(ex, message, keys)
+        if exchange.name == "":
+            out = self._route_default(message, keys)
+        else:
+            out = self._route_graph(exchange, message, keys)
         exchange.stats_publish_in += 1  # management API: the exchange's message_stats
         exchange.stats_publish_out += len(out)
         return out
 
-    def _route_keys(self, exchange: Exchange, message: Message,
-                    keys: list[str] | None) -> list[Queue]:
-        if keys is None:
-            return self._route_one(exchange, message, message.routing_key)
+    def _route_default(self, message: Message, keys: list[str] | None) -> list[Queue]:
+        """The default exchange: the queue each key names (it has no alternate)."""
+        queues = self.queues
         out: list[Queue] = []
-        for k in keys:
-            for q in self._route_one(exchange, message, k):
-                if q not in out:
-                    out.append(q)
+        for k in keys if keys is not None else (message.routing_key,):
+            q = queues.get(k)
+            if q is not None and q not in out:
+                out.append(q)
         return out
 
-    def _route_one(self, exchange: Exchange, message: Message, routing_key: str) -> list[Queue]:
+    def _route_graph(self, exchange: Exchange, message: Message,
+                     keys: list[str] | None) -> list[Queue]:
         queues = self.queues
-        if exchange.name == "":
-            q = queues.get(routing_key)
-            return [q] if q is not None else []
+        exchanges = self.exchanges
+        routing_key = message.routing_key
         headers = message.headers if exchange.type_name == "headers" else None
-        dests = exchange.route(routing_key, headers)
-        if not dests:
-            return []
         out: list[Queue] = []
         seen_q: set[str] = set()
         seen_x = {exchange.name}
-        stack = [dests]
+        pending: list[Exchange] = []
+        ex = exchange
         hops = 0
-        while stack:
-            for d in stack.pop():
-                if d.kind == "queue":
-                    if d.name not in seen_q:
-                        seen_q.add(d.name)
-                        q = queues.get(d.name)
-                        if q is not None:
-                            out.append(q)
-                elif d.name not in seen_x and hops < MAX_E2E_HOPS:
-                    seen_x.add(d.name)
-                    hops += 1
-                    ex = self.exchanges.get(d.name)
-                    if ex is not None:
-                        if ex.type_name == "headers" and headers is None:
-                            headers = message.headers
-                        stack.append(ex.route(routing_key, headers))
-        return out
+        while True:
+            if keys is None:
+                dests = ex.route(routing_key, headers)
+            else:
+                dests = set()
+                for k in keys:
+                    dests.update(ex.route(k, headers))
+            if dests:
+                for d in dests:
+                    if d.kind == "queue":
+                        if d.name not in seen_q:
+                            seen_q.add(d.name)
+                            q = queues.get(d.name)
+                            if q is not None:
+                                out.append(q)
+                    elif d.name not in seen_x:
+                        seen_x.add(d.name)
+                        nxt = exchanges.get(d.name)
+                        if nxt is not None:
+                            pending.append(nxt)
+            else:
+                # this exchange matched nothing: its own alternate exchange, if any, takes
+                # the message (an exchange that routed to another exchange matched something,
+                # even if that one routes nowhere)
+                ae = ex.alternate
+                if ae and ae not in seen_x:
+                    seen_x.add(ae)
+                    nxt = exchanges.get(ae)
+                    if nxt is not None:
+                        pending.append(nxt)
+            if not pending or hops >= MAX_E2E_HOPS:
+                return out
+            ex = pending.pop()
+            hops += 1
+            if headers is None and ex.type_name == "headers":
+                headers = message.headers
 
     # --- dead-lettering ----------------------------------------------------------------
     def dead_letter(self, q: Queue, message: Message, reason: str) -> None:

@@ -2,10 +2,17 @@
 
 `x-match` is "all" (the default) or "any"; the "-with-x" variants (all-with-x, any-with-x)
 also compare binding arguments whose names start with "x-", which plain all/any skip.  A
-binding argument with a void value matches when the header is present with any value."""
+binding argument with a void value matches when the header is present with any value.
+Values match only within the same type class, as RabbitMQ compares them
+(rabbit_misc:type_class): every integer width is one class, float and double another,
+decimal, timestamp, bool, string and byte array each their own, so decimal 1 is not
+integer 1 and 1.0 is not 1."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+from node.amqp.fields import ByteArray, Timestamp
 from node.exchanges.base import Binding, Destination, Exchange
 
 
@@ -28,13 +35,37 @@ def headers_match(args: dict, headers: dict | None) -> bool:
     return not any_mode
 
 
+def _type_class(v: object) -> str:
+    # order matters: bool and Timestamp are ints, ByteArray is bytes
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, Timestamp):
+        return "timestamp"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, Decimal):
+        return "decimal"
+    if isinstance(v, ByteArray):
+        return "binary"
+    if isinstance(v, (str, bytes, bytearray)):
+        return "longstr"
+    return type(v).__name__
+
+
 def _equal(a: object, b: object) -> bool:
-    if isinstance(a, bytes) and isinstance(b, str):
-        a = a.decode("utf-8", "replace")
-    if isinstance(b, bytes) and isinstance(a, str):
-        b = b.decode("utf-8", "replace")
-    if isinstance(a, bool) != isinstance(b, bool):
+    ca = _type_class(a)
+    if ca != _type_class(b):
         return False
+    if ca == "longstr":
+        if isinstance(a, (bytes, bytearray)):
+            a = bytes(a).decode("utf-8", "replace")
+        if isinstance(b, (bytes, bytearray)):
+            b = bytes(b).decode("utf-8", "replace")
+    elif ca == "decimal":
+        # AMQP decimals are (scale, value): 1.0 and 1 are different values
+        return a.as_tuple() == b.as_tuple()  # type: ignore[attr-defined]
     return a == b
 
 

@@ -1,6 +1,7 @@
 """Topic exchange: binding keys are dot-separated words where `*` matches exactly one word
 and `#` matches zero or more.  As in RabbitMQ, words may be empty ("a..b" has three words,
-the middle one empty) and "" is a key of one empty word.
+the middle one empty, "." two empty words), but the empty key "" has no words at all: only
+"", "#" and "#.#" match it, never "*" (rabbit_exchange_type_topic splits <<>> into []).
 
 Bindings live in a trie of words; results are cached per routing key (publishers reuse a
 small set of keys) and the cache is dropped whenever a binding changes."""
@@ -33,7 +34,7 @@ class TopicExchange(Exchange):
         if hit is not None:
             return hit  # type: ignore[return-value]
         out: set[Destination] = set()
-        _match(self._root, routing_key.split("."), 0, out)
+        _match(self._root, _words(routing_key), 0, out)
         result = tuple(out)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
@@ -42,14 +43,14 @@ class TopicExchange(Exchange):
 
     def _index_add(self, b: Binding) -> None:
         node = self._root
-        for w in b.routing_key.split("."):
+        for w in _words(b.routing_key):
             node = node.children.setdefault(w, _Node())
         node.dests[b.destination] = node.dests.get(b.destination, 0) + 1
         self._cache.clear()
 
     def _index_remove(self, b: Binding) -> None:
         path = [self._root]
-        words = b.routing_key.split(".")
+        words = _words(b.routing_key)
         for w in words:
             nxt = path[-1].children.get(w)
             if nxt is None:
@@ -68,6 +69,10 @@ class TopicExchange(Exchange):
                 break
             del path[i - 1].children[words[i - 1]]
         self._cache.clear()
+
+
+def _words(key: str) -> list[str]:
+    return key.split(".") if key else []
 
 
 def _match(node: _Node, words: list[str], i: int, out: set[Destination]) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
+from node.amqp.fields import ByteArray, Timestamp
 from node.exchanges.base import Binding, Destination
 from node.exchanges.direct import DirectExchange
 from node.exchanges.fanout import FanoutExchange
@@ -25,17 +28,20 @@ Q = Destination("queue", "q")
     ("#.c", "a.b.c", True),
     ("#", "", True),
     ("#", "anything.at.all", True),
-    ("*", "", True),  # "" is one empty word
+    ("*", "", False),  # "" has no words (RabbitMQ 3.10: only "", "#", "#.#" match it)
     ("*", "a.b", False),
     ("a.#.c", "a.c", True),
     ("a.#.c", "a.b.b.c", True),
     ("a.#.c", "a.b.b.d", False),
     ("#.#", "a", True),
-    ("#.*", "", True),
+    ("#.*", "", False),
+    ("#.#", "", True),
+    ("*", ".", False),  # "." is two empty words
+    ("*.*", ".", True),
     ("*.*", "a.", True),  # empty words count
     ("a..b", "a..b", True),
     ("a.*.b", "a..b", True),
-    ("*.#", "", True),
+    ("*.#", "", False),
     ("a.*.#", "a", False),
     ("a.*.#", "a.b", True),
     ("#.b.#", "a.b.c", True),
@@ -93,6 +99,17 @@ def test_fanout_ignores_key():
     ({"x-match": "any", "x-k": 1}, {"x-k": 1}, False),
     ({"x-match": "all", "s": "v"}, {"s": b"v"}, True),  # longstr vs str
     ({"x-match": "all", "t": True}, {"t": 1}, False),
+    # type classes as RabbitMQ 3.10 compares them (checked against it): decimal 1 is not
+    # integer 1, every integer width is one class
+    ({"x-match": "all", "v": Decimal(1)}, {"v": 1}, False),
+    ({"x-match": "all", "v": 1}, {"v": Decimal(1)}, False),
+    ({"x-match": "all", "v": Decimal(1)}, {"v": Decimal(1)}, True),
+    ({"x-match": "all", "v": Decimal("1.0")}, {"v": Decimal(1)}, False),  # (scale, value)
+    ({"x-match": "all", "v": 1}, {"v": 1.0}, False),
+    ({"x-match": "all", "v": 2 ** 40}, {"v": 2 ** 40}, True),
+    ({"x-match": "all", "v": 1}, {"v": Timestamp(1)}, False),
+    ({"x-match": "all", "v": b"1"}, {"v": ByteArray(b"1")}, False),
+    ({"x-match": "any", "v": Decimal(1), "w": 1}, {"v": 1, "w": 1}, True),
 ])
 def test_headers_matching(args, headers, expected):
     assert headers_match(args, headers) is expected
