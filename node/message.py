@@ -26,6 +26,32 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def expiration_error(raw: object) -> str | None:
+    """Why an `expiration` property is invalid, in RabbitMQ's words (it parses it with
+    Erlang's string:to_integer: an optional sign, digits, nothing after; at least 0), or
+    None when it is valid.  RabbitMQ closes the channel with 406 on an invalid one."""
+    text = raw.decode("latin-1") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    i = 1 if text[:1] in ("+", "-") else 0
+    j = i
+    while j < len(text) and "0" <= text[j] <= "9":
+        j += 1
+    if j == i:
+        return "no_integer"
+    if j < len(text):
+        return "{leftover_string,%s}" % _erlang_string(text[j:])
+    value = int(text[:j])
+    if value < 0:
+        return "{value_negative,%d}" % value
+    return None
+
+
+def _erlang_string(s: str) -> str:
+    # how Erlang's ~p prints a list of bytes: quoted when printable, else as integers
+    if all(32 <= ord(c) < 127 for c in s):
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ",".join(str(ord(c)) for c in s) + "]"
+
+
 class Message:
     __slots__ = ("exchange", "routing_key", "header", "body", "persistent", "published_at",
                  "flags", "_props", "_record", "_route_bytes", "__weakref__")

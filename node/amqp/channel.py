@@ -22,7 +22,7 @@ from node import errors
 from node.amqp import spec
 from node.errors import AMQPError, ChannelError, ConnectionError_
 from node.exchanges.base import Destination
-from node.message import FLAG_HEADERS, FLAG_REPLY_TO, Message
+from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, expiration_error
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
@@ -578,6 +578,8 @@ class Channel:
         if immediate:
             raise ConnectionError_(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message.from_publish(exchange, routing_key, header, body)
+        if msg.flags & FLAG_EXPIRATION:
+            _check_expiration(msg)
         self.stats_publish += 1
         if msg.flags & FLAG_REPLY_TO and b"amq.rabbitmq.reply-to" in header:
             msg = self._stamp_reply_to(msg)
@@ -1004,6 +1006,14 @@ def _without_bcc(msg: Message) -> Message:
     out = msg.with_properties(props)
     out.published_at = msg.published_at
     return out
+
+
+def _check_expiration(msg: Message) -> None:
+    raw = msg.properties.expiration
+    why = expiration_error(raw if raw is not None else "")
+    if why is not None:
+        raise ChannelError(errors.PRECONDITION_FAILED,
+                           f"invalid expiration '{raw}': {why}", 60, 40)
 
 
 def _default_exchange() -> ChannelError:

@@ -156,8 +156,13 @@ class Queue:
                     return result
             self._ready.push(entry)
             self.ready_bytes += len(message.body)
-            if entry.expires_at and not self._expiry_timer:
-                self._schedule_expiry()
+            if entry.expires_at:
+                if self._ready.peek() is entry:
+                    # at the head, so it expires now if its TTL has run out, as with TTL 0
+                    # (RabbitMQ: drop_expired_msgs after a publish that became the head)
+                    self._drop_expired()
+                elif not self._expiry_timer:
+                    self._schedule_expiry()
         if self.consumers:
             self.dispatch()
             if self._ready.n + self._paged_count > FLOW_HIGH:
@@ -178,6 +183,7 @@ class Queue:
         s = self.settings
         if not s.has_limit:
             return
+        dropped = False
         while self.message_count and (
                 (s.max_length is not None and self.message_count > s.max_length)
                 or (s.max_length_bytes is not None and self.message_bytes > s.max_length_bytes)):
@@ -185,6 +191,11 @@ class Queue:
             if entry is None:
                 break
             self._drop(entry, "maxlen")
+            dropped = True
+        if dropped:
+            # RabbitMQ (maybe_drop_head, then drop_expired_msgs): expired messages now at
+            # the head die as "expired", before anything else can take the queue's place
+            self._drop_expired()
 
     # --- dequeue ---------------------------------------------------------------------
     def _take_head(self) -> QueueEntry | None:
@@ -206,7 +217,7 @@ class Queue:
             entry = self._take_head()
             if entry is None:
                 return None
-            if entry.expires_at and entry.expires_at < now_ms():
+            if entry.expires_at and entry.expires_at <= now_ms():
                 self._drop(entry, "expired")
                 continue
             return entry
@@ -236,6 +247,9 @@ class Queue:
             self.stats_deliver += 1
             if entry.redelivered:
                 self.stats_redeliver += 1
+            # as RabbitMQ's fetch: the expired messages now at the head are dropped (and
+            # dead-lettered) before get-ok reports message_count
+            self._drop_expired()
         return entry
 
     def _next_consumer(self) -> Consumer | None:
@@ -360,6 +374,7 @@ class Queue:
         if self.consumers:
             self.dispatch()
         self._enforce_length()
+        self._drop_expired()
         self._schedule_expiry()
 
     def purge(self) -> int:
@@ -404,16 +419,32 @@ class Queue:
         self._expiry_at = 0
         if self.deleted:
             return
-        now = now_ms()
-        # RabbitMQ expires from the head only: a live message shields expired ones behind it
-        while True:
-            head = self._ready.peek()
-            if head is None or not head.expires_at or head.expires_at >= now:
-                break
-            entry = self._take_head()
-            if entry is not None:
-                self._drop(entry, "expired")
+        self._drop_expired()
         self._schedule_expiry()
+
+    def _drop_expired(self) -> None:
+        """RabbitMQ's drop_expired_msgs: the expired messages at the head go, dead-lettered
+        as "expired"; a live message at the head shields the expired ones behind it.  An
+        entry has expired when now >= its expiry, so a TTL of 0 expires on arrival."""
+        ready = self._ready
+        head = ready.peek()
+        if head is None and self._paged_count:
+            self._page_in()
+            head = ready.peek()
+        if head is None or not head.expires_at:
+            return
+        now = now_ms()
+        while head is not None and head.expires_at and head.expires_at <= now:
+            entry = self._take_head()
+            if entry is None:
+                break
+            self._drop(entry, "expired")
+            head = ready.peek()
+            if head is None and self._paged_count:
+                self._page_in()
+                head = ready.peek()
+        if head is not None and head.expires_at:
+            self._schedule_expiry()
 
     # --- queue expiry (x-expires) ----------------------------------------------------
     def touch(self) -> None:

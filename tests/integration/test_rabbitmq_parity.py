@@ -1,0 +1,142 @@
+"""Scenarios where WarrenMQ answered differently from RabbitMQ (issue 12).  Every expected
+answer here is what a RabbitMQ 3.10 node answered to the same scenario, run side by side
+(see docs/RABBITMQ-VERSION.md for the version WarrenMQ follows where releases differ)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pika
+import pytest
+from pika.exceptions import ChannelClosedByBroker
+
+
+def uid(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:8]
+
+
+def dead_letter_queue(ch) -> tuple[str, str]:
+    """A fanout DLX bound to an exclusive queue: (exchange, queue)."""
+    dlx, dlq = uid("dlx-"), uid("dlq-")
+    ch.exchange_declare(dlx, "fanout", auto_delete=True)
+    ch.queue_declare(dlq, exclusive=True)
+    ch.queue_bind(dlq, dlx)
+    return dlx, dlq
+
+
+def drain(ch, queue: str, wait: float = 0.1) -> list[tuple[str, list]]:
+    """(body, [(reason, queue) of x-death]) of every message, in order."""
+    time.sleep(wait)  # dead-lettering is asynchronous in RabbitMQ too
+    out = []
+    while True:
+        m, props, body = ch.basic_get(queue, auto_ack=True)
+        if m is None:
+            return out
+        deaths = (props.headers or {}).get("x-death") or []
+        out.append((body.decode(), [(d["reason"], d["queue"]) for d in deaths]))
+
+
+# --- 1. TTL 0 on arrival -------------------------------------------------------------
+def test_expiration_zero_is_never_delivered_later(ch):
+    for _ in range(20):
+        q = uid("ttl0-")
+        ch.queue_declare(q, exclusive=True)
+        ch.basic_publish("", q, b"x", pika.BasicProperties(expiration="0"))
+        assert ch.basic_get(q, auto_ack=True)[0] is None
+
+
+def test_queue_ttl_zero_is_never_delivered_later(ch):
+    q = uid("qttl0-")
+    ch.queue_declare(q, exclusive=True, arguments={"x-message-ttl": 0})
+    for _ in range(20):
+        ch.basic_publish("", q, b"x")
+        assert ch.basic_get(q, auto_ack=True)[0] is None
+
+
+def test_queue_ttl_zero_dead_letters_on_arrival(ch):
+    dlx, dlq = dead_letter_queue(ch)
+    q = uid("qttl0d-")
+    ch.queue_declare(q, exclusive=True,
+                     arguments={"x-message-ttl": 0, "x-dead-letter-exchange": dlx})
+    ch.basic_publish("", q, b"a")
+    assert drain(ch, dlq) == [("a", [("expired", q)])]
+
+
+def test_reject_publish_acks_what_expires_on_arrival(ch):
+    q = uid("rp-")
+    ch.queue_declare(q, exclusive=True,
+                     arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    for _ in range(3):  # RabbitMQ: ack, ack, ack (nothing stays to fill the queue)
+        ch.basic_publish("", q, b"r", pika.BasicProperties(expiration="0"))
+
+
+# --- 2. expired messages at the head after a basic.get ---------------------------------
+def test_get_drops_expired_head_before_counting(ch):
+    dlx, dlq = dead_letter_queue(ch)
+    q = uid("head-")
+    ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": dlx})
+    ch.basic_publish("", q, b"m1")
+    ch.basic_publish("", q, b"m2", pika.BasicProperties(expiration="0"))
+    m, _props, body = ch.basic_get(q)
+    assert (body, m.message_count) == (b"m1", 0)
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    # the expired message is dead-lettered first, then the rejected one
+    assert drain(ch, dlq) == [("m2", [("expired", q)]), ("m1", [("rejected", q)])]
+
+
+# --- 3. expired beats maxlen: what drop-head uncovers has expired ------------------------
+def test_drop_head_then_expired_messages_it_uncovers(ch):
+    dlx, dlq = dead_letter_queue(ch)
+    q = uid("ml-")
+    ch.queue_declare(q, exclusive=True,
+                     arguments={"x-dead-letter-exchange": dlx, "x-max-length": 2})
+    ch.basic_publish("", q, b"m0")
+    ch.basic_publish("", q, b"m1", pika.BasicProperties(expiration="0"))
+    ch.basic_publish("", q, b"m2")
+    ch.basic_publish("", q, b"m3")
+    assert drain(ch, dlq) == [("m0", [("maxlen", q)]), ("m1", [("expired", q)])]
+    assert [b for b, _ in drain(ch, q, 0)] == ["m2", "m3"]
+
+
+def test_requeued_expired_message_dropped_by_maxlen_is_maxlen(ch):
+    # RabbitMQ drops the head for the length limit before it looks at expiry here
+    dlx, dlq = dead_letter_queue(ch)
+    q = uid("ml2-")
+    ch.queue_declare(q, exclusive=True,
+                     arguments={"x-dead-letter-exchange": dlx, "x-max-length": 1})
+    ch.basic_publish("", q, b"a", pika.BasicProperties(expiration="100"))
+    m = ch.basic_get(q)[0]
+    time.sleep(0.3)
+    ch.basic_publish("", q, b"b")
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    assert drain(ch, dlq) == [("a", [("maxlen", q)])]
+    assert [b for b, _ in drain(ch, q, 0)] == ["b"]
+
+
+# --- 4. invalid expiration -------------------------------------------------------------
+@pytest.mark.parametrize("value,why", [
+    ("abc", "no_integer"),
+    ("-1", "{value_negative,-1}"),
+    ("1.5", '{leftover_string,".5"}'),
+    ("", "no_integer"),
+    (" 5", "no_integer"),
+])
+def test_invalid_expiration_closes_channel(conn, value, why):
+    ch = conn.channel()
+    q = uid("exp-")
+    ch.queue_declare(q, exclusive=True)
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=value))
+        ch.queue_declare(q, passive=True)
+    assert e.value.reply_code == 406
+    assert e.value.reply_text == f"PRECONDITION_FAILED - invalid expiration '{value}': {why}"
+
+
+@pytest.mark.parametrize("value", ["+5000", "05000"])
+def test_expiration_with_sign_or_leading_zero_is_valid(ch, value):
+    q = uid("exp-")
+    ch.queue_declare(q, exclusive=True)
+    ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=value))
+    assert ch.basic_get(q, auto_ack=True)[2] == b"x"
