@@ -36,6 +36,7 @@ _PUBLISH_ID = b"\x00\x3c\x00\x28"  # basic.publish: class 60, method 40
 _CONTENT_HEADER = struct.Struct(">HHQ")  # class id, weight, body size
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_OK_TIMEOUT = 3.0
+CLOSING_TIMEOUT = 30  # RabbitMQ's ?CLOSING_TIMEOUT: longest wait for the client to hang up
 FLOW_MAX_PAUSE = 0.5
 
 # connection states
@@ -210,8 +211,7 @@ class AMQPConnection(asyncio.Protocol):
                             routing_key = payload[i:i + m].decode()
                             bits = payload[i + m]
                         except (IndexError, UnicodeDecodeError):
-                            raise ConnectionError_(errors.SYNTAX_ERROR, "malformed method: "
-                                                   "basic.publish", 60, 40) from None
+                            raise _cannot_decode(payload) from None
                         # most often its header and its one body frame came in the same read:
                         # publish the whole message at once
                         if k + 1 < nframes:
@@ -279,10 +279,8 @@ class AMQPConnection(asyncio.Protocol):
                 raise ConnectionError_(errors.NOT_IMPLEMENTED,
                                        f"unknown method class={e.class_id} method={e.method_id}",
                                        e.class_id, e.method_id) from None
-            except SyntaxError_ as e:
-                cid, mid = (struct.unpack_from(">HH", payload) if len(payload) >= 4 else (0, 0))
-                raise ConnectionError_(errors.SYNTAX_ERROR, f"malformed method: {e}",
-                                       cid, mid) from None
+            except SyntaxError_:
+                raise _cannot_decode(payload) from None
             if ch == 0:
                 self._on_connection_method(method)
                 return
@@ -325,10 +323,11 @@ class AMQPConnection(asyncio.Protocol):
             channel.feed(ftype, payload)
 
     def _open_channel(self, number: int) -> None:
-        if number > self.channel_max:
+        # as RabbitMQ: the limit is on how many channels are open, not on their numbers
+        if self.channel_max and len(self.channels) >= self.channel_max:
             raise ConnectionError_(errors.NOT_ALLOWED,
                                    f"number of channels opened ({len(self.channels)}) has reached"
-                                   f" the negotiated channel_max ({self.channel_max})", 20, 10)
+                                   f" the negotiated channel_max ({self.channel_max})")
         self.channels[number] = Channel(self, number)
         self.broker.channels_opened += 1
         self.send_method(number, spec.ChannelOpenOk())
@@ -348,8 +347,14 @@ class AMQPConnection(asyncio.Protocol):
             self.send_method(0, spec.ConnectionCloseOk())
             self.flush()
             self.state = CLOSED
-            if self.transport is not None:
-                self.transport.close()
+            # as RabbitMQ: exclusive queues go now, but the socket stays open for the client
+            # to close after reading close-ok (closing it first trips clients such as aiormq),
+            # and is dropped if the client lingers past the heartbeat timeout (at most 30 s)
+            self.broker.connection_closed(self)
+            if self._timer is not None:
+                self._timer.cancel()
+            linger = self.heartbeat if 0 < self.heartbeat < CLOSING_TIMEOUT else CLOSING_TIMEOUT
+            self._timer = self.loop.call_later(linger, self._abort)
             return
         if isinstance(m, spec.ConnectionCloseOk):
             if st == CLOSING and self.transport is not None:
@@ -365,11 +370,16 @@ class AMQPConnection(asyncio.Protocol):
             self._on_open(m)
         elif isinstance(m, (spec.ConnectionBlocked, spec.ConnectionUnblocked)):
             return  # clients may send these; nothing to do
-        elif isinstance(m, getattr(spec, "ConnectionUpdateSecret", ())):
-            raise ConnectionError_(errors.NOT_IMPLEMENTED, "connection.update-secret", 10, 70)
+        elif st == OPEN and isinstance(m, spec.ConnectionUpdateSecret):
+            # clients refresh expiring credentials (OAuth tokens) this way; internal users'
+            # passwords do not expire, and RabbitMQ's internal backend accepts the new secret
+            # as it is and keeps the connection (checked against RabbitMQ 3.10)
+            log.info("connection %s: user '%s' updated secret, reason: %s", self.name,
+                     self.user, m.reason)
+            self.send_method(0, spec.ConnectionUpdateSecretOk())
         else:
-            raise ConnectionError_(errors.COMMAND_INVALID,
-                                   f"unexpected method {m.NAME} in this connection state",
+            raise ConnectionError_(errors.CHANNEL_ERROR, f"unexpected method in connection "
+                                   f"state {_STATE_NAMES.get(st, 'running')}",
                                    m.CLASS_ID, m.METHOD_ID)
 
     def _on_start_ok(self, m: Any) -> None:
@@ -770,6 +780,18 @@ class AMQPConnection(asyncio.Protocol):
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""
         self.close_connection(ConnectionError_(code, text))
+
+
+_STATE_NAMES = {AWAIT_START_OK: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening",
+                OPEN: "running"}
+
+
+def _cannot_decode(payload: bytes) -> ConnectionError_:
+    """Method arguments that do not parse: 501 with the bytes as RabbitMQ prints them
+    (rabbit_misc:frame_error, "~w" of the binary)."""
+    cid, mid = struct.unpack_from(">HH", payload) if len(payload) >= 4 else (0, 0)
+    shown = ",".join(str(b) for b in bytes(payload[4:4 + 100]))
+    return ConnectionError_(errors.FRAME_ERROR, f"cannot decode <<{shown}>>", cid, mid)
 
 
 def _text(v: Any) -> str:
