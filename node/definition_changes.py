@@ -327,7 +327,7 @@ class DefinitionChanges:
                                           f"'{_fmt(a)}' but current is '{_fmt(b)}'")
 
     @staticmethod
-    def validate_queue_arguments(args: dict) -> None:
+    def validate_queue_arguments(args: dict, name: str = "", vhost: str = "") -> None:
         def need_int(key: str, minimum: int) -> None:
             v = args.get(key)
             if v is None:
@@ -355,6 +355,11 @@ class DefinitionChanges:
             v = args.get(key)
             if v is not None and not isinstance(v, (str, bytes)):
                 raise errors.precondition(f"invalid arg '{key}' for queue: expected a string")
+        if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
+            # RabbitMQ's text (a policy's dead-letter-exchange does not count)
+            raise errors.precondition(f"invalid arg 'x-dead-letter-routing-key' for queue "
+                                      f"'{name}' in vhost '{vhost}': "
+                                      f"routing_key_but_no_dlx_defined")
         qtype = args.get("x-queue-type")
         if isinstance(qtype, bytes):
             qtype = qtype.decode("utf-8", "replace")

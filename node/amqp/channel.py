@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from node import errors
 from node.amqp import spec
 from node.errors import AMQPError, ChannelError, ConnectionError_
-from node.exchanges.base import Destination
+from node.exchanges.base import Binding, Destination
 from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, expiration_error
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
@@ -75,6 +75,7 @@ class Channel:
         self.last_queue = ""
         self.reply_consumer: Consumer | None = None  # direct reply-to (amq.rabbitmq.reply-to)
         self.reply_key = ""
+        self._held_cancels: list[str] | None = None  # while this channel deletes a queue
         # content assembly for basic.publish
         # (exchange, routing key, mandatory, immediate) of the basic.publish being assembled
         self._publishing: tuple[str, str, bool, bool] | None = None
@@ -353,10 +354,10 @@ class Channel:
         vh = self.vhost
         if name == "":
             raise _default_exchange()
-        if name.startswith("amq.") and name in vh.exchanges:
+        if name.startswith("amq."):  # refused whether it exists or not, as in RabbitMQ
             raise ChannelError(errors.ACCESS_REFUSED,
                                f"deletion of system exchange '{name}' in vhost '{vh.name}' "
-                               f"is not allowed")
+                               f"not allowed")
         self.check("configure", "exchange", name)
 
         async def delete() -> None:
@@ -432,7 +433,9 @@ class Channel:
         args = m.arguments or {}
         existing = vh.queues.get(name)
         if existing is not None:
-            if existing.exclusive_owner is not None and existing.exclusive_owner is not self.conn:
+            # RabbitMQ checks exclusivity strictly first: the declared owner (this connection
+            # if exclusive, else none) must be the queue's, whoever redeclares it
+            if existing.exclusive_owner is not (self.conn if m.exclusive else None):
                 raise _locked(name, vh.name)
             self.broker.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
@@ -446,7 +449,7 @@ class Channel:
         if name.startswith("amq.") and m.queue != "":
             raise ChannelError(errors.ACCESS_REFUSED,
                                f"queue name '{name}' contains reserved prefix 'amq.*'")
-        self.broker.validate_queue_arguments(args)
+        self.broker.validate_queue_arguments(args, name, vh.name)
 
         async def declare() -> None:
             q = await self.broker.declare_queue(
@@ -475,11 +478,20 @@ class Channel:
             raise _default_exchange()
         self.check("write", "queue", qname)
         self.check("read", "exchange", m.exchange)
-        if bind or qname in vh.queues:
-            self._lookup_queue(qname)
-        if bind and m.exchange not in vh.exchanges:
-            raise errors.not_found("exchange", m.exchange, vh.name)
         dest = Destination("queue", qname)
+        if bind:
+            # as RabbitMQ: both ends must exist (exchange first), then exclusivity
+            if m.exchange not in vh.exchanges:
+                raise errors.not_found("exchange", m.exchange, vh.name)
+            self._lookup_queue(qname)
+        else:
+            # unbind is idempotent: only an existing binding is checked for exclusivity
+            q = vh.queues.get(qname)
+            ex = vh.exchanges.get(m.exchange)
+            if (q is not None and ex is not None and q.exclusive_owner is not None
+                    and ex.has_binding(Binding(m.exchange, dest, routing_key,
+                                               m.arguments or {}))):
+                self._lookup_queue(qname)
         nowait = getattr(m, "nowait", False)
 
         async def run() -> None:
@@ -517,9 +529,18 @@ class Channel:
 
         async def delete() -> None:
             n = q.message_count
-            await self.broker.delete_queue(vh, q)
-            if not m.nowait:
-                self.conn.send_method(self.number, spec.QueueDeleteOk(message_count=n))
+            # RabbitMQ answers delete-ok before it cancels this channel's consumers of the
+            # queue (py-amqp/kombu fail on the other order)
+            self._held_cancels = []
+            try:
+                await self.broker.delete_queue(vh, q)
+                if not m.nowait:
+                    self.conn.send_method(self.number, spec.QueueDeleteOk(message_count=n))
+            finally:
+                held, self._held_cancels = self._held_cancels, None
+                for tag in held:
+                    self.conn.send_method(self.number, spec.BasicCancel(consumer_tag=tag,
+                                                                        nowait=True))
         return delete()
 
     # ------------------------------------------------------------------------------
@@ -763,7 +784,11 @@ class Channel:
         for tag, c in list(self.consumers.items()):
             if c.queue is q:
                 del self.consumers[tag]
-                if self.conn.capabilities.get("consumer_cancel_notify"):
+                if not self.conn.capabilities.get("consumer_cancel_notify"):
+                    continue
+                if self._held_cancels is not None:
+                    self._held_cancels.append(tag)
+                else:
                     self.conn.send_method(self.number, spec.BasicCancel(consumer_tag=tag,
                                                                         nowait=True))
 

@@ -172,7 +172,7 @@ class Importer:
         if qname in vh.queues:
             return  # immutable: the existing queue wins
         args = q.get("arguments") or {}
-        self.broker.validate_queue_arguments(args)
+        self.broker.validate_queue_arguments(args, qname, vh.name)
         await self.broker.declare_queue(vh, qname, bool(q.get("durable", True)), None,
                                         bool(q.get("auto_delete", False)), args)
 

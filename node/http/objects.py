@@ -115,7 +115,7 @@ async def put_queue(request: web.Request) -> web.Response:
     if existing is not None:
         b.check_queue_equivalent(existing, durable, False, auto_delete, args)
         return no_content()
-    b.validate_queue_arguments(args)
+    b.validate_queue_arguments(args, qname, vh.name)
     await b.declare_queue(vh, qname, durable, None, auto_delete, args)
     return web.Response(status=201)
 

@@ -159,7 +159,7 @@ class RawClient:
         self.sock.close()
 
 
-def raw_open(node, heartbeat: int = 0) -> RawClient:
+def raw_open(node, heartbeat: int = 0, channel_max: int = 0) -> RawClient:
     """Handshake as a minimal client: PLAIN guest/guest, vhost /, no heartbeat."""
     from node.amqp import spec
     from node.amqp.frames import method_frame
@@ -168,11 +168,12 @@ def raw_open(node, heartbeat: int = 0) -> RawClient:
     s.sendall(b"AMQP\x00\x00\x09\x01")
     assert isinstance(s.read_method(), spec.ConnectionStart)
     s.sendall(method_frame(0, spec.ConnectionStartOk(
-        client_properties={"capabilities": {"authentication_failure_close": True}},
+        client_properties={"capabilities": {"authentication_failure_close": True,
+                                            "consumer_cancel_notify": True}},
         mechanism="PLAIN", response=b"\x00guest\x00guest", locale="en_US")))
     tune = s.read_method()
     assert isinstance(tune, spec.ConnectionTune)
-    s.sendall(method_frame(0, spec.ConnectionTuneOk(channel_max=tune.channel_max,
+    s.sendall(method_frame(0, spec.ConnectionTuneOk(channel_max=channel_max or tune.channel_max,
                                                     frame_max=tune.frame_max, heartbeat=heartbeat)))
     s.sendall(method_frame(0, spec.ConnectionOpen(virtual_host="/")))
     assert isinstance(s.read_method(), spec.ConnectionOpenOk)
@@ -242,12 +243,14 @@ def test_unknown_method_is_not_implemented(node):
     s.close()
 
 
-def test_truncated_method_is_syntax_error(node):
+@pytest.mark.parametrize("args,shown", [(b"\x00", "<<0>>"), (b"ab", "<<97,98>>"),
+                                        (b"\x00\x00\x05ab", "<<0,0,5,97,98>>")])
+def test_truncated_method_is_frame_error(node, args, shown):
+    # RabbitMQ 3.10: 501 with the undecodable argument bytes printed as an Erlang binary
     from node.amqp.frames import encode_frame
     s = raw_open(node)
-    s.sendall(encode_frame(1, 1, struct.pack(">HH", 50, 10) + b"\x00"))  # queue.declare, cut
-    code, _ = expect_close(s)
-    assert code == 502
+    s.sendall(encode_frame(1, 1, struct.pack(">HH", 50, 10) + args))  # queue.declare, cut
+    assert expect_close(s) == (501, f"FRAME_ERROR - cannot decode {shown}")
     s.close()
 
 
@@ -262,12 +265,25 @@ def test_method_on_unopened_channel_is_channel_error(node):
 
 
 def test_channel_max_enforced(node):
+    # RabbitMQ 3.10 limits how many channels are open, and says how many are
     from node.amqp import spec
     from node.amqp.frames import method_frame
-    s = raw_open(node)
-    s.sendall(method_frame(4000, spec.ChannelOpen()))
-    code, _ = expect_close(s)
-    assert code == 530
+    s = raw_open(node, channel_max=2)
+    s.sendall(method_frame(2, spec.ChannelOpen()))
+    assert isinstance(s.read_method(), spec.ChannelOpenOk)
+    s.sendall(method_frame(3, spec.ChannelOpen()))
+    assert expect_close(s) == (530, "NOT_ALLOWED - number of channels opened (2) has reached "
+                                    "the negotiated channel_max (2)")
+    s.close()
+
+
+def test_channel_number_above_channel_max_is_opened(node):
+    # RabbitMQ 3.10 checks the count of open channels, not the number
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    s = raw_open(node, channel_max=2)
+    s.sendall(method_frame(5, spec.ChannelOpen()))
+    assert isinstance(s.read_method(), spec.ChannelOpenOk)
     s.close()
 
 
@@ -348,4 +364,58 @@ def test_heartbeating_peer_stays_connected(node):
     s.sendall(method_frame(1, spec.QueueDeclare(queue="", exclusive=True)))
     s.sock.settimeout(5)
     assert isinstance(s.read_method(), spec.QueueDeclareOk)
+    s.close()
+
+
+def test_second_connection_open_is_channel_error(node):
+    # RabbitMQ 3.10: any connection method out of place is 504 naming the state
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    s = raw_open(node)
+    s.sendall(method_frame(0, spec.ConnectionOpen(virtual_host="/")))
+    assert expect_close(s) == (504, "CHANNEL_ERROR - unexpected method in connection state "
+                                    "running")
+    s.close()
+
+
+def test_update_secret_keeps_the_connection(node):
+    # RabbitMQ 3.10's internal backend answers update-secret-ok and keeps the connection
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    s = raw_open(node)
+    s.sendall(method_frame(0, spec.ConnectionUpdateSecret(new_secret=b"guest",
+                                                          reason="token refresh")))
+    assert isinstance(s.read_method(), spec.ConnectionUpdateSecretOk)
+    s.sendall(method_frame(2, spec.ChannelOpen()))
+    assert isinstance(s.read_method(), spec.ChannelOpenOk)
+    s.close()
+
+
+def test_client_close_leaves_the_socket_to_the_client(node):
+    # RabbitMQ sends close-ok and waits for the client to hang up (aiormq relies on it)
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    s = raw_open(node)
+    s.sendall(method_frame(0, spec.ConnectionClose(reply_code=200, reply_text="bye",
+                                                   class_id=0, method_id=0)))
+    assert isinstance(s.read_method(), spec.ConnectionCloseOk)
+    s.sock.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        s.sock.recv(1)  # still open: no EOF
+    s.close()
+
+
+def test_queue_delete_ok_comes_before_the_consumer_cancel(node):
+    # RabbitMQ: delete-ok, then basic.cancel for this channel's consumer (py-amqp needs it)
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    s = raw_open(node)
+    s.sendall(method_frame(1, spec.QueueDeclare(queue="del-order", exclusive=True)))
+    assert isinstance(s.read_method(), spec.QueueDeclareOk)
+    s.sendall(method_frame(1, spec.BasicConsume(queue="del-order", consumer_tag="ct")))
+    assert isinstance(s.read_method(), spec.BasicConsumeOk)
+    s.sendall(method_frame(1, spec.QueueDelete(queue="del-order")))
+    assert isinstance(s.read_method(), spec.QueueDeleteOk)
+    cancel = s.read_method()
+    assert isinstance(cancel, spec.BasicCancel) and cancel.consumer_tag == "ct"
     s.close()

@@ -140,3 +140,82 @@ def test_expiration_with_sign_or_leading_zero_is_valid(ch, value):
     ch.queue_declare(q, exclusive=True)
     ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=value))
     assert ch.basic_get(q, auto_ack=True)[2] == b"x"
+
+
+# --- 10-12: errors -----------------------------------------------------------------------
+LOCKED = ("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost "
+          "'/'. It could be originally declared on another connection or the exclusive "
+          "property value does not match that of the original declaration.")
+
+
+def closed_with(fn) -> tuple[int, str]:
+    with pytest.raises(ChannelClosedByBroker) as e:
+        fn()
+    return e.value.reply_code, e.value.reply_text
+
+
+@pytest.mark.parametrize("name", ["amq.nonexistent", "amq.direct"])
+def test_deleting_any_amq_exchange_is_refused(conn, name):
+    ch = conn.channel()
+    assert closed_with(lambda: ch.exchange_delete(name)) == (
+        403, f"ACCESS_REFUSED - deletion of system exchange '{name}' in vhost '/' not allowed")
+
+
+def test_dead_letter_routing_key_needs_dead_letter_exchange(conn):
+    ch = conn.channel()
+    q = uid("dlrk-")
+    assert closed_with(lambda: ch.queue_declare(
+        q, exclusive=True, arguments={"x-dead-letter-routing-key": "k"})) == (
+        406, f"PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' for queue '{q}' "
+             f"in vhost '/': routing_key_but_no_dlx_defined")
+
+
+@pytest.fixture
+def others_exclusive(node):
+    """Another connection's exclusive queue, bound to an exchange with key 'bound'."""
+    c = pika.BlockingConnection(pika.URLParameters(node.url))
+    ch = c.channel()
+    q, x = uid("exq-"), uid("bx-")
+    ch.queue_declare(q, exclusive=True)
+    ch.exchange_declare(x, "direct", auto_delete=True)
+    ch.queue_bind(q, x, "bound")
+    yield q, x
+    c.close()
+
+
+def test_unbind_of_missing_binding_on_others_exclusive_queue_is_ok(conn, others_exclusive):
+    q, x = others_exclusive
+    ch = conn.channel()
+    ch.queue_unbind(q, x, "nope")
+    ch.queue_unbind(q, "no-such-exchange", "k")
+
+
+def test_unbind_of_existing_binding_on_others_exclusive_queue_is_locked(conn, others_exclusive):
+    q, x = others_exclusive
+    ch = conn.channel()
+    assert closed_with(lambda: ch.queue_unbind(q, x, "bound")) == (405, LOCKED.format(q))
+
+
+def test_bind_others_exclusive_queue_checks_exchange_first(conn, others_exclusive):
+    q, x = others_exclusive
+    ch = conn.channel()
+    assert closed_with(lambda: ch.queue_bind(q, "nox", "k")) == (
+        404, "NOT_FOUND - no exchange 'nox' in vhost '/'")
+    ch = conn.channel()
+    assert closed_with(lambda: ch.queue_bind(q, x, "k2")) == (405, LOCKED.format(q))
+
+
+# --- 15: what client suites tripped on -----------------------------------------------------
+def test_owner_redeclaring_exclusive_queue_as_non_exclusive_is_locked(ch):
+    q = uid("ex-")
+    ch.queue_declare(q, exclusive=True)
+    assert closed_with(lambda: ch.queue_declare(q, exclusive=False)) == (405, LOCKED.format(q))
+
+
+def test_redeclaring_queue_as_exclusive_is_locked(conn):
+    ch = conn.channel()
+    q = uid("ne-")
+    ch.queue_declare(q, auto_delete=True)
+    assert closed_with(lambda: ch.queue_declare(q, exclusive=True, durable=True)) == (
+        405, LOCKED.format(q))
+    conn.channel().queue_delete(q)
