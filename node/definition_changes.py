@@ -10,7 +10,7 @@ Which path a definition takes (decision 1 and 2 of the design brief):
 
 DefinitionChanges is a mixin of `Broker`. It reads `metadata` (to submit), `vhosts` (the
 runtime, for transient things and auto-delete), `vhost_defs` and `nodes` (add_vhost), and
-calls `pick_owner` (node/placement.py) and `_drop_queue` (node/broker.py).
+calls `pick_owner` and `owns` (node/placement.py) and `_drop_queue` (node/broker.py).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class DefinitionChanges:
 
     if TYPE_CHECKING:
         def pick_owner(self) -> str: ...
+        def owns(self, vhost: str) -> bool: ...
         def _drop_queue(self, vh: VirtualHost, name: str) -> None: ...
 
     # ------------------------------------------------------------------------------
@@ -198,9 +199,23 @@ class DefinitionChanges:
 
     def _exchange_unused(self, ex: Exchange) -> None:
         vh = self.vhosts.get(ex.vhost)
-        if vh is None or ex.durable:
-            return  # the state machine auto-deletes durable exchanges on their last unbind
-        vh.remove_exchange(ex.name)
+        if vh is None:
+            return
+        if not ex.durable:
+            vh.remove_exchange(ex.name)
+            return
+        if not self.owns(vh.name):
+            return  # only the owner sees every binding, transient ones included
+        # The state machine deletes a durable exchange when its last *durable* binding goes;
+        # when the last one was to a transient or exclusive queue, Raft never saw it, so we
+        # ask.  Later in this turn, so that an auto-delete already committed with the unbind
+        # has been applied and we do not ask twice.
+        asyncio.get_event_loop().call_soon(self._delete_unused_durable_exchange, vh, ex)
+
+    def _delete_unused_durable_exchange(self, vh: VirtualHost, ex: Exchange) -> None:
+        if vh.exchanges.get(ex.name) is not ex or ex.bindings:
+            return
+        asyncio.ensure_future(self._quietly(self.delete_exchange(vh, ex.name, True)))
 
     @staticmethod
     async def _quietly(coro: Any) -> None:

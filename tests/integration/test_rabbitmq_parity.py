@@ -219,3 +219,42 @@ def test_redeclaring_queue_as_exclusive_is_locked(conn):
     assert closed_with(lambda: ch.queue_declare(q, exclusive=True, durable=True)) == (
         405, LOCKED.format(q))
     conn.channel().queue_delete(q)
+
+
+# --- 9. durable auto-delete exchange whose last binding was to a transient queue ------------
+def exchange_exists(conn, name: str) -> bool:
+    ch = conn.channel()
+    try:
+        ch.exchange_declare(name, passive=True)
+        return True
+    except ChannelClosedByBroker as e:
+        assert e.reply_code == 404
+        return False
+
+
+def wait_gone(conn, name: str) -> bool:
+    for _ in range(50):  # the deletion goes through Raft after the unbind-ok
+        if not exchange_exists(conn, name):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_durable_auto_delete_exchange_goes_with_last_transient_binding(conn):
+    ch = conn.channel()
+    x, q = uid("ad-"), uid("adq-")
+    ch.exchange_declare(x, "direct", durable=True, auto_delete=True)
+    ch.queue_declare(q, exclusive=True)
+    ch.queue_bind(q, x, "k")
+    ch.queue_unbind(q, x, "k")
+    assert wait_gone(conn, x)
+
+
+def test_durable_auto_delete_exchange_goes_when_its_transient_queue_goes(conn):
+    ch = conn.channel()
+    x, q = uid("ad2-"), uid("adq2-")
+    ch.exchange_declare(x, "direct", durable=True, auto_delete=True)
+    ch.queue_declare(q, exclusive=True)
+    ch.queue_bind(q, x, "k")
+    ch.queue_delete(q)
+    assert wait_gone(conn, x)
