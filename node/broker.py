@@ -134,10 +134,16 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
     # ------------------------------------------------------------------------------
     # what connections ask of the node; alarms; counters
     # ------------------------------------------------------------------------------
+    @property
+    def cluster_name(self) -> str:
+        """One name for the whole cluster, the same on every node: its first member's
+        (members are registered through Raft, so every node sees the same order)."""
+        return next(iter(self.nodes), self.settings.node_name)
+
     def server_properties(self, capabilities: dict) -> dict:
         return {
             "product": PRODUCT, "version": VERSION, "platform": "Python",
-            "cluster_name": self.settings.node_name,
+            "cluster_name": self.cluster_name,
             "copyright": "WarrenMQ contributors",
             "information": "Licensed under the Apache License 2.0",
             "capabilities": capabilities,

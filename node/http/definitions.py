@@ -90,7 +90,7 @@ def export_all(broker: Any) -> dict:
     out["permissions"] = [dict(p) for perms in state.get("permissions", {}).values()
                           for p in perms.values()]
     out["topic_permissions"] = []
-    out["global_parameters"] = [{"name": "cluster_name", "value": broker.settings.node_name}]
+    out["global_parameters"] = [{"name": "cluster_name", "value": broker.cluster_name}]
     merged: dict[str, list] = {"parameters": [], "policies": [], "queues": [], "exchanges": [],
                                "bindings": []}
     for vhost in state.get("vhosts", {}):

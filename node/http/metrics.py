@@ -113,7 +113,7 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
         "erlang_version": f"python-{platform.python_version()}"})
     e.gauge("rabbitmq_identity_info", "RabbitMQ node & cluster identity info", 1, {
         "rabbitmq_node": s.node_name,
-        "rabbitmq_cluster": getattr(broker, "cluster_name", None) or s.node_name,
+        "rabbitmq_cluster": broker.cluster_name,
         "rabbitmq_cluster_permanent_id": f"warren-{s.node_name}"})
 
     queues = _queues(broker)

@@ -71,7 +71,7 @@ async def overview(request: web.Request) -> web.Response:
         "erlang_version": f"Python {platform.python_version()}",
         "erlang_full_version": f"Python {platform.python_version()} ({platform.platform()})",
         "release_series_support_status": "supported",
-        "cluster_name": getattr(b, "cluster_name", None) or node, "node": node,
+        "cluster_name": b.cluster_name, "node": node,
         "statistics_db_node": node, "statistics_db_event_queue": 0,
         "disable_stats": False, "enable_queue_totals": True,
         "is_op_policy_updating_enabled": True,
@@ -92,7 +92,7 @@ async def overview(request: web.Request) -> web.Response:
 @routes.get("/api/cluster-name")
 async def cluster_name(request: web.Request) -> web.Response:
     b = broker_of(request)
-    return json_response({"name": getattr(b, "cluster_name", None) or b.settings.node_name})
+    return json_response({"name": b.cluster_name})
 
 
 @routes.get("/api/whoami")

@@ -25,6 +25,14 @@ _CONNECTION_STATES = {0: "starting", 1: "starting", 2: "tuning", 3: "opening", 4
                       5: "closing", 6: "closed"}
 
 
+def cluster_state(broker: Any) -> dict[str, str]:
+    """Every member serves every vhost (a connection to a non-owner is forwarded to the
+    owner), so, as in RabbitMQ, each member is listed with whether it is up."""
+    nodes = broker.cluster_status()["nodes"]
+    return {n["name"]: "running" if n["running"] else "nodedown" for n in nodes} or {
+        node_name(broker): "running"}
+
+
 def node_name(broker: Any) -> str:
     return broker.settings.node_name
 
@@ -176,7 +184,7 @@ def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
            "metadata": {"description": description, "tags": tags,
                         "default_queue_type": dqt},
            "tracing": False, "protected_from_deletion": False,
-           "cluster_state": {node_name(broker): "running"},
+           "cluster_state": cluster_state(broker),
            "recv_oct": recv, "send_oct": send,
            "message_stats": stats.message_stats(key, vhost_counters(vh))}
     out.update(stats.details(key, queue_depths(vh.queues.values())))

@@ -195,3 +195,23 @@ def test_queue_lists_on_any_node_show_the_owners_figures(cluster: Cluster):
     assert row["messages"] == 3 and row["node"] == owner.name
     code, rows = cluster.http(other, "GET", "/api/queues")
     assert next(r for r in rows if r["name"] == "listed-q")["messages"] == 3
+
+
+def test_one_cluster_name_and_every_member_serves_every_vhost(cluster: Cluster):
+    cluster.wait_until(lambda: all(n["running"] for n in cluster.status(cluster.nodes[0])["nodes"]),
+                       what="all members connected")
+    names = set()
+    for n in cluster.nodes:
+        code, body = cluster.http(n, "GET", "/api/cluster-name")
+        assert code == 200
+        names.add(body["name"])  # type: ignore[index]
+        code, overview = cluster.http(n, "GET", "/api/overview")
+        names.add(overview["cluster_name"])  # type: ignore[index]
+        c = amqp(n)
+        names.add(c._impl.server_properties["cluster_name"].decode()
+                  if isinstance(c._impl.server_properties["cluster_name"], bytes)
+                  else c._impl.server_properties["cluster_name"])
+        c.close()
+        code, vh = cluster.http(n, "GET", "/api/vhosts/%2F")
+        assert vh["cluster_state"] == {m.name: "running" for m in cluster.nodes}  # type: ignore[index]
+    assert len(names) == 1 and names.pop() in {m.name for m in cluster.nodes}
