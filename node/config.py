@@ -8,6 +8,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+# Where RabbitMQ releases differ in what a client sees (the default max message size,
+# x-last-death-* headers), WarrenMQ follows this one: docs/RABBITMQ-VERSION.md
+RABBITMQ_REFERENCE = "4.0"
+
 
 @dataclass
 class Settings:
@@ -29,7 +33,7 @@ class Settings:
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60
-    max_message_size: int = 16 * 1024 * 1024
+    max_message_size: int = 16 * 1024 * 1024  # RabbitMQ 4.0's (3.x: 128 MiB)
     # paging: messages kept in memory per queue before the rest stays in LMDB only
     queue_memory_messages: int = 20000
     sync: bool = True

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.config import load_settings
+from node.config import RABBITMQ_REFERENCE, load_settings
+from tests.nodeproc import REPO
 
 
 def test_defaults_are_rabbitmq_like():
@@ -12,6 +13,17 @@ def test_defaults_are_rabbitmq_like():
     assert (s.amqp_port, s.http_port, s.channel_max, s.frame_max, s.heartbeat) == (
         5672, 15672, 2047, 131072, 60)
     assert s.default_vhost == "/" and s.default_user == "guest"
+
+
+def test_one_rabbitmq_version_is_followed_and_said_so():
+    # issue 12 item 14: the 16 MiB default and x-last-death-* headers are RabbitMQ 4.0's;
+    # the README and docs name the same release the code follows
+    assert RABBITMQ_REFERENCE == "4.0"
+    assert load_settings([], env={}).max_message_size == 16 * 1024 * 1024
+    readme = (REPO / "README.md").read_text()
+    doc = (REPO / "docs" / "RABBITMQ-VERSION.md").read_text()
+    assert f"follows **RabbitMQ {RABBITMQ_REFERENCE}**" in readme
+    assert f"**RabbitMQ {RABBITMQ_REFERENCE}.**" in doc
 
 
 def test_environment_then_flags():
