@@ -1,0 +1,224 @@
+"""Run client libraries' own broker test suites against a broker, to compare RabbitMQ and
+WarrenMQ side by side (issue 12 item 15).  Not collected by pytest.
+
+    python3 tests/clients/run_suites.py --port 5673 --label rabbitmq pika py-amqp kombu
+    python3 tests/clients/run_suites.py --port 5672 --label warren   pika py-amqp kombu
+    python3 tests/clients/run_suites.py --compare out/rabbitmq out/warren
+
+Each suite's source is taken at the tag of the installed library (from a local git mirror
+when --mirror-root has one, else cloned from GitHub) into a scratch directory, never into
+this repository.  Suites hard-code localhost:5672 in places; those are rewritten to the
+broker under test.  Each run writes a JUnit XML file per suite; --compare lists, per
+suite, the pass/fail counts of both runs and every test whose outcome differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+# name: (GitHub repository, installed distribution, tag format, test paths, rewrites)
+# rewrites are (file glob, old text, new text); {port} and {host} are filled in.
+SUITES: dict[str, dict] = {
+    "pika": {
+        "repo": "pika/pika", "dist": "pika", "tag": "{v}",
+        "paths": ["tests/acceptance/blocking_adapter_test.py",
+                  "tests/acceptance/async_adapter_tests.py",
+                  "tests/acceptance/enforce_one_basicget_test.py"],
+        "rewrite": [("tests/acceptance/blocking_adapter_test.py",
+                     "'port': 5672", "'port': {port}"),
+                    ("tests/base/async_test_base.py",
+                     "host='localhost', port=5672", "host='{host}', port={port}")],
+    },
+    "py-amqp": {
+        "repo": "celery/py-amqp", "dist": "amqp", "tag": "v{v}",
+        "paths": ["t/integration/test_rmq.py"],
+        "args": ["-E", "rabbitmq"],
+        "rewrite": [],
+    },
+    "kombu": {
+        "repo": "celery/kombu", "dist": "kombu", "tag": "v{v}",
+        "paths": ["t/integration/test_py_amqp.py"],
+        "args": ["-E", "py-amqp"],
+        "rewrite": [],
+    },
+    # aiormq and aio-pika need aiomisc-pytest (--python: a venv that has it); their
+    # amqps cases need a TLS listener on 5671 and fail on a broker without one
+    "aiormq": {
+        "repo": "mosquito/aiormq", "dist": "aiormq", "tag": "{v}",
+        "paths": ["tests"],
+        "rewrite": [],
+    },
+    "aio-pika": {
+        "repo": "mosquito/aio-pika", "dist": "aio-pika", "tag": "{v}",
+        "paths": ["tests"],
+        "args": ["--ignore=tests/test_memory_leak.py"],
+        "rewrite": [
+            # no Docker here: the broker under test stands in for the container
+            ("tests/conftest.py",
+             "    try:\n        _docker_host_info = check_docker_available()",
+             "    return\n    try:\n        _docker_host_info = check_docker_available()"),
+            ("tests/conftest.py",
+             'info = docker("mosquito/aiormq-rabbitmq", ["5672/tcp", "5671/tcp"])',
+             'info = ContainerInfo(id="broker", host="{host}", '
+             'ports={{"5672/tcp": {port}, "5671/tcp": 5671}})'),
+        ],
+    },
+    # Debian's golang-github-rabbitmq-amqp091-go-dev: `go test -tags integration` in GOPATH
+    # mode, its test dependencies (goleak, testify) from the same Debian archive
+    "amqp091-go": {
+        "go": "/usr/share/gocode/src/github.com/rabbitmq/amqp091-go",
+    },
+}
+
+
+def run_go_suite(name: str, host: str, port: int, out: Path, timeout: int) -> dict:
+    """amqp091-go's integration tests, results converted to JUnit XML like the others."""
+    pkg = SUITES[name]["go"]
+    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
+               AMQP_URL=f"amqp://guest:guest@{host}:{port}/")
+    proc = subprocess.run(["go", "test", "-tags", "integration", "-count=1", "-json",
+                           f"-timeout={timeout * 20}s", "."], cwd=pkg, env=env,
+                          capture_output=True, text=True)
+    (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    suite = ET.Element("testsuite", name=name)
+    for line in proc.stdout.splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("Test") and ev.get("Action") in ("pass", "fail", "skip"):
+            case = ET.SubElement(suite, "testcase", classname=name, name=ev["Test"])
+            if ev["Action"] == "fail":
+                ET.SubElement(case, "failure")
+            elif ev["Action"] == "skip":
+                ET.SubElement(case, "skipped")
+    junit = out / f"{name}.xml"
+    ET.ElementTree(suite).write(junit)
+    return outcomes(junit)
+
+
+def source_tree(name: str, mirror_root: Path | None, work: Path) -> Path:
+    spec = SUITES[name]
+    version = importlib.metadata.version(spec["dist"])
+    tag = spec["tag"].format(v=version)
+    dest = work / f"{name}-src"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    mirror = (mirror_root / spec["repo"].replace("/", "+") / "repo") if mirror_root else None
+    if mirror is not None and mirror.exists():
+        ref = tag if subprocess.run(["git", "-C", str(mirror), "rev-parse", "-q", "--verify",
+                                     tag + "^{commit}"], capture_output=True).returncode == 0 \
+            else "HEAD"
+        if ref == "HEAD":
+            print(f"{name}: tag {tag} not in the mirror, using its HEAD", file=sys.stderr)
+        archive = subprocess.run(["git", "-C", str(mirror), "archive", ref],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", tag,
+                        f"https://github.com/{spec['repo']}", str(dest)], check=True)
+    return dest
+
+
+def run_suite(name: str, host: str, port: int, out: Path, mirror_root: Path | None,
+              timeout: int, python: str) -> dict:
+    spec = SUITES[name]
+    if "go" in spec:
+        return run_go_suite(name, host, port, out, timeout)
+    with tempfile.TemporaryDirectory(prefix=f"suite-{name}-") as tmp:
+        src = source_tree(name, mirror_root, Path(tmp))
+        for rel, old, new in spec["rewrite"]:
+            f = src / rel
+            text = f.read_text()
+            if old not in text:
+                raise SystemExit(f"{name}: '{old}' not found in {rel}; update the rewrite")
+            f.write_text(text.replace(old, new.format(host=host, port=port)))
+        env = dict(os.environ, RABBITMQ_HOST=host, RABBITMQ_5672_TCP=str(port),
+                   AMQP_URL=f"amqp://guest:guest@{host}:{port}/")
+        env.pop("PYTHONPATH", None)  # the suite imports the installed library, not ours
+        junit = out / f"{name}.xml"
+        cmd = [python, "-m", "pytest", *spec["paths"], *spec.get("args", ()),
+               "-p", "no:cacheprovider",
+               "-q", f"--timeout={timeout}", f"--junitxml={junit}", "-o",
+               "addopts=", "-W", "ignore::DeprecationWarning"]
+        proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
+        (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    return outcomes(junit)
+
+
+def outcomes(junit: Path) -> dict:
+    """{test id: passed|failed|error|skipped} from a JUnit XML file."""
+    result: dict[str, str] = {}
+    if not junit.exists():
+        return result
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        tid = f"{case.get('classname')}::{case.get('name')}"
+        state = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                state = {"failure": "failed"}.get(child.tag, child.tag)
+        result[tid] = state
+    return result
+
+
+def counts(res: dict) -> dict:
+    c = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    for s in res.values():
+        c[s] += 1
+    return c
+
+
+def compare(a_dir: Path, b_dir: Path) -> int:
+    a_label, b_label = a_dir.name, b_dir.name
+    for junit in sorted(a_dir.glob("*.xml")):
+        a = outcomes(junit)
+        b = outcomes(b_dir / junit.name)
+        ca, cb = counts(a), counts(b)
+        print(f"{junit.stem}: {a_label} {ca['passed']} passed / {ca['failed'] + ca['error']} "
+              f"failed / {ca['skipped']} skipped; {b_label} {cb['passed']} passed / "
+              f"{cb['failed'] + cb['error']} failed / {cb['skipped']} skipped")
+        for tid in sorted(set(a) | set(b)):
+            if a.get(tid) != b.get(tid):
+                print(f"  {tid}: {a_label} {a.get(tid)}, {b_label} {b.get(tid)}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("suites", nargs="*", default=list(SUITES))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5672)
+    p.add_argument("--label", default="broker", help="results go to OUT/LABEL")
+    p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "client-suites"))
+    p.add_argument("--mirror-root", default=os.environ.get("MIRROR_ROOT", "/work/.mirror"))
+    p.add_argument("--timeout", type=int, default=60, help="per test, seconds")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter that runs the suites (with their test dependencies)")
+    p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"))
+    a = p.parse_args()
+    if a.compare:
+        return compare(Path(a.compare[0]), Path(a.compare[1]))
+    out = Path(a.out) / a.label
+    out.mkdir(parents=True, exist_ok=True)
+    mirror_root = Path(a.mirror_root) if a.mirror_root else None
+    summary = {}
+    for name in a.suites:
+        res = run_suite(name, a.host, a.port, out, mirror_root, a.timeout, a.python)
+        summary[name] = counts(res)
+        print(name, json.dumps(summary[name]), flush=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
