@@ -158,6 +158,11 @@ def _kind_names(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in _kinds(kind))
 
 
+def _kept(cmd: "_Command") -> frozenset[str]:
+    """Auto-delete exchanges the submitter still sees transient bindings on (optional)."""
+    return frozenset(cmd.str_list("keep_exchanges"))
+
+
 def _ok(**fields: Any) -> dict[str, Any]:
     return {"ok": True, **fields}
 
@@ -712,11 +717,12 @@ class DefinitionState:
             raise _Refused(PRECONDITION_FAILED, f"{_in_vhost('exchange', name, vhost)} in use")
         removed: list[dict[str, Any]] = []
         auto_deleted: list[str] = []
-        self._remove_exchange(vhost, name, removed, auto_deleted)
+        self._remove_exchange(vhost, name, removed, auto_deleted, _kept(cmd))
         return _ok(deleted=True, bindings=removed, auto_deleted_exchanges=auto_deleted)
 
     def _remove_exchange(
-        self, vhost: str, name: str, removed: list[dict[str, Any]], auto_deleted: list[str]
+        self, vhost: str, name: str, removed: list[dict[str, Any]], auto_deleted: list[str],
+        kept: frozenset[str] = frozenset(),
     ) -> None:
         del self.exchanges[vhost][name]
         self._remove_bindings(
@@ -727,6 +733,7 @@ class DefinitionState:
             ),
             removed,
             auto_deleted,
+            kept,
         )
 
     def _remove_bindings(
@@ -735,9 +742,12 @@ class DefinitionState:
         doomed: Callable[[dict[str, Any]], bool],
         removed: list[dict[str, Any]],
         auto_deleted: list[str],
+        kept: frozenset[str] = frozenset(),
     ) -> None:
         """Drop the matching bindings, then any auto-delete exchange that lost its last
-        binding as a source (RabbitMQ deletes those, cascading, in the same operation)."""
+        binding as a source (RabbitMQ deletes those, cascading, in the same operation),
+        except those in `kept`: the owner still has bindings of theirs that never went
+        through Raft (to transient or exclusive queues)."""
         table = self.bindings[vhost]
         keys = [key for key, binding in table.items() if doomed(binding)]
         sources: list[str] = []
@@ -751,10 +761,11 @@ class DefinitionState:
             if (
                 exchange is not None
                 and exchange["auto_delete"]
+                and source not in kept
                 and not any(b["source"] == source for b in table.values())
             ):
                 auto_deleted.append(source)
-                self._remove_exchange(vhost, source, removed, auto_deleted)
+                self._remove_exchange(vhost, source, removed, auto_deleted, kept)
 
     # ------------------------------------------------------------------ queues
 
@@ -798,6 +809,7 @@ class DefinitionState:
             lambda b: b["destination_type"] == "queue" and b["destination"] == name,
             removed,
             auto_deleted,
+            _kept(cmd),
         )
         return _ok(deleted=True, bindings=removed, auto_deleted_exchanges=auto_deleted)
 
@@ -850,7 +862,7 @@ class DefinitionState:
         target = self.bindings[vhost][key]
         removed: list[dict[str, Any]] = []
         auto_deleted: list[str] = []
-        self._remove_bindings(vhost, lambda b: b is target, removed, auto_deleted)
+        self._remove_bindings(vhost, lambda b: b is target, removed, auto_deleted, _kept(cmd))
         return _ok(deleted=True, bindings=removed, auto_deleted_exchanges=auto_deleted)
 
     # ------------------------------------------------------------------ internal

@@ -130,7 +130,8 @@ class DefinitionChanges:
             raise errors.precondition(f"exchange '{name}' in vhost '{vh.name}' in use")
         if ex.durable:
             await self.submit({"op": "delete_exchange", "vhost": vh.name, "name": name,
-                               "if_unused": if_unused})
+                               "if_unused": if_unused,
+                               "keep_exchanges": self._transiently_bound(vh)})
         # transient bindings and transient exchanges are only here
         vh.remove_exchange(name)
 
@@ -156,7 +157,8 @@ class DefinitionChanges:
 
     async def delete_queue(self, vh: VirtualHost, q: Queue) -> None:
         if q.durable and q.exclusive_owner is None:
-            await self.submit({"op": "delete_queue", "vhost": vh.name, "name": q.name})
+            await self.submit({"op": "delete_queue", "vhost": vh.name, "name": q.name,
+                               "keep_exchanges": self._transiently_bound(vh)})
         self._drop_queue(vh, q.name)
 
     def _binding_is_durable(self, vh: VirtualHost, source: str, dest: Destination) -> bool:
@@ -168,6 +170,16 @@ class DefinitionChanges:
             return q is not None and q.durable and q.exclusive_owner is None
         d = vh.exchanges.get(dest.name)
         return d is not None and d.durable
+
+    def _transiently_bound(self, vh: VirtualHost) -> list[str]:
+        """Durable auto-delete exchanges with bindings Raft never saw (to transient or
+        exclusive queues and exchanges): the state machine must not auto-delete them when
+        their last durable binding goes, since RabbitMQ keeps them while any binding is
+        left."""
+        return sorted(ex.name for ex in vh.exchanges.values()
+                      if ex.auto_delete and ex.durable and any(
+                          not self._binding_is_durable(vh, ex.name, b.destination)
+                          for b in ex.bindings.values()))
 
     async def bind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
                    args: dict) -> None:
@@ -184,7 +196,7 @@ class DefinitionChanges:
             await self.submit({
                 "op": op, "vhost": vh.name, "source": source, "destination": dest.name,
                 "destination_type": dest.kind, "routing_key": routing_key,
-                "arguments": encode_args(args)})
+                "arguments": encode_args(args), "keep_exchanges": self._transiently_bound(vh)})
         elif op == "bind":
             vh.bind(source, dest, routing_key, args)
         else:

@@ -258,3 +258,22 @@ def test_durable_auto_delete_exchange_goes_when_its_transient_queue_goes(conn):
     ch.queue_bind(q, x, "k")
     ch.queue_delete(q)
     assert wait_gone(conn, x)
+
+
+def test_durable_auto_delete_exchange_stays_while_a_transient_binding_is_left(conn):
+    # RabbitMQ 3.10: unbinding the durable queue leaves the exchange (the exclusive
+    # queue's binding is still there)
+    ch = conn.channel()
+    x, qd, qt = uid("ad3-"), uid("adqd-"), uid("adqt-")
+    ch.exchange_declare(x, "direct", durable=True, auto_delete=True)
+    ch.queue_declare(qd, durable=True)
+    ch.queue_declare(qt, exclusive=True)
+    ch.queue_bind(qd, x, "k")
+    ch.queue_bind(qt, x, "k")
+    ch.queue_unbind(qd, x, "k")
+    ch.queue_delete(qd)
+    assert exchange_exists(conn, x)
+    ch.basic_publish(x, "k", b"still routed")
+    assert ch.basic_get(qt, auto_ack=True)[2] == b"still routed"
+    ch.queue_unbind(qt, x, "k")
+    assert wait_gone(conn, x)

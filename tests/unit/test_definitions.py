@@ -399,6 +399,27 @@ def test_auto_delete_exchange_goes_with_its_last_binding(state: DefinitionState)
     assert state.list_bindings() == []
 
 
+def test_auto_delete_exchange_kept_while_the_owner_has_transient_bindings(
+    state: DefinitionState,
+) -> None:
+    # RabbitMQ keeps an auto-delete exchange while any binding is left; bindings to
+    # transient queues never reach Raft, so the owner names those exchanges (issue 12)
+    declare_x(state, "ad", auto_delete=True)
+    declare_q(state, "q1")
+    declare_q(state, "q2")
+    bind_q(state, "ad", "q1")
+    bind_q(state, "ad", "q2")
+    unbind = {"op": "unbind", "vhost": "/", "source": "ad", "destination_type": "queue",
+              "routing_key": "", "arguments": EMPTY_ARGUMENTS}
+    result = ok(state, **unbind, destination="q1", keep_exchanges=["ad"])
+    assert result["auto_deleted_exchanges"] == [] and state.exchange("/", "ad") is not None
+    result = ok(state, op="delete_queue", vhost="/", name="q2", keep_exchanges=["ad"])
+    assert result["auto_deleted_exchanges"] == [] and state.exchange("/", "ad") is not None
+    bind_q(state, "ad", "q1")
+    result = ok(state, **unbind, destination="q1")
+    assert result["auto_deleted_exchanges"] == ["ad"]
+
+
 # ---------------------------------------------------------------- queues
 
 
