@@ -72,6 +72,15 @@ SUITES: dict[str, dict] = {
              'ports={{"5672/tcp": {port}, "5671/tcp": 5671}})'),
         ],
     },
+    # Celery's integration suite with the AMQP broker and the rpc:// result backend (no
+    # Redis here); needs celery, pytest-rerunfailures and pytest-subtests (--python)
+    "celery": {
+        "repo": "celery/celery", "dist": "celery", "tag": "v{v}",
+        "paths": ["t/integration"],
+        "env": {"TEST_BROKER": "pyamqp://guest:guest@{host}:{port}//",
+                "TEST_BACKEND": "rpc://"},
+        "rewrite": [],
+    },
     # Debian's golang-github-rabbitmq-amqp091-go-dev: `go test -tags integration` in GOPATH
     # mode, its test dependencies (goleak, testify) from the same Debian archive
     "amqp091-go": {
@@ -145,6 +154,7 @@ def run_suite(name: str, host: str, port: int, out: Path, mirror_root: Path | No
             f.write_text(text.replace(old, new.format(host=host, port=port)))
         env = dict(os.environ, RABBITMQ_HOST=host, RABBITMQ_5672_TCP=str(port),
                    AMQP_URL=f"amqp://guest:guest@{host}:{port}/")
+        env.update({k: v.format(host=host, port=port) for k, v in spec.get("env", {}).items()})
         env.pop("PYTHONPATH", None)  # the suite imports the installed library, not ours
         junit = out / f"{name}.xml"
         cmd = [python, "-m", "pytest", *spec["paths"], *spec.get("args", ()),
