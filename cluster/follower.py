@@ -44,6 +44,7 @@ class Follower:
         self._session: FollowerSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._fresh = False
         store.become_replica()
         if store.changelog is None:
             # kept so that, once promoted, this node can catch the other replicas up by
@@ -55,6 +56,8 @@ class Follower:
         """Follow ``owner`` at ``epoch`` (called again whenever placement changes)."""
         changed = (owner, address) != (self.owner, self.owner_address) or epoch != self.epoch
         self.owner, self.owner_address, self.epoch = owner, address, epoch
+        if changed:
+            self._fresh = True  # a new owner or epoch: retry from the shortest delay
         session = self._session
         if changed and session is not None:
             # a new owner, or this one's history may have moved on: apply nothing more
@@ -89,6 +92,8 @@ class Follower:
     async def _run(self) -> None:
         delay = RETRY_MIN
         while True:
+            if self._fresh:
+                self._fresh, delay = False, RETRY_MIN
             if not self.owner_address or self.owner == self.node:
                 self._wake.clear()
                 await self._wake.wait()
@@ -112,7 +117,10 @@ class Follower:
             self.connected = False
             self._session = None
             self.state = "idle"
-            delay = RETRY_MIN if session.streamed else min(delay * 2, RETRY_MAX)
+            # refused by a live node (it has not applied its promotion yet) or a session
+            # that got going: try again soon; anything else backs off
+            delay = RETRY_MIN if session.streamed or session.refused \
+                else min(delay * 2, RETRY_MAX)
             await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:
@@ -131,6 +139,7 @@ class FollowerSession(wire.FramedProtocol):
         self.epoch = follower.epoch
         self.stopped = False
         self.streamed = False
+        self.refused = False
         self._mode: str | None = None
         self._acking: asyncio.Future[None] | None = None
 
@@ -222,6 +231,7 @@ class FollowerSession(wire.FramedProtocol):
             log.info("vhost '%s': snapshot loaded at offset %s", self.follower.vhost,
                      position[1])
         elif t == "refuse":
+            self.refused = True
             self.fail(f"owner refused: {message.get('reason')}")
         else:
             raise wire.WireError(f"unexpected control message {t!r}")

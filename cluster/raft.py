@@ -45,6 +45,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 
 from cluster.definitions import INTERNAL_ERROR, DefinitionState
 from cluster.journal import DurableJournal
+from cluster.leader_watch import watch_leader
 from cluster.raft_port import WarrenTransport
 
 __all__ = [
@@ -324,6 +325,7 @@ class MetadataStore:
         self._futures: dict[int, asyncio.Future[dict[str, Any]]] = {}  # loop thread only
         self._uncommitted: set[int] = set()  # read by the tick thread (set ops are atomic)
         self._closed = False
+        self._leader_watch: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -352,6 +354,8 @@ class MetadataStore:
             self._machine = await asyncio.to_thread(
                 self._create_machine, threading.current_thread()
             )
+            if self._peers:
+                self._leader_watch = asyncio.ensure_future(watch_leader(self))
         machine = self._machine
         while True:
             if self._closed:
@@ -383,6 +387,8 @@ class MetadataStore:
         if self._closed:
             return
         self._closed = True
+        if self._leader_watch is not None:
+            self._leader_watch.cancel()
         machine, self._machine = self._machine, None
         if machine is not None:
             machine.destroy()
@@ -658,6 +664,23 @@ class MetadataStore:
             self._peers.append(address)
         elif kind == "remove" and address in self._peers:
             self._peers.remove(address)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def call_election(self) -> None:
+        """Stand for election at the next tick instead of waiting out the timeout (see
+        `cluster.leader_watch`): pysyncobj's own deadline, moved to now."""
+        machine = self._machine
+        if machine is None:
+            return
+        if hasattr(machine, "_SyncObj__raftElectionDeadline"):
+            machine._SyncObj__raftElectionDeadline = 0
+        else:  # pragma: no cover - a pysyncobj that renamed it
+            logger.warning("pysyncobj internals changed: cannot call an election early")
+        if self._wakeup is not None:
+            self._wakeup.notify()
 
     @property
     def self_address(self) -> str:
