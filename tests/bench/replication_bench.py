@@ -428,39 +428,35 @@ class Chain(threading.Thread):
                 prev = conf
         return sorted(acts)
 
-    def stall(self, event: float) -> dict:
-        """The longest interval without new confirms that ends after ``event`` and starts
-        at most 2 s before it."""
+    def stall(self, event: float, started_by: float) -> dict:
+        """The event's stall: the longest interval without new confirms that ends after
+        ``event`` and began between 2 s before it and ``started_by`` (a stall that begins
+        later is not the event's); and the longest stall from 2 s before the event to the
+        end of the run (max_confirm_gap_ms's meaning)."""
         acts = self.activity()
-        best = None
-        for (a, ia), (b, ib) in zip(acts, acts[1:], strict=False):
-            if b >= event and a >= event - 2.0 and (best is None or b - a > best[1] - best[0]):
-                best = (a, b, ia, ib)
         out: dict[str, Any] = {"processes": len(self.procs), "failed_starts": self.failed_starts,
                                "start_errors": self.start_errors}
-        before = [a for a, _ in acts if a <= event]
-        if best is None or (before and acts[-1][0] <= event):
-            # confirms never resumed after the event
-            last = before[-1] if before else event
+        if not acts or acts[-1][0] <= event:  # confirms never resumed after the event
+            last = max((a for a, _ in acts if a <= event), default=event)
             out.update(resumed=False, gap_ms=None, resume_ms=None,
                        no_confirms_for_ms=round((self.deadline - last) * 1000))
             return out
-        a, b, ia, ib = best
+        pairs = [(a, b, ia, ib) for (a, ia), (b, ib) in zip(acts, acts[1:], strict=False)
+                 if b >= event and a >= event - 2.0]
+        a, b, _, _ = max(pairs, key=lambda x: x[1] - x[0])
+        out.update(max_gap_ms=round((b - a) * 1000), max_gap_started_ms=round((a - event) * 1000))
+        own = [x for x in pairs if x[0] <= started_by]
+        if not own:
+            out.update(resumed=True, gap_ms=None, resume_ms=None)
+            return out
+        a, b, ia, ib = max(own, key=lambda x: x[1] - x[0])
         out.update(resumed=True, gap_ms=round((b - a) * 1000), resume_ms=round((b - event) * 1000),
                    gap_started_ms=round((a - event) * 1000), reconnected=ia != ib)
-        # the first stall (longer than 5 ticks) that ends after the event: confirms resumed
-        # "first" here; it differs from the longest one when the broker stalls twice
-        for (a1, _), (b1, _) in zip(acts, acts[1:], strict=False):
-            if b1 >= event and a1 >= event - 2.0 and b1 - a1 >= 5 * self.tick_s:
-                out.update(first_gap_ms=round((b1 - a1) * 1000),
-                           first_resume_ms=round((b1 - event) * 1000))
-                break
-        if ia == ib:
+        if ia == ib:  # one process lived through it: amqpbench's exact figure, if it is this one
             pr = self.procs[ia]["result"]
-            out["exact_gap_ms"] = pr.get("max_confirm_gap_ms")
-            if pr.get("max_confirm_gap_start_unix"):
-                out["exact_gap_started_ms"] = round((pr["max_confirm_gap_start_unix"] - event)
-                                                    * 1000)
+            at = pr.get("max_confirm_gap_start_unix")
+            if at and a - 2 * self.tick_s <= at <= a + self.tick_s:
+                out["exact_gap_ms"] = pr.get("max_confirm_gap_ms")
         return out
 
     def timeline(self, event: float, before: float = 1.0) -> list[list]:
@@ -538,8 +534,11 @@ def chained_event(url: str, flags: list[str], a: argparse.Namespace, pre: float,
     time.sleep(pre)
     t_event = time.time()
     ev = event()
+    t_done = time.time()
     chain.join(pre + post + 60)
-    st = chain.stall(t_event)
+    # the stall must begin before the event is over (a kill: at once; a move: before the
+    # POST is answered), give or take a tick and the confirms already on their way
+    st = chain.stall(t_event, max(t_event, t_done) + 0.1)
     st["event_unix"] = round(t_event, 3)
     st["ticks"] = chain.timeline(t_event)
     st["confirmed"] = chain.confirmed()
@@ -692,13 +691,25 @@ def summarize(out: dict) -> None:
             for k, v in s3["runs"].items()}
         s3.update(confirmed_msg_s=s, ratio_f3_quorum=round(f3 / q, 2) if f3 and q else None,
                   ratio_f3_f1=round(f3 / f1, 2) if f3 and f1 else None)
+        # the same ratios within each round (A and B ran back to back), then their median
+        by_round: dict[int, dict[str, float]] = {}
+        for k, v in s3["runs"].items():
+            for x in v:
+                if not x.get("errors") and x.get("publish_rate"):
+                    by_round.setdefault(x["round"], {})[k] = x["publish_rate"]
+        s3["per_round_ratio_f3_quorum"] = [round(d["warren_f3"] / d["rabbit_quorum"], 2)
+                                           for d in by_round.values()
+                                           if "warren_f3" in d and "rabbit_quorum" in d]
+        s3["per_round_ratio_f3_f1"] = [round(d["warren_f3"] / d["warren_f1"], 2)
+                                       for d in by_round.values()
+                                       if "warren_f3" in d and "warren_f1" in d]
     if "failover" in out:
         f, rounds = out["failover"], out["failover"]["rounds"]
         f.update(gap_ms={k: spread([x.get("gap_ms") for x in v]) for k, v in rounds.items()},
                  resume_ms={k: spread([x.get("resume_ms") for x in v])
                             for k, v in rounds.items()},
-                 first_resume_ms={k: spread([x.get("first_resume_ms") for x in v])
-                                  for k, v in rounds.items()},
+                 max_gap_ms={k: spread([x.get("max_gap_ms") for x in v])
+                             for k, v in rounds.items()},
                  exact_gap_ms={k: spread([x.get("exact_gap_ms") for x in v])
                                for k, v in rounds.items()},
                  not_resumed={k: sum(1 for x in v if not x.get("resumed"))
@@ -706,7 +717,7 @@ def summarize(out: dict) -> None:
     if "move" in out:
         m, rounds = out["move"], out["move"]["rounds"]
         m.update({k: spread([x.get(k) for x in rounds])
-                  for k in ("pause_ms", "gap_ms", "resume_ms", "http_ms")})
+                  for k in ("pause_ms", "gap_ms", "resume_ms", "http_ms", "max_gap_ms")})
         m["not_resumed"] = sum(1 for x in rounds if not x.get("resumed"))
 
 
@@ -718,6 +729,7 @@ def fmt(v: Any) -> str:
 def table(out: dict) -> str:
     lines = [f"# replication bench {out['started']}  commit {out['commit']}  rounds {out['rounds']}",
              f"# load before: {out['uptime_before']}",
+             *(f"# load at {k}: {v}" for k, v in out.get("uptime_at_stage", {}).items()),
              f"# load after:  {out.get('uptime_after', '?')}"]
     if "s3" in out:
         s = out["s3"]
@@ -733,8 +745,13 @@ def table(out: dict) -> str:
             lines.append(f"{label:34s} {fmt(x['median']):>8s} {fmt(x['min']):>8s}"
                          f" {fmt(x['max']):>8s}  {x['n']}   {fmt(c['nodes'])} / "
                          f"{fmt(c['generator'])} / {fmt(c['other'])}")
-        lines.append(f"factor3/quorum {s['ratio_f3_quorum']} (target >= 1.5)   "
-                     f"factor3/factor1 {s['ratio_f3_f1']} (target >= 0.5)")
+        lines.append(f"ratio of the medians: factor3/quorum {s['ratio_f3_quorum']} (target >= "
+                     f"1.5), factor3/factor1 {s['ratio_f3_f1']} (target >= 0.5)")
+        for k, label in (("per_round_ratio_f3_quorum", "factor3/quorum"),
+                         ("per_round_ratio_f3_f1", "factor3/factor1")):
+            rs = s[k]
+            lines.append(f"per round {label}: {' '.join(map(str, rs))} (median "
+                         f"{round(statistics.median(rs), 2)})" if rs else f"per round {label}: -")
     if "failover" in out:
         f = out["failover"]
         lines += ["", f"Failover: kill -9 of the owner / leader's node, client on a surviving "
@@ -762,16 +779,17 @@ def table(out: dict) -> str:
                              f"{fmt(med(rest))} ms in {len(rest)})")
             lines.append(f"{'':18s} per round resumed after kill: "
                          + " ".join(fmt(x.get("resume_ms")) for x in f["rounds"][k]))
-            fr = f["first_resume_ms"][k]
-            lines.append(f"{'':18s} first stall's end after kill {fmt(fr['median'])} "
-                         f"[{fmt(fr['min'])}..{fmt(fr['max'])}]; per round: "
-                         + " ".join(fmt(x.get("first_resume_ms")) for x in f["rounds"][k]))
+            mg = f["max_gap_ms"][k]
+            lines.append(f"{'':18s} longest stall of the whole run (any cause) {fmt(mg['median'])}"
+                         f" [{fmt(mg['min'])}..{fmt(mg['max'])}]; per round: "
+                         + " ".join(fmt(x.get("max_gap_ms")) for x in f["rounds"][k]))
     if "move" in out:
         m = out["move"]
         lines += ["", f"Move with {m['backlog']} messages queued (publisher {' '.join(m['flags'])},"
                       f" tick {m['tick']}), ms, median [min..max]"]
         for k, label in (("pause_ms", "API pause_ms"), ("gap_ms", "client confirm gap"),
-                         ("resume_ms", "resumed after POST"), ("http_ms", "POST answered")):
+                         ("resume_ms", "resumed after POST"), ("http_ms", "POST answered"),
+                         ("max_gap_ms", "longest stall (any)")):
             x = m[k]
             lines.append(f"{label:20s} {fmt(x['median']):>7s} [{fmt(x['min'])}..{fmt(x['max'])}]"
                          f"  n={x['n']}")
@@ -798,7 +816,7 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=100_000)
     p.add_argument("--quiet-max", type=float, default=40.0,
                    help="before each S3 run wait until the machine is below this CPU%%")
-    p.add_argument("--quiet-timeout", type=float, default=15.0)
+    p.add_argument("--quiet-timeout", type=float, default=5.0)
     p.add_argument("--rabbit-base", default="", help="reuse a running anchor cluster")
     a = p.parse_args()
     stages = set(a.stages.split(","))
@@ -834,12 +852,14 @@ def main() -> None:
         if rabbit_err:
             raise rabbit_err[0]
         log(f"up: WarrenMQ {w.pids()}, RabbitMQ {r.pids()}")
-        if "s3" in stages:
-            stage_s3(a, w, r, out)
-        if "failover" in stages:
-            stage_failover(a, w, r, out)
-        if "move" in stages:
-            stage_move(a, w, out)
+        out["uptime_at_stage"] = {}
+        for stage, run in (("s3", lambda: stage_s3(a, w, r, out)),
+                           ("failover", lambda: stage_failover(a, w, r, out)),
+                           ("move", lambda: stage_move(a, w, out))):
+            if stage in stages:
+                out["uptime_at_stage"][stage] = uptime()
+                log(f"stage {stage}: {out['uptime_at_stage'][stage]}")
+                run()
     except BaseException as e:
         out["error"] = f"{type(e).__name__}: {e}"
         log(f"stopped by {out['error']}")
