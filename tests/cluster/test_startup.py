@@ -4,6 +4,9 @@ exiting, and a wrong cluster secret is named in the logs of both sides."""
 from __future__ import annotations
 
 import re
+import socket
+
+import pytest
 
 from tests.cluster.conftest import SECRET, Cluster
 from tests.nodeproc import NodeProcess
@@ -54,3 +57,20 @@ def test_a_wrong_cluster_secret_is_named_on_both_sides(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_raft_and_forwarding_ports_listen_only_on_their_address(tmp_path):
+    """--raft-address 127.0.0.2:P listens on 127.0.0.2 only (not 0.0.0.0), likewise
+    --forward-address: a host with a public and a private network keeps them private."""
+    node = NodeProcess(tmp_path / "n", name="n@localhost", cluster_secret=SECRET)
+    node.settings["raft_address"] = f"127.0.0.2:{node.raft_port}"
+    node.settings["forward_address"] = f"127.0.0.2:{node.forward_port}"
+    try:
+        node.start(60)
+        for port in (node.raft_port, node.forward_port):
+            with socket.create_connection(("127.0.0.2", port), timeout=5):
+                pass
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        node.stop()
