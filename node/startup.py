@@ -31,8 +31,13 @@ class StartupError(Exception):
         self.code = code
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
+def split_address(address: str, default_port: int = 25672) -> tuple[str, int]:
+    """``host:port`` (or ``host``, with the default port) -> (host, port)."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep:
+        return address.strip(), default_port
+    if not port.isdigit() or not host:
+        raise StartupError(EX_USAGE, f"bad address {address!r}: expected host:port")
     return host, int(port)
 
 
@@ -105,5 +110,5 @@ def preflight(settings: Settings) -> None:
         probe_listen("AMQPS", settings.amqp_host, settings.amqps_port)
     probe_listen("Raft", raft_bind_host(settings), split_address(settings.raft_address)[1])
     if settings.cluster_secret:
-        host, port = split_address(settings.forward_address)
+        host, port = split_address(settings.forward_address, 25673)
         probe_listen("forwarded connections", host, port)

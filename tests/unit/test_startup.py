@@ -119,3 +119,10 @@ def test_unreadable_definitions_dump(tmp_path):
 def test_settings_keep_the_flags_order_of_precedence():
     # the failures above are the only exits: valid settings still load as before
     assert load_settings(["--amqp-port", "6000"], env={}).amqp_port == 6000
+
+
+def test_an_address_that_is_not_host_and_port(tmp_path):
+    code, lines = warren("--data-dir", str(tmp_path / "d"), "--amqp-port", str(free_port()),
+                         "--http-port", str(free_port()), "--raft-address", "127.0.0.1:x")
+    assert code == 64
+    assert lines == ["warren: bad address '127.0.0.1:x': expected host:port"]
