@@ -55,8 +55,15 @@ def raft_problem(broker: Any) -> str | None:
     status = broker.metadata.status()
     if not status.get("started"):
         return "Raft is not running on this node"
-    if status.get("leader") is None:
-        return "this node knows no Raft leader (no quorum in its view)"
+    leader = status.get("leader")
+    if leader is None:
+        return "this node knows no Raft leader"
+    # pysyncobj's follower cut off from everyone keeps naming its last leader (it starts
+    # no election while connected to nobody): a leader counts only if it is reachable
+    if leader != status.get("self") and status.get("partners", {}).get(leader) != "connected":
+        return f"the Raft leader {leader} cannot be reached from this node"
+    if not status.get("has_quorum"):
+        return "this node reaches less than a majority of the Raft members"
     return None
 
 

@@ -17,7 +17,8 @@ class Store:
 
 def broker(leader: str | None = "a:1", stores: dict | None = None, owned=("/", "orders")):
     stores = {"/": Store(None), "orders": Store(None)} if stores is None else stores
-    status = {"started": True, "leader": leader}
+    status = {"started": True, "leader": leader, "self": "a:1", "has_quorum": True,
+              "partners": {"b:1": "connected", "c:1": "disconnected"}}
     return SimpleNamespace(
         metadata=SimpleNamespace(status=lambda: status),
         vhost_defs={name: {} for name in ("/", "orders", "elsewhere")},
@@ -42,10 +43,16 @@ def test_each_problem_is_named():
     b = broker(leader=None, stores={"/": Store("writer thread not running")})
     assert health.readiness_problems(b, {"AMQP": Server(False), "forwarding": None}) == [
         "AMQP listener is not accepting connections",
-        "this node knows no Raft leader (no quorum in its view)",
+        "this node knows no Raft leader",
         "vhost '/': writer thread not running",
         "vhost 'orders' is not running",
     ]
+
+
+def test_a_leader_counts_only_when_reachable():
+    assert health.raft_problem(broker(leader="b:1")) is None
+    assert health.raft_problem(broker(leader="c:1")) == (
+        "the Raft leader c:1 cannot be reached from this node")
 
 
 def test_vhosts_owned_elsewhere_are_not_this_nodes_to_check():
