@@ -401,7 +401,7 @@ HELP = {
     "forget_cluster_node": "remove a node from the cluster",
     "add_vhost": "create a vhost (--owner NODE to choose the node that runs it)",
     "delete_vhost": "delete a vhost and everything in it",
-    "set_vhost_owner": "hand a vhost to another (running) node",
+    "set_vhost_owner": "the older name of move_vhost",
     "move_vhost": "move a vhost with its messages to another running node",
     "vhost_status": "a vhost's owner, epoch, replicas and in-sync replicas",
     "set_vhost_limits": "set max-connections / max-queues of a vhost (-p)",
