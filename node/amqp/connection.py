@@ -562,8 +562,10 @@ class AMQPConnection(asyncio.Protocol):
         self.state = AWAIT_OPEN
         try:
             if not self.broker.owns(vhost):
-                raise ConnectionError_(errors.NOT_ALLOWED, f"vhost '{vhost}' is not served by "
-                                       f"node '{self.settings.node_name}'", 10, 40)
+                # the vhost moved or failed over meanwhile: the client reconnects (320)
+                raise ConnectionError_(errors.CONNECTION_FORCED, f"vhost '{vhost}' is not "
+                                       f"served by node '{self.settings.node_name}'; retry",
+                                       10, 40)
             self._on_open(spec.ConnectionOpen(virtual_host=vhost))
         except AMQPError as e:
             self.close_connection(e)
