@@ -1,4 +1,5 @@
-"""pysyncobj's TCP transport, made to say when a peer holds a different cluster secret.
+"""pysyncobj's TCP transport, made to say when a peer holds a different cluster secret, and
+to give up a connection attempt that hangs.
 
 pysyncobj authenticates every Raft message with the secret (Fernet) and, when one fails,
 drops the connection without a word (its own comment: "Why no logging of security
@@ -10,6 +11,11 @@ cluster that never forms.  Here both sides say so, each naming the other:
 * the node that connected sends that message and sees the connection closed before any
   answer, again and again.  Answering an unauthenticated peer with anything would tell a
   stranger more than a hang-up does, so this side infers it from the pattern.
+
+A connection attempt to an address that vanished (a container recreated under a new one)
+gets no answer at all: pysyncobj checks its timeout only when the socket has an event, so
+it would wait for the kernel to give up on the SYN (about two minutes) before looking the
+name up again.  Here an attempt older than connectionTimeout is dropped at the next tick.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import time
 from typing import Any
 
 from cryptography.fernet import InvalidToken
+from pysyncobj.monotonic import monotonic
+from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from cluster.raft_port import WarrenTransport
 
@@ -78,6 +86,18 @@ class SecretCheckingTransport(WarrenTransport):
         self._unanswered: set[Any] = set()  # outgoing, connected, no answer yet
         self._hung_up: dict[str, int] = {}  # peer -> handshakes it hung up on in a row
         super().__init__(*args, **kwargs)
+
+    def _onTick(self) -> None:
+        now = monotonic()
+        timeout = self._syncObj.conf.connectionTimeout
+        for node, conn in list(self._connections.items()):
+            started = self._lastConnectAttempt.get(node)
+            if (conn.state == CONNECTION_STATE.CONNECTING and started is not None
+                    and now - started > timeout):
+                # disconnect() calls back _onDisconnected, which tries again (with a fresh
+                # address lookup) once connectionRetryTime has passed
+                conn.disconnect()
+        super()._onTick()
 
     # the accepting side: the first message fails its check
 
