@@ -34,6 +34,7 @@ SERVICES = ("warren1", "warren2", "warren3")
 USER, PASSWORD = "operator", "compose-test-password"
 VHOST = "compose-orders"
 MESSAGES = 200
+LOCAL_BASE = "localhost/warren-base:bookworm"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; a TLS-inspecting proxy's CA
 
 
@@ -194,6 +195,10 @@ def image(engine: Engine) -> Iterator[str]:
     if os.path.exists(CA_BUNDLE):
         args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
     base = os.environ.get("WARREN_BASE_IMAGE")
+    if not base and engine.podman and subprocess.run(
+            [engine.cli or "podman", "image", "exists", LOCAL_BASE],
+            capture_output=True).returncode == 0:
+        base = LOCAL_BASE  # made by .ci/container-engine.sh: no registry needed
     if base:
         args += ["--build-arg", f"BASE_IMAGE={base}"]
     started = time.monotonic()
