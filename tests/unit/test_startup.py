@@ -126,3 +126,11 @@ def test_an_address_that_is_not_host_and_port(tmp_path):
                          "--http-port", str(free_port()), "--raft-address", "127.0.0.1:x")
     assert code == 64
     assert lines == ["warren: bad address '127.0.0.1:x': expected host:port"]
+
+
+def test_a_tls_certificate_that_cannot_be_loaded(tmp_path):
+    code, lines = warren(*ports(tmp_path), "--amqps-port", str(free_port()),
+                         "--tls-cert", str(tmp_path / "missing.pem"))
+    assert code == 64
+    assert lines == ["warren: cannot use the TLS certificate, key or CA: "
+                     "No such file or directory"]
