@@ -46,7 +46,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from cluster.definitions import INTERNAL_ERROR, DefinitionState
 from cluster.journal import DurableJournal
 from cluster.leader_watch import watch_leader
-from cluster.raft_port import WarrenTransport
+from cluster.raft_transport import SecretCheckingTransport
 
 __all__ = [
     "DEFAULT_RAFT_PORT",
@@ -84,6 +84,17 @@ _FAIL_TEXT = {
 
 
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class _DumpFailureFilter(logging.Filter):
+    """pysyncobj logs a failed dump load with a traceback and carries on; start() reports
+    it instead (one line, and the node refuses to serve stale definitions)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "failed to load full dump"
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_DumpFailureFilter())
 
 
 class ClusterUnavailable(Exception):
@@ -209,7 +220,8 @@ class DefinitionsMachine(SyncObj):
     """
 
     def __init__(
-        self, self_address: str, peers: list[str], conf: SyncObjConf, replica: _Replica
+        self, self_address: str, peers: list[str], conf: SyncObjConf, replica: _Replica,
+        transport_class: Callable[..., Any] = SecretCheckingTransport,
     ) -> None:
         # Set before SyncObj.__init__: pysyncobj takes attributes existing at that point
         # for its own and never serializes them (and we serialize with our own code).
@@ -220,7 +232,7 @@ class DefinitionsMachine(SyncObj):
         with _CONSTRUCTING:
             _pysyncobj_module.createJournal = _durable_journal
             try:
-                super().__init__(self_address, peers, conf=conf, transportClass=WarrenTransport)
+                super().__init__(self_address, peers, conf=conf, transportClass=transport_class)
             finally:
                 _pysyncobj_module.createJournal = original
 
@@ -306,10 +318,12 @@ class MetadataStore:
         if others and not secret:
             raise ValueError("a cluster of more than one node needs a cluster secret")
         self._peers = others
-        port = self._self_address.rpartition(":")[2]
+        host, _, port = self._self_address.rpartition(":")
         if secret:
             self._secret = secret
-            self._bind_address = f"0.0.0.0:{port}"
+            # the address it is given, not every interface: a node on a host with a public
+            # and a private network keeps its Raft port on the private one
+            self._bind_address = f"{host}:{port}"
         else:
             # A cluster of one without a secret: nobody may speak to its Raft port (it
             # unpickles what it reads), so listen on loopback with a secret nobody knows.
@@ -320,6 +334,7 @@ class MetadataStore:
         self._listeners: list[Listener] = []
         self._replica = _Replica(self._emit_from_tick)
         self._machine: DefinitionsMachine | None = None
+        self._transport: SecretCheckingTransport | None = None
         self._wakeup: _Wakeup | None = None
         self._tokens = itertools.count(1)
         self._futures: dict[int, asyncio.Future[dict[str, Any]]] = {}  # loop thread only
@@ -454,9 +469,25 @@ class MetadataStore:
             # their failover waits for the next leader (DESIGN §4: serve again within 1 s).
             raftMinTimeout=0.4,
             raftMaxTimeout=0.8,
+            # pysyncobj caches a peer's address for 10 minutes (a failed lookup for 30 s):
+            # a container recreated with a new address, or not yet in DNS when this node
+            # starts, would stay unreachable that long.  A lookup per reconnect is cheap.
+            dnsCacheTime=2.0,
+            dnsFailCacheTime=1.0,
+            # Two followers exchange nothing, so a link to a peer that vanished without a
+            # reset (a killed container's address is gone) stays "connected" until TCP
+            # keepalive notices: after 2 s idle, 3 probes 1 s apart (default 16 + 3 x 5 s),
+            # and the restarted peer is connected to again at once.
+            tcp_keepalive=(2, 1, 3),
             autoTick=True,
         )
-        machine = DefinitionsMachine(self._self_address, self._peers, conf, self._replica)
+
+        def transport(*args: Any) -> SecretCheckingTransport:
+            self._transport = SecretCheckingTransport(*args)
+            return self._transport
+
+        machine = DefinitionsMachine(self._self_address, self._peers, conf, self._replica,
+                                     transport)
         # pysyncobj ends its tick thread when the thread that built the SyncObj ends, so
         # that a forgotten SyncObj doesn't keep the process alive.  That thread is this
         # short-lived worker: hand the role to the event loop's thread, as if built there.
@@ -617,6 +648,23 @@ class MetadataStore:
                 if key.startswith(prefix)
             },
         }
+
+    def waiting_reason(self) -> str:
+        """Why this node has no usable Raft cluster yet, for the log while start() waits."""
+        st = self.status()
+        members = 1 + len(self._peers)
+        connected = sorted(p for p, v in st["partners"].items() if v == "connected")
+        down = sorted(p for p in self._peers if p not in connected)
+        mismatched = self._transport.recent_mismatches() if self._transport else []
+        parts = [f"{1 + len(connected)} of {members} Raft members reachable "
+                 f"(a majority is {members // 2 + 1})"]
+        if down:
+            parts.append("waiting for " + ", ".join(down))
+        if mismatched:
+            parts.append("cluster secret differs on " + ", ".join(mismatched))
+        if not down and st.get("leader") is None:
+            parts.append("no leader elected yet")
+        return "; ".join(parts)
 
     # ------------------------------------------------------------------ membership
 

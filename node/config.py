@@ -7,6 +7,7 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import NoReturn
 
 # Where RabbitMQ releases differ in what a client sees (the default max message size,
 # x-last-death-* headers), WarrenMQ follows this one: docs/RABBITMQ-VERSION.md
@@ -69,20 +70,46 @@ class Settings:
         return int(self.raft_address.rsplit(":", 1)[1])
 
 
+class SettingsError(ValueError):
+    """A flag or WARREN_* variable that cannot be used; `warren` prints it as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage and exits 2; the node prints one line and exits EX_USAGE
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(message)
+
+
+# settings that may be read from a file named by WARREN_<NAME>_FILE (Docker secrets), as
+# RabbitMQ's image reads RABBITMQ_DEFAULT_PASS_FILE
+FILE_SETTINGS = ("default_user", "default_pass", "cluster_secret")
+
+
+def _read_secret_file(key: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            # a file written with `echo` ends in a newline that is no part of the secret
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
 _BOOL = {"1": True, "true": True, "yes": True, "on": True,
          "0": False, "false": False, "no": False, "off": False}
 
 
 def _convert(name: str, typ: object, raw: str) -> object:
-    if typ in (int, "int"):
-        return int(raw)
-    if typ in (float, "float"):
-        return float(raw)
+    if typ in (int, "int", float, "float"):
+        kind = int if typ in (int, "int") else float
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
     if typ in (bool, "bool"):
         try:
             return _BOOL[raw.strip().lower()]
         except KeyError:
-            raise ValueError(f"{name}: expected a boolean, got {raw!r}") from None
+            raise SettingsError(f"{name}: expected a boolean, got {raw!r}") from None
     if typ in ("list[str]",) or str(typ).startswith("list"):
         return [p.strip() for p in raw.split(",") if p.strip()]
     return raw
@@ -90,6 +117,8 @@ def _convert(name: str, typ: object, raw: str) -> object:
 
 def load_settings(argv: list[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults, then `env` (os.environ), then `argv`; raises SettingsError
+    for anything unusable (`--help` still prints and exits)."""
     if env is None:
         env = os.environ
     s = Settings()
@@ -97,7 +126,9 @@ def load_settings(argv: list[str] | None = None,
         key = "WARREN_" + f.name.upper()
         if key in env:
             setattr(s, f.name, _convert(f.name, f.type, env[key]))
-    p = argparse.ArgumentParser(prog="warren", description="Start a WarrenMQ node.")
+        elif f.name in FILE_SETTINGS and env.get(key + "_FILE"):
+            setattr(s, f.name, _read_secret_file(key + "_FILE", env[key + "_FILE"]))
+    p = _Parser(prog="warren", description="Start a WarrenMQ node.")
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         p.add_argument(flag, dest=f.name, default=None,

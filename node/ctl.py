@@ -215,6 +215,15 @@ def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
           f"{done['pause_ms']} ms")
 
 
+def vhost_status(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "<vhost>")
+    rec = c.call("GET", f"/api/cluster/vhosts/{q(name)}")
+    if a.formatter == "json":
+        print(json.dumps(rec, indent=2))
+        return
+    print(f"Vhost \"{name}\": owner {rec.get('owner')}, epoch {rec.get('epoch')}, "
+          f"replicas {fmt(rec.get('replicas') or [])}, in sync {fmt(rec.get('in_sync') or [])}")
+
 
 def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
     st = c.call("GET", "/api/cluster-status")
@@ -379,18 +388,80 @@ SIMPLE = {f.__name__: f for f in (
     add_vhost, delete_vhost, add_user, delete_user, change_password, set_user_tags,
     set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
     set_policy, clear_policy, export_definitions, import_definitions, move_vhost,
-    cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
+    vhost_status, cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
     set_vm_memory_high_watermark, set_disk_free_limit)}
 SIMPLE["set_vhost_owner"] = move_vhost  # the name of earlier releases
 
 
+# every command, one line each, for --help (a test checks none is missing)
+HELP = {
+    "status": "this node's uptime, memory, disk, Raft state, totals and rates",
+    "cluster_status": "nodes (running, leader, vhosts owned) and each vhost's placement",
+    "join_cluster": "add a node's Raft address to the cluster (then start that node)",
+    "forget_cluster_node": "remove a node from the cluster",
+    "add_vhost": "create a vhost (--owner NODE to choose the node that runs it)",
+    "delete_vhost": "delete a vhost and everything in it",
+    "set_vhost_owner": "the older name of move_vhost",
+    "move_vhost": "move a vhost with its messages to another running node",
+    "vhost_status": "a vhost's owner, epoch, replicas and in-sync replicas",
+    "set_vhost_limits": "set max-connections / max-queues of a vhost (-p)",
+    "add_user": "create a user",
+    "delete_user": "delete a user",
+    "change_password": "set a user's password",
+    "set_user_tags": "set a user's tags (administrator, monitoring, management, ...)",
+    "set_permissions": "set a user's configure/write/read patterns on a vhost (-p)",
+    "clear_permissions": "remove a user's permissions on a vhost (-p)",
+    "set_policy": "set a policy on a vhost (-p, --priority, --apply-to)",
+    "clear_policy": "remove a policy from a vhost (-p)",
+    "purge_queue": "remove a queue's ready messages (-p)",
+    "delete_queue": "delete a queue (-p, --if-empty, --if-unused)",
+    "close_connection": "close a client connection by name, with an optional reason",
+    "export_definitions": "write the definitions as JSON to a file (- for stdout)",
+    "import_definitions": "load definitions from a JSON file (- for stdin)",
+    "set_vm_memory_high_watermark": "memory alarm threshold: a fraction, or absolute BYTES",
+    "set_disk_free_limit": "disk alarm threshold in bytes",
+    **{cmd: f"list {cmd[5:]}; columns may follow (default: {' '.join(cols[:2])}"
+            f"{' ...' if len(cols) > 2 else ''})" for cmd, (_path, cols) in LISTS.items()},
+}
+
+
+def _commands_epilog() -> str:
+    width = max(len(c) for c in HELP)
+    return "commands:\n" + "\n".join(f"  {c.ljust(width)}  {HELP[c]}" for c in sorted(HELP))
+
+
+def _quiet_broken_pipe() -> None:
+    """`warrenctl list_queues | head`: the reader left; end without a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail too
+    except OSError:
+        pass
+    sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+def _main(argv: list[str] | None) -> None:
     p = argparse.ArgumentParser(prog="warrenctl", description="Administer a WarrenMQ node "
-                                "through its management HTTP API (rabbitmqctl's commands).")
+                                "through its management HTTP API (rabbitmqctl's commands).",
+                                epilog=_commands_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--node", "-n", default=os.environ.get("WARREN_HTTP_URL", DEFAULT_URL),
                    help="management API URL of any node (env WARREN_HTTP_URL)")
-    p.add_argument("--username", "-u", default=os.environ.get("WARREN_CTL_USER", "guest"))
-    p.add_argument("--password", default=os.environ.get("WARREN_CTL_PASSWORD", "guest"))
+    # inside a node's container WARREN_DEFAULT_USER/_PASS are the administrator's
+    env = os.environ
+    p.add_argument("--username", "-u",
+                   default=env.get("WARREN_CTL_USER", env.get("WARREN_DEFAULT_USER", "guest")),
+                   help="env WARREN_CTL_USER, else WARREN_DEFAULT_USER, else guest")
+    p.add_argument("--password",
+                   default=env.get("WARREN_CTL_PASSWORD", env.get("WARREN_DEFAULT_PASS", "guest")),
+                   help="env WARREN_CTL_PASSWORD, else WARREN_DEFAULT_PASS, else guest")
     p.add_argument("--vhost", "-p", default="/")
     p.add_argument("--formatter", "-f", choices=["table", "json"], default="table")
     p.add_argument("--all-vhosts", action="store_true",
@@ -402,8 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--owner", default=None, help="add_vhost: the node that runs it")
     p.add_argument("--replicas", type=int, default=None,
                    help="add_vhost: copies of its messages, the owner's included")
-    p.add_argument("command")
-    p.add_argument("args", nargs="*")
+    p.add_argument("command", help="one of the commands below")
+    p.add_argument("args", nargs="*", help="the command's arguments")
     args = p.parse_intermixed_args(argv)
     try:
         run(args, Client(args.node, args.username, args.password))

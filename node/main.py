@@ -9,10 +9,71 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from node.config import Settings, load_settings
+from node.config import Settings, SettingsError, load_settings
+from node.health import write_token
+from node.startup import (
+    EX_DATAERR,
+    EX_USAGE,
+    StartupError,
+    listen_error,
+    preflight,
+    split_address,
+)
+
+if TYPE_CHECKING:
+    from cluster.raft import MetadataStore
 
 log = logging.getLogger("warren")
+
+# how often a node that waits for a Raft quorum says so (and why)
+QUORUM_LOG_INTERVAL = 10.0
+
+
+async def wait_for_quorum(metadata: "MetadataStore", stop: asyncio.Event) -> bool:
+    """Wait until Raft has a leader and this node has caught up, however long it takes
+    (peers may come up minutes later); False if the node is told to stop meanwhile.
+    A supervisor's restart loop is not the recovery path: the node waits, saying why."""
+    from cluster.raft import ClusterUnavailable
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            attempt = asyncio.ensure_future(metadata.start(timeout=QUORUM_LOG_INTERVAL))
+            await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not attempt.done():  # told to stop (SIGTERM from compose, ^C)
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                return False
+            try:
+                attempt.result()
+                return True
+            except ClusterUnavailable:
+                log.warning("no Raft quorum yet: %s; still waiting", metadata.waiting_reason())
+            except RuntimeError as exc:  # the definitions dump on disk cannot be loaded
+                raise StartupError(EX_DATAERR, str(exc)) from None
+    finally:
+        stopped.cancel()
+
+
+def tls_contexts(settings: Settings) -> tuple[Any, Any]:
+    """AMQPS/HTTPS and cluster-port TLS contexts; an unusable certificate, key or CA is one
+    line (EX_USAGE), like any other setting that cannot be used."""
+    import ssl
+
+    from node.tls import cluster_server_ssl, server_ssl
+    try:
+        return server_ssl(settings), cluster_server_ssl(settings)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(EX_USAGE, f"cannot use the TLS certificate, key or CA: {why}") from None
+
+
+async def _listen(what: str, host: str, port: int, start: Any) -> Any:
+    try:
+        return await start()
+    except OSError as exc:  # taken between the preflight probe and now
+        raise listen_error(what, host, port, exc) from None
 
 
 async def serve(settings: Settings) -> None:
@@ -22,40 +83,58 @@ async def serve(settings: Settings) -> None:
     from node.http.api import start_http
 
     loop = asyncio.get_running_loop()
-    os.makedirs(settings.data_dir, exist_ok=True)
+    preflight(settings)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     metadata = MetadataStore(self_address=settings.raft_address, peers=settings.peers,
                              data_dir=settings.data_dir, secret=settings.cluster_secret or None,
                              loop=loop)
-    from node.tls import cluster_server_ssl, server_ssl
-    tls = server_ssl(settings)  # built before anything starts: a bad certificate stops here
+    tls, cluster_tls = tls_contexts(settings)  # a bad certificate stops here, before Raft
+    try:
+        ready = await wait_for_quorum(metadata, stop)
+    except OSError as exc:  # the Raft port, taken since the probe
+        await metadata.close()
+        raise listen_error("Raft", *split_address(settings.raft_address), exc) from None
+    if not ready:
+        log.info("stopped while waiting for a Raft quorum")
+        await metadata.close()
+        return
     broker = Broker(settings, metadata)
     await broker.start()
     forward_server = None
     if settings.cluster_secret:
         from node.forwarding import start_forward_server
-        fhost, _, fport = settings.forward_address.rpartition(":")
-        # listen on every interface like Raft does; the secret is the wall (DESIGN 8)
-        forward_server = await start_forward_server(broker, "0.0.0.0", int(fport),
-                                                    settings.cluster_secret,
-                                                    ssl=cluster_server_ssl(settings))
-    server = await loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,
-                                      settings.amqp_port, reuse_address=True, backlog=1024)
+        fhost, fport = split_address(settings.forward_address, 25673)
+        # the address it is given (like Raft's): cluster-internal, behind the secret too
+        forward_server = await _listen(
+            "forwarded connections", fhost, fport,
+            lambda: start_forward_server(broker, fhost, fport, settings.cluster_secret,
+                                         ssl=cluster_tls))
+    server = await _listen(
+        "AMQP", settings.amqp_host, settings.amqp_port,
+        lambda: loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,
+                                   settings.amqp_port, reuse_address=True, backlog=1024))
     amqps_server = None
     if tls is not None:  # AMQPS listens only when a certificate is given, as in RabbitMQ
-        amqps_server = await loop.create_server(
-            lambda: AMQPConnection(broker), settings.amqp_host, settings.amqps_port,
-            reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10.0)
+        amqps_server = await _listen(
+            "AMQPS", settings.amqp_host, settings.amqps_port,
+            lambda: loop.create_server(
+                lambda: AMQPConnection(broker), settings.amqp_host, settings.amqps_port,
+                reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10.0))
         log.info("AMQPS on %s:%d", settings.amqp_host, settings.amqps_port)
-    http_runner = await start_http(broker, settings.http_host, settings.http_port,
-                                   ssl_context=tls if settings.http_tls else None)
+    token = write_token(settings.data_dir)
+    http_runner = await _listen(
+        "HTTP", settings.http_host, settings.http_port,
+        lambda: start_http(broker, settings.http_host, settings.http_port,
+                           ssl_context=tls if settings.http_tls else None, health_token=token))
+    http_runner.app["listeners"].update({"AMQP": server, "AMQPS": amqps_server,
+                                         "forwarding": forward_server})
     log.info("node %s: AMQP on %s:%d, HTTP on %s:%d, raft on %s, data in %s",
              settings.node_name, settings.amqp_host, settings.amqp_port, settings.http_host,
              settings.http_port, settings.raft_address, os.path.abspath(settings.data_dir))
     print(f"warren: node {settings.node_name} ready on amqp port {settings.amqp_port}",
           flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     server.close()
@@ -73,7 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         from node.perf import main as perf_main
         perf_main(args[1:])
         return
-    settings = load_settings(args)
+    if args and args[0] == "healthcheck":
+        from node.healthcheck import main as healthcheck_main
+        sys.exit(healthcheck_main(args[1:]))
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        fail(EX_USAGE, f"warren: {exc} (warren --help lists every setting)")
     # The hot path allocates several small objects per message, none in reference cycles;
     # the cyclic GC's default gen-0 threshold (700) made it run thousands of times a second.
     gc.set_threshold(50_000, 20, 20)
@@ -82,9 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop  # optional: a faster event loop when installed
     except ImportError:
-        asyncio.run(serve(settings))
+        run: Any = asyncio.run
     else:
-        uvloop.run(serve(settings))
+        run = uvloop.run
+    try:
+        run(serve(settings))
+    except StartupError as exc:
+        fail(exc.code, f"warren: {exc}")
+
+
+def fail(code: int, line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    # os._exit: Raft's tick thread may be running; nothing is left to flush
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,23 @@ class Placement:
                 load[d["owner"]] += 1
         return min(sorted(load), key=lambda n: load[n])
 
+    def node_running(self, name: str) -> bool:
+        """This node, or a member this node's Raft is connected to."""
+        if name == self.settings.node_name:
+            return True
+        raft = self.nodes.get(name, {}).get("raft")
+        return self.metadata.status().get("partners", {}).get(raft) == "connected"
+
+    def require_running(self, node: str) -> None:
+        """Admin commands that place work on a node refuse a node that is down, rather
+        than hand a vhost to a node that cannot serve it."""
+        if node not in self.nodes:
+            raise ChannelError(errors.NOT_FOUND, f"no node '{node}' in the cluster")
+        if not self.node_running(node):
+            raise errors.precondition(f"node '{node}' is down (not reachable from "
+                                      f"{self.settings.node_name}); start it first")
+
+
     async def set_replication_factor(self, name: str, copies: int) -> None:
         """Keep ``copies`` copies of the vhost (the owner's included, capped at the
         cluster's size): replicas are added on the least loaded nodes, or trimmed."""

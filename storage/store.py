@@ -297,6 +297,16 @@ class MessageStore:
         )
         self._thread.start()
 
+    def problem(self) -> str | None:
+        """Why this store cannot take writes now (health checks), or None when it can."""
+        if self._closed or self._closing:
+            return "closed"
+        if self._thread is None or not self._thread.is_alive():
+            return "writer thread not running"
+        if self._failed is not None:
+            return f"writer failed: {self._failed!r}"
+        return None
+
     async def close(self) -> None:
         """Commit everything queued, stop the writer thread and close the environment."""
         if self._closed:

@@ -22,10 +22,22 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
     """A port free now, chosen below the kernel's ephemeral range when there is room: a
     port the kernel hands out (bind to 0) may be taken by some outgoing connection before
-    the node binds it, and the fault tests make many."""
+    the node binds it, and the fault tests make many.  Never the same one twice in one
+    process: two nodes of one test would get the same port, both free when chosen."""
+    while True:
+        port = _candidate()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+def _candidate() -> int:
     low, _ = _ephemeral_range()
     if low > 12000:
         for _ in range(50):
@@ -38,7 +50,7 @@ def free_port() -> int:
                 return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None,

@@ -481,8 +481,10 @@ class AMQPConnection(asyncio.Protocol):
         owner = self.broker.owner_of(vhost)
         node = self.broker.nodes.get(owner or "")
         if node is None or not node.get("forward") or not self.settings.cluster_secret:
-            raise ConnectionError_(errors.NOT_ALLOWED, f"vhost '{vhost}' is unavailable: its "
-                                   f"owner node '{owner}' is not known here", 10, 40)
+            # 320, not 530: the vhost exists and the user may use it, so clients must retry
+            # (py-amqp/kombu treat 320 as recoverable, 530 and 403 as final)
+            raise ConnectionError_(errors.CONNECTION_FORCED, f"vhost '{vhost}' is unavailable: "
+                                   f"its owner node '{owner}' is not known here; retry", 10, 40)
         self.forwarding = True
         assert self.transport is not None
         self.transport.pause_reading()
@@ -508,8 +510,8 @@ class AMQPConnection(asyncio.Protocol):
             self.forwarding = False
             self._forward_backlog.clear()
             self.close_connection(ConnectionError_(
-                errors.NOT_ALLOWED, f"vhost '{vhost}' is unavailable: its owner node "
-                f"'{owner}' cannot be reached", 10, 40))
+                errors.CONNECTION_FORCED, f"vhost '{vhost}' is unavailable: its owner node "
+                f"'{owner}' cannot be reached; retry", 10, 40))
             if self.transport is not None:
                 self.transport.resume_reading()
             return
@@ -560,8 +562,10 @@ class AMQPConnection(asyncio.Protocol):
         self.state = AWAIT_OPEN
         try:
             if not self.broker.owns(vhost):
-                raise ConnectionError_(errors.NOT_ALLOWED, f"vhost '{vhost}' is not served by "
-                                       f"node '{self.settings.node_name}'", 10, 40)
+                # the vhost moved or failed over meanwhile: the client reconnects (320)
+                raise ConnectionError_(errors.CONNECTION_FORCED, f"vhost '{vhost}' is not "
+                                       f"served by node '{self.settings.node_name}'; retry",
+                                       10, 40)
             self._on_open(spec.ConnectionOpen(virtual_host=vhost))
         except AMQPError as e:
             self.close_connection(e)

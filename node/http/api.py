@@ -54,8 +54,13 @@ async def _stop_sampler(app: web.Application) -> None:
 
 
 async def start_http(broker: Broker, host: str, port: int,
-                     ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
-    runner = web.AppRunner(create_app(broker), access_log=None)
+                     ssl_context: ssl.SSLContext | None = None,
+                     health_token: str | None = None) -> web.AppRunner:
+    app = create_app(broker)
+    app["health_token"] = health_token
+    # `warren` adds its other listeners, once they listen, for the health checks
+    app["listeners"] = {}
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()

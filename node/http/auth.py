@@ -13,6 +13,7 @@ from aiohttp import web
 from node import errors
 from node.auth import check_password, is_loopback
 from node.errors import AMQPError
+from node.health import token_matches
 from node.http.common import MANAGEMENT_TAGS, HTTPError, error_response
 
 log = logging.getLogger("warren.http")
@@ -22,6 +23,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # paths anyone may read: the UI's files, Prometheus scrapes, the API description
 PUBLIC_PREFIXES = ("/metrics", "/api/openapi.json", "/static/", "/favicon.ico")
 PUBLIC_PATHS = {"/", "/index.html"}
+
+# the node's health token opens these and nothing else
+HEALTH_PREFIX = "/api/health/checks/"
+HEALTH_USER = {"name": "(node health token)", "tags": ["monitoring"]}
 
 # AMQP reply codes of definition refusals -> HTTP status
 _STATUS_OF_AMQP = {errors.ACCESS_REFUSED: 401, errors.NOT_FOUND: 404, errors.RESOURCE_LOCKED: 400,
@@ -60,6 +65,10 @@ def _unauthorised(request: web.Request, reason: str) -> web.Response:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or not path.startswith("/api"):
+        return await _guarded(request, handler)
+    if path.startswith(HEALTH_PREFIX) and token_matches(
+            request.config_dict.get("health_token"), request.headers.get("Authorization", "")):
+        request["user"] = HEALTH_USER  # `warren healthcheck` (node/health.py)
         return await _guarded(request, handler)
     user, why = authenticate(request.app["broker"], request.headers.get("Authorization", ""),
                              request.remote)

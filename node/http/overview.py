@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from node import health
 from node.amqp import spec
 from node.amqp.frames import content_header_payload
 from node.broker import PRODUCT, VERSION
@@ -222,19 +223,33 @@ async def health_local_alarms(request: web.Request) -> web.Response:
 
 @routes.get("/api/health/checks/virtual-hosts")
 async def health_vhosts(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    down = health.vhost_problems(broker_of(request))
+    if not down:
+        return json_response({"status": "ok"})
+    return json_response({"status": "failed", "reason": "Some virtual hosts are down",
+                          "missing": down}, status=503)
 
 
 @routes.get("/api/health/checks/ready-to-serve-clients")
 async def health_ready(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    problems = health.readiness_problems(broker_of(request), _listeners(request))
+    if not problems:
+        return json_response({"status": "ok"})
+    return json_response({"status": "failed", "reason": "; ".join(problems)}, status=503)
+
+
+def _listeners(request: web.Request) -> dict[str, Any]:
+    # registered by `warren` once it listens; the HTTP one serves this very request
+    return request.config_dict.get("listeners", {})
 
 
 @routes.get("/api/health/checks/port-listener/{port}")
 async def health_port(request: web.Request) -> web.Response:
     s = broker_of(request).settings
     port = request.match_info["port"]
-    if port in (str(s.amqp_port), str(s.http_port)):
+    amqp = _listeners(request).get("AMQP")
+    amqp_ok = amqp is None or not health.listener_problems({"AMQP": amqp})
+    if port == str(s.http_port) or (port == str(s.amqp_port) and amqp_ok):
         return json_response({"status": "ok", "port": int(port)})
     return json_response({"status": "failed", "reason": f"No active listener on port {port}",
                           "missing": int(port) if port.isdigit() else port}, status=503)

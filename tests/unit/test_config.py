@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.config import RABBITMQ_REFERENCE, load_settings
+from node.config import RABBITMQ_REFERENCE, SettingsError, load_settings
 from tests.nodeproc import REPO
 
 
@@ -36,21 +36,41 @@ def test_environment_then_flags():
     assert s.peers == ["h1:1", "h2:2"] and s.vm_memory_high_watermark == 0.5
 
 
-def test_a_cluster_refuses_to_start_without_a_secret(capsys):
-    with pytest.raises(SystemExit) as e:
+def test_a_cluster_refuses_to_start_without_a_secret():
+    with pytest.raises(SettingsError, match="needs --cluster-secret"):
         load_settings(["--peers", "127.0.0.1:25672,127.0.0.1:26672"], env={})
-    assert e.value.code == 2
-    assert "needs --cluster-secret" in capsys.readouterr().err
 
 
 def test_bad_values_are_refused():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SettingsError, match="at least 4096"):
         load_settings(["--frame-max", "100"], env={})
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingsError, match="expected a boolean"):
         load_settings([], env={"WARREN_SYNC": "maybe"})
+    with pytest.raises(SettingsError, match="amqp_port: expected a number, got 'x'"):
+        load_settings(["--amqp-port", "x"], env={})
+    with pytest.raises(SettingsError, match="unrecognized arguments: --amqp-prot"):
+        load_settings(["--amqp-prot", "1"], env={})
 
 
-def test_tls_options_as_rabbitmq_ssl_options(capsys):
+def test_credentials_and_secret_from_files(tmp_path):
+    """Docker secrets: WARREN_<NAME>_FILE names a file holding the value."""
+    (tmp_path / "user").write_text("admin\n")
+    (tmp_path / "pass").write_text("s3cret\n")
+    (tmp_path / "secret").write_text("cluster-key")
+    s = load_settings([], env={"WARREN_DEFAULT_USER_FILE": str(tmp_path / "user"),
+                               "WARREN_DEFAULT_PASS_FILE": str(tmp_path / "pass"),
+                               "WARREN_CLUSTER_SECRET_FILE": str(tmp_path / "secret")})
+    assert (s.default_user, s.default_pass, s.cluster_secret) == (
+        "admin", "s3cret", "cluster-key")
+    # the plain variable wins over its _FILE variant
+    s = load_settings([], env={"WARREN_DEFAULT_USER": "ops",
+                               "WARREN_DEFAULT_USER_FILE": str(tmp_path / "user")})
+    assert s.default_user == "ops"
+    with pytest.raises(SettingsError, match="WARREN_DEFAULT_PASS_FILE: cannot read"):
+        load_settings([], env={"WARREN_DEFAULT_PASS_FILE": str(tmp_path / "missing")})
+
+
+def test_tls_options_as_rabbitmq_ssl_options():
     s = load_settings(["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem",
                        "--tls-verify", "peer", "--tls-fail-if-no-peer-cert", "true",
                        "--http-tls", "true"], env={"WARREN_AMQPS_PORT": "5999"})
@@ -63,6 +83,5 @@ def test_tls_options_as_rabbitmq_ssl_options(capsys):
                       (["--tls-cert", "c", "--cluster-tls", "true"], "needs --tls-cert and "
                        "--tls-ca"),
                       (["--tls-fail-if-no-peer-cert", "true"], "needs --tls-verify peer")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SettingsError, match=why):
             load_settings(argv, env={})
-        assert why in capsys.readouterr().err
