@@ -509,9 +509,12 @@ class AMQPConnection(asyncio.Protocol):
             log.warning("cannot forward %s to node '%s' at %s: %s", self.name, owner, address, e)
             self.forwarding = False
             self._forward_backlog.clear()
-            self.close_connection(ConnectionError_(
-                errors.CONNECTION_FORCED, f"vhost '{vhost}' is unavailable: its owner node "
-                f"'{owner}' cannot be reached; retry", 10, 40))
+            # the failover controller's reason when it has one (e.g. no in-sync replica
+            # left to promote: it comes back with its owner)
+            why = self.broker.replication.available(vhost) or (
+                f"vhost '{vhost}' is unavailable: its owner node '{owner}' cannot be reached")
+            self.close_connection(ConnectionError_(errors.CONNECTION_FORCED, f"{why}; retry",
+                                                   10, 40))
             if self.transport is not None:
                 self.transport.resume_reading()
             return
