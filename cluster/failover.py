@@ -32,7 +32,8 @@ class FailoverController:
     def __init__(self, me: str, liveness: Liveness, submit: Submit,
                  is_leader: Callable[[], bool],
                  definitions: Callable[[], tuple[dict[str, dict], dict[str, dict]]],
-                 local_positions: Callable[[], Positions], default_factor: int) -> None:
+                 local_positions: Callable[[], Positions], default_factor: int,
+                 raft_connected: Callable[[], set[str]] = set) -> None:
         self.me = me
         self.liveness = liveness
         self._submit = submit
@@ -40,6 +41,7 @@ class FailoverController:
         self._definitions = definitions  # () -> (vhost records, nodes)
         self._local_positions = local_positions
         self.default_factor = default_factor
+        self._raft_connected = raft_connected  # () -> names of members Raft talks to
         self.unavailable: dict[str, str] = {}  # vhost -> why (only on the leader)
         self.failovers = 0
         self._task: asyncio.Task[None] | None = None
@@ -76,11 +78,12 @@ class FailoverController:
     async def _tick(self) -> None:
         vhosts, nodes = self._definitions()
         self.liveness.watch({n: d.get("forward", "") for n, d in nodes.items()})
+        talking = self._raft_connected()
         for name, v in vhosts.items():
             owner = v.get("owner")
             if owner is None or owner == self.me or name in self._busy:
                 continue
-            why = self.liveness.dead(owner)
+            why = self.liveness.dead(owner, owner in talking)
             if why is None:
                 self.unavailable.pop(name, None)
                 continue

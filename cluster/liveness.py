@@ -89,13 +89,18 @@ class Liveness:
         if member.session is not None:
             member.session.close()
 
-    def dead(self, name: str) -> str | None:
-        """Why ``name`` counts as gone, or None while it answers (or may still)."""
+    def dead(self, name: str, raft_connected: bool = False) -> str | None:
+        """Why ``name`` counts as gone, or None while it answers (or may still).
+
+        A refused cluster port means a dead process only if its Raft port is gone too: a
+        node that is starting has Raft up before its cluster port listens."""
         member = self._members.get(name)
         if member is None:
             return None
         now = time.monotonic()
         if member.refused and member.session is None:
+            if raft_connected:
+                return None
             return "its cluster port refuses connections"
         since = member.last_answer if member.last_answer is not None else member.watched_since
         if now - since > self.timeout:

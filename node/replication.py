@@ -45,7 +45,7 @@ class Replication:
         self.controller = FailoverController(
             self.me, self.liveness, broker.metadata.submit, self._is_leader,
             lambda: (broker.vhost_defs, broker.nodes), self.positions,
-            s.replication_factor)
+            s.replication_factor, self._raft_connected)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -61,6 +61,11 @@ class Replication:
         followers, self.followers = self.followers, {}
         for follower in followers.values():
             await follower.stop()
+
+    def _raft_connected(self) -> set[str]:
+        partners = self.broker.metadata.status().get("partners", {})
+        return {name for name, node in self.broker.nodes.items()
+                if partners.get(node.get("raft")) == "connected"}
 
     def _is_leader(self) -> bool:
         return self.broker.metadata.status().get("state") == "leader"
