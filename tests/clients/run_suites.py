@@ -220,7 +220,7 @@ def main() -> int:
     p.add_argument("--port", type=int, default=5672)
     p.add_argument("--label", default="broker", help="results go to OUT/LABEL")
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "client-suites"))
-    p.add_argument("--mirror-root", default=os.environ.get("MIRROR_ROOT", "/work/.mirror"))
+    p.add_argument("--mirror-root", default=os.environ.get("MIRROR_ROOT", ""))
     p.add_argument("--timeout", type=int, default=60, help="per test, seconds")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter that runs the suites (with their test dependencies)")
