@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import signal
@@ -9,7 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +28,28 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 _handed_out: set[int] = set()
+
+
+def http_json(base_url: str, method: str, path: str, body: object = None,
+              user: str = "guest", password: str = "guest",
+              timeout: float = 20) -> tuple[int, Any]:
+    """One management API call: (status, decoded JSON, or the text when it is not JSON)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base_url + path, data=data, method=method)
+    req.add_header("Authorization",
+                   "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw) if raw else None
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
 
 
 def free_port() -> int:

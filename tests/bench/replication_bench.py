@@ -61,7 +61,6 @@ time>-logs/.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -83,7 +82,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.nodeproc import NodeProcess  # noqa: E402
+from tests.nodeproc import NodeProcess, http_json  # noqa: E402
 
 WORK = Path(os.environ.get("BENCH_WORK")
             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "warren-bench")
@@ -158,21 +157,7 @@ def other_cpu(r: dict) -> float | None:
 
 def http(port: int, method: str, path: str, body: object = None,
          timeout: float = 30) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw)
-        except ValueError:
-            return e.code, raw.decode(errors="replace")
+    return http_json(f"http://127.0.0.1:{port}", method, path, body, timeout=timeout)
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess, http_json
 
 SECRET = "test-cluster-secret"
 
@@ -51,22 +47,8 @@ class Cluster:
 
     def http(self, node: NodeProcess, method: str, path: str, body: object = None,
              timeout: float = 20) -> tuple[int, object]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(node.http_url + path, data=data, method=method)
-        auth = f"{self.user}:{self.password}".encode()
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth).decode())
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw)
-            except ValueError:
-                return e.code, raw.decode(errors="replace")
+        return http_json(node.http_url, method, path, body, self.user, self.password,
+                         timeout)
 
     def status(self, node: NodeProcess) -> dict:
         code, st = self.http(node, "GET", "/api/cluster-status")

@@ -12,14 +12,11 @@ the build time, the image size and each step.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any
 import pika
 import pytest
 
-from tests.nodeproc import REPO, free_port
+from tests.nodeproc import REPO, free_port, http_json
 
 SERVICES = ("warren1", "warren2", "warren3")
 USER, PASSWORD = "operator", "compose-test-password"
@@ -153,22 +150,8 @@ def wait(cond: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
 
 def http(port: int, method: str, path: str, body: Any = None,
          user: str = USER, password: str = PASSWORD) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    req.add_header("Authorization",
-                   "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw)
-        except ValueError:
-            return e.code, raw.decode(errors="replace")
+    return http_json(f"http://127.0.0.1:{port}", method, path, body, user, password,
+                     timeout=15)
 
 
 def amqp(port: int, vhost: str = "/") -> pika.BlockingConnection:

@@ -3,8 +3,6 @@ memory a client that never reads can pin, honest management figures)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import select
 import subprocess
 import sys
@@ -16,7 +14,7 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
-from tests.nodeproc import REPO
+from tests.nodeproc import REPO, http_json
 
 
 def ctl(node, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -26,18 +24,7 @@ def ctl(node, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def api(node, method: str, path: str, body: dict | None = None, user: str = "guest",
         password: str = "guest") -> tuple[int, object]:
-    req = urllib.request.Request(node.http_url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    req.add_header("Authorization", "Basic " + base64.b64encode(
-        f"{user}:{password}".encode()).decode())
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+    return http_json(node.http_url, method, path, body, user, password, timeout=10)
 
 
 @pytest.fixture
