@@ -8,6 +8,17 @@
 # On failure it only warns: the compose test then reports a skip with the reason.
 # Exports DOCKER_HOST and WARREN_BASE_IMAGE.
 
+engine_answers() {
+    python3 - "$1" <<'PY' >/dev/null 2>&1
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+assert s.recv(64).startswith(b"HTTP/1.")
+PY
+}
+
 warren_container_engine() {
     local sock=/run/podman/podman.sock base=localhost/warren-base:bookworm need=() pkg
     for pkg in podman runc docker-compose mmdebstrap netavark aardvark-dns uidmap \
@@ -32,11 +43,17 @@ events_logger = "file"
 [network]
 network_backend = "netavark"
 CONF
-    if ! [ -S "$sock" ] || ! DOCKER_HOST=unix://$sock docker-compose version >/dev/null 2>&1; then
+    # Ask the service itself (the API's /_ping): a socket file outlives a killed service,
+    # and `docker-compose version` answers without asking the engine (CI once found a
+    # stale socket this way, and every compose call was refused).
+    if ! engine_answers "$sock"; then
+        pkill -f "podman system service.*$sock" 2>/dev/null
+        rm -f "$sock"
         mkdir -p /run/podman
         nohup podman system service --time=0 "unix://$sock" >/tmp/podman-service.log 2>&1 &
         local i
-        for i in $(seq 50); do [ -S "$sock" ] && break; sleep 0.2; done
+        for i in $(seq 100); do engine_answers "$sock" && break; sleep 0.2; done
+        engine_answers "$sock" || { echo "podman service did not answer on $sock"; return 1; }
     fi
     if ! podman image exists "$base"; then
         local t0=$SECONDS
