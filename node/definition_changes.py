@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import placement
 from node import errors
-from node.amqp.fields import SyntaxError_, decode_table, encode_table
+from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
-from node.errors import AMQPError, ChannelError, ConnectionError_
+from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.exchanges.base import Destination, Exchange
 from node.queues.queue import Queue
 from node.queues.settings import OVERFLOW_MODES
@@ -66,7 +66,7 @@ def decode_args(blob: bytes | None) -> dict:
         return {}
     try:
         return decode_table(blob, 0)[0]
-    except SyntaxError_:
+    except AMQPSyntaxError:
         return {}
 
 
@@ -101,7 +101,7 @@ class DefinitionChanges:
         try:
             result = await self.metadata.submit(command)
         except ClusterUnavailable as e:
-            raise ConnectionError_(errors.INTERNAL_ERROR, str(e)) from None
+            raise AMQPConnectionError(errors.INTERNAL_ERROR, str(e)) from None
         if not result.get("ok"):
             raise ChannelError(result.get("code", errors.INTERNAL_ERROR),
                                result.get("text", "definition change refused"))

@@ -57,7 +57,7 @@ class ChannelError(AMQPError):
     """Closes the channel (unless the code is a hard error, which closes the connection)."""
 
 
-class ConnectionError_(AMQPError):
+class AMQPConnectionError(AMQPError):
     """Always closes the connection, whatever the code (e.g. 403 on a failed login)."""
 
     @property

@@ -10,7 +10,7 @@ from time import time as _time
 import msgpack
 
 from node.amqp import spec
-from node.amqp.fields import SyntaxError_
+from node.amqp.fields import AMQPSyntaxError
 
 # property flag bits in the content header (first flag word, offset 12)
 FLAG_HEADERS = 0x2000
@@ -104,7 +104,7 @@ class Message:
         if self._props is None:
             try:
                 self._props = spec.BasicProperties.decode(self.header, 12)
-            except SyntaxError_:
+            except AMQPSyntaxError:
                 self._props = spec.BasicProperties()
         return self._props
 

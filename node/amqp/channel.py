@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from node import errors
 from node.amqp import spec
-from node.errors import AMQPError, ChannelError, ConnectionError_
+from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.exchanges.base import Binding, Destination
 from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, expiration_error
 from node.queues.consumer import Consumer
@@ -117,7 +117,7 @@ class Channel:
             return
         if frame_type == spec.FRAME_METHOD:
             if self._publishing is not None:
-                raise ConnectionError_(
+                raise AMQPConnectionError(
                     errors.UNEXPECTED_FRAME,
                     "expected content header for class 60, got non content header frame "
                     "instead", payload.CLASS_ID, payload.METHOD_ID)
@@ -186,7 +186,7 @@ class Channel:
     def handle_method(self, m: Any) -> Any:
         handler = _HANDLERS.get(type(m))
         if handler is None:
-            raise ConnectionError_(errors.COMMAND_INVALID,
+            raise AMQPConnectionError(errors.COMMAND_INVALID,
                                    f"method {m.NAME} is not valid from a client on a channel",
                                    m.CLASS_ID, m.METHOD_ID)
         return handler(self, m)
@@ -196,14 +196,14 @@ class Channel:
     # ------------------------------------------------------------------------------
     def _on_header(self, payload: bytes) -> None:
         if self._publishing is None or self._header is not None:
-            raise ConnectionError_(errors.UNEXPECTED_FRAME,
+            raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
                                    "expected method frame, got non method frame instead")
         if len(payload) < 14:  # class, weight, body size, property flags
-            raise ConnectionError_(errors.FRAME_ERROR, "malformed content header: "
+            raise AMQPConnectionError(errors.FRAME_ERROR, "malformed content header: "
                                    f"{len(payload)} bytes", 60, 40)
         class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload)
         if class_id != 60:
-            raise ConnectionError_(errors.UNEXPECTED_FRAME,
+            raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
                                    f"expected content header for class 60, got one for class "
                                    f"{class_id} instead", 60, 40)
         max_size = self.conn.settings.max_message_size
@@ -219,11 +219,11 @@ class Channel:
 
     def _on_body(self, payload: bytes) -> None:
         if self._header is None:
-            raise ConnectionError_(errors.UNEXPECTED_FRAME,
+            raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
                                    "expected method frame, got non method frame instead")
         n = len(payload)
         if n > self._remaining:
-            raise ConnectionError_(errors.FRAME_ERROR,
+            raise AMQPConnectionError(errors.FRAME_ERROR,
                                    "content body frame exceeds remaining content size", 60, 40)
         self._remaining -= n
         if self._remaining == 0 and not self._body:
@@ -263,7 +263,7 @@ class Channel:
 
     def on_channel_flow(self, m: spec.ChannelFlow) -> None:
         if not m.active:
-            raise ConnectionError_(errors.NOT_IMPLEMENTED, "active=false", 20, 20)
+            raise AMQPConnectionError(errors.NOT_IMPLEMENTED, "active=false", 20, 20)
         self.conn.send_method(self.number, spec.ChannelFlowOk(active=True))
 
     def on_channel_flow_ok(self, m: spec.ChannelFlowOk) -> None:
@@ -337,7 +337,7 @@ class Channel:
                 self.conn.send_method(self.number, spec.ExchangeDeclareOk())
             return None
         if m.type not in self.broker.exchange_types:
-            raise ConnectionError_(errors.COMMAND_INVALID, f"unknown exchange type '{m.type}'")
+            raise AMQPConnectionError(errors.COMMAND_INVALID, f"unknown exchange type '{m.type}'")
         if name.startswith("amq."):
             raise ChannelError(errors.ACCESS_REFUSED,
                                f"exchange name '{name}' contains reserved prefix 'amq.*'")
@@ -597,7 +597,7 @@ class Channel:
                                    f"cannot publish to internal exchange '{exchange}' in "
                                    f"vhost '{vh.name}'", 60, 40)
         if immediate:
-            raise ConnectionError_(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
+            raise AMQPConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message.from_publish(exchange, routing_key, header, body)
         if msg.flags & FLAG_EXPIRATION:
             _check_expiration(msg)
@@ -731,7 +731,7 @@ class Channel:
     # ------------------------------------------------------------------------------
     def on_basic_qos(self, m: spec.BasicQos) -> None:
         if m.prefetch_size:
-            raise ConnectionError_(errors.NOT_IMPLEMENTED,
+            raise AMQPConnectionError(errors.NOT_IMPLEMENTED,
                                    f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
         if m.global_:
             self.global_prefetch = m.prefetch_count
@@ -749,7 +749,7 @@ class Channel:
         q = self._lookup_queue(name)
         tag = m.consumer_tag or new_name("amq.ctag-")
         if tag in self.consumers:
-            raise ConnectionError_(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'",
+            raise AMQPConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'",
                                    60, 20)
         if q.exclusive_consumer is not None or (m.exclusive and q.consumers):
             raise ChannelError(errors.ACCESS_REFUSED,

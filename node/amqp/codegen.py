@@ -408,7 +408,7 @@ def _emit_header(w: Writer, spec_name: str) -> None:
     w()
     w("Each method class decodes its arguments with `decode(buf, offset)` (offset just past")
     w("the 4-byte class/method id) and encodes the whole method payload with `encode()`.")
-    w("`decode_method(payload)` dispatches on the id.  Malformed input raises `SyntaxError_`,")
+    w("`decode_method(payload)` dispatches on the id.  Malformed input raises `AMQPSyntaxError`,")
     w("an unknown id raises `UnknownMethod`; both are ValueErrors from `fields.py`.")
     w('"""')
     w()
@@ -419,7 +419,7 @@ def _emit_header(w: Writer, spec_name: str) -> None:
     w()
     w("from node.amqp.fields import (")
     w("    Buffer,")
-    w("    SyntaxError_,")
+    w("    AMQPSyntaxError,")
     w("    UnknownMethod,")
     w("    decode_longstr,")
     w("    decode_shortstr,")
@@ -564,9 +564,9 @@ def _emit_method(w: Writer, m: Method) -> None:
                 target = run.var.py + ", " + ("_" if last else "offset")
                 w(f"            {target} = decode_{run.kind}(buf, offset)")
         w("        except _TRUNCATED:")
-        w(f'            raise SyntaxError_("{m.full_name}: arguments truncated") from None')
-        w("        except SyntaxError_ as exc:")
-        w(f'            raise SyntaxError_(f"{m.full_name}: {{exc}}") from None')
+        w(f'            raise AMQPSyntaxError("{m.full_name}: arguments truncated") from None')
+        w("        except AMQPSyntaxError as exc:")
+        w(f'            raise AMQPSyntaxError(f"{m.full_name}: {{exc}}") from None')
         w.wrapped("return cls(", [bit_exprs.get(f.py, f.py) for f in m.fields], ")", 2)
 
     # encode
@@ -634,7 +634,7 @@ def _emit_dispatch(w: Writer, methods: Sequence[Method]) -> None:
             "    try:",
             "        (index,) = _S_I.unpack_from(payload, 0)",
             "    except struct.error:",
-            "        raise SyntaxError_(",
+            "        raise AMQPSyntaxError(",
             '            f"method frame payload is {len(payload)} bytes; class and method id need 4"',
             "        ) from None",
             "    cls = METHODS.get(index)",
@@ -697,9 +697,9 @@ def _emit_properties(w: Writer, c: AmqpClass) -> None:
         w("            else:")
         w(f"                {p.py} = None")
     w("        except _TRUNCATED:")
-    w(f'            raise SyntaxError_("{c.name} properties truncated") from None')
-    w("        except SyntaxError_ as exc:")
-    w(f'            raise SyntaxError_(f"{c.name} properties: {{exc}}") from None')
+    w(f'            raise AMQPSyntaxError("{c.name} properties truncated") from None')
+    w("        except AMQPSyntaxError as exc:")
+    w(f'            raise AMQPSyntaxError(f"{c.name} properties: {{exc}}") from None')
     w.wrapped("return cls(", [p.py for p in props], ")", 2)
 
     w()
@@ -759,7 +759,7 @@ def _emit_delivery_mode_of(w: Writer, c: AmqpClass) -> None:
             w(f"            offset += {struct.calcsize('>' + FIXED_FORMATS[p.type])}")
     w("        return buf[offset]")
     w("    except _TRUNCATED:")
-    w(f'        raise SyntaxError_("{c.name} properties truncated") from None')
+    w(f'        raise AMQPSyntaxError("{c.name} properties truncated") from None')
 
 
 # ---------------------------------------------------------------------- CLI

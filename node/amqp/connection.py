@@ -18,10 +18,10 @@ from node import errors
 from node.amqp import spec
 from node.amqp.channel import OPEN as OPEN_CH
 from node.amqp.channel import Channel
-from node.amqp.fields import FrameError_, SyntaxError_, UnknownMethod, decode_table
+from node.amqp.fields import AMQPFrameError, AMQPSyntaxError, UnknownMethod, decode_table
 from node.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_frame
 from node.auth import check_password, decode_plain, is_loopback
-from node.errors import AMQPError, ChannelError, ConnectionError_
+from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.message import Message
 
 if TYPE_CHECKING:
@@ -171,8 +171,8 @@ class AMQPConnection(asyncio.Protocol):
             return
         try:
             frames = self.reader.feed(data)
-        except FrameError_ as e:
-            self.close_connection(ConnectionError_(errors.FRAME_ERROR, str(e)))
+        except AMQPFrameError as e:
+            self.close_connection(AMQPConnectionError(errors.FRAME_ERROR, str(e)))
             return
         channels = self.channels
         last_ch = -1
@@ -233,12 +233,12 @@ class AMQPConnection(asyncio.Protocol):
                 self._on_frame(ftype, ch, payload)
             except AMQPError as e:
                 self.handle_error(e, ch)
-            except SyntaxError_ as e:  # e.g. a content header whose properties are cut short
-                self.handle_error(ConnectionError_(errors.SYNTAX_ERROR, f"malformed frame: {e}"),
+            except AMQPSyntaxError as e:  # e.g. a content header whose properties are cut short
+                self.handle_error(AMQPConnectionError(errors.SYNTAX_ERROR, f"malformed frame: {e}"),
                                   ch)
             except Exception as e:
                 log.exception("connection %s: error handling a frame", self.name)
-                self.close_connection(ConnectionError_(errors.INTERNAL_ERROR, str(e)))
+                self.close_connection(AMQPConnectionError(errors.INTERNAL_ERROR, str(e)))
         if self.forwarding:
             self._forward_backlog.append(self.reader.take_buffered())
         if self._out:
@@ -276,10 +276,10 @@ class AMQPConnection(asyncio.Protocol):
             try:
                 method = spec.decode_method(payload)
             except UnknownMethod as e:
-                raise ConnectionError_(errors.NOT_IMPLEMENTED,
+                raise AMQPConnectionError(errors.NOT_IMPLEMENTED,
                                        f"unknown method class={e.class_id} method={e.method_id}",
                                        e.class_id, e.method_id) from None
-            except SyntaxError_:
+            except AMQPSyntaxError:
                 raise _cannot_decode(payload) from None
             if ch == 0:
                 self._on_connection_method(method)
@@ -287,7 +287,7 @@ class AMQPConnection(asyncio.Protocol):
             if self.state != OPEN:
                 if self.state == CLOSING:
                     return  # after connection.close only close/close-ok matter
-                raise ConnectionError_(errors.COMMAND_INVALID,
+                raise AMQPConnectionError(errors.COMMAND_INVALID,
                                        "channel frame before connection.open",
                                        method.CLASS_ID, method.METHOD_ID)
             channel = self.channels.get(ch)
@@ -297,7 +297,7 @@ class AMQPConnection(asyncio.Protocol):
                     return
                 if isinstance(method, spec.ChannelCloseOk):
                     return  # late close-ok for a channel we already forgot
-                raise ConnectionError_(errors.CHANNEL_ERROR, f"expected 'channel.open' on "
+                raise AMQPConnectionError(errors.CHANNEL_ERROR, f"expected 'channel.open' on "
                                        f"channel {ch}", method.CLASS_ID, method.METHOD_ID)
             try:
                 channel.feed(ftype, method)
@@ -307,25 +307,25 @@ class AMQPConnection(asyncio.Protocol):
                 raise
         elif ftype == spec.FRAME_HEARTBEAT:
             if ch != 0:
-                raise ConnectionError_(errors.FRAME_ERROR, "heartbeat frame on non-zero channel")
+                raise AMQPConnectionError(errors.FRAME_ERROR, "heartbeat frame on non-zero channel")
         else:
             if self.state != OPEN:
                 if self.state == CLOSING:
                     return
-                raise ConnectionError_(errors.UNEXPECTED_FRAME,
+                raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
                                        "content frame before connection.open")
             if ch == 0:
-                raise ConnectionError_(errors.UNEXPECTED_FRAME, "content frame on channel 0")
+                raise AMQPConnectionError(errors.UNEXPECTED_FRAME, "content frame on channel 0")
             channel = self.channels.get(ch)
             if channel is None:
-                raise ConnectionError_(errors.CHANNEL_ERROR,
+                raise AMQPConnectionError(errors.CHANNEL_ERROR,
                                        f"content frame on unopened channel {ch}")
             channel.feed(ftype, payload)
 
     def _open_channel(self, number: int) -> None:
         # as RabbitMQ: the limit is on how many channels are open, not on their numbers
         if self.channel_max and len(self.channels) >= self.channel_max:
-            raise ConnectionError_(errors.NOT_ALLOWED,
+            raise AMQPConnectionError(errors.NOT_ALLOWED,
                                    f"number of channels opened ({len(self.channels)}) has reached"
                                    f" the negotiated channel_max ({self.channel_max})")
         self.channels[number] = Channel(self, number)
@@ -378,7 +378,7 @@ class AMQPConnection(asyncio.Protocol):
                      self.user, m.reason)
             self.send_method(0, spec.ConnectionUpdateSecretOk())
         else:
-            raise ConnectionError_(errors.CHANNEL_ERROR, f"unexpected method in connection "
+            raise AMQPConnectionError(errors.CHANNEL_ERROR, f"unexpected method in connection "
                                    f"state {_STATE_NAMES.get(st, 'running')}",
                                    m.CLASS_ID, m.METHOD_ID)
 
@@ -402,10 +402,10 @@ class AMQPConnection(asyncio.Protocol):
                 username = _text(table.get("LOGIN", ""))
                 password = _text(table.get("PASSWORD", ""))
             else:
-                raise ConnectionError_(errors.ACCESS_REFUSED,
+                raise AMQPConnectionError(errors.ACCESS_REFUSED,
                                        f"unsupported authentication mechanism '{mech}'", 10, 11)
-        except (ValueError, SyntaxError_):
-            raise ConnectionError_(errors.ACCESS_REFUSED,
+        except (ValueError, AMQPSyntaxError):
+            raise AMQPConnectionError(errors.ACCESS_REFUSED,
                                    f"malformed {mech} response", 10, 11) from None
         user = self.broker.users.get(username)
         refused = None
@@ -421,7 +421,7 @@ class AMQPConnection(asyncio.Protocol):
             log.warning("login refused for 'guest' from %s: loopback only", self.peer[0])
         if refused:
             if self.capabilities.get("authentication_failure_close"):
-                self.close_connection(ConnectionError_(errors.ACCESS_REFUSED, refused, 10, 11))
+                self.close_connection(AMQPConnectionError(errors.ACCESS_REFUSED, refused, 10, 11))
             else:
                 self.state = CLOSED
                 if self.transport is not None:
@@ -437,13 +437,13 @@ class AMQPConnection(asyncio.Protocol):
     def _on_tune_ok(self, m: Any) -> None:
         s = self.settings
         if m.frame_max and m.frame_max < spec.FRAME_MIN_SIZE:
-            raise ConnectionError_(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < "
+            raise AMQPConnectionError(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < "
                                    f"{spec.FRAME_MIN_SIZE} min size", 10, 31)
         if m.frame_max > s.frame_max:
-            raise ConnectionError_(errors.NOT_ALLOWED,
+            raise AMQPConnectionError(errors.NOT_ALLOWED,
                                    f"frame_max={m.frame_max} > {s.frame_max} max size", 10, 31)
         if m.channel_max > s.channel_max:
-            raise ConnectionError_(errors.NOT_ALLOWED, f"channel_max={m.channel_max} > "
+            raise AMQPConnectionError(errors.NOT_ALLOWED, f"channel_max={m.channel_max} > "
                                    f"{s.channel_max} max size", 10, 31)
         self.frame_max = m.frame_max or s.frame_max
         self.channel_max = m.channel_max or s.channel_max
@@ -454,14 +454,14 @@ class AMQPConnection(asyncio.Protocol):
     def _on_open(self, m: Any) -> None:
         vhost = self.broker.vhosts.get(m.virtual_host)
         if vhost is None or not self.broker.can_access_vhost(self.user, m.virtual_host):
-            raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
+            raise AMQPConnectionError(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
                                    f"refused for user '{self.user}'", 10, 40)
         if not self.broker.owns(m.virtual_host):
             self._start_forwarding(m.virtual_host)
             return
         limit = vhost.limits.get("max-connections")
         if limit is not None and len(vhost.connections) >= limit:
-            raise ConnectionError_(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
+            raise AMQPConnectionError(errors.NOT_ALLOWED, f"access to vhost '{m.virtual_host}' "
                                    f"refused for user '{self.user}': connection limit ({limit}) "
                                    f"is reached", 10, 40)
         self.vhost = vhost
@@ -483,7 +483,7 @@ class AMQPConnection(asyncio.Protocol):
         if node is None or not node.get("forward") or not self.settings.cluster_secret:
             # 320, not 530: the vhost exists and the user may use it, so clients must retry
             # (py-amqp/kombu treat 320 as recoverable, 530 and 403 as final)
-            raise ConnectionError_(errors.CONNECTION_FORCED, f"vhost '{vhost}' is unavailable: "
+            raise AMQPConnectionError(errors.CONNECTION_FORCED, f"vhost '{vhost}' is unavailable: "
                                    f"its owner node '{owner}' is not known here; retry", 10, 40)
         self.forwarding = True
         assert self.transport is not None
@@ -513,7 +513,7 @@ class AMQPConnection(asyncio.Protocol):
             # left to promote: it comes back with its owner)
             why = self.broker.replication.available(vhost) or (
                 f"vhost '{vhost}' is unavailable: its owner node '{owner}' cannot be reached")
-            self.close_connection(ConnectionError_(errors.CONNECTION_FORCED, f"{why}; retry",
+            self.close_connection(AMQPConnectionError(errors.CONNECTION_FORCED, f"{why}; retry",
                                                    10, 40))
             if self.transport is not None:
                 self.transport.resume_reading()
@@ -553,7 +553,7 @@ class AMQPConnection(asyncio.Protocol):
             self.tls = bool(facts.get("tls", False))
             self.tls_peer_name = None
             self.auth_mechanism = str(facts.get("auth_mechanism") or "PLAIN")
-        except (KeyError, TypeError, ValueError, SyntaxError_) as e:
+        except (KeyError, TypeError, ValueError, AMQPSyntaxError) as e:
             log.warning("forwarded connection with bad facts: %s", e)
             if self.transport is not None:
                 self.transport.abort()
@@ -566,7 +566,7 @@ class AMQPConnection(asyncio.Protocol):
         try:
             if not self.broker.owns(vhost):
                 # the vhost moved or failed over meanwhile: the client reconnects (320)
-                raise ConnectionError_(errors.CONNECTION_FORCED, f"vhost '{vhost}' is not "
+                raise AMQPConnectionError(errors.CONNECTION_FORCED, f"vhost '{vhost}' is not "
                                        f"served by node '{self.settings.node_name}'; retry",
                                        10, 40)
             self._on_open(spec.ConnectionOpen(virtual_host=vhost))
@@ -786,19 +786,19 @@ class AMQPConnection(asyncio.Protocol):
 
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""
-        self.close_connection(ConnectionError_(code, text))
+        self.close_connection(AMQPConnectionError(code, text))
 
 
 _STATE_NAMES = {AWAIT_START_OK: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening",
                 OPEN: "running"}
 
 
-def _cannot_decode(payload: bytes) -> ConnectionError_:
+def _cannot_decode(payload: bytes) -> AMQPConnectionError:
     """Method arguments that do not parse: 501 with the bytes as RabbitMQ prints them
     (rabbit_misc:frame_error, "~w" of the binary)."""
     cid, mid = struct.unpack_from(">HH", payload) if len(payload) >= 4 else (0, 0)
     shown = ",".join(str(b) for b in bytes(payload[4:4 + 100]))
-    return ConnectionError_(errors.FRAME_ERROR, f"cannot decode <<{shown}>>", cid, mid)
+    return AMQPConnectionError(errors.FRAME_ERROR, f"cannot decode <<{shown}>>", cid, mid)
 
 
 def _text(v: Any) -> str:

@@ -24,7 +24,7 @@ therefore keeps every value but may change integer and float widths ('b', 'B', '
 decoded into the marker types `ByteArray` and `Timestamp` precisely so that they keep
 their type octet on the way back out.
 
-Every decoding function raises `SyntaxError_` (a ValueError) on malformed or truncated
+Every decoding function raises `AMQPSyntaxError` (a ValueError) on malformed or truncated
 input, never IndexError, struct.error or UnicodeDecodeError: the connection turns that
 one exception into connection.close 502 SYNTAX_ERROR.
 """
@@ -48,14 +48,14 @@ MAX_NESTING = 64
 # --------------------------------------------------------------------------- errors
 
 
-# The trailing underscore keeps SyntaxError_ from shadowing the builtin SyntaxError;
-# FrameError_ follows suit so the codec errors read as one family.
-class SyntaxError_(ValueError):
+# The trailing underscore keeps AMQPSyntaxError from shadowing the builtin SyntaxError;
+# AMQPFrameError follows suit so the codec errors read as one family.
+class AMQPSyntaxError(ValueError):
     """Malformed or truncated bytes on the wire (AMQP 502 SYNTAX_ERROR: the connection
     picks the code, from node.errors, the one table of reply codes)."""
 
 
-class FrameError_(ValueError):
+class AMQPFrameError(ValueError):
     """A frame that breaks the framing rules: bad end octet, unknown type, too big
     (AMQP 501 FRAME_ERROR)."""
 
@@ -131,17 +131,17 @@ def decode_shortstr(buf: Buffer, offset: int) -> tuple[str, int]:
     try:
         length = buf[offset]
     except IndexError:
-        raise SyntaxError_(f"short string truncated: no length octet at offset {offset}") from None
+        raise AMQPSyntaxError(f"short string truncated: no length octet at offset {offset}") from None
     start = offset + 1
     end = start + length
     if end > len(buf):
-        raise SyntaxError_(
+        raise AMQPSyntaxError(
             f"short string truncated: length {length} but only {len(buf) - start} bytes left"
         )
     try:
         return str(buf[start:end], "utf-8"), end
     except UnicodeDecodeError as exc:
-        raise SyntaxError_(f"short string is not valid UTF-8 ({exc.reason})") from None
+        raise AMQPSyntaxError(f"short string is not valid UTF-8 ({exc.reason})") from None
 
 
 def encode_shortstr(value: str | bytes) -> bytes:
@@ -164,11 +164,11 @@ def decode_longstr(buf: Buffer, offset: int) -> tuple[bytes, int]:
     try:
         (length,) = _U32.unpack_from(buf, offset)
     except struct.error:
-        raise SyntaxError_(f"long string truncated: no length at offset {offset}") from None
+        raise AMQPSyntaxError(f"long string truncated: no length at offset {offset}") from None
     start = offset + 4
     end = start + length
     if end > len(buf):
-        raise SyntaxError_(
+        raise AMQPSyntaxError(
             f"long string truncated: length {length} but only {len(buf) - start} bytes left"
         )
     return bytes(buf[start:end]), end
@@ -197,7 +197,7 @@ def decode_table(buf: Buffer, offset: int = 0) -> tuple[dict[str, Any], int]:
     try:
         return _decode_table(buf, offset, 0)
     except (struct.error, IndexError):
-        raise SyntaxError_(f"field table truncated (table at offset {offset})") from None
+        raise AMQPSyntaxError(f"field table truncated (table at offset {offset})") from None
 
 
 def decode_field_value(buf: Buffer, offset: int = 0) -> tuple[Any, int]:
@@ -205,7 +205,7 @@ def decode_field_value(buf: Buffer, offset: int = 0) -> tuple[Any, int]:
     try:
         return _decode_value(buf, offset, 0)
     except (struct.error, IndexError):
-        raise SyntaxError_(f"field value truncated (value at offset {offset})") from None
+        raise AMQPSyntaxError(f"field value truncated (value at offset {offset})") from None
 
 
 def encode_table(table: Mapping[str, Any] | None) -> bytes:
@@ -229,12 +229,12 @@ def encode_field_value(value: Any) -> bytes:
 
 def _decode_table(buf: Buffer, offset: int, depth: int) -> tuple[dict[str, Any], int]:
     if depth > MAX_NESTING:
-        raise SyntaxError_(f"field table nested more than {MAX_NESTING} levels deep")
+        raise AMQPSyntaxError(f"field table nested more than {MAX_NESTING} levels deep")
     (length,) = _U32.unpack_from(buf, offset)
     offset += 4
     end = offset + length
     if end > len(buf):
-        raise SyntaxError_(
+        raise AMQPSyntaxError(
             f"field table truncated: length {length} but only {len(buf) - offset} bytes left"
         )
     result: dict[str, Any] = {}
@@ -242,18 +242,18 @@ def _decode_table(buf: Buffer, offset: int, depth: int) -> tuple[dict[str, Any],
         key, offset = decode_shortstr(buf, offset)
         result[key], offset = _decode_value(buf, offset, depth)
     if offset != end:
-        raise SyntaxError_(f"field table entry {key!r} runs {offset - end} bytes past the table")
+        raise AMQPSyntaxError(f"field table entry {key!r} runs {offset - end} bytes past the table")
     return result, offset
 
 
 def _decode_array(buf: Buffer, offset: int, depth: int) -> tuple[list[Any], int]:
     if depth > MAX_NESTING:
-        raise SyntaxError_(f"field array nested more than {MAX_NESTING} levels deep")
+        raise AMQPSyntaxError(f"field array nested more than {MAX_NESTING} levels deep")
     (length,) = _U32.unpack_from(buf, offset)
     offset += 4
     end = offset + length
     if end > len(buf):
-        raise SyntaxError_(
+        raise AMQPSyntaxError(
             f"field array truncated: length {length} but only {len(buf) - offset} bytes left"
         )
     result: list[Any] = []
@@ -262,7 +262,7 @@ def _decode_array(buf: Buffer, offset: int, depth: int) -> tuple[list[Any], int]
         value, offset = _decode_value(buf, offset, depth)
         append(value)
     if offset != end:
-        raise SyntaxError_(f"field array element runs {offset - end} bytes past the array")
+        raise AMQPSyntaxError(f"field array element runs {offset - end} bytes past the array")
     return result, offset
 
 
@@ -271,7 +271,7 @@ def _decode_bytes(buf: Buffer, offset: int, what: str) -> tuple[bytes, int]:
     start = offset + 4
     end = start + length
     if end > len(buf):
-        raise SyntaxError_(
+        raise AMQPSyntaxError(
             f"{what} truncated: length {length} but only {len(buf) - start} bytes left"
         )
     return bytes(buf[start:end]), end
@@ -322,7 +322,7 @@ def _decode_value(buf: Buffer, offset: int, depth: int) -> tuple[Any, int]:
     if kind == 0x69:  # 'i' unsigned 32
         return _U32.unpack_from(buf, offset)[0], offset + 4
     shown = chr(kind) if 0x20 < kind < 0x7F else f"0x{kind:02x}"
-    raise SyntaxError_(f"unknown field value type {shown!r} at offset {offset - 1}")
+    raise AMQPSyntaxError(f"unknown field value type {shown!r} at offset {offset - 1}")
 
 
 def _encode_table(table: Mapping[str, Any], depth: int) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from node.amqp.fields import FrameError_
+from node.amqp.fields import AMQPFrameError
 from node.amqp.spec import (
     FRAME_BODY,
     FRAME_END,
@@ -29,7 +29,7 @@ __all__ = [
     "HEARTBEAT_FRAME",
     "PROTOCOL_HEADER",
     "Frame",
-    "FrameError_",
+    "AMQPFrameError",
     "FrameReader",
     "content_frames",
     "content_header_payload",
@@ -59,7 +59,7 @@ class FrameReader:
     envelope (0 means no limit, as in connection.tune); set it again after tune-ok.
     A frame is checked (type, size) as soon as its 7-byte header arrives, so an
     oversized frame is refused before its payload is buffered.  After `feed` raises
-    FrameError_ the stream is unusable: the connection must close.
+    AMQPFrameError the stream is unusable: the connection must close.
 
     The protocol header ("AMQP" 0 0 9 1) is not a frame; strip it before feeding.
     """
@@ -153,15 +153,15 @@ class FrameReader:
     def _reject(self, ftype: int, channel: int, size: int) -> None:
         if ftype not in _VALID_TYPES:
             hint = " (a second protocol header?)" if ftype == ord("A") else ""
-            raise FrameError_(f"unknown frame type {ftype} on channel {channel}{hint}")
-        raise FrameError_(
+            raise AMQPFrameError(f"unknown frame type {ftype} on channel {channel}{hint}")
+        raise AMQPFrameError(
             f"frame of {size + _OVERHEAD} bytes on channel {channel} exceeds "
             f"the negotiated frame_max {self._frame_max}"
         )
 
 
-def _bad_end(octet: int, ftype: int, channel: int, size: int) -> FrameError_:
-    return FrameError_(
+def _bad_end(octet: int, ftype: int, channel: int, size: int) -> AMQPFrameError:
+    return AMQPFrameError(
         f"frame end octet is 0x{octet:02X}, expected 0xCE "
         f"(frame type {ftype}, channel {channel}, size {size})"
     )
@@ -211,7 +211,7 @@ def parse_content_header(payload: bytes | memoryview) -> tuple[int, int, int]:
     block).  Weight is ignored (the spec requires 0 and no client sends anything else).
     """
     if len(payload) < _CONTENT_HEADER.size + 2:
-        raise FrameError_(
+        raise AMQPFrameError(
             f"content header payload is {len(payload)} bytes; at least 14 are required"
         )
     class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)

@@ -4,7 +4,7 @@
 
 Each method class decodes its arguments with `decode(buf, offset)` (offset just past
 the 4-byte class/method id) and encodes the whole method payload with `encode()`.
-`decode_method(payload)` dispatches on the id.  Malformed input raises `SyntaxError_`,
+`decode_method(payload)` dispatches on the id.  Malformed input raises `AMQPSyntaxError`,
 an unknown id raises `UnknownMethod`; both are ValueErrors from `fields.py`.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from node.amqp.fields import (
     Buffer,
-    SyntaxError_,
+    AMQPSyntaxError,
     UnknownMethod,
     decode_longstr,
     decode_shortstr,
@@ -210,9 +210,9 @@ class ConnectionStart(Method):
             mechanisms, offset = decode_longstr(buf, offset)
             locales, _ = decode_longstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.start: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.start: {exc}") from None
+            raise AMQPSyntaxError("connection.start: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.start: {exc}") from None
         return cls(version_major, version_minor, server_properties, mechanisms, locales)
 
     def encode(self) -> bytes:
@@ -258,9 +258,9 @@ class ConnectionStartOk(Method):
             response, offset = decode_longstr(buf, offset)
             locale, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.start-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.start-ok: {exc}") from None
+            raise AMQPSyntaxError("connection.start-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.start-ok: {exc}") from None
         return cls(client_properties, mechanism, response, locale)
 
     def encode(self) -> bytes:
@@ -295,9 +295,9 @@ class ConnectionSecure(Method):
         try:
             challenge, _ = decode_longstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.secure: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.secure: {exc}") from None
+            raise AMQPSyntaxError("connection.secure: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.secure: {exc}") from None
         return cls(challenge)
 
     def encode(self) -> bytes:
@@ -329,9 +329,9 @@ class ConnectionSecureOk(Method):
         try:
             response, _ = decode_longstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.secure-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.secure-ok: {exc}") from None
+            raise AMQPSyntaxError("connection.secure-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.secure-ok: {exc}") from None
         return cls(response)
 
     def encode(self) -> bytes:
@@ -365,9 +365,9 @@ class ConnectionTune(Method):
         try:
             channel_max, frame_max, heartbeat = _S_HIH.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.tune: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.tune: {exc}") from None
+            raise AMQPSyntaxError("connection.tune: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.tune: {exc}") from None
         return cls(channel_max, frame_max, heartbeat)
 
     def encode(self) -> bytes:
@@ -396,9 +396,9 @@ class ConnectionTuneOk(Method):
         try:
             channel_max, frame_max, heartbeat = _S_HIH.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.tune-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.tune-ok: {exc}") from None
+            raise AMQPSyntaxError("connection.tune-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.tune-ok: {exc}") from None
         return cls(channel_max, frame_max, heartbeat)
 
     def encode(self) -> bytes:
@@ -434,9 +434,9 @@ class ConnectionOpen(Method):
             reserved_1, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.open: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.open: {exc}") from None
+            raise AMQPSyntaxError("connection.open: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.open: {exc}") from None
         return cls(virtual_host, reserved_1, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -470,9 +470,9 @@ class ConnectionOpenOk(Method):
         try:
             reserved_1, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.open-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.open-ok: {exc}") from None
+            raise AMQPSyntaxError("connection.open-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.open-ok: {exc}") from None
         return cls(reserved_1)
 
     def encode(self) -> bytes:
@@ -516,9 +516,9 @@ class ConnectionClose(Method):
             reply_text, offset = decode_shortstr(buf, offset)
             class_id, method_id = _S_HH.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.close: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.close: {exc}") from None
+            raise AMQPSyntaxError("connection.close: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.close: {exc}") from None
         return cls(reply_code, reply_text, class_id, method_id)
 
     def encode(self) -> bytes:
@@ -571,9 +571,9 @@ class ConnectionBlocked(Method):
         try:
             reason, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.blocked: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.blocked: {exc}") from None
+            raise AMQPSyntaxError("connection.blocked: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.blocked: {exc}") from None
         return cls(reason)
 
     def encode(self) -> bytes:
@@ -627,9 +627,9 @@ class ConnectionUpdateSecret(Method):
             new_secret, offset = decode_longstr(buf, offset)
             reason, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("connection.update-secret: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"connection.update-secret: {exc}") from None
+            raise AMQPSyntaxError("connection.update-secret: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"connection.update-secret: {exc}") from None
         return cls(new_secret, reason)
 
     def encode(self) -> bytes:
@@ -682,9 +682,9 @@ class ChannelOpen(Method):
         try:
             reserved_1, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("channel.open: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"channel.open: {exc}") from None
+            raise AMQPSyntaxError("channel.open: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"channel.open: {exc}") from None
         return cls(reserved_1)
 
     def encode(self) -> bytes:
@@ -716,9 +716,9 @@ class ChannelOpenOk(Method):
         try:
             reserved_1, _ = decode_longstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("channel.open-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"channel.open-ok: {exc}") from None
+            raise AMQPSyntaxError("channel.open-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"channel.open-ok: {exc}") from None
         return cls(reserved_1)
 
     def encode(self) -> bytes:
@@ -750,9 +750,9 @@ class ChannelFlow(Method):
         try:
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("channel.flow: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"channel.flow: {exc}") from None
+            raise AMQPSyntaxError("channel.flow: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"channel.flow: {exc}") from None
         return cls((_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -779,9 +779,9 @@ class ChannelFlowOk(Method):
         try:
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("channel.flow-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"channel.flow-ok: {exc}") from None
+            raise AMQPSyntaxError("channel.flow-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"channel.flow-ok: {exc}") from None
         return cls((_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -820,9 +820,9 @@ class ChannelClose(Method):
             reply_text, offset = decode_shortstr(buf, offset)
             class_id, method_id = _S_HH.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("channel.close: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"channel.close: {exc}") from None
+            raise AMQPSyntaxError("channel.close: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"channel.close: {exc}") from None
         return cls(reply_code, reply_text, class_id, method_id)
 
     def encode(self) -> bytes:
@@ -910,9 +910,9 @@ class ExchangeDeclare(Method):
             offset += 1
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("exchange.declare: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"exchange.declare: {exc}") from None
+            raise AMQPSyntaxError("exchange.declare: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"exchange.declare: {exc}") from None
         return cls(
             reserved_1,
             exchange,
@@ -995,9 +995,9 @@ class ExchangeDelete(Method):
             exchange, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("exchange.delete: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"exchange.delete: {exc}") from None
+            raise AMQPSyntaxError("exchange.delete: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"exchange.delete: {exc}") from None
         return cls(reserved_1, exchange, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
 
     def encode(self) -> bytes:
@@ -1070,9 +1070,9 @@ class ExchangeBind(Method):
             offset += 1
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("exchange.bind: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"exchange.bind: {exc}") from None
+            raise AMQPSyntaxError("exchange.bind: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"exchange.bind: {exc}") from None
         return cls(reserved_1, destination, source, routing_key, (_bits0 & 1) != 0, arguments)
 
     def encode(self) -> bytes:
@@ -1148,9 +1148,9 @@ class ExchangeUnbind(Method):
             offset += 1
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("exchange.unbind: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"exchange.unbind: {exc}") from None
+            raise AMQPSyntaxError("exchange.unbind: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"exchange.unbind: {exc}") from None
         return cls(reserved_1, destination, source, routing_key, (_bits0 & 1) != 0, arguments)
 
     def encode(self) -> bytes:
@@ -1237,9 +1237,9 @@ class QueueDeclare(Method):
             offset += 1
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.declare: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.declare: {exc}") from None
+            raise AMQPSyntaxError("queue.declare: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.declare: {exc}") from None
         return cls(
             reserved_1,
             queue,
@@ -1291,9 +1291,9 @@ class QueueDeclareOk(Method):
             queue, offset = decode_shortstr(buf, offset)
             message_count, consumer_count = _S_II.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.declare-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.declare-ok: {exc}") from None
+            raise AMQPSyntaxError("queue.declare-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.declare-ok: {exc}") from None
         return cls(queue, message_count, consumer_count)
 
     def encode(self) -> bytes:
@@ -1346,9 +1346,9 @@ class QueueBind(Method):
             offset += 1
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.bind: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.bind: {exc}") from None
+            raise AMQPSyntaxError("queue.bind: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.bind: {exc}") from None
         return cls(reserved_1, queue, exchange, routing_key, (_bits0 & 1) != 0, arguments)
 
     def encode(self) -> bytes:
@@ -1420,9 +1420,9 @@ class QueueUnbind(Method):
             routing_key, offset = decode_shortstr(buf, offset)
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.unbind: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.unbind: {exc}") from None
+            raise AMQPSyntaxError("queue.unbind: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.unbind: {exc}") from None
         return cls(reserved_1, queue, exchange, routing_key, arguments)
 
     def encode(self) -> bytes:
@@ -1482,9 +1482,9 @@ class QueuePurge(Method):
             queue, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.purge: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.purge: {exc}") from None
+            raise AMQPSyntaxError("queue.purge: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.purge: {exc}") from None
         return cls(reserved_1, queue, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -1517,9 +1517,9 @@ class QueuePurgeOk(Method):
         try:
             (message_count,) = _S_I.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.purge-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.purge-ok: {exc}") from None
+            raise AMQPSyntaxError("queue.purge-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.purge-ok: {exc}") from None
         return cls(message_count)
 
     def encode(self) -> bytes:
@@ -1560,9 +1560,9 @@ class QueueDelete(Method):
             queue, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.delete: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.delete: {exc}") from None
+            raise AMQPSyntaxError("queue.delete: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.delete: {exc}") from None
         return cls(reserved_1, queue, (_bits0 & 1) != 0, (_bits0 & 2) != 0, (_bits0 & 4) != 0)
 
     def encode(self) -> bytes:
@@ -1599,9 +1599,9 @@ class QueueDeleteOk(Method):
         try:
             (message_count,) = _S_I.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("queue.delete-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"queue.delete-ok: {exc}") from None
+            raise AMQPSyntaxError("queue.delete-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"queue.delete-ok: {exc}") from None
         return cls(message_count)
 
     def encode(self) -> bytes:
@@ -1635,9 +1635,9 @@ class BasicQos(Method):
         try:
             prefetch_size, prefetch_count, _bits0 = _S_IHB.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.qos: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.qos: {exc}") from None
+            raise AMQPSyntaxError("basic.qos: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.qos: {exc}") from None
         return cls(prefetch_size, prefetch_count, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -1722,9 +1722,9 @@ class BasicConsume(Method):
             offset += 1
             arguments, _ = decode_table(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.consume: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.consume: {exc}") from None
+            raise AMQPSyntaxError("basic.consume: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.consume: {exc}") from None
         return cls(
             reserved_1,
             queue,
@@ -1773,9 +1773,9 @@ class BasicConsumeOk(Method):
         try:
             consumer_tag, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.consume-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.consume-ok: {exc}") from None
+            raise AMQPSyntaxError("basic.consume-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.consume-ok: {exc}") from None
         return cls(consumer_tag)
 
     def encode(self) -> bytes:
@@ -1809,9 +1809,9 @@ class BasicCancel(Method):
             consumer_tag, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.cancel: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.cancel: {exc}") from None
+            raise AMQPSyntaxError("basic.cancel: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.cancel: {exc}") from None
         return cls(consumer_tag, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -1844,9 +1844,9 @@ class BasicCancelOk(Method):
         try:
             consumer_tag, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.cancel-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.cancel-ok: {exc}") from None
+            raise AMQPSyntaxError("basic.cancel-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.cancel-ok: {exc}") from None
         return cls(consumer_tag)
 
     def encode(self) -> bytes:
@@ -1893,9 +1893,9 @@ class BasicPublish(Method):
             routing_key, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.publish: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.publish: {exc}") from None
+            raise AMQPSyntaxError("basic.publish: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.publish: {exc}") from None
         return cls(reserved_1, exchange, routing_key, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
 
     def encode(self) -> bytes:
@@ -1942,9 +1942,9 @@ class BasicReturn(Method):
             exchange, offset = decode_shortstr(buf, offset)
             routing_key, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.return: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.return: {exc}") from None
+            raise AMQPSyntaxError("basic.return: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.return: {exc}") from None
         return cls(reply_code, reply_text, exchange, routing_key)
 
     def encode(self) -> bytes:
@@ -1993,9 +1993,9 @@ class BasicDeliver(Method):
             exchange, offset = decode_shortstr(buf, offset)
             routing_key, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.deliver: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.deliver: {exc}") from None
+            raise AMQPSyntaxError("basic.deliver: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.deliver: {exc}") from None
         return cls(consumer_tag, delivery_tag, (_bits0 & 1) != 0, exchange, routing_key)
 
     def encode(self) -> bytes:
@@ -2035,9 +2035,9 @@ class BasicGet(Method):
             queue, offset = decode_shortstr(buf, offset)
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.get: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.get: {exc}") from None
+            raise AMQPSyntaxError("basic.get: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.get: {exc}") from None
         return cls(reserved_1, queue, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -2085,9 +2085,9 @@ class BasicGetOk(Method):
             routing_key, offset = decode_shortstr(buf, offset)
             (message_count,) = _S_I.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.get-ok: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.get-ok: {exc}") from None
+            raise AMQPSyntaxError("basic.get-ok: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.get-ok: {exc}") from None
         return cls(delivery_tag, (_bits0 & 1) != 0, exchange, routing_key, message_count)
 
     def encode(self) -> bytes:
@@ -2121,9 +2121,9 @@ class BasicGetEmpty(Method):
         try:
             reserved_1, _ = decode_shortstr(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.get-empty: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.get-empty: {exc}") from None
+            raise AMQPSyntaxError("basic.get-empty: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.get-empty: {exc}") from None
         return cls(reserved_1)
 
     def encode(self) -> bytes:
@@ -2156,9 +2156,9 @@ class BasicAck(Method):
         try:
             delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.ack: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.ack: {exc}") from None
+            raise AMQPSyntaxError("basic.ack: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.ack: {exc}") from None
         return cls(delivery_tag, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -2186,9 +2186,9 @@ class BasicReject(Method):
         try:
             delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.reject: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.reject: {exc}") from None
+            raise AMQPSyntaxError("basic.reject: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.reject: {exc}") from None
         return cls(delivery_tag, (_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -2215,9 +2215,9 @@ class BasicRecoverAsync(Method):
         try:
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.recover-async: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.recover-async: {exc}") from None
+            raise AMQPSyntaxError("basic.recover-async: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.recover-async: {exc}") from None
         return cls((_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -2244,9 +2244,9 @@ class BasicRecover(Method):
         try:
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.recover: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.recover: {exc}") from None
+            raise AMQPSyntaxError("basic.recover: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.recover: {exc}") from None
         return cls((_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -2300,9 +2300,9 @@ class BasicNack(Method):
         try:
             delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("basic.nack: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic.nack: {exc}") from None
+            raise AMQPSyntaxError("basic.nack: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.nack: {exc}") from None
         return cls(delivery_tag, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
 
     def encode(self) -> bytes:
@@ -2454,9 +2454,9 @@ class ConfirmSelect(Method):
         try:
             (_bits0,) = _S_B.unpack_from(buf, offset)
         except _TRUNCATED:
-            raise SyntaxError_("confirm.select: arguments truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"confirm.select: {exc}") from None
+            raise AMQPSyntaxError("confirm.select: arguments truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"confirm.select: {exc}") from None
         return cls((_bits0 & 1) != 0)
 
     def encode(self) -> bytes:
@@ -2556,7 +2556,7 @@ def decode_method(payload: Buffer) -> Method:
     try:
         (index,) = _S_I.unpack_from(payload, 0)
     except struct.error:
-        raise SyntaxError_(
+        raise AMQPSyntaxError(
             f"method frame payload is {len(payload)} bytes; class and method id need 4"
         ) from None
     cls = METHODS.get(index)
@@ -2709,9 +2709,9 @@ class BasicProperties:
             else:
                 cluster_id = None
         except _TRUNCATED:
-            raise SyntaxError_("basic properties truncated") from None
-        except SyntaxError_ as exc:
-            raise SyntaxError_(f"basic properties: {exc}") from None
+            raise AMQPSyntaxError("basic properties truncated") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic properties: {exc}") from None
         return cls(
             content_type,
             content_encoding,
@@ -2811,4 +2811,4 @@ def delivery_mode_of(buf: Buffer, offset: int = 0) -> int:
             offset += 4 + _S_I.unpack_from(buf, offset)[0]
         return buf[offset]
     except _TRUNCATED:
-        raise SyntaxError_("basic properties truncated") from None
+        raise AMQPSyntaxError("basic properties truncated") from None

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from node.amqp import spec
-from node.amqp.fields import SyntaxError_
+from node.amqp.fields import AMQPSyntaxError
 from node.amqp.frames import content_header_payload
 from node.http.common import (
     bad_request,
@@ -96,7 +96,7 @@ async def publish(request: web.Request) -> web.Response:
     props = build_properties(data["properties"])
     try:
         header = content_header_payload(60, len(payload), props.encode())
-    except (SyntaxError_, TypeError, ValueError, OverflowError) as e:
+    except (AMQPSyntaxError, TypeError, ValueError, OverflowError) as e:
         raise bad_request(f"invalid message properties: {e}") from None
     msg = Message.from_publish(xname, str(data["routing_key"]), header, payload)
     queues = vh.route(ex, msg)

@@ -14,8 +14,8 @@ import pytest
 
 from node.amqp.fields import (
     MAX_NESTING,
+    AMQPSyntaxError,
     ByteArray,
-    SyntaxError_,
     Timestamp,
     decode_field_value,
     decode_longstr,
@@ -56,11 +56,11 @@ def test_shortstr_limits_and_errors():
     assert encode_shortstr("a" * 255)[0] == 255
     with pytest.raises(ValueError, match="255"):
         encode_shortstr("a" * 256)
-    with pytest.raises(SyntaxError_, match="truncated"):
+    with pytest.raises(AMQPSyntaxError, match="truncated"):
         decode_shortstr(b"\x05abc", 0)
-    with pytest.raises(SyntaxError_, match="truncated"):
+    with pytest.raises(AMQPSyntaxError, match="truncated"):
         decode_shortstr(b"", 0)
-    with pytest.raises(SyntaxError_, match="UTF-8"):
+    with pytest.raises(AMQPSyntaxError, match="UTF-8"):
         decode_shortstr(b"\x02\xff\xfe", 0)
 
 
@@ -77,9 +77,9 @@ def test_longstr_roundtrip_and_errors():
     assert decode_longstr(encode_longstr(b"\x00\xff"), 0) == (b"\x00\xff", 6)
     data, end = decode_longstr(memoryview(b"\x00\x00\x00\x01z"), 0)
     assert (data, end) == (b"z", 5) and type(data) is bytes
-    with pytest.raises(SyntaxError_, match="truncated"):
+    with pytest.raises(AMQPSyntaxError, match="truncated"):
         decode_longstr(b"\x00\x00\x00\x09abc", 0)
-    with pytest.raises(SyntaxError_, match="truncated"):
+    with pytest.raises(AMQPSyntaxError, match="truncated"):
         decode_longstr(b"\x00\x00", 0)
 
 
@@ -315,7 +315,7 @@ def test_pika_compatible_bytes_for_common_values():
     ],
 )
 def test_malformed_tables_raise_syntax_error(wire, message):
-    with pytest.raises(SyntaxError_, match=message):
+    with pytest.raises(AMQPSyntaxError, match=message):
         decode_table(wire, 0)
 
 
@@ -323,7 +323,7 @@ def test_deep_nesting_is_refused_not_a_recursion_error():
     wire = b"V"
     for _ in range(MAX_NESTING + 5):
         wire = b"A" + struct.pack(">I", len(wire)) + wire
-    with pytest.raises(SyntaxError_, match="nested"):
+    with pytest.raises(AMQPSyntaxError, match="nested"):
         decode_field_value(wire, 0)
     deep: list = []
     for _ in range(MAX_NESTING + 5):

@@ -10,7 +10,7 @@ import pika.spec
 import pytest
 
 from node.amqp import spec
-from node.amqp.fields import FrameError_
+from node.amqp.fields import AMQPFrameError
 from node.amqp.frames import (
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
@@ -73,7 +73,7 @@ def test_parse_content_header():
     assert spec.BasicProperties.decode(payload, offset).content_type == "a/b"
     assert parse_content_header(memoryview(payload)) == (60, 2**40, 12)
     for cut in range(14):
-        with pytest.raises(FrameError_, match="content header"):
+        with pytest.raises(AMQPFrameError, match="content header"):
             parse_content_header(payload[:cut])
 
 
@@ -136,20 +136,20 @@ def test_memoryview_input():
 def test_bad_frame_end():
     frame = bytearray(encode_frame(1, 1, b"hello"))
     frame[-1] = 0x00
-    with pytest.raises(FrameError_, match="frame end octet is 0x00"):
+    with pytest.raises(AMQPFrameError, match="frame end octet is 0x00"):
         FrameReader().feed(bytes(frame))
     # Also when the bad end arrives in a later read.
     reader = FrameReader()
     assert reader.feed(bytes(frame[:5])) == []
-    with pytest.raises(FrameError_, match="frame end"):
+    with pytest.raises(AMQPFrameError, match="frame end"):
         reader.feed(bytes(frame[5:]))
 
 
 def test_unknown_frame_type():
-    with pytest.raises(FrameError_, match="unknown frame type 4"):
+    with pytest.raises(AMQPFrameError, match="unknown frame type 4"):
         FrameReader().feed(encode_frame(4, 0, b""))
     # A client that sends the protocol header twice gets a hint.
-    with pytest.raises(FrameError_, match="protocol header"):
+    with pytest.raises(AMQPFrameError, match="protocol header"):
         FrameReader().feed(PROTOCOL_HEADER)
 
 
@@ -157,11 +157,11 @@ def test_oversized_frame_is_refused_from_its_header():
     reader = FrameReader(frame_max=4096)
     assert reader.feed(encode_frame(3, 1, b"x" * (4096 - 8))) == [(3, 1, b"x" * 4088)]
     # Refused as soon as the 7 header bytes are in, before any payload is buffered.
-    with pytest.raises(FrameError_, match="exceeds the negotiated frame_max 4096"):
+    with pytest.raises(AMQPFrameError, match="exceeds the negotiated frame_max 4096"):
         reader.feed(struct.pack(">BHI", 3, 1, 4096 - 7))
     reader = FrameReader(frame_max=4096)
     reader.feed(b"\x03\x00")
-    with pytest.raises(FrameError_, match="frame_max"):
+    with pytest.raises(AMQPFrameError, match="frame_max"):
         reader.feed(b"\x01\x00\x00\x10\x00")
 
 
@@ -169,12 +169,12 @@ def test_frame_max_can_change_after_tune():
     reader = FrameReader()
     assert reader.frame_max == 131072
     big = encode_frame(3, 1, b"y" * 200_000)
-    with pytest.raises(FrameError_):
+    with pytest.raises(AMQPFrameError):
         FrameReader().feed(big)
     reader.frame_max = 0  # 0 = no limit, as in connection.tune
     assert reader.feed(big) == [(3, 1, b"y" * 200_000)]
     reader.frame_max = 4096
-    with pytest.raises(FrameError_):
+    with pytest.raises(AMQPFrameError):
         reader.feed(encode_frame(3, 1, b"z" * 5000))
     with pytest.raises(ValueError):
         reader.frame_max = 7

@@ -1,7 +1,7 @@
 """Hostile input: random bytes, truncations and mutations of valid encodings.
 
 Every decoder must either succeed or raise one of the codec's ValueError subclasses
-(SyntaxError_, UnknownMethod, FrameError_), quickly.  Anything else (IndexError,
+(AMQPSyntaxError, UnknownMethod, AMQPFrameError), quickly.  Anything else (IndexError,
 struct.error, UnicodeDecodeError, RecursionError, a hang) would take a connection
 down with a traceback instead of a clean connection.close.  Seeds are fixed so a
 failure reproduces.
@@ -17,8 +17,8 @@ import pytest
 
 from node.amqp import spec
 from node.amqp.fields import (
-    FrameError_,
-    SyntaxError_,
+    AMQPFrameError,
+    AMQPSyntaxError,
     UnknownMethod,
     decode_field_value,
     decode_table,
@@ -28,7 +28,7 @@ from node.amqp.frames import FrameReader, encode_frame, parse_content_header
 
 pytestmark = pytest.mark.timeout(120)
 
-CODEC_ERRORS = (SyntaxError_, UnknownMethod, FrameError_)
+CODEC_ERRORS = (AMQPSyntaxError, UnknownMethod, AMQPFrameError)
 
 SAMPLE_TABLE = {
     "s": "text",
@@ -113,7 +113,7 @@ def test_truncated_methods_raise_syntax_error():
     for payload in valid_method_payloads():
         assert spec.decode_method(payload) is not None
         for cut in range(len(payload)):
-            with pytest.raises(SyntaxError_):
+            with pytest.raises(AMQPSyntaxError):
                 spec.decode_method(payload[:cut])
 
 
@@ -141,7 +141,7 @@ def test_random_and_mutated_tables():
             again = encode_table(table)
             assert encode_table(decode_table(again, 0)[0]) == again
     for cut in range(len(valid)):
-        with pytest.raises(SyntaxError_):
+        with pytest.raises(AMQPSyntaxError):
             decode_table(valid[:cut], 0)
 
 
@@ -163,7 +163,7 @@ def test_random_and_mutated_properties():
             again = props.encode()
             assert spec.BasicProperties.decode(again) == props
     for cut in range(len(VALID_PROPERTIES)):
-        with pytest.raises(SyntaxError_):
+        with pytest.raises(AMQPSyntaxError):
             spec.BasicProperties.decode(VALID_PROPERTIES[:cut])
 
 
@@ -191,5 +191,5 @@ def test_random_streams_to_frame_reader():
                     assert 0 <= channel <= 0xFFFF
                     assert type(payload) is bytes and len(payload) <= 4096 - 8
                 pos += step
-        except FrameError_:
+        except AMQPFrameError:
             pass

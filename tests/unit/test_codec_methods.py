@@ -13,7 +13,7 @@ import pika.spec
 import pytest
 
 from node.amqp import spec
-from node.amqp.fields import SyntaxError_, UnknownMethod, encode_table
+from node.amqp.fields import AMQPSyntaxError, UnknownMethod, encode_table
 
 ALL_METHODS = sorted(spec.METHODS.values(), key=lambda c: c.INDEX)
 
@@ -214,13 +214,13 @@ def test_unknown_method():
 
 
 def test_truncated_method_raises_syntax_error():
-    with pytest.raises(SyntaxError_, match="class and method id"):
+    with pytest.raises(AMQPSyntaxError, match="class and method id"):
         spec.decode_method(b"\x00\x3c")
     payload = spec.BasicPublish(exchange="ex", routing_key="rk").encode()
-    with pytest.raises(SyntaxError_, match="basic.publish"):
+    with pytest.raises(AMQPSyntaxError, match="basic.publish"):
         spec.decode_method(payload[:-1])
     bad_utf8 = payload[:6] + b"\x02\xff\xfe" + payload[9:]
-    with pytest.raises(SyntaxError_, match="basic.publish: short string is not valid UTF-8"):
+    with pytest.raises(AMQPSyntaxError, match="basic.publish: short string is not valid UTF-8"):
         spec.decode_method(bad_utf8)
 
 
@@ -339,9 +339,9 @@ def test_delivery_mode_of_skips_earlier_properties():
     header = struct.pack(">HHQ", 60, 0, 5) + props.encode()
     assert spec.delivery_mode_of(header, 12) == 2
     assert spec.delivery_mode_of(spec.BasicProperties(content_type="x").encode()) == 0
-    with pytest.raises(SyntaxError_):
+    with pytest.raises(AMQPSyntaxError):
         spec.delivery_mode_of(props.encode()[:-1])
-    with pytest.raises(SyntaxError_):
+    with pytest.raises(AMQPSyntaxError):
         spec.delivery_mode_of(b"\x10")
 
 
@@ -362,7 +362,7 @@ def test_properties_decoded_from_pika_bytes():
 @pytest.mark.parametrize("cut", range(1, 40))
 def test_truncated_properties_raise_syntax_error(cut):
     encoded = spec.BasicProperties(**FULL_PROPS).encode()
-    with pytest.raises(SyntaxError_):
+    with pytest.raises(AMQPSyntaxError):
         spec.BasicProperties.decode(encoded[:-cut])
 
 
