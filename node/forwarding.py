@@ -158,9 +158,11 @@ class Spliced:
 # the owner's side
 # ----------------------------------------------------------------------------------------
 class _ForwardServerProtocol(asyncio.Protocol):
-    def __init__(self, broker: "Broker", key: bytes) -> None:
+    def __init__(self, broker: "Broker", key: bytes,
+                 client_protocol: Callable[[], Any]) -> None:
         self.broker = broker
         self.key = key
+        self.client_protocol = client_protocol
         self.nonce = os.urandom(NONCE_SIZE)
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -208,8 +210,7 @@ class _ForwardServerProtocol(asyncio.Protocol):
             # the other sessions of the cluster port: replication, liveness pings
             self.broker.replication.accept(facts, self.transport, rest)
             return
-        from node.amqp.connection import AMQPConnection
-        conn = AMQPConnection(self.broker)
+        conn = self.client_protocol()
         self.transport.set_protocol(conn)
         conn.connection_made(self.transport)
         conn.adopt(facts)
@@ -222,11 +223,15 @@ class _ForwardServerProtocol(asyncio.Protocol):
 
 
 async def start_forward_server(broker: "Broker", host: str, port: int, secret: str,
+                               client_protocol: Callable[[], Any],
                                ssl: ssl_lib.SSLContext | None = None) -> asyncio.AbstractServer:
+    """The cluster port.  A forwarded client becomes `client_protocol()` (an AMQP
+    connection, given by the caller: this module stays below node.amqp, which uses it)."""
     loop = asyncio.get_running_loop()
     key = forward_key(secret)
-    return await loop.create_server(lambda: _ForwardServerProtocol(broker, key), host, port,
-                                    reuse_address=True, ssl=ssl)
+    return await loop.create_server(
+        lambda: _ForwardServerProtocol(broker, key, client_protocol), host, port,
+        reuse_address=True, ssl=ssl)
 
 
 async def open_cluster_connection(address: str, factory: Callable[[], asyncio.Protocol],

@@ -20,9 +20,6 @@ from node.http.stats import (
 )
 
 PROTOCOL = "AMQP 0-9-1"
-# node.amqp.connection's states (AWAIT_HEADER … CLOSED) as RabbitMQ names them
-_CONNECTION_STATES = {0: "starting", 1: "starting", 2: "tuning", 3: "opening", 4: "running",
-                      5: "closing", 6: "closed"}
 
 
 def cluster_state(broker: Any) -> dict[str, str]:
@@ -211,7 +208,7 @@ def connection_json(broker: Any, stats: Sampler, c: Any) -> dict:
         "user": c.user, "user_who_performed_action": c.user,
         "vhost": c.vhost.name if getattr(c, "vhost", None) else None,
         "channels": len(c.channels), "channel_max": c.channel_max, "frame_max": c.frame_max,
-        "timeout": c.heartbeat, "state": _CONNECTION_STATES.get(c.state, "running"),
+        "timeout": c.heartbeat, "state": c.state_name,
         "peer_host": c.peer[0], "peer_port": c.peer[1],
         "host": sock[0] if sock else None, "port": sock[1] if sock else None,
         "ssl": bool(getattr(c, "tls", False)),
