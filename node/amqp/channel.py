@@ -27,6 +27,7 @@ from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, 
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
+from node.read_models import ChannelStats
 
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
@@ -927,6 +928,30 @@ class Channel:
         if self.confirm:
             self.publish_tag += 1
             self._confirm_after(self.publish_tag, False)
+
+    # --- read model (management API, metrics) ---
+    def stats(self) -> ChannelStats:
+        """The channel's figures now (node/read_models.py); computed here, never per message."""
+        conn = self.conn
+        in_tx = self.tx is not None
+        return ChannelStats(
+            number=self.number, connection_name=conn.name, user=conn.user,
+            vhost=conn.vhost.name if conn.vhost else None,
+            state="running" if self.state == OPEN else str(self.state),
+            consumers=tuple(self.consumers.values()), prefetch_count=self.prefetch_count,
+            global_prefetch_count=self.global_prefetch, confirm=self.confirm,
+            transactional=in_tx, messages_unacknowledged=len(self.unacked),
+            messages_unconfirmed=len(self._confirms),
+            messages_uncommitted=self.tx_publishes if in_tx else 0,
+            acks_uncommitted=len(self.tx_taken) if in_tx else 0,
+            pending_raft_commands=len(self._backlog) + int(self._busy))
+
+    def unacked_bytes(self) -> dict[Queue, int]:
+        """Body bytes this channel holds delivered and not yet acknowledged, per queue."""
+        out: dict[Queue, int] = {}
+        for q, entry, _c in list(self.unacked.values()):
+            out[q] = out.get(q, 0) + len(entry.message.body)
+        return out
 
 
 def _without_bcc(msg: Message) -> Message:

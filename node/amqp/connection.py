@@ -47,6 +47,7 @@ from node.amqp.protocol import (  # noqa: F401 - the states, for the rest of the
 from node.auth import check_password, decode_plain, is_loopback
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.message import Message
+from node.read_models import ConnectionStats, TLSSession
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -627,6 +628,32 @@ class AMQPConnection(asyncio.Protocol):
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""
         self.close_connection(AMQPConnectionError(code, text))
+
+    # --- read model (management API, metrics) ---
+    def stats(self) -> ConnectionStats:
+        """The connection's and its socket's figures now (node/read_models.py)."""
+        t = self.transport
+        sock = t.get_extra_info("sockname") if t is not None else None
+        ssl_object = t.get_extra_info("ssl_object") if t is not None else None
+        session = None
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            session = TLSSession(protocol=ssl_object.version(),
+                                 cipher=cipher[0] if cipher else None,
+                                 peer_cert_subject=self.tls_peer_name)
+        return ConnectionStats(
+            name=self.name, user=self.user, vhost=self.vhost.name if self.vhost else None,
+            state=self.state_name,  # RabbitMQ's names
+            channels=tuple(self.channels.values()), channel_max=self.channel_max,
+            frame_max=self.frame_max, heartbeat=self.heartbeat,
+            client_properties=self.client_properties or {},
+            auth_mechanism=self.auth_mechanism, connected_at=self.connected_at,
+            peer_host=self.peer[0], peer_port=self.peer[1],
+            host=sock[0] if sock else None, port=sock[1] if sock else None,
+            ssl=bool(self.tls), tls_session=session,
+            recv_bytes=self.recv_bytes, send_bytes=self.send_bytes,
+            recv_count=self.recv_count, send_count=self.send_count,
+            send_pending=t.get_write_buffer_size() if t is not None else 0)
 
 
 def _text(v: Any) -> str:
