@@ -78,9 +78,9 @@ QUEUE_METRICS: list[tuple[str, str, str, Callable[[Any, QueueStats], int]]] = [
     ("rabbitmq_queue_messages", "gauge",
      "Sum of ready and unacknowledged messages - total queue depth",
      lambda q, s: s.messages_ready + s.messages_unacknowledged),
-    # in memory only, as it always was here (the API's message_bytes_ready adds paged-out)
+    # all ready messages, paged-out ones too, as RabbitMQ and the API's message_bytes_ready
     ("rabbitmq_queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
-     lambda q, s: s.message_bytes_ready_ram),
+     lambda q, s: s.message_bytes_ready),
     ("rabbitmq_queue_messages_paged_out", "gauge", "Messages paged out to disk",
      lambda q, s: s.messages_paged_out),
     ("rabbitmq_queue_consumers", "gauge", "Consumers on a queue",

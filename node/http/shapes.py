@@ -254,8 +254,8 @@ def queue_consumer_details(q: Any) -> list[dict]:
         ch = c.owner.stats()  # the channel that consumes
         out.append({
             "consumer_tag": c.tag, "ack_required": not c.no_ack, "exclusive": c.exclusive,
-            "prefetch_count": c.prefetch, "arguments": c.arguments, "active": True,
-            "activity_status": "up",
+            "prefetch_count": c.prefetch, "arguments": c.arguments,
+            **_consumer_activity(q, c),
             "queue": {"name": q.name, "vhost": q.vhost},
             "channel_details": {"number": ch.number, "connection_name": ch.connection_name,
                                 "user": ch.user}})
