@@ -26,7 +26,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 
+from node.amqp.fields import encode_table
+from node.tls import cluster_client_ssl
+
 if TYPE_CHECKING:
+    from node.amqp.connection import AMQPConnection
     from node.broker import Broker
 
 log = logging.getLogger("warren.forwarding")
@@ -152,6 +156,44 @@ class Spliced:
             client.write(method_frame(0, spec.ConnectionClose(
                 reply_code=code, reply_text=text[:255], class_id=0, method_id=0)))
         client.close()  # after what is buffered: the close reaches the client first
+
+
+# ----------------------------------------------------------------------------------------
+# the accepting node's side: a client whose vhost another node owns
+# ----------------------------------------------------------------------------------------
+async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
+                    address: str) -> None:
+    """Connect to the owner's cluster port with what it needs to adopt the client (who the
+    client authenticated as, what was negotiated), then splice the two sockets.  The
+    connection waits at connection.open meanwhile (`AMQPConnection._start_forwarding`)."""
+    settings = conn.settings
+    facts = {"user": conn.user, "vhost": vhost, "node": settings.node_name,
+             "client_properties": encode_table(conn.client_properties),
+             "channel_max": conn.channel_max, "frame_max": conn.frame_max,
+             "heartbeat": conn.heartbeat, "peer": [conn.peer[0], conn.peer[1]],
+             "tls": conn.tls, "auth_mechanism": conn.auth_mechanism}
+    try:
+        upstream, early = await open_forward(address, settings.cluster_secret, facts,
+                                             ssl=cluster_client_ssl(settings))
+    except Exception as e:  # any failure: tell the client, never leave it hanging
+        log.warning("cannot forward %s to node '%s' at %s: %s", conn.name, owner, address, e)
+        # the failover controller's reason when it has one (e.g. no in-sync replica
+        # left to promote: it comes back with its owner)
+        conn.forward_failed(conn.broker.replication.available(vhost) or (
+            f"vhost '{vhost}' is unavailable: its owner node '{owner}' cannot be reached"))
+        return
+    detached = conn.detach()
+    if detached is None:
+        upstream.close()
+        return
+    client, pipelined = detached
+    log.info("forwarding %s (vhost '%s') to node '%s'", conn.name, vhost, owner)
+    to_owner, to_client = splice(client, upstream, early, pipelined)
+    # kept so that an owner change can close it from here (the old owner may be hung)
+    spliced = Spliced(vhost, owner, to_owner, to_client)
+    forwarded = conn.broker.forwarded.setdefault(vhost, set())
+    forwarded.add(spliced)
+    to_owner.on_close = lambda: forwarded.discard(spliced)
 
 
 # ----------------------------------------------------------------------------------------

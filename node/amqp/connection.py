@@ -35,7 +35,7 @@ from node.amqp.events import (
     SecretUpdated,
     Tuned,
 )
-from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
+from node.amqp.fields import AMQPSyntaxError, decode_table
 from node.amqp.protocol import (  # noqa: F401 - the states, for the rest of the broker
     AWAIT_HEADER,
     AWAIT_OPEN,
@@ -48,6 +48,7 @@ from node.auth import check_password, decode_plain, is_loopback
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.message import Message
 from node.read_models import ConnectionStats, TLSSession
+from node.tls import peer_common_name
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -151,7 +152,6 @@ class AMQPConnection(asyncio.Protocol):
         self.peer = (peer[0], peer[1])
         self.name = f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
         if transport.get_extra_info("sslcontext") is not None:
-            from node.tls import peer_common_name
             self.tls = True
             self.tls_peer_name = peer_common_name(transport)
             if self.tls_peer_name is not None:
@@ -376,44 +376,26 @@ class AMQPConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.spawn(self._forward(vhost, owner, node["forward"]))
+        self.spawn(forwarding.hand_over(self, vhost, owner, node["forward"]))
 
-    async def _forward(self, vhost: str, owner: str | None, address: str) -> None:
-        facts = {"user": self.user, "vhost": vhost, "node": self.settings.node_name,
-                 "client_properties": encode_table(self.client_properties),
-                 "channel_max": self.channel_max, "frame_max": self.frame_max,
-                 "heartbeat": self.heartbeat, "peer": [self.peer[0], self.peer[1]],
-                 "tls": self.tls, "auth_mechanism": self.auth_mechanism}
-        try:
-            from node.tls import cluster_client_ssl
-            upstream, early = await forwarding.open_forward(address, self.settings.cluster_secret, facts,
-                                                 ssl=cluster_client_ssl(self.settings))
-        except Exception as e:  # any failure: tell the client, never leave it hanging
-            log.warning("cannot forward %s to node '%s' at %s: %s", self.name, owner, address, e)
-            self.forwarding = False
-            # the failover controller's reason when it has one (e.g. no in-sync replica
-            # left to promote: it comes back with its owner)
-            why = self.broker.replication.available(vhost) or (
-                f"vhost '{vhost}' is unavailable: its owner node '{owner}' cannot be reached")
-            self.close_connection(AMQPConnectionError(errors.CONNECTION_FORCED, f"{why}; retry",
-                                                   10, 40))
-            if self.transport is not None:
-                self.transport.resume_reading()
-            return
+    def forward_failed(self, why: str) -> None:
+        """The owner node could not be reached: the client is told to retry (320)."""
+        self.forwarding = False
+        self.close_connection(AMQPConnectionError(errors.CONNECTION_FORCED, f"{why}; retry",
+                                                  10, 40))
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def detach(self) -> tuple[asyncio.Transport, bytes] | None:
+        """The client leaves this object for a byte splice to its vhost's owner: its socket,
+        and every byte received after connection.open, unparsed.  None if it is gone."""
         client = self.transport
         if client is None or client.is_closing():
-            upstream.close()
-            return
-        log.info("forwarding %s (vhost '%s') to node '%s'", self.name, vhost, owner)
+            return None
         self.flush()
         self.broker.connections.discard(self)
         self.transport = None  # from now on this object is out of the path
-        to_owner, to_client = forwarding.splice(client, upstream, early, self.core.hand_over())
-        # kept so that an owner change can close it from here (the old owner may be hung)
-        spliced = forwarding.Spliced(vhost, owner, to_owner, to_client)
-        forwarded = self.broker.forwarded.setdefault(vhost, set())
-        forwarded.add(spliced)
-        to_owner.on_close = lambda: forwarded.discard(spliced)
+        return client, self.core.hand_over()
 
     def adopt(self, facts: dict) -> None:
         """On the owner: a connection another node authenticated and forwards to us."""
