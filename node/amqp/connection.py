@@ -42,6 +42,7 @@ from node.amqp.protocol import (  # noqa: F401 - the states, for the rest of the
     CLOSED,
     CLOSING,
     OPEN,
+    OPENING,
     ConnectionProtocol,
 )
 from node.auth import check_password, decode_plain, is_loopback
@@ -392,10 +393,17 @@ class AMQPConnection(asyncio.Protocol):
         client = self.transport
         if client is None or client.is_closing():
             return None
+        if self.core.state != OPENING:
+            # closed meanwhile (user deleted, node stopping): the close stands; read again
+            # so that the client's close-ok arrives
+            self.forwarding = False
+            client.resume_reading()
+            return None
+        pipelined = self.core.hand_over()
         self.flush()
         self.broker.connections.discard(self)
         self.transport = None  # from now on this object is out of the path
-        return client, self.core.hand_over()
+        return client, pipelined
 
     def adopt(self, facts: dict) -> None:
         """On the owner: a connection another node authenticated and forwards to us."""
@@ -471,12 +479,12 @@ class AMQPConnection(asyncio.Protocol):
         else:
             log.info("closing channel %d of %s: %s", ch, self.name, err.reply_text)
             channel.server_close(err)
-            if ch not in self.core.channels:  # the client had closed it too (closes crossed)
-                self.channel_closed(ch)
         self.flush()
 
     def close_connection(self, err: AMQPError) -> None:
         if not self.core.close(err):
+            if self.core.state == AWAIT_HEADER and self.transport is not None:
+                self.transport.abort()  # not even a protocol header yet: nothing to say
             return
         log.info("closing connection %s: %s", self.name, err.reply_text)
         self.closing = True

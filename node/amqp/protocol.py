@@ -126,7 +126,9 @@ CHANNEL: dict[tuple[ChannelState, str], ChannelState | None] = {
     (CH_OPEN, "channel.close"): CH_CLOSE_RECEIVED,
     (CH_OPEN, "channel.close-ok"): CH_OPEN,  # close-ok we never asked for: ignored
     (CH_CLOSE_RECEIVED, "app:close-ok"): FORGOTTEN,  # we send close-ok
-    (CH_CLOSE_RECEIVED, "app:close"): FORGOTTEN,  # closes crossed: we send close-ok
+    # an error found while the client's close waited behind a pending Raft change: the
+    # error still reaches the client (channel.close), whose close-ok ends the channel
+    (CH_CLOSE_RECEIVED, "app:close"): CH_CLOSING,
     (CH_CLOSING, "channel.close-ok"): FORGOTTEN,
     (CH_CLOSING, "channel.close"): FORGOTTEN,  # closes crossed: we send close-ok
     **{(s, "app:close"): CH_CLOSING  # we send channel.close
@@ -273,6 +275,8 @@ class ConnectionProtocol:
                                                   "heartbeat frame on non-zero channel")
                     event = None
             except AMQPError as e:
+                if self.state == CLOSING:
+                    continue  # we are closing anyway: only close/close-ok matter now
                 self._fail()
                 return ProtocolError(e, ch)
             if event is not None:
@@ -521,10 +525,6 @@ class ConnectionProtocol:
         cs = self.channels.get(channel)
         if cs is None or cs.state == CH_CLOSING:
             return
-        if cs.state == CH_CLOSE_RECEIVED:  # the client closed it already: closes crossed
-            self._forget(cs, "app:close")
-            self.send_method(channel, spec.ChannelCloseOk())
-            return
         cs.move("app:close")
         cs.body = []
         self.send_method(channel, spec.ChannelClose(
@@ -540,7 +540,6 @@ class ConnectionProtocol:
         self.channels.clear()
         self._failed = False
         self._reading = True  # for close-ok
-        self._frames, self._next = [], 0
         self.send_method(0, spec.ConnectionClose(
             reply_code=err.code, reply_text=err.reply_text[:255], class_id=err.class_id,
             method_id=err.method_id))
@@ -564,6 +563,10 @@ class ConnectionProtocol:
     # frames out
     # ------------------------------------------------------------------------------
     def send_method(self, channel: int, method: Any) -> None:
+        if self.state >= CLOSING and type(method) not in _LAST_WORDS:
+            # connection.close or close-ok was the last frame (spec 2.2.4): a reply that a
+            # channel still had in the works (a Raft change) is dropped
+            return
         payload = method.encode()
         self._out.append(_FRAME_HEAD.pack(1, channel, len(payload)) + payload + _FRAME_END)
 
@@ -571,6 +574,8 @@ class ConnectionProtocol:
                      body: bytes) -> None:
         """A method with content (basic.deliver, get-ok, return): the method frame, the
         header frame as it arrived, and the body split at frame_max."""
+        if self.state >= CLOSING:
+            return
         head = _FRAME_HEAD.pack
         n = len(body)
         chunk = self.frame_max - 8
@@ -618,14 +623,17 @@ class ConnectionProtocol:
         self._reading = state in _READS and not self._failed
 
     def _fail(self) -> None:
+        # what follows the bad frame stays buffered: once the broker has sent
+        # connection.close, a close or close-ok the client sent after it still counts
         self._failed = True
         self._reading = False
-        self._frames, self._next = [], 0
 
     def _forget(self, cs: ChannelFrames, happened: str) -> None:
         assert CHANNEL[(cs.state, happened)] is FORGOTTEN
         self.channels.pop(cs.number, None)
 
+
+_LAST_WORDS = (spec.ConnectionClose, spec.ConnectionCloseOk)
 
 _UNEXPECTED_IN = {AWAIT_START_OK: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening",
                   OPEN: "running"}

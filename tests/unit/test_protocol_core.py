@@ -356,3 +356,49 @@ def test_the_protocol_core_does_no_io():
                 # nor anything of the broker that does I/O (channels, stores, the cluster)
                 assert not mod.startswith(("node.amqp.connection", "node.amqp.channel",
                                            "node.broker", "storage", "cluster")), (name, mod)
+
+
+# --- found in review: ordering around closes -----------------------------------------------
+
+def test_an_error_behind_the_clients_channel_close_still_reaches_it():
+    # queue.declare waits for Raft, the client's channel.close waits behind it, then the
+    # declare fails: the client gets channel.close with the error, as before the core
+    from node.errors import ChannelError
+    core = opened()
+    assert [type(e) for e in events(core, method_frame(1, spec.ChannelClose()))] == [
+        ev.ChannelCloseReceived]
+    core.close_channel(1, ChannelError(406, "inequivalent arg 'durable'", 50, 10))
+    (_, close), = sent(core)
+    assert isinstance(close, spec.ChannelClose) and close.reply_code == 406
+    core.channel_close_ok(1)  # the waiting close, replayed later: nothing more is sent
+    assert core.data_to_send() == b""
+    out = events(core, method_frame(1, spec.ChannelCloseOk()))
+    assert [type(e) for e in out] == [ev.ChannelClosed] and 1 not in core.channels
+
+
+def test_nothing_but_close_ok_follows_connection_close():
+    from node.errors import AMQPConnectionError
+    core = opened()
+    core.close(AMQPConnectionError(505, "unexpected frame"))
+    core.send_method(1, spec.QueueDeclareOk(queue="q"))  # a Raft change finishing late
+    core.send_content(1, b"\x00\x3c\x00\x3c", b"h" * 14, b"body")
+    assert [type(m) for _, m in sent(core)] == [spec.ConnectionClose]
+
+
+def test_the_clients_close_after_a_bad_frame_is_still_answered():
+    core = opened()
+    out = events(core, encode_frame(1, 1, struct.pack(">HH", 60, 999))
+                 + method_frame(0, spec.ConnectionClose(reply_code=200)))
+    assert [type(e) for e in out] == [ev.ProtocolError]
+    core.close(out[0].error)  # type: ignore[attr-defined]
+    assert [type(e) for e in events(core)] == [ev.ConnectionCloseReceived]
+    assert [type(m) for _, m in sent(core)] == [spec.ConnectionClose, spec.ConnectionCloseOk]
+
+
+def test_a_bad_frame_while_closing_does_not_hide_the_close_ok():
+    from node.errors import AMQPConnectionError
+    core = opened()
+    core.close(AMQPConnectionError(320, "shutdown"))
+    out = events(core, encode_frame(1, 1, struct.pack(">HH", 60, 999))
+                 + method_frame(0, spec.ConnectionCloseOk()))
+    assert [type(e) for e in out] == [ev.ConnectionClosed]
