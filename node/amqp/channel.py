@@ -77,8 +77,8 @@ class Channel:
         self.reply_consumer: Consumer | None = None  # direct reply-to (amq.rabbitmq.reply-to)
         self.reply_key = ""
         self._held_cancels: list[str] | None = None  # while this channel deletes a queue
-        # events that must wait while an earlier method is still going through Raft
-        self._busy = False
+        # an earlier method is still going through Raft: later events wait in the backlog
+        self.busy = False
         self._backlog: deque[Event] = deque()
         self._backlog_bytes = 0
         self._allowed: dict[tuple[str, str, str], bool] = {}
@@ -94,10 +94,10 @@ class Channel:
     # ------------------------------------------------------------------------------
     # frames in
     # ------------------------------------------------------------------------------
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Any) -> None:  # one of events.py's
         """An event of the protocol core for this channel: a method (MethodReceived), a
         whole message (Publish), the client's channel.close, a refused message."""
-        if self._busy:
+        if self.busy:
             self._backlog.append(event)
             self._backlog_bytes += _size(event)
             if self._backlog_bytes > BACKLOG_MAX_BYTES:
@@ -105,15 +105,15 @@ class Channel:
             return
         kind = type(event)
         if kind is Publish:
-            self.on_publish(event)  # type: ignore[arg-type]
+            self.on_publish(event)
         elif kind is ChannelCloseReceived:
             self.teardown()
             self.conn.core.channel_close_ok(self.number)
             self.conn.channel_closed(self.number)
         elif kind is ContentRejected:
-            raise event.error  # type: ignore[attr-defined]
+            raise event.error
         else:
-            method = event.method  # type: ignore[attr-defined]
+            method = event.method
             try:
                 result = self.handle_method(method)
             except AMQPError as e:
@@ -133,7 +133,7 @@ class Channel:
             self.conn.release_reading(self._backlog_hold)
 
     def _run_async(self, coro: Any, method: Any) -> None:
-        self._busy = True
+        self.busy = True
 
         async def run() -> None:
             try:
@@ -141,25 +141,25 @@ class Channel:
             except AMQPError as e:
                 if not e.class_id:
                     e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
-                self._busy = False
+                self.busy = False
                 self._backlog.clear()
                 self._backlog_drained()
                 self.conn.handle_error(e, self.number)
                 return
             except asyncio.CancelledError:
-                self._busy = False  # the connection is going away
+                self.busy = False  # the connection is going away
                 raise
             except Exception as e:  # a bug must not take the connection's other channels down
                 self.conn.log.exception("channel %d: %s failed", self.number, method.NAME)
-                self._busy = False
+                self.busy = False
                 self._backlog.clear()
                 self._backlog_drained()
                 self.conn.handle_error(ChannelError(errors.INTERNAL_ERROR, str(e),
                                                     method.CLASS_ID, method.METHOD_ID),
                                        self.number)
                 return
-            self._busy = False
-            while (self._backlog and not self._busy and self.state == OPEN
+            self.busy = False
+            while (self._backlog and not self.busy and self.state == OPEN
                    and self.number in self.conn.channels):
                 event = self._backlog.popleft()
                 self._backlog_bytes -= _size(event)
@@ -481,16 +481,15 @@ class Channel:
     # basic class: publish
     # ------------------------------------------------------------------------------
     def on_publish(self, p: Publish) -> None:
-        """basic.publish with its content, assembled by the protocol core."""
+        """basic.publish with its content, assembled by the protocol core (the connection
+        calls this directly for a channel that is not busy: the per-message path)."""
         conn = self.conn
         if not conn.publisher:
             conn.publisher = True
         if conn.broker.resources is not None and conn.broker.resources.alarms:
             conn.block(conn.broker.resources.alarms)  # this publish passes, the next waits
-        self._publish(p.exchange, p.routing_key, p.mandatory, p.immediate, p.header, p.body)
-
-    def _publish(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
-                 header: bytes, body: bytes) -> None:
+        exchange, routing_key, mandatory = p.exchange, p.routing_key, p.mandatory
+        header = p.header
         vh = self.vhost
         ex = vh.exchanges.get(exchange)
         if ex is None:
@@ -504,9 +503,9 @@ class Channel:
                 raise ChannelError(errors.ACCESS_REFUSED,
                                    f"cannot publish to internal exchange '{exchange}' in "
                                    f"vhost '{vh.name}'", 60, 40)
-        if immediate:
+        if p.immediate:
             raise AMQPConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        msg = Message.from_publish(exchange, routing_key, header, body)
+        msg = Message.from_publish(exchange, routing_key, header, p.body)
         if msg.flags & FLAG_EXPIRATION:
             _check_expiration(msg)
         self.stats_publish += 1
@@ -732,10 +731,10 @@ class Channel:
         payload = (self._deliver_prefix + consumer.tag_bytes + _QWORD.pack(tag)
                    + (b"\x01" if entry.redelivered else b"\x00") + msg.route_bytes)
         self.stats_deliver += 1
-        self.conn.send_content_frames(self.number, payload, msg)
+        self.conn.send_content(self.number, payload, msg.header, msg.body)
 
     def send_content(self, method: Any, msg: Message) -> None:
-        self.conn.send_content_frames(self.number, method.encode(), msg)
+        self.conn.send_content(self.number, method.encode(), msg.header, msg.body)
 
     def on_basic_get(self, m: spec.BasicGet) -> None:
         name = self._queue_name(m.queue)
@@ -944,7 +943,7 @@ class Channel:
             messages_unconfirmed=len(self._confirms),
             messages_uncommitted=self.tx_publishes if in_tx else 0,
             acks_uncommitted=len(self.tx_taken) if in_tx else 0,
-            pending_raft_commands=len(self._backlog) + int(self._busy))
+            pending_raft_commands=len(self._backlog) + int(self.busy))
 
     def unacked_bytes(self) -> dict[Queue, int]:
         """Body bytes this channel holds delivered and not yet acknowledged, per queue."""
@@ -988,7 +987,7 @@ def _locked(name: str, vhost: str) -> ChannelError:
 def _size(event: Event) -> int:
     """What a waiting event holds in memory, roughly."""
     if type(event) is Publish:
-        return len(event.header) + len(event.body) + 64  # type: ignore[attr-defined]
+        return len(event.header) + len(event.body) + 64
     return 64
 
 

@@ -634,9 +634,18 @@ def _emit_unpack(w: Writer, m: Method, runs: Sequence[Run]) -> None:
     w(f"    def unpack(buf: Buffer, offset: int) -> tuple[{', '.join(ANNOTATIONS[f.type] for f in m.fields)}]:")
     w(f'        """{m.full_name}\'s arguments ({", ".join(names)}), as `decode` reads them."""')
     w("        try:")
+    if any(r.kind == "shortstr" for r in runs):
+        w("            _size = len(buf)")
     nbits = 0
     bit_exprs: dict[str, str] = {}
     for run in runs:
+        if run.kind == "struct" and all(slot[0].py.startswith("reserved") for slot in run.items):
+            # reserved (always 0, never read): skipped; a short frame still fails below
+            size = struct.calcsize('>' + run.fmt)
+            for slot in run.items:
+                bit_exprs[slot[0].py] = "0"
+            w(f"            offset += {size}")
+            continue
         if run.kind == "struct":
             targets = []
             for slot in run.items:
@@ -648,13 +657,17 @@ def _emit_unpack(w: Writer, m: Method, runs: Sequence[Run]) -> None:
                         bit_exprs[f.py] = f"({var} & {1 << bit}) != 0"
                 else:
                     targets.append(slot[0].py)
+            if run.fmt == "B":  # one octet (a bit group): indexing beats a struct call
+                w(f"            {targets[0]} = buf[offset]")
+                w("            offset += 1")
+                continue
             lhs = ", ".join(targets) if len(targets) > 1 else f"({targets[0]},)"
             w(f"            {lhs} = {struct_name(run.fmt)}.unpack_from(buf, offset)")
             w(f"            offset += {struct.calcsize('>' + run.fmt)}")
         elif run.kind == "shortstr":
             assert run.var is not None
             w("            _end = offset + 1 + buf[offset]")
-            w("            if _end > len(buf):")
+            w("            if _end > _size:")
             w("                raise IndexError")
             w(f'            {run.var.py} = str(buf[offset + 1:_end], "utf-8")')
             w("            offset = _end")

@@ -25,7 +25,6 @@ from node.amqp.events import (
     ConnectionClosed,
     ConnectionCloseReceived,
     ContentRejected,
-    Event,
     LoginRequested,
     MethodReceived,
     OpenRequested,
@@ -47,7 +46,6 @@ from node.amqp.protocol import (  # noqa: F401 - the states, for the rest of the
 )
 from node.auth import check_password, decode_plain, is_loopback
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
-from node.message import Message
 from node.read_models import ConnectionStats, TLSSession
 from node.tls import peer_common_name
 
@@ -82,6 +80,9 @@ class AMQPConnection(asyncio.Protocol):
         self.log = log
         self.core = ConnectionProtocol(self.settings,
                                        broker.server_properties(SERVER_CAPABILITIES))
+        self.core.wake = self._wake
+        self.send_method = self.core.send_method
+        self.send_content = self.core.send_content
         self.transport: asyncio.Transport | None = None
         self.channels: dict[int, Channel] = {}
         self.user = ""
@@ -207,14 +208,20 @@ class AMQPConnection(asyncio.Protocol):
     def _drain_events(self) -> None:
         """Act on every event the frames received so far make (until the core pauses)."""
         core = self.core
-        next_event = core.next_event
         channels = self.channels
-        while (event := next_event()) is not None:
+        event: Any
+        for event in core.events():
             kind = type(event)
             try:
                 # the events every message makes go straight to their channel
-                if kind is Publish or kind is MethodReceived:
-                    channels[event.channel].feed(event)  # type: ignore[attr-defined]
+                if kind is Publish:
+                    channel = channels[event.channel]
+                    if channel.busy:
+                        channel.feed(event)
+                    else:
+                        channel.on_publish(event)
+                elif kind is MethodReceived:
+                    channels[event.channel].feed(event)
                 else:
                     self._on_event(event)
             except AMQPError as e:
@@ -232,37 +239,37 @@ class AMQPConnection(asyncio.Protocol):
     # ------------------------------------------------------------------------------
     # events: what the client did, as the protocol core saw it
     # ------------------------------------------------------------------------------
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: Any) -> None:  # one of events.py's
         kind = type(event)
         if kind is ChannelOpened:
-            number = event.channel  # type: ignore[attr-defined]
+            number = event.channel
             self.channels[number] = Channel(self, number)
             self.broker.channels_opened += 1
         elif kind is ChannelCloseReceived or kind is ContentRejected:
             # in order with the channel's other methods (it may be waiting for Raft)
-            self.channels[event.channel].feed(event)  # type: ignore[attr-defined]
+            self.channels[event.channel].feed(event)
         elif kind is ChannelClosed:
-            self.channel_closed(event.channel)  # type: ignore[attr-defined]
+            self.channel_closed(event.channel)
         elif kind is LoginRequested:
-            self._on_login(event)  # type: ignore[arg-type]
+            self._on_login(event)
         elif kind is Tuned:
             pass  # the core holds what was negotiated
         elif kind is OpenRequested:
-            self._on_open(event.virtual_host)  # type: ignore[attr-defined]
+            self._on_open(event.virtual_host)
         elif kind is ConnectionCloseReceived:
             self._on_client_close()
         elif kind is ConnectionClosed:
             if self.transport is not None:
                 self.transport.close()
         elif kind is ProtocolError:
-            self.handle_error(event.error, event.channel)  # type: ignore[attr-defined]
+            self.handle_error(event.error, event.channel)
         elif kind is ProtocolRejected:
             self.flush()
             if self.transport is not None:
                 self.transport.close()
         elif kind is SecretUpdated:
             log.info("connection %s: user '%s' updated secret, reason: %s", self.name,
-                     self.user, event.reason)  # type: ignore[attr-defined]
+                     self.user, event.reason)
 
     def channel_closed(self, number: int) -> None:
         if self.channels.pop(number, None) is not None:
@@ -503,15 +510,11 @@ class AMQPConnection(asyncio.Protocol):
     # ------------------------------------------------------------------------------
     # frames out, batched per event-loop turn
     # ------------------------------------------------------------------------------
-    def send_method(self, channel: int, method: Any) -> None:
-        self.core.send_method(channel, method)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+    # Frames out go straight to the core, whose `wake` schedules one flush per event-loop
+    # turn when its output goes from empty to not (set in __init__): send_method(channel,
+    # method) and send_content(channel, method payload, header, body) are the core's own.
 
-    def send_content_frames(self, channel: int, method_payload: bytes, msg: Message) -> None:
-        """A method with content (basic.deliver, get-ok, return)."""
-        self.core.send_content(channel, method_payload, msg.header, msg.body)
+    def _wake(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)

@@ -2,16 +2,16 @@
 that the broker must act on.  Frames the core answers by itself (channel.open-ok,
 connection.close-ok, heartbeats, the pieces of a message being assembled) produce none.
 
-Plain classes with slots: a `Publish` is made for every message, so they stay cheap."""
+Plain classes with slots, and `Publish`, made for every message, a named tuple."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from node.errors import AMQPError
 
 
-class Event:
+class EventBase:
     __slots__ = ()
 
     def __repr__(self) -> str:
@@ -20,7 +20,7 @@ class Event:
         return f"{type(self).__name__}({fields})"
 
 
-class LoginRequested(Event):
+class LoginRequested(EventBase):
     """connection.start-ok: the client's credentials.  The core waits (reads no further
     frame) until the broker calls `accept_login` or closes the connection."""
 
@@ -32,7 +32,7 @@ class LoginRequested(Event):
         self.client_properties = client_properties
 
 
-class Tuned(Event):
+class Tuned(EventBase):
     """connection.tune-ok, checked against our limits: what was negotiated."""
 
     __slots__ = ("channel_max", "frame_max", "heartbeat")
@@ -43,7 +43,7 @@ class Tuned(Event):
         self.heartbeat = heartbeat
 
 
-class OpenRequested(Event):
+class OpenRequested(EventBase):
     """connection.open: the core waits until the broker calls `accept_open`, hands the
     connection over to another node (`hand_over`) or closes it."""
 
@@ -53,7 +53,7 @@ class OpenRequested(Event):
         self.virtual_host = virtual_host
 
 
-class SecretUpdated(Event):
+class SecretUpdated(EventBase):
     """connection.update-secret (already answered with update-secret-ok)."""
 
     __slots__ = ("reason",)
@@ -62,7 +62,7 @@ class SecretUpdated(Event):
         self.reason = reason
 
 
-class ConnectionCloseReceived(Event):
+class ConnectionCloseReceived(EventBase):
     """The client closed the connection; close-ok is already on its way."""
 
     __slots__ = ("reply_code", "reply_text")
@@ -72,19 +72,19 @@ class ConnectionCloseReceived(Event):
         self.reply_text = reply_text
 
 
-class ConnectionClosed(Event):
+class ConnectionClosed(EventBase):
     """connection.close-ok for our connection.close: the socket can go."""
 
     __slots__ = ()
 
 
-class ProtocolRejected(Event):
+class ProtocolRejected(EventBase):
     """Not AMQP 0-9-1: the protocol header we speak is on its way; hang up after it."""
 
     __slots__ = ()
 
 
-class ProtocolError(Event):
+class ProtocolError(EventBase):
     """The client broke the protocol (a bad frame, a method out of place, a wrong channel).
     The error closes the connection; the core reads no further frame."""
 
@@ -95,7 +95,7 @@ class ProtocolError(Event):
         self.channel = channel
 
 
-class ChannelOpened(Event):
+class ChannelOpened(EventBase):
     """channel.open on a free number (channel.open-ok is already on its way)."""
 
     __slots__ = ("channel",)
@@ -104,7 +104,7 @@ class ChannelOpened(Event):
         self.channel = channel
 
 
-class ChannelCloseReceived(Event):
+class ChannelCloseReceived(EventBase):
     """The client closed a channel.  The core sends close-ok when the broker calls
     `channel_close_ok`, after whatever the channel still had to answer."""
 
@@ -114,7 +114,7 @@ class ChannelCloseReceived(Event):
         self.channel = channel
 
 
-class ChannelClosed(Event):
+class ChannelClosed(EventBase):
     """The client acknowledged our channel.close: the channel number is free again."""
 
     __slots__ = ("channel",)
@@ -123,7 +123,7 @@ class ChannelClosed(Event):
         self.channel = channel
 
 
-class MethodReceived(Event):
+class MethodReceived(EventBase):
     """A method for an open channel, decoded (any but basic.publish, which arrives as a
     whole message, and the channel.open/close handshake, which the core keeps)."""
 
@@ -134,24 +134,32 @@ class MethodReceived(Event):
         self.method = method
 
 
-class Publish(Event):
-    """basic.publish with its content header and whole body, assembled from its frames."""
+class Publish(NamedTuple):
+    """basic.publish with its content header and whole body, assembled from its frames.
 
-    __slots__ = ("channel", "exchange", "routing_key", "mandatory", "immediate", "header",
-                 "body")
+    A tuple, unlike the other events: one is made for every message, and the core makes it
+    with `tuple.__new__` (`publish_event`), which runs no Python code at all."""
 
-    def __init__(self, channel: int, exchange: str, routing_key: str, mandatory: bool,
-                 immediate: bool, header: bytes, body: bytes) -> None:
-        self.channel = channel
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.mandatory = mandatory
-        self.immediate = immediate
-        self.header = header
-        self.body = body
+    channel: int
+    exchange: str
+    routing_key: str
+    mandatory: bool
+    immediate: bool
+    header: bytes
+    body: bytes
 
 
-class ContentRejected(Event):
+def publish_event(channel: int, exchange: str, routing_key: str, mandatory: bool,
+                  immediate: bool, header: bytes, body: bytes) -> Publish:
+    """A Publish, the slow way (the core's per-message path inlines this)."""
+    return _new_tuple(Publish, (channel, exchange, routing_key, mandatory, immediate, header,
+                                body))
+
+
+_new_tuple = tuple.__new__
+
+
+class ContentRejected(EventBase):
     """A message the channel must refuse (larger than the configured maximum).  Comes in
     order with the channel's other events: the broker closes the channel with `error`
     after answering what came before it.  The core skips the message's body frames."""
@@ -161,3 +169,7 @@ class ContentRejected(Event):
     def __init__(self, channel: int, error: AMQPError) -> None:
         self.channel = channel
         self.error = error
+
+
+# what the core's events() yields
+Event = EventBase | Publish

@@ -1,5 +1,6 @@
 """The AMQP 0-9-1 connection as a state machine that does no I/O (the shape of h11): bytes
-in with `receive_data`, events out with `next_event`, frames out with `data_to_send`.
+in with `receive_data`, events out with `events()` (or `next_event`), frames out with
+`data_to_send`.
 
 It owns everything the protocol decides by itself: the protocol header, the connection
 handshake (start, tune, open), closing in both directions, which channels are open, and
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from node import errors
 from node.amqp import spec
@@ -39,6 +40,7 @@ from node.amqp.events import (
     Publish,
     SecretUpdated,
     Tuned,
+    publish_event,
 )
 from node.amqp.fields import AMQPFrameError, AMQPSyntaxError, UnknownMethod
 from node.amqp.frames import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader, encode_frame
@@ -49,6 +51,7 @@ _FRAME_END = b"\xce"
 _CONTENT_HEADER = struct.Struct(">HHQ")  # class id, weight, body size
 _PUBLISH_ID = b"\x00\x3c\x00\x28"  # basic.publish: class 60, method 40
 _unpack_publish = spec.BasicPublish.unpack
+_new_tuple = tuple.__new__  # a Publish without running Python code (see events.Publish)
 _OLD_HEADER = b"AMQP\x01\x01\x00\x09"  # 0-9-1 as some old clients announce it
 
 
@@ -185,6 +188,8 @@ class ConnectionProtocol:
         self._failed = False  # a protocol error was reported: read nothing more
         self._reading = False  # frames are read in this state (see _READS)
         self._out: list[bytes] = []
+        # called when output goes from none to some (the adapter schedules a write)
+        self.wake: Callable[[], None] = _nothing
 
     # ------------------------------------------------------------------------------
     # bytes in, events out
@@ -228,17 +233,29 @@ class ConnectionProtocol:
     def next_event(self) -> Event | None:
         """The next event from the frames received so far; None when more bytes are
         needed, or while the core waits for the broker's decision."""
+        return next(self.events(), None)
+
+    def events(self) -> Iterator[Event]:
+        """The events of the frames received so far, one at a time, until more bytes are
+        needed or the core waits for a decision.  Lazily: what the broker does with one
+        event (close a channel, accept a login) counts for the frames after it.  The same
+        as calling next_event until None, without a call per event (this is the path
+        every message takes)."""
+        # The position lives in a local and is written back (self._next) before every
+        # yield and at the end: frames are not added while this runs (receive_data is not
+        # called meanwhile), and the broker's calls between events only pause or close.
         frames = self._frames
-        while self._next < len(frames):
-            if not self._reading:
-                return None
-            i = self._next
+        n = len(frames)
+        i = self._next
+        channels = self.channels
+        max_size = self.max_message_size
+        while i < n and self._reading:
             ftype, ch, payload = frames[i]
-            self._next = i + 1
+            i += 1
             try:
                 if ftype == 1:
-                    if ch and payload[:4] == _PUBLISH_ID and self.state == OPEN:
-                        cs = self.channels.get(ch)
+                    if ch and payload[:4] == _PUBLISH_ID and self.state is OPEN:
+                        cs = channels.get(ch)
                         if cs is not None and cs.state is CH_OPEN:
                             # basic.publish, the frame every message starts with (inline:
                             # this is the broker's hottest path)
@@ -249,21 +266,24 @@ class ConnectionProtocol:
                                 raise _cannot_decode(payload) from None
                             # most often its header and its one body frame came in the same
                             # read: the whole message at once, without the states between
-                            if i + 2 < len(frames):
-                                htype, hch, header = frames[i + 1]
-                                btype, bch, body = frames[i + 2]
+                            if i + 1 < n:
+                                htype, hch, header = frames[i]
+                                btype, bch, body = frames[i + 1]
                                 if (htype == 2 and btype == 3 and hch == ch and bch == ch
                                         and len(header) >= 14):
                                     class_id, _w, size = _CONTENT_HEADER.unpack_from(header)
-                                    if (class_id == 60 and size == len(body)
-                                            and size <= self.max_message_size):
-                                        self._next = i + 3
-                                        return Publish(ch, exchange, routing_key, mandatory,
-                                                       immediate, header, body)
+                                    if class_id == 60 and size == len(body) and size <= max_size:
+                                        i += 2
+                                        self._next = i
+                                        yield _new_tuple(Publish, (
+                                            ch, exchange, routing_key, mandatory,
+                                            immediate, header, body))
+                                        continue
                             cs.move("basic.publish")
                             cs.exchange, cs.routing_key = exchange, routing_key
                             cs.mandatory, cs.immediate = mandatory, immediate
                             continue
+                    self._next = i
                     event = self._on_method_frame(ch, payload)
                 elif ftype == 2:
                     event = self._on_content_header(ch, payload)
@@ -278,10 +298,14 @@ class ConnectionProtocol:
                 if self.state == CLOSING:
                     continue  # we are closing anyway: only close/close-ok matter now
                 self._fail()
-                return ProtocolError(e, ch)
+                self._next = i
+                yield ProtocolError(e, ch)
+                continue
             if event is not None:
-                return event
-        return None
+                self._next = i
+                yield event
+        if self._frames is frames:  # not handed over meanwhile
+            self._next = i
 
     # --- the content frames of a message ----------------------------------------------
     def _on_content_header(self, ch: int, payload: bytes) -> Event | None:
@@ -341,7 +365,7 @@ class ConnectionProtocol:
         return self._published(cs, cs.header, body)
 
     def _published(self, cs: ChannelFrames, header: bytes, body: bytes) -> Publish:
-        return Publish(cs.number, cs.exchange, cs.routing_key, cs.mandatory, cs.immediate,
+        return publish_event(cs.number, cs.exchange, cs.routing_key, cs.mandatory, cs.immediate,
                        header, body)
 
     def _content_channel(self, ch: int) -> ChannelFrames | None:
@@ -568,6 +592,8 @@ class ConnectionProtocol:
             # channel still had in the works (a Raft change) is dropped
             return
         payload = method.encode()
+        if not self._out:
+            self.wake()
         self._out.append(_FRAME_HEAD.pack(1, channel, len(payload)) + payload + _FRAME_END)
 
     def send_content(self, channel: int, method_payload: bytes, header: bytes,
@@ -576,6 +602,8 @@ class ConnectionProtocol:
         header frame as it arrived, and the body split at frame_max."""
         if self.state >= CLOSING:
             return
+        if not self._out:
+            self.wake()
         head = _FRAME_HEAD.pack
         n = len(body)
         chunk = self.frame_max - 8
@@ -602,6 +630,8 @@ class ConnectionProtocol:
                 out.append(_FRAME_END)
 
     def send_heartbeat(self) -> None:
+        if not self._out:
+            self.wake()
         self._out.append(HEARTBEAT_FRAME)
 
     @property
@@ -631,6 +661,10 @@ class ConnectionProtocol:
     def _forget(self, cs: ChannelFrames, happened: str) -> None:
         assert CHANNEL[(cs.state, happened)] is FORGOTTEN
         self.channels.pop(cs.number, None)
+
+
+def _nothing() -> None:
+    pass
 
 
 _LAST_WORDS = (spec.ConnectionClose, spec.ConnectionCloseOk)

@@ -1902,19 +1902,19 @@ class BasicPublish(Method):
     def unpack(buf: Buffer, offset: int) -> tuple[int, str, str, bool, bool]:
         """basic.publish's arguments (reserved_1, exchange, routing_key, mandatory, immediate), as `decode` reads them."""
         try:
-            (reserved_1,) = _S_H.unpack_from(buf, offset)
+            _size = len(buf)
             offset += 2
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             exchange = str(buf[offset + 1:_end], "utf-8")
             offset = _end
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             routing_key = str(buf[offset + 1:_end], "utf-8")
             offset = _end
-            (_bits0,) = _S_B.unpack_from(buf, offset)
+            _bits0 = buf[offset]
             offset += 1
         except _TRUNCATED:
             raise AMQPSyntaxError("basic.publish: arguments truncated") from None
@@ -1922,7 +1922,7 @@ class BasicPublish(Method):
             raise AMQPSyntaxError(f"basic.publish: short string is not valid UTF-8 ({exc.reason})") from None
         except AMQPSyntaxError as exc:
             raise AMQPSyntaxError(f"basic.publish: {exc}") from None
-        return (reserved_1, exchange, routing_key, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
+        return (0, exchange, routing_key, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
 
     def encode(self) -> bytes:
         return b"".join(
@@ -1977,20 +1977,21 @@ class BasicReturn(Method):
     def unpack(buf: Buffer, offset: int) -> tuple[int, str, str, str]:
         """basic.return's arguments (reply_code, reply_text, exchange, routing_key), as `decode` reads them."""
         try:
+            _size = len(buf)
             (reply_code,) = _S_H.unpack_from(buf, offset)
             offset += 2
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             reply_text = str(buf[offset + 1:_end], "utf-8")
             offset = _end
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             exchange = str(buf[offset + 1:_end], "utf-8")
             offset = _end
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             routing_key = str(buf[offset + 1:_end], "utf-8")
             offset = _end
@@ -2057,20 +2058,21 @@ class BasicDeliver(Method):
     def unpack(buf: Buffer, offset: int) -> tuple[str, int, bool, str, str]:
         """basic.deliver's arguments (consumer_tag, delivery_tag, redelivered, exchange, routing_key), as `decode` reads them."""
         try:
+            _size = len(buf)
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             consumer_tag = str(buf[offset + 1:_end], "utf-8")
             offset = _end
             delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
             offset += 9
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             exchange = str(buf[offset + 1:_end], "utf-8")
             offset = _end
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             routing_key = str(buf[offset + 1:_end], "utf-8")
             offset = _end
@@ -2178,15 +2180,16 @@ class BasicGetOk(Method):
     def unpack(buf: Buffer, offset: int) -> tuple[int, bool, str, str, int]:
         """basic.get-ok's arguments (delivery_tag, redelivered, exchange, routing_key, message_count), as `decode` reads them."""
         try:
+            _size = len(buf)
             delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
             offset += 9
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             exchange = str(buf[offset + 1:_end], "utf-8")
             offset = _end
             _end = offset + 1 + buf[offset]
-            if _end > len(buf):
+            if _end > _size:
                 raise IndexError
             routing_key = str(buf[offset + 1:_end], "utf-8")
             offset = _end
