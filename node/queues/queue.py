@@ -609,11 +609,11 @@ class Queue:
     def _scanned(self, fut: asyncio.Future) -> None:
         if self.deleted or not self.recovering:
             return
-        self.recovering = False
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             log.warning("queue '%s' in vhost '%s': recovery failed: %r", self.name, self.vhost,
                         exc)
+            self.recovering = False
             self._wake()
             return
         first, n, size, last, dropped = fut.result()
@@ -628,6 +628,34 @@ class Queue:
             self._paged_bytes += size
             log.info("recovered %d messages in queue '%s' in vhost '%s'", n, self.name,
                      self.vhost)
+        if self.settings.max_priority:
+            self._load_all()  # its order is not the store's: everything in memory first
+        else:
+            self._recovered()
+
+    def _load_all(self) -> None:
+        """A recovering priority queue reads batch after batch (off the loop) until every
+        stored message is in memory; then it is recovered."""
+        if not self._paged_count or self.deleted:
+            self._recovered()
+            return
+        assert self.store is not None
+        fut = self.store.read_range_async(self.name, self._paged_from, PAGE_BATCH)
+
+        def landed(f: asyncio.Future) -> None:
+            if self.deleted:
+                return
+            if f.cancelled() or f.exception() is not None:
+                log.warning("queue '%s' in vhost '%s': recovery failed: %r", self.name,
+                            self.vhost, None if f.cancelled() else f.exception())
+                self._recovered()
+                return
+            self._take_rows(f.result())
+            self._load_all()
+        fut.add_done_callback(landed)
+
+    def _recovered(self) -> None:
+        self.recovering = False
         self._wake()
         self._want_page_in()
         if self.consumers:

@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from node.amqp import spec
+from node.amqp.frames import content_header_payload
 from node.message import Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
@@ -175,6 +177,34 @@ def test_recovery_drops_paged_transients_and_takes_publishes_meanwhile(tmp_path:
         assert seqs == list(range(1, LIMIT + 1)) + list(range(LIMIT + 2, 6001, 2)) + [6001]
         await store.flush()
         assert store.read_range("q", 0, 10) == []
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_recovered_priority_queue_is_all_in_memory_before_it_answers(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(tmp_path)
+        args = {"x-max-priority": 9}
+        q = Queue("/", "p", durable=True, store=store, memory_limit=LIMIT, arguments=args)
+        for i in range(1, 5001):
+            props = spec.BasicProperties(priority=9 if i > 4990 else 0).encode()
+            body = b"m%d" % i
+            q.publish(Message("", "p", content_header_payload(60, len(body), props), body,
+                              True))
+        await store.flush()
+        await store.close()
+
+        store = await open_store(tmp_path)
+        reads = LoopReads(store)
+        q = Queue("/", "p", durable=True, store=store, memory_limit=LIMIT, arguments=args)
+        q.recover()
+        wait = q.wait_for()
+        assert wait is not None
+        await asyncio.wait_for(wait, HANG)
+        assert q.message_count == 5000 and reads.on_loop == 0
+        first = q.get()
+        assert first is not None and first.seq == 4991  # the highest priority, recovered last
         await store.close()
 
     asyncio.run(main())
