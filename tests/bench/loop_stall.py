@@ -95,7 +95,9 @@ class Cluster:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.nodes = [Node(base / f"n{i}", name=f"n{i}@localhost", cluster_secret=SECRET,
-                           log_level="info", replication_factor="2")
+                           log_level="info", replication_factor="2",
+                           # main's loop stalls for seconds: no failover back meanwhile
+                           failover_timeout="60")
                       for i in (1, 2)]
         peers = ",".join(n.raft_address for n in self.nodes)
         for n in self.nodes:
@@ -195,6 +197,7 @@ class Publisher(threading.Thread):
         self.samples: list[tuple[float, float, float]] = []  # (due, sent, confirmed)
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
+        self.failed = 0
 
     def run(self) -> None:
         try:
@@ -214,14 +217,19 @@ class Publisher(threading.Thread):
 
         async def one(due: float) -> None:
             sent = time.monotonic()
-            await ch.default_exchange.publish(
-                aio_pika.Message(b"x" * 16, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key="light-bounded")
+            try:
+                await ch.default_exchange.publish(
+                    aio_pika.Message(b"x" * 16,
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key="light-bounded")
+            except Exception:  # noqa: BLE001 - counted, and the run says so
+                self.failed += 1
+                return
             self.samples.append((due, sent, time.monotonic()))
 
         interval = 1.0 / self.rate
         due = time.monotonic()
-        while not self.stop_flag.is_set():
+        while not self.stop_flag.is_set() and not conn.is_closed:
             now = time.monotonic()
             if now < due:
                 await asyncio.sleep(due - now)
@@ -293,8 +301,9 @@ def one_run(template: Path, code: Path, args: argparse.Namespace) -> dict[str, A
             conn.close()
             pub.stop_flag.set()
             pub.join(30)
-            if pub.error is not None:
-                raise pub.error
+            if pub.error is not None or pub.failed:
+                raise RuntimeError(f"light publisher: {pub.failed} publishes failed, "
+                                   f"{pub.error!r}")
             out = {
                 "code": str(code),
                 "baseline": pub.window(t_base, t0 - 0.5),
