@@ -26,7 +26,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 
+from node.amqp.fields import encode_table
+from node.tls import cluster_client_ssl
+
 if TYPE_CHECKING:
+    from node.amqp.connection import AMQPConnection
     from node.broker import Broker
 
 log = logging.getLogger("warren.forwarding")
@@ -155,12 +159,52 @@ class Spliced:
 
 
 # ----------------------------------------------------------------------------------------
+# the accepting node's side: a client whose vhost another node owns
+# ----------------------------------------------------------------------------------------
+async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
+                    address: str) -> None:
+    """Connect to the owner's cluster port with what it needs to adopt the client (who the
+    client authenticated as, what was negotiated), then splice the two sockets.  The
+    connection waits at connection.open meanwhile (`AMQPConnection._start_forwarding`)."""
+    settings = conn.settings
+    facts = {"user": conn.user, "vhost": vhost, "node": settings.node_name,
+             "client_properties": encode_table(conn.client_properties),
+             "channel_max": conn.channel_max, "frame_max": conn.frame_max,
+             "heartbeat": conn.heartbeat, "peer": [conn.peer[0], conn.peer[1]],
+             "tls": conn.tls, "auth_mechanism": conn.auth_mechanism}
+    try:
+        upstream, early = await open_forward(address, settings.cluster_secret, facts,
+                                             ssl=cluster_client_ssl(settings))
+    except Exception as e:  # any failure: tell the client, never leave it hanging
+        log.warning("cannot forward %s to node '%s' at %s: %s", conn.name, owner, address, e)
+        # the failover controller's reason when it has one (e.g. no in-sync replica
+        # left to promote: it comes back with its owner)
+        conn.forward_failed(conn.broker.replication.available(vhost) or (
+            f"vhost '{vhost}' is unavailable: its owner node '{owner}' cannot be reached"))
+        return
+    detached = conn.detach()
+    if detached is None:
+        upstream.close()
+        return
+    client, pipelined = detached
+    log.info("forwarding %s (vhost '%s') to node '%s'", conn.name, vhost, owner)
+    to_owner, to_client = splice(client, upstream, early, pipelined)
+    # kept so that an owner change can close it from here (the old owner may be hung)
+    spliced = Spliced(vhost, owner, to_owner, to_client)
+    forwarded = conn.broker.forwarded.setdefault(vhost, set())
+    forwarded.add(spliced)
+    to_owner.on_close = lambda: forwarded.discard(spliced)
+
+
+# ----------------------------------------------------------------------------------------
 # the owner's side
 # ----------------------------------------------------------------------------------------
 class _ForwardServerProtocol(asyncio.Protocol):
-    def __init__(self, broker: "Broker", key: bytes) -> None:
+    def __init__(self, broker: "Broker", key: bytes,
+                 client_protocol: Callable[[], Any]) -> None:
         self.broker = broker
         self.key = key
+        self.client_protocol = client_protocol
         self.nonce = os.urandom(NONCE_SIZE)
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -208,8 +252,7 @@ class _ForwardServerProtocol(asyncio.Protocol):
             # the other sessions of the cluster port: replication, liveness pings
             self.broker.replication.accept(facts, self.transport, rest)
             return
-        from node.amqp.connection import AMQPConnection
-        conn = AMQPConnection(self.broker)
+        conn = self.client_protocol()
         self.transport.set_protocol(conn)
         conn.connection_made(self.transport)
         conn.adopt(facts)
@@ -222,11 +265,15 @@ class _ForwardServerProtocol(asyncio.Protocol):
 
 
 async def start_forward_server(broker: "Broker", host: str, port: int, secret: str,
+                               client_protocol: Callable[[], Any],
                                ssl: ssl_lib.SSLContext | None = None) -> asyncio.AbstractServer:
+    """The cluster port.  A forwarded client becomes `client_protocol()` (an AMQP
+    connection, given by the caller: this module stays below node.amqp, which uses it)."""
     loop = asyncio.get_running_loop()
     key = forward_key(secret)
-    return await loop.create_server(lambda: _ForwardServerProtocol(broker, key), host, port,
-                                    reuse_address=True, ssl=ssl)
+    return await loop.create_server(
+        lambda: _ForwardServerProtocol(broker, key, client_protocol), host, port,
+        reuse_address=True, ssl=ssl)
 
 
 async def open_cluster_connection(address: str, factory: Callable[[], asyncio.Protocol],

@@ -110,7 +110,7 @@ async def serve(settings: Settings) -> None:
         forward_server = await _listen(
             "forwarded connections", fhost, fport,
             lambda: start_forward_server(broker, fhost, fport, settings.cluster_secret,
-                                         ssl=cluster_tls))
+                                         lambda: AMQPConnection(broker), ssl=cluster_tls))
     server = await _listen(
         "AMQP", settings.amqp_host, settings.amqp_port,
         lambda: loop.create_server(lambda: AMQPConnection(broker), settings.amqp_host,

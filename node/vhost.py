@@ -13,6 +13,7 @@ from node.message import FLAG_HEADERS, Message, now_ms
 from node.policies import matching_policy
 from node.queues.dead_letter import dead_lettered, death_cycle
 from node.queues.queue import Queue
+from node.read_models import VhostStats
 
 if TYPE_CHECKING:
     from storage.store import MessageStore
@@ -248,6 +249,20 @@ class VirtualHost:
             if death_cycle(dl, target.name):
                 continue
             target.publish(dl)
+
+    # --- read model (management API, metrics) ---
+    def stats(self) -> VhostStats:
+        """Totals over the vhost's queues and open connections now (node/read_models.py)."""
+        ready = unacked = 0
+        for q in list(self.queues.values()):
+            ready += q.message_count
+            unacked += q.unacked
+        conns = [c.stats() for c in list(self.connections)]
+        return VhostStats(
+            queues=len(self.queues), exchanges=len(self.exchanges), connections=len(conns),
+            messages_ready=ready, messages_unacknowledged=unacked,
+            recv_bytes=sum(c.recv_bytes for c in conns),
+            send_bytes=sum(c.send_bytes for c in conns))
 
 
 def _key_list(v: object) -> list[str]:

@@ -1,12 +1,12 @@
-"""One AMQP channel: the methods of classes channel, exchange, queue, basic, confirm and tx,
-content assembly for basic.publish, consumers, unacknowledged deliveries, publisher
-confirms and transactions.
+"""One AMQP channel, what its methods mean: the classes channel, exchange, queue, basic,
+confirm and tx, consumers, unacknowledged deliveries, publisher confirms and transactions.
 
-This file owns the channel state machine.  Methods arrive already decoded; a handler either
+The frames are the protocol core's (`protocol.py`): it opens and closes channels and
+assembles each message, and the events it makes arrive here (`feed`).  A handler either
 finishes at once (the hot path: publish, ack, deliver) or returns a coroutine (definition
-changes that go through Raft), in which case later frames on this channel wait in a backlog
-so that the client sees replies in order.  Errors are raised as `AMQPError` and turned into
-channel.close / connection.close by the connection, in one place."""
+changes that go through Raft), in which case later events on this channel wait in a
+backlog so that the client sees replies in order.  Errors are raised as `AMQPError` and
+turned into channel.close / connection.close by the connection, in one place."""
 
 from __future__ import annotations
 
@@ -20,19 +20,20 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from node import errors
 from node.amqp import spec
+from node.amqp.events import ChannelCloseReceived, ContentRejected, Event, Publish
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.exchanges.base import Binding, Destination
 from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, expiration_error
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
+from node.read_models import ChannelStats
 
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
 
 _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
-_CONTENT_HEADER = struct.Struct(">HHQ")
 
 OPEN, CLOSING = "open", "closing"
 # Memory a client can make a channel hold (issue 11): frames that wait while a definition
@@ -76,15 +77,9 @@ class Channel:
         self.reply_consumer: Consumer | None = None  # direct reply-to (amq.rabbitmq.reply-to)
         self.reply_key = ""
         self._held_cancels: list[str] | None = None  # while this channel deletes a queue
-        # content assembly for basic.publish
-        # (exchange, routing key, mandatory, immediate) of the basic.publish being assembled
-        self._publishing: tuple[str, str, bool, bool] | None = None
-        self._header: bytes | None = None
-        self._body: list[bytes] = []
-        self._remaining = 0
-        # methods that must wait while an earlier one is still going through Raft
+        # events that must wait while an earlier method is still going through Raft
         self._busy = False
-        self._backlog: deque[tuple[int, Any]] = deque()
+        self._backlog: deque[Event] = deque()
         self._backlog_bytes = 0
         self._allowed: dict[tuple[str, str, str], bool] = {}
         self._deliver_prefix = _DELIVER_HEAD.pack(60, 60)
@@ -99,35 +94,34 @@ class Channel:
     # ------------------------------------------------------------------------------
     # frames in
     # ------------------------------------------------------------------------------
-    def feed(self, frame_type: int, payload: Any) -> None:
-        """A method (already decoded), content header or body for this channel."""
+    def feed(self, event: Event) -> None:
+        """An event of the protocol core for this channel: a method (MethodReceived), a
+        whole message (Publish), the client's channel.close, a refused message."""
         if self._busy:
-            self._backlog.append((frame_type, payload))
-            self._backlog_bytes += len(payload) if isinstance(payload, (bytes, bytearray)) else 64
+            self._backlog.append(event)
+            self._backlog_bytes += _size(event)
             if self._backlog_bytes > BACKLOG_MAX_BYTES:
                 self.conn.hold_reading(self._backlog_hold)
             return
-        if self.state == CLOSING:
-            # after we sent channel.close, only close/close-ok count (spec 2.2.5)
-            if frame_type == spec.FRAME_METHOD and isinstance(
-                    payload, (spec.ChannelCloseOk, spec.ChannelClose)):
-                self.conn.channel_closed(self.number)
-                if isinstance(payload, spec.ChannelClose):
-                    self.conn.send_method(self.number, spec.ChannelCloseOk())
-            return
-        if frame_type == spec.FRAME_METHOD:
-            if self._publishing is not None:
-                raise AMQPConnectionError(
-                    errors.UNEXPECTED_FRAME,
-                    "expected content header for class 60, got non content header frame "
-                    "instead", payload.CLASS_ID, payload.METHOD_ID)
-            result = self.handle_method(payload)
-            if result is not None:
-                self._run_async(result, payload)
-        elif frame_type == spec.FRAME_HEADER:
-            self._on_header(payload)
+        kind = type(event)
+        if kind is Publish:
+            self.on_publish(event)  # type: ignore[arg-type]
+        elif kind is ChannelCloseReceived:
+            self.teardown()
+            self.conn.core.channel_close_ok(self.number)
+            self.conn.channel_closed(self.number)
+        elif kind is ContentRejected:
+            raise event.error  # type: ignore[attr-defined]
         else:
-            self._on_body(payload)
+            method = event.method  # type: ignore[attr-defined]
+            try:
+                result = self.handle_method(method)
+            except AMQPError as e:
+                if not e.class_id:  # the reply names the method that failed
+                    e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
+                raise
+            if result is not None:
+                self._run_async(result, method)
 
     @property
     def _backlog_hold(self) -> str:
@@ -165,15 +159,13 @@ class Channel:
                                        self.number)
                 return
             self._busy = False
-            while self._backlog and not self._busy and self.number in self.conn.channels:
-                ftype, payload = self._backlog.popleft()
-                self._backlog_bytes -= (len(payload) if isinstance(payload, (bytes, bytearray))
-                                        else 64)
+            while (self._backlog and not self._busy and self.state == OPEN
+                   and self.number in self.conn.channels):
+                event = self._backlog.popleft()
+                self._backlog_bytes -= _size(event)
                 try:
-                    self.feed(ftype, payload)
+                    self.feed(event)
                 except AMQPError as e:
-                    if not e.class_id and ftype == spec.FRAME_METHOD:
-                        e.class_id, e.method_id = payload.CLASS_ID, payload.METHOD_ID
                     self._backlog.clear()
                     self._backlog_drained()
                     self.conn.handle_error(e, self.number)
@@ -192,50 +184,6 @@ class Channel:
         return handler(self, m)
 
     # ------------------------------------------------------------------------------
-    # content assembly
-    # ------------------------------------------------------------------------------
-    def _on_header(self, payload: bytes) -> None:
-        if self._publishing is None or self._header is not None:
-            raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
-                                   "expected method frame, got non method frame instead")
-        if len(payload) < 14:  # class, weight, body size, property flags
-            raise AMQPConnectionError(errors.FRAME_ERROR, "malformed content header: "
-                                   f"{len(payload)} bytes", 60, 40)
-        class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload)
-        if class_id != 60:
-            raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
-                                   f"expected content header for class 60, got one for class "
-                                   f"{class_id} instead", 60, 40)
-        max_size = self.conn.settings.max_message_size
-        if body_size > max_size:
-            self._publishing = None
-            raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"message size {body_size} is larger than configured max size "
-                               f"{max_size}", 60, 40)
-        self._header = bytes(payload)
-        self._remaining = body_size
-        if body_size == 0:
-            self._publish_complete(b"")
-
-    def _on_body(self, payload: bytes) -> None:
-        if self._header is None:
-            raise AMQPConnectionError(errors.UNEXPECTED_FRAME,
-                                   "expected method frame, got non method frame instead")
-        n = len(payload)
-        if n > self._remaining:
-            raise AMQPConnectionError(errors.FRAME_ERROR,
-                                   "content body frame exceeds remaining content size", 60, 40)
-        self._remaining -= n
-        if self._remaining == 0 and not self._body:
-            self._publish_complete(bytes(payload))
-        else:
-            self._body.append(bytes(payload))
-            if self._remaining == 0:
-                body = b"".join(self._body)
-                self._body = []
-                self._publish_complete(body)
-
-    # ------------------------------------------------------------------------------
     # permissions
     # ------------------------------------------------------------------------------
     def check(self, perm: str, kind: str, name: str) -> None:
@@ -252,15 +200,6 @@ class Channel:
     # ------------------------------------------------------------------------------
     # channel class
     # ------------------------------------------------------------------------------
-    def on_channel_close(self, m: spec.ChannelClose) -> None:
-        self.teardown()
-        self.conn.send_method(self.number, spec.ChannelCloseOk())
-        self.conn.channel_closed(self.number)
-
-    def on_channel_close_ok(self, m: spec.ChannelCloseOk) -> None:
-        # only valid after we sent channel.close, handled in feed(); otherwise ignore
-        return None
-
     def on_channel_flow(self, m: spec.ChannelFlow) -> None:
         if not m.active:
             raise AMQPConnectionError(errors.NOT_IMPLEMENTED, "active=false", 20, 20)
@@ -269,24 +208,19 @@ class Channel:
     def on_channel_flow_ok(self, m: spec.ChannelFlowOk) -> None:
         return None
 
-    def on_channel_open(self, m: spec.ChannelOpen) -> None:
-        raise ChannelError(errors.CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
-
     def server_close(self, err: AMQPError) -> None:
-        """Close this channel because of an error (the one place that sends channel.close)."""
+        """Close this channel because of an error (the connection's handle_error decides;
+        the protocol core sends channel.close)."""
         self.teardown()
         self.state = CLOSING
-        self.conn.send_method(self.number, spec.ChannelClose(
-            reply_code=err.code, reply_text=err.reply_text[:255],
-            class_id=err.class_id, method_id=err.method_id))
+        self._backlog.clear()
+        self._backlog_drained()
+        self.conn.core.close_channel(self.number, err)
 
     def teardown(self) -> None:
         """Release consumers and requeue unacknowledged messages (channel or connection end)."""
         if self.reply_consumer is not None:
             self._end_direct_reply()
-        self._publishing = None
-        self._header = None
-        self._body = []
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
         self.consumers.clear()
@@ -565,40 +499,14 @@ class Channel:
     # ------------------------------------------------------------------------------
     # basic class: publish
     # ------------------------------------------------------------------------------
-    def on_basic_publish(self, m: spec.BasicPublish) -> None:
-        self.start_publish(m.exchange, m.routing_key, m.mandatory, m.immediate)
-
-    def start_publish(self, exchange: str, routing_key: str, mandatory: bool,
-                      immediate: bool) -> None:
-        """basic.publish arrived (the connection's hot path calls this directly)."""
+    def on_publish(self, p: Publish) -> None:
+        """basic.publish with its content, assembled by the protocol core."""
         conn = self.conn
         if not conn.publisher:
             conn.publisher = True
         if conn.broker.resources is not None and conn.broker.resources.alarms:
             conn.block(conn.broker.resources.alarms)  # this publish passes, the next waits
-        self._publishing = (exchange, routing_key, mandatory, immediate)
-        self._header = None
-        self._body = []
-
-    def publish_whole(self, exchange: str, routing_key: str, mandatory: bool,
-                      immediate: bool, header: bytes, body: bytes) -> None:
-        """basic.publish with its header and whole body in hand (the connection's hot path:
-        the same checks as start_publish and the content frames, in one call)."""
-        conn = self.conn
-        if not conn.publisher:
-            conn.publisher = True
-        if conn.broker.resources is not None and conn.broker.resources.alarms:
-            conn.block(conn.broker.resources.alarms)
-        self._publish(exchange, routing_key, mandatory, immediate, header, body)
-
-    def _publish_complete(self, body: bytes) -> None:
-        publishing = self._publishing
-        header = self._header
-        self._publishing = None
-        self._header = None
-        assert publishing is not None and header is not None
-        exchange, routing_key, mandatory, immediate = publishing
-        self._publish(exchange, routing_key, mandatory, immediate, header, body)
+        self._publish(p.exchange, p.routing_key, p.mandatory, p.immediate, p.header, p.body)
 
     def _publish(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
                  header: bytes, body: bytes) -> None:
@@ -1043,6 +951,30 @@ class Channel:
             self.publish_tag += 1
             self._confirm_after(self.publish_tag, False)
 
+    # --- read model (management API, metrics) ---
+    def stats(self) -> ChannelStats:
+        """The channel's figures now (node/read_models.py); computed here, never per message."""
+        conn = self.conn
+        in_tx = self.tx is not None
+        return ChannelStats(
+            number=self.number, connection_name=conn.name, user=conn.user,
+            vhost=conn.vhost.name if conn.vhost else None,
+            state="running" if self.state == OPEN else str(self.state),
+            consumers=tuple(self.consumers.values()), prefetch_count=self.prefetch_count,
+            global_prefetch_count=self.global_prefetch, confirm=self.confirm,
+            transactional=in_tx, messages_unacknowledged=len(self.unacked),
+            messages_unconfirmed=len(self._confirms),
+            messages_uncommitted=self.tx_publishes if in_tx else 0,
+            acks_uncommitted=len(self.tx_taken) if in_tx else 0,
+            pending_raft_commands=len(self._backlog) + int(self._busy))
+
+    def unacked_bytes(self) -> dict[Queue, int]:
+        """Body bytes this channel holds delivered and not yet acknowledged, per queue."""
+        out: dict[Queue, int] = {}
+        for q, entry, _c in list(self.unacked.values()):
+            out[q] = out.get(q, 0) + len(entry.message.body)
+        return out
+
 
 def _without_bcc(msg: Message) -> Message:
     import copy
@@ -1073,6 +1005,13 @@ def _locked(name: str, vhost: str) -> ChannelError:
         f"cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could "
         f"be originally declared on another connection or the exclusive property value does "
         f"not match that of the original declaration.")
+
+
+def _size(event: Event) -> int:
+    """What a waiting event holds in memory, roughly."""
+    if type(event) is Publish:
+        return len(event.header) + len(event.body) + 64  # type: ignore[attr-defined]
+    return 64
 
 
 _HANDLERS: dict[type, Callable[[Channel, Any], Any]] = {}

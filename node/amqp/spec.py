@@ -14,8 +14,8 @@ import struct
 from typing import Any, ClassVar
 
 from node.amqp.fields import (
-    Buffer,
     AMQPSyntaxError,
+    Buffer,
     UnknownMethod,
     decode_longstr,
     decode_shortstr,
@@ -1898,6 +1898,32 @@ class BasicPublish(Method):
             raise AMQPSyntaxError(f"basic.publish: {exc}") from None
         return cls(reserved_1, exchange, routing_key, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
 
+    @staticmethod
+    def unpack(buf: Buffer, offset: int) -> tuple[int, str, str, bool, bool]:
+        """basic.publish's arguments (reserved_1, exchange, routing_key, mandatory, immediate), as `decode` reads them."""
+        try:
+            (reserved_1,) = _S_H.unpack_from(buf, offset)
+            offset += 2
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            exchange = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            routing_key = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            (_bits0,) = _S_B.unpack_from(buf, offset)
+            offset += 1
+        except _TRUNCATED:
+            raise AMQPSyntaxError("basic.publish: arguments truncated") from None
+        except UnicodeDecodeError as exc:
+            raise AMQPSyntaxError(f"basic.publish: short string is not valid UTF-8 ({exc.reason})") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.publish: {exc}") from None
+        return (reserved_1, exchange, routing_key, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
+
     def encode(self) -> bytes:
         return b"".join(
             (
@@ -1946,6 +1972,35 @@ class BasicReturn(Method):
         except AMQPSyntaxError as exc:
             raise AMQPSyntaxError(f"basic.return: {exc}") from None
         return cls(reply_code, reply_text, exchange, routing_key)
+
+    @staticmethod
+    def unpack(buf: Buffer, offset: int) -> tuple[int, str, str, str]:
+        """basic.return's arguments (reply_code, reply_text, exchange, routing_key), as `decode` reads them."""
+        try:
+            (reply_code,) = _S_H.unpack_from(buf, offset)
+            offset += 2
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            reply_text = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            exchange = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            routing_key = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+        except _TRUNCATED:
+            raise AMQPSyntaxError("basic.return: arguments truncated") from None
+        except UnicodeDecodeError as exc:
+            raise AMQPSyntaxError(f"basic.return: short string is not valid UTF-8 ({exc.reason})") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.return: {exc}") from None
+        return (reply_code, reply_text, exchange, routing_key)
 
     def encode(self) -> bytes:
         return b"".join(
@@ -1997,6 +2052,35 @@ class BasicDeliver(Method):
         except AMQPSyntaxError as exc:
             raise AMQPSyntaxError(f"basic.deliver: {exc}") from None
         return cls(consumer_tag, delivery_tag, (_bits0 & 1) != 0, exchange, routing_key)
+
+    @staticmethod
+    def unpack(buf: Buffer, offset: int) -> tuple[str, int, bool, str, str]:
+        """basic.deliver's arguments (consumer_tag, delivery_tag, redelivered, exchange, routing_key), as `decode` reads them."""
+        try:
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            consumer_tag = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
+            offset += 9
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            exchange = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            routing_key = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+        except _TRUNCATED:
+            raise AMQPSyntaxError("basic.deliver: arguments truncated") from None
+        except UnicodeDecodeError as exc:
+            raise AMQPSyntaxError(f"basic.deliver: short string is not valid UTF-8 ({exc.reason})") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.deliver: {exc}") from None
+        return (consumer_tag, delivery_tag, (_bits0 & 1) != 0, exchange, routing_key)
 
     def encode(self) -> bytes:
         return b"".join(
@@ -2089,6 +2173,32 @@ class BasicGetOk(Method):
         except AMQPSyntaxError as exc:
             raise AMQPSyntaxError(f"basic.get-ok: {exc}") from None
         return cls(delivery_tag, (_bits0 & 1) != 0, exchange, routing_key, message_count)
+
+    @staticmethod
+    def unpack(buf: Buffer, offset: int) -> tuple[int, bool, str, str, int]:
+        """basic.get-ok's arguments (delivery_tag, redelivered, exchange, routing_key, message_count), as `decode` reads them."""
+        try:
+            delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
+            offset += 9
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            exchange = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            _end = offset + 1 + buf[offset]
+            if _end > len(buf):
+                raise IndexError
+            routing_key = str(buf[offset + 1:_end], "utf-8")
+            offset = _end
+            (message_count,) = _S_I.unpack_from(buf, offset)
+            offset += 4
+        except _TRUNCATED:
+            raise AMQPSyntaxError("basic.get-ok: arguments truncated") from None
+        except UnicodeDecodeError as exc:
+            raise AMQPSyntaxError(f"basic.get-ok: short string is not valid UTF-8 ({exc.reason})") from None
+        except AMQPSyntaxError as exc:
+            raise AMQPSyntaxError(f"basic.get-ok: {exc}") from None
+        return (delivery_tag, (_bits0 & 1) != 0, exchange, routing_key, message_count)
 
     def encode(self) -> bytes:
         return b"".join(

@@ -90,13 +90,13 @@ async def list_connection_channels(request: web.Request) -> web.Response:
     c = _connection(request)
     b, stats = broker_of(request), stats_of(request)
     return list_response(request, [channel_json(b, stats, c, ch)
-                                   for ch in list(c.channels.values())])
+                                   for ch in c.stats().channels])
 
 
 # --- channels -----------------------------------------------------------------------
 def _channels(request: web.Request, vhost: str | None = None) -> Iterator[tuple[Any, Any]]:
     for c in _connections(request, vhost):
-        for ch in list(c.channels.values()):
+        for ch in c.stats().channels:
             yield c, ch
 
 
@@ -133,7 +133,7 @@ async def list_consumers(request: web.Request) -> web.Response:
     for c in list(b.connections):
         if c.vhost is None or c.vhost.name not in allowed:
             continue
-        for ch in list(c.channels.values()):
-            for consumer in list(ch.consumers.values()):
+        for ch in c.stats().channels:
+            for consumer in ch.stats().consumers:
                 out.append(consumer_json(b, c, ch, consumer))
     return list_response(request, out)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from aiohttp import web
 
 from node.broker import VERSION
 from node.http import system
 from node.http.shapes import channel_name
+from node.read_models import QueueStats
 
 routes = web.RouteTableDef()
 
@@ -67,22 +68,25 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-# per queue: (metric, type, help, reader)
-QUEUE_METRICS: list[tuple[str, str, str, Any]] = [
+# per queue: (metric, type, help, reader of the queue and its read model)
+QUEUE_METRICS: list[tuple[str, str, str, Callable[[Any, QueueStats], int]]] = [
     ("rabbitmq_queue_messages_ready", "gauge",
-     "Messages ready to be delivered to consumers", lambda q: q.message_count),
+     "Messages ready to be delivered to consumers", lambda q, s: s.messages_ready),
     ("rabbitmq_queue_messages_unacked", "gauge",
-     "Messages delivered to consumers but not yet acknowledged", lambda q: q.unacked),
+     "Messages delivered to consumers but not yet acknowledged",
+     lambda q, s: s.messages_unacknowledged),
     ("rabbitmq_queue_messages", "gauge",
      "Sum of ready and unacknowledged messages - total queue depth",
-     lambda q: q.message_count + q.unacked),
+     lambda q, s: s.messages_ready + s.messages_unacknowledged),
+    # all ready messages, paged-out ones too, as RabbitMQ and the API's message_bytes_ready
     ("rabbitmq_queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
-     lambda q: q.ready_bytes),
+     lambda q, s: s.message_bytes_ready),
     ("rabbitmq_queue_messages_paged_out", "gauge", "Messages paged out to disk",
-     lambda q: getattr(q, "_paged_count", 0)),
-    ("rabbitmq_queue_consumers", "gauge", "Consumers on a queue", lambda q: len(q.consumers)),
+     lambda q, s: s.messages_paged_out),
+    ("rabbitmq_queue_consumers", "gauge", "Consumers on a queue",
+     lambda q, s: len(s.consumers)),
     ("rabbitmq_queue_messages_published_total", "counter",
-     "Total number of messages published to queues", lambda q: q.stats_publish),
+     "Total number of messages published to queues", lambda q, s: q.stats_publish),
 ]
 
 CHANNEL_METRICS: list[tuple[str, str, str, str]] = [
@@ -96,12 +100,9 @@ CHANNEL_METRICS: list[tuple[str, str, str, str]] = [
 ]
 
 
-def _queues(broker: Any) -> list[tuple[str, Any]]:
-    return [(vh.name, q) for vh in broker.vhosts.values() for q in list(vh.queues.values())]
-
-
-def _channels(broker: Any) -> list[tuple[Any, Any]]:
-    return [(c, ch) for c in list(broker.connections) for ch in list(c.channels.values())]
+def _queues(broker: Any) -> list[tuple[str, Any, QueueStats]]:
+    return [(vh.name, q, q.stats()) for vh in broker.vhosts.values()
+            for q in list(vh.queues.values())]
 
 
 def render(broker: Any, stats: Any, per_object: bool) -> str:
@@ -117,8 +118,9 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
         "rabbitmq_cluster_permanent_id": f"warren-{s.node_name}"})
 
     queues = _queues(broker)
-    channels = _channels(broker)
-    consumers = sum(len(q.consumers) for _v, q in queues)
+    conns = [(c, c.stats()) for c in list(broker.connections)]
+    channels = [(c, ch, ch.stats()) for c, cs in conns for ch in cs.channels]
+    consumers = sum(len(qs.consumers) for _v, _q, qs in queues)
     e.gauge("rabbitmq_connections", "Connections currently open", len(broker.connections))
     e.gauge("rabbitmq_channels", "Channels currently open", len(channels))
     e.gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
@@ -167,37 +169,37 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
 
     for metric, kind, help_text, read in QUEUE_METRICS:
         if per_object:
-            e.add(metric, kind, help_text, [({"vhost": v, "queue": q.name}, read(q))
-                                            for v, q in queues])
+            e.add(metric, kind, help_text, [({"vhost": v, "queue": q.name}, read(q, qs))
+                                            for v, q, qs in queues])
         else:
-            e.add(metric, kind, help_text, [({}, sum(read(q) for _v, q in queues))])
+            e.add(metric, kind, help_text, [({}, sum(read(q, qs) for _v, q, qs in queues))])
 
-    conns = list(broker.connections)
-    for metric, help_text, attr in (
+    for metric, help_text, read_conn in (
             ("rabbitmq_connection_incoming_bytes_total",
-             "Total number of bytes received on a connection", "recv_bytes"),
+             "Total number of bytes received on a connection", lambda cs: cs.recv_bytes),
             ("rabbitmq_connection_outgoing_bytes_total",
-             "Total number of bytes sent on a connection", "send_bytes")):
+             "Total number of bytes sent on a connection", lambda cs: cs.send_bytes)):
         if per_object:
-            e.add(metric, "counter", help_text, [({"connection": c.name}, getattr(c, attr))
-                                                 for c in conns])
+            e.add(metric, "counter", help_text, [({"connection": c.name}, read_conn(cs))
+                                                 for c, cs in conns])
         else:
-            e.add(metric, "counter", help_text, [({}, sum(getattr(c, attr) for c in conns))])
+            e.add(metric, "counter", help_text, [({}, sum(read_conn(cs) for _c, cs in conns))])
     if per_object:
         e.add("rabbitmq_connection_channels", "gauge", "Channels on a connection",
-              [({"connection": c.name}, len(c.channels)) for c in conns])
+              [({"connection": c.name}, len(cs.channels)) for c, cs in conns])
 
     for metric, kind, help_text, key in CHANNEL_METRICS:
         if per_object:
             e.add(metric, kind, help_text, [({"channel": channel_name(c, ch)},
-                                             getattr(ch, key, 0)) for c, ch in channels])
+                                             getattr(ch, key, 0)) for c, ch, _s in channels])
         else:
             e.add(metric, kind, help_text,
-                  [({}, sum(getattr(ch, key, 0) for _c, ch in channels))])
+                  [({}, sum(getattr(ch, key, 0) for _c, ch, _s in channels))])
     e.add("rabbitmq_channel_messages_unacked", "gauge",
           "Delivered but not yet acknowledged messages",
-          [({"channel": channel_name(c, ch)}, len(ch.unacked)) for c, ch in channels]
-          if per_object else [({}, sum(len(ch.unacked) for _c, ch in channels))])
+          [({"channel": channel_name(c, ch)}, s.messages_unacknowledged)
+           for c, ch, s in channels]
+          if per_object else [({}, sum(s.messages_unacknowledged for _c, _ch, s in channels))])
 
     e.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes",
             system.resident_memory())

@@ -28,6 +28,7 @@ from node.http.proxy import from_owner, owner_list
 from node.http.shapes import (
     exchange_json,
     properties_key,
+    queue_consumer_details,
     queue_json,
     unacked_bytes,
     vhost_bindings,
@@ -85,16 +86,7 @@ async def get_queue(request: web.Request) -> web.Response:
         return relayed
     vh, q = queue_of(request)
     out = queue_json(broker_of(request), stats_of(request), vh.name, q)
-    out["consumer_details"] = [{
-        "consumer_tag": c.tag, "ack_required": not c.no_ack, "exclusive": c.exclusive,
-        "prefetch_count": c.prefetch, "arguments": c.arguments, "active": True,
-        "activity_status": "up",
-        "queue": {"name": q.name, "vhost": vh.name},
-        "channel_details": {"number": getattr(c.owner, "number", 0),
-                            "connection_name": getattr(getattr(c.owner, "conn", None), "name",
-                                                       ""),
-                            "user": getattr(c.owner, "user", "")}}
-        for c in list(q.consumers)]
+    out["consumer_details"] = queue_consumer_details(q)
     return json_response(out)
 
 
@@ -124,7 +116,7 @@ async def put_queue(request: web.Request) -> web.Response:
 async def delete_queue(request: web.Request) -> web.Response:
     vh, q = queue_of(request)
     check_permission(request, vh.name, "configure", "queue", q.name)
-    if request.query.get("if-unused") == "true" and q.consumers:
+    if request.query.get("if-unused") == "true" and q.consumer_count:
         raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' in use")
     if request.query.get("if-empty") == "true" and (q.message_count or q.unacked):
         raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' "

@@ -54,10 +54,10 @@ def listeners(broker: Any) -> list[dict]:
 def object_totals(broker: Any) -> dict:
     queues = [q for vh in broker.vhosts.values() for q in vh.queues.values()]
     return {"connections": len(broker.connections),
-            "channels": sum(len(c.channels) for c in broker.connections),
+            "channels": sum(len(c.stats().channels) for c in list(broker.connections)),
             "exchanges": sum(len(vh.exchanges) for vh in broker.vhosts.values()),
             "queues": len(queues),
-            "consumers": sum(len(q.consumers) for q in queues)}
+            "consumers": sum(q.consumer_count for q in queues)}
 
 
 @routes.get("/api/overview")

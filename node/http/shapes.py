@@ -15,14 +15,10 @@ from node.http.stats import (
     channel_counters,
     exchange_counters,
     queue_counters,
-    queue_depths,
     vhost_counters,
 )
 
 PROTOCOL = "AMQP 0-9-1"
-# node.amqp.connection's states (AWAIT_HEADER … CLOSED) as RabbitMQ names them
-_CONNECTION_STATES = {0: "starting", 1: "starting", 2: "tuning", 3: "opening", 4: "running",
-                      5: "closing", 6: "closed"}
 
 
 def cluster_state(broker: Any) -> dict[str, str]:
@@ -57,75 +53,59 @@ def policy_json(p: dict) -> dict:
 
 
 # --- queues, exchanges, bindings -----------------------------------------------------
-def unacked_bytes(broker: Any) -> dict[int, int]:
-    """Body bytes delivered and not yet acknowledged, per queue (by id): what the channels
-    hold, counted once per request."""
-    out: dict[int, int] = {}
-    for conn in list(broker.connections):
-        for ch in list(conn.channels.values()):
-            for q, entry, _c in list(ch.unacked.values()):
-                out[id(q)] = out.get(id(q), 0) + len(entry.message.body)
+def all_channels(broker: Any) -> list[tuple[Any, Any]]:
+    """Every (connection, channel) open on this node."""
+    return [(c, ch) for c in list(broker.connections) for ch in c.stats().channels]
+
+
+def unacked_bytes(broker: Any) -> dict[Any, int]:
+    """Body bytes delivered and not yet acknowledged, per queue: what the channels hold,
+    counted once per request."""
+    out: dict[Any, int] = {}
+    for _conn, ch in all_channels(broker):
+        for q, n in ch.unacked_bytes().items():
+            out[q] = out.get(q, 0) + n
     return out
 
 
-def _head_timestamp(q: Any) -> int | None:
-    """The timestamp property of the message at the head of the queue, as RabbitMQ shows
-    it (seconds), or None when it has none."""
-    ready = getattr(q, "_ready", None)
-    entry = ready.peek() if ready is not None else None
-    if entry is None:
-        return None
-    ts = entry.message.properties.timestamp
-    return int(ts) if ts is not None else None
-
-
-def active_consumer(q: Any) -> Any:
-    """The consumer that receives: with single-active-consumer only one; else None."""
-    if q.settings.single_active_consumer:
-        return q._active_consumer()
-    return None
-
-
 def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
-               unacked_by_queue: dict[int, int] | None = None) -> dict:
+               unacked_by_queue: dict[Any, int] | None = None) -> dict:
     """Figures that are measured, nothing made up: RabbitMQ's consumer_capacity and
     consumer_utilisation, memory and messages_persistent are not tracked here, so they
     are left out rather than shown as constants."""
     key = ("queue", vhost, q.name)
-    ready, unacked = q.message_count, q.unacked
+    qs = q.stats()
+    ready, unacked = qs.messages_ready, qs.messages_unacknowledged
     policy = queue_policy(broker, vhost, q)
-    consumers = list(q.consumers)
-    exclusive_consumer = getattr(q, "exclusive_consumer", None)
     if unacked_by_queue is None:
         unacked_by_queue = unacked_bytes(broker)
-    bytes_unacked = unacked_by_queue.get(id(q), 0)
-    paged_bytes = getattr(q, "_paged_bytes", 0)
-    sac = active_consumer(q)
+    bytes_unacked = unacked_by_queue.get(q, 0)
+    exclusive_consumer, sac = qs.exclusive_consumer, qs.single_active_consumer
     out = {
         "name": q.name, "vhost": vhost, "durable": q.durable, "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
         "type": "classic", "node": node_name(broker), "state": "running",
         "policy": policy["name"] if policy else None, "operator_policy": None,
         "effective_policy_definition": policy.get("definition", {}) if policy else {},
-        "consumers": len(consumers),
+        "consumers": len(qs.consumers),
         "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else None,
         "single_active_consumer_tag": sac.tag if sac is not None else None,
-        "message_bytes": q.ready_bytes + paged_bytes + bytes_unacked,
-        "message_bytes_ready": q.ready_bytes + paged_bytes,
+        "message_bytes": qs.message_bytes_ready + bytes_unacked,
+        "message_bytes_ready": qs.message_bytes_ready,
         "message_bytes_unacknowledged": bytes_unacked,
-        "message_bytes_ram": q.ready_bytes + bytes_unacked,
-        "messages_ram": ready - getattr(q, "_paged_count", 0) + unacked,
-        "messages_ready_ram": ready - getattr(q, "_paged_count", 0),
+        "message_bytes_ram": qs.message_bytes_ready_ram + bytes_unacked,
+        "messages_ram": qs.messages_ready_ram + unacked,
+        "messages_ready_ram": qs.messages_ready_ram,
         "messages_unacknowledged_ram": unacked,
-        "messages_paged_out": getattr(q, "_paged_count", 0),
-        "message_bytes_paged_out": paged_bytes,
-        "head_message_timestamp": _head_timestamp(q),
+        "messages_paged_out": qs.messages_paged_out,
+        "message_bytes_paged_out": qs.message_bytes_paged_out,
+        "head_message_timestamp": qs.head_message_timestamp,
         "recoverable_slaves": None,
         "storage_version": 2,
         "message_stats": stats.message_stats(key, queue_counters(q)),
     }
     idle = stats.idle_since(key)
-    if idle is not None and not consumers:
+    if idle is not None and not qs.consumers:
         out["idle_since"] = idle
     out.update(stats.details(key, {"messages": ready + unacked, "messages_ready": ready,
                                    "messages_unacknowledged": unacked}))
@@ -174,8 +154,7 @@ def vhost_bindings(vh: Any) -> list[dict]:
 def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
     meta = meta or {}
     key = ("vhost", vh.name)
-    recv = sum(c.recv_bytes for c in vh.connections)
-    send = sum(c.send_bytes for c in vh.connections)
+    vs = vh.stats()
     description = meta.get("description", "")
     tags = list(meta.get("tags", []))
     dqt = meta.get("default_queue_type", "classic")
@@ -185,9 +164,11 @@ def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
                         "default_queue_type": dqt},
            "tracing": False, "protected_from_deletion": False,
            "cluster_state": cluster_state(broker),
-           "recv_oct": recv, "send_oct": send,
+           "recv_oct": vs.recv_bytes, "send_oct": vs.send_bytes,
            "message_stats": stats.message_stats(key, vhost_counters(vh))}
-    out.update(stats.details(key, queue_depths(vh.queues.values())))
+    ready, unacked = vs.messages_ready, vs.messages_unacknowledged
+    out.update(stats.details(key, {"messages": ready + unacked, "messages_ready": ready,
+                                   "messages_unacknowledged": unacked}))
     # WarrenMQ's placement: who serves the vhost, and who holds copies of its messages
     out.update(owner=meta.get("owner"), epoch=meta.get("epoch"),
                replicas=list(meta.get("replicas", [])), in_sync=list(meta.get("in_sync", [])),
@@ -204,39 +185,29 @@ def user_json(u: dict) -> dict:
 # --- connections, channels, consumers ---------------------------------------------------
 def connection_json(broker: Any, stats: Sampler, c: Any) -> dict:
     key = ("connection", c.name)
-    props = getattr(c, "client_properties", {}) or {}
-    sock = c.transport.get_extra_info("sockname") if getattr(c, "transport", None) else None
+    cs = c.stats()
+    props = cs.client_properties
+    tls = cs.tls_session
     return {
-        "name": c.name, "node": node_name(broker), "type": "network", "protocol": PROTOCOL,
-        "user": c.user, "user_who_performed_action": c.user,
-        "vhost": c.vhost.name if getattr(c, "vhost", None) else None,
-        "channels": len(c.channels), "channel_max": c.channel_max, "frame_max": c.frame_max,
-        "timeout": c.heartbeat, "state": _CONNECTION_STATES.get(c.state, "running"),
-        "peer_host": c.peer[0], "peer_port": c.peer[1],
-        "host": sock[0] if sock else None, "port": sock[1] if sock else None,
-        "ssl": bool(getattr(c, "tls", False)),
-        "auth_mechanism": getattr(c, "auth_mechanism", "") or None,
+        "name": cs.name, "node": node_name(broker), "type": "network", "protocol": PROTOCOL,
+        "user": cs.user, "user_who_performed_action": cs.user, "vhost": cs.vhost,
+        "channels": len(cs.channels), "channel_max": cs.channel_max,
+        "frame_max": cs.frame_max, "timeout": cs.heartbeat, "state": cs.state,
+        "peer_host": cs.peer_host, "peer_port": cs.peer_port,
+        "host": cs.host, "port": cs.port,
+        "ssl": cs.ssl,
+        "auth_mechanism": cs.auth_mechanism or None,
         "client_properties": props,
         "user_provided_name": props.get("connection_name"),
-        "connected_at": int(c.connected_at * 1000),
-        "recv_oct": c.recv_bytes, "recv_oct_details": {"rate": stats.rate(key, "recv_oct")},
-        "send_oct": c.send_bytes, "send_oct_details": {"rate": stats.rate(key, "send_oct")},
+        "connected_at": int(cs.connected_at * 1000),
+        "recv_oct": cs.recv_bytes, "recv_oct_details": {"rate": stats.rate(key, "recv_oct")},
+        "send_oct": cs.send_bytes, "send_oct_details": {"rate": stats.rate(key, "send_oct")},
         # socket reads and writes, and bytes waiting in our send buffer
-        "recv_cnt": getattr(c, "recv_count", 0), "send_cnt": getattr(c, "send_count", 0),
-        "send_pend": (c.transport.get_write_buffer_size()
-                      if getattr(c, "transport", None) is not None else 0),
-        **_tls_fields(c),
+        "recv_cnt": cs.recv_count, "send_cnt": cs.send_count, "send_pend": cs.send_pending,
+        # RabbitMQ's ssl_* fields, from the live TLS session (absent without one)
+        **({"ssl_protocol": tls.protocol, "ssl_cipher": tls.cipher,
+            "peer_cert_subject": tls.peer_cert_subject} if tls is not None else {}),
     }
-
-
-def _tls_fields(c: Any) -> dict:
-    """RabbitMQ's ssl_* fields, read from the live TLS session (absent without one)."""
-    obj = c.transport.get_extra_info("ssl_object") if getattr(c, "transport", None) else None
-    if obj is None:
-        return {}
-    cipher = obj.cipher()
-    return {"ssl_protocol": obj.version(), "ssl_cipher": cipher[0] if cipher else None,
-            "peer_cert_subject": getattr(c, "tls_peer_name", None)}
 
 
 def channel_name(conn: Any, ch: Any) -> str:
@@ -248,23 +219,21 @@ def connection_details(conn: Any) -> dict:
 
 
 def channel_json(broker: Any, stats: Sampler, conn: Any, ch: Any) -> dict:
-    tx = getattr(ch, "tx", None)
-    confirms = getattr(ch, "_confirms", ())
+    s = ch.stats()
     return {
-        "name": channel_name(conn, ch), "number": ch.number, "node": node_name(broker),
-        "user": conn.user, "user_who_performed_action": conn.user,
-        "vhost": conn.vhost.name if conn.vhost else None,
+        "name": channel_name(conn, ch), "number": s.number, "node": node_name(broker),
+        "user": s.user, "user_who_performed_action": s.user, "vhost": s.vhost,
         "connection_details": connection_details(conn),
-        "state": "running" if ch.state == "open" else str(ch.state),
-        "consumer_count": len(ch.consumers), "messages_unacknowledged": len(ch.unacked),
-        "messages_unconfirmed": len(confirms),
+        "state": s.state,
+        "consumer_count": len(s.consumers),
+        "messages_unacknowledged": s.messages_unacknowledged,
+        "messages_unconfirmed": s.messages_unconfirmed,
         # a transaction's publishes and acks not yet committed
-        "messages_uncommitted": getattr(ch, "tx_publishes", 0) if tx is not None else 0,
-        "acks_uncommitted": len(getattr(ch, "tx_taken", ())) if tx is not None else 0,
-        "pending_raft_commands": len(getattr(ch, "_backlog", ())) + int(
-            bool(getattr(ch, "_busy", False))),
-        "prefetch_count": ch.prefetch_count, "global_prefetch_count": ch.global_prefetch,
-        "confirm": ch.confirm, "transactional": tx is not None,
+        "messages_uncommitted": s.messages_uncommitted,
+        "acks_uncommitted": s.acks_uncommitted,
+        "pending_raft_commands": s.pending_raft_commands,
+        "prefetch_count": s.prefetch_count, "global_prefetch_count": s.global_prefetch_count,
+        "confirm": s.confirm, "transactional": s.transactional,
         "message_stats": stats.message_stats(("channel", conn.name, ch.number),
                                              channel_counters(ch)),
     }
@@ -272,10 +241,25 @@ def channel_json(broker: Any, stats: Sampler, conn: Any, ch: Any) -> dict:
 
 def _consumer_activity(q: Any, c: Any) -> dict:
     """With single-active-consumer only the active one receives; the others wait."""
-    sac = active_consumer(q)
+    sac = q.stats().single_active_consumer
     active = sac is None or sac is c
     return {"active": active, "activity_status": "single_active" if sac is c else
             "up" if active else "waiting"}
+
+
+def queue_consumer_details(q: Any) -> list[dict]:
+    """A queue's consumers as GET /api/queues/{vhost}/{name} lists them."""
+    out = []
+    for c in q.stats().consumers:
+        ch = c.owner.stats()  # the channel that consumes
+        out.append({
+            "consumer_tag": c.tag, "ack_required": not c.no_ack, "exclusive": c.exclusive,
+            "prefetch_count": c.prefetch, "arguments": c.arguments,
+            **_consumer_activity(q, c),
+            "queue": {"name": q.name, "vhost": q.vhost},
+            "channel_details": {"number": ch.number, "connection_name": ch.connection_name,
+                                "user": ch.user}})
+    return out
 
 
 def consumer_json(broker: Any, conn: Any, ch: Any, c: Any) -> dict:

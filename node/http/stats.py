@@ -158,9 +158,10 @@ class Sampler:
                     self._retired_node[k] = self._retired_node.get(k, 0) + counters.get(k, 0)
         self._last_vhosts = vhost_now
         for conn in list(b.connections):
+            cs = conn.stats()
             self._observe(("connection", conn.name), now,
-                          {"recv_oct": conn.recv_bytes, "send_oct": conn.send_bytes}, seen)
-            for ch in list(conn.channels.values()):
+                          {"recv_oct": cs.recv_bytes, "send_oct": cs.send_bytes}, seen)
+            for ch in cs.channels:
                 self._observe(("channel", conn.name, ch.number), now, channel_counters(ch), seen)
         queues = [q for vh in b.vhosts.values() for q in vh.queues.values()]
         depths = queue_depths(queues)

@@ -32,6 +32,7 @@ from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList
 from node.queues.settings import QueueSettings, queue_settings
+from node.read_models import QueueStats
 from storage.keys import MAX_SEQ
 
 if TYPE_CHECKING:
@@ -661,3 +662,18 @@ class Queue:
         if self.consumers:
             self.dispatch()
         self._enforce_length()
+
+    # --- read model (management API, metrics) ---
+    def stats(self) -> QueueStats:
+        """The queue's figures now (node/read_models.py); computed here, never per message."""
+        head = self._ready.peek()
+        ts = head.message.properties.timestamp if head is not None else None
+        return QueueStats(
+            messages_ready=self.message_count, messages_unacknowledged=self.unacked,
+            messages_ready_ram=self._ready.n, messages_paged_out=self._paged_count,
+            message_bytes_ready_ram=self.ready_bytes,
+            message_bytes_paged_out=self._paged_bytes,
+            consumers=tuple(self.consumers), exclusive_consumer=self.exclusive_consumer,
+            single_active_consumer=(self._active_consumer()
+                                    if self.settings.single_active_consumer else None),
+            head_message_timestamp=int(ts) if ts is not None else None)

@@ -262,6 +262,10 @@ def test_management_figures_are_measured(node, named_conn):
     active = {c["consumer_tag"]: c["active"] for c in consumers
               if c["queue"]["name"] == "h11-figs"}
     assert active == {first: True, second: False}
+    # the queue's own consumer list says the same
+    assert {c["consumer_tag"]: (c["active"], c["activity_status"])
+            for c in q["consumer_details"]} == {first: (True, "single_active"),
+                                                second: (False, "waiting")}
     mine = _api_connection(node, "h11-figures")
     assert mine["auth_mechanism"] == "PLAIN" and mine["ssl"] is False
     assert mine["recv_cnt"] > 0 and mine["send_cnt"] > 0

@@ -151,6 +151,9 @@ def test_metrics_aggregated(fast_node):
     assert value(per, "rabbitmq_queue_messages_ready", vhost="/", queue="metrics-q") == 3
     assert value(per, "rabbitmq_queue_messages_unacked", vhost="/", queue="metrics-q") == 1
     assert value(per, "rabbitmq_queue_messages", vhost="/", queue="metrics-q") == 4
+    # body bytes of the 3 ready messages, as the API's message_bytes_ready counts them
+    assert value(per, "rabbitmq_queue_messages_ready_bytes", vhost="/", queue="metrics-q") == (
+        api("GET", "/api/queues/%2F/metrics-q").json()["message_bytes_ready"]) == 3
 
     # global counters survive the objects they counted
     before = value(m, "rabbitmq_global_messages_acknowledged", protocol="amqp091")
