@@ -80,10 +80,7 @@ class VirtualHost:
             q.policy_name = policy["name"] if policy else None
             self.queues[name] = q
             if durable and recover:
-                n = q.recover()
-                if n:
-                    log.info("recovered %d messages in queue '%s' in vhost '%s'", n, name,
-                             self.name)
+                q.recover()  # in the background: the queue says when (wait_for)
         return q
 
     def remove_queue(self, name: str) -> Queue | None:

@@ -3,7 +3,11 @@
 Threading model (everything below depends on it):
 
 * Every public method is called from one asyncio event-loop thread.
-* One dedicated writer thread owns every LMDB write transaction.  Writes are queued as
+* One dedicated writer thread owns every LMDB write transaction.
+* One reader thread serves the ``*_async`` reads (a queue's page-in, recovery's scan), so
+  that the event loop, which serves every vhost of the node, never waits on the disk; the
+  synchronous reads remain for tests, tools and rare paths.  The overlay of uncommitted
+  generations such a read needs is copied on the loop before it is handed over.  Writes are queued as
   *generations*: the open generation collects ops from the loop; the writer seals it, applies
   it in ONE write transaction, commits (one fsync pair with ``sync=True``) and then resolves
   the flush() futures attached to it.  Batching needs no timer: while one commit fsyncs the
@@ -36,8 +40,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import lmdb
 import msgpack
@@ -69,6 +74,8 @@ _KEY_EPOCHS = b"epochs"
 
 SNAPSHOT_CHUNK_BYTES = 4 << 20
 
+_T = TypeVar("_T")
+
 
 class StoreError(Exception):
     """The store is closed or its writer thread failed; no further writes are accepted."""
@@ -81,19 +88,58 @@ class _SnapshotAbandoned(Exception):
 class _QueueOps:
     """Net effect of one generation's ops on one queue.
 
-    Applied in this order: ``cleared`` (delete_queue), ``deletes``, ``puts``, ``delivered``.
+    Applied in this order: ``cleared`` (delete_queue), ``ranges`` (purge_range), ``deletes``,
+    ``puts``, ``delivered``.
     """
 
-    __slots__ = ("cleared", "puts", "deletes", "delivered")
+    __slots__ = ("cleared", "ranges", "puts", "deletes", "delivered")
 
     def __init__(self) -> None:
         self.cleared = False
+        # [lo, hi): every message and mark of the queue with lo <= seq < hi goes
+        self.ranges: list[tuple[int, int]] = []
         self.puts: dict[int, bytes] = {}
         # A delete stays here even when it cancelled a put of this generation: the key may
         # also exist on disk (a re-put seq), and a delete that misses dirties no page, so a
         # batch of such misses commits without any fsync.
         self.deletes: set[int] = set()
         self.delivered: set[int] = set()
+
+    def clear(self) -> int:
+        """delete_queue: everything before goes; returns the puts this cancelled."""
+        n = len(self.puts)
+        self.cleared = True
+        self.ranges = []
+        self.puts = {}
+        self.deletes = set()
+        self.delivered = set()
+        return n
+
+    def add_range(self, lo: int, hi: int) -> int:
+        """purge_range: returns the puts this cancelled."""
+        gone = [s for s in self.puts if lo <= s < hi]
+        for s in gone:
+            del self.puts[s]
+        if self.delivered:
+            self.delivered.difference_update([s for s in self.delivered if lo <= s < hi])
+        self.ranges.append((lo, hi))
+        return len(gone)
+
+    def copy(self) -> "_QueueOps":
+        q = _QueueOps()
+        q.cleared = self.cleared
+        q.ranges = list(self.ranges)
+        q.puts = dict(self.puts)
+        q.deletes = set(self.deletes)
+        q.delivered = set(self.delivered)
+        return q
+
+
+def _in_ranges(ranges: list[tuple[int, int]], seq: int) -> bool:
+    for lo, hi in ranges:
+        if lo <= seq < hi:
+            return True
+    return False
 
 
 class _Generation:
@@ -121,14 +167,14 @@ class _Generation:
 
 
 def _changes_of(gen: _Generation) -> list[records.QueueChange]:
-    return [(name, q.cleared, q.puts, list(q.deletes), list(q.delivered))
+    return [(name, q.cleared, q.puts, list(q.deletes), list(q.delivered), list(q.ranges))
             for name, q in gen.queues.items()]
 
 
 class _View:
     """Uncommitted state of one queue, folded over every pending generation."""
 
-    __slots__ = ("base_visible", "extra", "hidden", "marks_add", "marks_del")
+    __slots__ = ("base_visible", "extra", "hidden", "marks_add", "marks_del", "ranges")
 
     def __init__(self, layers: list[_QueueOps]) -> None:
         if len(layers) == 1:
@@ -139,12 +185,14 @@ class _View:
             self.hidden: set[int] = q.deletes
             self.marks_add = q.delivered
             self.marks_del = q.deletes
+            self.ranges = q.ranges
             return
         self.base_visible = True
         self.extra = {}
         self.hidden = set()
         self.marks_add = set()
         self.marks_del = set()
+        self.ranges = []
         for q in layers:
             if q.cleared:
                 self.base_visible = False
@@ -152,6 +200,13 @@ class _View:
                 self.hidden.clear()
                 self.marks_add.clear()
                 self.marks_del.clear()
+                self.ranges.clear()
+            for lo, hi in q.ranges:
+                for s in [s for s in self.extra if lo <= s < hi]:
+                    del self.extra[s]
+                self.marks_add.difference_update(
+                    [s for s in self.marks_add if lo <= s < hi])
+                self.ranges.append((lo, hi))
             for s in q.deletes:
                 self.extra.pop(s, None)
                 self.hidden.add(s)
@@ -161,7 +216,12 @@ class _View:
             self.marks_add.update(q.delivered)
 
     def skips_base(self, seq: int) -> bool:
-        return seq in self.hidden or seq in self.extra
+        return (seq in self.hidden or seq in self.extra
+                or (bool(self.ranges) and _in_ranges(self.ranges, seq)))
+
+    def base_mark_gone(self, seq: int) -> bool:
+        """The committed delivered mark of ``seq`` (if any) is deleted by a pending op."""
+        return seq in self.marks_del or (bool(self.ranges) and _in_ranges(self.ranges, seq))
 
 
 class _MapLock:
@@ -271,6 +331,7 @@ class MessageStore:
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._reader: ThreadPoolExecutor | None = None  # the *_async reads, made on first use
         self._stopped: asyncio.Future[None] | None = None
         self._closed = False
         self.stats: dict[str, Any] = {
@@ -319,6 +380,10 @@ class MessageStore:
             self._wake.notify()
         await self._stopped
         self._closed = True
+        if self._reader is not None:
+            # one worker, first in first out: once this no-op ran, every read is done
+            await asyncio.wrap_future(self._reader.submit(lambda: None))
+            self._reader.shutdown(wait=False)
         self._env.close()
 
     # ------------------------------------------------------------------ writes
@@ -368,13 +433,44 @@ class MessageStore:
             return
         with self._lock:
             gen = self._open_gen()
-            q = gen.ops_for(queue)
-            self.stats["cancelled_puts"] += len(q.puts)
-            q.cleared = True
-            q.puts = {}
-            q.deletes = set()
-            q.delivered = set()
+            self.stats["cancelled_puts"] += gen.ops_for(queue).clear()
             self._enqueued(gen)
+
+    def purge_range(self, queue: str, lo: int, hi: int) -> None:
+        """Remove every message and delivered mark of ``queue`` with ``lo <= seq < hi``: one
+        op and one record however many messages that is, deleted on the writer thread
+        without reading them on the loop (a purge of a paged queue)."""
+        queue_prefix(queue)
+        check_seq(lo)
+        check_seq(hi)
+        if lo >= hi or not self.local_writes:
+            return
+        with self._lock:
+            gen = self._open_gen()
+            self.stats["cancelled_puts"] += gen.ops_for(queue).add_range(lo, hi)
+            self._enqueued(gen)
+
+    def delete_many(self, queue: str, seqs: list[int]) -> None:
+        """delete() of each of ``seqs``, in one lock acquisition per batch."""
+        queue_prefix(queue)
+        if not seqs or not self.local_writes:
+            return
+        check_seq(min(seqs))
+        check_seq(max(seqs))
+        for i in range(0, len(seqs), MAX_BATCH_OPS):
+            chunk = seqs[i:i + MAX_BATCH_OPS]
+            with self._lock:
+                gen = self._open_gen()
+                q = gen.ops_for(queue)
+                if q.puts:
+                    for seq in chunk:
+                        if q.puts.pop(seq, None) is not None:
+                            self.stats["cancelled_puts"] += 1
+                q.deletes.update(chunk)
+                if q.delivered:
+                    q.delivered.difference_update(chunk)
+                gen.nops += len(chunk) - 1
+                self._enqueued(gen)
 
     # ------------------------------------------------------------------ replication
 
@@ -420,13 +516,12 @@ class MessageStore:
         changes = records.decode(payload)
         with self._lock:
             gen = self._open_gen()
-            for queue, cleared, puts, deletes, delivered in changes:
+            for queue, cleared, puts, deletes, delivered, ranges in changes:
                 q = gen.ops_for(queue)
                 if cleared:
-                    q.cleared = True
-                    q.puts = {}
-                    q.deletes = set()
-                    q.delivered = set()
+                    q.clear()
+                for lo, hi in ranges:
+                    q.add_range(lo, hi)
                 for seq in deletes:
                     q.puts.pop(seq, None)
                     q.deletes.add(seq)
@@ -612,9 +707,13 @@ class MessageStore:
 
     # ------------------------------------------------------------------ reads
 
-    def _view(self, queue: str) -> _View | None:
+    def _view(self, queue: str, copy: bool = False) -> _View | None:
+        """The pending ops of ``queue``.  ``copy``: for a read on another thread, which must
+        not share the open generation's containers with the loop that keeps filling them."""
         with self._lock:
             layers = [g.queues[queue] for g in self._gens if queue in g.queues]
+            if copy and layers and layers[-1] is self._gens[-1].queues.get(queue):
+                layers[-1] = layers[-1].copy()
         # The layers are captured BEFORE the read transaction starts: a generation committed
         # in between is then both in the snapshot and in the layers, and re-applying it is
         # harmless.  The other order could miss it altogether.
@@ -624,54 +723,106 @@ class MessageStore:
         """Up to ``limit`` messages ``(seq, record, delivered)`` of ``queue`` with
         ``seq >= start_seq``, ascending, including writes not yet committed."""
         prefix = queue_prefix(queue)
+        return self._read_range(prefix, max(start_seq, 0), limit, self._view(queue))
+
+    def read_range_async(self, queue: str, start_seq: int, limit: int
+                         ) -> asyncio.Future[list[tuple[int, bytes, bool]]]:
+        """read_range() on the reader thread: the loop does not wait for the disk.  What
+        it returns is as of the call (pending writes included), or newer."""
+        prefix = queue_prefix(queue)
+        return self._on_reader(self._read_range, prefix, max(start_seq, 0), limit,
+                               self._view(queue, copy=True))
+
+    def scan_async(self, queue: str, upto: list[int], keep: Callable[[bytes], bool]
+                   ) -> asyncio.Future[tuple[int, int, int, int, list[int]]]:
+        """Walk the messages of ``queue`` with ``seq <= upto[0]`` on the reader thread (a
+        recovering queue): ``(first kept seq or 0, kept messages, their record bytes, last
+        seq seen or 0, seqs of the records keep() refused)``.  ``upto`` is read as the walk
+        goes: lower it on the loop before putting a seq past it, and the walk will not count
+        that one.  keep() sees a record (maybe a memoryview), on the reader thread."""
+        prefix = queue_prefix(queue)
+        return self._on_reader(self._scan, prefix, upto, keep, self._view(queue, copy=True))
+
+    def _on_reader(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        loop = self._loop or asyncio.get_running_loop()
+        if self._closing or self._closed:
+            fut: asyncio.Future[_T] = loop.create_future()
+            fut.set_exception(StoreError(f"message store at {self.path} is closed"))
+            return fut
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
+        return asyncio.wrap_future(self._reader.submit(fn, *args), loop=loop)
+
+    def _items(self, txn: lmdb.Transaction, prefix: bytes, start_seq: int,
+               view: _View | None, with_marks: bool = True
+               ) -> Iterator[tuple[int, Any, bool]]:
+        """``(seq, record, delivered)`` of one queue from ``start_seq`` on, ascending, with
+        the pending ops of ``view`` laid over the transaction's snapshot."""
+        marks = txn.cursor(self._delivered)
+
+        def marked(seq: int) -> bool:
+            return with_marks and marks.set_key(prefix + seq.to_bytes(SEQ_BYTES, "big"))
+
+        def base() -> Iterator[tuple[int, Any, bool]]:
+            cur = txn.cursor(self._msgs)
+            if not cur.set_range(prefix + start_seq.to_bytes(SEQ_BYTES, "big")):
+                return
+            for key, value in cur.iternext():
+                if not bytes(key[: len(prefix)]) == prefix:
+                    return
+                seq = seq_of(key)
+                if view is not None and view.skips_base(seq):
+                    continue
+                mark = marked(seq)
+                if view is not None and mark and view.base_mark_gone(seq):
+                    mark = False
+                yield seq, value, mark or (view is not None and seq in view.marks_add)
+
+        if view is None:
+            return base()
+        extra = [
+            (
+                s,
+                view.extra[s],
+                s in view.marks_add
+                or (view.base_visible and not view.base_mark_gone(s) and marked(s)),
+            )
+            for s in sorted(s for s in view.extra if s >= start_seq)
+        ]
+        if not view.base_visible:
+            return iter(extra)
+        return heapq.merge(base(), extra, key=lambda item: item[0])
+
+    def _read_range(self, prefix: bytes, start_seq: int, limit: int, view: _View | None
+                    ) -> list[tuple[int, bytes, bool]]:
         if limit <= 0:
             return []
-        start_seq = max(start_seq, 0)
-        view = self._view(queue)
         with self._map_lock, self._env.begin() as txn:
-            marks = txn.cursor(self._delivered)
-
-            def marked(seq: int) -> bool:
-                return marks.set_key(prefix + seq.to_bytes(SEQ_BYTES, "big"))
-
-            def base() -> Iterator[tuple[int, bytes, bool]]:
-                cur = txn.cursor(self._msgs)
-                if not cur.set_range(prefix + start_seq.to_bytes(SEQ_BYTES, "big")):
-                    return
-                for key, value in cur.iternext():
-                    if not key.startswith(prefix):
-                        return
-                    seq = seq_of(key)
-                    if view is not None and view.skips_base(seq):
-                        continue
-                    mark = marked(seq)
-                    if view is not None and mark and seq in view.marks_del:
-                        mark = False
-                    yield seq, value, mark or (view is not None and seq in view.marks_add)
-
-            if view is None:
-                items: Iterator[tuple[int, bytes, bool]] = base()
-            else:
-                extra = [
-                    (
-                        s,
-                        view.extra[s],
-                        s in view.marks_add
-                        or (view.base_visible and s not in view.marks_del and marked(s)),
-                    )
-                    for s in sorted(s for s in view.extra if s >= start_seq)
-                ]
-                items = (
-                    heapq.merge(base(), extra, key=lambda item: item[0])
-                    if view.base_visible
-                    else iter(extra)
-                )
             out = []
-            for item in items:
+            for item in self._items(txn, prefix, start_seq, view):
                 out.append(item)
                 if len(out) >= limit:
                     break
             return out
+
+    def _scan(self, prefix: bytes, upto: list[int], keep: Callable[[bytes], bool],
+              view: _View | None) -> tuple[int, int, int, int, list[int]]:
+        first = n = size = last = 0
+        dropped: list[int] = []
+        # buffers=True: the records are looked at, never copied
+        with self._map_lock, self._env.begin(buffers=True) as txn:
+            for seq, record, _ in self._items(txn, prefix, 0, view, with_marks=False):
+                if seq > upto[0]:
+                    break
+                last = seq
+                if not keep(record):
+                    dropped.append(seq)
+                    continue
+                if not n:
+                    first = seq
+                n += 1
+                size += len(record)
+        return first, n, size, last, dropped
 
     def count(self, queue: str, start_seq: int = 0) -> tuple[int, int]:
         """``(messages, total record bytes)`` of ``queue`` with ``seq >= start_seq``,
@@ -851,6 +1002,13 @@ class MessageStore:
                     if cur.set_range(prefix):
                         # delete() moves the cursor to the next record.
                         while bytes(cur.key()).startswith(prefix) and cur.delete():
+                            pass
+            for lo, hi in q.ranges:
+                end = prefix + hi.to_bytes(SEQ_BYTES, "big")
+                for cur in (msgs, marks):
+                    if cur.set_range(prefix + lo.to_bytes(SEQ_BYTES, "big")):
+                        # keys of this queue sort before those of any other from here on
+                        while bytes(cur.key()) < end and cur.delete():
                             pass
             for seq in q.deletes:
                 key = prefix + seq.to_bytes(SEQ_BYTES, "big")

@@ -345,6 +345,16 @@ class Channel:
             raise _locked(name, self.vhost.name)
         return q
 
+    def _when_ready(self, wait: "asyncio.Future[None]", m: Any) -> Any:
+        """Handle ``m`` again once the queue can answer with its counts (it was recovering,
+        or its next batch was being read off the loop); the channel holds later methods."""
+        async def later() -> None:
+            await wait
+            result = self.handle_method(m)
+            if result is not None:
+                await result
+        return later()
+
     def on_queue_declare(self, m: spec.QueueDeclare) -> Any:
         vh = self.vhost
         name = m.queue
@@ -355,6 +365,8 @@ class Channel:
             return None
         if m.passive:
             q = self._lookup_queue(self._queue_name(name))
+            if q.recovering and (wait := q.wait_for()) is not None:
+                return self._when_ready(wait, m)
             self.last_queue = q.name
             if not m.nowait:
                 self.conn.send_method(self.number, spec.QueueDeclareOk(
@@ -373,6 +385,8 @@ class Channel:
                 raise _locked(name, vh.name)
             self.broker.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
+            if existing.recovering and (wait := existing.wait_for()) is not None:
+                return self._when_ready(wait, m)
             existing.touch()
             self.last_queue = name
             if not m.nowait:
@@ -438,13 +452,16 @@ class Channel:
                 self.conn.send_method(self.number, spec.QueueUnbindOk())
         return run()
 
-    def on_queue_purge(self, m: spec.QueuePurge) -> None:
+    def on_queue_purge(self, m: spec.QueuePurge) -> Any:
         name = self._queue_name(m.queue)
         self.check("read", "queue", name)
         q = self._lookup_queue(name)
+        if q.recovering and (wait := q.wait_for()) is not None:
+            return self._when_ready(wait, m)
         n = q.purge()
         if not m.nowait:
             self.conn.send_method(self.number, spec.QueuePurgeOk(message_count=n))
+        return None
 
     def on_queue_delete(self, m: spec.QueueDelete) -> Any:
         vh = self.vhost
@@ -456,6 +473,8 @@ class Channel:
                 self.conn.send_method(self.number, spec.QueueDeleteOk(message_count=0))
             return None
         self._lookup_queue(name)
+        if q.recovering and (wait := q.wait_for()) is not None:
+            return self._when_ready(wait, m)
         if m.if_unused and q.consumers:
             raise errors.precondition(f"queue '{name}' in vhost '{vh.name}' in use")
         if m.if_empty and q.message_count:
@@ -736,15 +755,18 @@ class Channel:
     def send_content(self, method: Any, msg: Message) -> None:
         self.conn.send_content(self.number, method.encode(), msg.header, msg.body)
 
-    def on_basic_get(self, m: spec.BasicGet) -> None:
+    def on_basic_get(self, m: spec.BasicGet) -> Any:
         name = self._queue_name(m.queue)
         self.check("read", "queue", name)
         q = self._lookup_queue(name)
+        wait = q.wait_for()
+        if wait is not None:
+            return self._when_ready(wait, m)
         entry = q.get()
         if entry is None:
             self.broker.get_empty += 1
             self.conn.send_method(self.number, spec.BasicGetEmpty())
-            return
+            return None
         if m.no_ack:
             self.broker.delivered_get_auto_ack += 1
         else:

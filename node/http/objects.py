@@ -132,6 +132,8 @@ async def purge_queue(request: web.Request) -> web.Response:
         return relayed
     vh, q = queue_of(request)
     check_permission(request, vh.name, "read", "queue", q.name)
+    while q.recovering and (wait := q.wait_for()) is not None:
+        await wait
     q.purge()
     return no_content()
 

@@ -9,11 +9,21 @@ Paging: a queue holds at most `memory_limit` ready messages in memory.  Past tha
 messages are written only to the vhost's LMDB store and paged back in batches as the
 in-memory part drains, so a backlog larger than memory stays on disk, not in the Python heap.
 Every message past the in-memory part is newer than everything in memory, so paging never
-reorders.  Priority queues keep everything in memory (their order is not the store's)."""
+reorders.  Priority queues keep everything in memory (their order is not the store's).
+
+The event loop serves every vhost of the node, so a queue never walks LMDB on it: the next
+batch is read on the store's reader thread while the ready list still holds half its
+bound (delivery finds it there), a purge deletes the paged part as one range delete on the
+writer thread (its count is the queue's own), and recovery scans the store on the reader
+thread; until the scan lands the queue is `recovering`, and what must answer with its
+counts (declare-ok, get-ok, purge-ok) waits for it (`wait_for`).  Synchronous callers that
+need the head while the next batch is still in flight (drop-head of a length limit, a bare
+`get()`) read that one batch on the loop: bounded, and rare."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -23,9 +33,12 @@ from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList
 from node.queues.settings import QueueSettings, queue_settings
 from node.read_models import QueueStats
+from storage.keys import MAX_SEQ
 
 if TYPE_CHECKING:
     from storage.store import MessageStore
+
+log = logging.getLogger(__name__)
 
 PAGE_BATCH = 2000
 # flow control: with consumers attached, a publisher is paused while the queue holds more
@@ -70,6 +83,11 @@ class Queue:
         self._paged_count = 0  # messages only in the store, all newer than _ready
         self._paged_from = 0  # sequence number of the oldest of them
         self._paged_bytes = 0
+        self._paging: asyncio.Future | None = None  # the batch being read off the loop
+        self._page_token = 0  # a read started before this changed is stale: dropped
+        self._waiters: list[asyncio.Future[None]] = []  # wait_for() callers
+        self.recovering = False  # the store is still being scanned (recover())
+        self._recovery_bound = [MAX_SEQ]  # the scan counts seqs up to this one
         self.ready_bytes = 0
         self.unacked = 0
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -130,12 +148,19 @@ class Queue:
             if s.overflow == "reject-publish-dlx":
                 self._dead_letter(message, "maxlen")
             return REJECTED
+        store = self.store
+        if self.recovering and self._recovery_bound[0] == MAX_SEQ:
+            # the first publish while the scan runs: number after what the store holds
+            # (one seek), and tell the scan to stop there
+            assert store is not None
+            self._next_seq = max(self._next_seq, store.last_seq(self.name) + 1)
+            self._recovery_bound[0] = self._next_seq - 1
         seq = self._next_seq
         self._next_seq = seq + 1
         self.stats_publish += 1
-        store = self.store
         result = ACCEPTED
-        if store is not None and (self._paged_count or self._ready.n >= self.memory_limit):
+        if store is not None and (self._paged_count or self.recovering
+                                  or self._ready.n >= self.memory_limit):
             record = message.encode()
             store.put(self.name, seq, record)
             if not self._paged_count:
@@ -199,23 +224,26 @@ class Queue:
             self._drop_expired()
 
     # --- dequeue ---------------------------------------------------------------------
-    def _take_head(self) -> QueueEntry | None:
-        """The next ready entry, expired or not."""
+    def _take_head(self, wait: bool = False) -> QueueEntry | None:
+        """The next ready entry, expired or not.  When only paged messages are left:
+        None with ``wait`` (the batch being read brings them), else the batch is read now."""
         ready = self._ready
-        if not ready and self._paged_count:
+        if not ready and self._paged_count and not self.recovering:
+            if wait:
+                self._want_page_in()
+                return None
             self._page_in()
         entry = ready.pop()
         if entry is None:
             return None
         self.ready_bytes -= len(entry.message.body)
-        if self._paged_count and len(ready) < self.memory_limit // 2:
-            self._page_in()
+        self._want_page_in()
         return entry
 
-    def _pop(self) -> QueueEntry | None:
+    def _pop(self, wait: bool = False) -> QueueEntry | None:
         """The next live entry; expired ones met on the way are dead-lettered."""
         while True:
-            entry = self._take_head()
+            entry = self._take_head(wait)
             if entry is None:
                 return None
             if entry.expires_at and entry.expires_at <= now_ms():
@@ -223,9 +251,68 @@ class Queue:
                 continue
             return entry
 
-    def _page_in(self) -> None:
+    def _want_page_in(self) -> None:
+        """Read the next batch on the store's reader thread once the ready list is down to
+        half its bound, so that it is there before the ready list runs dry."""
+        if (not self._paged_count or self._paging is not None or self.recovering
+                or self.deleted or len(self._ready) >= self.memory_limit // 2):
+            return
         assert self.store is not None
-        rows = self.store.read_range(self.name, self._paged_from, PAGE_BATCH)
+        token = self._page_token
+        fut = self._paging = self.store.read_range_async(self.name, self._paged_from,
+                                                         PAGE_BATCH)
+        fut.add_done_callback(lambda f: self._paged_in(f, token))
+
+    def _paged_in(self, fut: asyncio.Future, token: int) -> None:
+        if self._paging is fut:
+            self._paging = None
+        if fut.cancelled() or token != self._page_token or self.deleted:
+            self._wake()
+            return
+        exc = fut.exception()
+        if exc is not None:  # the store closed under us: the vhost is going away
+            log.warning("queue '%s' in vhost '%s': page-in failed: %r", self.name, self.vhost,
+                        exc)
+            self._wake()
+            return
+        self._take_rows(fut.result())
+        self._wake()
+        if self.consumers:
+            self.dispatch()
+        self._want_page_in()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def wait_for(self) -> asyncio.Future[None] | None:
+        """None when the queue can answer with its head and counts now; else a future that
+        resolves once it can (it is recovering, or its next batch is being read)."""
+        if not self.recovering:
+            if self._ready or not self._paged_count or self.deleted:
+                return None
+            self._want_page_in()
+            if self._paging is None:
+                return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return fut
+
+    def _page_in(self) -> None:
+        """Read the next batch now, on the loop (see the module's docstring for when)."""
+        assert self.store is not None
+        self._page_token += 1  # a batch in flight would now be a duplicate
+        self._paging = None
+        self._take_rows(self.store.read_range(self.name, self._paged_from, PAGE_BATCH))
+
+    def _take_rows(self, rows: list[tuple[int, bytes, bool]]) -> None:
+        """A batch read from the store: the next paged messages, in order."""
+        if rows and rows[0][0] < self._paged_from:
+            rows = [r for r in rows if r[0] >= self._paged_from]
+        if len(rows) > self._paged_count:
+            rows = rows[:self._paged_count]
         for seq, record, delivered in rows:
             msg = Message.decode(record)
             self._ready.push(QueueEntry(seq, msg, delivered, True, self._expires_at(msg)))
@@ -289,7 +376,7 @@ class Queue:
         return self.consumers[0]
 
     def dispatch(self) -> None:
-        while self.consumers and (self._ready or self._paged_count):
+        while self.consumers and self._ready:
             chosen = self._next_consumer()
             if chosen is None:
                 if self.flow_blocked and not any(c.has_capacity() for c in self.consumers):
@@ -297,10 +384,12 @@ class Queue:
                     # gains nothing (a slow socket, by contrast, is worth waiting for)
                     self._release_flow()
                 return
-            entry = self._pop()
+            entry = self._pop(wait=True)
             if entry is None:
                 break
             self._hand_over(chosen, entry)
+        if not self._ready:
+            self._want_page_in()
         if self.flow_blocked and self.message_count < FLOW_LOW:
             self._release_flow()
 
@@ -379,19 +468,18 @@ class Queue:
         self._schedule_expiry()
 
     def purge(self) -> int:
+        """Drop every ready message (not the unacknowledged ones); their number.  The
+        paged ones are every stored message of this queue from ``_paged_from`` on: one
+        range delete, executed (and replicated) by the store's writer thread."""
         n = self.message_count
         store = self.store
-        for entry in self._ready:
-            if entry.stored:
-                store.delete(self.name, entry.seq)  # type: ignore[union-attr]
-        while self._paged_count and store is not None:
-            rows = store.read_range(self.name, self._paged_from, PAGE_BATCH)
-            if not rows:
-                break
-            for seq, _record, _delivered in rows:
-                store.delete(self.name, seq)
-            self._paged_from = rows[-1][0] + 1
-            self._paged_count -= len(rows)
+        if store is not None:
+            store.delete_many(self.name, [e.seq for e in self._ready if e.stored])
+            if self._paged_count:
+                store.purge_range(self.name, self._paged_from, self._next_seq)
+        self._page_token += 1  # a batch in flight holds purged messages
+        self._paging = None
+        self._paged_from = self._next_seq
         self._paged_count = 0
         self._paged_bytes = 0
         self._ready.clear()
@@ -429,10 +517,10 @@ class Queue:
         entry has expired when now >= its expiry, so a TTL of 0 expires on arrival."""
         ready = self._ready
         head = ready.peek()
-        if head is None and self._paged_count:
-            self._page_in()
-            head = ready.peek()
-        if head is None or not head.expires_at:
+        if head is None:
+            self._want_page_in()  # the batch's arrival schedules its expiry
+            return
+        if not head.expires_at:
             return
         now = now_ms()
         while head is not None and head.expires_at and head.expires_at <= now:
@@ -441,10 +529,9 @@ class Queue:
                 break
             self._drop(entry, "expired")
             head = ready.peek()
-            if head is None and self._paged_count:
-                self._page_in()
-                head = ready.peek()
-        if head is not None and head.expires_at:
+        if head is None:
+            self._want_page_in()
+        elif head.expires_at:
             self._schedule_expiry()
 
     # --- queue expiry (x-expires) ----------------------------------------------------
@@ -497,6 +584,8 @@ class Queue:
     def close(self) -> None:
         """The queue is deleted: stop its timers, let its publishers go."""
         self.deleted = True
+        self.recovering = False
+        self._wake()
         self._release_flow()
         for t in (self._expiry_timer, self._unused_timer):
             if t is not None:
@@ -504,35 +593,75 @@ class Queue:
         self._expiry_timer = self._unused_timer = None
 
     # --- recovery --------------------------------------------------------------------
-    def recover(self) -> int:
-        """Load this durable queue's messages from the store after a restart.  Transient
-        messages that were paged to disk are dropped, as RabbitMQ drops them."""
+    def recover(self) -> None:
+        """Load this durable queue's messages from the store (after a restart, a failover,
+        a move): the store is scanned on its reader thread; until that lands the queue is
+        `recovering` and its stored messages wait on disk.  Then every one of them counts
+        as paged and is read back in batches as it drains.  Transient messages that were
+        paged to disk are dropped, as RabbitMQ drops them."""
         store = self.store
         if store is None or not self.durable:
-            return 0
-        start = 0
-        while True:
-            rows = store.read_range(self.name, start, 10000)
-            if not rows:
-                break
-            for seq, record, delivered in rows:
-                if not Message.record_is_persistent(record):
-                    store.delete(self.name, seq)
-                    continue
-                if not self._paged_count and len(self._ready) < self.memory_limit:
-                    msg = Message.decode(record)
-                    self._ready.push(QueueEntry(seq, msg, delivered, True,
-                                                self._expires_at(msg)))
-                    self.ready_bytes += len(msg.body)
-                else:
-                    if not self._paged_count:
-                        self._paged_from = seq
-                    self._paged_count += 1
-                    self._paged_bytes += len(record)
-            start = rows[-1][0] + 1
-        self._next_seq = store.last_seq(self.name) + 1
-        self._schedule_expiry()
-        return self.message_count
+            return
+        self.recovering = True
+        bound = self._recovery_bound
+        fut = store.scan_async(self.name, bound, Message.record_is_persistent)
+        fut.add_done_callback(self._scanned)
+
+    def _scanned(self, fut: asyncio.Future) -> None:
+        if self.deleted or not self.recovering:
+            return
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            log.warning("queue '%s' in vhost '%s': recovery failed: %r", self.name, self.vhost,
+                        exc)
+            self.recovering = False
+            self._wake()
+            return
+        first, n, size, last, dropped = fut.result()
+        store = self.store
+        assert store is not None
+        store.delete_many(self.name, dropped)
+        self._next_seq = max(self._next_seq, last + 1)
+        if n:
+            # older than whatever was published meanwhile (paged too: seqs past the bound)
+            self._paged_from = first
+            self._paged_count += n
+            self._paged_bytes += size
+            log.info("recovered %d messages in queue '%s' in vhost '%s'", n, self.name,
+                     self.vhost)
+        if self.settings.max_priority:
+            self._load_all()  # its order is not the store's: everything in memory first
+        else:
+            self._recovered()
+
+    def _load_all(self) -> None:
+        """A recovering priority queue reads batch after batch (off the loop) until every
+        stored message is in memory; then it is recovered."""
+        if not self._paged_count or self.deleted:
+            self._recovered()
+            return
+        assert self.store is not None
+        fut = self.store.read_range_async(self.name, self._paged_from, PAGE_BATCH)
+
+        def landed(f: asyncio.Future) -> None:
+            if self.deleted:
+                return
+            if f.cancelled() or f.exception() is not None:
+                log.warning("queue '%s' in vhost '%s': recovery failed: %r", self.name,
+                            self.vhost, None if f.cancelled() else f.exception())
+                self._recovered()
+                return
+            self._take_rows(f.result())
+            self._load_all()
+        fut.add_done_callback(landed)
+
+    def _recovered(self) -> None:
+        self.recovering = False
+        self._wake()
+        self._want_page_in()
+        if self.consumers:
+            self.dispatch()
+        self._enforce_length()
 
     # --- read model (management API, metrics) ---
     def stats(self) -> QueueStats:

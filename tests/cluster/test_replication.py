@@ -472,3 +472,49 @@ def test_owner_killed_at_random_moments(rcluster: Cluster):
     rest = drain(c.nodes, "orders", "q", **creds(c))
     consumed.merge(rest)
     assert_confirmed_present(pubs.confirmed, consumed, c, f"{rounds} random kills, seed {seed}")
+
+
+def test_purged_paged_queue_stays_purged_after_failover(tmp_path):
+    """Issue 11 item 9: a purge of a paged queue is one range-delete record; the replicas
+    apply it, so the new owner after a failover recovers only what came after it."""
+    c = Cluster(tmp_path, queue_memory_messages="2000", **SETTINGS)
+    try:
+        c.start()
+        owner = c.nodes[0]
+        before = placed(c, "purging", owner, 3)
+        conn = pika.BlockingConnection(amqp_params(owner, "purging", **creds(c)))
+        ch = conn.channel()
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        props = pika.BasicProperties(delivery_mode=2)
+        for i in range(6000):  # 4000 of them paged
+            ch.basic_publish("", "q", b"old-%d" % i, props)
+        assert ch.queue_purge("q").method.message_count == 6000
+        for i in range(5):
+            ch.basic_publish("", "q", b"new-%d" % i, props)
+        conn.close()
+        wait_in_sync(c, "purging", 2)
+        t = time.monotonic()
+        owner.kill()
+        after = wait_epoch_change(c, "purging", before, via=others(c, owner), since=t)
+        new = next(n for n in c.nodes if n.name == after["owner"])
+
+        conns: list[pika.BlockingConnection] = []
+
+        def connect() -> bool:
+            try:  # the new owner may still be taking over
+                conns.append(pika.BlockingConnection(amqp_params(new, "purging", **creds(c))))
+            except pika.exceptions.AMQPError:
+                return False
+            return True
+        c.wait_until(connect, timeout=30, what="a connection to the new owner")
+        conn = conns[0]
+        ch = conn.channel()
+        assert ch.queue_declare("q", passive=True).method.message_count == 5
+        bodies = []
+        while (got := ch.basic_get("q", auto_ack=True))[0] is not None:
+            bodies.append(got[2])
+        assert bodies == [b"new-%d" % i for i in range(5)]
+        conn.close()
+    finally:
+        c.stop()

@@ -393,3 +393,75 @@ def test_flushed_records_survive_sigkill(tmp_path: Path) -> None:
         assert all(r == b"%d" % seq * 50 for seq, r, _ in got)
 
     run(tmp_path, check)
+
+
+def test_purge_range_removes_messages_and_marks_in_range_only(tmp_path: Path) -> None:
+    async def write(s: MessageStore) -> None:
+        for i in range(1, 11):
+            s.put("q", i, rec(i))
+            s.put("other", i, rec(i))
+        s.mark_delivered("q", 3)
+        s.mark_delivered("q", 5)
+        await s.flush()
+        s.put("q", 11, rec(11))  # pending: cancelled by the range
+        s.mark_delivered("q", 6)  # pending: its message goes, so must the mark
+        s.purge_range("q", 4, 12)
+        s.put("q", 12, rec(12))  # after the range, in the same generation
+        s.put("q", 5, b"again")  # a re-put in the range after it survives, unmarked
+        expected = [(1, rec(1), False), (2, rec(2), False), (3, rec(3), True),
+                    (5, b"again", False), (12, rec(12), False)]
+        assert s.read_range("q", 0, 100) == expected  # pending ops laid over the disk
+        assert await s.read_range_async("q", 0, 100) == expected
+        assert s.count("q") == (5, sum(len(r) for _, r, _ in expected))
+        assert s.last_seq("q") == 12
+        await s.flush()
+        assert s.read_range("q", 0, 100) == expected
+        assert len(s.read_range("other", 0, 100)) == 10
+
+    async def read(s: MessageStore) -> None:
+        assert [(q, d) for q, _, d in s.read_range("q", 0, 100)] == [
+            (1, False), (2, False), (3, True), (5, False), (12, False)]
+        assert len(s.read_range("other", 0, 100)) == 10
+
+    run(tmp_path, write)
+    run(tmp_path, read)
+
+
+def test_async_reads_run_on_the_reader_thread_and_see_pending_writes(tmp_path: Path) -> None:
+    import threading
+
+    async def body(s: MessageStore) -> None:
+        for i in range(1, 6):
+            s.put("q", i, b"P" if i % 2 else b"T")
+        await s.flush()
+        s.put("q", 6, b"P")  # pending
+        s.delete("q", 1)  # pending
+        s.mark_delivered("q", 3)
+        threads: list[int] = []
+        real = s._items
+
+        def spy(*args: object, **kw: object) -> object:
+            threads.append(threading.get_ident())
+            return real(*args, **kw)  # type: ignore[arg-type]
+        s._items = spy  # type: ignore[method-assign]
+        fut = s.read_range_async("q", 2, 3)
+        s.put("q", 7, b"P")  # after the call: the open generation was copied, not shared
+        assert await fut == [(2, b"T", False), (3, b"P", True), (4, b"T", False)]
+        bound = [6]
+        first, n, size, last, dropped = await s.scan_async("q", bound, lambda r: r[:1] == b"P")
+        assert (first, n, size, last, sorted(dropped)) == (3, 3, 3, 6, [2, 4])
+        assert threads and threading.get_ident() not in threads
+
+    run(tmp_path, body)
+
+
+def test_async_reads_fail_once_the_store_is_closing(tmp_path: Path) -> None:
+    async def body(s: MessageStore) -> None:
+        s.put("q", 1, b"x")
+        reading = s.read_range_async("q", 0, 10)
+        await s.close()  # waits for the read under way
+        assert await reading == [(1, b"x", False)]
+        with pytest.raises(StoreError):
+            await s.read_range_async("q", 0, 10)
+
+    run(tmp_path, body)

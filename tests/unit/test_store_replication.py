@@ -181,3 +181,56 @@ def test_changelog_window() -> None:
     log.append(20, 2, b"x")  # a gap starts the window afresh
     assert log.since(19) == [(20, 2, b"x")]
     assert log.since(8) is None
+
+
+def test_a_replica_applies_range_deletes_identically(tmp_path: Path) -> None:
+    async def main() -> None:
+        owner = await open_store(tmp_path / "owner")
+        replica = await open_store(tmp_path / "replica")
+        owner.takeover(1)
+        owner.changelog = ChangeLog()
+        replica.become_replica()
+        streamed: list[tuple[int, int, bytes]] = []
+        owner.on_record = lambda o, e, p: streamed.append((o, e, p))
+
+        for i in range(1, 3001):
+            owner.put("q", i, b"m%d" % i)
+            owner.put("keep", i, b"k%d" % i)
+        owner.mark_delivered("q", 5)
+        owner.mark_delivered("q", 2500)
+        await owner.flush()
+        owner.put("q", 3001, b"pending")
+        owner.purge_range("q", 10, 3002)  # a purge of the paged part: one op, one record
+        owner.put("q", 3002, b"after")
+        await owner.flush()
+        payloads = [records.decode(p) for _, _, p in streamed]
+        assert [(lo, hi) for ch in payloads[-1] for lo, hi in ch[5]] == [(10, 3002)]
+        assert len(streamed[-1][2]) < 200  # the range, not 3000 deletes
+
+        replica.adopt_epochs(owner.epochs)
+        for o, e, p in streamed:
+            fut = replica.apply_record(o, e, p)
+        await fut
+        assert contents(replica, ["q", "keep"]) == contents(owner, ["q", "keep"])
+        assert [s for s, _, _ in owner.read_range("q", 0, 100)] == list(range(1, 10)) + [3002]
+        assert replica.position == owner.position
+        await owner.close()
+        await replica.close()
+        # and from disk, after reopening
+        owner = await open_store(tmp_path / "owner")
+        replica = await open_store(tmp_path / "replica")
+        assert contents(replica, ["q", "keep"]) == contents(owner, ["q", "keep"])
+        assert replica.count("q")[0] == 10
+        await owner.close()
+        await replica.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("entry", [
+    ["q", False, {}, [], [], [[5, 5]]], ["q", False, {}, [], [], [[1]]],
+    ["q", False, {}, [], [], [[-1, 4]]], ["q", False, {}, [], [], {"1": 2}],
+])
+def test_malformed_range_deletes_are_refused(entry: list) -> None:
+    with pytest.raises(records.RecordError):
+        records.decode(records.encode([entry]))  # type: ignore[list-item]
