@@ -507,8 +507,7 @@ class Channel:
             conn.publisher = True
         if conn.broker.resources is not None and conn.broker.resources.alarms:
             conn.block(conn.broker.resources.alarms)  # this publish passes, the next waits
-        exchange, routing_key, mandatory = p.exchange, p.routing_key, p.mandatory
-        header = p.header
+        _ch, exchange, routing_key, mandatory, immediate, header, body = p
         vh = self.vhost
         ex = vh.exchanges.get(exchange)
         if ex is None:
@@ -522,9 +521,9 @@ class Channel:
                 raise ChannelError(errors.ACCESS_REFUSED,
                                    f"cannot publish to internal exchange '{exchange}' in "
                                    f"vhost '{vh.name}'", 60, 40)
-        if p.immediate:
+        if immediate:
             raise AMQPConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        msg = Message.from_publish(exchange, routing_key, header, p.body)
+        msg = Message.from_publish(exchange, routing_key, header, body)
         if msg.flags & FLAG_EXPIRATION:
             _check_expiration(msg)
         self.stats_publish += 1

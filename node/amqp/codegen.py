@@ -624,14 +624,15 @@ def _emit_method(w: Writer, m: Method) -> None:
 
 
 def _emit_unpack(w: Writer, m: Method, runs: Sequence[Run]) -> None:
-    """`unpack`: the arguments as a plain tuple, short strings decoded inline.  Methods that
+    """`unpack`: the arguments as a plain tuple, short strings decoded inline (from bytes, not
+    any buffer: `.decode()` is twice as fast as `str(..., "utf-8")`).  Methods that
     carry content are the per-message ones (basic.publish above all): the protocol core
     reads their arguments with this, without building a method object or calling a helper
     per field, and still refuses bytes that `decode` refuses, with the same errors."""
     names = [f.py for f in m.fields]
     w()
     w("    @staticmethod")
-    w(f"    def unpack(buf: Buffer, offset: int) -> tuple[{', '.join(ANNOTATIONS[f.type] for f in m.fields)}]:")
+    w(f"    def unpack(buf: bytes, offset: int) -> tuple[{', '.join(ANNOTATIONS[f.type] for f in m.fields)}]:")
     w(f'        """{m.full_name}\'s arguments ({", ".join(names)}), as `decode` reads them."""')
     w("        try:")
     if any(r.kind == "shortstr" for r in runs):
@@ -669,7 +670,7 @@ def _emit_unpack(w: Writer, m: Method, runs: Sequence[Run]) -> None:
             w("            _end = offset + 1 + buf[offset]")
             w("            if _end > _size:")
             w("                raise IndexError")
-            w(f'            {run.var.py} = str(buf[offset + 1:_end], "utf-8")')
+            w(f"            {run.var.py} = buf[offset + 1:_end].decode()")
             w("            offset = _end")
         else:
             assert run.var is not None

@@ -145,7 +145,7 @@ class ChannelFrames:
     """One channel as the core sees it: its state and the message being assembled."""
 
     __slots__ = ("number", "state", "exchange", "routing_key", "mandatory", "immediate",
-                 "header", "body", "remaining")
+                 "header", "body", "remaining", "last_publish", "last_args")
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -157,6 +157,10 @@ class ChannelFrames:
         self.header = b""
         self.body: list[bytes] = []
         self.remaining = 0
+        # a publisher sends the same basic.publish bytes message after message (one
+        # exchange, one routing key): the last ones decoded, to compare instead of decode
+        self.last_publish = b""
+        self.last_args: tuple[str, str, bool, bool] = ("", "", False, False)
 
     def move(self, happened: str) -> None:
         nxt = CHANNEL[(self.state, happened)]
@@ -259,11 +263,16 @@ class ConnectionProtocol:
                         if cs is not None and cs.state is CH_OPEN:
                             # basic.publish, the frame every message starts with (inline:
                             # this is the broker's hottest path)
-                            try:
-                                _r, exchange, routing_key, mandatory, immediate = \
-                                    _unpack_publish(payload, 4)
-                            except AMQPSyntaxError:
-                                raise _cannot_decode(payload) from None
+                            if payload == cs.last_publish:  # same arguments as the last
+                                exchange, routing_key, mandatory, immediate = cs.last_args
+                            else:
+                                try:
+                                    _r, exchange, routing_key, mandatory, immediate = \
+                                        _unpack_publish(payload, 4)
+                                except AMQPSyntaxError:
+                                    raise _cannot_decode(payload) from None
+                                cs.last_publish = payload
+                                cs.last_args = (exchange, routing_key, mandatory, immediate)
                             # most often its header and its one body frame came in the same
                             # read: the whole message at once, without the states between
                             if i + 1 < n:

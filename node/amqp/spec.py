@@ -1899,7 +1899,7 @@ class BasicPublish(Method):
         return cls(reserved_1, exchange, routing_key, (_bits0 & 1) != 0, (_bits0 & 2) != 0)
 
     @staticmethod
-    def unpack(buf: Buffer, offset: int) -> tuple[int, str, str, bool, bool]:
+    def unpack(buf: bytes, offset: int) -> tuple[int, str, str, bool, bool]:
         """basic.publish's arguments (reserved_1, exchange, routing_key, mandatory, immediate), as `decode` reads them."""
         try:
             _size = len(buf)
@@ -1907,12 +1907,12 @@ class BasicPublish(Method):
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            exchange = str(buf[offset + 1:_end], "utf-8")
+            exchange = buf[offset + 1:_end].decode()
             offset = _end
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            routing_key = str(buf[offset + 1:_end], "utf-8")
+            routing_key = buf[offset + 1:_end].decode()
             offset = _end
             _bits0 = buf[offset]
             offset += 1
@@ -1974,7 +1974,7 @@ class BasicReturn(Method):
         return cls(reply_code, reply_text, exchange, routing_key)
 
     @staticmethod
-    def unpack(buf: Buffer, offset: int) -> tuple[int, str, str, str]:
+    def unpack(buf: bytes, offset: int) -> tuple[int, str, str, str]:
         """basic.return's arguments (reply_code, reply_text, exchange, routing_key), as `decode` reads them."""
         try:
             _size = len(buf)
@@ -1983,17 +1983,17 @@ class BasicReturn(Method):
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            reply_text = str(buf[offset + 1:_end], "utf-8")
+            reply_text = buf[offset + 1:_end].decode()
             offset = _end
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            exchange = str(buf[offset + 1:_end], "utf-8")
+            exchange = buf[offset + 1:_end].decode()
             offset = _end
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            routing_key = str(buf[offset + 1:_end], "utf-8")
+            routing_key = buf[offset + 1:_end].decode()
             offset = _end
         except _TRUNCATED:
             raise AMQPSyntaxError("basic.return: arguments truncated") from None
@@ -2055,26 +2055,26 @@ class BasicDeliver(Method):
         return cls(consumer_tag, delivery_tag, (_bits0 & 1) != 0, exchange, routing_key)
 
     @staticmethod
-    def unpack(buf: Buffer, offset: int) -> tuple[str, int, bool, str, str]:
+    def unpack(buf: bytes, offset: int) -> tuple[str, int, bool, str, str]:
         """basic.deliver's arguments (consumer_tag, delivery_tag, redelivered, exchange, routing_key), as `decode` reads them."""
         try:
             _size = len(buf)
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            consumer_tag = str(buf[offset + 1:_end], "utf-8")
+            consumer_tag = buf[offset + 1:_end].decode()
             offset = _end
             delivery_tag, _bits0 = _S_QB.unpack_from(buf, offset)
             offset += 9
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            exchange = str(buf[offset + 1:_end], "utf-8")
+            exchange = buf[offset + 1:_end].decode()
             offset = _end
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            routing_key = str(buf[offset + 1:_end], "utf-8")
+            routing_key = buf[offset + 1:_end].decode()
             offset = _end
         except _TRUNCATED:
             raise AMQPSyntaxError("basic.deliver: arguments truncated") from None
@@ -2177,7 +2177,7 @@ class BasicGetOk(Method):
         return cls(delivery_tag, (_bits0 & 1) != 0, exchange, routing_key, message_count)
 
     @staticmethod
-    def unpack(buf: Buffer, offset: int) -> tuple[int, bool, str, str, int]:
+    def unpack(buf: bytes, offset: int) -> tuple[int, bool, str, str, int]:
         """basic.get-ok's arguments (delivery_tag, redelivered, exchange, routing_key, message_count), as `decode` reads them."""
         try:
             _size = len(buf)
@@ -2186,12 +2186,12 @@ class BasicGetOk(Method):
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            exchange = str(buf[offset + 1:_end], "utf-8")
+            exchange = buf[offset + 1:_end].decode()
             offset = _end
             _end = offset + 1 + buf[offset]
             if _end > _size:
                 raise IndexError
-            routing_key = str(buf[offset + 1:_end], "utf-8")
+            routing_key = buf[offset + 1:_end].decode()
             offset = _end
             (message_count,) = _S_I.unpack_from(buf, offset)
             offset += 4

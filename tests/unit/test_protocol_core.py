@@ -402,3 +402,18 @@ def test_a_bad_frame_while_closing_does_not_hide_the_close_ok():
     out = events(core, encode_frame(1, 1, struct.pack(">HH", 60, 999))
                  + method_frame(0, spec.ConnectionCloseOk()))
     assert [type(e) for e in out] == [ev.ConnectionClosed]
+
+
+def test_repeated_and_changing_publish_arguments_on_one_channel():
+    # the core remembers the last basic.publish bytes per channel: a change must show
+    core = opened()
+
+    def one(exchange: str, key: str, mandatory: bool) -> bytes:
+        return (method_frame(1, spec.BasicPublish(exchange=exchange, routing_key=key,
+                                                  mandatory=mandatory))
+                + encode_frame(2, 1, content_header_payload(60, 1, b"\x00\x00"))
+                + encode_frame(3, 1, b"b"))
+    sends = [("x", "a", False), ("x", "a", False), ("x", "b", False), ("x", "b", True),
+             ("y", "b", True), ("x", "a", False)]
+    out = events(core, b"".join(one(*s) for s in sends))
+    assert [(p.exchange, p.routing_key, p.mandatory) for p in out] == sends  # type: ignore
