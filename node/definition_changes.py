@@ -90,7 +90,7 @@ class DefinitionChanges:
     if TYPE_CHECKING:
         def pick_owner(self) -> str: ...
         def owns(self, vhost: str) -> bool: ...
-        def require_running(self, node: str) -> None: ...
+        async def require_running(self, node: str) -> None: ...
         def _drop_queue(self, vh: VirtualHost, name: str) -> None: ...
 
     # ------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class DefinitionChanges:
         ``replicas`` is the number of copies, the owner's included (default: the node's
         --replication-factor), capped at the cluster's size."""
         if owner is not None:
-            self.require_running(owner)
+            await self.require_running(owner)
         check_vhost_name(name)
         if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
                                      or replicas < 1):

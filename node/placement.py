@@ -8,12 +8,16 @@ mirror), and submits changes through `submit` (node/definition_changes.py).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from cluster import placement as copy_placement
 from node import errors
 from node.config import Settings
 from node.errors import ChannelError
+
+LINK_WAIT = 2.0  # seconds an admin command waits for a node's Raft link before "down"
 
 if TYPE_CHECKING:
     from cluster.raft import MetadataStore
@@ -67,12 +71,23 @@ class Placement:
         raft = self.nodes.get(name, {}).get("raft")
         return self.metadata.status().get("partners", {}).get(raft) == "connected"
 
-    def require_running(self, node: str) -> None:
+    async def wait_running(self, name: str, seconds: float = LINK_WAIT) -> bool:
+        """Whether `name` is running, waiting up to `seconds` for its Raft link: a link
+        that drops under load (or is still being made after a start) comes back within
+        pysyncobj's retry time (1 s), and an operator's command should not fail on that."""
+        deadline = time.monotonic() + seconds
+        while not self.node_running(name):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def require_running(self, node: str) -> None:
         """Admin commands that place work on a node refuse a node that is down, rather
         than hand a vhost to a node that cannot serve it."""
         if node not in self.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{node}' in the cluster")
-        if not self.node_running(node):
+        if not await self.wait_running(node):
             raise errors.precondition(f"node '{node}' is down (not reachable from "
                                       f"{self.settings.node_name}); start it first")
 

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warren.replication")
 
-MOVE_LINK_WAIT = 2.0  # seconds a move waits for the target's Raft link before refusing
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
 
@@ -279,15 +278,9 @@ class Replication:
         if d.get("owner") != self.me:
             raise ChannelError(errors.PRECONDITION_FAILED,
                                f"vhost '{name}' is owned by {d.get('owner')}, not {self.me}")
-        # down = its Raft link is gone; a link that drops under load comes back within
-        # pysyncobj's retry time (1 s), so a flap is waited out rather than refused
-        raft = b.nodes[target].get("raft")
-        deadline = time.monotonic() + MOVE_LINK_WAIT
-        while b.metadata.status().get("partners", {}).get(raft) != "connected":
-            if time.monotonic() > deadline:
-                raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}' to {target}: the node is down")
-            await asyncio.sleep(0.05)
+        if not await b.wait_running(target):  # its Raft link, a flap waited out
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"cannot move vhost '{name}' to {target}: the node is down")
         if not self.enabled:
             raise ChannelError(errors.PRECONDITION_FAILED, "a single node cannot move vhosts")
         epoch = d["epoch"]
