@@ -545,16 +545,7 @@ def _emit_method(w: Writer, m: Method) -> None:
         for i, run in enumerate(runs):
             last = i == len(runs) - 1
             if run.kind == "struct":
-                targets = []
-                for slot in run.items:
-                    if slot[0].type == "bit":
-                        var = bits_var(nbits)
-                        nbits += 1
-                        targets.append(var)
-                        for bit, f in enumerate(slot):
-                            bit_exprs[f.py] = f"({var} & {1 << bit}) != 0"
-                    else:
-                        targets.append(slot[0].py)
+                targets, nbits = struct_targets(run, nbits, bit_exprs)
                 lhs = ", ".join(targets) if len(targets) > 1 else f"({targets[0]},)"
                 w(f"            {lhs} = {struct_name(run.fmt)}.unpack_from(buf, offset)")
                 if not last:
@@ -623,6 +614,23 @@ def _emit_method(w: Writer, m: Method) -> None:
         w("        )")
 
 
+def struct_targets(run: Run, nbits: int, bit_exprs: dict[str, str]) -> tuple[list[str], int]:
+    """The names a struct run unpacks into: a field's own name, or a `_bitsN` variable for
+    a bit group, whose fields' expressions go into `bit_exprs`.  Returns them and the
+    next bit group's number."""
+    targets = []
+    for slot in run.items:
+        if slot[0].type == "bit":
+            var = bits_var(nbits)
+            nbits += 1
+            targets.append(var)
+            for bit, f in enumerate(slot):
+                bit_exprs[f.py] = f"({var} & {1 << bit}) != 0"
+        else:
+            targets.append(slot[0].py)
+    return targets, nbits
+
+
 def _emit_unpack(w: Writer, m: Method, runs: Sequence[Run]) -> None:
     """`unpack`: the arguments as a plain tuple, short strings decoded inline (from bytes, not
     any buffer: `.decode()` is twice as fast as `str(..., "utf-8")`).  Methods that
@@ -648,16 +656,7 @@ def _emit_unpack(w: Writer, m: Method, runs: Sequence[Run]) -> None:
             w(f"            offset += {size}")
             continue
         if run.kind == "struct":
-            targets = []
-            for slot in run.items:
-                if slot[0].type == "bit":
-                    var = bits_var(nbits)
-                    nbits += 1
-                    targets.append(var)
-                    for bit, f in enumerate(slot):
-                        bit_exprs[f.py] = f"({var} & {1 << bit}) != 0"
-                else:
-                    targets.append(slot[0].py)
+            targets, nbits = struct_targets(run, nbits, bit_exprs)
             if run.fmt == "B":  # one octet (a bit group): indexing beats a struct call
                 w(f"            {targets[0]} = buf[offset]")
                 w("            offset += 1")

@@ -20,7 +20,7 @@ max in ms.  Publishes go out on schedule whatever is unconfirmed, so a stall of 
 broker's loop delays every publish sent during it (no coordinated omission); how far this
 process itself fell behind its schedule (a starved CPU) is printed beside.  Run it against two checkouts in the same session, alternating, e.g.:
 
-    python3 tests/bench/loop_stall.py --code /work/main --code . --rounds 2
+    python3 tests/bench/loop_stall.py --code ../warren-before --code . --rounds 2
 
 env: AMQPBENCH (the generator, default ~/.cache/warren-bench/bin/amqpbench),
 BENCH_WORK (default ~/.cache/warren-bench; the template under loop-stall-template-<N>/).

@@ -8,7 +8,6 @@ client that never reads are dropped past a bound."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from node.amqp import spec
 from node.amqp.connection import AMQPConnection
 from node.amqp.frames import content_header_payload, encode_frame, method_frame
 from node.broker import Broker
-from node.config import Settings
+from tests.unit.in_process import with_broker
 
 HIGH_WATER = 64 * 1024
 
@@ -85,23 +84,6 @@ def publish(exchange: str, key: str, body: bytes, mandatory: bool = False,
             + encode_frame(2, 1, content_header_payload(60, len(body), props.encode()))
             + b"".join(encode_frame(3, 1, body[i:i + 100_000])
                        for i in range(0, len(body), 100_000)))
-
-
-def with_broker(tmp_path: Path, test: Any) -> None:
-    async def main() -> None:
-        with socket.socket() as so:
-            so.bind(("127.0.0.1", 0))
-            raft = f"127.0.0.1:{so.getsockname()[1]}"
-        from cluster.raft import MetadataStore
-        s = Settings(data_dir=str(tmp_path), raft_address=raft)
-        broker = Broker(s, MetadataStore(self_address=raft, peers=[], data_dir=str(tmp_path),
-                                         secret=None))
-        await broker.start()
-        try:
-            await test(broker)
-        finally:
-            await broker.stop()
-    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 BODY = b"r" * 65536

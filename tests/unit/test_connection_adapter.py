@@ -4,8 +4,6 @@ process and a transport that records what it is told: the decisions that involve
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ from node.amqp import protocol, spec
 from node.amqp.connection import AMQPConnection
 from node.amqp.frames import method_frame
 from node.broker import Broker
-from node.config import Settings
+from tests.unit.in_process import with_broker
 
 
 class RecordingTransport:
@@ -46,23 +44,6 @@ class RecordingTransport:
 
     def abort(self) -> None:
         self.aborted = True
-
-
-def with_broker(tmp_path: Path, test: Any) -> None:
-    async def main() -> None:
-        with socket.socket() as so:
-            so.bind(("127.0.0.1", 0))
-            raft = f"127.0.0.1:{so.getsockname()[1]}"
-        from cluster.raft import MetadataStore
-        s = Settings(data_dir=str(tmp_path), raft_address=raft)
-        broker = Broker(s, MetadataStore(self_address=raft, peers=[], data_dir=str(tmp_path),
-                                         secret=None))
-        await broker.start()
-        try:
-            await test(broker)
-        finally:
-            await broker.stop()
-    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def connect(broker: Broker) -> tuple[AMQPConnection, RecordingTransport]:

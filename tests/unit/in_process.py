@@ -1,0 +1,30 @@
+"""A broker in this test's process, on a single-node Raft of its own: for tests that drive
+an AMQPConnection with a fake transport (no sockets to clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from node.broker import Broker
+from node.config import Settings
+
+
+def with_broker(tmp_path: Path, test: Callable[[Broker], Awaitable[Any]]) -> None:
+    """Start a broker with its data in `tmp_path`, run `await test(broker)`, stop it."""
+    async def main() -> None:
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            raft = f"127.0.0.1:{so.getsockname()[1]}"
+        from cluster.raft import MetadataStore
+        s = Settings(data_dir=str(tmp_path), raft_address=raft)
+        broker = Broker(s, MetadataStore(self_address=raft, peers=[], data_dir=str(tmp_path),
+                                         secret=None))
+        await broker.start()
+        try:
+            await test(broker)
+        finally:
+            await broker.stop()
+    asyncio.run(asyncio.wait_for(main(), 60))
