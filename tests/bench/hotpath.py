@@ -30,6 +30,7 @@ from node.amqp.connection import AMQPConnection  # noqa: E402
 from node.amqp.frames import content_header_payload, encode_frame, method_frame  # noqa: E402
 from node.broker import Broker  # noqa: E402
 from node.config import Settings  # noqa: E402
+from tests.unit.in_process import handshake  # noqa: E402
 
 
 class SinkTransport:
@@ -87,14 +88,7 @@ def reads(stream: bytes, rng: random.Random) -> list[bytes]:
 def open_conn(broker: Broker) -> AMQPConnection:
     c = AMQPConnection(broker)
     c.connection_made(SinkTransport())  # type: ignore[arg-type]
-    c.data_received(b"AMQP\x00\x00\x09\x01")
-    c.data_received(method_frame(0, spec.ConnectionStartOk(
-        client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest",
-        locale="en_US")))
-    c.data_received(method_frame(0, spec.ConnectionTuneOk(channel_max=2047,
-                                                          frame_max=131072, heartbeat=0)))
-    c.data_received(method_frame(0, spec.ConnectionOpen(virtual_host="/")))
-    c.data_received(method_frame(1, spec.ChannelOpen()))
+    handshake(c)
     return c
 
 

@@ -28,3 +28,20 @@ def with_broker(tmp_path: Path, test: Callable[[Broker], Awaitable[Any]]) -> Non
         finally:
             await broker.stop()
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def handshake(conn: Any, vhost: str = "/") -> None:
+    """Feed a connection what a client sends to log in as guest, open `vhost` and open
+    channel 1, one frame per read."""
+    from node.amqp import spec
+    from node.amqp.frames import method_frame
+    conn.data_received(b"AMQP\x00\x00\x09\x01")
+    for frame in (
+            method_frame(0, spec.ConnectionStartOk(
+                client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest",
+                locale="en_US")),
+            method_frame(0, spec.ConnectionTuneOk(channel_max=2047, frame_max=131072,
+                                                  heartbeat=0)),
+            method_frame(0, spec.ConnectionOpen(virtual_host=vhost)),
+            method_frame(1, spec.ChannelOpen())):
+        conn.data_received(frame)

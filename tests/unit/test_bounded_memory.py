@@ -19,7 +19,7 @@ from node.amqp import spec
 from node.amqp.connection import AMQPConnection
 from node.amqp.frames import content_header_payload, encode_frame, method_frame
 from node.broker import Broker
-from tests.unit.in_process import with_broker
+from tests.unit.in_process import handshake, with_broker
 
 HIGH_WATER = 64 * 1024
 
@@ -64,14 +64,7 @@ def open_conn(broker: Broker) -> tuple[AMQPConnection, NeverReadingTransport]:
     t = NeverReadingTransport()
     t.protocol = c
     c.connection_made(t)  # type: ignore[arg-type]
-    c.data_received(b"AMQP\x00\x00\x09\x01")
-    c.data_received(method_frame(0, spec.ConnectionStartOk(
-        client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest",
-        locale="en_US")))
-    c.data_received(method_frame(0, spec.ConnectionTuneOk(channel_max=2047,
-                                                          frame_max=131072, heartbeat=0)))
-    c.data_received(method_frame(0, spec.ConnectionOpen(virtual_host="/")))
-    c.data_received(method_frame(1, spec.ChannelOpen()))
+    handshake(c)
     c.flush()
     return c, t
 
