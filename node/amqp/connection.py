@@ -35,9 +35,8 @@ from node.amqp.events import (
     Tuned,
 )
 from node.amqp.fields import AMQPSyntaxError, decode_table
-from node.amqp.protocol import (  # noqa: F401 - the states, for the rest of the broker
+from node.amqp.protocol import (
     AWAIT_HEADER,
-    AWAIT_OPEN,
     CLOSED,
     CLOSING,
     OPEN,

@@ -585,10 +585,6 @@ class ConnectionProtocol:
         self.channels.clear()
 
     @property
-    def is_open(self) -> bool:
-        return self.state == OPEN
-
-    @property
     def state_name(self) -> str:
         return STATE_NAMES[self.state]
 
