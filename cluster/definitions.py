@@ -20,7 +20,7 @@ Shape of the state (and of `snapshot()`)::
 
     vhosts[name]             = {"name", "description", "tags", "default_queue_type",
                                 "owner", "epoch", "replicas", "in_sync",
-                                "replication_factor"}
+                                "replication_factor", "confirmed"?}
     users[name]              = {"name", "password_hash", "hashing", "tags"}
     permissions[vhost][user] = {"user", "vhost", "configure", "write", "read"}
     policies[vhost][name]    = {"vhost", "name", "pattern", "definition", "priority",
@@ -543,6 +543,11 @@ class DefinitionState:
                 current.append(node)
         else:
             current = [r for r in current if r != node]
+            # what the owner had confirmed when the copy left: every copy still in sync
+            # holds it, so no promotion may go below it
+            confirmed = cmd.get("confirmed", int, 0)
+            if confirmed > int(vhost.get("confirmed", 0) or 0):
+                vhost["confirmed"] = confirmed
         vhost["in_sync"] = current
         return _ok(vhost=_copy(vhost))
 

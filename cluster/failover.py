@@ -104,12 +104,15 @@ class FailoverController:
                 positions[self.me] = self._local_positions()
             offsets = {n: p[name] for n, p in positions.items() if name in p}
             vhosts, nodes = self._definitions()
+            confirmed = placement.confirmed_mark(v, offsets)
             choice = placement.promotion_choice(candidates, offsets,
-                                                placement.load(vhosts.values(), nodes))
+                                                placement.load(vhosts.values(), nodes),
+                                                confirmed)
             if choice is None:
                 text = (f"vhost '{name}' is unavailable: its owner {v['owner']} is down "
-                        f"({why}) and no in-sync replica can take over (no unclean "
-                        f"promotion); it returns with its owner")
+                        f"({why}) and no in-sync replica with a complete copy (offset "
+                        f"{confirmed} confirmed) can take over (no unclean promotion); it "
+                        f"returns with its owner")
                 if self.unavailable.get(name) != text:
                     log.error("%s", text)
                 self.unavailable[name] = text

@@ -5,34 +5,43 @@ vhost store (fsync'ed, group-committed by the store) and acks each by offset.
 Fencing (DESIGN §4): a record from an epoch older than the one this node knows from Raft
 comes from a deposed owner; it is refused, the owner is told the newer epoch, and the
 session ends, so an owner that was paused or cut off can confirm nothing afterwards.
+
+Both ends send heartbeats; a session whose owner went silent for the lag timeout ends and
+is opened again.  The session stops reading while the store's writer is far behind, so a
+slow disk here bounds what the owner's records can pin in this node's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster import wire
-from storage.changelog import ChangeLog
+from cluster.replication import HEARTBEAT_INTERVAL
 from storage.records import RecordError
 from storage.store import MessageStore, StoreError
 
-log = logging.getLogger("warren.replication")
+log = logging.getLogger("warren.replication.follower")
 
 # connect(address, facts) -> (transport, bytes already read past the handshake)
 Connect = Callable[[str, dict[str, Any]], Awaitable[tuple[asyncio.Transport, bytes]]]
 
 RETRY_MIN = 0.05
 RETRY_MAX = 1.0
+# Record bytes applied but not yet committed here above which the session stops reading.
+APPLY_BACKLOG_BYTES = 32 << 20
 
 
 class Follower:
     """Follows one vhost's owner for as long as this node is a replica of it."""
 
-    def __init__(self, vhost: str, node: str, store: MessageStore, connect: Connect) -> None:
+    def __init__(self, vhost: str, node: str, store: MessageStore, connect: Connect,
+                 timeout: float = 3.0) -> None:
         self.vhost = vhost
+        self.timeout = timeout
         self.node = node
         self.store = store
         self._connect = connect
@@ -45,12 +54,12 @@ class Follower:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._fresh = False
+        # the newest offset the owner said was confirmed (a promotion compares it)
+        self.hw = 0
         store.become_replica()
-        if store.changelog is None:
-            # kept so that, once promoted, this node can catch the other replicas up by
-            # stream from where they are
-            store.changelog = ChangeLog()
-            store.changelog.expect(store.last_offset + 1)
+        # kept so that, once promoted, this node can catch the other replicas up by stream
+        # from where they are
+        store.keep_changelog()
 
     def follow(self, owner: str | None, address: str | None, epoch: int) -> None:
         """Follow ``owner`` at ``epoch`` (called again whenever placement changes)."""
@@ -99,6 +108,13 @@ class Follower:
                 await self._wake.wait()
                 continue
             self.state = "connecting"
+            # what an earlier session applied must be committed before we say where we are
+            try:
+                await self.store.sync_point()
+            except StoreError as e:
+                log.error("vhost '%s': the store cannot follow: %s", self.vhost, e)
+                await self._sleep(RETRY_MAX)
+                continue
             facts = {"kind": "replicate", "vhost": self.vhost, "node": self.node,
                      "epoch": self.epoch, "position": list(self.store.position)}
             try:
@@ -113,7 +129,11 @@ class Follower:
             self._session = session
             session.take_over(transport, early)
             self.connected = True
-            await session.closed
+            beat = asyncio.ensure_future(session.beat())
+            try:
+                await session.closed
+            finally:
+                beat.cancel()
             self.connected = False
             self._session = None
             self.state = "idle"
@@ -142,8 +162,21 @@ class FollowerSession(wire.FramedProtocol):
         self.refused = False
         self._mode: str | None = None
         self._acking: asyncio.Future[None] | None = None
+        self._heard = time.monotonic()
+        self._held = False
+
+    async def beat(self) -> None:
+        """Heartbeats both ways: say we are here; end the session if the owner is silent."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            if time.monotonic() - self._heard > self.follower.timeout:
+                self.fail(f"no word from owner {self.follower.owner} for "
+                          f"{time.monotonic() - self._heard:.1f} s")
+                return
+            self.send(wire.control({"t": "hb"}))
 
     def frame_received(self, kind: int, body: bytes) -> None:
+        self._heard = time.monotonic()
         if self.stopped:
             return
         if kind == wire.RECORD:
@@ -176,6 +209,17 @@ class FollowerSession(wire.FramedProtocol):
             return
         self.streamed = True
         self._ack_after(fut, offset)
+        if not self._held and self.store.pending_bytes > APPLY_BACKLOG_BYTES \
+                and self.transport is not None:
+            # our disk is behind the owner's stream: stop reading until it caught up
+            self._held = True
+            self.transport.pause_reading()
+            fut.add_done_callback(self._resume)
+
+    def _resume(self, _: object) -> None:
+        self._held = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _ack_after(self, fut: asyncio.Future[None], offset: int) -> None:
         # one callback per store commit, acking the newest offset it holds
@@ -201,6 +245,7 @@ class FollowerSession(wire.FramedProtocol):
                 self.fail(f"owner writes epoch {epoch}, placement says {self.follower.epoch}")
                 return
             self.epoch = epoch
+            self._note_hw(message.get("hw"))
             if message.get("mode") == "stream":
                 self._mode = "streaming"
                 self.follower.state = "streaming"
@@ -224,14 +269,23 @@ class FollowerSession(wire.FramedProtocol):
             position = message.get("position") or [0, 0]
             fut = store.end_snapshot((int(position[0]), int(position[1])),
                                      message.get("epochs") or [])
+            self._note_hw(message.get("hw"))
             self._mode = "streaming"
             self.follower.state = "streaming"
             self.streamed = True
             self._ack_after(fut, int(position[1]))
             log.info("vhost '%s': snapshot loaded at offset %s", self.follower.vhost,
                      position[1])
+        elif t == "hw":
+            self._note_hw(message.get("offset"))
+        elif t == "hb":
+            pass
         elif t == "refuse":
             self.refused = True
             self.fail(f"owner refused: {message.get('reason')}")
         else:
             raise wire.WireError(f"unexpected control message {t!r}")
+
+    def _note_hw(self, offset: object) -> None:
+        if isinstance(offset, int) and offset > self.follower.hw:
+            self.follower.hw = offset

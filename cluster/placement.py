@@ -49,11 +49,22 @@ def repaired_replicas(vhost: Mapping[str, Any], members: list[str], want: int,
     return current
 
 
+def confirmed_mark(vhost: Mapping[str, Any], positions: Mapping[str, list[int]]) -> int:
+    """The highest offset known to be confirmed: recorded in Raft when an in-sync replica
+    was dropped, or reported by a copy (the owner streams it as ``hw``)."""
+    marks = [int(p[2]) for p in positions.values() if len(p) > 2]
+    return max([int(vhost.get("confirmed", 0) or 0), *marks])
+
+
 def promotion_choice(in_sync: Iterable[str], positions: Mapping[str, list[int]],
-                     counts: Mapping[str, int]) -> str | None:
-    """The in-sync replica with the highest offset (then the least loaded, then by name);
-    None when no in-sync replica answered."""
-    best = [n for n in in_sync if n in positions]
+                     counts: Mapping[str, int], confirmed: int = 0) -> str | None:
+    """The in-sync replica whose copy goes furthest, by (epoch, offset) as Kafka compares
+    log ends (then the least loaded, then by name); None when no in-sync replica answered
+    with a complete copy.  A copy is complete when it holds at least one record (every
+    owner writes its epoch's first record at once), is not half a snapshot (offset -1),
+    and reaches the confirmed mark: no promotion may lose a confirmed message."""
+    best = [n for n in in_sync if n in positions
+            and positions[n][1] >= max(confirmed, 1)]
     if not best:
         return None
-    return min(best, key=lambda n: (-positions[n][1], counts.get(n, 0), n))
+    return min(best, key=lambda n: (-positions[n][0], -positions[n][1], counts.get(n, 0), n))

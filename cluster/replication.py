@@ -13,8 +13,20 @@ Rules, in the words of the design brief, and where each is kept:
   so nothing is confirmed without it while the proposal is in flight;
 * ``min_in_sync`` copies (the owner's included) or the publish is nacked.
 
+* histories are compared by epoch, as Kafka does since KIP-101/KIP-279
+  (`continues_history`): a copy goes on by stream only from a position inside the
+  owner's history, else it is rebuilt by snapshot;
+* a copy that must be rebuilt leaves the in-sync set by a committed Raft change before its
+  store is touched (`SourceSession._catch_up`), and rejoins on its first ack after;
+* acks are checked: one past what the session sent ends the session;
+* the confirmed high-water mark travels to the replicas (``hw``), so a promotion can tell
+  a complete copy from one that lacks confirmed records;
+* memory is bounded: a session whose socket holds more than `SEND_WINDOW_BYTES` stops
+  taking live records and is fed from the change log at its peer's pace; a peer silent for
+  the lag timeout (stopped, cut off) ends its session; the change log is capped per node.
+
 Everything here runs on the event loop; the store's writer thread reaches it through the
-store's `on_record` and `confirm_gate` hooks.
+one hook it is attached as (`record`, `committed`).
 """
 
 from __future__ import annotations
@@ -26,41 +38,58 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from cluster import wire
-from storage.changelog import ChangeLog
 from storage.store import MessageStore, StoreError
 
-log = logging.getLogger("warren.replication")
+log = logging.getLogger("warren.replication.source")
 
-# Records a session may have written but not yet had acked before it waits (bytes in the
-# socket buffers are bounded by the transport's own high-water mark too).
-LIVE_WINDOW_RECORDS = 50_000
+# Records a catch-up writes before it waits for the peer to read them.
+CATCH_UP_BATCH_BYTES = 4 << 20
+CATCH_UP_BATCH_RECORDS = 50_000
+# Bytes a live session may have waiting in its socket buffers before it is fed from the
+# change log instead (a slow or stopped replica must not grow the owner's memory).
+SEND_WINDOW_BYTES = 8 << 20
+# How often both ends of a session say they are alive when nothing else is sent.
+HEARTBEAT_INTERVAL = 0.5
 
-ProposeInSync = Callable[[str, bool, int], Awaitable[bool]]
+ProposeInSync = Callable[[str, bool, int, int], Awaitable[bool]]
 
 
 class NotEnoughReplicas(StoreError):
     """Fewer copies are in sync than --min-in-sync asks: the publish is nacked."""
 
 
+def epoch_end(epochs: list[list[int]], epoch: int, last_offset: int) -> int | None:
+    """The last offset ``epoch`` wrote in the history ``epochs`` describes ([epoch, first
+    offset], oldest first, ending at ``last_offset``); None if it is not in that history."""
+    for i, (e, _start) in enumerate(epochs):
+        if e == epoch:
+            return epochs[i + 1][1] - 1 if i + 1 < len(epochs) else last_offset
+    return None
+
+
 def continues_history(position: tuple[int, int], epochs: list[list[int]],
                       last_offset: int) -> bool:
     """Whether a copy at ``position`` (epoch of its last record, offset) holds a prefix of
-    the history that ``epochs`` ([epoch, first offset], oldest first) and ``last_offset``
-    describe, so that it can go on from there by stream; otherwise it needs a snapshot
-    (a returning old owner that wrote past the point where the new owner took over)."""
+    the owner's history, so that it can go on from there by stream.  As in Kafka (KIP-279):
+    its epoch must be one of the owner's and its offset not past that epoch's end there;
+    anything else diverged (an owner that wrote past the point where another took over,
+    or records streamed before a crash that the owner never committed) and is rebuilt by
+    snapshot."""
     epoch, offset = position
     if offset < 0 or offset > last_offset:
         return False
     if offset == 0:
         return True
     for e, start in epochs:
-        if e > epoch:
-            return offset < start
-    return True
+        if e == epoch:
+            end = epoch_end(epochs, epoch, last_offset)
+            return end is not None and start <= offset <= end
+    return False
 
 
 class ReplicationSource:
-    """One vhost on its owner: replica sessions, acks, in-sync set, confirm release."""
+    """One vhost on its owner: replica sessions, acks, in-sync set, confirm release.  It is
+    the store's replication hook."""
 
     def __init__(self, vhost: str, store: MessageStore, epoch: int, in_sync: list[str],
                  *, min_in_sync: int, lag_timeout: float, propose: ProposeInSync,
@@ -77,28 +106,32 @@ class ReplicationSource:
         self.sessions: dict[str, SourceSession] = {}
         self.acked: dict[str, int] = {}
         self.local = store.position[1]  # the newest offset committed here
+        self.hw = 0  # the newest offset confirmed: every in-sync copy holds it
+        self._hw_sent = 0
+        self._hw_due = False
         self._pending: deque[tuple[int, asyncio.Future[None] | None, float]] = deque()
         self._closed = False
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
-        if store.changelog is None:
-            store.changelog = ChangeLog(changelog_bytes)
-            store.changelog.expect(store.last_offset + 1)
-        store.on_record = self._on_record
-        store.confirm_gate = self._on_committed
+        self.changelog = store.keep_changelog(changelog_bytes)
+        store.attach(self)
         self._watch = asyncio.ensure_future(self._watch_lag())
 
-    # ------------------------------------------------------------------ hooks of the store
+    # ------------------------------------------------------------------ the store's hook
 
-    def _on_record(self, offset: int, epoch: int, payload: bytes) -> None:
+    def record(self, offset: int, epoch: int, payload: bytes) -> None:
         frame = wire.record(offset, epoch, payload)
         for session in self.sessions.values():
-            if session.live:
-                session.send(frame)
-                session.sent = offset
+            session.push(frame, offset)
 
-    def _on_committed(self, offset: int, fut: asyncio.Future[None] | None) -> None:
-        self.local = offset
+    def committed(self, offset: int, fut: asyncio.Future[None] | None) -> None:
+        if self._closed:
+            if fut is not None and not fut.done():
+                fut.set_exception(StoreError(f"vhost '{self.vhost}': this node no longer "
+                                             "owns it"))
+            return
+        if offset > self.local:
+            self.local = offset
         if fut is not None:
             self._pending.append((offset, fut, time.monotonic()))
         self._release()
@@ -120,15 +153,18 @@ class ReplicationSource:
         self._release()
 
     def _release(self) -> None:
-        pending = self._pending
-        if not pending:
-            return
         limit = self.local
         for node in self.required:
             acked = self.acked.get(node, -1)
             if acked < limit:
                 limit = acked
         short = 1 + len(self.in_sync - self.leaving) < self.min_in_sync
+        if not short and limit > self.hw:
+            self.hw = limit
+            if not self._hw_due:
+                self._hw_due = True
+                asyncio.get_running_loop().call_soon(self._send_hw)
+        pending = self._pending
         while pending and pending[0][0] <= limit:
             _, fut, _ = pending.popleft()
             if fut is None or fut.done():
@@ -139,6 +175,17 @@ class ReplicationSource:
             else:
                 fut.set_result(None)
 
+    def _send_hw(self) -> None:
+        """Tell the replicas how far confirms went (once per loop turn at most)."""
+        self._hw_due = False
+        if self.hw == self._hw_sent or self._closed:
+            return
+        self._hw_sent = self.hw
+        frame = wire.control({"t": "hw", "offset": self.hw})
+        for session in self.sessions.values():
+            if session.live:
+                session.send(frame)
+
     def update_in_sync(self, in_sync: list[str]) -> None:
         """The committed in-sync set changed (a Raft event)."""
         self.in_sync = set(in_sync)
@@ -146,10 +193,10 @@ class ReplicationSource:
         self.leaving &= self.in_sync
         self._release()
 
-    async def _change(self, node: str, join: bool) -> None:
+    async def _change(self, node: str, join: bool) -> bool:
         ok = False
         try:
-            ok = await self._propose(node, join, self.epoch)
+            ok = await self._propose(node, join, self.epoch, self.hw)
         except Exception as e:  # no quorum, deposed...: the watch loop tries again
             log.warning("vhost '%s': could not %s in-sync replica %s: %s", self.vhost,
                         "add" if join else "drop", node, e)
@@ -157,6 +204,7 @@ class ReplicationSource:
             (self.joining if join else self.leaving).discard(node)
         if join and ok:
             log.info("vhost '%s': replica %s is in sync", self.vhost, node)
+        return ok
 
     def _drop(self, node: str, why: str) -> None:
         self.joining.discard(node)
@@ -167,20 +215,37 @@ class ReplicationSource:
             asyncio.ensure_future(self._change(node, False))
         self._release()
 
+    async def out_of_sync(self, node: str, why: str) -> bool:
+        """Take ``node`` out of the in-sync set and wait until Raft committed it (a copy
+        about to be rebuilt by snapshot must never count as complete meanwhile)."""
+        self.joining.discard(node)
+        if node not in self.in_sync:
+            return True
+        log.warning("vhost '%s': replica %s leaves the in-sync set: %s", self.vhost, node,
+                    why)
+        self.leaving.add(node)
+        ok = await self._change(node, False)
+        if ok:
+            self.in_sync.discard(node)
+            self.leaving.discard(node)
+        return ok
+
     async def _watch_lag(self) -> None:
         while not self._closed:
             await asyncio.sleep(min(0.2, self.lag_timeout / 4))
+            now = time.monotonic()
             if self._pending:
                 offset, _, since = self._pending[0]
-                if time.monotonic() - since > self.lag_timeout:
+                if now - since > self.lag_timeout:
                     for node in list(self.required):
                         if self.acked.get(node, -1) < offset:
                             self._drop(node, f"no ack within {self.lag_timeout:g} s")
-            now = time.monotonic()
             for node in list(self.in_sync):
                 if node not in self.sessions and \
                         now - self._seen.get(node, self._started) > self.lag_timeout:
                     self._drop(node, "not connected")
+            for session in list(self.sessions.values()):
+                session.tick(now)
 
     # ------------------------------------------------------------------ sessions
 
@@ -189,6 +254,8 @@ class ReplicationSource:
         if old is not None and old is not session:
             old.close()
         self.sessions[node] = session
+        # what an earlier session acked says nothing about this one's copy
+        self.acked.pop(node, None)
         self._seen[node] = time.monotonic()
 
     def detach(self, node: str, session: SourceSession) -> None:
@@ -199,13 +266,12 @@ class ReplicationSource:
 
     def lag(self) -> dict[str, dict[str, int]]:
         out = {}
-        changelog = self.store.changelog
+        changelog = self.changelog
         last = self.store.last_offset
         for node in set(self.sessions) | self.in_sync | set(self.acked):
             acked = self.acked.get(node, -1)
             out[node] = {"records": max(last - acked, 0) if acked >= 0 else last,
-                         "bytes": changelog.lag_bytes(acked) if changelog and acked >= 0
-                         else 0}
+                         "bytes": changelog.lag_bytes(acked) if acked >= 0 else 0}
         return out
 
     async def drained_to(self, node: str, timeout: float) -> None:
@@ -222,10 +288,7 @@ class ReplicationSource:
             return
         self._closed = True
         self._watch.cancel()
-        if self.store.on_record == self._on_record:
-            self.store.on_record = None
-        if self.store.confirm_gate == self._on_committed:
-            self.store.confirm_gate = None
+        self.store.detach(self)
         while self._pending:
             _, fut, _ = self._pending.popleft()
             if fut is not None and not fut.done():
@@ -237,7 +300,7 @@ class ReplicationSource:
 
 class SourceSession(wire.FramedProtocol):
     """The owner's side of one replica's session: catch-up (by stream or snapshot), then
-    live records; acks flow back."""
+    live records; acks and heartbeats flow back."""
 
     def __init__(self, source: ReplicationSource, node: str, position: tuple[int, int],
                  on_fenced: Callable[[int], None]) -> None:
@@ -249,23 +312,59 @@ class SourceSession(wire.FramedProtocol):
         self.live = False
         self.sent = -1
         self._task: asyncio.Future[None] | None = None
+        self._heard = self._said = time.monotonic()
 
     def start(self, transport: asyncio.Transport, early: bytes) -> None:
         self.source.attach(self.node, self)
         self.take_over(transport, early)
         self._task = asyncio.ensure_future(self._catch_up())
 
+    # ------------------------------------------------------------------ sending
+
+    def push(self, frame: bytes, offset: int) -> None:
+        """A live record: written at once, unless the peer has fallen a window behind; then
+        it is fed from the change log at its own pace (`_feed`)."""
+        if not self.live:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > SEND_WINDOW_BYTES:
+            self.live = False
+            self._task = asyncio.ensure_future(self._feed())
+            return
+        transport.write(frame)
+        self.sent = offset
+        self._said = time.monotonic()
+
+    def tick(self, now: float) -> None:
+        """Heartbeats: say something when idle; end a session whose peer went silent (a
+        stopped or cut-off replica costs nothing after the lag timeout)."""
+        if now - self._heard > self.source.lag_timeout:
+            self.fail(f"no word from {self.node} for {now - self._heard:.1f} s")
+            return
+        if now - self._said >= HEARTBEAT_INTERVAL:
+            self.send(wire.control({"t": "hb"}))
+            self._said = now
+
     async def _catch_up(self) -> None:
         source, store = self.source, self.source.store
+        changelog = source.changelog
         try:
-            assert store.changelog is not None
             if continues_history(self.position, store.epochs, store.last_offset) and (
                     self.position[1] == store.last_offset
-                    or store.changelog.since(self.position[1]) is not None):
+                    or changelog.since(self.position[1]) is not None):
                 self.send(wire.control({"t": "hello", "mode": "stream",
-                                        "epoch": source.epoch, "epochs": store.epochs}))
+                                        "epoch": source.epoch, "epochs": store.epochs,
+                                        "hw": source.hw}))
                 self.sent = self.position[1]
             else:
+                # the copy is rebuilt: out of the in-sync set first, committed, so that it
+                # is never promoted while it holds half a snapshot
+                if not await source.out_of_sync(self.node, "its copy is rebuilt by snapshot"):
+                    self.fail(f"could not take {self.node} out of the in-sync set before "
+                              "its snapshot")
+                    return
                 self.send(wire.control({"t": "hello", "mode": "snapshot",
                                         "epoch": source.epoch}))
                 position: tuple[int, int] = (0, 0)
@@ -273,51 +372,80 @@ class SourceSession(wire.FramedProtocol):
                     if item[0] == "begin":
                         position = tuple(item[1])  # type: ignore[assignment]
                         # the records after the snapshot must still be here at its end
-                        store.changelog.pin(self, position[1])
+                        changelog.pin(self, position[1])
                         self.send(wire.control({"t": "snap_begin"}))
-                        epochs = item[2]
                     else:
                         self.send(wire.control({"t": "snap_rows", "rows": item[1]}))
                     await self.drain()
                     if self.transport is None or self.transport.is_closing():
                         return
+                # the owner's epoch list as it is now, not as the snapshot's transaction saw
+                # it: a takeover may have begun a new epoch meanwhile
                 self.send(wire.control({"t": "snap_end", "position": list(position),
-                                        "epochs": epochs}))
+                                        "epochs": store.epochs, "hw": source.hw}))
                 self.sent = position[1]
-            while True:  # the records since, in batches, until none is left: then live
-                backlog = store.changelog.since(self.sent)
-                if backlog is None:
-                    self.fail("fell out of the change log during catch-up; will resnapshot")
-                    return
-                if not backlog:
-                    break
-                for rec in backlog[:LIVE_WINDOW_RECORDS]:
-                    self.send(wire.record(*rec))
-                    self.sent = rec.offset
-                store.changelog.pin(self, self.sent)
-                await self.drain()
-                if self.transport is None or self.transport.is_closing():
-                    return
-            self.live = True
-            store.changelog.unpin(self)
+            await self._feed()
         except (ConnectionError, StoreError) as e:
             self.fail(f"catch-up of {self.node} failed: {e}")
         except Exception:
             log.exception("vhost '%s': catch-up of %s failed", self.source.vhost, self.node)
             self.fail("catch-up failed")
 
+    async def _feed(self) -> None:
+        """The records after ``sent``, from the change log, in batches the peer reads,
+        until none is left: then live."""
+        changelog = self.source.changelog
+        try:
+            while True:
+                await self.drain()
+                if self.transport is None or self.transport.is_closing():
+                    return
+                backlog = changelog.since(self.sent)
+                if backlog is None:
+                    self.fail("fell out of the change log; will resnapshot")
+                    return
+                if not backlog:
+                    break
+                size = 0
+                for rec in backlog[:CATCH_UP_BATCH_RECORDS]:
+                    self.send(wire.record(*rec))
+                    self.sent = rec.offset
+                    size += len(rec.payload)
+                    if size >= CATCH_UP_BATCH_BYTES:
+                        break
+                changelog.pin(self, self.sent)
+                self._said = time.monotonic()
+            self.live = True
+            changelog.unpin(self)
+            if self.source.hw > 0:
+                self.send(wire.control({"t": "hw", "offset": self.source.hw}))
+        except ConnectionError:
+            pass
+
+    # ------------------------------------------------------------------ receiving
+
     def frame_received(self, kind: int, body: bytes) -> None:
+        self._heard = time.monotonic()
         if kind == wire.ACK:
             epoch, offset = self.decode_ack(body)
-            if epoch == self.source.epoch:
-                self.source.on_ack(self.node, offset)
+            if epoch != self.source.epoch:
+                return
+            if offset > self.sent:
+                raise wire.WireError(f"ack of offset {offset}, but only {self.sent} was sent")
+            self.source.on_ack(self.node, offset)
         elif kind == wire.CONTROL:
             message = self.decode_control(body)
-            if message.get("t") == "fenced":
-                epoch = int(message.get("epoch", 0))
+            t = message.get("t")
+            if t == "fenced":
+                newer = message.get("epoch")
+                if not isinstance(newer, int) or newer <= self.source.epoch:
+                    raise wire.WireError(f"'fenced' for epoch {newer!r}, not newer than "
+                                         f"{self.source.epoch}")
                 log.warning("vhost '%s': replica %s knows epoch %d (we write %d): stepping "
-                            "down", self.source.vhost, self.node, epoch, self.source.epoch)
-                self.on_fenced(epoch)
+                            "down", self.source.vhost, self.node, newer, self.source.epoch)
+                self.on_fenced(newer)
+            elif t != "hb":
+                raise wire.WireError(f"unexpected control message {t!r}")
         else:
             raise wire.WireError(f"unexpected frame kind {kind}")
 
@@ -325,6 +453,5 @@ class SourceSession(wire.FramedProtocol):
         super().connection_lost(exc)
         if self._task is not None:
             self._task.cancel()
-        if self.source.store.changelog is not None:
-            self.source.store.changelog.unpin(self)
+        self.source.changelog.unpin(self)
         self.source.detach(self.node, self)

@@ -178,6 +178,8 @@ class DefinitionMirror:
             "default_queue_type": "classic", "owner": cmd.get("owner"),
             "epoch": 1 if cmd.get("owner") else 0, "replicas": [], "in_sync": [],
             "replication_factor": None}
+        if cmd.get("owner") == self.settings.node_name:
+            self.replication.grant(cmd["vhost"], 1)
         self._open_vhost(cmd["vhost"])
         self.replication.reconcile(cmd["vhost"])
         self.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
@@ -189,6 +191,9 @@ class DefinitionMirror:
     def _ev_add_vhost(self, cmd: dict, result: dict) -> None:
         if "vhost" in result:
             self.vhost_defs[cmd["name"]] = result["vhost"]
+            if result.get("created") and \
+                    result["vhost"].get("owner") == self.settings.node_name:
+                self.replication.grant(cmd["name"], result["vhost"]["epoch"])
         self._open_vhost(cmd["name"])
         self.replication.reconcile(cmd["name"])
 
@@ -196,6 +201,8 @@ class DefinitionMirror:
         name = cmd["name"]
         was_mine = self.owns(name)
         self.vhost_defs[name] = result["vhost"]
+        if result["vhost"].get("owner") == self.settings.node_name:
+            self.replication.grant(name, result["vhost"]["epoch"])
         if was_mine != self.owns(name) and name in self.vhosts:
             # the vhost moves (or fails over): clients reconnect (to any node) and reach
             # the new owner

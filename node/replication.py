@@ -25,7 +25,7 @@ from node.errors import ChannelError
 if TYPE_CHECKING:
     from node.broker import Broker
 
-log = logging.getLogger("warren.replication")
+log = logging.getLogger("warren.replication.node")
 
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
@@ -40,6 +40,11 @@ class Replication:
         self.enabled = bool(s.cluster_secret)
         self.sources: dict[str, ReplicationSource] = {}
         self.followers: dict[str, Follower] = {}
+        # vhost -> the epoch this process's term as its owner began at: granted by a
+        # committed change seen live, or claimed (a new epoch) when the node finds itself
+        # owner at start; no owner term ever reuses an epoch
+        self.granted: dict[str, int] = {}
+        self._claims: dict[str, asyncio.Task[None]] = {}
         self.moves = 0
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
@@ -55,6 +60,8 @@ class Replication:
 
     async def stop(self) -> None:
         self.controller.stop()
+        for task in list(self._claims.values()):
+            task.cancel()
         for source in self.sources.values():
             source.close("the node is stopping")
         self.sources.clear()
@@ -79,7 +86,13 @@ class Replication:
                                   ssl=cluster_client_ssl(self.broker.settings))
 
     def positions(self) -> dict[str, list[int]]:
-        return {name: list(store.position) for name, store in self.broker.stores.items()}
+        """Each copy's (epoch, offset) and the confirmed mark it knows (a ping's answer)."""
+        out = {}
+        for name, store in self.broker.stores.items():
+            source, follower = self.sources.get(name), self.followers.get(name)
+            hw = source.hw if source is not None else follower.hw if follower else 0
+            out[name] = [*store.position, hw]
+        return out
 
     # ------------------------------------------------------------------ cluster port
 
@@ -116,6 +129,39 @@ class Replication:
             return "owner"
         return "replica" if self.me in d.get("replicas", []) else None
 
+    def grant(self, name: str, epoch: int) -> None:
+        """A committed change, seen live, made this node the owner at ``epoch``."""
+        self.granted[name] = epoch
+
+    def _claim(self, name: str, epoch: int, store: Any) -> None:
+        """This node owns ``name`` at ``epoch`` but did not begin that term in this process
+        (it restarted): commit a new epoch for its term before anything is numbered."""
+        if name in self._claims:
+            return
+        store.hold()
+
+        async def claim() -> None:
+            try:
+                while True:
+                    d = self.broker.vhost_defs.get(name)
+                    if d is None or d.get("owner") != self.me or d.get("epoch") != epoch:
+                        return  # placement moved on: that change's event reconciles
+                    try:
+                        result = await self.broker.metadata.submit({
+                            "op": "set_vhost_owner", "name": name, "owner": self.me,
+                            "expected_epoch": epoch})
+                    except Exception as e:  # no quorum yet: try again
+                        log.info("vhost '%s': cannot begin a new owner term yet: %s", name, e)
+                        await asyncio.sleep(0.5)
+                        continue
+                    if result.get("ok"):
+                        log.info("vhost '%s': owner term begins at epoch %s", name,
+                                 result.get("epoch"))
+                    return
+            finally:
+                self._claims.pop(name, None)
+        self._claims[name] = asyncio.ensure_future(claim())
+
     def prepare_takeover(self, name: str) -> None:
         """This node is about to serve ``name``: stop taking the old owner's records (now,
         synchronously) and number new records in the new epoch, before the runtime
@@ -125,7 +171,8 @@ class Replication:
             follower.halt()
         store = self.broker.stores.get(name)
         d = self.broker.vhost_defs.get(name)
-        if store is not None and d is not None and store.epoch != d.get("epoch", 0):
+        if store is not None and d is not None and store.epoch != d.get("epoch", 0) \
+                and (not self.enabled or self.granted.get(name) == d.get("epoch", 0)):
             store.takeover(d.get("epoch", 0))
 
     def step_down(self, name: str, why: str) -> None:
@@ -171,21 +218,24 @@ class Replication:
             store = b.stores.get(name)
             if store is None:
                 return  # the runtime opens it
+            if self.granted.get(name) != d.get("epoch", 0):
+                self._claim(name, d.get("epoch", 0), store)
+                return
             if store.epoch != d.get("epoch", 0) and not self.sources.get(name):
                 self.prepare_takeover(name)
             source = self.sources.get(name)
             if not d.get("replicas"):
                 if source is not None:
                     self.sources.pop(name).close("the vhost has no replicas any more")
-                store.changelog = None
+                store.drop_changelog()
                 return
             if source is not None and source.epoch != d["epoch"]:
                 self.sources.pop(name).close("epoch changed")
                 source = None
             if source is None:
                 s = b.settings
-                async def propose(node: str, join: bool, epoch: int) -> bool:
-                    return await self._propose(name, node, join, epoch)
+                async def propose(node: str, join: bool, epoch: int, hw: int) -> bool:
+                    return await self._propose(name, node, join, epoch, hw)
                 self.sources[name] = ReplicationSource(
                     name, store, d["epoch"], d.get("in_sync", []),
                     min_in_sync=s.min_in_sync, lag_timeout=s.failover_timeout,
@@ -200,7 +250,8 @@ class Replication:
             store = b.stores.open(name)
             follower = self.followers.get(name)
             if follower is None:
-                follower = self.followers[name] = Follower(name, self.me, store, self.connect)
+                follower = self.followers[name] = Follower(
+                    name, self.me, store, self.connect, b.settings.failover_timeout)
             owner = d.get("owner")
             follower.follow(owner, (b.nodes.get(owner or "") or {}).get("forward"),
                             d["epoch"])
@@ -217,10 +268,12 @@ class Replication:
                 drop_copy and self.broker.vhosts[name].store is None):
             self.broker.stores.close(name, delete_data=True)
 
-    async def _propose(self, vhost: str, node: str, join: bool, epoch: int) -> bool:
-        result = await self.broker.metadata.submit({
-            "op": "set_in_sync", "name": vhost, "node": node, "in_sync": join,
-            "expected_epoch": epoch})
+    async def _propose(self, vhost: str, node: str, join: bool, epoch: int, hw: int) -> bool:
+        cmd: dict[str, Any] = {"op": "set_in_sync", "name": vhost, "node": node,
+                               "in_sync": join, "expected_epoch": epoch}
+        if not join:
+            cmd["confirmed"] = hw
+        result = await self.broker.metadata.submit(cmd)
         return bool(result.get("ok"))
 
     # ------------------------------------------------------------------ seen from outside

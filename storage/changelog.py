@@ -10,7 +10,10 @@ The log lives in memory only and keeps at most ``max_bytes`` of records: a repli
 next offset has fallen out of it catches up from a snapshot of the store instead.  While a
 replica catches up (a snapshot, then the records since), it *pins* the records it still
 needs, up to ``hard_max_bytes``, so that a snapshot slower than the writes does not start
-over forever.  It is used from the event-loop thread only.
+over forever.  Every log of a node also draws on one `Budget` (the node's cap across all
+the vhosts it owns and replicates): past it, the largest log drops its oldest records,
+pins or not, and a replica that needed them catches up by snapshot.  It is used from the
+event-loop thread only.
 """
 
 from __future__ import annotations
@@ -25,12 +28,34 @@ class Record(NamedTuple):
     payload: bytes
 
 
+class Budget:
+    """One node's cap on the bytes held by all of its change logs."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.logs: set[ChangeLog] = set()
+
+    def enforce(self) -> None:
+        while self.used > self.max_bytes:
+            largest = max(self.logs, key=lambda lg: lg.nbytes, default=None)
+            if largest is None or not largest.drop_oldest():
+                return
+
+
+# The node's budget (`--changelog-memory` sets it); tests make their own.
+NODE_BUDGET = Budget(256 << 20)
+
+
 class ChangeLog:
     """Offset-addressed, size-bounded window over a store's recent records."""
 
-    def __init__(self, max_bytes: int = 64 << 20, hard_max_bytes: int = 512 << 20) -> None:
+    def __init__(self, max_bytes: int = 64 << 20, hard_max_bytes: int = 128 << 20,
+                 budget: Budget | None = None) -> None:
         self.max_bytes = max_bytes
         self.hard_max_bytes = hard_max_bytes
+        self.budget = NODE_BUDGET if budget is None else budget
+        self.budget.logs.add(self)
         self._records: deque[Record] = deque()
         self._bytes = 0
         self._pins: dict[object, int] = {}
@@ -45,10 +70,6 @@ class ChangeLog:
         return self._bytes
 
     @property
-    def first_offset(self) -> int | None:
-        return self._records[0].offset if self._records else None
-
-    @property
     def last_offset(self) -> int | None:
         return self._records[-1].offset if self._records else None
 
@@ -59,13 +80,29 @@ class ChangeLog:
             self.clear()
         self._records.append(Record(offset, epoch, payload))
         self._bytes += len(payload)
+        self.budget.used += len(payload)
         self._next = offset + 1
         records = self._records
         while self._bytes > self.max_bytes and len(records) > 1:
             if self._pins and records[0].offset > min(self._pins.values()) \
                     and self._bytes <= self.hard_max_bytes:
                 break
-            self._bytes -= len(records.popleft().payload)
+            self.drop_oldest()
+        if self.budget.used > self.budget.max_bytes:
+            self.budget.enforce()
+
+    def drop_oldest(self) -> bool:
+        if len(self._records) <= 1:
+            return False
+        size = len(self._records.popleft().payload)
+        self._bytes -= size
+        self.budget.used -= size
+        return True
+
+    def close(self) -> None:
+        """The store no longer keeps a log: give its bytes back to the node's budget."""
+        self.clear()
+        self.budget.logs.discard(self)
 
     def pin(self, holder: object, offset: int) -> None:
         """Keep the records after ``offset`` for ``holder`` (within the hard bound)."""
@@ -82,6 +119,7 @@ class ChangeLog:
 
     def clear(self) -> None:
         self._records.clear()
+        self.budget.used -= self._bytes
         self._bytes = 0
         self._next = 0
 

@@ -27,8 +27,15 @@ enabled (a vhost that has replicas), the writer encodes each generation
 (`storage.records`) before committing it and hands it to the loop (`on_record`), so the
 owner streams it while its own fsync runs.  A replica's store takes the owner's records
 with `apply_record` (merged into generations, so a replica group-commits too) or a whole
-snapshot (`begin_snapshot` / `load_snapshot` / `end_snapshot`).  A `confirm_gate` lets the
-replication layer hold flush() futures until the in-sync replicas have the record too.
+snapshot (`begin_snapshot` / `load_snapshot` / `end_snapshot`).  The replication layer
+attaches one `ReplicationHook` (`attach` / `detach`): it hears each record before the
+commit and alone decides when a committed generation's flush() future is released (once
+the in-sync replicas have the record too).
+
+Numbering.  A generation is numbered when it is sealed, under the lock, with the epoch in
+force then; a change of role (`takeover`, `become_replica`) first seals the open
+generation, so no generation ever mixes a previous owner's records with this node's own
+writes, and the writer thread never touches the position fields unlocked.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import lmdb
 import msgpack
@@ -75,6 +82,17 @@ _KEY_EPOCHS = b"epochs"
 SNAPSHOT_CHUNK_BYTES = 4 << 20
 
 _T = TypeVar("_T")
+
+
+class ReplicationHook(Protocol):
+    """What the replication layer attaches to an owner's store (both run on the loop)."""
+
+    def record(self, offset: int, epoch: int, payload: bytes) -> None:
+        """A numbered generation, encoded, before the owner's own commit (stream it)."""
+
+    def committed(self, offset: int, fut: asyncio.Future[None] | None) -> None:
+        """The generation at ``offset`` is durable here; ``fut`` (its flush() future) is
+        the hook's to resolve or reject."""
 
 
 class StoreError(Exception):
@@ -144,7 +162,7 @@ def _in_ranges(ranges: list[tuple[int, int]], seq: int) -> bool:
 
 class _Generation:
     __slots__ = ("queues", "nops", "nbytes", "sealed", "future", "position", "reset", "raw",
-                 "meta")
+                 "meta", "local")
 
     def __init__(self) -> None:
         self.queues: dict[str, _QueueOps] = {}
@@ -158,6 +176,8 @@ class _Generation:
         self.reset = False  # a snapshot begins: empty every table first
         self.raw: list[tuple[bytes, bytes | None]] = []  # snapshot rows: (key, msg or None=mark)
         self.meta: dict[bytes, bytes] = {}
+        # numbered by this node as owner (streamed as a record), not taken from an owner
+        self.local = False
 
     def ops_for(self, queue: str) -> _QueueOps:
         q = self.queues.get(queue)
@@ -306,10 +326,10 @@ class MessageStore:
         # The writer numbers the owner's generations from here; the epoch they carry.
         self._last_offset = max(self.position[1], 0)
         self.epoch = self.position[0]
-        # Set by the replication layer (loop thread); read by the writer thread.
+        # Kept while the vhost has replicas (keep_changelog); loop thread only.
         self.changelog: ChangeLog | None = None
-        self.on_record: Any = None  # callable(offset, epoch, payload) on the loop
-        self.confirm_gate: Any = None  # callable(offset, future) on the loop
+        # The replication layer's hook (attach/detach); read by the writer thread.
+        self._hook: ReplicationHook | None = None
         # False once this node no longer owns the vhost: late writes of its torn-down
         # runtime (an ack on a closing connection) are dropped instead of forking history.
         self.local_writes = True
@@ -322,6 +342,10 @@ class MessageStore:
         self._gens: deque[_Generation] = deque([_Generation()])
         self._writer_idle = False
         self._closing = False
+        # True while an owner waits for its term's epoch (`hold`): its writes collect in
+        # the open generation, unnumbered and uncommitted, until `takeover` numbers them
+        # in the new epoch
+        self._held = False
         self._failed: BaseException | None = None
         self._written_since_trim = 0
         self._last_trim = 0.0
@@ -376,6 +400,8 @@ class MessageStore:
             self.start(asyncio.get_running_loop())
         assert self._stopped is not None
         with self._lock:
+            self._drop_held(f"message store at {self.path} closed before this node's term "
+                            "as owner began")
             self._closing = True
             self._wake.notify()
         await self._stopped
@@ -478,28 +504,79 @@ class MessageStore:
     def last_offset(self) -> int:
         """Offset of the newest record this store has numbered or taken (maybe not yet
         committed)."""
-        return self._last_offset
+        with self._lock:
+            return self._last_offset
+
+    def attach(self, hook: ReplicationHook) -> None:
+        """Stream this owner's records to ``hook`` and let it release flush() futures."""
+        self._hook = hook
+
+    def detach(self, hook: ReplicationHook) -> None:
+        """Undo `attach` (only if ``hook`` is still the one attached)."""
+        if self._hook is hook:
+            self._hook = None
+
+    def keep_changelog(self, max_bytes: int | None = None) -> ChangeLog:
+        """Keep recent records in memory (a vhost with replicas), from the next offset on."""
+        if self.changelog is None:
+            log_ = ChangeLog() if max_bytes is None else ChangeLog(max_bytes)
+            log_.expect(self.last_offset + 1)
+            self.changelog = log_
+        return self.changelog
+
+    def drop_changelog(self) -> None:
+        if self.changelog is not None:
+            self.changelog.close()
+        self.changelog = None
+
+    def hold(self) -> None:
+        """This node owns the vhost but its term's epoch is not committed yet: nothing it
+        writes may be numbered (in the previous term's epoch, it could collide with records
+        that term streamed and never committed) until `takeover`."""
+        with self._lock:
+            self._seal_open()
+            self._held = True
+
+    def _drop_held(self, why: str) -> None:
+        # with self._lock held: the writes of a term that never began are not kept
+        if not self._held:
+            return
+        self._held = False
+        gen = self._gens[-1]
+        if gen.nops and not gen.sealed:
+            self._gens[-1] = _Generation()
+            if gen.future is not None and self._loop is not None:
+                self._call_on_loop(_reject, gen.future, StoreError(why))
 
     def takeover(self, epoch: int) -> None:
-        """This node now owns the vhost at ``epoch``: number new records after what the
-        store holds, and remember where this epoch's history begins.  Call it only once
-        everything taken from the previous owner is committed (await flush())."""
-        self.replica = False
-        self.local_writes = True
-        self.epoch = epoch
-        start = self._last_offset + 1
-        self.epochs = [e for e in self.epochs if e[0] < epoch] + [[epoch, start]]
+        """This node now owns the vhost at ``epoch``: what it took from the previous owner
+        is sealed as it is, and its own records are numbered after it, the first of them
+        marking where this epoch's history begins (the replicas learn the epoch from it)."""
         with self._lock:
+            if self._held:
+                self._held = False  # what was held belongs to this term
+            else:
+                self._seal_open()
+            self.replica = False
+            self.local_writes = True
+            self.epoch = epoch
+            start = self._last_offset + 1
+            self.epochs = [e for e in self.epochs if e[0] < epoch] + [[epoch, start]]
             gen = self._open_gen()
             gen.meta[_KEY_EPOCHS] = msgpack.packb(self.epochs)
             self._enqueued(gen)
 
     def become_replica(self) -> None:
-        """Stop taking this node's own writes; records come from the owner from now on."""
-        self.replica = True
-        self.local_writes = False
-        self.on_record = None
-        self.confirm_gate = None
+        """Stop taking this node's own writes; records come from the owner from now on.
+        What this node wrote as owner and has not committed yet keeps its own numbers (a
+        history the new owner may not share: the histories' comparison decides)."""
+        with self._lock:
+            self._drop_held(f"message store at {self.path}: this node's term as owner "
+                            "never began")
+            self._seal_open()
+            self.replica = True
+            self.local_writes = False
+        self._hook = None
 
     def adopt_epochs(self, epochs: list[list[int]]) -> None:
         """A replica keeps the owner's epoch history: it decides, should this node become
@@ -532,6 +609,10 @@ class MessageStore:
                 q.delivered.update(delivered)
             gen.position = (epoch, offset)
             self._last_offset = offset
+            if not self.epochs or epoch > self.epochs[-1][0]:
+                # a new owner's first record: where its epoch begins in this history
+                self.epochs = [*self.epochs, [epoch, offset]]
+                gen.meta[_KEY_EPOCHS] = msgpack.packb(self.epochs)
             self._enqueued(gen)
         if self.changelog is not None:
             self.changelog.append(offset, epoch, payload)
@@ -541,11 +622,9 @@ class MessageStore:
         """Empty the store before a snapshot's rows arrive; until `end_snapshot` commits,
         the position says offset -1 (a crash half way leaves a store nobody trusts)."""
         with self._lock:
-            gen = self._open_gen()
-            if gen.nops:  # earlier ops must not survive the reset in the same transaction
-                gen.sealed = True
-                gen = _Generation()
-                self._gens.append(gen)
+            self._open_gen()
+            # earlier ops must not survive the reset in the same transaction
+            gen = self._seal_open()
             gen.reset = True
             gen.position = (0, -1)
             self._last_offset = 0
@@ -699,11 +778,24 @@ class MessageStore:
     def _enqueued(self, gen: _Generation) -> None:
         gen.nops += 1
         if gen.nops >= MAX_BATCH_OPS or gen.nbytes >= MAX_BATCH_BYTES:
-            gen.sealed = True
-            self._gens.append(_Generation())
+            self._seal_open()
         if self._writer_idle:
             self._writer_idle = False
             self._wake.notify()
+
+    def _seal_open(self) -> _Generation:
+        """Seal the open generation if it holds anything, numbering it when it is this
+        owner's own; returns the (new) open generation."""
+        gen = self._gens[-1]
+        if gen.nops and not self._held:
+            gen.sealed = True
+            if gen.position is None and not self.replica:
+                self._last_offset += 1
+                gen.position = (self.epoch, self._last_offset)
+                gen.local = True
+            gen = _Generation()
+            self._gens.append(gen)
+        return gen
 
     # ------------------------------------------------------------------ reads
 
@@ -896,7 +988,8 @@ class MessageStore:
         try:
             while True:
                 with self._lock:
-                    while not self._gens[0].nops and not self._closing:
+                    while (not self._gens[0].nops or (self._held and not self._gens[0].sealed)
+                           ) and not self._closing:
                         self._writer_idle = True
                         self._wake.wait()
                     self._writer_idle = False
@@ -904,17 +997,16 @@ class MessageStore:
                     if not gen.nops:
                         break  # closing and drained
                     if not gen.sealed:
-                        gen.sealed = True
-                        self._gens.append(_Generation())
-                position = gen.position
-                if position is None and not self.replica:
-                    self._last_offset += 1
-                    position = (self.epoch, self._last_offset)
-                    if self.changelog is not None:
-                        # encoded before the commit so the owner streams it to the replicas
-                        # while its own fsync runs
-                        self._call_on_loop(self._publish_record, position[1], position[0],
-                                           records.encode(_changes_of(gen)))
+                        self._seal_open()
+                    position = gen.position
+                    hook = self._hook
+                changelog = self.changelog
+                if gen.local and position is not None and (changelog is not None
+                                                          or hook is not None):
+                    # encoded before the commit so the owner streams it to the replicas
+                    # while its own fsync runs
+                    self._call_on_loop(self._publish_record, position[1], position[0],
+                                       records.encode(_changes_of(gen)))
                 self._commit(gen, position)
                 if position is not None:
                     self.position = position
@@ -931,9 +1023,8 @@ class MessageStore:
                 self.stats["commits"] += 1
                 self.stats["ops"] += gen.nops
                 self.stats["last_batch_size"] = gen.nops
-                gate = self.confirm_gate
-                if gate is not None and position is not None:
-                    self._call_on_loop(gate, position[1], fut)
+                if hook is not None and position is not None:
+                    self._call_on_loop(hook.committed, position[1], fut)
                 elif fut is not None:
                     self._call_on_loop(_resolve, fut)
         except BaseException as exc:  # noqa: B036 - confirms must never hang, whatever it is
@@ -958,9 +1049,9 @@ class MessageStore:
         changelog = self.changelog
         if changelog is not None:
             changelog.append(offset, epoch, payload)
-        sink = self.on_record
-        if sink is not None:
-            sink(offset, epoch, payload)
+        hook = self._hook
+        if hook is not None:
+            hook.record(offset, epoch, payload)
 
     def _commit(self, gen: _Generation, position: tuple[int, int] | None) -> None:
         while True:

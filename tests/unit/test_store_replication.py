@@ -13,6 +13,20 @@ from storage.changelog import ChangeLog
 from storage.store import MessageStore, StoreError
 
 
+class Hook:
+    """A replication hook that streams into a list and releases confirms at once."""
+
+    def __init__(self, streamed: list) -> None:
+        self.streamed = streamed
+
+    def record(self, offset: int, epoch: int, payload: bytes) -> None:
+        self.streamed.append((offset, epoch, payload))
+
+    def committed(self, offset: int, fut: asyncio.Future | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
 def contents(store: MessageStore, queues: list[str]) -> dict[str, list]:
     return {q: store.read_range(q, 0, 10_000) for q in queues}
 
@@ -28,11 +42,11 @@ def test_records_stream_to_a_replica_and_positions_survive_reopen(tmp_path: Path
         owner = await open_store(tmp_path / "owner")
         replica = await open_store(tmp_path / "replica")
         owner.takeover(1)
-        owner.changelog = ChangeLog()
+        owner.keep_changelog()
         replica.become_replica()
-        replica.changelog = ChangeLog()
+        replica.keep_changelog()
         streamed: list[tuple[int, int, bytes]] = []
-        owner.on_record = lambda o, e, p: streamed.append((o, e, p))
+        owner.attach(Hook(streamed))
 
         for i in range(1, 101):
             owner.put("q", i, b"m%d" % i)
@@ -73,7 +87,7 @@ def test_snapshot_then_stream_catches_up_without_pausing_the_owner(tmp_path: Pat
     async def main() -> None:
         owner = await open_store(tmp_path / "owner")
         owner.takeover(3)
-        owner.changelog = ChangeLog()
+        owner.keep_changelog()
         for i in range(1, 2001):
             owner.put("big", i, b"%d" % i * 50)
         for i in range(1, 11):
@@ -121,12 +135,12 @@ def test_a_promoted_replica_numbers_after_what_it_holds(tmp_path: Path) -> None:
         await store.apply_record(41, 2, records.encode([("q", False, {1: b"a"}, [], [])]))
         assert store.position == (2, 41)
         store.takeover(3)
-        seen: list[tuple[int, int]] = []
-        store.changelog = ChangeLog()
-        store.on_record = lambda o, e, p: seen.append((o, e))
+        store.keep_changelog()
+        store.attach(Hook(streamed := []))
         store.put("q", 2, b"b")
         await store.flush()
-        assert store.epochs == [[3, 42]]
+        assert store.epochs == [[2, 41], [3, 42]]  # epoch 2 learnt from its record
+        seen = [(o, e) for o, e, _ in streamed]
         assert seen == [(42, 3)]  # the epoch's first record: its history starts there
         assert store.position == (3, 42)
         await store.close()
@@ -138,7 +152,11 @@ def test_confirm_gate_holds_flush_until_released(tmp_path: Path) -> None:
     async def main() -> None:
         store = await open_store(tmp_path / "s")
         held: list[tuple[int, asyncio.Future | None]] = []
-        store.confirm_gate = lambda offset, fut: held.append((offset, fut))
+
+        class Gate(Hook):
+            def committed(self, offset: int, fut: asyncio.Future | None) -> None:
+                held.append((offset, fut))
+        store.attach(Gate([]))
         store.put("q", 1, b"a")
         fut = store.flush()
         await asyncio.sleep(0.2)
@@ -188,10 +206,10 @@ def test_a_replica_applies_range_deletes_identically(tmp_path: Path) -> None:
         owner = await open_store(tmp_path / "owner")
         replica = await open_store(tmp_path / "replica")
         owner.takeover(1)
-        owner.changelog = ChangeLog()
+        owner.keep_changelog()
         replica.become_replica()
         streamed: list[tuple[int, int, bytes]] = []
-        owner.on_record = lambda o, e, p: streamed.append((o, e, p))
+        owner.attach(Hook(streamed))
 
         for i in range(1, 3001):
             owner.put("q", i, b"m%d" % i)
