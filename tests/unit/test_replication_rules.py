@@ -44,6 +44,22 @@ def test_promotion_takes_the_in_sync_replica_with_the_most_records() -> None:
     assert placement.promotion_choice([], {}, counts) is None
 
 
+def test_promotion_compares_epoch_then_offset_and_never_goes_below_what_was_confirmed(
+        ) -> None:
+    counts = {"n2": 0, "n3": 0}
+    # a copy of the newer epoch wins over one with more records of an older epoch
+    assert placement.promotion_choice(["n2", "n3"], {"n2": [3, 50], "n3": [2, 90]},
+                                      counts) == "n2"
+    # half a snapshot (offset -1) or an empty copy is never promoted
+    assert placement.promotion_choice(["n2", "n3"], {"n2": [0, -1], "n3": [0, 0]},
+                                      counts) is None
+    # nor one below the confirmed mark, from Raft or from any copy's report
+    positions = {"n2": [2, 40, 0], "n3": [2, 30, 45]}
+    assert placement.confirmed_mark({"confirmed": 20}, positions) == 45
+    assert placement.promotion_choice(["n2", "n3"], positions, counts, 45) is None
+    assert placement.promotion_choice(["n2", "n3"], positions, counts, 35) == "n2"
+
+
 def test_which_copies_continue_the_owners_history() -> None:
     # epoch 1 wrote 1..99, epoch 2 began at 100 (a failover), epoch 4 at 250 (a move)
     epochs = [[1, 1], [2, 100], [4, 250]]
@@ -57,3 +73,10 @@ def test_which_copies_continue_the_owners_history() -> None:
     assert not continues_history((4, 301), epochs, 300)  # ahead of the owner: impossible
     assert not continues_history((4, -1), epochs, 300)  # a half-loaded snapshot
     assert continues_history((0, 0), epochs, 300)  # an empty copy
+    # an epoch the owner's history never had (a term whose records nobody kept)
+    assert not continues_history((3, 200), epochs, 300)
+    # an owner restarted in a new epoch at 150: its old term's records after 149 were
+    # streamed before its crash and never committed: they diverge
+    epochs = [[1, 1], [2, 100], [3, 150]]
+    assert continues_history((2, 149), epochs, 300)
+    assert not continues_history((2, 160), epochs, 300)

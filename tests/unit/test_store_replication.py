@@ -252,3 +252,89 @@ def test_a_replica_applies_range_deletes_identically(tmp_path: Path) -> None:
 def test_malformed_range_deletes_are_refused(entry: list) -> None:
     with pytest.raises(records.RecordError):
         records.decode(records.encode([entry]))  # type: ignore[list-item]
+
+
+def test_takeover_seals_what_the_replica_took_before_the_new_owner_writes(tmp_path: Path
+                                                                           ) -> None:
+    """A promoted node's first writes never merge into a generation that still carries the
+    previous owner's offset: they are numbered, streamed and committed as its own."""
+    async def main() -> None:
+        store = await open_store(tmp_path / "s")
+        store.become_replica()
+        store.apply_record(7, 1, records.encode([("q", False, {1: b"a"}, [], [])]))
+        # not committed yet: the open generation holds record 7 of epoch 1
+        store.takeover(2)
+        store.keep_changelog()
+        streamed: list = []
+        store.attach(Hook(streamed))
+        store.put("q", 2, b"b")
+        await store.flush()
+        assert [(o, e) for o, e, _ in streamed] == [(8, 2)]
+        assert store.position == (2, 8)
+        assert store.epochs == [[1, 7], [2, 8]]
+        change = records.decode(streamed[0][2])
+        assert [(q, puts) for q, _, puts, *_ in change] == [("q", {2: b"b"})]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_owner_waiting_for_its_epoch_numbers_nothing_until_takeover(tmp_path: Path
+                                                                        ) -> None:
+    """Writes made while a restarted owner claims its new epoch are held, then numbered in
+    the new epoch: never in the old one, where a replica may hold other records at the
+    same offsets (streamed before the owner's own fsync, lost in its crash)."""
+    async def main() -> None:
+        store = await open_store(tmp_path / "s")
+        store.takeover(3)
+        store.put("q", 1, b"a")
+        await store.flush()
+        assert store.position == (3, 1)
+        await store.close()
+
+        store = await open_store(tmp_path / "s")
+        store.hold()
+        store.put("q", 2, b"held")
+        fut = store.flush()
+        await asyncio.sleep(0.2)
+        assert not fut.done() and store.position == (3, 1)
+        assert store.read_range("q", 0, 10)[-1][1] == b"held"  # read-your-writes meanwhile
+        store.keep_changelog()
+        streamed: list = []
+        store.attach(Hook(streamed))
+        store.takeover(4)
+        await fut
+        assert [(o, e) for o, e, _ in streamed] == [(2, 4)]
+        assert store.position == (4, 2) and store.epochs == [[3, 1], [4, 2]]
+        await store.close()
+
+        # a term that never began keeps nothing it wrote
+        store = await open_store(tmp_path / "s")
+        store.hold()
+        store.put("q", 3, b"never")
+        fut = store.flush()
+        store.become_replica()
+        with pytest.raises(StoreError):
+            await fut
+        assert store.position == (4, 2)
+        assert [s for s, _, _ in store.read_range("q", 0, 10)] == [1, 2]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_the_node_budget_caps_every_change_log_together() -> None:
+    from storage.changelog import Budget
+    budget = Budget(100)
+    a, b = ChangeLog(max_bytes=80, budget=budget), ChangeLog(max_bytes=80, budget=budget)
+    for o in range(1, 8):
+        a.append(o, 1, b"x" * 10)
+    for o in range(1, 8):
+        b.append(o, 1, b"y" * 10)
+    assert budget.used <= 100 and a.nbytes + b.nbytes == budget.used
+    a.pin("slow replica", 0)  # a pin does not outlive the node's cap
+    for o in range(8, 20):
+        a.append(o, 1, b"x" * 10)
+    assert budget.used <= 100
+    a.close()
+    assert budget.used == b.nbytes
