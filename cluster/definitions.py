@@ -28,12 +28,15 @@ Shape of the state (and of `snapshot()`)::
     exchanges[vhost][name]   = {"vhost", "name", "type", "durable", "auto_delete",
                                 "internal", "arguments"}
     queues[vhost][name]      = {"vhost", "name", "durable", "auto_delete", "exclusive",
-                                "arguments"}
+                                "arguments", "id"}
     bindings[vhost][key]     = {"vhost", "source", "destination", "destination_type",
                                 "routing_key", "arguments"}   (key: see `binding_key`)
 
 ``arguments`` of exchanges, queues and bindings is an opaque ``bytes`` blob (the node's
 AMQP-encoded field table); this module never decodes it and compares it byte for byte.
+A queue's ``id`` names its declaration (chosen by the submitter, "" in queues declared
+before it existed): a queue deleted and declared again under the same name has another
+one, so the owner never takes the old queue's stored messages for the new one's.
 """
 
 from __future__ import annotations
@@ -781,6 +784,7 @@ class DefinitionState:
         auto_delete = cmd.get("auto_delete", bool, False)
         exclusive = cmd.get("exclusive", bool, False)
         arguments = cmd.get("arguments", bytes, EMPTY_ARGUMENTS)
+        declaration = cmd.get("id", str, "")
         if exclusive:
             # DESIGN §2: exclusive queues live only on the vhost's owner, never in Raft.
             raise _Refused(
@@ -798,6 +802,7 @@ class DefinitionState:
             "auto_delete": auto_delete,
             "exclusive": False,
             "arguments": arguments,
+            "id": declaration,
         }
         return _ok(created=True, queue=_copy(queue))
 

@@ -86,10 +86,8 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
         snapshot = self.metadata.snapshot()
         self.stores.adopt_legacy(snapshot.get("vhosts", {}))  # before tombstones are swept
         self.stores.remove_tombstones()
-        self._rebuild(snapshot)
-        for vh in self.vhosts.values():
-            if vh.store is not None:
-                self.stores.drop_orphaned_messages(vh.name, vh.queues)
+        self.stores.remove_unknown(snapshot.get("vhosts", {}))
+        self._rebuild(snapshot)  # also drops the messages of queues that are gone
         self._live = True
         self.replication.start()
         s = self.settings

@@ -26,7 +26,7 @@ from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.exchanges.base import Destination, Exchange
-from node.queues.queue import Queue
+from node.queues.queue import Queue, new_declaration
 from node.queues.settings import OVERFLOW_MODES
 from node.vhost import VirtualHost
 
@@ -145,7 +145,8 @@ class DefinitionChanges:
         if durable and owner is None:
             result = await self.submit({
                 "op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
-                "auto_delete": auto_delete, "exclusive": False, "arguments": encode_args(args)})
+                "auto_delete": auto_delete, "exclusive": False, "arguments": encode_args(args),
+                "id": new_declaration()})
             q = vh.queues.get(name)
             if q is None:
                 raise errors.not_found("queue", name, vh.name)

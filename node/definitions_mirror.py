@@ -111,6 +111,18 @@ class DefinitionMirror:
         for name in wanted:
             self._build_vhost(name, state)
         self.replication.reconcile_all()
+        for name in wanted:
+            self._drop_orphans(name)
+
+    def _drop_orphans(self, name: str) -> None:
+        """On the owner, once its queues are built from the definitions (at start, when it
+        takes the vhost over, after a snapshot): the stored messages of every queue the
+        definitions no longer have go, for every copy (the deletes are replicated).  A
+        queue deleted while the owner was down, failing over or moving was never deleted
+        from the copies: no owner applied the delete to a store."""
+        vh = self.vhosts.get(name)
+        if vh is not None and vh.store is not None:
+            self.stores.drop_orphaned_messages(name, vh.store_keys())
 
     def _build_vhost(self, name: str, state: dict) -> None:
         """Open a vhost's runtime from the definitions (its store only on its owner), or
@@ -130,7 +142,8 @@ class DefinitionMirror:
                                 decode_args(x["arguments"]))
         for q in state.get("queues", {}).get(name, {}).values():
             vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                         arguments=decode_args(q["arguments"]), recover=True)
+                         arguments=decode_args(q["arguments"]), recover=True,
+                         declaration=q.get("id", ""))
         for b in state.get("bindings", {}).get(name, {}).values():
             vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
                     b["routing_key"], decode_args(b["arguments"]))
@@ -140,8 +153,9 @@ class DefinitionMirror:
         queues = state.get("queues", {}).get(vh.name, {})
         exchanges = state.get("exchanges", {}).get(vh.name, {})
         for qname, q in list(vh.queues.items()):
-            if q.durable and q.exclusive_owner is None and qname not in queues:
-                self._drop_queue(vh, qname)
+            if q.durable and q.exclusive_owner is None and (
+                    qname not in queues or q.declaration != queues[qname].get("id", "")):
+                self._drop_queue(vh, qname)  # gone, or deleted and declared again
         for xname, ex in list(vh.exchanges.items()):
             if ex.durable and xname not in exchanges:
                 vh.remove_exchange(xname)
@@ -208,6 +222,7 @@ class DefinitionMirror:
             # the new owner
             self._change_role(name, why=f"moved to node '{result['vhost'].get('owner')}'")
             self._build_vhost(name, self.metadata.snapshot())
+            self._drop_orphans(name)
         # clients this node forwards to the old owner: it may be hung or cut off and never
         # close them itself
         new_owner = result["vhost"].get("owner")
@@ -327,8 +342,13 @@ class DefinitionMirror:
         q = result.get("queue")
         if vh is None or q is None:
             return
+        existing = vh.queues.get(q["name"])
+        if (existing is not None and existing.durable and existing.exclusive_owner is None
+                and existing.declaration != q.get("id", "")):
+            self._drop_queue(vh, q["name"])  # a delete this runtime missed
         vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                     arguments=decode_args(q["arguments"]), recover=True)
+                     arguments=decode_args(q["arguments"]), recover=True,
+                     declaration=q.get("id", ""))
 
     def _ev_delete_queue(self, cmd: dict, result: dict) -> None:
         vh = self.vhosts.get(cmd["vhost"])

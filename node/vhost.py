@@ -68,7 +68,10 @@ class VirtualHost:
     # --- queues ---------------------------------------------------------------------
     def add_queue(self, name: str, durable: bool = False, exclusive_owner: Any = None,
                   auto_delete: bool = False, arguments: dict | None = None,
-                  recover: bool = False) -> Queue:
+                  recover: bool = False, declaration: str | None = None) -> Queue:
+        """The queue `name` (created if missing).  `declaration`: the id Raft records for a
+        durable queue's declaration (node/queues/queue.py store_key); None for the queues
+        Raft never sees."""
         q = self.queues.get(name)
         if q is None:
             policy = matching_policy(self.policies, "queue", name)
@@ -76,7 +79,7 @@ class VirtualHost:
                       auto_delete=auto_delete, arguments=arguments, store=self.store,
                       memory_limit=self.memory_limit, on_unused=self.on_queue_unused,
                       dead_letter=self.dead_letter,
-                      policy=policy["definition"] if policy else None)
+                      policy=policy["definition"] if policy else None, declaration=declaration)
             q.policy_name = policy["name"] if policy else None
             self.queues[name] = q
             if durable and recover:
@@ -94,8 +97,13 @@ class VirtualHost:
             if ex.remove_destination(dest):
                 self._after_unbind(ex)
         if q.store is not None:
-            q.store.delete_queue(name)
+            q.store.delete_queue(q.store_key)
         return q
+
+    def store_keys(self) -> set[str]:
+        """The store keys of the queues this vhost has now: any other queue key in the
+        store holds messages of a deleted queue."""
+        return {q.store_key for q in self.queues.values()}
 
     def _retire(self, obj: Any) -> None:
         totals = self.retired_stats

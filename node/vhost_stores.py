@@ -128,13 +128,41 @@ class VhostStores:
             if _LEGACY_TOMBSTONE.search(entry):
                 shutil.rmtree(os.path.join(self.base, entry), ignore_errors=True)
 
-    def drop_orphaned_messages(self, vhost: str, queues: Collection[str]) -> None:
-        """Messages of queues that no longer exist (exclusive durable queues of a node that
-        crashed, a delete whose store cleanup did not commit) would sit in LMDB forever."""
+    def remove_unknown(self, vhosts: Collection[str]) -> None:
+        """At start, with every vhost the definitions have: the stores of other vhosts
+        belong to vhosts deleted while this node was down (or whose delete it replayed from
+        its Raft log before serving), and a vhost created again under the same name must
+        not find their messages or their replication position."""
+        if not os.path.isdir(self.base):
+            return
+        wanted = set(vhosts)
+        for entry in os.listdir(self.base):
+            path = os.path.join(self.base, entry)
+            try:
+                with open(os.path.join(path, NAME_FILE), encoding="utf-8") as f:
+                    vhost = f.read()
+            except OSError:
+                continue  # not a store of this layout (adopt_legacy's business)
+            if vhost in wanted or entry != store_dir_name(vhost):
+                continue
+            log.info("vhost '%s' no longer exists: removing its store %s", vhost, path)
+            os.makedirs(self.graveyard, exist_ok=True)
+            os.rename(path, os.path.join(self.graveyard, f"{entry}-{os.urandom(4).hex()}"))
+        if os.path.isdir(self.graveyard):
+            shutil.rmtree(self.graveyard, ignore_errors=True)
+
+    def drop_orphaned_messages(self, vhost: str, keys: Collection[str]) -> None:
+        """Messages of queues that no longer exist (deleted while no owner applied the
+        delete to this copy, exclusive or transient queues of a node that crashed, a delete
+        whose store cleanup did not commit) would sit in LMDB forever, or be found by a
+        queue declared again under the same key.  `keys`: the store keys of the queues the
+        vhost has now (VirtualHost.store_keys)."""
         store = self._stores.get(vhost)
         if store is None:
             return
-        for name in store.queues() - set(queues):
-            log.info("dropping stored messages of queue '%s' in vhost '%s': the queue no "
-                     "longer exists", name, vhost)
-            store.delete_queue(name)
+        for key in store.queues() - set(keys):
+            name, _, declaration = key.partition("\x00")
+            log.info("dropping stored messages of queue '%s'%s in vhost '%s': the queue no "
+                     "longer exists", name, f" (declaration {declaration})" if declaration
+                     else "", vhost)
+            store.delete_queue(key)

@@ -405,6 +405,10 @@ class Channel:
             if m.exclusive:
                 self.conn.exclusive_queues.add(q.name)
             self.last_queue = name
+            # a queue Raft had already (declared meanwhile, or built by a takeover) may
+            # still be recovering: declare-ok reports what it holds, not 0
+            while q.recovering and (wait := q.wait_for()) is not None:
+                await wait
             if not m.nowait:
                 self.conn.send_method(self.number, spec.QueueDeclareOk(
                     queue=name, message_count=q.message_count, consumer_count=q.consumer_count))

@@ -23,7 +23,9 @@ need the head while the next batch is still in flight (drop-head of a length lim
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -33,7 +35,7 @@ from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList
 from node.queues.settings import QueueSettings, queue_settings
 from node.read_models import QueueStats
-from storage.keys import MAX_SEQ
+from storage.keys import MAX_QUEUE_NAME_BYTES, MAX_SEQ
 
 if TYPE_CHECKING:
     from storage.store import MessageStore
@@ -52,6 +54,26 @@ ACCEPTED, ACCEPTED_FLUSH, REJECTED, FLOW = 0, 1, 2, 4
 DeadLetter = Callable[["Queue", Message, str], None]
 
 
+def new_declaration() -> str:
+    """The id of a queue's declaration (durable ones: recorded in Raft with the queue)."""
+    return os.urandom(8).hex()
+
+
+def store_key(name: str, declaration: str) -> str:
+    """Where a queue keeps its messages in the vhost's store: its name and the id of the
+    declaration that created it, so that a queue deleted and declared again under the same
+    name (its owner down, or failing over, when the delete was committed) never finds the
+    old one's messages, and the old ones are recognisably orphans.  "" (queues declared
+    before ids existed): the bare name, as they were stored.  A name too long to take the
+    suffix is replaced by a digest (the store's key prefix holds at most 255 bytes)."""
+    if not declaration:
+        return name
+    key = f"{name}\x00{declaration}"
+    if len(key.encode()) > MAX_QUEUE_NAME_BYTES:
+        key = f"\x00{hashlib.sha256(name.encode()).hexdigest()[:40]}\x00{declaration}"
+    return key
+
+
 class Queue:
     def __init__(self, vhost: str, name: str, *, durable: bool = False,
                  exclusive_owner: Any = None, auto_delete: bool = False,
@@ -59,9 +81,16 @@ class Queue:
                  memory_limit: int = 20000,
                  on_unused: Callable[["Queue"], None] | None = None,
                  dead_letter: DeadLetter | None = None,
-                 policy: dict | None = None) -> None:
+                 policy: dict | None = None, declaration: str | None = None) -> None:
         self.vhost = vhost
         self.name = name
+        if declaration is None:
+            # a queue Raft never sees (transient, exclusive) gets an id of its own, so its
+            # paged messages are orphans once it is gone, swept at the next start or
+            # takeover; a durable one without an id is stored under its bare name
+            declaration = "" if durable and exclusive_owner is None else new_declaration()
+        self.declaration = declaration
+        self.store_key = store_key(name, self.declaration)
         self.durable = durable
         self.exclusive_owner = exclusive_owner  # the connection that owns an exclusive queue
         self.auto_delete = auto_delete
@@ -153,7 +182,7 @@ class Queue:
             # the first publish while the scan runs: number after what the store holds
             # (one seek), and tell the scan to stop there
             assert store is not None
-            self._next_seq = max(self._next_seq, store.last_seq(self.name) + 1)
+            self._next_seq = max(self._next_seq, store.last_seq(self.store_key) + 1)
             self._recovery_bound[0] = self._next_seq - 1
         seq = self._next_seq
         self._next_seq = seq + 1
@@ -162,7 +191,7 @@ class Queue:
         if store is not None and (self._paged_count or self.recovering
                                   or self._ready.n >= self.memory_limit):
             record = message.encode()
-            store.put(self.name, seq, record)
+            store.put(self.store_key, seq, record)
             if not self._paged_count:
                 self._paged_from = seq
             self._paged_count += 1
@@ -171,7 +200,7 @@ class Queue:
         else:
             entry = QueueEntry(seq, message, expires_at=self._expires_at(message))
             if store is not None and message.persistent and self.durable:
-                store.put(self.name, seq, message.encode())
+                store.put(self.store_key, seq, message.encode())
                 entry.stored = True
                 result = ACCEPTED_FLUSH
             if self.consumers and not self._ready.n and not self._paged_count:
@@ -259,7 +288,7 @@ class Queue:
             return
         assert self.store is not None
         token = self._page_token
-        fut = self._paging = self.store.read_range_async(self.name, self._paged_from,
+        fut = self._paging = self.store.read_range_async(self.store_key, self._paged_from,
                                                          PAGE_BATCH)
         fut.add_done_callback(lambda f: self._paged_in(f, token))
 
@@ -305,7 +334,7 @@ class Queue:
         assert self.store is not None
         self._page_token += 1  # a batch in flight would now be a duplicate
         self._paging = None
-        self._take_rows(self.store.read_range(self.name, self._paged_from, PAGE_BATCH))
+        self._take_rows(self.store.read_range(self.store_key, self._paged_from, PAGE_BATCH))
 
     def _take_rows(self, rows: list[tuple[int, bytes, bool]]) -> None:
         """A batch read from the store: the next paged messages, in order."""
@@ -401,9 +430,9 @@ class Queue:
             chosen.unacked += 1
             self.unacked += 1
             if entry.stored:
-                self.store.mark_delivered(self.name, entry.seq)  # type: ignore[union-attr]
+                self.store.mark_delivered(self.store_key, entry.seq)  # type: ignore[union-attr]
         elif entry.stored:
-            self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
+            self.store.delete(self.store_key, entry.seq)  # type: ignore[union-attr]
         chosen.owner.deliver(chosen, self, entry)
 
     def _release_flow(self) -> None:
@@ -416,7 +445,7 @@ class Queue:
         """An entry handed out by get() that now counts as unacknowledged."""
         self.unacked += 1
         if entry.stored:
-            self.store.mark_delivered(self.name, entry.seq)  # type: ignore[union-attr]
+            self.store.mark_delivered(self.store_key, entry.seq)  # type: ignore[union-attr]
 
     def ack(self, entry: QueueEntry, consumer: Consumer | None) -> None:
         self.unacked -= 1
@@ -424,7 +453,7 @@ class Queue:
         if consumer is not None:
             consumer.unacked -= 1
         if entry.stored and not self.deleted:
-            self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
+            self.store.delete(self.store_key, entry.seq)  # type: ignore[union-attr]
 
     def reject(self, entry: QueueEntry, consumer: Consumer | None) -> None:
         """basic.reject / basic.nack without requeue: gone, or dead-lettered."""
@@ -437,11 +466,11 @@ class Queue:
     def discard(self, entry: QueueEntry) -> None:
         """A message handed out with no-ack (basic.get no-ack): it is gone."""
         if entry.stored and not self.deleted:
-            self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
+            self.store.delete(self.store_key, entry.seq)  # type: ignore[union-attr]
 
     def _drop(self, entry: QueueEntry, reason: str) -> None:
         if entry.stored:
-            self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
+            self.store.delete(self.store_key, entry.seq)  # type: ignore[union-attr]
         self._dead_letter(entry.message, reason)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
@@ -474,9 +503,9 @@ class Queue:
         n = self.message_count
         store = self.store
         if store is not None:
-            store.delete_many(self.name, [e.seq for e in self._ready if e.stored])
+            store.delete_many(self.store_key, [e.seq for e in self._ready if e.stored])
             if self._paged_count:
-                store.purge_range(self.name, self._paged_from, self._next_seq)
+                store.purge_range(self.store_key, self._paged_from, self._next_seq)
         self._page_token += 1  # a batch in flight holds purged messages
         self._paging = None
         self._paged_from = self._next_seq
@@ -604,7 +633,7 @@ class Queue:
             return
         self.recovering = True
         bound = self._recovery_bound
-        fut = store.scan_async(self.name, bound, Message.record_is_persistent)
+        fut = store.scan_async(self.store_key, bound, Message.record_is_persistent)
         fut.add_done_callback(self._scanned)
 
     def _scanned(self, fut: asyncio.Future) -> None:
@@ -620,7 +649,7 @@ class Queue:
         first, n, size, last, dropped = fut.result()
         store = self.store
         assert store is not None
-        store.delete_many(self.name, dropped)
+        store.delete_many(self.store_key, dropped)
         self._next_seq = max(self._next_seq, last + 1)
         if n:
             # older than whatever was published meanwhile (paged too: seqs past the bound)
@@ -641,7 +670,7 @@ class Queue:
             self._recovered()
             return
         assert self.store is not None
-        fut = self.store.read_range_async(self.name, self._paged_from, PAGE_BATCH)
+        fut = self.store.read_range_async(self.store_key, self._paged_from, PAGE_BATCH)
 
         def landed(f: asyncio.Future) -> None:
             if self.deleted:

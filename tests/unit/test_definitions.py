@@ -423,6 +423,15 @@ def test_auto_delete_exchange_kept_while_the_owner_has_transient_bindings(
 # ---------------------------------------------------------------- queues
 
 
+def test_a_queue_keeps_the_id_of_the_declaration_that_created_it(
+        state: DefinitionState) -> None:
+    assert declare_q(state, "q", id="first")["queue"]["id"] == "first"
+    assert declare_q(state, "q", id="second")["queue"]["id"] == "first"  # it existed
+    ok(state, op="delete_queue", vhost="/", name="q")
+    assert declare_q(state, "q", id="second")["queue"]["id"] == "second"
+    refused(state, 541, op="declare_queue", vhost="/", name="r", durable=True, id=7)
+
+
 def test_queues(state: DefinitionState) -> None:
     first = declare_q(state, "q", arguments=ARGS)
     assert first["created"] is True
@@ -433,6 +442,7 @@ def test_queues(state: DefinitionState) -> None:
         "auto_delete": False,
         "exclusive": False,
         "arguments": ARGS,
+        "id": "",
     }
     assert declare_q(state, "q", durable=False)["queue"] == first["queue"]
     declare_q(state, "amq.gen-abc")  # server-named non-exclusive queues are replicated too
