@@ -250,9 +250,9 @@ class SourceSession(wire.FramedProtocol):
         self.sent = -1
         self._task: asyncio.Future[None] | None = None
 
-    def start(self, transport: asyncio.Transport, early: bytes) -> None:
+    def start(self, transport: asyncio.Transport, link: wire.Link) -> None:
         self.source.attach(self.node, self)
-        self.take_over(transport, early)
+        self.take_over(transport, link)
         self._task = asyncio.ensure_future(self._catch_up())
 
     async def _catch_up(self) -> None:
@@ -315,6 +315,11 @@ class SourceSession(wire.FramedProtocol):
             message = self.decode_control(body)
             if message.get("t") == "fenced":
                 epoch = int(message.get("epoch", 0))
+                if epoch <= self.source.epoch:
+                    # only a newer epoch deposes this owner; the replica is confused
+                    self.fail(f"fenced with epoch {epoch}, not newer than ours "
+                              f"({self.source.epoch})")
+                    return
                 log.warning("vhost '%s': replica %s knows epoch %d (we write %d): stepping "
                             "down", self.source.vhost, self.node, epoch, self.source.epoch)
                 self.on_fenced(epoch)
