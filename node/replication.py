@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cluster import wire
+from cluster.digest import DigestServer
 from cluster.failover import FailoverController
 from cluster.follower import Follower
 from cluster.liveness import Liveness, PingServer
@@ -89,6 +90,11 @@ class Replication:
         kind = facts.get("kind")
         if kind == "ping":
             PingServer(self.positions).take_over(transport, link)
+            return
+        if kind == "digest":  # the owner compares the copies (node/verify.py)
+            store = self.broker.stores.get(str(facts.get("vhost")))
+            DigestServer(store, f"node {self.me} holds no copy of vhost "
+                                f"{facts.get('vhost')!r}").take_over(transport, link)
             return
         vhost, node = str(facts.get("vhost")), str(facts.get("node"))
         source = self.sources.get(vhost)
