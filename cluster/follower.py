@@ -26,8 +26,9 @@ from storage.store import MessageStore, StoreError
 
 log = logging.getLogger("warren.replication.follower")
 
-# connect(address, facts) -> (transport, bytes already read past the handshake)
-Connect = Callable[[str, dict[str, Any]], Awaitable[tuple[asyncio.Transport, bytes]]]
+# connect(address, facts) -> (transport, the session's link: keys, bytes read past the
+# handshake)
+Connect = Callable[[str, dict[str, Any]], Awaitable[tuple[asyncio.Transport, wire.Link]]]
 
 RETRY_MIN = 0.05
 RETRY_MAX = 1.0
@@ -118,7 +119,7 @@ class Follower:
             facts = {"kind": "replicate", "vhost": self.vhost, "node": self.node,
                      "epoch": self.epoch, "position": list(self.store.position)}
             try:
-                transport, early = await self._connect(self.owner_address, facts)
+                transport, link = await self._connect(self.owner_address, facts)
             except (OSError, ConnectionError, asyncio.TimeoutError) as e:
                 log.debug("vhost '%s': cannot reach owner %s: %s", self.vhost, self.owner, e)
                 self.state = "idle"
@@ -127,7 +128,7 @@ class Follower:
                 continue
             session = FollowerSession(self)
             self._session = session
-            session.take_over(transport, early)
+            session.take_over(transport, link)
             self.connected = True
             beat = asyncio.ensure_future(session.beat())
             try:

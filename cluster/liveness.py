@@ -131,8 +131,8 @@ class Liveness:
     async def _keep(self, member: _Member) -> None:
         while True:
             try:
-                transport, early = await self._connect(member.address,
-                                                       {"kind": "ping", "node": self.me})
+                transport, link = await self._connect(member.address,
+                                                      {"kind": "ping", "node": self.me})
             except ConnectionRefusedError:
                 member.refused = True
                 await asyncio.sleep(RETRY_INTERVAL)
@@ -142,7 +142,7 @@ class Liveness:
                 await asyncio.sleep(RETRY_INTERVAL)
                 continue
             session = _PingClient(member)
-            session.take_over(transport, early)
+            session.take_over(transport, link)
             member.session = session
             member.refused = False
             try:

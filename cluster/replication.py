@@ -314,9 +314,9 @@ class SourceSession(wire.FramedProtocol):
         self._task: asyncio.Future[None] | None = None
         self._heard = self._said = time.monotonic()
 
-    def start(self, transport: asyncio.Transport, early: bytes) -> None:
+    def start(self, transport: asyncio.Transport, link: wire.Link) -> None:
         self.source.attach(self.node, self)
-        self.take_over(transport, early)
+        self.take_over(transport, link)
         self._task = asyncio.ensure_future(self._catch_up())
 
     # ------------------------------------------------------------------ sending
@@ -333,7 +333,7 @@ class SourceSession(wire.FramedProtocol):
             self.live = False
             self._task = asyncio.ensure_future(self._feed())
             return
-        transport.write(frame)
+        self.send(frame)
         self.sent = offset
         self._said = time.monotonic()
 

@@ -56,7 +56,7 @@ class Client:
         self.auth = f"Basic {token}"
 
     def call(self, method: str, path: str, body: Any = None,
-             headers: dict[str, str] | None = None) -> Any:
+             headers: dict[str, str] | None = None, timeout: float = 30.0) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", self.auth)
@@ -65,7 +65,7 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             try:
@@ -213,6 +213,24 @@ def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
     done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move", {"node": node})
     print(f"Moved: owner {done['owner']}, epoch {done['epoch']}, publishers paused "
           f"{done['pause_ms']} ms")
+
+
+def verify_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
+    (name, *_) = need(1, "<vhost>")
+    print(f"Comparing the copies of vhost \"{name}\" ...")
+    # hashing every copy of a large vhost takes a while
+    rec = c.call("POST", f"/api/cluster/vhosts/{q(name)}/verify", {}, timeout=600.0)
+    if a.formatter == "json":
+        print(json.dumps(rec, indent=2))
+    else:
+        print_rows(rec["copies"], ["node", "role", "epoch", "offset", "digest", "agree",
+                                   "error"], "table")
+    if not rec["agree"]:
+        bad = [r["node"] for r in rec["copies"] if not r["agree"]]
+        raise CtlError(f"the copies of vhost \"{name}\" disagree at offset {rec['offset']}: "
+                       + ", ".join(bad))
+    if a.formatter != "json":
+        print(f"The {len(rec['copies'])} copies agree at offset {rec['offset']}.")
 
 
 def vhost_status(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -388,7 +406,7 @@ SIMPLE = {f.__name__: f for f in (
     add_vhost, delete_vhost, add_user, delete_user, change_password, set_user_tags,
     set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
     set_policy, clear_policy, export_definitions, import_definitions, move_vhost,
-    vhost_status, cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
+    verify_vhost, vhost_status, cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
     set_vm_memory_high_watermark, set_disk_free_limit)}
 SIMPLE["set_vhost_owner"] = move_vhost  # the name of earlier releases
 
@@ -404,6 +422,7 @@ HELP = {
     "set_vhost_owner": "the older name of move_vhost",
     "move_vhost": "move a vhost with its messages to another running node",
     "vhost_status": "a vhost's owner, epoch, replicas and in-sync replicas",
+    "verify_vhost": "compare the copies of a vhost: each one's digest at one offset",
     "set_vhost_limits": "set max-connections / max-queues of a vhost (-p)",
     "add_user": "create a user",
     "delete_user": "delete a user",

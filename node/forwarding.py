@@ -6,9 +6,14 @@ forwarding connection to the owner's forwarding port and, from then on, only cop
 both ways.  The owner adopts the connection as already open for that user and vhost and
 answers connection.open-ok, so the client sees an ordinary broker.
 
-Only peers that hold the cluster secret may use the forwarding port: the owner sends a
-random nonce, the peer answers with msgpack-encoded connection facts and an HMAC-SHA256 of
-nonce + facts under a key derived from the secret.  Nothing on this port is unpickled.
+Only peers that hold the cluster secret may use the cluster port, and a node talks only
+to a peer that holds it (mutual challenge): the listening node sends a random nonce; the
+connecting node answers with msgpack-encoded facts (which session, for whom), a nonce of
+its own and an HMAC-SHA256 of both nonces and the facts under a key derived from the
+secret; the listening node answers with its own HMAC of the same, which the connecting node
+checks before it reads anything else.  Each direction of the session then has a key of its
+own, derived from the secret and both nonces, that MACs every frame of the replication and
+liveness sessions (cluster/wire.py).  Nothing on this port is unpickled.
 
 With --cluster-tls the port is TLS-only (mutual, the cluster's CA, see node/tls.py): the
 listener is wrapped, not the session, so every kind of session on this port gets it."""
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 
+from cluster import wire
 from node.amqp.fields import encode_table
 from node.tls import cluster_client_ssl
 
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warren.forwarding")
 
-MAGIC = b"WFWD1"
+MAGIC = b"WFWD2"
 NONCE_SIZE = 32
 MAC_SIZE = 32
 MAX_PREAMBLE = 64 * 1024
@@ -48,6 +54,30 @@ def forward_key(secret: str) -> bytes:
 
 def _mac(key: bytes, nonce: bytes, payload: bytes) -> bytes:
     return hmac.new(key, nonce + payload, hashlib.sha256).digest()
+
+
+def client_proof(key: bytes, server_nonce: bytes, client_nonce: bytes,
+                 payload: bytes) -> bytes:
+    return _mac(key, b"client\x00" + server_nonce + client_nonce, payload)
+
+
+def server_proof(key: bytes, server_nonce: bytes, client_nonce: bytes,
+                 payload: bytes) -> bytes:
+    return _mac(key, b"server\x00" + server_nonce + client_nonce, payload)
+
+
+def session_link(key: bytes, server_nonce: bytes, client_nonce: bytes, server_side: bool,
+                 transport: asyncio.BaseTransport, early: bytes) -> wire.Link:
+    """The per-direction frame keys of a session (none on TLS: it authenticates every
+    byte already)."""
+    if transport.get_extra_info("ssl_object") is not None:
+        return wire.Link(None, None, early)
+    nonces = server_nonce + client_nonce
+    to_server = _mac(key, b"frames client->server\x00", nonces)
+    to_client = _mac(key, b"frames server->client\x00", nonces)
+    if server_side:
+        return wire.Link(to_client, to_server, early)
+    return wire.Link(to_server, to_client, early)
 
 
 class Pipe(asyncio.Protocol):
@@ -173,8 +203,8 @@ async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
              "heartbeat": conn.heartbeat, "peer": [conn.peer[0], conn.peer[1]],
              "tls": conn.tls, "auth_mechanism": conn.auth_mechanism}
     try:
-        upstream, early = await open_forward(address, settings.cluster_secret, facts,
-                                             ssl=cluster_client_ssl(settings))
+        upstream, link = await open_forward(address, settings.cluster_secret, facts,
+                                            ssl=cluster_client_ssl(settings))
     except Exception as e:  # any failure: tell the client, never leave it hanging
         log.warning("cannot forward %s to node '%s' at %s: %s", conn.name, owner, address, e)
         # the failover controller's reason when it has one (e.g. no in-sync replica
@@ -188,7 +218,7 @@ async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
         return
     client, pipelined = detached
     log.info("forwarding %s (vhost '%s') to node '%s'", conn.name, vhost, owner)
-    to_owner, to_client = splice(client, upstream, early, pipelined)
+    to_owner, to_client = splice(client, upstream, link.early, pipelined)
     # kept so that an owner change can close it from here (the old owner may be hung)
     spliced = Spliced(vhost, owner, to_owner, to_client)
     forwarded = conn.broker.forwarded.setdefault(vhost, set())
@@ -230,12 +260,15 @@ class _ForwardServerProtocol(asyncio.Protocol):
         if size > MAX_PREAMBLE:
             self._refuse("oversized preamble")
             return
-        if len(self.buf) < 4 + size + MAC_SIZE:
+        end = 4 + size + NONCE_SIZE + MAC_SIZE
+        if len(self.buf) < end:
             return
         payload = self.buf[4:4 + size]
-        mac = self.buf[4 + size:4 + size + MAC_SIZE]
-        rest = self.buf[4 + size + MAC_SIZE:]
-        if not hmac.compare_digest(mac, _mac(self.key, self.nonce, payload)):
+        client_nonce = self.buf[4 + size:4 + size + NONCE_SIZE]
+        mac = self.buf[end - MAC_SIZE:end]
+        rest = self.buf[end:]
+        if not hmac.compare_digest(mac, client_proof(self.key, self.nonce, client_nonce,
+                                                     payload)):
             self._refuse("bad cluster secret")
             return
         try:
@@ -248,9 +281,13 @@ class _ForwardServerProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         assert self.transport is not None
+        # our half of the mutual challenge: the peer reads nothing of ours before it
+        self.transport.write(server_proof(self.key, self.nonce, client_nonce, payload))
         if facts.get("kind", "forward") != "forward":
             # the other sessions of the cluster port: replication, liveness pings
-            self.broker.replication.accept(facts, self.transport, rest)
+            self.transport.pause_reading()
+            self.broker.replication.accept(facts, self.transport, session_link(
+                self.key, self.nonce, client_nonce, True, self.transport, rest))
             return
         conn = self.client_protocol()
         self.transport.set_protocol(conn)
@@ -296,6 +333,8 @@ class _ForwardClientProtocol(asyncio.Protocol):
     def __init__(self, key: bytes, facts: dict, done: asyncio.Future) -> None:
         self.key = key
         self.payload = msgpack.packb(facts, use_bin_type=True)
+        self.nonce = os.urandom(NONCE_SIZE)
+        self.server_nonce: bytes | None = None
         self.done = done
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -305,21 +344,40 @@ class _ForwardClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        want = len(MAGIC) + NONCE_SIZE
-        if len(self.buf) < want or self.done.done():
+        if self.done.done():
             return
-        if not self.buf.startswith(MAGIC):
-            self.done.set_exception(ConnectionError("the owner's forwarding port spoke "
-                                                    "something else"))
-            return
-        nonce = self.buf[len(MAGIC):want]
         assert self.transport is not None
-        self.transport.write(struct.pack(">I", len(self.payload)) + self.payload
-                             + _mac(self.key, nonce, self.payload))
-        # the owner's answer (connection.open-ok) must wait for splice(): read no more
-        # until the pipe is in place, or it would land in this protocol and be lost
+        hello = len(MAGIC) + NONCE_SIZE
+        if self.server_nonce is None:
+            if len(self.buf) < hello:
+                return
+            if not self.buf.startswith(MAGIC):
+                self._fail("the node's cluster port spoke something else")
+                return
+            self.server_nonce = self.buf[len(MAGIC):hello]
+            self.transport.write(struct.pack(">I", len(self.payload)) + self.payload
+                                 + self.nonce + client_proof(self.key, self.server_nonce,
+                                                             self.nonce, self.payload))
+        if len(self.buf) < hello + MAC_SIZE:
+            return
+        # the other half of the mutual challenge: a node without the secret (an impostor
+        # at the owner's address) is heard no further
+        proof = self.buf[hello:hello + MAC_SIZE]
+        if not hmac.compare_digest(proof, server_proof(self.key, self.server_nonce,
+                                                       self.nonce, self.payload)):
+            self._fail("the node at that address does not hold the cluster secret")
+            return
+        # what follows (connection.open-ok, a session's first frames) must wait for
+        # splice() or take_over(): read no more until the next protocol is in place, or
+        # it would land in this one and be lost
         self.transport.pause_reading()
-        self.done.set_result(self.buf[want:])
+        self.done.set_result(session_link(self.key, self.server_nonce, self.nonce, False,
+                                          self.transport, self.buf[hello + MAC_SIZE:]))
+
+    def _fail(self, why: str) -> None:
+        self.done.set_exception(ConnectionError(why))
+        assert self.transport is not None
+        self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -328,20 +386,22 @@ class _ForwardClientProtocol(asyncio.Protocol):
 
 async def open_forward(address: str, secret: str, facts: dict,
                        timeout: float = HANDSHAKE_TIMEOUT,
-                       ssl: ssl_lib.SSLContext | None = None) -> tuple[asyncio.Transport, bytes]:
-    """Connect to an owner's forwarding port and hand it a client connection's facts.
-    Returns the transport (now a plain byte stream to the owner) and any bytes the owner
-    already sent past the handshake."""
+                       ssl: ssl_lib.SSLContext | None = None
+                       ) -> tuple[asyncio.Transport, wire.Link]:
+    """Connect to a node's cluster port and hand it a session's facts (a forwarded client
+    connection's, or a replication or ping session's).  Returns the transport, reading
+    paused, and the session's link: its frame keys and any bytes the node already sent
+    past the handshake."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     transport, _proto = await open_cluster_connection(
         address, lambda: _ForwardClientProtocol(forward_key(secret), facts, done), ssl, timeout)
     try:
-        early = await asyncio.wait_for(done, timeout)
+        link = await asyncio.wait_for(done, timeout)
     except BaseException:
         transport.abort()
         raise
-    return transport, early
+    return transport, link
 
 
 def splice(client: asyncio.Transport, owner: asyncio.Transport, early: bytes,

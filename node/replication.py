@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cluster import wire
+from cluster.digest import DigestServer
 from cluster.failover import FailoverController
 from cluster.follower import Follower
 from cluster.liveness import Liveness, PingServer
@@ -78,7 +79,7 @@ class Replication:
         return self.broker.metadata.status().get("state") == "leader"
 
     async def connect(self, address: str, facts: dict[str, Any]
-                      ) -> tuple[asyncio.Transport, bytes]:
+                      ) -> tuple[asyncio.Transport, wire.Link]:
         from node.forwarding import open_forward
         from node.tls import cluster_client_ssl
         return await open_forward(address, self.broker.settings.cluster_secret, facts,
@@ -96,11 +97,17 @@ class Replication:
 
     # ------------------------------------------------------------------ cluster port
 
-    def accept(self, facts: dict[str, Any], transport: asyncio.Transport, early: bytes) -> None:
+    def accept(self, facts: dict[str, Any], transport: asyncio.Transport,
+               link: wire.Link) -> None:
         """A session of another node on our cluster port (after its HMAC handshake)."""
         kind = facts.get("kind")
         if kind == "ping":
-            PingServer(self.positions).take_over(transport, early)
+            PingServer(self.positions).take_over(transport, link)
+            return
+        if kind == "digest":  # the owner compares the copies (node/verify.py)
+            store = self.broker.stores.get(str(facts.get("vhost")))
+            DigestServer(store, f"node {self.me} holds no copy of vhost "
+                                f"{facts.get('vhost')!r}").take_over(transport, link)
             return
         vhost, node = str(facts.get("vhost")), str(facts.get("node"))
         source = self.sources.get(vhost)
@@ -109,15 +116,14 @@ class Replication:
         if source is None or d is None or node not in d.get("replicas", []) \
                 or not (isinstance(position, list) and len(position) == 2):
             reason = f"node {self.me} does not own vhost {vhost!r} as a source for {node!r}"
-            transport.write(wire.control({"t": "refuse", "reason": reason,
-                                          "owner": d.get("owner") if d else None}))
-            transport.close()
+            wire.say_and_close(transport, link, {"t": "refuse", "reason": reason,
+                                                 "owner": d.get("owner") if d else None})
             return
         def on_fenced(epoch: int) -> None:
             self.fenced(vhost, epoch)
         session = SourceSession(source, node, (int(position[0]), int(position[1])),
                                 on_fenced)
-        session.start(transport, early)
+        session.start(transport, link)
 
     # ------------------------------------------------------------------ roles
 

@@ -41,6 +41,7 @@ writes, and the writer thread never touches the position fields unlocked.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import logging
 import os
@@ -712,6 +713,54 @@ class MessageStore:
             stop.set()
             while not queue.empty():  # unblock a producer waiting to put
                 queue.get_nowait()
+
+    def digest(self) -> tuple[asyncio.Future[tuple[int, int]], asyncio.Future[str]]:
+        """A digest of the committed contents as of one read transaction, to compare the
+        copies of a vhost: SHA-256 of the position (epoch, offset) and of every key and
+        value of the messages and the delivered marks, in key order.  The first future
+        resolves with the transaction's position as soon as it is open (writes may go on
+        from then: the transaction reads a snapshot), the second with the hex digest,
+        computed on a thread of its own."""
+        loop = self._loop or asyncio.get_running_loop()
+        opened: asyncio.Future[tuple[int, int]] = loop.create_future()
+        done: asyncio.Future[str] = loop.create_future()
+
+        def settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(StoreError(f"digest of {self.path} failed: {error!r}"))
+            else:
+                fut.set_result(value)
+
+        def compute() -> None:
+            try:
+                h = hashlib.sha256()
+                with self._map_lock, self._env.begin() as txn:
+                    raw = txn.get(_KEY_POSITION, db=self._meta)
+                    epoch, offset = msgpack.unpackb(raw) if raw else (0, 0)
+                    position = (int(epoch), int(offset))
+                    loop.call_soon_threadsafe(settle, opened, position, None)
+                    h.update(b"position %d %d\n" % position)
+                    for name, db in ((_DB_MSGS, self._msgs), (_DB_DELIVERED, self._delivered)):
+                        h.update(name + b"\n")
+                        for key, value in txn.cursor(db):
+                            h.update(len(key).to_bytes(4, "big") + key
+                                     + len(value).to_bytes(4, "big"))
+                            h.update(value)
+                loop.call_soon_threadsafe(settle, done, h.hexdigest(), None)
+            except BaseException as exc:  # noqa: B036 - the caller must hear of it
+                loop.call_soon_threadsafe(settle, opened, None, exc)
+                loop.call_soon_threadsafe(settle, done, None, exc)
+
+        if self._closing or self._closed:
+            error = StoreError(f"message store at {self.path} is closed")
+            opened.set_exception(error)
+            done.set_exception(error)
+        else:
+            threading.Thread(target=compute, name=f"store-digest:{self.path}",
+                             daemon=True).start()
+        return opened, done
 
     @property
     def pending_bytes(self) -> int:

@@ -1,7 +1,8 @@
 """Cluster membership, vhost placement and replication over HTTP (what `warrenctl
-cluster_status`, `join_cluster`, `forget_cluster_node`, `add_vhost --owner --replicas` and
-`move_vhost` call).  These paths are WarrenMQ's own: RabbitMQ manages membership only from
-its CLI.  A vhost's live replication figures and its move are the owner's business: other
+cluster_status`, `join_cluster`, `forget_cluster_node`, `add_vhost --owner --replicas`,
+`move_vhost` and `verify_vhost` call).  These paths are WarrenMQ's own: RabbitMQ manages membership only from
+its CLI.  A vhost's live replication figures, its move and the comparison of its copies are the
+owner's business: other
 nodes relay those requests to it."""
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ routes = web.RouteTableDef()
 
 # a move first brings the target in sync (a snapshot of a large vhost) before it pauses
 MOVE_HTTP_TIMEOUT = 180.0
+# hashing every copy of a large vhost
+VERIFY_HTTP_TIMEOUT = 600.0
 
 
 @routes.get("/api/cluster-status")
@@ -132,3 +135,23 @@ async def _move(request: web.Request, vhost: str, target: str) -> web.Response:
     if relayed is not None:
         return relayed
     return json_response(await b.replication.move(vhost, target))
+
+
+@routes.post("/api/cluster/vhosts/{vhost}/verify")
+async def verify_vhost(request: web.Request) -> web.Response:
+    """Compare the vhost's copies: each one's digest at one offset, and whether they
+    agree (the owner holds the vhost's writes for as long as the replicas take to open a
+    read transaction at its offset)."""
+    require(request, ADMINISTRATOR)
+    vhost = name(request, "vhost")
+    b = broker_of(request)
+    if vhost not in b.vhost_defs:
+        raise not_found()
+    why = b.replication.available(vhost)
+    if why is not None:
+        raise bad_request(f"cannot verify vhost '{vhost}': {why}")
+    relayed = await from_owner(request, vhost, timeout=VERIFY_HTTP_TIMEOUT)
+    if relayed is not None:
+        return relayed
+    from node.verify import verify_vhost as verify
+    return json_response(await verify(b, vhost))

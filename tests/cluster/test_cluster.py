@@ -137,15 +137,16 @@ def test_cluster_secret_guards_raft_and_forwarding_ports(cluster: Cluster, tmp_p
 def test_forward_port_refuses_a_wrong_secret(cluster: Cluster):
     import msgpack
 
-    from node.forwarding import MAGIC, NONCE_SIZE, _mac, forward_key
+    from node.forwarding import MAGIC, NONCE_SIZE, client_proof, forward_key
     n1 = cluster.nodes[0]
     s = socket.create_connection(("127.0.0.1", n1.forward_port), timeout=5)
     hello = s.recv(len(MAGIC) + NONCE_SIZE)
     nonce = hello[len(MAGIC):]
     facts = msgpack.packb({"user": "guest", "vhost": "/", "channel_max": 1, "frame_max": 4096,
                            "heartbeat": 0})
-    s.sendall(len(facts).to_bytes(4, "big") + facts
-              + _mac(forward_key("wrong secret"), nonce, facts))
+    mine = os.urandom(NONCE_SIZE)
+    s.sendall(len(facts).to_bytes(4, "big") + facts + mine
+              + client_proof(forward_key("wrong secret"), nonce, mine, facts))
     s.settimeout(3)
     assert s.recv(100) == b""  # dropped without a word
     s.close()

@@ -99,7 +99,7 @@ def test_the_cluster_port_speaks_only_tls(tls_cluster: Cluster):
             data = s.recv(64)
         except (TimeoutError, OSError):
             data = b""
-    assert b"WFWD1" not in data  # no cleartext handshake offered
+    assert b"WFWD2" not in data  # no cleartext handshake offered
     pki = c.pki  # type: ignore[attr-defined]
     proc = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{n2.forward_port}", "-CAfile",
@@ -108,4 +108,4 @@ def test_the_cluster_port_speaks_only_tls(tls_cluster: Cluster):
     time.sleep(2.0)
     proc.terminate()
     out, _ = proc.communicate(timeout=10)
-    assert b"Verify return code: 0 (ok)" in out and b"WFWD1" in out, out[-1500:]
+    assert b"Verify return code: 0 (ok)" in out and b"WFWD2" in out, out[-1500:]
