@@ -34,6 +34,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,9 @@ _FAIL_TEXT = {
 
 
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+_FOLLOWER_STATE, _LEADER_STATE = 0, 2
+# A follower stands for election 0.4-0.8 s after the leader's last heartbeat.
+RAFT_MAX_TIMEOUT = 0.8
 
 
 class _DumpFailureFilter(logging.Filter):
@@ -468,7 +472,7 @@ class MetadataStore:
             # (every 0.1 s) instead of 0.4-1.4 s: when the leader dies with vhosts it owns,
             # their failover waits for the next leader (DESIGN §4: serve again within 1 s).
             raftMinTimeout=0.4,
-            raftMaxTimeout=0.8,
+            raftMaxTimeout=RAFT_MAX_TIMEOUT,
             # pysyncobj caches a peer's address for 10 minutes (a failed lookup for 30 s):
             # a container recreated with a new address, or not yet in DNS when this node
             # starts, would stay unreachable that long.  A lookup per reconnect is cheap.
@@ -648,6 +652,37 @@ class MetadataStore:
                 if key.startswith(prefix)
             },
         }
+
+    def majority_contact(self) -> float:
+        """When (time.monotonic()) this node last knew a Raft majority was with it: a
+        leader, the time by which a majority of the members had answered it; a follower,
+        the leader's last heartbeat (pysyncobj resets the election deadline, 0.4-0.8 s
+        ahead, on each: counted from its far end, so the answer is never late).  A
+        follower's leader steps down after 5 s without a majority of its own; in a cluster
+        of three the two of them are one.  0.0 when it cannot tell."""
+        machine = self._machine
+        if machine is None:
+            return 0.0
+        now = time.monotonic()
+        for _ in range(50):
+            try:
+                state = getattr(machine, "_SyncObj__raftState", None)
+                others = list(getattr(machine, "_SyncObj__otherNodes", ()))
+                if state == _LEADER_STATE:
+                    if not others:
+                        return now
+                    answers = getattr(machine, "_SyncObj__lastResponseTime", {})
+                    times = sorted((answers.get(n, 0.0) for n in others), reverse=True)
+                    # a majority of all members, this one included
+                    need = (len(others) + 1) // 2
+                    return times[need - 1] if need else now
+                if state == _FOLLOWER_STATE and machine._getLeader() is not None:
+                    deadline = getattr(machine, "_SyncObj__raftElectionDeadline", 0.0)
+                    return float(deadline) - RAFT_MAX_TIMEOUT
+                return 0.0
+            except RuntimeError:  # a dict changed size under the tick thread
+                continue
+        return 0.0
 
     def waiting_reason(self) -> str:
         """Why this node has no usable Raft cluster yet, for the log while start() waits."""

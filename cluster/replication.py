@@ -110,6 +110,9 @@ class ReplicationSource:
         self._hw_sent = 0
         self._hw_due = False
         self._pending: deque[tuple[int, asyncio.Future[None] | None, float]] = deque()
+        # True while this owner's lease has lapsed (no Raft majority heard from lately):
+        # nothing is confirmed until it is back, or the node is deposed
+        self.lease_held = False
         self._closed = False
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
@@ -152,7 +155,14 @@ class ReplicationSource:
             asyncio.ensure_future(self._change(node, True))
         self._release()
 
+    def hold_for_lease(self, held: bool) -> None:
+        self.lease_held = held
+        if not held:
+            self._release()
+
     def _release(self) -> None:
+        if self.lease_held:
+            return
         limit = self.local
         for node in self.required:
             acked = self.acked.get(node, -1)

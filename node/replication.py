@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warren.replication.node")
 
+LEASE_CHECK = 0.05  # seconds between two looks at the owner lease
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
 
@@ -46,6 +47,13 @@ class Replication:
         # owner at start; no owner term ever reuses an epoch
         self.granted: dict[str, int] = {}
         self._claims: dict[str, asyncio.Task[None]] = {}
+        # The owner lease (no delivery split-brain): an owner that has not known a Raft
+        # majority for half the failover timeout stops reading its clients, writing to them
+        # and confirming, until it has again; the leader fails it over only after the whole
+        # timeout, so the old owner is quiet before a new owner's epoch can commit.
+        self.lease = s.failover_timeout / 2
+        self.lease_lapsed = False
+        self._lease_task: asyncio.Task[None] | None = None
         self.moves = 0
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
@@ -58,9 +66,48 @@ class Replication:
     def start(self) -> None:
         if self.enabled:
             self.controller.start()
+            self._lease_task = asyncio.ensure_future(self._watch_lease())
+
+    async def _watch_lease(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_CHECK)
+            try:
+                silent = time.monotonic() - self.broker.metadata.majority_contact()
+                lapsed = silent > self.lease
+                if lapsed != self.lease_lapsed:
+                    self.lease_lapsed = lapsed
+                    if lapsed:
+                        log.warning("no Raft majority heard from for %.1f s: the vhosts this "
+                                    "node owns stop serving until it is back (owner lease)",
+                                    silent)
+                    else:
+                        log.info("Raft majority heard from again: owned vhosts serve again")
+                for name, source in self.sources.items():
+                    self._apply_lease(name, source)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("owner lease check failed")
+
+    def _apply_lease(self, name: str, source: ReplicationSource) -> None:
+        held = self.lease_lapsed
+        if source.lease_held != held:
+            source.hold_for_lease(held)
+        vh = self.broker.vhosts.get(name)
+        if vh is None:
+            return
+        for conn in list(vh.connections):
+            if held and "lease" not in conn.read_holds:
+                conn.hold_reading("lease")
+                conn.hold_output("lease")
+            elif not held and "lease" in conn.read_holds:
+                conn.release_reading("lease")
+                conn.release_output("lease")
 
     async def stop(self) -> None:
         self.controller.stop()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         for task in list(self._claims.values()):
             task.cancel()
         for source in self.sources.values():
@@ -359,10 +406,10 @@ class Replication:
         if source is None or store is None or vh is None:
             raise ChannelError(errors.PRECONDITION_FAILED,
                                f"vhost '{name}' is not served here any more")
-        paused = [c for c in vh.connections if c.transport is not None]
+        paused = list(vh.connections)
         started = time.monotonic()
         for conn in paused:  # publishes pause: nothing new reaches the store
-            conn.transport.pause_reading()
+            conn.hold_reading("move")
         try:
             await asyncio.shield(store.flush())
             await source.drained_to(target, MOVE_DRAIN_TIMEOUT)
@@ -371,8 +418,7 @@ class Replication:
                                      "old_owner_in_sync": True})
         except BaseException:
             for conn in paused:
-                if conn.transport is not None and not conn.transport.is_closing():
-                    conn.transport.resume_reading()
+                conn.release_reading("move")
             raise
         pause_ms = (time.monotonic() - started) * 1000
         self.moves += 1

@@ -57,10 +57,10 @@ async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
     source = replication.sources.get(name)
     in_sync = set(d.get("in_sync", []))
     asked: dict[str, DigestClient | str] = {}
-    paused = [c for c in vh.connections if c.transport is not None]
+    paused = list(vh.connections)
     started = time.monotonic()
     for conn in paused:  # publishes and acks pause: nothing new reaches the store
-        conn.transport.pause_reading()
+        conn.hold_reading("verify")
     try:
         await asyncio.shield(store.flush())
         offset = store.last_offset
@@ -83,8 +83,7 @@ async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
             await asyncio.wait(waiting, timeout=OPEN_TIMEOUT)
     finally:
         for conn in paused:
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.resume_reading()
+            conn.release_reading("verify")
     held_ms = (time.monotonic() - started) * 1000
     mine = await asyncio.wait_for(done, DIGEST_TIMEOUT)
     copies = [{"node": broker.settings.node_name, "role": "owner", "in_sync": True,

@@ -89,16 +89,23 @@ class AMQPConnection(asyncio.Protocol):
         self.client_properties: dict = {}
         self.capabilities: dict = {}
         self.exclusive_queues: set[str] = set()
-        self.paused = False
+        self.paused = False  # hand its channels no deliveries (writing paused, output held)
+        self._writing_paused = False
         self.forwarding = False  # handing this client over to the vhost's owner node
         self.closing = False  # going away: deliver nothing more to its channels
         self.via: str | None = None  # on the owner: the node that forwards this client
         self.publisher = False  # has published: blocked by resource alarms
         self.blocked = False
         self.flow_queues: set[Any] = set()  # queues that asked us to slow down (flow control)
-        # other reasons we stopped reading this client (see hold_reading): memory it could
-        # otherwise make us hold, e.g. "writing" while it does not read what we send
+        # Every reason we stopped reading this client; it is read again when none is left
+        # (`_apply_reading` alone decides): "alarm" (a resource alarm), "flow" (a queue's
+        # consumers are behind), "writing" (it does not read what we send), "store" (its
+        # vhost's store is behind the disk), a channel's Raft backlog, "move" (its vhost is
+        # being moved), "lease" (this owner lost touch with the Raft majority).
         self.read_holds: set[str] = set()
+        self._reading_paused = False
+        # reasons we hold what we would write to it (deliveries included): "lease"
+        self.output_holds: set[str] = set()
         self._flow_timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -184,15 +191,18 @@ class AMQPConnection(asyncio.Protocol):
         # the client reads slower than we write: stop handing it messages until it drains,
         # and stop reading it too: what it sends meanwhile (publishes that come back as
         # basic.return with their bodies, confirms, gets) would only pile up in our buffer
+        self._writing_paused = True
         self.paused = True
         self.hold_reading("writing")
 
     def resume_writing(self) -> None:
-        self.paused = False
+        self._writing_paused = False
+        self.paused = bool(self.output_holds)
         self.release_reading("writing")
-        for ch in list(self.channels.values()):
-            ch._dispatch_all()
-        self.flush()
+        if not self.paused:
+            for ch in list(self.channels.values()):
+                ch._dispatch_all()
+            self.flush()
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
@@ -379,7 +389,7 @@ class AMQPConnection(asyncio.Protocol):
                                       f"here; retry", 10, 40)
         self.forwarding = True
         assert self.transport is not None
-        self.transport.pause_reading()
+        self.hold_reading("forwarding")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -390,8 +400,7 @@ class AMQPConnection(asyncio.Protocol):
         self.forwarding = False
         self.close_connection(AMQPConnectionError(errors.CONNECTION_FORCED, f"{why}; retry",
                                                   10, 40))
-        if self.transport is not None:
-            self.transport.resume_reading()
+        self.release_reading("forwarding")
 
     def detach(self) -> tuple[asyncio.Transport, bytes] | None:
         """The client leaves this object for a byte splice to its vhost's owner: its socket,
@@ -403,7 +412,7 @@ class AMQPConnection(asyncio.Protocol):
             # closed meanwhile (user deleted, node stopping): the close stands; read again
             # so that the client's close-ok arrives
             self.forwarding = False
-            client.resume_reading()
+            self.release_reading("forwarding")
             return None
         pipelined = self.core.hand_over()
         self.flush()
@@ -460,7 +469,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.transport is None or self.state >= CLOSED:
             return
         now = time.monotonic()
-        if self.blocked or self.read_holds:
+        if self.read_holds or self.output_holds:
             self._last_recv = now  # we stopped reading on purpose: not the client's fault
         if now - self._last_recv > self.heartbeat * 2:
             log.warning("closing %s: missed heartbeats from client, timeout %ds", self.name,
@@ -520,6 +529,8 @@ class AMQPConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        if self.output_holds:
+            return  # kept in the core's output until released
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self._sent_since_tick = True
@@ -543,7 +554,7 @@ class AMQPConnection(asyncio.Protocol):
             reason = "low on memory" if "memory" in alarms else "low on disk"
             self.send_method(0, spec.ConnectionBlocked(reason=reason))
             self.flush()
-        self.transport.pause_reading()
+        self.hold_reading("alarm")
 
     def alarm_raised(self, alarms: set[str]) -> None:
         if self.publisher:
@@ -558,8 +569,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.capabilities.get("connection.blocked"):
             self.send_method(0, spec.ConnectionUnblocked())
             self.flush()
-        if not self.flow_queues and not self.read_holds:
-            self.transport.resume_reading()
+        self.release_reading("alarm")
 
     # ------------------------------------------------------------------------------
     # flow control: a publisher that outruns a queue's consumers is read more slowly
@@ -570,12 +580,11 @@ class AMQPConnection(asyncio.Protocol):
         if self.transport is None or queue in self.flow_queues:
             return
         if not self.flow_queues:
-            if not self.blocked and not self.read_holds:
-                self.transport.pause_reading()
             # the bound holds whatever else paused us (an alarm clearing must not find a
             # publisher still held by a queue that will never drain)
             self._flow_timer = self.loop.call_later(FLOW_MAX_PAUSE, self._flow_timeout)
         self.flow_queues.add(queue)
+        self.hold_reading("flow")
         queue.flow_blocked.add(self)
 
     def flow_resume(self, queue: Any) -> None:
@@ -585,8 +594,7 @@ class AMQPConnection(asyncio.Protocol):
         if self._flow_timer is not None:
             self._flow_timer.cancel()
             self._flow_timer = None
-        if self.transport is not None and not self.blocked and not self.read_holds:
-            self.transport.resume_reading()
+        self.release_reading("flow")
 
     def _flow_timeout(self) -> None:
         # never hold a publisher longer than this: a queue that cannot drain must not
@@ -595,27 +603,49 @@ class AMQPConnection(asyncio.Protocol):
         for q in list(self.flow_queues):
             q.flow_blocked.discard(self)
         self.flow_queues.clear()
-        if self.transport is not None and not self.blocked and not self.read_holds:
-            self.transport.resume_reading()
+        self.release_reading("flow")
 
     # ------------------------------------------------------------------------------
     # bounded memory: stop reading a client while it makes us hold more than we should
     # (reading resumes when every reason, alarms and flow control included, has cleared)
     # ------------------------------------------------------------------------------
     def hold_reading(self, reason: str) -> None:
-        if self.transport is None or reason in self.read_holds:
-            return
-        if not self.read_holds and not self.blocked and not self.flow_queues:
-            self.transport.pause_reading()
         self.read_holds.add(reason)
+        self._apply_reading()
 
     def release_reading(self, reason: str) -> None:
-        if reason not in self.read_holds:
-            return
         self.read_holds.discard(reason)
-        if (self.transport is not None and not self.read_holds and not self.blocked
-                and not self.flow_queues):
-            self.transport.resume_reading()
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        """The one place that decides whether this client is read: while any reason holds."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        want_paused = bool(self.read_holds)
+        if want_paused != self._reading_paused:
+            self._reading_paused = want_paused
+            if want_paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def hold_output(self, reason: str) -> None:
+        """Write nothing more to this client (deliveries, confirms, heartbeats) until
+        released: kept in the protocol core's output meanwhile, and its channels are handed
+        no deliveries."""
+        self.output_holds.add(reason)
+        self.paused = True
+
+    def release_output(self, reason: str) -> None:
+        if reason in self.output_holds:
+            self.output_holds.discard(reason)
+            if not self.output_holds:
+                self.paused = self._writing_paused
+                self.flush()
+                if not self.paused:
+                    for ch in list(self.channels.values()):
+                        ch._dispatch_all()
 
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""
