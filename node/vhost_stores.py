@@ -21,9 +21,12 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Collection, ItemsView
+from collections.abc import Callable, Collection, ItemsView
 from urllib.parse import quote
 
+import lmdb
+
+from storage.space import DEFAULT_RESERVE_BYTES
 from storage.store import MessageStore
 
 log = logging.getLogger("warren.broker")
@@ -41,10 +44,14 @@ def store_dir_name(vhost: str) -> str:
 
 
 class VhostStores:
-    def __init__(self, data_dir: str, sync: bool) -> None:
+    def __init__(self, data_dir: str, sync: bool,
+                 reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
         self.base = os.path.join(data_dir, "vhosts")
         self.graveyard = os.path.join(data_dir, "vhosts-deleted")
         self.sync = sync
+        self.reserve_bytes = reserve_bytes
+        # called on the loop when a store's commit finds the disk full (the disk alarm)
+        self.on_space_short: Callable[[], None] | None = None
         self._stores: dict[str, MessageStore] = {}
         # closes run in the background; the tasks are kept so they are not collected early
         self._pending_closes: list[asyncio.Task] = []
@@ -86,10 +93,29 @@ class VhostStores:
             os.makedirs(path, exist_ok=True)
             if not os.path.exists(os.path.join(path, NAME_FILE)):
                 self._write_name(path, vhost)
-            store = MessageStore(path, sync=self.sync)
-            store.start(asyncio.get_running_loop())
+            store = MessageStore(path, sync=self.sync, reserve_bytes=self.reserve_bytes)
+            loop = asyncio.get_running_loop()
+            store.space.on_short = lambda: loop.call_soon_threadsafe(self._space_short)
+            store.start(loop)
             self._stores[vhost] = store
         return store
+
+    def _space_short(self) -> None:
+        if self.on_space_short is not None:
+            self.on_space_short()
+
+    def space(self, limit: int) -> tuple[int, bool]:
+        """For the disk alarm: the bytes free inside the open stores' files net of what
+        their reserves lack (LMDB does not give consumed space back to the disk), and
+        whether a store found the disk full since it last had ``limit`` bytes to spare."""
+        spare, short = 0, False
+        for store in list(self._stores.values()):
+            try:
+                spare += store.space.refresh(limit)
+            except lmdb.Error:
+                continue  # closed meanwhile
+            short = short or store.space.short
+        return spare, short
 
     def close(self, vhost: str, delete_data: bool) -> None:
         """Close the vhost's store (if open) in the background; with `delete_data`, also
