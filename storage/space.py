@@ -2,8 +2,9 @@
 LMDB file that hold nothing (LMDB never shrinks its file: consuming frees pages inside it,
 not on the disk), minus what its reserve (`storage.reserve`) lacks.
 
-A commit that fails for want of space (ENOSPC, or the EIO LMDB reports for a short write)
-marks the store `short` until the node's disk check finds room again; while its reserve is
+A commit that fails for want of space (ENOSPC, or the EIO LMDB reports for a short write),
+or one that leaves less than the node's disk free limit, marks the store `short` (the disk
+alarm, raised at once) until the node's disk check finds room again; while its reserve is
 not whole, the store admits a batch of new messages only if that leaves the reserve's worth
 of space for deletes (`room_for`), so consumers can always drain it.
 """
@@ -56,7 +57,8 @@ class StoreSpace:
         self._dbs = dbs
         self._lock = shared_lock  # a read transaction holds the store's (shared) map lock
         self.reserve = Reserve(os.path.join(path, RESERVE_FILE), reserve_bytes)
-        self.short = False  # a write failed for space; cleared by `refresh`
+        self.short = False  # a write failed for space, or went below limit; see `refresh`
+        self.limit = 0  # the node's disk free limit, as of its last check (0: none yet)
         self.on_short: Callable[[], object] | None = None  # called on the writer thread
         self._last_restore = 0.0
         self._mutex = threading.Lock()  # the writer thread and the loop both use it
@@ -105,7 +107,16 @@ class StoreSpace:
         return self.available() - nbytes - nbytes // 8 - (64 << 10) >= 0
 
     def after_commit(self) -> None:
-        """Take the reserve back once the disk has room for it (writer thread)."""
+        """After each commit (writer thread): a store that has just gone below the disk
+        free limit raises the alarm now, not at the next check, which could come after
+        the disk is full; and the reserve is taken back once the disk has room for it."""
+        limit = self.limit
+        if limit and not self.short:
+            free = disk_free_bytes(self.path)
+            if free < limit and free + self.unused_in_file() - self.reserve.owed < limit:
+                self.short = True
+                if self.on_short is not None:
+                    self.on_short()
         if not self.reserve.owed:
             return
         now = time.monotonic()
@@ -126,6 +137,7 @@ class StoreSpace:
         """The disk check (loop thread): this store's spare bytes inside its file net of
         what its reserve lacks; a short store is no longer short once it has room for the
         limit and a whole reserve besides."""
+        self.limit = limit
         spare = self.unused_in_file() - self.reserve.owed
         if self.short and disk_free_bytes(self.path) + spare >= limit + self.reserve.size:
             log.warning("message store %s: space available again", self.path)

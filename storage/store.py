@@ -981,8 +981,11 @@ class MessageStore:
         fails: publishers get basic.nack) and the rest (deletes, acks, marks) is retried,
         with the reserve given back to the disk if need be, until it commits."""
         attempt: _Generation | None = gen
-        if gen.queues and self.space.reserve.owed and not self.space.room_for(gen.nbytes):
-            attempt = self._shed(gen, None)
+        # a record already streamed to the replicas is committed here too, if only its position
+        streamed = position is not None and self.changelog is not None
+        if (self.space.reserve.owed and self._can_shed(gen)
+                and not self.space.room_for(gen.nbytes)):
+            attempt = self._shed(gen, None, streamed)
         wait = space.RETRY_FIRST
         while attempt is not None:
             try:
@@ -1002,7 +1005,7 @@ class MessageStore:
                     raise
                 self.space.failed(exc)
                 if attempt is gen and self._can_shed(gen):
-                    attempt = self._shed(gen, exc)
+                    attempt = self._shed(gen, exc, streamed)
                 elif self.space.release_reserve():
                     pass
                 elif self._closing:
@@ -1026,10 +1029,11 @@ class MessageStore:
         return (not self.replica and gen.position is None and not gen.reset and not gen.raw
                 and any(q.puts for q in gen.queues.values()))
 
-    def _shed(self, gen: _Generation, exc: BaseException | None) -> _Generation | None:
-        """``gen`` without its puts, or None when nothing else is left to commit; the flush
-        future of ``gen`` fails (writer thread).  With a change log the record was already
-        streamed: the replicas keep those messages, which were nacked, not lost."""
+    def _shed(self, gen: _Generation, exc: BaseException | None, streamed: bool
+              ) -> _Generation | None:
+        """``gen`` without its puts, or None when nothing else is left to commit (and its
+        record was not ``streamed``); the flush future of ``gen`` fails (writer thread).  A
+        streamed record's messages stay on the replicas: nacked there, not lost."""
         why = StoreError(f"message store at {self.path}: no space left for new messages"
                          + (f" ({exc})" if exc is not None else ""))
         shed = _Generation()
@@ -1044,6 +1048,11 @@ class MessageStore:
                 shed.queues[name] = rest
         assert self._loop is not None
         with self._lock:
+            # reads stop showing the shed messages (rebound, not emptied: a read on another
+            # thread may be walking the old dicts)
+            for q in gen.queues.values():
+                q.puts = {}
+            gen.nbytes = 0
             # a flush() of this generation from now on gets this same, failed, future
             if gen.future is None or gen.future.cancelled():
                 gen.future = asyncio.Future(loop=self._loop)
@@ -1052,7 +1061,7 @@ class MessageStore:
         self.stats["shed_puts"] += n
         if exc is None:
             self.space.failed(why)
-        return shed if shed.queues or shed.meta else None
+        return shed if shed.queues or shed.meta or streamed else None
 
     def _apply(self, txn: lmdb.Transaction, gen: _Generation) -> None:
         if gen.reset:

@@ -80,8 +80,9 @@ def drain(n: NodeProcess, limit: int | None = None) -> list[int]:
     return got
 
 
-def test_full_disk_keeps_every_confirmed_message(small_disk: Path):
-    n = NodeProcess(small_disk, disk_free_limit="1000", alarm_check_interval="0.2").start()
+@pytest.mark.parametrize("limit", ["1000", "2000000"])
+def test_full_disk_keeps_every_confirmed_message(small_disk: Path, limit: str):
+    n = NodeProcess(small_disk, disk_free_limit=limit, alarm_check_interval="0.2").start()
     try:
         c = pika.BlockingConnection(pika.URLParameters(
             n.url + "?blocked_connection_timeout=3"))
