@@ -148,3 +148,36 @@ def test_full_disk_keeps_every_confirmed_message(small_disk: Path, limit: str):
         assert "INTERNAL_ERROR" not in log and "Traceback" not in log, log[-3000:]
     finally:
         n.stop()
+
+
+def test_full_disk_refuses_new_definitions_and_keeps_serving(small_disk: Path):
+    """The Raft journal is written through mmap: on a full disk a new page of it used to
+    kill the node with SIGBUS.  Now the definition is refused and the node goes on."""
+    n = NodeProcess(small_disk, disk_free_limit="1000", alarm_check_interval="0.2").start()
+    try:
+        c = pika.BlockingConnection(pika.URLParameters(n.url))
+        ch = c.channel()
+        ch.queue_declare(QUEUE, durable=True)
+        ch.confirm_delivery()
+        for i in range(10):
+            ch.basic_publish("", QUEUE, b"%08d" % i, pika.BasicProperties(delivery_mode=2))
+        c.close()
+        fill(small_disk / "filler")
+        assert free_bytes(small_disk) < 64 << 10
+
+        c = pika.BlockingConnection(pika.URLParameters(n.url))
+        ch = c.channel()
+        with pytest.raises(pika.exceptions.AMQPError):
+            for i in range(200):  # each one a journal entry: new pages soon
+                ch.queue_declare(f"new-{i}-" + "x" * 200, durable=True)
+        assert n.running, n.log_text()[-3000:]
+        assert sorted(drain(n)) == list(range(10))
+
+        # space comes back: definitions are taken again
+        os.remove(small_disk / "filler")
+        c = pika.BlockingConnection(pika.URLParameters(n.url))
+        c.channel().queue_declare("after.full", durable=True)
+        c.close()
+        assert n.running
+    finally:
+        n.stop()
