@@ -26,7 +26,8 @@ from urllib.parse import quote
 
 import lmdb
 
-from storage.space import DEFAULT_RESERVE_BYTES
+from storage.reserve import Reserve
+from storage.space import DEFAULT_RESERVE_BYTES, RESERVE_FILE
 from storage.store import MessageStore
 
 log = logging.getLogger("warren.broker")
@@ -49,7 +50,8 @@ class VhostStores:
         self.base = os.path.join(data_dir, "vhosts")
         self.graveyard = os.path.join(data_dir, "vhosts-deleted")
         self.sync = sync
-        self.reserve_bytes = reserve_bytes
+        # the stores' one reserve: released by the first store that meets a full disk
+        self.reserve = Reserve(os.path.join(data_dir, RESERVE_FILE), reserve_bytes)
         # called on the loop when a store's commit finds the disk full (the disk alarm)
         self.on_space_short: Callable[[], None] | None = None
         self._stores: dict[str, MessageStore] = {}
@@ -93,7 +95,7 @@ class VhostStores:
             os.makedirs(path, exist_ok=True)
             if not os.path.exists(os.path.join(path, NAME_FILE)):
                 self._write_name(path, vhost)
-            store = MessageStore(path, sync=self.sync, reserve_bytes=self.reserve_bytes)
+            store = MessageStore(path, sync=self.sync, reserve=self.reserve)
             loop = asyncio.get_running_loop()
             store.space.on_short = lambda: loop.call_soon_threadsafe(self._space_short)
             store.start(loop)
@@ -105,10 +107,10 @@ class VhostStores:
             self.on_space_short()
 
     def space(self, limit: int) -> tuple[int, bool]:
-        """For the disk alarm: the bytes free inside the open stores' files net of what
-        their reserves lack (LMDB does not give consumed space back to the disk), and
-        whether a store found the disk full since it last had ``limit`` bytes to spare."""
-        spare, short = 0, False
+        """For the disk alarm: the bytes free inside the open stores' files (LMDB does not
+        give consumed space back to the disk) net of what the reserve lacks, and whether a
+        store found the disk full since it last had ``limit`` bytes to spare."""
+        spare, short = -self.reserve.owed, False
         for store in list(self._stores.values()):
             try:
                 spare += store.space.refresh(limit)

@@ -1,5 +1,6 @@
-"""A file of preallocated space beside a store, given back to the file system the moment
-the store meets a full disk.
+"""A file of preallocated space, given back to the file system the moment a store meets a
+full disk.  One per node, shared by its stores (`node.vhost_stores`): one store's deletes at
+a time are enough to give LMDB free pages of its own again.
 
 LMDB copies every page a transaction touches, deletes included: a commit that only removes
 messages (a consumer's acks) still needs a few fresh pages when its free list is empty.  On
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 STEP = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -22,6 +24,7 @@ class Reserve:
     def __init__(self, path: str, size: int) -> None:
         self.path = path
         self.size = size
+        self._lock = threading.Lock()  # the stores' writer threads share it
         try:
             self.held = os.path.getsize(path) if size else 0
         except OSError:
@@ -34,6 +37,10 @@ class Reserve:
 
     def restore(self) -> int:
         """Take what the reserve lacks, as far as the disk allows; returns the bytes held."""
+        with self._lock:
+            return self._restore()
+
+    def _restore(self) -> int:
         if not self.owed:
             return self.held
         try:
@@ -60,12 +67,13 @@ class Reserve:
 
     def release(self) -> int:
         """Give the whole reserve back to the file system; returns the bytes freed."""
-        freed = self.held
-        if not freed:
-            return 0
-        try:
-            os.truncate(self.path, 0)
-        except OSError:
-            return 0
-        self.held = 0
-        return freed
+        with self._lock:
+            freed = self.held
+            if not freed:
+                return 0
+            try:
+                os.truncate(self.path, 0)
+            except OSError:
+                return 0
+            self.held = 0
+            return freed

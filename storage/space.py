@@ -1,6 +1,6 @@
 """Disk space as one store sees it: what the file system has left, plus the pages of its own
 LMDB file that hold nothing (LMDB never shrinks its file: consuming frees pages inside it,
-not on the disk), minus what its reserve (`storage.reserve`) lacks.
+not on the disk), minus what the node's reserve (`storage.reserve`) lacks.
 
 A commit that fails for want of space (ENOSPC, or the EIO LMDB reports for a short write),
 or one that leaves less than the node's disk free limit, marks the store `short` (the disk
@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 import shutil
-import threading
 import time
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ from storage.reserve import Reserve
 log = logging.getLogger(__name__)
 
 DEFAULT_RESERVE_BYTES = 4 << 20
-RESERVE_FILE = "space.reserve"
+RESERVE_FILE = "store.reserve"  # in the data directory
 # a failed delete batch waits this long, doubling, before it tries again
 RETRY_FIRST = 0.05
 RETRY_MAX = 1.0
@@ -51,17 +50,17 @@ def disk_free_bytes(path: str) -> int:
 
 class StoreSpace:
     def __init__(self, path: str, env: lmdb.Environment, dbs: list[Any],
-                 shared_lock: Any, reserve_bytes: int) -> None:
+                 shared_lock: Any, reserve: Reserve | None) -> None:
         self.path = path
         self._env = env
         self._dbs = dbs
         self._lock = shared_lock  # a read transaction holds the store's (shared) map lock
-        self.reserve = Reserve(os.path.join(path, RESERVE_FILE), reserve_bytes)
+        # shared with the node's other stores; none: a store without a reserve
+        self.reserve = reserve if reserve is not None else Reserve(os.devnull, 0)
         self.short = False  # a write failed for space, or went below limit; see `refresh`
         self.limit = 0  # the node's disk free limit, as of its last check (0: none yet)
         self.on_short: Callable[[], object] | None = None  # called on the writer thread
         self._last_restore = 0.0
-        self._mutex = threading.Lock()  # the writer thread and the loop both use it
         self.restore_reserve()
 
     def unused_in_file(self) -> int:
@@ -92,11 +91,10 @@ class StoreSpace:
             self.on_short()
 
     def release_reserve(self) -> bool:
-        with self._mutex:
-            freed = self.reserve.release()
+        freed = self.reserve.release()
         if freed:
-            log.warning("message store %s: reserve of %d bytes released so that deletes "
-                        "can commit", self.path, freed)
+            log.warning("message store %s: the node's reserve of %d bytes released so that "
+                        "deletes can commit", self.path, freed)
         return bool(freed)
 
     def room_for(self, nbytes: int) -> bool:
@@ -130,16 +128,16 @@ class StoreSpace:
         nearly full disk is left to what the node itself needs to start and run."""
         owed = self.reserve.owed
         if owed and disk_free_bytes(self.path) >= owed + self.reserve.size:
-            with self._mutex:
-                self.reserve.restore()
+            self.reserve.restore()
 
     def refresh(self, limit: int) -> int:
-        """The disk check (loop thread): this store's spare bytes inside its file net of
-        what its reserve lacks; a short store is no longer short once it has room for the
-        limit and a whole reserve besides."""
+        """The disk check (loop thread): the bytes free inside this store's file; a short
+        store is no longer short once it has room for the limit and a whole reserve
+        besides, net of what the reserve lacks."""
         self.limit = limit
-        spare = self.unused_in_file() - self.reserve.owed
+        unused = self.unused_in_file()
+        spare = unused - self.reserve.owed
         if self.short and disk_free_bytes(self.path) + spare >= limit + self.reserve.size:
             log.warning("message store %s: space available again", self.path)
             self.short = False
-        return spare
+        return unused

@@ -50,6 +50,7 @@ import msgpack
 from storage import records, space
 from storage.changelog import ChangeLog
 from storage.keys import SEQ_BYTES, check_seq, last_key, queue_prefix, seq_of
+from storage.reserve import Reserve
 from storage.residency import release_mapped_pages
 
 # give back the map's touched pages (see storage/residency.py) after this many writes,
@@ -284,7 +285,7 @@ class MessageStore:
 
     def __init__(
         self, path: str | os.PathLike[str], *, sync: bool = True, map_size: int = 1 << 36,
-        reserve_bytes: int = 0,
+        reserve: Reserve | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self._env = lmdb.open(
@@ -336,10 +337,10 @@ class MessageStore:
         # set_mapsize() must not run while any transaction of this process is open; reads
         # hold this (shared) lock for the life of their read transaction.
         self._map_lock = _MapLock()
-        # free space inside the file, the reserve beside it, and whether the disk is full
+        # free space inside the file, the node's reserve, and whether the disk is full
         self.space = space.StoreSpace(self.path, self._env,
                                       [self._msgs, self._delivered, self._meta],
-                                      self._map_lock, reserve_bytes)
+                                      self._map_lock, reserve)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -1,6 +1,6 @@
 """MessageStore on a disk that fills up: a real LMDB file on a small tmpfs (mounted here; we
 run as root in CI).  A commit the disk refuses fails the flush of its new messages only;
-deletes still commit (the reserve beside the store is given back for them), and the pages
+deletes still commit (the reserve is given back to the disk for them), and the pages
 they free are counted as space the store has."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.reserve import Reserve
 from storage.store import MessageStore, StoreError
 
 RECORD = b"r" * (16 << 10)
@@ -42,7 +43,8 @@ def fill(path: Path) -> None:
 
 def test_full_disk_nacks_new_messages_and_keeps_deleting(tiny_disk: Path) -> None:
     async def main() -> None:
-        store = MessageStore(tiny_disk / "store", reserve_bytes=1 << 20)
+        reserve = Reserve(str(tiny_disk / "store.reserve"), 1 << 20)
+        store = MessageStore(tiny_disk / "store", reserve=reserve)
         store.start(asyncio.get_running_loop())
         try:
             assert store.space.reserve.held == 1 << 20
@@ -75,9 +77,8 @@ def test_full_disk_nacks_new_messages_and_keeps_deleting(tiny_disk: Path) -> Non
             # LMDB's file did not shrink, but nearly all of it is free pages now
             assert store.space.unused_in_file() > len(confirmed) * len(RECORD) * 9 // 10
             # the reserve is owed, so the space counted for new messages is net of it
-            assert store.space.refresh(1000) == (store.space.unused_in_file()
-                                                 - store.space.reserve.size)
-            assert not store.space.short
+            assert store.space.refresh(1000) == store.space.unused_in_file()
+            assert not store.space.short  # room for the limit and a whole reserve
             # and new messages fit in the freed pages again
             store.put("q", 5000, RECORD)
             await store.flush()
@@ -85,9 +86,9 @@ def test_full_disk_nacks_new_messages_and_keeps_deleting(tiny_disk: Path) -> Non
         finally:
             await store.close()
         # reopened: what was committed is all there
-        again = MessageStore(tiny_disk / "store", reserve_bytes=1 << 20)
+        again = MessageStore(tiny_disk / "store", reserve=Reserve(reserve.path, 1 << 20))
         assert [s for s, _, _ in again.read_range("q", 0, 10)] == [5000]
         again._env.close()
-        assert os.path.getsize(tiny_disk / "store" / "space.reserve") == 0  # disk still full
+        assert os.path.getsize(reserve.path) == 0  # the disk is still full
 
     asyncio.run(main())
