@@ -6,7 +6,7 @@ connections that publish are blocked.
 
 The disk counted is what the stores can write to: the file system's free bytes plus the
 pages free inside their LMDB files (which never shrink, so consuming frees space there and
-not on the disk) less what their reserves lack; a store whose commit found the disk full
+not on the disk) less what their reserve lacks; a store whose commit found the disk full
 raises the alarm at once, without waiting for the next check."""
 
 from __future__ import annotations
