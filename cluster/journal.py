@@ -11,15 +11,22 @@ added since the last one (a follower appending a batch pays once).  `cluster.raf
 append-entries reply or a leader's append-entries: a peer may count what we claim to hold)
 and before a committed entry is applied (applying is what acknowledges a change to the
 client).  Term and vote are fsynced (file and directory) before they are used, as Raft
-requires of `currentTerm` and `votedFor`."""
+requires of `currentTerm` and `votedFor`.
+
+The journal is written through mmap into a file that pysyncobj grows sparse: on a full disk
+the first write to a new page would kill the node with SIGBUS.  `add` allocates the
+entry's bytes first, so a full disk refuses the entry (OSError, before the journal changes)
+instead."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 from typing import Any
 
-from pysyncobj.journal import FileJournal, MetaStorer
+from pysyncobj.journal import FileJournal, MetaStorer, to_bytes
 from pysyncobj.pickle import dumps
 
 __all__ = ["DurableJournal", "fsync_dir"]
@@ -32,6 +39,21 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 1  # allocate past the end without changing the size mmap sees
+
+
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Back ``[offset, offset+length)`` of the file with disk blocks; OSError(ENOSPC) when
+    the disk has none.  A file system without fallocate is left as it is."""
+    fallocate = _libc.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err, os.strerror(err))
 
 
 class _DurableMetaStorer(MetaStorer):
@@ -56,6 +78,9 @@ class DurableJournal(FileJournal):
 
     # every mutation of the log marks it dirty; sync() makes it durable
     def add(self, command: Any, idx: int, term: int) -> None:
+        # length prefix and suffix, index and term, then the command (FileJournal.add)
+        allocate(self._file().fileno(), self._FileJournal__currentOffset,
+                 24 + len(to_bytes(command)))
         super().add(command, idx, term)
         self._dirty = True
 
@@ -76,6 +101,8 @@ class DurableJournal(FileJournal):
         if not self._dirty:
             return
         self._dirty = False
-        f = self._FileJournal__journalFile._ResizableFile__f  # reopened when the file grows
-        os.fsync(f.fileno())
+        os.fsync(self._file().fileno())
         self.syncs += 1
+
+    def _file(self) -> Any:
+        return self._FileJournal__journalFile._ResizableFile__f  # reopened when it grows

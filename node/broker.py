@@ -93,7 +93,9 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
         s = self.settings
         self.resources = ResourceMonitor(
             s.data_dir, s.vm_memory_high_watermark, s.vm_memory_high_watermark_bytes,
-            s.disk_free_limit, s.alarm_check_interval, self._alarms_changed)
+            s.disk_free_limit, s.alarm_check_interval, self._alarms_changed,
+            store_space=self.stores.space)
+        self.stores.on_space_short = self.resources.check
         self.resources.start()
         if s.consumer_timeout > 0:
             self._ack_timer = asyncio.ensure_future(self._check_ack_timeouts())

@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 
+from node.alarms import reserve_room_at_start
 from node.config import Settings
 
 EX_USAGE = 64
@@ -47,9 +48,17 @@ def check_data_dir(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".warren-write-test-{uuid.uuid4().hex}")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+        except OSError as exc:
+            # a full disk is writable: the node starts, serves what it holds and keeps
+            # publishers blocked by the disk alarm until consuming makes room
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        finally:
+            if os.path.exists(probe):
+                os.remove(probe)
         # files a previous run left must be readable too (a restored backup, a chown)
         for root, _dirs, files in os.walk(path):
             for name in files:
@@ -104,6 +113,8 @@ def raft_bind_host(settings: Settings) -> str:
 
 def preflight(settings: Settings) -> None:
     check_data_dir(settings.data_dir)
+    # before Raft writes its journal: on a full disk, the node's reserve makes room for it
+    reserve_room_at_start(settings.data_dir)
     probe_listen("AMQP", settings.amqp_host, settings.amqp_port)
     probe_listen("HTTP", settings.http_host, settings.http_port)
     if getattr(settings, "tls_cert", ""):  # AMQPS listens only with a certificate

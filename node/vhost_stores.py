@@ -21,9 +21,13 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Collection, ItemsView
+from collections.abc import Callable, Collection, ItemsView
 from urllib.parse import quote
 
+import lmdb
+
+from storage.reserve import Reserve
+from storage.space import DEFAULT_RESERVE_BYTES, RESERVE_FILE
 from storage.store import MessageStore
 
 log = logging.getLogger("warren.broker")
@@ -41,10 +45,15 @@ def store_dir_name(vhost: str) -> str:
 
 
 class VhostStores:
-    def __init__(self, data_dir: str, sync: bool) -> None:
+    def __init__(self, data_dir: str, sync: bool,
+                 reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
         self.base = os.path.join(data_dir, "vhosts")
         self.graveyard = os.path.join(data_dir, "vhosts-deleted")
         self.sync = sync
+        # the stores' one reserve: released by the first store that meets a full disk
+        self.reserve = Reserve(os.path.join(data_dir, RESERVE_FILE), reserve_bytes)
+        # called on the loop when a store's commit finds the disk full (the disk alarm)
+        self.on_space_short: Callable[[], None] | None = None
         self._stores: dict[str, MessageStore] = {}
         # closes run in the background; the tasks are kept so they are not collected early
         self._pending_closes: list[asyncio.Task] = []
@@ -86,10 +95,29 @@ class VhostStores:
             os.makedirs(path, exist_ok=True)
             if not os.path.exists(os.path.join(path, NAME_FILE)):
                 self._write_name(path, vhost)
-            store = MessageStore(path, sync=self.sync)
-            store.start(asyncio.get_running_loop())
+            store = MessageStore(path, sync=self.sync, reserve=self.reserve)
+            loop = asyncio.get_running_loop()
+            store.space.on_short = lambda: loop.call_soon_threadsafe(self._space_short)
+            store.start(loop)
             self._stores[vhost] = store
         return store
+
+    def _space_short(self) -> None:
+        if self.on_space_short is not None:
+            self.on_space_short()
+
+    def space(self, limit: int) -> tuple[int, bool]:
+        """For the disk alarm: the bytes free inside the open stores' files (LMDB does not
+        give consumed space back to the disk) net of what the reserve lacks, and whether a
+        store found the disk full since it last had ``limit`` bytes to spare."""
+        spare, short = -self.reserve.owed, False
+        for store in list(self._stores.values()):
+            try:
+                spare += store.space.refresh(limit)
+            except lmdb.Error:
+                continue  # closed meanwhile
+            short = short or store.space.short
+        return spare, short
 
     def close(self, vhost: str, delete_data: bool) -> None:
         """Close the vhost's store (if open) in the background; with `delete_data`, also

@@ -55,9 +55,10 @@ from typing import Any, Protocol, TypeVar
 import lmdb
 import msgpack
 
-from storage import records
+from storage import records, space
 from storage.changelog import ChangeLog
 from storage.keys import SEQ_BYTES, check_seq, last_key, queue_prefix, seq_of
+from storage.reserve import Reserve
 from storage.residency import release_mapped_pages
 
 # give back the map's touched pages (see storage/residency.py) after this many writes,
@@ -293,11 +294,19 @@ def _reject(fut: asyncio.Future[None], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+def _reject_quietly(fut: asyncio.Future[None], exc: BaseException) -> None:
+    """_reject() a future that may have no waiter at all (no 'never retrieved' warning)."""
+    _reject(fut, exc)
+    if not fut.cancelled():
+        fut.exception()
+
+
 class MessageStore:
     """Ordered, durable message records per queue, with group-committed writes."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, sync: bool = True, map_size: int = 1 << 36
+        self, path: str | os.PathLike[str], *, sync: bool = True, map_size: int = 1 << 36,
+        reserve: Reserve | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self._env = lmdb.open(
@@ -353,6 +362,10 @@ class MessageStore:
         # set_mapsize() must not run while any transaction of this process is open; reads
         # hold this (shared) lock for the life of their read transaction.
         self._map_lock = _MapLock()
+        # free space inside the file, the node's reserve, and whether the disk is full
+        self.space = space.StoreSpace(self.path, self._env,
+                                      [self._msgs, self._delivered, self._meta],
+                                      self._map_lock, reserve)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -366,6 +379,7 @@ class MessageStore:
             "fsync_seconds_total": 0.0,
             "cancelled_puts": 0,
             "map_resizes": 0,
+            "shed_puts": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -1103,15 +1117,21 @@ class MessageStore:
             hook.record(offset, epoch, payload)
 
     def _commit(self, gen: _Generation, position: tuple[int, int] | None) -> None:
-        while True:
+        """Commit ``gen``, growing the map as needed.  A disk that refuses the commit fails
+        none of the store: the generation's new messages are shed (their flush future
+        fails: publishers get basic.nack) and the rest (deletes, acks, marks) is retried,
+        with the reserve given back to the disk if need be, until it commits."""
+        attempt: _Generation | None = gen
+        # a record already streamed to the replicas is committed here too, if only its position
+        streamed = position is not None and self.changelog is not None
+        if (self.space.reserve.owed and self._can_shed(gen)
+                and not self.space.room_for(gen.nbytes)):
+            attempt = self._shed(gen, None, streamed)
+        wait = space.RETRY_FIRST
+        while attempt is not None:
             try:
-                with self._env.begin(write=True) as txn:
-                    self._apply(txn, gen)
-                    if position is not None:
-                        txn.put(_KEY_POSITION, msgpack.packb(position), db=self._meta)
-                    t0 = time.perf_counter()
-                    # __exit__ commits; with sync=True that is where both fsyncs happen.
-                self.stats["fsync_seconds_total"] += time.perf_counter() - t0
+                self._transact(attempt, position)
+                self.space.after_commit()
                 return
             except lmdb.MapFullError:
                 # The transaction was aborted on the way out of `with`, so no transaction of
@@ -1121,6 +1141,68 @@ class MessageStore:
                     self._env.set_mapsize(new_size)
                 self.stats["map_resizes"] += 1
                 log.info("message store %s: map grown to %d bytes", self.path, new_size)
+            except lmdb.Error as exc:
+                if not space.is_write_failure(exc):
+                    raise
+                self.space.failed(exc)
+                if attempt is gen and self._can_shed(gen):
+                    attempt = self._shed(gen, exc, streamed)
+                elif self.space.release_reserve():
+                    pass
+                elif self._closing:
+                    raise
+                else:
+                    time.sleep(wait)
+                    wait = min(wait * 2, space.RETRY_MAX)
+
+    def _transact(self, gen: _Generation, position: tuple[int, int] | None) -> None:
+        with self._env.begin(write=True) as txn:
+            self._apply(txn, gen)
+            if position is not None:
+                txn.put(_KEY_POSITION, msgpack.packb(position), db=self._meta)
+            t0 = time.perf_counter()
+            # __exit__ commits; with sync=True that is where both fsyncs happen.
+        self.stats["fsync_seconds_total"] += time.perf_counter() - t0
+
+    def _can_shed(self, gen: _Generation) -> bool:
+        """Only the owner's own generations can lose their puts: a replica's record and a
+        snapshot must be stored whole or not at all (they wait for space instead)."""
+        return (not self.replica and gen.position is None and not gen.reset and not gen.raw
+                and any(q.puts for q in gen.queues.values()))
+
+    def _shed(self, gen: _Generation, exc: BaseException | None, streamed: bool
+              ) -> _Generation | None:
+        """``gen`` without its puts, or None when nothing else is left to commit (and its
+        record was not ``streamed``); the flush future of ``gen`` fails (writer thread).  A
+        streamed record's messages stay on the replicas: nacked there, not lost."""
+        why = StoreError(f"message store at {self.path}: no space left for new messages"
+                         + (f" ({exc})" if exc is not None else ""))
+        shed = _Generation()
+        shed.sealed = True
+        shed.meta = gen.meta
+        n = 0
+        for name, q in gen.queues.items():
+            n += len(q.puts)
+            rest = q.copy()
+            rest.puts = {}
+            if rest.cleared or rest.ranges or rest.deletes or rest.delivered:
+                shed.queues[name] = rest
+        assert self._loop is not None
+        with self._lock:
+            # reads stop showing the shed messages (rebound, not emptied: a read on another
+            # thread may be walking the old dicts)
+            for q in gen.queues.values():
+                q.puts = {}
+            gen.nbytes = 0
+            # a flush() of this generation from now on gets this same, failed, future
+            if gen.future is None or gen.future.cancelled():
+                gen.future = asyncio.Future(loop=self._loop)
+            fut = gen.future
+        self._call_on_loop(_reject_quietly, fut, why)
+        self.stats["shed_puts"] += n
+        if exc is None:
+            self.space.failed(why)
+        return shed if shed.queues or shed.meta or streamed else None
 
     def _apply(self, txn: lmdb.Transaction, gen: _Generation) -> None:
         if gen.reset:
