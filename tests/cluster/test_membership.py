@@ -44,7 +44,7 @@ def alone(node: NodeProcess) -> subprocess.CompletedProcess:
     env = {k: v for k, v in node.env().items()
            if k not in ("WARREN_PEERS", "WARREN_CLUSTER_SECRET")}
     return subprocess.run([sys.executable, "-m", "node"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=60)
 
 
 def ctl(node: NodeProcess, *args: str) -> subprocess.CompletedProcess:
@@ -106,7 +106,7 @@ def test_a_member_started_alone_on_data_without_a_record_forks_and_stays_out(tmp
         # from then on it starts neither alone nor with its settings
         for attempt in (alone(n1), subprocess.run(
                 [sys.executable, "-m", "node"], env=n1.env(), cwd=REPO,
-                capture_output=True, text=True, timeout=120)):
+                capture_output=True, text=True, timeout=60)):
             assert attempt.returncode == EX_CONFIG, attempt
             assert "was used outside its cluster" in attempt.stderr, attempt.stderr
         for node in (n2, n3):
