@@ -184,6 +184,8 @@ class DefinitionState:
         self.bindings: dict[str, dict[str, dict[str, Any]]] = {}
         # cluster members by node name: {"name", "raft", "forward", "amqp", "http"}
         self.nodes: dict[str, dict[str, Any]] = {}
+        # the cluster's identity (cluster/membership.py): set by the first bootstrap
+        self.cluster_id: str = ""
 
     # ------------------------------------------------------------------ snapshots
 
@@ -207,6 +209,7 @@ class DefinitionState:
             "queues": self.queues,
             "bindings": self.bindings,
             "nodes": self.nodes,
+            "cluster_id": self.cluster_id,
         }
 
     @classmethod
@@ -234,6 +237,7 @@ class DefinitionState:
         state.queues = data["queues"]
         state.bindings = data["bindings"]
         state.nodes = data.get("nodes", {})
+        state.cluster_id = str(data.get("cluster_id", ""))
         return state
 
     # ------------------------------------------------------------------ read helpers
@@ -564,6 +568,9 @@ class DefinitionState:
         hashing = cmd.get("hashing", str)
         tags = cmd.str_list("tags")
         owner = cmd.get("owner", str, None)
+        cluster_id = cmd.get("cluster_id", str, "")
+        if cluster_id and not self.cluster_id:  # the first one committed names the cluster
+            self.cluster_id = cluster_id
         if self.bootstrapped:
             return _ok(applied=False)
         self.bootstrapped = True
@@ -584,6 +591,12 @@ class DefinitionState:
             "read": ".*",
         }
         return _ok(applied=True)
+
+    def _op_fork_cluster(self, cmd: _Command) -> dict[str, Any]:
+        """A node running alone on a cluster's definitions names its log a cluster of its
+        own (cluster/membership.py): the cluster it left then refuses its Raft messages."""
+        old, self.cluster_id = self.cluster_id, cmd.get("cluster_id", str)
+        return _ok(forked_from=old)
 
     def _op_add_user(self, cmd: _Command) -> dict[str, Any]:
         """Create a user, or replace the password and tags of an existing one."""

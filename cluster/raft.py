@@ -44,6 +44,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.poller import POLL_EVENT_TYPE
 
+from cluster import definitions_digest
 from cluster.definitions import INTERNAL_ERROR, DefinitionState
 from cluster.journal import DurableJournal
 from cluster.leader_watch import watch_leader
@@ -101,12 +102,22 @@ class _DumpFailureFilter(logging.Filter):
 logging.getLogger("pysyncobj.syncobj").addFilter(_DumpFailureFilter())
 
 
+# a change that may or may not have been committed: pysyncobj's own "unknown" answers, and
+# LEADER_CHANGED (the entry was in the old leader's log and may survive the election)
+_UNKNOWN_OUTCOMES = {FAIL_REASON.LEADER_CHANGED, getattr(FAIL_REASON, "UNKNOWN_OUTCOME", 7)}
+
+
 class ClusterUnavailable(Exception):
     """A definition change could not be committed: no leader, no quorum, or timeout.
 
     The node turns it into 541 INTERNAL_ERROR for the client, as RabbitMQ does when its
     metadata store has no quorum; the client may retry.
     """
+
+
+class MembershipPending(ClusterUnavailable):
+    """A membership change whose outcome is unknown (timeout, leader change): the member
+    shows as "joining" until the Raft configuration settles it."""
 
 
 def normalize_address(address: str) -> str:
@@ -138,11 +149,20 @@ class _Replica:
     object pysyncobj might pickle.  Mutated only on the tick thread, under `lock`.
     """
 
-    def __init__(self, emit: Listener) -> None:
+    def __init__(self, emit: Listener, recorded_cluster_id: str = "") -> None:
         self.lock = threading.Lock()
         self.state = DefinitionState()
         self._emit = emit
         self.dump_error: BaseException | None = None
+        # the id in this node's data directory (cluster/membership.py), else the state's
+        self.recorded_cluster_id = recorded_cluster_id
+        self.digests = definitions_digest.DigestChecks()
+        self.changes = 0  # definition commands applied (not barriers nor digest checks)
+
+    @property
+    def cluster_id(self) -> str:
+        """What this node tags its Raft messages with (cluster/raft_port.py)."""
+        return self.recorded_cluster_id or self.state.cluster_id
 
     def apply_blob(self, blob: bytes) -> dict[str, Any]:
         try:
@@ -157,11 +177,25 @@ class _Replica:
                 "text": f"undecodable definition command: {exc}",
             }
         else:
+            op = command.get("op") if isinstance(command, dict) else None
+            if op in definitions_digest.OPS:
+                return self._digest_op(command)
             with self.lock:
                 result = self.state.apply(command)
+            if op != "barrier":
+                self.changes += 1
         if not (isinstance(command, dict) and command.get("op") == "barrier"):
             self._emit(command if isinstance(command, dict) else {"op": None}, result)
         return result
+
+    def _digest_op(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A divergence check (cluster/definitions_digest.py): compared, never applied to the state."""
+        mark_id, by = str(command.get("id", "")), str(command.get("by", ""))
+        with self.lock:
+            if command["op"] == "digest_mark":
+                return {"ok": True, "digest": self.digests.mark(mark_id, self.state)}
+            self.digests.check(mark_id, str(command.get("digest", "")), by)
+        return {"ok": True}
 
     # pysyncobj calls these on the tick thread, between two applies, when it compacts the
     # log (serializer) or loads a dump at start or from the leader (deserializer).  With a
@@ -312,6 +346,7 @@ class MetadataStore:
         data_dir: str,
         secret: str | None,
         loop: asyncio.AbstractEventLoop | None = None,
+        cluster_id: str = "",
     ) -> None:
         self._self_address = normalize_address(self_address)
         others: list[str] = []
@@ -336,7 +371,7 @@ class MetadataStore:
         self._raft_dir = os.path.join(data_dir, "raft")
         self._loop = loop
         self._listeners: list[Listener] = []
-        self._replica = _Replica(self._emit_from_tick)
+        self._replica = _Replica(self._emit_from_tick, cluster_id)
         self._machine: DefinitionsMachine | None = None
         self._transport: SecretCheckingTransport | None = None
         self._wakeup: _Wakeup | None = None
@@ -345,6 +380,10 @@ class MetadataStore:
         self._uncommitted: set[int] = set()  # read by the tick thread (set ops are atomic)
         self._closed = False
         self._leader_watch: asyncio.Future[None] | None = None
+        self._digest_task: asyncio.Future[None] | None = None
+        # members whose addition was sent but whose outcome is not known yet (address ->
+        # why); settled by the membership itself (status()) or by a later answer
+        self.joining: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -375,6 +414,7 @@ class MetadataStore:
             )
             if self._peers:
                 self._leader_watch = asyncio.ensure_future(watch_leader(self))
+                self._digest_task = asyncio.ensure_future(self._check_digests())
         machine = self._machine
         while True:
             if self._closed:
@@ -408,6 +448,8 @@ class MetadataStore:
         self._closed = True
         if self._leader_watch is not None:
             self._leader_watch.cancel()
+        if self._digest_task is not None:
+            self._digest_task.cancel()
         machine, self._machine = self._machine, None
         if machine is not None:
             machine.destroy()
@@ -577,6 +619,45 @@ class MetadataStore:
                 ClusterUnavailable(f"cluster has no quorum: definition change refused ({reason})")
             )
 
+    # ------------------------------------------------------------------ divergence
+
+    async def _check_digests(self) -> None:
+        """While this node leads: a divergence check after its election, then at most
+        every `definitions_digest.INTERVAL` seconds while definitions change (cluster/definitions_digest.py)."""
+        leading = False
+        checked_changes = -1
+        last = 0.0
+        marks = itertools.count(1)
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(0.5)
+            if self.status().get("state") != "leader":
+                leading = False
+                continue
+            due = not leading or (self._replica.changes != checked_changes
+                                  and loop.time() - last >= definitions_digest.INTERVAL)
+            leading = True
+            if not due:
+                continue
+            checked_changes = self._replica.changes
+            mark_id = f"{self._self_address}/{self.status().get('term')}/{next(marks)}"
+            try:
+                marked = await self.submit({"op": "digest_mark", "id": mark_id})
+                await self.submit({"op": "digest_check", "id": mark_id, "by":
+                                   self._self_address, "digest": marked.get("digest", "")})
+                last = loop.time()
+            except (ClusterUnavailable, ValueError) as exc:
+                logger.debug("definitions check %s not committed: %s", mark_id, exc)
+                leading = False  # try again at the next turn
+
+    def digest_status(self) -> dict[str, Any]:
+        """This node's divergence checks: how many, and the last disagreement if any."""
+        return self._replica.digests.describe()
+
+    @property
+    def cluster_id(self) -> str:
+        return self._replica.cluster_id
+
     # ------------------------------------------------------------------ events
 
     def subscribe(self, listener: Listener) -> None:
@@ -697,6 +778,10 @@ class MetadataStore:
             parts.append("waiting for " + ", ".join(down))
         if mismatched:
             parts.append("cluster secret differs on " + ", ".join(mismatched))
+        foreign = dict(self._transport.foreign) if self._transport else {}
+        if foreign:
+            parts.append("refused as members of another cluster: " + ", ".join(
+                f"{peer} ({cid})" for peer, cid in sorted(foreign.items())))
         if not down and st.get("leader") is None:
             parts.append("no leader elected yet")
         return "; ".join(parts)
@@ -726,27 +811,55 @@ class MetadataStore:
                     return
                 if error == FAIL_REASON.SUCCESS:
                     future.set_result(None)
-                else:
-                    reason = _FAIL_TEXT.get(error, f"pysyncobj failure {error}")
-                    future.set_exception(ClusterUnavailable(
-                        f"membership change ({kind} {address}) refused: {reason}"))
+                    return
+                reason = _FAIL_TEXT.get(error, f"pysyncobj failure {error}")
+                kind_of = MembershipPending if error in _UNKNOWN_OUTCOMES else ClusterUnavailable
+                future.set_exception(kind_of(
+                    f"membership change ({kind} {address}) refused: {reason}"))
             self._call_soon(resolve)
 
         if kind == "add":
+            self.joining[address] = "the change is being committed"
             machine.addNodeToCluster(address, callback=done)
         else:
+            self.joining.pop(address, None)
             machine.removeNodeFromCluster(address, callback=done)
         try:
             async with asyncio.timeout(timeout):
                 await future
-        except TimeoutError:
+        except (TimeoutError, MembershipPending) as exc:
+            why = (f"not committed within {timeout:g} s" if isinstance(exc, TimeoutError)
+                   else str(exc).rpartition(": ")[2])
+            if kind == "add":
+                # it may still be committed: "joining" until the configuration says
+                self.joining[address] = f"outcome unknown ({why})"
+                raise MembershipPending(
+                    f"membership change ({kind} {address}): outcome unknown ({why}); it "
+                    "shows as joining until the Raft configuration settles it") from None
             raise ClusterUnavailable(
-                f"membership change ({kind} {address}) not committed within {timeout:g} s"
-            ) from None
-        if kind == "add" and address not in self._peers:
-            self._peers.append(address)
+                f"membership change ({kind} {address}): outcome unknown ({why})") from None
+        except ClusterUnavailable:
+            if kind == "add":
+                self.joining.pop(address, None)  # refused: certainly not a member
+            raise
+        if kind == "add":
+            self.joining.pop(address, None)
+            if address not in self._peers:
+                self._peers.append(address)
         elif kind == "remove" and address in self._peers:
             self._peers.remove(address)
+
+    def settle_joining(self) -> dict[str, str]:
+        """Members still joining (address -> why), after settling those the Raft
+        configuration now includes (the change was committed after all)."""
+        if self.joining:
+            partners = self.status().get("partners", {})
+            for address in list(self.joining):
+                if address in partners:
+                    del self.joining[address]
+                    if address not in self._peers:
+                        self._peers.append(address)
+        return dict(self.joining)
 
     @property
     def closed(self) -> bool:

@@ -9,6 +9,10 @@
 * The journal is durable before any Raft message leaves (`cluster.journal`).
 * Stale append-entries are trimmed so that entries matching the leader's log are never
   deleted (`cluster.log_matching`).
+* Every message carries the sender's cluster id (`cluster.membership`); messages from a
+  node of another cluster (a member whose log was written outside this one) are dropped,
+  so it can neither vote nor lead here.  A node that knows no id yet (a new member before
+  it applied the cluster's state) is heard.
 
 Everything here runs on pysyncobj's tick thread.  The pysyncobj internals it touches
 (name-mangled attributes of SyncObj and TcpConnection) are those of 0.3.17."""
@@ -32,11 +36,15 @@ logger = logging.getLogger("warren.raft_port")
 # bytes once encrypted; anything this large before authentication is not a peer.
 PREAUTH_MAX_BYTES = 64 * 1024
 PREAUTH_TIMEOUT = 5.0
+CLUSTER_TAG = "warren_cluster"  # the key added to pysyncobj's message dicts
+FOREIGN_LOG_EVERY = 30.0
 
 
 class WarrenTransport(TCPTransport):
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
         self._pending: dict[TcpConnection, tuple[float, str]] = {}
+        self._foreign_logged: dict[str, float] = {}
+        self.foreign: dict[str, str] = {}  # peer -> the other cluster id it sent
         super().__init__(syncObj, selfNode, otherNodes)
         syncObj.addOnTickCallback(self._expire_unauthenticated)
 
@@ -86,17 +94,42 @@ class WarrenTransport(TCPTransport):
                 self._refuse(conn, f"not authenticated within {PREAUTH_TIMEOUT:g} s")
 
     # --------------------------------------------------------- Raft messages
+    def _cluster_id(self) -> str:
+        replica = getattr(self._syncObj, "_replica", None)
+        return str(getattr(replica, "cluster_id", "") or "")
+
     def send(self, node: Any, message: Any) -> bool:
         journal = getattr(self._syncObj, "_SyncObj__raftLog", None)
         sync = getattr(journal, "sync", None)
         if sync is not None:
             sync()  # nothing we claim to hold may be lost after a peer counted it
+        if isinstance(message, dict):
+            message[CLUSTER_TAG] = self._cluster_id()
         return bool(super().send(node, message))
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
-        if isinstance(message, dict) and message.get("type") == "append_entries":
-            message = self._trim(message)
+        if isinstance(message, dict):
+            theirs = message.pop(CLUSTER_TAG, "")
+            ours = self._cluster_id()
+            if theirs and ours and theirs != ours:
+                self._foreign_message(node, str(theirs), ours)
+                return
+            if message.get("type") == "append_entries":
+                message = self._trim(message)
         super()._onMessageReceived(node, message)
+
+    def _foreign_message(self, node: Any, theirs: str, ours: str) -> None:
+        peer = str(getattr(node, "address", node))
+        self.foreign[peer] = theirs
+        now = time.monotonic()
+        if now - self._foreign_logged.get(peer, -FOREIGN_LOG_EVERY) < FOREIGN_LOG_EVERY:
+            return
+        self._foreign_logged[peer] = now
+        logger.error("raft: refused the messages of %s: they belong to cluster %s, this "
+                     "node's log to cluster %s (one of the two logs was written outside the "
+                     "other's cluster: a node started alone on a member's data, or data from "
+                     "another cluster); move the stray node's data directory away and join "
+                     "it as a new member", peer, theirs, ours)
 
     def _trim(self, message: dict[str, Any]) -> dict[str, Any]:
         obj = self._syncObj

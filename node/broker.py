@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cluster.membership import new_cluster_id
 from node import errors
 from node.access import AccessControl
 from node.alarms import ResourceMonitor
@@ -104,7 +106,9 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
             "op": "bootstrap", "vhost": s.default_vhost, "user": s.default_user,
             "password_hash": hash_password(s.default_pass),
             "hashing": "rabbit_password_hashing_sha256", "tags": ["administrator"],
-            "owner": s.node_name})
+            "owner": s.node_name,
+            # the cluster's identity, if it has none yet (cluster/membership.py)
+            "cluster_id": new_cluster_id()})
         me = self.node_record()
         if self.nodes.get(s.node_name) != me:
             await self.metadata.submit({"op": "register_node", **me})
@@ -118,17 +122,23 @@ class Broker(DefinitionMirror, AccessControl, DefinitionChanges, Placement):
                 for ch in list(conn.channels.values()):
                     ch.check_ack_timeout(now, timeout)
 
-    async def stop(self) -> None:
+    async def stop(self, step: Callable[[str], None] = lambda _what: None) -> None:
+        """Close clients, replication, stores and Raft, in that order; `step` hears which
+        (node/shutdown.py names it if the deadline passes first)."""
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         if self.resources is not None:
             self.resources.stop()
+        step("closing client connections")
         for conn in list(self.connections):
             conn.force_close(errors.CONNECTION_FORCED,
                              "broker forced connection closure with reason 'shutdown'")
         await asyncio.sleep(0.05)
+        step("stopping replication")
         await self.replication.stop()
+        step("closing the message stores")
         await self.stores.close_all()
+        step("stopping Raft")
         await self.metadata.close()
 
     # ------------------------------------------------------------------------------

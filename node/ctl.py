@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import quote
 
 DEFAULT_URL = "http://127.0.0.1:15672"
+DEFAULT_TIMEOUT = 30.0  # seconds a command waits for the node's answer
+MOVE_SYNC_TIMEOUT = 120.0  # the node's own bound on a move waiting for its target
 
 # list command -> (API path, default columns); rabbitmqctl's defaults where it has them
 LISTS: dict[str, tuple[str, list[str]]] = {
@@ -50,13 +54,18 @@ class CtlError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, username: str, password: str) -> None:
+    def __init__(self, url: str, username: str, password: str,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = url.rstrip("/")
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.auth = f"Basic {token}"
+        self.timeout = timeout
 
     def call(self, method: str, path: str, body: Any = None,
-             headers: dict[str, str] | None = None, timeout: float = 30.0) -> Any:
+             headers: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        """One API call; every way it can fail is a CtlError (one line, never a
+        traceback): an HTTP error, no answer in time, a refused or dropped connection."""
+        wait = self.timeout if timeout is None else timeout
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", self.auth)
@@ -65,17 +74,28 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=wait) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             try:
                 reason = json.loads(e.read()).get("reason", e.reason)
-            except ValueError:
+            except (ValueError, AttributeError, OSError):
                 reason = e.reason
             raise CtlError(f"{method} {path}: HTTP {e.code}: {reason}") from None
         except urllib.error.URLError as e:
-            raise CtlError(f"cannot reach {self.url}: {e.reason}") from None
-        return json.loads(raw) if raw else None
+            why = "no answer" if isinstance(e.reason, TimeoutError) else e.reason
+            raise CtlError(f"cannot reach {self.url}: {why}") from None
+        except TimeoutError:
+            raise CtlError(f"{method} {path}: no answer from {self.url} within {wait:g} s "
+                           "(the node may still be working on it)") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise CtlError(f"{method} {path}: the connection to {self.url} failed: "
+                           f"{e.strerror if isinstance(e, OSError) and e.strerror else e!r}"
+                           ) from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise CtlError(f"{method} {path}: the answer is not JSON") from None
 
 
 def q(name: str) -> str:
@@ -208,9 +228,22 @@ def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
 
 
 def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
-    name, node, *_ = need(2, "<vhost> <node>")
-    print(f"Moving vhost \"{name}\" to node \"{node}\" with its messages ...")
-    done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move", {"node": node})
+    """The move runs on the node; meanwhile this says what it waits for (the target's lag,
+    from the owner, whenever it changes) and ends with one line saying how it ended."""
+    name, node, *_ = need(2, "<vhost> <node> [--timeout <seconds to get in sync>]")
+    sync_timeout = min(a.timeout, MOVE_SYNC_TIMEOUT) if a.timeout else MOVE_SYNC_TIMEOUT
+    print(f"Moving vhost \"{name}\" to node \"{node}\" with its messages ...", flush=True)
+    ended = threading.Event()
+    watcher = threading.Thread(target=_watch_move, args=(c, name, node, ended), daemon=True)
+    watcher.start()
+    try:
+        done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move",
+                      {"node": node, "timeout": sync_timeout}, timeout=sync_timeout + 60)
+    except CtlError as e:
+        raise CtlError(f"move of vhost \"{name}\" to {node} stopped: {e}") from None
+    finally:
+        ended.set()
+        watcher.join(2)
     print(f"Moved: owner {done['owner']}, epoch {done['epoch']}, publishers paused "
           f"{done['pause_ms']} ms")
 
@@ -233,6 +266,25 @@ def verify_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
         print(f"The {len(rec['copies'])} copies agree at offset {rec['offset']}.")
 
 
+def _watch_move(c: Client, name: str, node: str, ended: threading.Event) -> None:
+    last = None
+    while not ended.wait(1.0):
+        try:
+            rec = c.call("GET", f"/api/cluster/vhosts/{q(name)}", timeout=5)
+        except CtlError:
+            continue  # the owner may be busy; the move's own answer says how it ended
+        if not isinstance(rec, dict) or node in (rec.get("in_sync") or []) \
+                or rec.get("owner") == node:
+            continue
+        lag = (rec.get("lag") or {}).get(node)
+        line = (f"waiting for {node} to get in sync: {lag.get('records')} records "
+                f"({lag.get('bytes')} bytes) behind" if isinstance(lag, dict) else
+                f"waiting for {node} to connect to the owner {rec.get('owner')}")
+        if line != last and not ended.is_set():
+            print(line, flush=True)
+            last = line
+
+
 def vhost_status(c: Client, a: argparse.Namespace, need: Need) -> None:
     (name, *_) = need(1, "<vhost>")
     rec = c.call("GET", f"/api/cluster/vhosts/{q(name)}")
@@ -251,6 +303,12 @@ def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
     print(f"Cluster status of node {st['node']}")
     print(f"Raft: leader {st['leader']}, term {st['term']}, commit index "
           f"{st['commit_index']}, applied {st['last_applied']}, quorum {st['has_quorum']}")
+    for joining in st.get("joining") or []:
+        print(f"Joining: {joining['raft']} ({joining['reason']})")
+    diverged = (st.get("definitions") or {}).get("diverged")
+    if diverged:
+        print(f"Definitions DIVERGED from the Raft leader {diverged['leader']} "
+              f"(check {diverged['mark']}): this node's view cannot be trusted")
     print()
     rows = [{"name": n["name"], "raft": n["raft"], "amqp": n["amqp"],
              "running": n["running"], "leader": n["leader"], "owns": n["owns"]}
@@ -264,14 +322,18 @@ def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
 
 def join_cluster(c: Client, a: argparse.Namespace, need: Need) -> None:
     (raft, *_) = need(1, "<raft address of the new node, host:port>")
-    c.call("POST", "/api/cluster/nodes", {"raft_address": raft})
+    outcome = c.call("POST", "/api/cluster/nodes", {"raft_address": raft}) or {}
+    if outcome.get("state") == "joining":
+        print(f"Adding {raft}: {outcome.get('reason')}; cluster_status lists it as joining "
+              "until then. Start it with every member as --peers")
+        return
     print(f"Added {raft} to the cluster: start it now with every member as --peers")
 
 
 def forget_cluster_node(c: Client, a: argparse.Namespace, need: Need) -> None:
     (node, *_) = need(1, "<node name>")
-    c.call("DELETE", f"/api/cluster/nodes/{q(node)}")
     print(f"Removing node \"{node}\" from the cluster ...")
+    c.call("DELETE", f"/api/cluster/nodes/{q(node)}")
 
 
 def set_vhost_limits(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -464,6 +526,12 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        print("Error: interrupted (what the node was doing goes on there)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug here: still one line, never a traceback
+        print(f"Error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(70)
 
 
 def _main(argv: list[str] | None) -> None:
@@ -492,11 +560,15 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--owner", default=None, help="add_vhost: the node that runs it")
     p.add_argument("--replicas", type=int, default=None,
                    help="add_vhost: copies of its messages, the owner's included")
+    p.add_argument("--timeout", type=float,
+                   default=float(env.get("WARREN_CTL_TIMEOUT", DEFAULT_TIMEOUT)),
+                   help="seconds to wait for the node's answer (move_vhost: for the target "
+                        f"to get in sync, at most {MOVE_SYNC_TIMEOUT:g}); env WARREN_CTL_TIMEOUT")
     p.add_argument("command", help="one of the commands below")
     p.add_argument("args", nargs="*", help="the command's arguments")
     args = p.parse_intermixed_args(argv)
     try:
-        run(args, Client(args.node, args.username, args.password))
+        run(args, Client(args.node, args.username, args.password, args.timeout))
     except CtlError as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -84,9 +84,21 @@ def vhost_problems(broker: Any) -> list[str]:
     return out
 
 
+def definitions_problem(broker: Any) -> str | None:
+    """The last divergence check disagreed with the Raft leader (cluster/digest.py)."""
+    diverged = broker.metadata.digest_status().get("diverged")
+    if not diverged:
+        return None
+    return (f"this node's definitions diverged from the Raft leader {diverged['leader']} "
+            f"(digest check {diverged['mark']}): its owners and epochs cannot be trusted")
+
+
 def readiness_problems(broker: Any, listeners: dict[str, Any]) -> list[str]:
     out = listener_problems(listeners)
     raft = raft_problem(broker)
     if raft:
         out.append(raft)
+    definitions = definitions_problem(broker)
+    if definitions:
+        out.append(definitions)
     return out + vhost_problems(broker)

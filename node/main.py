@@ -7,13 +7,15 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from cluster import membership
 from node.config import Settings, SettingsError, load_settings
 from node.health import write_token
+from node.shutdown import Shutdown
 from node.startup import (
+    EX_CONFIG,
     EX_DATAERR,
     EX_USAGE,
     StartupError,
@@ -76,20 +78,57 @@ async def _listen(what: str, host: str, port: int, start: Any) -> Any:
         raise listen_error(what, host, port, exc) from None
 
 
-async def serve(settings: Settings) -> None:
+async def check_not_alone(settings: Settings, metadata: "MetadataStore",
+                          record: membership.Membership | None) -> None:
+    """A node without a cluster record that came up as a cluster of one on definitions
+    naming other members (a record deleted, data of an older release) has just committed
+    outside its cluster: its log and directory are marked as forked, so that the cluster
+    refuses it, and it stops (cluster/membership.py)."""
+    if record is not None or metadata.status().get("partners"):
+        return
+    others = membership.foreign_members(metadata.self_address,
+                                        metadata.snapshot().get("nodes", {}))
+    if not others:
+        return
+    old, forked_id = metadata.cluster_id, membership.new_cluster_id()
+    # in the log itself, so that the tag of its Raft messages says so without the record
+    await metadata.submit({"op": "fork_cluster", "cluster_id": forked_id})
+    forked = membership.fork(settings.data_dir, old, forked_id)
+    raise StartupError(
+        EX_CONFIG,
+        f"the data directory {os.path.abspath(settings.data_dir)} holds the definitions of "
+        f"a cluster with members {', '.join(others)}, but this node started as a cluster of "
+        f"one (no WARREN_PEERS): its Raft log now has entries written outside that cluster, "
+        f"which will refuse it (recorded as cluster {forked.cluster_id}); move the "
+        "directory away and join the node as a new member")
+
+
+def record_membership(settings: Settings, metadata: "MetadataStore",
+                      record: membership.Membership | None) -> None:
+    """Write down (or bring up to date) the cluster this data directory belongs to."""
+    partners = metadata.status().get("partners", {})
+    members = sorted({metadata.self_address, *partners})
+    cluster_id = (record.cluster_id if record is not None else "") or metadata.cluster_id
+    if not cluster_id:
+        return
+    if record is not None and record.cluster_id == cluster_id and \
+            sorted(record.members) == members:
+        return
+    membership.write(settings.data_dir, membership.Membership(cluster_id, members))
+
+
+async def serve(settings: Settings, shutdown: Shutdown) -> None:
     from cluster.raft import MetadataStore
     from node.amqp.connection import AMQPConnection
     from node.broker import Broker
     from node.http.api import start_http
 
     loop = asyncio.get_running_loop()
-    preflight(settings)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    record = preflight(settings)
+    stop = shutdown.requested
     metadata = MetadataStore(self_address=settings.raft_address, peers=settings.peers,
                              data_dir=settings.data_dir, secret=settings.cluster_secret or None,
-                             loop=loop)
+                             loop=loop, cluster_id=record.cluster_id if record else "")
     tls, cluster_tls = tls_contexts(settings)  # a bad certificate stops here, before Raft
     try:
         ready = await wait_for_quorum(metadata, stop)
@@ -100,8 +139,19 @@ async def serve(settings: Settings) -> None:
         log.info("stopped while waiting for a Raft quorum")
         await metadata.close()
         return
+    try:
+        await check_not_alone(settings, metadata, record)
+    except StartupError:
+        await metadata.close()
+        raise
+    shutdown.at("starting the broker (recovering queues)")
     broker = Broker(settings, metadata)
     await broker.start()
+    record_membership(settings, metadata, record)
+    if stop.is_set():  # told to stop while recovering: do not open the listeners
+        shutdown.at("stopping the broker")
+        await broker.stop()
+        return
     forward_server = None
     if settings.cluster_secret:
         from node.forwarding import start_forward_server
@@ -135,15 +185,18 @@ async def serve(settings: Settings) -> None:
              settings.http_port, settings.raft_address, os.path.abspath(settings.data_dir))
     print(f"warren: node {settings.node_name} ready on amqp port {settings.amqp_port}",
           flush=True)
+    shutdown.at("serving")
     await stop.wait()
     log.info("shutting down")
+    shutdown.at("closing the listeners")
     server.close()
     if amqps_server is not None:
         amqps_server.close()
     if forward_server is not None:
         forward_server.close()
     await http_runner.cleanup()
-    await broker.stop()
+    await broker.stop(shutdown.at)
+    shutdown.at("exiting")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,8 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         run: Any = asyncio.run
     else:
         run = uvloop.run
+    async def main_task() -> None:
+        shutdown = Shutdown(asyncio.get_running_loop())
+        shutdown.install()
+        await serve(settings, shutdown)
+
     try:
-        run(serve(settings))
+        run(main_task())
     except StartupError as exc:
         fail(exc.code, f"warren: {exc}")
 

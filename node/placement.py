@@ -107,20 +107,44 @@ class Placement:
         await self.submit({"op": "set_vhost_replicas", "name": name, "replicas": replicas,
                            "replication_factor": copies, "expected_epoch": d["epoch"]})
 
-    async def join_node(self, raft_address: str) -> None:
-        from cluster.raft import ClusterUnavailable
+    async def join_node(self, raft_address: str) -> dict:
+        """Add a Raft member: {"state": "joined"}, or {"state": "joining", "reason"} when
+        the outcome is unknown (a leader change, a timeout): the member then shows as
+        joining in cluster_status until the Raft configuration settles it."""
+        from cluster.raft import ClusterUnavailable, MembershipPending
         try:
             await self.metadata.add_node(raft_address)
+        except MembershipPending as e:
+            return {"state": "joining", "reason": str(e)}
         except ClusterUnavailable as e:
             raise ChannelError(errors.INTERNAL_ERROR, str(e)) from None
+        return {"state": "joined"}
+
+    def stranded_by(self, name: str) -> list[str]:
+        """Vhosts that forgetting ``name`` would leave without an owner: those it owns."""
+        return sorted(v for v, d in self.vhost_defs.items() if d.get("owner") == name)
 
     async def forget_node(self, name: str) -> None:
+        """Remove a member.  A node that still owns vhosts is refused, naming them: its
+        vhosts must be moved (or failed over, which the leader does by itself once the node
+        is down and an in-sync replica answers) before it goes, or they would be
+        stranded with an owner that no longer exists."""
         from cluster.raft import ClusterUnavailable
         node = self.nodes.get(name)
         if node is None:
             raise ChannelError(errors.NOT_FOUND, f"no node '{name}' in the cluster")
         if name == self.settings.node_name:
             raise errors.precondition("a node cannot forget itself; run this on another node")
+        owned = self.stranded_by(name)
+        if owned:
+            running = self.node_running(name)
+            raise errors.precondition(
+                f"node '{name}' owns vhost{'s' if len(owned) > 1 else ''} "
+                f"{', '.join(repr(v) for v in owned)}: "
+                + ("move them first (warrenctl move_vhost VHOST NODE)" if running else
+                   "they fail over once an in-sync replica can take over; none can now "
+                   "(no unclean promotion): start the node again, or move them first")
+                + ", then forget it")
         try:
             await self.metadata.remove_node(node["raft"])
         except ClusterUnavailable as e:
@@ -144,6 +168,10 @@ class Placement:
                 "replicates": sorted(v for v, d in self.vhost_defs.items()
                                      if name in d.get("replicas", []))})
         return {"node": me, "leader": st.get("leader"), "term": st.get("term"),
+                "joining": [{"raft": a, "reason": why}
+                            for a, why in sorted(self.metadata.settle_joining().items())],
+                "cluster_id": self.metadata.cluster_id,
+                "definitions": self.metadata.digest_status(),
                 "commit_index": st.get("commit_index"),
                 "last_applied": st.get("last_applied"), "has_quorum": st.get("has_quorum"),
                 "raft_state": st.get("state"), "nodes": nodes,

@@ -371,7 +371,17 @@ class Replication:
 
     # ------------------------------------------------------------------ the live move
 
-    async def move(self, name: str, target: str) -> dict[str, Any]:
+    def target_lag(self, name: str, target: str) -> str:
+        """How far ``target`` is behind on ``name``, in words (a move's last line)."""
+        source = self.sources.get(name)
+        lag = source.lag().get(target) if source is not None else None
+        if source is None or lag is None:
+            return "not connected to the owner"
+        where = "connected" if target in source.sessions else "not connected"
+        return f"{lag['records']} records ({lag['bytes']} bytes) behind, {where}"
+
+    async def move(self, name: str, target: str,
+                   sync_timeout: float = MOVE_SYNC_TIMEOUT) -> dict[str, Any]:
         """Move ``name`` to ``target`` with its messages (DESIGN §5); run on the owner."""
         b = self.broker
         d = b.vhost_defs.get(name)
@@ -394,11 +404,16 @@ class Replication:
             await b.submit({"op": "set_vhost_replicas", "name": name,
                             "replicas": [*d.get("replicas", []), target],
                             "moving_to": target, "expected_epoch": epoch})
-        deadline = time.monotonic() + MOVE_SYNC_TIMEOUT
+        deadline = time.monotonic() + sync_timeout
         while target not in (b.vhost_defs.get(name) or {}).get("in_sync", []):
-            if time.monotonic() > deadline or b.vhost_defs.get(name, {}).get("epoch") != epoch:
+            if b.vhost_defs.get(name, {}).get("epoch") != epoch:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': {target} did not get in sync")
+                                   f"cannot move vhost '{name}': its owner changed meanwhile")
+            if time.monotonic() > deadline:
+                raise ChannelError(errors.PRECONDITION_FAILED,
+                                   f"cannot move vhost '{name}': {target} did not get in sync "
+                                   f"within {sync_timeout:g} s "
+                                   f"({self.target_lag(name, target)})")
             await asyncio.sleep(0.01)
         source = self.sources.get(name)
         store = b.stores.get(name)
@@ -412,7 +427,14 @@ class Replication:
             conn.hold_reading("move")
         try:
             await asyncio.shield(store.flush())
-            await source.drained_to(target, MOVE_DRAIN_TIMEOUT)
+            try:
+                await source.drained_to(target, MOVE_DRAIN_TIMEOUT)
+            except TimeoutError:
+                raise ChannelError(errors.PRECONDITION_FAILED,
+                                   f"cannot move vhost '{name}': {target} did not take the "
+                                   f"last records within {MOVE_DRAIN_TIMEOUT:g} s with "
+                                   f"publishers paused ({self.target_lag(name, target)})"
+                                   ) from None
             result = await b.submit({"op": "set_vhost_owner", "name": name, "owner": target,
                                      "expected_epoch": epoch, "require_in_sync": True,
                                      "old_owner_in_sync": True})

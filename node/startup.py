@@ -6,6 +6,7 @@ operator both see what is wrong.
   65 EX_DATAERR      the definitions on disk cannot be read
   69 EX_UNAVAILABLE  a port cannot be listened on (in use, or not an address of this host)
   73 EX_CANTCREAT    the data directory cannot be created or written
+  78 EX_CONFIG       the settings contradict the data directory (its cluster membership)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import socket
 import uuid
 
+from cluster import membership
 from node.alarms import reserve_room_at_start
 from node.config import Settings
 
@@ -22,6 +24,7 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
+EX_CONFIG = 78
 
 
 class StartupError(Exception):
@@ -111,10 +114,25 @@ def raft_bind_host(settings: Settings) -> str:
     return split_address(settings.raft_address)[0]
 
 
-def preflight(settings: Settings) -> None:
+def check_membership(settings: Settings) -> membership.Membership | None:
+    """The cluster the data directory belongs to (cluster/membership.py); a node whose
+    directory records a cluster refuses to start alone on it."""
+    try:
+        record = membership.read(settings.data_dir)
+    except ValueError as exc:
+        raise StartupError(EX_DATAERR, str(exc)) from None
+    why = membership.refusal(record, settings.data_dir, settings.peers)
+    if why is not None:
+        raise StartupError(EX_CONFIG, why)
+    return record
+
+
+def preflight(settings: Settings) -> membership.Membership | None:
+    """Everything checked before Raft starts; returns the directory's cluster record."""
     check_data_dir(settings.data_dir)
     # before Raft writes its journal: on a full disk, the node's reserve makes room for it
     reserve_room_at_start(settings.data_dir)
+    record = check_membership(settings)
     probe_listen("AMQP", settings.amqp_host, settings.amqp_port)
     probe_listen("HTTP", settings.http_host, settings.http_port)
     if getattr(settings, "tls_cert", ""):  # AMQPS listens only with a certificate
@@ -123,3 +141,4 @@ def preflight(settings: Settings) -> None:
     if settings.cluster_secret:
         host, port = split_address(settings.forward_address, 25673)
         probe_listen("forwarded connections", host, port)
+    return record

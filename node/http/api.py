@@ -60,7 +60,9 @@ async def start_http(broker: Broker, host: str, port: int,
     app["health_token"] = health_token
     # `warren` adds its other listeners, once they listen, for the health checks
     app["listeners"] = {}
-    runner = web.AppRunner(app, access_log=None)
+    # at shutdown, requests still running (a move waiting for its target, a call relayed
+    # to a hung owner) get a second, not aiohttp's 60: the node stops within 5 s
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()

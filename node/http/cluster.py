@@ -22,11 +22,13 @@ from node.http.common import (
     require,
 )
 from node.http.proxy import from_owner
+from node.replication import MOVE_SYNC_TIMEOUT
 
 routes = web.RouteTableDef()
 
-# a move first brings the target in sync (a snapshot of a large vhost) before it pauses
-MOVE_HTTP_TIMEOUT = 180.0
+# a move first brings the target in sync (a snapshot of a large vhost) before it pauses;
+# a relayed move may take that long plus its last steps
+MOVE_HTTP_MARGIN = 60.0
 # hashing every copy of a large vhost
 VERIFY_HTTP_TIMEOUT = 600.0
 
@@ -45,8 +47,10 @@ async def join_node(request: web.Request) -> web.Response:
     address = str(data["raft_address"])
     if ":" not in address:
         raise bad_request("raft_address must be host:port")
-    await broker_of(request).join_node(address)
-    return web.Response(status=201)
+    outcome = await broker_of(request).join_node(address)
+    if outcome["state"] == "joining":  # may still be committed: 202, not an error
+        return json_response(outcome, status=202)
+    return json_response(outcome, status=201)
 
 
 @routes.delete("/api/cluster/nodes/{node}")
@@ -123,18 +127,28 @@ async def move_vhost(request: web.Request) -> web.Response:
     vhost = name(request, "vhost")
     if vhost not in broker_of(request).vhost_defs:
         raise not_found()
-    return await _move(request, vhost, target)
+    return await _move(request, vhost, target, _sync_timeout(data))
 
 
-async def _move(request: web.Request, vhost: str, target: str) -> web.Response:
+def _sync_timeout(data: dict) -> float:
+    """How long a move may wait for its target to get in sync (seconds)."""
+    value = data.get("timeout", MOVE_SYNC_TIMEOUT)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not \
+            0 < value <= MOVE_SYNC_TIMEOUT:
+        raise bad_request(f"timeout must be a number of seconds in (0, {MOVE_SYNC_TIMEOUT:g}]")
+    return float(value)
+
+
+async def _move(request: web.Request, vhost: str, target: str,
+                sync_timeout: float = MOVE_SYNC_TIMEOUT) -> web.Response:
     b = broker_of(request)
     why = b.replication.available(vhost)
     if why is not None:
         raise bad_request(f"cannot move vhost '{vhost}': {why}")
-    relayed = await from_owner(request, vhost, timeout=MOVE_HTTP_TIMEOUT)
+    relayed = await from_owner(request, vhost, timeout=sync_timeout + MOVE_HTTP_MARGIN)
     if relayed is not None:
         return relayed
-    return json_response(await b.replication.move(vhost, target))
+    return json_response(await b.replication.move(vhost, target, sync_timeout))
 
 
 @routes.post("/api/cluster/vhosts/{vhost}/verify")

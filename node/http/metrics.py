@@ -253,6 +253,11 @@ def _raft(e: Exposition, broker: Any, per_object: bool) -> None:
         value = status.get(key)
         if isinstance(value, int):
             e.add(metric, kind, help_text, [(labels, value)])
+    checks = broker.metadata.digest_status()
+    e.counter("warren_definitions_digest_checks_total", "Checks of this node's definitions "
+              "against the Raft leader's digest at the same log position", checks["checks"])
+    e.gauge("warren_definitions_diverged", "1 when the last check found this node's "
+            "definitions different from the Raft leader's", 1 if checks["diverged"] else 0)
 
 
 def _response(request: web.Request, per_object: bool) -> web.Response:

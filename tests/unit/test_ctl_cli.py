@@ -42,3 +42,17 @@ def test_unknown_command_is_named():
     out = ctl("--node", "http://127.0.0.1:9", "list_queus")
     assert out.returncode == 2
     assert out.stderr.startswith("Error: unknown command 'list_queus'; commands: ")
+
+
+def test_a_node_that_never_answers_is_one_line_not_a_traceback():
+    import socket
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # accepts (in the kernel's backlog) and never answers
+        url = "http://127.0.0.1:%d" % server.getsockname()[1]
+        out = ctl("--node", url, "--timeout", "1", "list_vhosts")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"Error: GET /api/vhosts: no answer from {url} within 1 s (the node may still be "
+        "working on it)"]

@@ -15,12 +15,14 @@ class Store:
         return self._problem
 
 
-def broker(leader: str | None = "a:1", stores: dict | None = None, owned=("/", "orders")):
+def broker(leader: str | None = "a:1", stores: dict | None = None, owned=("/", "orders"),
+           diverged: dict | None = None):
     stores = {"/": Store(None), "orders": Store(None)} if stores is None else stores
     status = {"started": True, "leader": leader, "self": "a:1", "has_quorum": True,
               "partners": {"b:1": "connected", "c:1": "disconnected"}}
+    checks = {"checks": 3, "agreed": 2, "diverged": diverged}
     return SimpleNamespace(
-        metadata=SimpleNamespace(status=lambda: status),
+        metadata=SimpleNamespace(status=lambda: status, digest_status=lambda: checks),
         vhost_defs={name: {} for name in ("/", "orders", "elsewhere")},
         owns=lambda name: name in owned,
         vhosts={name: SimpleNamespace(store=s) for name, s in stores.items()})
@@ -65,3 +67,11 @@ def test_token_round_trip(tmp_path):
     assert health.token_matches(token, f"Bearer {token}")
     assert not health.token_matches(token, f"Basic {token}")
     assert not health.token_matches(None, f"Bearer {token}")
+
+
+def test_definitions_that_diverged_from_the_leader_fail_readiness():
+    b = broker(diverged={"mark": "b:1/3/1", "leader": "b:1", "leader_digest": "x",
+                         "digest": "y"})
+    assert health.readiness_problems(b, {"AMQP": Server(True)}) == [
+        "this node's definitions diverged from the Raft leader b:1 (digest check b:1/3/1): "
+        "its owners and epochs cannot be trusted"]
