@@ -1122,8 +1122,9 @@ class MessageStore:
         fails: publishers get basic.nack) and the rest (deletes, acks, marks) is retried,
         with the reserve given back to the disk if need be, until it commits."""
         attempt: _Generation | None = gen
-        # a record already streamed to the replicas is committed here too, if only its position
-        streamed = position is not None and self.changelog is not None
+        # an owner's generation keeps its offset even if all of it is shed: its record may
+        # have been streamed already, and offsets never skip
+        streamed = gen.local
         if (self.space.reserve.owed and self._can_shed(gen)
                 and not self.space.room_for(gen.nbytes)):
             attempt = self._shed(gen, None, streamed)
@@ -1167,7 +1168,7 @@ class MessageStore:
     def _can_shed(self, gen: _Generation) -> bool:
         """Only the owner's own generations can lose their puts: a replica's record and a
         snapshot must be stored whole or not at all (they wait for space instead)."""
-        return (not self.replica and gen.position is None and not gen.reset and not gen.raw
+        return (gen.local and not gen.reset and not gen.raw
                 and any(q.puts for q in gen.queues.values()))
 
     def _shed(self, gen: _Generation, exc: BaseException | None, streamed: bool
@@ -1188,11 +1189,19 @@ class MessageStore:
             if rest.cleared or rest.ranges or rest.deletes or rest.delivered:
                 shed.queues[name] = rest
         assert self._loop is not None
+        dropped = {name: list(q.puts) for name, q in gen.queues.items() if q.puts}
         with self._lock:
             # reads stop showing the shed messages (rebound, not emptied: a read on another
             # thread may be walking the old dicts)
             for q in gen.queues.values():
                 q.puts = {}
+            if self.changelog is not None and dropped:
+                # the record went to the replicas with these messages: the next record
+                # deletes them there too, so that every copy stays the same
+                comp = self._gens[-1]
+                for name, seqs in dropped.items():
+                    comp.ops_for(name).deletes.update(seqs)
+                comp.nops += 1
             gen.nbytes = 0
             # a flush() of this generation from now on gets this same, failed, future
             if gen.future is None or gen.future.cancelled():
