@@ -23,15 +23,18 @@ need the head while the next batch is still in flight (drop-head of a length lim
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from node.amqp.fields import Long
 from node.message import FLAG_EXPIRATION, Message, now_ms
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList
 from node.queues.settings import QueueSettings, queue_settings
+from node.queues.types import QUORUM
 from node.read_models import QueueStats
 from storage.keys import MAX_SEQ
 
@@ -313,9 +316,13 @@ class Queue:
             rows = [r for r in rows if r[0] >= self._paged_from]
         if len(rows) > self._paged_count:
             rows = rows[:self._paged_count]
+        quorum = self.settings.queue_type == QUORUM
         for seq, record, delivered in rows:
             msg = Message.decode(record)
-            self._ready.push(QueueEntry(seq, msg, delivered, True, self._expires_at(msg)))
+            entry = QueueEntry(seq, msg, delivered, True, self._expires_at(msg))
+            if quorum and delivered:
+                entry.acquired = _delivery_count(msg)
+            self._ready.push(entry)
             self.ready_bytes += len(msg.body)
             self._paged_bytes -= len(record)
         if rows:
@@ -442,7 +449,7 @@ class Queue:
     def _drop(self, entry: QueueEntry, reason: str) -> None:
         if entry.stored:
             self.store.delete(self.name, entry.seq)  # type: ignore[union-attr]
-        self._dead_letter(entry.message, reason)
+        self._dead_letter(entry.plain or entry.message, reason)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         if self.settings.dead_letter_exchange is not None and self.dead_letter_cb is not None:
@@ -450,11 +457,14 @@ class Queue:
             self.dead_letter_cb(self, message, reason)
 
     def requeue(self, entries: Iterable[tuple[QueueEntry, Consumer | None]]) -> None:
+        quorum = self.settings.queue_type == QUORUM
         for entry, consumer in entries:
             self.unacked -= 1
             if consumer is not None:
                 consumer.unacked -= 1
             if self.deleted:
+                continue
+            if quorum and not self._returned(entry):
                 continue
             entry.redelivered = True
             self._ready.requeue(entry)
@@ -466,6 +476,25 @@ class Queue:
         self._enforce_length()
         self._drop_expired()
         self._schedule_expiry()
+
+    def _returned(self, entry: QueueEntry) -> bool:
+        """A quorum queue counts every return of a message (rabbit_fifo's acquired_count:
+        requeued by nack, reject, recover or a closed channel).  Past the delivery limit
+        the message is dead-lettered with reason delivery_limit (dropped without a
+        dead-letter exchange) and False is returned; else it carries the count as
+        `x-delivery-count` from now on, in the store too, so the count survives a
+        restart."""
+        entry.acquired += 1
+        limit = self.settings.delivery_limit
+        if limit is not None and entry.acquired > limit:
+            self._drop(entry, "delivery_limit")
+            return False
+        plain = entry.plain or entry.message
+        entry.plain = plain
+        entry.message = _with_delivery_count(plain, entry.acquired)
+        if entry.stored:
+            self.store.put(self.name, entry.seq, entry.message.encode())  # type: ignore[union-attr]
+        return True
 
     def purge(self) -> int:
         """Drop every ready message (not the unacknowledged ones); their number.  The
@@ -677,3 +706,19 @@ class Queue:
             single_active_consumer=(self._active_consumer()
                                     if self.settings.single_active_consumer else None),
             head_message_timestamp=int(ts) if ts is not None else None)
+
+
+def _with_delivery_count(message: Message, count: int) -> Message:
+    """The message with header `x-delivery-count` (a long, as RabbitMQ writes it), keeping
+    the time it was published (its TTL still counts from then)."""
+    props = copy.copy(message.properties)
+    props.headers = {**(props.headers or {}), "x-delivery-count": Long(count)}
+    counted = message.with_properties(props)
+    counted.published_at = message.published_at
+    counted.persistent = message.persistent
+    return counted
+
+
+def _delivery_count(message: Message) -> int:
+    v = message.headers.get("x-delivery-count")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
