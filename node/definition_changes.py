@@ -203,6 +203,13 @@ class DefinitionChanges:
             vh.bind(source, dest, routing_key, args)
         else:
             vh.unbind(source, dest, routing_key, args)
+            ex = vh.exchanges.get(source)
+            if (ex is not None and ex.durable and ex.auto_delete and not ex.bindings
+                    and self.owns(vh.name)):
+                # RabbitMQ deletes an auto-delete exchange with its last binding, before
+                # unbind-ok: a publish right after it finds no exchange.  The durable
+                # exchange goes through Raft, so the unbind waits for that.
+                await self._quietly(self._delete_auto_deleted(vh, ex))
 
     # --- auto-delete ---------------------------------------------------------------
     def _queue_unused(self, q: Queue) -> None:
@@ -229,7 +236,18 @@ class DefinitionChanges:
     def _delete_unused_durable_exchange(self, vh: VirtualHost, ex: Exchange) -> None:
         if vh.exchanges.get(ex.name) is not ex or ex.bindings:
             return
-        asyncio.ensure_future(self._quietly(self.delete_exchange(vh, ex.name, True)))
+        asyncio.ensure_future(self._quietly(self._delete_auto_deleted(vh, ex)))
+
+    async def _delete_auto_deleted(self, vh: VirtualHost, ex: Exchange) -> None:
+        """Delete an unused durable auto-delete exchange once, however many ask."""
+        deleting: set[int] = self.__dict__.setdefault("_auto_deleting", set())
+        if id(ex) in deleting:
+            return
+        deleting.add(id(ex))
+        try:
+            await self.delete_exchange(vh, ex.name, True)
+        finally:
+            deleting.discard(id(ex))
 
     @staticmethod
     async def _quietly(coro: Any) -> None:

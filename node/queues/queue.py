@@ -186,11 +186,16 @@ class Queue:
             self._ready.push(entry)
             self.ready_bytes += len(message.body)
             if entry.expires_at:
-                if self._ready.peek() is entry:
-                    # at the head, so it expires now if its TTL has run out, as with TTL 0
-                    # (RabbitMQ: drop_expired_msgs after a publish that became the head)
+                # RabbitMQ (deliver_or_enqueue) runs drop_expired_msgs after a publish only
+                # when the message is alone in the queue or drop-head dropped something,
+                # and after the drop-head: a TTL-0 message that is over the length limit
+                # dies as "maxlen", and one that a higher priority puts at the head of a
+                # priority queue waits there for the next fetch
+                if s.has_limit and s.overflow == "drop-head" and self._over_limit():
+                    pass  # _enforce_length below drops, then expires what it uncovers
+                elif self.message_count == 1:
                     self._drop_expired()
-                elif not self._expiry_timer:
+                elif not self._expiry_timer and self._ready.peek() is not entry:
                     self._schedule_expiry()
         if self.consumers:
             self.dispatch()
@@ -207,15 +212,19 @@ class Queue:
         return (s.max_length_bytes is not None
                 and self.message_bytes + len(message.body) > s.max_length_bytes)
 
+    def _over_limit(self) -> bool:
+        s = self.settings
+        return bool(self.message_count) and (
+            (s.max_length is not None and self.message_count > s.max_length)
+            or (s.max_length_bytes is not None and self.message_bytes > s.max_length_bytes))
+
     def _enforce_length(self) -> None:
         """drop-head: the oldest ready messages go (and are dead-lettered) until we fit."""
         s = self.settings
         if not s.has_limit:
             return
         dropped = False
-        while self.message_count and (
-                (s.max_length is not None and self.message_count > s.max_length)
-                or (s.max_length_bytes is not None and self.message_bytes > s.max_length_bytes)):
+        while self._over_limit():
             entry = self._take_head()
             if entry is None:
                 break
@@ -244,12 +253,16 @@ class Queue:
         return entry
 
     def _pop(self, wait: bool = False) -> QueueEntry | None:
-        """The next live entry; expired ones met on the way are dead-lettered."""
+        """The next live entry; expired ones met on the way are dead-lettered.  A priority
+        queue hands out its head as RabbitMQ's fetch does, expired or not: its head is
+        checked whenever it changes, except when a higher-priority message published
+        behind others takes its place, and that one RabbitMQ delivers."""
+        check = not self.settings.max_priority
         while True:
             entry = self._take_head(wait)
             if entry is None:
                 return None
-            if entry.expires_at and entry.expires_at <= now_ms():
+            if check and entry.expires_at and entry.expires_at <= now_ms():
                 self._drop(entry, "expired")
                 continue
             return entry
