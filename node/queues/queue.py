@@ -170,10 +170,10 @@ class Queue:
                 self._paged_from = seq
             self._paged_count += 1
             self._paged_bytes += len(record)  # paged sizes are record sizes, everywhere
-            result = ACCEPTED_FLUSH if message.persistent and self.durable else ACCEPTED
+            result = ACCEPTED_FLUSH if self._keeps(message) else ACCEPTED
         else:
             entry = QueueEntry(seq, message, expires_at=self._expires_at(message))
-            if store is not None and message.persistent and self.durable:
+            if store is not None and self._keeps(message):
                 store.put(self.name, seq, message.encode())
                 entry.stored = True
                 result = ACCEPTED_FLUSH
@@ -204,6 +204,12 @@ class Queue:
         if s.has_limit:
             self._enforce_length()
         return result
+
+    def _keeps(self, message: Message) -> bool:
+        """Stored to survive a restart: persistent messages of a durable queue, and every
+        message of a quorum queue (RabbitMQ's quorum queues ignore delivery-mode)."""
+        return self.durable and (message.persistent
+                                 or self.settings.queue_type == QUORUM)
 
     def _would_overflow(self, message: Message) -> bool:
         s = self.settings
@@ -646,7 +652,9 @@ class Queue:
             return
         self.recovering = True
         bound = self._recovery_bound
-        fut = store.scan_async(self.name, bound, Message.record_is_persistent)
+        fut = store.scan_async(self.name, bound,
+                               _keep_all if self.settings.queue_type == QUORUM
+                               else Message.record_is_persistent)
         fut.add_done_callback(self._scanned)
 
     def _scanned(self, fut: asyncio.Future) -> None:
@@ -735,3 +743,7 @@ def _with_delivery_count(message: Message, count: int) -> Message:
 def _delivery_count(message: Message) -> int:
     v = message.headers.get("x-delivery-count")
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def _keep_all(record: bytes) -> bool:
+    return True

@@ -266,3 +266,42 @@ def test_vhost_default_queue_type(node):
             c.close()
     finally:
         http_json(base, "DELETE", f"/api/vhosts/{vhost}")
+
+
+# --- across a restart ------------------------------------------------------------------
+@pytest.fixture
+def fresh(tmp_path):
+    from tests.nodeproc import NodeProcess
+    n = NodeProcess(tmp_path / "data").start()
+    yield n
+    n.stop()
+
+
+def test_quorum_queue_keeps_every_message_and_its_count_across_a_restart(fresh):
+    c = pika.BlockingConnection(pika.URLParameters(fresh.url))
+    ch = c.channel()
+    ch.queue_declare("qq", durable=True, arguments={**QUORUM, "x-delivery-limit": 3})
+    ch.queue_declare("cq", durable=True)
+    for q in ("qq", "cq"):
+        # delivery-mode 1: a quorum queue keeps it anyway, as RabbitMQ's do
+        ch.basic_publish("", q, b"transient", pika.BasicProperties(delivery_mode=1))
+    m, _props, _body = ch.basic_get("qq")
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    m, props, _body = ch.basic_get("qq")
+    assert props.headers == {"x-delivery-count": 1}
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    c.close()
+    fresh.stop()
+    fresh.start()
+    c = pika.BlockingConnection(pika.URLParameters(fresh.url))
+    ch = c.channel()
+    assert ch.queue_declare("cq", durable=True).method.message_count == 0
+    m, props, body = ch.basic_get("qq")
+    assert (body, m.redelivered, props.headers) == (b"transient", True,
+                                                    {"x-delivery-count": 2})
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    m, props, body = ch.basic_get("qq")
+    assert props.headers == {"x-delivery-count": 3}
+    ch.basic_nack(m.delivery_tag, requeue=True)  # the fourth return: past the limit of 3
+    assert ch.basic_get("qq")[0] is None
+    c.close()
