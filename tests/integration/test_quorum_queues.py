@@ -305,3 +305,21 @@ def test_quorum_queue_keeps_every_message_and_its_count_across_a_restart(fresh):
     ch.basic_nack(m.delivery_tag, requeue=True)  # the fourth return: past the limit of 3
     assert ch.basic_get("qq")[0] is None
     c.close()
+
+
+def test_warrenctl_add_vhost_with_default_queue_type_and_list_queues_type(node):
+    from tests.integration.test_ctl_and_permissions import ctl
+    vhost = uid("ctlq-")
+    ctl(node, "add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        status, v = http_json(node.http_url, "GET", f"/api/vhosts/{vhost}")
+        assert (status, v["default_queue_type"]) == (200, "quorum")
+        ctl(node, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        c = pika.BlockingConnection(pika.URLParameters(
+            f"amqp://guest:guest@{node.host}:{node.amqp_port}/{vhost}"))
+        c.channel().queue_declare("jobs", durable=True)
+        c.close()
+        out = ctl(node, "list_queues", "-p", vhost, "name", "type").stdout
+        assert out.splitlines()[1].split() == ["jobs", "quorum"]
+    finally:
+        http_json(node.http_url, "DELETE", f"/api/vhosts/{vhost}")
