@@ -53,13 +53,19 @@ def _type_class(v: object) -> str:
     return type(v).__name__
 
 
+def _wire(v: object) -> bytes:
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape")
+    assert isinstance(v, (bytes, bytearray))
+    return bytes(v)
+
+
 def _equal(a: object, b: object) -> bool:
     ca = _type_class(a)
     if ca != _type_class(b):
         return False
     if ca == "longstr":  # compared as the bytes on the wire
-        a = a.encode("utf-8", "surrogateescape") if isinstance(a, str) else bytes(a)  # type: ignore[arg-type]
-        b = b.encode("utf-8", "surrogateescape") if isinstance(b, str) else bytes(b)  # type: ignore[arg-type]
+        return _wire(a) == _wire(b)
     elif ca == "decimal":
         # AMQP decimals are (scale, value): 1.0 and 1 are different values
         return a.as_tuple() == b.as_tuple()  # type: ignore[attr-defined]
