@@ -79,7 +79,7 @@ def test_quorum_arguments_are_refused_on_classic_queues(conn, key):
              "queue type rabbit_classic_queue")
 
 
-def test_arguments_quorum_queues_take(ch):
+def test_arguments_quorum_queues_take(node, ch):
     q = uid("qq-")
     args = {**QUORUM, "x-delivery-limit": 3, "x-dead-letter-strategy": "at-least-once",
             "x-quorum-initial-group-size": 3, "x-max-in-memory-length": 5,
@@ -89,6 +89,7 @@ def test_arguments_quorum_queues_take(ch):
     assert ch.queue_declare(q, durable=True, arguments=args).method.message_count == 0
     # the same declaration again is equivalent
     assert ch.queue_declare(q, durable=True, arguments=args).method.queue == q
+    assert http_json(node.http_url, "GET", f"/api/queues/%2F/{q}")[1]["type"] == "quorum"
 
 
 def test_invalid_dead_letter_strategy(conn):
@@ -166,7 +167,7 @@ def test_default_delivery_limit_is_twenty(ch):
     ch.queue_declare(q, durable=True, arguments=QUORUM)
     ch.basic_publish("", q, b"m")
     counts = []
-    while True:
+    for _ in range(30):
         m, props, _body = ch.basic_get(q)
         if m is None:
             break
@@ -175,6 +176,15 @@ def test_default_delivery_limit_is_twenty(ch):
     # delivered 21 times, then dropped (no dead-letter exchange)
     assert counts == list(range(21))
     assert ch.queue_declare(q, passive=True).method.message_count == 0
+    # a classic queue has no delivery limit and adds no header
+    cq = uid("cq-")
+    ch.queue_declare(cq, durable=True)
+    ch.basic_publish("", cq, b"m")
+    for _ in range(25):
+        m, props, _body = ch.basic_get(cq)
+        assert props.headers is None
+        ch.basic_nack(m.delivery_tag, requeue=True)
+    assert ch.queue_declare(cq, passive=True).method.message_count == 1
 
 
 def test_negative_delivery_limit_is_unlimited(ch):
@@ -215,17 +225,6 @@ def test_closed_channel_returns_count(conn):
     ch2.close()
     m, props, _body = ch.basic_get(q, auto_ack=True)
     assert (m.redelivered, props.headers) == (True, {"x-delivery-count": 1})
-
-
-def test_classic_queue_has_no_delivery_limit(ch):
-    q = uid("cq-")
-    ch.queue_declare(q, durable=True)
-    ch.basic_publish("", q, b"m")
-    for _ in range(25):
-        m, props, _body = ch.basic_get(q)
-        assert props.headers is None
-        ch.basic_nack(m.delivery_tag, requeue=True)
-    assert ch.queue_declare(q, passive=True).method.message_count == 1
 
 
 # --- the vhost's default queue type ----------------------------------------------------

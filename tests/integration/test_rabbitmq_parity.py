@@ -304,9 +304,10 @@ def test_max_length_zero_and_ttl_zero_dead_letters_as_maxlen(ch):
 
 
 # --- durable auto-delete exchange: gone before unbind-ok -------------------------------
-@pytest.mark.parametrize("kind, durable", [("queue", True), ("queue", False),
-                                           ("exchange", True), ("exchange", False)])
-def test_auto_delete_exchange_is_gone_before_unbind_ok(conn, kind, durable):
+@pytest.mark.parametrize("kind", ["queue", "exchange"])
+def test_auto_delete_exchange_is_gone_before_unbind_ok(conn, kind):
+    # its last binding was to a transient queue or exchange (one Raft never saw)
+    durable = False
     ch = conn.channel()
     x, d = uid("ad7-"), uid("ad7d-")
     ch.exchange_declare(x, "direct", durable=True, auto_delete=True)
@@ -343,6 +344,12 @@ def test_priority_queue_hands_out_expired_message_that_jumped_ahead(ch):
     m, _props, body = ch.basic_get(q, auto_ack=True)
     assert (body, m.message_count) == (b"high", 1)
     assert ch.basic_get(q, auto_ack=True)[2] == b"low"
+    # behind a message of the same or a higher priority it is dropped after the fetch
+    for first, second in ((5, 5), (5, 1)):
+        ch.basic_publish("", q, b"first", pika.BasicProperties(priority=first))
+        ch.basic_publish("", q, b"second", pika.BasicProperties(priority=second,
+                                                                  expiration="0"))
+        assert [ch.basic_get(q, auto_ack=True)[2] for _ in range(2)] == [b"first", None]
 
 
 def test_priority_queue_expired_message_counts_towards_reject_publish(ch):
@@ -355,16 +362,3 @@ def test_priority_queue_expired_message_counts_towards_reject_publish(ch):
     with pytest.raises(pika.exceptions.NackError):
         ch.basic_publish("", q, b"third", pika.BasicProperties(priority=1))
     assert ch.queue_declare(q, passive=True).method.message_count == 2
-
-
-@pytest.mark.parametrize("first, second, expected", [
-    (5, 5, [b"first", None]),  # same priority: behind, dropped after the fetch
-    (5, 1, [b"first", None]),  # lower priority: behind, dropped after the fetch
-])
-def test_priority_queue_expired_message_behind_the_head_is_dropped(ch, first, second,
-                                                                   expected):
-    q = uid("pq-")
-    ch.queue_declare(q, exclusive=True, arguments={"x-max-priority": 10})
-    ch.basic_publish("", q, b"first", pika.BasicProperties(priority=first))
-    ch.basic_publish("", q, b"second", pika.BasicProperties(priority=second, expiration="0"))
-    assert [ch.basic_get(q, auto_ack=True)[2] for _ in range(2)] == expected
