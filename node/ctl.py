@@ -214,7 +214,8 @@ Need = Any
 
 
 def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
-    (name, *_) = need(1, "<vhost> [--owner <node>] [--replicas <copies>]")
+    (name, *_) = need(1, "<vhost> [--owner <node>] [--replicas <copies>] "
+                         "[--default-queue-type classic|quorum]")
     print(f"Adding vhost \"{name}\" ...")
     if a.owner or a.replicas:
         placement: dict[str, Any] = {}
@@ -223,8 +224,9 @@ def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
         if a.replicas:
             placement["replicas"] = a.replicas
         c.call("PUT", f"/api/cluster/vhosts/{q(name)}", placement)
-    else:
-        c.call("PUT", f"/api/vhosts/{q(name)}", {})
+    if a.default_queue_type or not (a.owner or a.replicas):
+        body = {"default_queue_type": a.default_queue_type} if a.default_queue_type else {}
+        c.call("PUT", f"/api/vhosts/{q(name)}", body)
 
 
 def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -558,6 +560,9 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--if-empty", action="store_true", help="delete_queue: only if empty")
     p.add_argument("--if-unused", action="store_true", help="delete_queue: only if unused")
     p.add_argument("--owner", default=None, help="add_vhost: the node that runs it")
+    p.add_argument("--default-queue-type", default=None,
+                   help="add_vhost: the type of queues declared without x-queue-type "
+                        "(classic or quorum)")
     p.add_argument("--replicas", type=int, default=None,
                    help="add_vhost: copies of its messages, the owner's included")
     p.add_argument("--timeout", type=float,

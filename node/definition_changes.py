@@ -26,6 +26,7 @@ from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.exchanges.base import Destination, Exchange
+from node.queues import types
 from node.queues.queue import Queue, new_declaration
 from node.queues.settings import OVERFLOW_MODES
 from node.vhost import VirtualHost
@@ -203,6 +204,13 @@ class DefinitionChanges:
             vh.bind(source, dest, routing_key, args)
         else:
             vh.unbind(source, dest, routing_key, args)
+            ex = vh.exchanges.get(source)
+            if (ex is not None and ex.durable and ex.auto_delete and not ex.bindings
+                    and self.owns(vh.name)):
+                # RabbitMQ deletes an auto-delete exchange with its last binding, before
+                # unbind-ok: a publish right after it finds no exchange.  The durable
+                # exchange goes through Raft, so the unbind waits for that.
+                await self._quietly(self._delete_auto_deleted(vh, ex))
 
     # --- auto-delete ---------------------------------------------------------------
     def _queue_unused(self, q: Queue) -> None:
@@ -229,7 +237,18 @@ class DefinitionChanges:
     def _delete_unused_durable_exchange(self, vh: VirtualHost, ex: Exchange) -> None:
         if vh.exchanges.get(ex.name) is not ex or ex.bindings:
             return
-        asyncio.ensure_future(self._quietly(self.delete_exchange(vh, ex.name, True)))
+        asyncio.ensure_future(self._quietly(self._delete_auto_deleted(vh, ex)))
+
+    async def _delete_auto_deleted(self, vh: VirtualHost, ex: Exchange) -> None:
+        """Delete an unused durable auto-delete exchange once, however many ask."""
+        deleting: set[int] = self.__dict__.setdefault("_auto_deleting", set())
+        if id(ex) in deleting:
+            return
+        deleting.add(id(ex))
+        try:
+            await self.delete_exchange(vh, ex.name, True)
+        finally:
+            deleting.discard(id(ex))
 
     @staticmethod
     async def _quietly(coro: Any) -> None:
@@ -267,6 +286,10 @@ class DefinitionChanges:
                 record, members, want, placement.load(self.vhost_defs.values(), members))
             cmd["replication_factor"] = replicas
         await self.submit(cmd)
+
+    def default_queue_type(self, vhost: str) -> str | None:
+        """The type a queue declared without `x-queue-type` gets in this vhost."""
+        return (self.vhost_defs.get(vhost) or {}).get("default_queue_type")
 
     async def set_vhost_limits(self, name: str, limits: dict) -> None:
         await self.submit({"op": "set_vhost_limits", "name": name, "limits": limits})
@@ -348,15 +371,29 @@ class DefinitionChanges:
             if current != received:
                 raise errors.precondition(f"inequivalent arg '{field}' {what}: received "
                                           f"'{_fmt(received)}' but current is '{_fmt(current)}'")
-        for key in EQUIVALENT_QUEUE_ARGS:
+        quorum = types.queue_type(q.arguments) == types.QUORUM
+        for key in types.QUORUM_ARGS if quorum else EQUIVALENT_QUEUE_ARGS:
             a, b = args.get(key), q.arguments.get(key)
+            if key == "x-queue-type":
+                # RabbitMQ 4.0 writes the type into every declaration: none is classic
+                a = types.declared_type(args) or types.CLASSIC
+                b = types.declared_type(q.arguments) or types.CLASSIC
             if a != b and not (isinstance(a, bytes) and isinstance(b, str)
                                and a.decode("utf-8", "replace") == b):
                 raise errors.precondition(f"inequivalent arg '{key}' {what}: received "
                                           f"'{_fmt(a)}' but current is '{_fmt(b)}'")
 
     @staticmethod
-    def validate_queue_arguments(args: dict, name: str = "", vhost: str = "") -> None:
+    def validate_queue_arguments(args: dict, name: str = "", vhost: str = "",
+                                 durable: bool = True, exclusive: bool = False,
+                                 auto_delete: bool = False) -> None:
+        """A new queue's arguments and flags, in RabbitMQ's order: the queue type, the
+        values of the arguments that type takes, arguments it does not take, its flags."""
+        qtype = types.declared_type(args)
+        if qtype is not None and qtype not in types.TYPES:
+            types.check_declare(args, name, vhost, durable, exclusive, auto_delete)
+        quorum = qtype == types.QUORUM
+
         def need_int(key: str, minimum: int) -> None:
             v = args.get(key)
             if v is None:
@@ -370,10 +407,11 @@ class DefinitionChanges:
         need_int("x-expires", 1)
         need_int("x-max-length", 0)
         need_int("x-max-length-bytes", 0)
-        need_int("x-max-priority", 0)
-        if isinstance(args.get("x-max-priority"), int) and args["x-max-priority"] > 255:
-            raise errors.precondition("invalid arg 'x-max-priority': "
-                                      f"{args['x-max-priority']} > 255")
+        if not quorum:
+            need_int("x-max-priority", 0)
+            if isinstance(args.get("x-max-priority"), int) and args["x-max-priority"] > 255:
+                raise errors.precondition("invalid arg 'x-max-priority': "
+                                          f"{args['x-max-priority']} > 255")
         overflow = args.get("x-overflow")
         if isinstance(overflow, bytes):
             overflow = overflow.decode("utf-8", "replace")
@@ -389,9 +427,4 @@ class DefinitionChanges:
             raise errors.precondition(f"invalid arg 'x-dead-letter-routing-key' for queue "
                                       f"'{name}' in vhost '{vhost}': "
                                       f"routing_key_but_no_dlx_defined")
-        qtype = args.get("x-queue-type")
-        if isinstance(qtype, bytes):
-            qtype = qtype.decode("utf-8", "replace")
-        if qtype not in (None, "classic", "quorum"):
-            raise errors.precondition(f"invalid arg 'x-queue-type': unsupported queue type "
-                                      f"'{qtype}'")
+        types.check_declare(args, name, vhost, durable, exclusive, auto_delete)

@@ -21,13 +21,18 @@ def _rx(pattern: str) -> re.Pattern[str] | None:
         return None
 
 
-def matching_policy(policies: dict[str, dict], kind: str, name: str) -> dict | None:
+def matching_policy(policies: dict[str, dict], kind: str, name: str,
+                    queue_type: str | None = None) -> dict | None:
     """The policy for the queue or exchange `name` (`kind` "queue" or "exchange").  The one
-    implementation: the broker applies what this returns and the management API shows it."""
+    implementation: the broker applies what this returns and the management API shows it.
+    Given a queue's type, apply-to classic_queues and quorum_queues cover only that type."""
     best = None
     best_key: tuple[int, str] | None = None
     for p in policies.values():
-        if p.get("apply_to", "all") not in _APPLIES[kind]:
+        apply_to = p.get("apply_to", "all")
+        if apply_to not in _APPLIES[kind] or (
+                queue_type is not None and apply_to.endswith("_queues")
+                and apply_to != f"{queue_type}_queues"):
             continue
         rx = _rx(str(p.get("pattern", "")))
         if rx is None or not rx.search(name):

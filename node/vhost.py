@@ -11,6 +11,7 @@ from node.exchanges.base import Binding, Destination, Exchange
 from node.exchanges.registry import EXCHANGE_TYPES, STANDARD_EXCHANGES
 from node.message import FLAG_HEADERS, Message, now_ms
 from node.policies import matching_policy
+from node.queues import types
 from node.queues.dead_letter import dead_lettered, death_cycle
 from node.queues.queue import Queue
 from node.read_models import VhostStats
@@ -74,7 +75,8 @@ class VirtualHost:
         Raft never sees."""
         q = self.queues.get(name)
         if q is None:
-            policy = matching_policy(self.policies, "queue", name)
+            policy = matching_policy(self.policies, "queue", name,
+                                     types.queue_type(arguments or {}))
             q = Queue(self.name, name, durable=durable, exclusive_owner=exclusive_owner,
                       auto_delete=auto_delete, arguments=arguments, store=self.store,
                       memory_limit=self.memory_limit, on_unused=self.on_queue_unused,
@@ -144,7 +146,7 @@ class VirtualHost:
         """Policies changed: re-derive every queue's and exchange's effective settings."""
         self.policies = policies
         for q in self.queues.values():
-            p = matching_policy(policies, "queue", q.name)
+            p = matching_policy(policies, "queue", q.name, q.settings.queue_type)
             q.apply_policy(p["name"] if p else None, p["definition"] if p else None)
         for ex in self.exchanges.values():
             self._apply_exchange_policy(ex)

@@ -24,6 +24,7 @@ from node.amqp.events import ChannelCloseReceived, ContentRejected, Event, Publi
 from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.exchanges.base import Binding, Destination
 from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, expiration_error
+from node.queues import types
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
@@ -373,10 +374,12 @@ class Channel:
                     queue=q.name, message_count=q.message_count,
                     consumer_count=q.consumer_count))
             return None
+        args = types.with_default_type(m.arguments or {}, self.broker.default_queue_type(vh.name),
+                                       m.durable, m.exclusive, m.auto_delete)
         if name == "":
+            types.check_server_named(args)
             name = new_name("amq.gen-")
         self.check("configure", "queue", name)
-        args = m.arguments or {}
         existing = vh.queues.get(name)
         if existing is not None:
             # RabbitMQ checks exclusivity strictly first: the declared owner (this connection
@@ -397,7 +400,8 @@ class Channel:
         if name.startswith("amq.") and m.queue != "":
             raise ChannelError(errors.ACCESS_REFUSED,
                                f"queue name '{name}' contains reserved prefix 'amq.*'")
-        self.broker.validate_queue_arguments(args, name, vh.name)
+        self.broker.validate_queue_arguments(args, name, vh.name, m.durable, m.exclusive,
+                                             m.auto_delete)
 
         async def declare() -> None:
             q = await self.broker.declare_queue(

@@ -94,6 +94,13 @@ class Timestamp(int):
         return f"Timestamp({int(self)})"
 
 
+class Long(int):
+    """An integer that encodes as field type 'l' (signed 64-bit) whatever its size, as
+    RabbitMQ writes the integers it adds to headers (x-delivery-count)."""
+
+    __slots__ = ()
+
+
 # ------------------------------------------------------------ precompiled structs
 
 _I8 = struct.Struct(">b")
@@ -378,6 +385,8 @@ def _encode_value(value: Any, pieces: list[bytes], depth: int) -> None:
     elif isinstance(value, datetime):
         # Naive datetimes are taken as UTC, as pika does.
         pieces.append(_T_U64.pack(b"T", calendar.timegm(value.utctimetuple())))
+    elif isinstance(value, Long):
+        pieces.append(_T_I64.pack(b"l", int(value)))
     elif isinstance(value, int):
         _encode_int(int(value), pieces)
     elif isinstance(value, float):

@@ -3,16 +3,17 @@
 `x-match` is "all" (the default) or "any"; the "-with-x" variants (all-with-x, any-with-x)
 also compare binding arguments whose names start with "x-", which plain all/any skip.  A
 binding argument with a void value matches when the header is present with any value.
-Values match only within the same type class, as RabbitMQ compares them
-(rabbit_misc:type_class): every integer width is one class, float and double another,
-decimal, timestamp, bool, string and byte array each their own, so decimal 1 is not
-integer 1 and 1.0 is not 1."""
+Values match as RabbitMQ 4.0 compares them (rabbit_exchange_type_headers, `=:=` on the
+values without their field types): every integer width is one class, float and double
+another, decimal, timestamp and bool each their own, and a long string and a byte array
+with the same bytes are the same value (both are binaries); so decimal 1 is not integer
+1 and 1.0 is not 1."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from node.amqp.fields import ByteArray, Timestamp
+from node.amqp.fields import Timestamp
 from node.exchanges.base import Binding, Destination, Exchange
 
 
@@ -36,7 +37,7 @@ def headers_match(args: dict, headers: dict | None) -> bool:
 
 
 def _type_class(v: object) -> str:
-    # order matters: bool and Timestamp are ints, ByteArray is bytes
+    # order matters: bool and Timestamp are ints
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, Timestamp):
@@ -47,22 +48,24 @@ def _type_class(v: object) -> str:
         return "float"
     if isinstance(v, Decimal):
         return "decimal"
-    if isinstance(v, ByteArray):
-        return "binary"
-    if isinstance(v, (str, bytes, bytearray)):
+    if isinstance(v, (str, bytes, bytearray)):  # ByteArray too
         return "longstr"
     return type(v).__name__
+
+
+def _wire(v: object) -> bytes:
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape")
+    assert isinstance(v, (bytes, bytearray))
+    return bytes(v)
 
 
 def _equal(a: object, b: object) -> bool:
     ca = _type_class(a)
     if ca != _type_class(b):
         return False
-    if ca == "longstr":
-        if isinstance(a, (bytes, bytearray)):
-            a = bytes(a).decode("utf-8", "replace")
-        if isinstance(b, (bytes, bytearray)):
-            b = bytes(b).decode("utf-8", "replace")
+    if ca == "longstr":  # compared as the bytes on the wire
+        return _wire(a) == _wire(b)
     elif ca == "decimal":
         # AMQP decimals are (scale, value): 1.0 and 1 are different values
         return a.as_tuple() == b.as_tuple()  # type: ignore[attr-defined]

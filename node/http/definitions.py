@@ -28,6 +28,7 @@ from node.http.common import (
     parse_tags,
     require,
 )
+from node.queues import types
 
 routes = web.RouteTableDef()
 
@@ -171,10 +172,12 @@ class Importer:
         qname = str(q["name"])
         if qname in vh.queues:
             return  # immutable: the existing queue wins
-        args = q.get("arguments") or {}
-        self.broker.validate_queue_arguments(args, qname, vh.name)
-        await self.broker.declare_queue(vh, qname, bool(q.get("durable", True)), None,
-                                        bool(q.get("auto_delete", False)), args)
+        durable, auto_delete = bool(q.get("durable", True)), bool(q.get("auto_delete", False))
+        args = types.with_default_type(q.get("arguments") or {},
+                                       self.broker.default_queue_type(vh.name), durable, False,
+                                       auto_delete)
+        self.broker.validate_queue_arguments(args, qname, vh.name, durable, False, auto_delete)
+        await self.broker.declare_queue(vh, qname, durable, None, auto_delete, args)
 
     async def exchange(self, x: dict) -> None:
         vh = self._vhost_of(x)

@@ -33,6 +33,7 @@ from node.http.shapes import (
     unacked_bytes,
     vhost_bindings,
 )
+from node.queues import types
 
 routes = web.RouteTableDef()
 
@@ -103,11 +104,13 @@ async def put_queue(request: web.Request) -> web.Response:
     durable = as_bool(data.get("durable"), "durable", True)
     auto_delete = as_bool(data.get("auto_delete"), "auto_delete", False)
     b = broker_of(request)
+    args = types.with_default_type(args, b.default_queue_type(vh.name), durable, False,
+                                   auto_delete)
     existing = vh.queues.get(qname)
     if existing is not None:
         b.check_queue_equivalent(existing, durable, False, auto_delete, args)
         return no_content()
-    b.validate_queue_arguments(args, qname, vh.name)
+    b.validate_queue_arguments(args, qname, vh.name, durable, False, auto_delete)
     await b.declare_queue(vh, qname, durable, None, auto_delete, args)
     return web.Response(status=201)
 

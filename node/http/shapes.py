@@ -104,6 +104,14 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
         "storage_version": 2,
         "message_stats": stats.message_stats(key, queue_counters(q)),
     }
+    if q.settings.queue_type == "quorum":
+        # RabbitMQ's quorum-queue fields; its Raft members are the vhost's copies here
+        meta = broker.vhost_defs.get(vhost) or {}
+        members = sorted({meta.get("owner") or node_name(broker), *meta.get("replicas", [])})
+        out.update(type="quorum", leader=meta.get("owner") or node_name(broker),
+                   members=members, online=members, messages_dlx=0, message_bytes_dlx=0)
+        for gone in ("storage_version", "recoverable_slaves", "exclusive_consumer_tag"):
+            out.pop(gone, None)
     idle = stats.idle_since(key)
     if idle is not None and not qs.consumers:
         out["idle_since"] = idle

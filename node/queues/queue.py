@@ -23,17 +23,20 @@ need the head while the next batch is still in flight (drop-head of a length lim
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from node.amqp.fields import Long
 from node.message import FLAG_EXPIRATION, Message, now_ms
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList
 from node.queues.settings import QueueSettings, queue_settings
+from node.queues.types import QUORUM
 from node.read_models import QueueStats
 from storage.keys import MAX_QUEUE_NAME_BYTES, MAX_SEQ
 
@@ -196,10 +199,10 @@ class Queue:
                 self._paged_from = seq
             self._paged_count += 1
             self._paged_bytes += len(record)  # paged sizes are record sizes, everywhere
-            result = ACCEPTED_FLUSH if message.persistent and self.durable else ACCEPTED
+            result = ACCEPTED_FLUSH if self._keeps(message) else ACCEPTED
         else:
             entry = QueueEntry(seq, message, expires_at=self._expires_at(message))
-            if store is not None and message.persistent and self.durable:
+            if store is not None and self._keeps(message):
                 store.put(self.store_key, seq, message.encode())
                 entry.stored = True
                 result = ACCEPTED_FLUSH
@@ -212,11 +215,16 @@ class Queue:
             self._ready.push(entry)
             self.ready_bytes += len(message.body)
             if entry.expires_at:
-                if self._ready.peek() is entry:
-                    # at the head, so it expires now if its TTL has run out, as with TTL 0
-                    # (RabbitMQ: drop_expired_msgs after a publish that became the head)
+                # RabbitMQ (deliver_or_enqueue) runs drop_expired_msgs after a publish only
+                # when the message is alone in the queue or drop-head dropped something,
+                # and after the drop-head: a TTL-0 message that is over the length limit
+                # dies as "maxlen", and one that a higher priority puts at the head of a
+                # priority queue waits there for the next fetch
+                if s.has_limit and s.overflow == "drop-head" and self._over_limit():
+                    pass  # _enforce_length below drops, then expires what it uncovers
+                elif self.message_count == 1:
                     self._drop_expired()
-                elif not self._expiry_timer:
+                elif not self._expiry_timer and self._ready.peek() is not entry:
                     self._schedule_expiry()
         if self.consumers:
             self.dispatch()
@@ -226,6 +234,12 @@ class Queue:
             self._enforce_length()
         return result
 
+    def _keeps(self, message: Message) -> bool:
+        """Stored to survive a restart: persistent messages of a durable queue, and every
+        message of a quorum queue (RabbitMQ's quorum queues ignore delivery-mode)."""
+        return self.durable and (message.persistent
+                                 or self.settings.queue_type == QUORUM)
+
     def _would_overflow(self, message: Message) -> bool:
         s = self.settings
         if s.max_length is not None and self.message_count >= s.max_length:
@@ -233,15 +247,19 @@ class Queue:
         return (s.max_length_bytes is not None
                 and self.message_bytes + len(message.body) > s.max_length_bytes)
 
+    def _over_limit(self) -> bool:
+        s = self.settings
+        return bool(self.message_count) and (
+            (s.max_length is not None and self.message_count > s.max_length)
+            or (s.max_length_bytes is not None and self.message_bytes > s.max_length_bytes))
+
     def _enforce_length(self) -> None:
         """drop-head: the oldest ready messages go (and are dead-lettered) until we fit."""
         s = self.settings
         if not s.has_limit:
             return
         dropped = False
-        while self.message_count and (
-                (s.max_length is not None and self.message_count > s.max_length)
-                or (s.max_length_bytes is not None and self.message_bytes > s.max_length_bytes)):
+        while self._over_limit():
             entry = self._take_head()
             if entry is None:
                 break
@@ -270,12 +288,16 @@ class Queue:
         return entry
 
     def _pop(self, wait: bool = False) -> QueueEntry | None:
-        """The next live entry; expired ones met on the way are dead-lettered."""
+        """The next live entry; expired ones met on the way are dead-lettered.  A priority
+        queue hands out its head as RabbitMQ's fetch does, expired or not: its head is
+        checked whenever it changes, except when a higher-priority message published
+        behind others takes its place, and that one RabbitMQ delivers."""
+        check = not self.settings.max_priority
         while True:
             entry = self._take_head(wait)
             if entry is None:
                 return None
-            if entry.expires_at and entry.expires_at <= now_ms():
+            if check and entry.expires_at and entry.expires_at <= now_ms():
                 self._drop(entry, "expired")
                 continue
             return entry
@@ -342,9 +364,13 @@ class Queue:
             rows = [r for r in rows if r[0] >= self._paged_from]
         if len(rows) > self._paged_count:
             rows = rows[:self._paged_count]
+        quorum = self.settings.queue_type == QUORUM
         for seq, record, delivered in rows:
             msg = Message.decode(record)
-            self._ready.push(QueueEntry(seq, msg, delivered, True, self._expires_at(msg)))
+            entry = QueueEntry(seq, msg, delivered, True, self._expires_at(msg))
+            if quorum and delivered:
+                entry.acquired = _delivery_count(msg)
+            self._ready.push(entry)
             self.ready_bytes += len(msg.body)
             self._paged_bytes -= len(record)
         if rows:
@@ -471,7 +497,7 @@ class Queue:
     def _drop(self, entry: QueueEntry, reason: str) -> None:
         if entry.stored:
             self.store.delete(self.store_key, entry.seq)  # type: ignore[union-attr]
-        self._dead_letter(entry.message, reason)
+        self._dead_letter(entry.plain or entry.message, reason)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         if self.settings.dead_letter_exchange is not None and self.dead_letter_cb is not None:
@@ -479,11 +505,14 @@ class Queue:
             self.dead_letter_cb(self, message, reason)
 
     def requeue(self, entries: Iterable[tuple[QueueEntry, Consumer | None]]) -> None:
+        quorum = self.settings.queue_type == QUORUM
         for entry, consumer in entries:
             self.unacked -= 1
             if consumer is not None:
                 consumer.unacked -= 1
             if self.deleted:
+                continue
+            if quorum and not self._returned(entry):
                 continue
             entry.redelivered = True
             self._ready.requeue(entry)
@@ -495,6 +524,25 @@ class Queue:
         self._enforce_length()
         self._drop_expired()
         self._schedule_expiry()
+
+    def _returned(self, entry: QueueEntry) -> bool:
+        """A quorum queue counts every return of a message (rabbit_fifo's acquired_count:
+        requeued by nack, reject, recover or a closed channel).  Past the delivery limit
+        the message is dead-lettered with reason delivery_limit (dropped without a
+        dead-letter exchange) and False is returned; else it carries the count as
+        `x-delivery-count` from now on, in the store too, so the count survives a
+        restart."""
+        entry.acquired += 1
+        limit = self.settings.delivery_limit
+        if limit is not None and entry.acquired > limit:
+            self._drop(entry, "delivery_limit")
+            return False
+        plain = entry.plain or entry.message
+        entry.plain = plain
+        entry.message = _with_delivery_count(plain, entry.acquired)
+        if entry.stored:
+            self.store.put(self.store_key, entry.seq, entry.message.encode())  # type: ignore[union-attr]
+        return True
 
     def purge(self) -> int:
         """Drop every ready message (not the unacknowledged ones); their number.  The
@@ -633,7 +681,9 @@ class Queue:
             return
         self.recovering = True
         bound = self._recovery_bound
-        fut = store.scan_async(self.store_key, bound, Message.record_is_persistent)
+        fut = store.scan_async(self.store_key, bound,
+                               _keep_all if self.settings.queue_type == QUORUM
+                               else Message.record_is_persistent)
         fut.add_done_callback(self._scanned)
 
     def _scanned(self, fut: asyncio.Future) -> None:
@@ -706,3 +756,23 @@ class Queue:
             single_active_consumer=(self._active_consumer()
                                     if self.settings.single_active_consumer else None),
             head_message_timestamp=int(ts) if ts is not None else None)
+
+
+def _with_delivery_count(message: Message, count: int) -> Message:
+    """The message with header `x-delivery-count` (a long, as RabbitMQ writes it), keeping
+    the time it was published (its TTL still counts from then)."""
+    props = copy.copy(message.properties)
+    props.headers = {**(props.headers or {}), "x-delivery-count": Long(count)}
+    counted = message.with_properties(props)
+    counted.published_at = message.published_at
+    counted.persistent = message.persistent
+    return counted
+
+
+def _delivery_count(message: Message) -> int:
+    v = message.headers.get("x-delivery-count")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def _keep_all(record: bytes) -> bool:
+    return True

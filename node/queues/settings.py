@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from node.queues import types
+
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 # argument name -> policy key
@@ -50,6 +52,8 @@ class QueueSettings:
     dead_letter_routing_key: str | None = None
     max_priority: int | None = None  # argument only, not settable by policy
     single_active_consumer: bool = False  # argument only
+    queue_type: str = types.CLASSIC  # argument only (or the vhost's default)
+    delivery_limit: int | None = None  # quorum queues: returns before a dead-letter
 
     def __post_init__(self) -> None:
         # read on every publish: a plain attribute, not a property
@@ -59,11 +63,14 @@ class QueueSettings:
 def merged_arguments(args: dict, policy: dict | None) -> dict:
     """Queue arguments with the policy's keys folded in (as x- names)."""
     out = dict(args)
+    quorum = types.queue_type(args) == types.QUORUM
     for arg, key in _POLICY_KEYS.items():
         if policy is None or key not in policy:
             continue
         pv = policy[key]
-        if arg not in out:
+        if arg not in out or (quorum and arg == "x-overflow"):
+            # a quorum queue's overflow: the policy wins (rabbit_quorum_queue,
+            # policy_has_precedence)
             out[arg] = pv
         elif arg in _MIN_WINS:
             a, b = _int(out[arg]), _int(pv)
@@ -74,10 +81,17 @@ def merged_arguments(args: dict, policy: dict | None) -> dict:
 
 def queue_settings(args: dict, policy: dict | None = None) -> QueueSettings:
     m = merged_arguments(args, policy)
+    qtype = types.queue_type(args)
     overflow = _text(m.get("x-overflow")) or "drop-head"
-    if overflow not in OVERFLOW_MODES:
+    if overflow not in OVERFLOW_MODES or (qtype == types.QUORUM
+                                          and overflow == "reject-publish-dlx"):
+        # a quorum queue takes reject-publish-dlx and acts as drop-head (4.0 logs a warning)
         overflow = "drop-head"
-    prio = _int(args.get("x-max-priority"))
+    prio = _int(args.get("x-max-priority")) if qtype == types.CLASSIC else None
+    limit = None
+    if qtype == types.QUORUM:
+        limit = types.delivery_limit(args.get("x-delivery-limit"),
+                                     (policy or {}).get("delivery-limit"))
     return QueueSettings(
         message_ttl=_int(m.get("x-message-ttl")),
         expires=_int(m.get("x-expires")),
@@ -88,4 +102,6 @@ def queue_settings(args: dict, policy: dict | None = None) -> QueueSettings:
         dead_letter_routing_key=_text(m.get("x-dead-letter-routing-key")),
         max_priority=min(prio, 255) if prio and prio > 0 else None,
         single_active_consumer=bool(args.get("x-single-active-consumer")),
+        queue_type=qtype,
+        delivery_limit=limit,
     )

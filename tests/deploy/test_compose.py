@@ -5,8 +5,10 @@ messages, then restart the killed container and see it rejoin.
 
 The compose file runs unchanged; an override file only names the freshly built image.
 Engine: podman behind its Docker-compatible API (DOCKER_HOST), or Docker; `.ci/run`
-sets podman up (.ci/container-engine.sh).  The test reports a skip, with the reason, only
-where no container engine can run.  Progress lines go to the terminal, so CI's log shows
+sets podman up (.ci/container-engine.sh).  The base image comes from WARREN_BASE_IMAGE, the
+engine, mmdebstrap (the Debian base .ci/run makes, built here when missing) or a registry.
+The test reports a skip, with the reason, only where no container engine can run or none
+of those can give a base image.  Progress lines go to the terminal, so CI's log shows
 the build time, the image size and each step.
 """
 
@@ -32,6 +34,12 @@ USER, PASSWORD = "operator", "compose-test-password"
 VHOST = "compose-orders"
 MESSAGES = 200
 LOCAL_BASE = "localhost/warren-base:bookworm"
+DEFAULT_BASE = "python:3.11-slim"  # deploy/Dockerfile's BASE_IMAGE default, from a registry
+# how .ci/container-engine.sh makes LOCAL_BASE from Debian's packages (no registry needed)
+MMDEBSTRAP = ["--quiet", "--variant=apt", "--include=python3,python3-venv,ca-certificates",
+              "--dpkgopt=path-exclude=/usr/share/doc/*",
+              "--dpkgopt=path-exclude=/usr/share/man/*",
+              "--dpkgopt=path-exclude=/usr/share/locale/*", "bookworm", "-"]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; a TLS-inspecting proxy's CA
 
 
@@ -62,6 +70,15 @@ class Engine:
         if version.returncode != 0:
             return f"docker-compose cannot reach the engine: {version.stderr.strip()[-300:]}"
         return None
+
+    def attempt(self, *args: str, timeout: float = 600) -> tuple[bool, str]:
+        """Run the engine's CLI: (succeeded, the tail of what it said on failure)."""
+        try:
+            proc = subprocess.run([self.cli or "docker", *args], env=self.env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False, f"no answer in {timeout:g} s"
+        return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-300:]
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> str:
         proc = subprocess.run([self.cli or "docker", *args], env=self.env, capture_output=True,
@@ -169,6 +186,47 @@ def engine() -> Engine:
     return e
 
 
+def build_local_base(engine: Engine) -> str | None:
+    """Make LOCAL_BASE as .ci/container-engine.sh does (mmdebstrap's bookworm imported into
+    the engine); None when it is there, else why it could not be made."""
+    mmdebstrap = shutil.which("mmdebstrap")
+    if mmdebstrap is None:
+        return "mmdebstrap is not installed"
+    say(f"building the base image {LOCAL_BASE} with mmdebstrap")
+    with subprocess.Popen([mmdebstrap, *MMDEBSTRAP], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as debian:
+        imported = subprocess.run([engine.cli or "docker", "import", "-", LOCAL_BASE],
+                                  stdin=debian.stdout, env=engine.env, capture_output=True,
+                                  text=True, timeout=1800)
+        assert debian.stderr is not None
+        debian_err = debian.stderr.read().decode(errors="replace").strip()[-300:]
+    if debian.returncode != 0:
+        return f"mmdebstrap failed: {debian_err}"
+    if imported.returncode != 0:
+        return f"{engine.cli} import failed: {imported.stderr.strip()[-300:]}"
+    return None
+
+
+def choose_base(engine: Engine) -> str:
+    """The BASE_IMAGE to build deploy/Dockerfile from: WARREN_BASE_IMAGE, else a base already
+    in the engine, else the Debian base made here as .ci/run makes it, else the default
+    pulled from its registry.  With none of them the test is skipped, saying why."""
+    base = os.environ.get("WARREN_BASE_IMAGE")
+    if base:
+        return base
+    for candidate in (LOCAL_BASE, DEFAULT_BASE):
+        if engine.attempt("image", "inspect", candidate, timeout=60)[0]:
+            return candidate
+    why_not_local = build_local_base(engine)
+    if why_not_local is None:
+        return LOCAL_BASE
+    pulled, why_not_pulled = engine.attempt("pull", DEFAULT_BASE, timeout=300)
+    if pulled:
+        return DEFAULT_BASE
+    pytest.skip(f"no base image for deploy/Dockerfile: {LOCAL_BASE} cannot be built "
+                f"({why_not_local}) and {DEFAULT_BASE} cannot be pulled ({why_not_pulled})")
+
+
 @pytest.fixture(scope="module")
 def image(engine: Engine) -> Iterator[str]:
     tag = f"localhost/warrenmq:compose-test-{uuid.uuid4().hex[:8]}"
@@ -177,18 +235,13 @@ def image(engine: Engine) -> Iterator[str]:
         args += ["--format", "docker"]  # OCI images carry no HEALTHCHECK
     if os.path.exists(CA_BUNDLE):
         args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
-    base = os.environ.get("WARREN_BASE_IMAGE")
-    if not base and engine.podman and subprocess.run(
-            [engine.cli or "podman", "image", "exists", LOCAL_BASE],
-            capture_output=True).returncode == 0:
-        base = LOCAL_BASE  # made by .ci/container-engine.sh: no registry needed
-    if base:
-        args += ["--build-arg", f"BASE_IMAGE={base}"]
+    base = choose_base(engine)
+    args += ["--build-arg", f"BASE_IMAGE={base}"]
     started = time.monotonic()
     engine.run(*args, str(REPO), timeout=900)
     took = time.monotonic() - started
     size = int(json.loads(engine.run("image", "inspect", tag))[0]["Size"])
-    say(f"image {tag} built from {base or 'the default base'} in {took:.0f} s, "
+    say(f"image {tag} built from {base} in {took:.0f} s, "
         f"{size / 1e6:.0f} MB")
     yield tag
     engine.run("rmi", "-f", tag, check=False)

@@ -277,3 +277,88 @@ def test_durable_auto_delete_exchange_stays_while_a_transient_binding_is_left(co
     assert ch.basic_get(qt, auto_ack=True)[2] == b"still routed"
     ch.queue_unbind(qt, x, "k")
     assert wait_gone(conn, x)
+
+
+# --- headers exchange: long string and byte array --------------------------------------
+@pytest.mark.parametrize("bound, sent", [("abc", b"abc"), (b"abc", "abc")])
+def test_headers_long_string_matches_byte_array(ch, bound, sent):
+    # pika sends str as a long string and bytes as a byte array; RabbitMQ 3.10 routes
+    # both ways (4.0 compares the values, both binaries, without their types)
+    ch.confirm_delivery()
+    x = uid("hx-")
+    ch.exchange_declare(x, "headers", auto_delete=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, x, arguments={"k": bound})
+    ch.basic_publish(x, "", b"m", pika.BasicProperties(headers={"k": sent}), mandatory=True)
+    assert ch.basic_get(q, auto_ack=True)[2] == b"m"
+
+
+# --- drop-head before TTL on arrival -----------------------------------------------------
+def test_max_length_zero_and_ttl_zero_dead_letters_as_maxlen(ch):
+    dlx, dlq = dead_letter_queue(ch)
+    q = uid("q-")
+    ch.queue_declare(q, exclusive=True, arguments={"x-max-length": 0, "x-message-ttl": 0,
+                                                    "x-dead-letter-exchange": dlx})
+    ch.basic_publish("", q, b"m")
+    assert drain(ch, dlq) == [("m", [("maxlen", q)])]
+
+
+# --- durable auto-delete exchange: gone before unbind-ok -------------------------------
+@pytest.mark.parametrize("kind", ["queue", "exchange"])
+def test_auto_delete_exchange_is_gone_before_unbind_ok(conn, kind):
+    # its last binding was to a transient queue or exchange (one Raft never saw)
+    durable = False
+    ch = conn.channel()
+    x, d = uid("ad7-"), uid("ad7d-")
+    ch.exchange_declare(x, "direct", durable=True, auto_delete=True)
+    if kind == "queue":
+        ch.queue_declare(d, durable=durable, exclusive=not durable)
+        ch.queue_bind(d, x, "k")
+        ch.queue_unbind(d, x, "k")
+    else:
+        ch.exchange_declare(d, "fanout", durable=durable)
+        ch.exchange_bind(d, x, "k")
+        ch.exchange_unbind(d, x, "k")
+    try:
+        ch.basic_publish(x, "k", b"after unbind-ok")
+        with pytest.raises(ChannelClosedByBroker) as e:
+            ch.queue_declare(uid("amq.gen-none-"), passive=True)
+        assert (e.value.reply_code, e.value.reply_text) == (
+            404, f"NOT_FOUND - no exchange '{x}' in vhost '/'")
+    finally:
+        cleanup = conn.channel()
+        if kind == "queue":
+            cleanup.queue_delete(d)
+        else:
+            cleanup.exchange_delete(d)
+
+
+# --- priority queues and expiration "0" --------------------------------------------------
+def test_priority_queue_hands_out_expired_message_that_jumped_ahead(ch):
+    # RabbitMQ checks for expired messages after a publish only when the queue held
+    # nothing else: a higher-priority message with expiration "0" waits at the head
+    q = uid("pq-")
+    ch.queue_declare(q, exclusive=True, arguments={"x-max-priority": 10})
+    ch.basic_publish("", q, b"low", pika.BasicProperties(priority=1))
+    ch.basic_publish("", q, b"high", pika.BasicProperties(priority=5, expiration="0"))
+    m, _props, body = ch.basic_get(q, auto_ack=True)
+    assert (body, m.message_count) == (b"high", 1)
+    assert ch.basic_get(q, auto_ack=True)[2] == b"low"
+    # behind a message of the same or a higher priority it is dropped after the fetch
+    for first, second in ((5, 5), (5, 1)):
+        ch.basic_publish("", q, b"first", pika.BasicProperties(priority=first))
+        ch.basic_publish("", q, b"second", pika.BasicProperties(priority=second,
+                                                                  expiration="0"))
+        assert [ch.basic_get(q, auto_ack=True)[2] for _ in range(2)] == [b"first", None]
+
+
+def test_priority_queue_expired_message_counts_towards_reject_publish(ch):
+    ch.confirm_delivery()
+    q = uid("pq-")
+    ch.queue_declare(q, exclusive=True, arguments={"x-max-priority": 10, "x-max-length": 2,
+                                                    "x-overflow": "reject-publish"})
+    ch.basic_publish("", q, b"low", pika.BasicProperties(priority=1))
+    ch.basic_publish("", q, b"high", pika.BasicProperties(priority=5, expiration="0"))
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", q, b"third", pika.BasicProperties(priority=1))
+    assert ch.queue_declare(q, passive=True).method.message_count == 2

@@ -108,7 +108,9 @@ def test_fanout_ignores_key():
     ({"x-match": "all", "v": 1}, {"v": 1.0}, False),
     ({"x-match": "all", "v": 2 ** 40}, {"v": 2 ** 40}, True),
     ({"x-match": "all", "v": 1}, {"v": Timestamp(1)}, False),
-    ({"x-match": "all", "v": b"1"}, {"v": ByteArray(b"1")}, False),
+    # a long string and a byte array with the same bytes are equal (RabbitMQ 3.10 and 4.0)
+    ({"x-match": "all", "v": b"1"}, {"v": ByteArray(b"1")}, True),
+    ({"x-match": "all", "v": ByteArray(b"1")}, {"v": "1"}, True),
     ({"x-match": "any", "v": Decimal(1), "w": 1}, {"v": 1, "w": 1}, True),
 ])
 def test_headers_matching(args, headers, expected):

@@ -187,6 +187,7 @@ const pages = {
     const [rows, vhosts] = await Promise.all([api("GET", "/api/queues"), api("GET", "/api/vhosts")]);
     return [el("h1", {}, "Queues"), table("queues-table", [
       ["Vhost", r => r.vhost], ["Name", r => el("a", { href: `#/queue/${enc(r.vhost)}/${enc(r.name)}` }, r.name)],
+      ["Type", r => r.type],
       ["Features", r => [r.durable ? "D" : "", r.auto_delete ? "AD" : "", r.exclusive ? "Excl" : ""].join(" ").trim()],
       ["Policy", r => r.policy], ["State", r => r.state],
       ["Ready", r => r.messages_ready, 1], ["Unacked", r => r.messages_unacknowledged, 1], ["Total", r => r.messages, 1],
@@ -198,14 +199,17 @@ const pages = {
     form("declare-queue", [
       field("Vhost", vhostSelect("declare-queue-vhost", vhosts)),
       field("Name", el("input", { id: "declare-queue-name", required: true })),
+      field("Type", el("select", { id: "declare-queue-type" }, el("option", { value: "classic" }, "Classic"), el("option", { value: "quorum" }, "Quorum"))),
       field("Durability", el("select", { id: "declare-queue-durable" }, el("option", { value: "true" }, "Durable"), el("option", { value: "false" }, "Transient"))),
       field("Arguments (JSON)", el("input", { id: "declare-queue-arguments", placeholder: '{"x-max-length": 1000}' })),
       el("button", { type: "submit", id: "declare-queue-submit" }, "Add queue"),
     ], async (f) => {
       const v = f.querySelector("#declare-queue-vhost").value, n = f.querySelector("#declare-queue-name").value;
       const raw = f.querySelector("#declare-queue-arguments").value.trim();
+      const args = raw ? JSON.parse(raw) : {}, type = f.querySelector("#declare-queue-type").value;
+      if (type !== "classic" && !("x-queue-type" in args)) args["x-queue-type"] = type;
       await api("PUT", `/api/queues/${enc(v)}/${enc(n)}`, { durable: f.querySelector("#declare-queue-durable").value === "true",
-        auto_delete: false, arguments: raw ? JSON.parse(raw) : {} });
+        auto_delete: false, arguments: args });
       setTimeout(render, 300);
       return `Queue ${n} declared`;
     })];
@@ -218,6 +222,7 @@ const pages = {
       el("div", { class: "cards", id: "queue-counts" },
         ...[["Ready", q.messages_ready], ["Unacked", q.messages_unacknowledged], ["Total", q.messages], ["Consumers", q.consumers]]
           .map(([k, v]) => el("div", { class: "card" }, el("div", { class: "v", id: "queue-" + k.toLowerCase() }, fmt(v)), el("div", { class: "k" }, k)))),
+      el("p", { id: "queue-type" }, `Type ${q.type}` + (q.type === "quorum" ? `, leader ${q.leader}, members ${(q.members || []).join(", ")}` : "")),
       el("p", {}, `${q.durable ? "Durable" : "Transient"}, policy ${q.policy || "none"}, arguments ${fmt(q.arguments)}`),
       el("h2", {}, "Consumers"),
       table("queue-consumers", [["Tag", r => r.consumer_tag], ["Channel", r => r.channel_details.connection_name + " (" + r.channel_details.number + ")"],
