@@ -43,7 +43,7 @@ class Budget:
                 return
 
 
-# The node's budget (`--changelog-memory` sets it); tests make their own.
+# The node's budget: one process is one node (unit tests make their own).
 NODE_BUDGET = Budget(256 << 20)
 
 

@@ -649,7 +649,15 @@ class AMQPConnection(asyncio.Protocol):
 
     def force_close(self, code: int, text: str) -> None:
         """Broker-initiated close (shutdown, vhost deleted, management API)."""
+        if self.output_holds:
+            # what was held (deliveries of an owner whose lease lapsed) is never sent: the
+            # vhost is someone else's now; only the close goes out
+            self.core.data_to_send()
+            self.output_holds.clear()
+            self.paused = self._writing_paused
         self.close_connection(AMQPConnectionError(code, text))
+        # the core now takes nothing but close-ok: read it
+        self.release_reading("lease")
 
     # --- read model (management API, metrics) ---
     def stats(self) -> ConnectionStats:

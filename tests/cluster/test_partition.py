@@ -7,8 +7,10 @@ confirmed message is there.  Nodes live in network namespaces (tests.cluster.net
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
+import pika
 import pytest
 
 from tests.cluster.conftest import Cluster, netns_cluster
@@ -16,6 +18,7 @@ from tests.cluster.harness import (
     CONNECTION_FORCED,
     Publisher,
     Publishers,
+    amqp_params,
     assert_confirmed_present,
     create_vhost,
     drain,
@@ -30,6 +33,35 @@ from tests.cluster.harness import (
 log = logging.getLogger("tests.faults")
 
 SETTINGS = {"replication_factor": "3", "failover_timeout": "2"}
+
+
+class Watcher(threading.Thread):
+    """A consumer of the owner's own, never acking: when each delivery arrived."""
+
+    def __init__(self, params: pika.ConnectionParameters, queue: str) -> None:
+        super().__init__(name="watcher", daemon=True)
+        self.params, self.queue = params, queue
+        self.arrivals: list[float] = []
+        self.closed: str | None = None
+        self._stop_event = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            conn = pika.BlockingConnection(self.params)
+            ch = conn.channel()
+            ch.basic_consume(self.queue, lambda *a: self.arrivals.append(time.monotonic()))
+            self.ready.set()
+            while not self._stop_event.is_set():
+                conn.process_data_events(time_limit=0.1)
+            conn.close()
+        except Exception as e:  # the old owner closes it (320) once it knows
+            self.closed = repr(e)
+            self.ready.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(30)
 
 
 @pytest.fixture
@@ -69,10 +101,16 @@ def test_owner_cut_off_confirms_nothing_it_cannot_replicate(netns_lab, ns_cluste
                           **cred)
     for p in own + [forwarded]:
         p.start()
+    # a consumer of the owner's own: once a new owner's epoch is committed it must get
+    # nothing more from the old one (the owner lease stops it first)
+    watcher = Watcher(amqp_params(owner, "orders", **cred), "q")
+    watcher.start()
+    assert watcher.ready.wait(30) and watcher.closed is None, watcher.closed
     pubs.wait_confirms(300, what="before the cut")
     lab.cut(i)
     t_cut = time.monotonic()  # once the rules are in: nothing sent from now on can get out
     after = wait_epoch_change(c, "orders", before, via=majority, timeout=60, since=t_cut)
+    t_epoch = time.monotonic()  # the new epoch was committed before this
     assert after["owner"] in before["in_sync"], (before, after)
     pubs.wait_confirms(300, timeout=60, what="through the majority after the failover")
     log_recovery("owner partitioned", pubs, t_cut)
@@ -96,6 +134,14 @@ def test_owner_cut_off_confirms_nothing_it_cannot_replicate(netns_lab, ns_cluste
                       f"{[cf.id for cf in late[:20]]}\n" + log_tails(c))
     log.warning("cut-off owner: %d stubborn reconnects, view from inside: %s",
                 len(stubborn.connects), vhost_state(c, "orders", via=[owner]))
+    arrivals = list(watcher.arrivals)
+    after_cut = [round(t - t_cut, 3) for t in arrivals if t >= t_cut]
+    log.warning("the old owner's consumer: %d deliveries, %d after the cut (last %s s after "
+                "it); the new epoch was seen %.3f s after the cut", len(arrivals),
+                len(after_cut), after_cut[-1] if after_cut else None, t_epoch - t_cut)
+    split = [t for t in arrivals if t >= t_epoch]
+    assert not split, (f"the cut-off owner delivered {len(split)} messages after the new "
+                       f"owner's epoch was committed\n" + log_tails(c))
     lab.heal(i)
     # every node, the old owner included, reports the same owner and epoch
     for n in c.nodes:
@@ -111,6 +157,7 @@ def test_owner_cut_off_confirms_nothing_it_cannot_replicate(netns_lab, ns_cluste
     pubs.stop()
     for p in own + [forwarded]:
         p.stop()
+    watcher.stop()
     confirmed = pubs.confirmed.union(*(p.confirmed for p in own + [forwarded]))
     d = drain(majority + [owner], "orders", "q", **cred)
     assert_confirmed_present(confirmed, d, c, "owner partitioned")
