@@ -160,3 +160,28 @@ def test_a_slow_disk_stops_reading_persistent_publishers(
                 break
         assert t.reading and store.pending_bytes < (1 << 20)
     with_broker(tmp_path, test)
+
+
+def test_a_held_client_is_read_again_only_when_every_reason_is_gone(tmp_path: Path) -> None:
+    """The move holds its vhost's clients: an alarm that clears, a flow-control timeout, a
+    store that caught up or the socket draining must not resume one of them mid-move."""
+    async def test(broker: Broker) -> None:
+        conn, t = open_conn(broker)
+        conn.publisher = True
+        conn.hold_reading("move")
+        assert not t.reading
+        conn.alarm_raised({"disk"})
+        conn.alarm_cleared()
+        class Queue:  # what flow control needs of a queue
+            flow_blocked: set = set()
+        conn.flow_pause(Queue())
+        conn._flow_timeout()
+        conn.hold_reading("store")
+        conn.release_reading("store")
+        conn.pause_writing()
+        conn.resume_writing()
+        assert not t.reading, "something resumed a client that the move holds"
+        assert conn.read_holds == {"move"}
+        conn.release_reading("move")
+        assert t.reading
+    with_broker(tmp_path, test)
