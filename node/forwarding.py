@@ -37,7 +37,7 @@ from node.tls import cluster_client_ssl
 
 if TYPE_CHECKING:
     from node.amqp.connection import AMQPConnection
-    from node.broker import Broker
+    from node.runtime.broker import Broker
 
 log = logging.getLogger("warren.forwarding")
 
@@ -209,7 +209,7 @@ async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
         log.warning("cannot forward %s to node '%s' at %s: %s", conn.name, owner, address, e)
         # the failover controller's reason when it has one (e.g. no in-sync replica
         # left to promote: it comes back with its owner)
-        conn.forward_failed(conn.broker.replication.available(vhost) or (
+        conn.forward_failed(conn.broker.roles.available(vhost) or (
             f"vhost '{vhost}' is unavailable: its owner node '{owner}' cannot be reached"))
         return
     detached = conn.detach()
@@ -221,7 +221,7 @@ async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
     to_owner, to_client = splice(client, upstream, link.early, pipelined)
     # kept so that an owner change can close it from here (the old owner may be hung)
     spliced = Spliced(vhost, owner, to_owner, to_client)
-    forwarded = conn.broker.forwarded.setdefault(vhost, set())
+    forwarded = conn.broker.runtime.forwarded.setdefault(vhost, set())
     forwarded.add(spliced)
     to_owner.on_close = lambda: forwarded.discard(spliced)
 
@@ -286,7 +286,7 @@ class _ForwardServerProtocol(asyncio.Protocol):
         if facts.get("kind", "forward") != "forward":
             # the other sessions of the cluster port: replication, liveness pings
             self.transport.pause_reading()
-            self.broker.replication.accept(facts, self.transport, session_link(
+            self.broker.roles.accept(facts, self.transport, session_link(
                 self.key, self.nonce, client_nonce, True, self.transport, rest))
             return
         conn = self.client_protocol()

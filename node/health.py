@@ -70,10 +70,10 @@ def raft_problem(broker: Any) -> str | None:
 def vhost_problems(broker: Any) -> list[str]:
     """Vhosts this node owns whose store is not open for writes."""
     out = []
-    for name in sorted(broker.vhost_defs):
-        if not broker.owns(name):
+    for name in sorted(broker.runtime.vhost_defs):
+        if not broker.runtime.owns(name):
             continue
-        vh = broker.vhosts.get(name)
+        vh = broker.runtime.vhosts.get(name)
         if vh is None:
             out.append(f"vhost '{name}' is not running")
             continue

@@ -120,8 +120,8 @@ def record_membership(settings: Settings, metadata: "MetadataStore",
 async def serve(settings: Settings, shutdown: Shutdown) -> None:
     from cluster.raft import MetadataStore
     from node.amqp.connection import AMQPConnection
-    from node.broker import Broker
     from node.http.api import start_http
+    from node.runtime.broker import Broker
 
     loop = asyncio.get_running_loop()
     record = preflight(settings)

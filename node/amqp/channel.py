@@ -58,6 +58,7 @@ class Channel:
         self.conn = conn
         self.number = number
         self.broker = conn.broker
+        self.counters = conn.broker.counters  # the node's, incremented on the hot path
         self.vhost = conn.vhost
         self.user = conn.user
         self.state = OPEN
@@ -191,7 +192,7 @@ class Channel:
         key = (perm, kind, name)
         ok = self._allowed.get(key)
         if ok is None:
-            ok = self.broker.permitted(self.user, self.vhost.name, perm, name)
+            ok = self.broker.access.permitted(self.user, self.vhost.name, perm, name)
             self._allowed[key] = ok
         if not ok:
             raise ChannelError(errors.ACCESS_REFUSED,
@@ -266,19 +267,19 @@ class Channel:
         args = m.arguments or {}
         existing = vh.exchanges.get(name)
         if existing is not None:
-            self.broker.check_exchange_equivalent(existing, m.type, m.durable, m.auto_delete,
+            self.broker.definitions.check_exchange_equivalent(existing, m.type, m.durable, m.auto_delete,
                                                   m.internal, args)
             if not m.nowait:
                 self.conn.send_method(self.number, spec.ExchangeDeclareOk())
             return None
-        if m.type not in self.broker.exchange_types:
+        if m.type not in self.broker.runtime.exchange_types:
             raise AMQPConnectionError(errors.COMMAND_INVALID, f"unknown exchange type '{m.type}'")
         if name.startswith("amq."):
             raise ChannelError(errors.ACCESS_REFUSED,
                                f"exchange name '{name}' contains reserved prefix 'amq.*'")
 
         async def declare() -> None:
-            await self.broker.declare_exchange(vh, name, m.type, m.durable, m.auto_delete,
+            await self.broker.definitions.declare_exchange(vh, name, m.type, m.durable, m.auto_delete,
                                                m.internal, args)
             if not m.nowait:
                 self.conn.send_method(self.number, spec.ExchangeDeclareOk())
@@ -296,7 +297,7 @@ class Channel:
         self.check("configure", "exchange", name)
 
         async def delete() -> None:
-            await self.broker.delete_exchange(vh, name, m.if_unused)
+            await self.broker.definitions.delete_exchange(vh, name, m.if_unused)
             if not m.nowait:
                 self.conn.send_method(self.number, spec.ExchangeDeleteOk())
         return delete()
@@ -315,9 +316,9 @@ class Channel:
 
         async def run() -> None:
             if bind:
-                await self.broker.bind(vh, m.source, dest, m.routing_key, m.arguments or {})
+                await self.broker.definitions.bind(vh, m.source, dest, m.routing_key, m.arguments or {})
             else:
-                await self.broker.unbind(vh, m.source, dest, m.routing_key, m.arguments or {})
+                await self.broker.definitions.unbind(vh, m.source, dest, m.routing_key, m.arguments or {})
             if not m.nowait:
                 self.conn.send_method(self.number, ok)
         return run()
@@ -374,7 +375,7 @@ class Channel:
                     queue=q.name, message_count=q.message_count,
                     consumer_count=q.consumer_count))
             return None
-        args = types.with_default_type(m.arguments or {}, self.broker.default_queue_type(vh.name),
+        args = types.with_default_type(m.arguments or {}, self.broker.definitions.default_queue_type(vh.name),
                                        m.durable, m.exclusive, m.auto_delete)
         if name == "":
             types.check_server_named(args)
@@ -386,7 +387,7 @@ class Channel:
             # if exclusive, else none) must be the queue's, whoever redeclares it
             if existing.exclusive_owner is not (self.conn if m.exclusive else None):
                 raise _locked(name, vh.name)
-            self.broker.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
+            self.broker.definitions.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
             if existing.recovering and (wait := existing.wait_for()) is not None:
                 return self._when_ready(wait, m)
@@ -400,11 +401,11 @@ class Channel:
         if name.startswith("amq.") and m.queue != "":
             raise ChannelError(errors.ACCESS_REFUSED,
                                f"queue name '{name}' contains reserved prefix 'amq.*'")
-        self.broker.validate_queue_arguments(args, name, vh.name, m.durable, m.exclusive,
+        self.broker.definitions.validate_queue_arguments(args, name, vh.name, m.durable, m.exclusive,
                                              m.auto_delete)
 
         async def declare() -> None:
-            q = await self.broker.declare_queue(
+            q = await self.broker.definitions.declare_queue(
                 vh, name, m.durable, self.conn if m.exclusive else None, m.auto_delete, args)
             if m.exclusive:
                 self.conn.exclusive_queues.add(q.name)
@@ -452,11 +453,11 @@ class Channel:
 
         async def run() -> None:
             if bind:
-                await self.broker.bind(vh, m.exchange, dest, routing_key, m.arguments or {})
+                await self.broker.definitions.bind(vh, m.exchange, dest, routing_key, m.arguments or {})
                 if not nowait:
                     self.conn.send_method(self.number, spec.QueueBindOk())
             else:
-                await self.broker.unbind(vh, m.exchange, dest, routing_key, m.arguments or {})
+                await self.broker.definitions.unbind(vh, m.exchange, dest, routing_key, m.arguments or {})
                 self.conn.send_method(self.number, spec.QueueUnbindOk())
         return run()
 
@@ -494,7 +495,7 @@ class Channel:
             # queue (py-amqp/kombu fail on the other order)
             self._held_cancels = []
             try:
-                await self.broker.delete_queue(vh, q)
+                await self.broker.definitions.delete_queue(vh, q)
                 if not m.nowait:
                     self.conn.send_method(self.number, spec.QueueDeleteOk(message_count=n))
             finally:
@@ -548,7 +549,7 @@ class Channel:
         if self.confirm:
             self.publish_tag += 1
             tag = self.publish_tag
-            self.broker.received_confirm += 1
+            self.counters.received_confirm += 1
         self._route(ex, msg, mandatory, tag)
 
     def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
@@ -584,24 +585,29 @@ class Channel:
                     # the disk is slower than this publisher: read it again once the store
                     # has committed what is queued
                     self.conn.hold_reading("store")
-                    store.flush().add_done_callback(self._store_caught_up)
+                    self._await_store(store)
         elif mandatory:
-            self.broker.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
+            self.counters.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)
         broker = self.broker
-        broker.published += 1
+        broker.counters.published += 1
         if not queues:
-            broker.unroutable += 1
+            broker.counters.unroutable += 1
         if tag:
             self._confirm_after(tag, must_flush, not rejected)
         return must_flush
 
-    def _store_caught_up(self, fut: asyncio.Future) -> None:
-        if not fut.cancelled():
-            fut.exception()  # a failed flush is reported by whoever confirms; read it here
-        self.conn.release_reading("store")
+    def _await_store(self, store: Any) -> None:
+        def caught_up(fut: asyncio.Future) -> None:
+            if not fut.cancelled():
+                fut.exception()  # a failed flush is reported by whoever confirms; read it
+            if store.pending_bytes > STORE_PENDING_MAX_BYTES:
+                self._await_store(store)  # what was read meanwhile is still queued
+            else:
+                self.conn.release_reading("store")
+        store.flush().add_done_callback(caught_up)
 
     # --- publisher confirms -----------------------------------------------------------
     def _confirm_after(self, tag: int, must_flush: bool, ok: bool = True) -> None:
@@ -643,7 +649,7 @@ class Channel:
                 last = confirms.popleft()[0]
                 count += 1
             if ok:
-                self.broker.confirmed += count
+                self.counters.confirmed += count
                 self.conn.send_method(self.number, spec.BasicAck(delivery_tag=last,
                                                                  multiple=count > 1))
             else:
@@ -747,11 +753,11 @@ class Channel:
         self.delivery_tag += 1
         tag = self.delivery_tag
         if consumer.no_ack:
-            self.broker.delivered_consume_auto_ack += 1
+            self.counters.delivered_consume_auto_ack += 1
         else:
             self.unacked[tag] = (queue, entry, consumer)
             entry.delivered_at = _monotonic()
-            self.broker.delivered_consume_manual_ack += 1
+            self.counters.delivered_consume_manual_ack += 1
             self.stats_deliver_manual_ack += 1
         msg = entry.message
         payload = (self._deliver_prefix + consumer.tag_bytes + _QWORD.pack(tag)
@@ -771,13 +777,13 @@ class Channel:
             return self._when_ready(wait, m)
         entry = q.get()
         if entry is None:
-            self.broker.get_empty += 1
+            self.counters.get_empty += 1
             self.conn.send_method(self.number, spec.BasicGetEmpty())
             return None
         if m.no_ack:
-            self.broker.delivered_get_auto_ack += 1
+            self.counters.delivered_get_auto_ack += 1
         else:
-            self.broker.delivered_get_manual_ack += 1
+            self.counters.delivered_get_manual_ack += 1
             self.stats_deliver_manual_ack += 1
         self.delivery_tag += 1
         tag = self.delivery_tag
@@ -918,12 +924,12 @@ class Channel:
         tag = m.consumer_tag or new_name("amq.ctag-")
         self.reply_consumer = Consumer(tag, None, self, True, False, 0)  # type: ignore[arg-type]
         self.reply_key = new_name("")
-        self.broker.reply_channels[self.reply_key] = self
+        self.broker.runtime.reply_channels[self.reply_key] = self
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
 
     def _end_direct_reply(self) -> None:
-        self.broker.reply_channels.pop(self.reply_key, None)
+        self.broker.runtime.reply_channels.pop(self.reply_key, None)
         self.reply_consumer = None
 
     def _stamp_reply_to(self, msg: Message) -> Message:
@@ -938,7 +944,7 @@ class Channel:
         return msg.with_properties(props)
 
     def _publish_reply(self, msg: Message, mandatory: bool) -> None:
-        target = self.broker.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
+        target = self.broker.runtime.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
         consumer = target.reply_consumer if target is not None else None
         transport = target.conn.transport if target is not None else None
         if (consumer is not None and transport is not None
@@ -952,7 +958,7 @@ class Channel:
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange="",
                 routing_key=msg.routing_key), msg)
-        self.broker.count_publish(delivered)
+        self.counters.count_publish(delivered)
         if self.confirm:
             self.publish_tag += 1
             self._confirm_after(self.publish_tag, False)

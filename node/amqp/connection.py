@@ -49,7 +49,7 @@ from node.read_models import ConnectionStats, TLSSession
 from node.tls import peer_common_name
 
 if TYPE_CHECKING:
-    from node.broker import Broker
+    from node.runtime.broker import Broker
 
 log = logging.getLogger("warren.connection")
 
@@ -165,13 +165,13 @@ class AMQPConnection(asyncio.Protocol):
             if self.tls_peer_name is not None:
                 self.core.mechanisms += " EXTERNAL"
         self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
-        self.broker.connections.add(self)
-        self.broker.connections_opened += 1
+        self.broker.runtime.connections.add(self)
+        self.broker.counters.connections_opened += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.abort()
         self.closing = True
-        self.broker.connections_closed += 1
+        self.broker.counters.connections_closed += 1
         for q in self.flow_queues:
             q.flow_blocked.discard(self)
         self.flow_queues.clear()
@@ -184,7 +184,7 @@ class AMQPConnection(asyncio.Protocol):
         self.channels.clear()
         for t in self._tasks:
             t.cancel()
-        self.broker.connection_closed(self)
+        self.broker.runtime.connection_closed(self)
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -253,7 +253,7 @@ class AMQPConnection(asyncio.Protocol):
         if kind is ChannelOpened:
             number = event.channel
             self.channels[number] = Channel(self, number)
-            self.broker.channels_opened += 1
+            self.broker.counters.channels_opened += 1
         elif kind is ChannelCloseReceived or kind is ContentRejected:
             # in order with the channel's other methods (it may be waiting for Raft)
             self.channels[event.channel].feed(event)
@@ -282,7 +282,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def channel_closed(self, number: int) -> None:
         if self.channels.pop(number, None) is not None:
-            self.broker.channels_closed += 1
+            self.broker.counters.channels_closed += 1
 
     def _on_client_close(self) -> None:
         self.closing = True
@@ -293,7 +293,7 @@ class AMQPConnection(asyncio.Protocol):
         # as RabbitMQ: exclusive queues go now, but the socket stays open for the client
         # to close after reading close-ok (closing it first trips clients such as aiormq),
         # and is dropped if the client lingers past the heartbeat timeout (at most 30 s)
-        self.broker.connection_closed(self)
+        self.broker.runtime.connection_closed(self)
         if self._timer is not None:
             self._timer.cancel()
         hb = self.heartbeat
@@ -326,7 +326,7 @@ class AMQPConnection(asyncio.Protocol):
         except (ValueError, AMQPSyntaxError):
             raise AMQPConnectionError(errors.ACCESS_REFUSED,
                                       f"malformed {mech} response", 10, 11) from None
-        user = self.broker.users.get(username)
+        user = self.broker.runtime.users.get(username)
         refused = None
         if user is None or (external is None and not check_password(
                 password, user.get("password_hash", ""), user.get("hashing", ""))):
@@ -335,7 +335,7 @@ class AMQPConnection(asyncio.Protocol):
             log.warning("login refused for user '%s' from %s: bad credentials", username,
                         self.peer[0])
         elif (username == self.settings.default_user == "guest"
-              and not is_loopback(self.peer[0]) and self.broker.loopback_only_guest):
+              and not is_loopback(self.peer[0]) and self.broker.access.loopback_only_guest):
             refused = "user 'guest' can only connect via localhost"
             log.warning("login refused for 'guest' from %s: loopback only", self.peer[0])
         if refused:
@@ -352,11 +352,11 @@ class AMQPConnection(asyncio.Protocol):
         self.core.accept_login()
 
     def _on_open(self, virtual_host: str) -> None:
-        vhost = self.broker.vhosts.get(virtual_host)
-        if vhost is None or not self.broker.can_access_vhost(self.user, virtual_host):
+        vhost = self.broker.runtime.vhosts.get(virtual_host)
+        if vhost is None or not self.broker.access.can_access_vhost(self.user, virtual_host):
             raise AMQPConnectionError(errors.NOT_ALLOWED, f"access to vhost '{virtual_host}' "
                                       f"refused for user '{self.user}'", 10, 40)
-        if not self.broker.owns(virtual_host):
+        if not self.broker.runtime.owns(virtual_host):
             self._start_forwarding(virtual_host)
             return
         limit = vhost.limits.get("max-connections")
@@ -379,8 +379,8 @@ class AMQPConnection(asyncio.Protocol):
     # stays unparsed, for the owner.
     # ------------------------------------------------------------------------------
     def _start_forwarding(self, vhost: str) -> None:
-        owner = self.broker.owner_of(vhost)
-        node = self.broker.nodes.get(owner or "")
+        owner = self.broker.runtime.owner_of(vhost)
+        node = self.broker.runtime.nodes.get(owner or "")
         if node is None or not node.get("forward") or not self.settings.cluster_secret:
             # 320, not 530: the vhost exists and the user may use it, so clients must retry
             # (py-amqp/kombu treat 320 as recoverable, 530 and 403 as final)
@@ -416,7 +416,7 @@ class AMQPConnection(asyncio.Protocol):
             return None
         pipelined = self.core.hand_over()
         self.flush()
-        self.broker.connections.discard(self)
+        self.broker.runtime.connections.discard(self)
         self.transport = None  # from now on this object is out of the path
         return client, pipelined
 
@@ -447,7 +447,7 @@ class AMQPConnection(asyncio.Protocol):
         self.core.adopt(channel_max, frame_max, heartbeat)
         self.name = f"{self.peer[0]}:{self.peer[1]} -> {self.settings.node_name} (via {self.via})"
         try:
-            if not self.broker.owns(vhost):
+            if not self.broker.runtime.owns(vhost):
                 # the vhost moved or failed over meanwhile: the client reconnects (320)
                 raise AMQPConnectionError(errors.CONNECTION_FORCED, f"vhost '{vhost}' is not "
                                           f"served by node '{self.settings.node_name}'; retry",

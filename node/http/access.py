@@ -36,7 +36,7 @@ APPLY_TO = ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "st
 @routes.get("/api/vhosts")
 async def list_vhosts(request: web.Request) -> web.Response:
     b, stats = broker_of(request), stats_of(request)
-    return list_response(request, [vhost_json(b, stats, vh, b.vhost_defs.get(vh.name))
+    return list_response(request, [vhost_json(b, stats, vh, b.runtime.vhost_defs.get(vh.name))
                                    for vh in visible_vhosts(request)])
 
 
@@ -44,7 +44,7 @@ async def list_vhosts(request: web.Request) -> web.Response:
 async def get_vhost(request: web.Request) -> web.Response:
     vh = visible_vhosts(request)[0]
     b = broker_of(request)
-    return json_response(vhost_json(b, stats_of(request), vh, b.vhost_defs.get(vh.name)))
+    return json_response(vhost_json(b, stats_of(request), vh, b.runtime.vhost_defs.get(vh.name)))
 
 
 @routes.put("/api/vhosts/{vhost}")
@@ -53,10 +53,10 @@ async def put_vhost(request: web.Request) -> web.Response:
     data = await body(request)
     vhost = name(request, "vhost")
     b = broker_of(request)
-    existed = vhost in b.vhosts
+    existed = vhost in b.runtime.vhosts
     raw_meta = data.get("metadata")
     meta: dict = raw_meta if isinstance(raw_meta, dict) else {}
-    await b.add_vhost(vhost, str(data.get("description", meta.get("description", ""))),
+    await b.definitions.add_vhost(vhost, str(data.get("description", meta.get("description", ""))),
                       parse_tags(data.get("tags", meta.get("tags"))),
                       str(data.get("default_queue_type",
                                    meta.get("default_queue_type", "classic"))))
@@ -68,7 +68,7 @@ async def delete_vhost(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vh = vhost_or_404(request)
     stats_of(request).sample()  # keep the vhost's last counts in the node's totals
-    await broker_of(request).delete_vhost(vh.name)
+    await broker_of(request).definitions.delete_vhost(vh.name)
     return no_content()
 
 
@@ -76,27 +76,27 @@ async def delete_vhost(request: web.Request) -> web.Response:
 async def vhost_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vh = vhost_or_404(request)
-    return list_response(request, list(broker_of(request).permissions.get(vh.name, {}).values()))
+    return list_response(request, list(broker_of(request).runtime.permissions.get(vh.name, {}).values()))
 
 
 # --- users ---------------------------------------------------------------------------
 @routes.get("/api/users")
 async def list_users(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    return list_response(request, [user_json(u) for u in broker_of(request).users.values()])
+    return list_response(request, [user_json(u) for u in broker_of(request).runtime.users.values()])
 
 
 @routes.get("/api/users/without-permissions")
 async def users_without_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     b = broker_of(request)
-    with_perms = {u for perms in b.permissions.values() for u in perms}
-    return list_response(request, [user_json(u) for n, u in b.users.items()
+    with_perms = {u for perms in b.runtime.permissions.values() for u in perms}
+    return list_response(request, [user_json(u) for n, u in b.runtime.users.items()
                                    if n not in with_perms])
 
 
 def _user(request: web.Request) -> dict:
-    u = broker_of(request).users.get(name(request, "user"))
+    u = broker_of(request).runtime.users.get(name(request, "user"))
     if u is None:
         raise not_found()
     return u
@@ -114,7 +114,7 @@ async def put_user(request: web.Request) -> web.Response:
     data = await body(request)
     username = name(request, "user")
     b = broker_of(request)
-    existing = b.users.get(username)
+    existing = b.runtime.users.get(username)
     if "tags" not in data and existing is None:
         raise bad_request("key missing: tags")
     tags = parse_tags(data["tags"]) if "tags" in data else list(existing.get("tags", []))
@@ -127,14 +127,14 @@ async def put_user(request: web.Request) -> web.Response:
         pw_hash, hashing = existing.get("password_hash", ""), existing.get("hashing", "")
     else:
         raise bad_request("key missing: password or password_hash")
-    await b.add_user(username, pw_hash, tags, hashing)
+    await b.definitions.add_user(username, pw_hash, tags, hashing)
     return created_or_updated(existing is not None)
 
 
 @routes.delete("/api/users/{user}")
 async def delete_user(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    await broker_of(request).delete_user(_user(request)["name"])
+    await broker_of(request).definitions.delete_user(_user(request)["name"])
     return no_content()
 
 
@@ -144,8 +144,8 @@ async def bulk_delete_users(request: web.Request) -> web.Response:
     data = await body(request, "users")
     b = broker_of(request)
     for username in data["users"]:
-        if username in b.users:
-            await b.delete_user(username)
+        if username in b.runtime.users:
+            await b.definitions.delete_user(username)
     return no_content()
 
 
@@ -153,7 +153,7 @@ async def bulk_delete_users(request: web.Request) -> web.Response:
 async def user_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     u = _user(request)
-    return list_response(request, [p for perms in broker_of(request).permissions.values()
+    return list_response(request, [p for perms in broker_of(request).runtime.permissions.values()
                                    for p in perms.values() if p["user"] == u["name"]])
 
 
@@ -161,14 +161,14 @@ async def user_permissions(request: web.Request) -> web.Response:
 @routes.get("/api/permissions")
 async def list_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    return list_response(request, [p for perms in broker_of(request).permissions.values()
+    return list_response(request, [p for perms in broker_of(request).runtime.permissions.values()
                                    for p in perms.values()])
 
 
 @routes.get("/api/permissions/{vhost}/{user}")
 async def get_permission(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    p = broker_of(request).permissions.get(name(request, "vhost"), {}).get(name(request, "user"))
+    p = broker_of(request).runtime.permissions.get(name(request, "vhost"), {}).get(name(request, "user"))
     if p is None:
         raise not_found()
     return json_response(p)
@@ -181,10 +181,10 @@ async def put_permission(request: web.Request) -> web.Response:
     vh = vhost_or_404(request)
     user = name(request, "user")
     b = broker_of(request)
-    if user not in b.users:
+    if user not in b.runtime.users:
         raise bad_request(f"user '{user}' does not exist")
-    existed = user in b.permissions.get(vh.name, {})
-    await b.set_permissions(user, vh.name, str(data["configure"]), str(data["write"]),
+    existed = user in b.runtime.permissions.get(vh.name, {})
+    await b.definitions.set_permissions(user, vh.name, str(data["configure"]), str(data["write"]),
                             str(data["read"]))
     return created_or_updated(existed)
 
@@ -194,9 +194,9 @@ async def delete_permission(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost, user = name(request, "vhost"), name(request, "user")
     b = broker_of(request)
-    if user not in b.permissions.get(vhost, {}):
+    if user not in b.runtime.permissions.get(vhost, {}):
         raise not_found()
-    await b.clear_permissions(user, vhost)
+    await b.definitions.clear_permissions(user, vhost)
     return no_content()
 
 
@@ -211,12 +211,12 @@ def _policy_vhosts(request: web.Request) -> list:
 async def list_policies(request: web.Request) -> web.Response:
     b = broker_of(request)
     return list_response(request, [policy_json(p) for vh in _policy_vhosts(request)
-                                   for p in b.policies.get(vh.name, {}).values()])
+                                   for p in b.runtime.policies.get(vh.name, {}).values()])
 
 
 def _policy(request: web.Request) -> dict:
     vh = _policy_vhosts(request)[0]
-    p = broker_of(request).policies.get(vh.name, {}).get(name(request, "name"))
+    p = broker_of(request).runtime.policies.get(vh.name, {}).get(name(request, "name"))
     if p is None:
         raise not_found()
     return p
@@ -243,8 +243,8 @@ async def put_policy(request: web.Request) -> web.Response:
     except (TypeError, ValueError):
         raise bad_request("'priority' must be an integer") from None
     b = broker_of(request)
-    existed = policy_name in b.policies.get(vh.name, {})
-    await b.set_policy(vh.name, policy_name, str(data["pattern"]), definition, priority,
+    existed = policy_name in b.runtime.policies.get(vh.name, {})
+    await b.definitions.set_policy(vh.name, policy_name, str(data["pattern"]), definition, priority,
                        apply_to)
     return created_or_updated(existed)
 
@@ -252,6 +252,6 @@ async def put_policy(request: web.Request) -> web.Response:
 @routes.delete("/api/policies/{vhost}/{name}")
 async def delete_policy(request: web.Request) -> web.Response:
     p = _policy(request)
-    await broker_of(request).clear_policy(p["vhost"], p["name"])
+    await broker_of(request).definitions.clear_policy(p["vhost"], p["name"])
     return no_content()
 

@@ -10,7 +10,6 @@ import ssl
 
 from aiohttp import web
 
-from node.broker import Broker
 from node.http import (
     access,
     cluster,
@@ -26,6 +25,7 @@ from node.http import (
 )
 from node.http.auth import auth_middleware
 from node.http.stats import Sampler
+from node.runtime.broker import Broker
 
 # order matters where paths overlap: literal paths before the {name} ones that would match
 ROUTE_TABLES = (cluster.routes, limits.routes, overview.routes, connections.routes,

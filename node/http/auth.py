@@ -43,11 +43,11 @@ def authenticate(broker: Any, header: str, remote: str | None) -> tuple[dict | N
         ).partition(":")
     except (ValueError, UnicodeDecodeError):
         return None, "Login failed"
-    u = broker.users.get(username)
+    u = broker.runtime.users.get(username)
     if u is None or not check_password(password, u.get("password_hash", ""),
                                        u.get("hashing", "")):
         return None, "Login failed"
-    if username == "guest" and broker.loopback_only_guest and not is_loopback(remote):
+    if username == "guest" and broker.access.loopback_only_guest and not is_loopback(remote):
         return None, "guest user can only log in via localhost"
     return u, ""
 

@@ -22,7 +22,7 @@ from node.http.common import (
     require,
 )
 from node.http.proxy import from_owner
-from node.replication import MOVE_SYNC_TIMEOUT
+from node.runtime.vhost_roles import MOVE_SYNC_TIMEOUT
 
 routes = web.RouteTableDef()
 
@@ -36,7 +36,7 @@ VERIFY_HTTP_TIMEOUT = 600.0
 @routes.get("/api/cluster-status")
 async def cluster_status(request: web.Request) -> web.Response:
     require(request, MONITORING)
-    return json_response(broker_of(request).cluster_status())
+    return json_response(broker_of(request).placement.cluster_status())
 
 
 @routes.post("/api/cluster/nodes")
@@ -47,7 +47,7 @@ async def join_node(request: web.Request) -> web.Response:
     address = str(data["raft_address"])
     if ":" not in address:
         raise bad_request("raft_address must be host:port")
-    outcome = await broker_of(request).join_node(address)
+    outcome = await broker_of(request).placement.join_node(address)
     if outcome["state"] == "joining":  # may still be committed: 202, not an error
         return json_response(outcome, status=202)
     return json_response(outcome, status=201)
@@ -56,7 +56,7 @@ async def join_node(request: web.Request) -> web.Response:
 @routes.delete("/api/cluster/nodes/{node}")
 async def forget_node(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    await broker_of(request).forget_node(name(request, "node"))
+    await broker_of(request).placement.forget_node(name(request, "node"))
     return no_content()
 
 
@@ -74,7 +74,7 @@ def _copies(data: dict) -> int | None:
 async def list_placements(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
-    return json_response([b.replication.describe(v) for v in sorted(b.vhost_defs)])
+    return json_response([b.roles.describe(v) for v in sorted(b.runtime.vhost_defs)])
 
 
 @routes.get("/api/cluster/vhosts/{vhost}")
@@ -83,14 +83,14 @@ async def placement(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
     vhost = name(request, "vhost")
-    if vhost not in b.vhost_defs:
+    if vhost not in b.runtime.vhost_defs:
         raise not_found()
-    if b.replication.available(vhost) is None:
+    if b.roles.available(vhost) is None:
         # the lag figures are the owner's; a hung owner must not hang this answer
         relayed = await from_owner(request, vhost, timeout=2.0)
         if relayed is not None and relayed.status == 200:
             return relayed
-    return json_response(b.replication.describe(vhost))
+    return json_response(b.roles.describe(vhost))
 
 
 @routes.put("/api/cluster/vhosts/{vhost}")
@@ -105,13 +105,13 @@ async def place_vhost(request: web.Request) -> web.Response:
     if owner is not None and not isinstance(owner, str):
         raise bad_request("owner must be a node name")
     copies = _copies(data)
-    if vhost not in b.vhost_defs:
-        await b.add_vhost(vhost, str(data.get("description", "")), owner=owner,
+    if vhost not in b.runtime.vhost_defs:
+        await b.definitions.add_vhost(vhost, str(data.get("description", "")), owner=owner,
                           replicas=copies)
         return web.Response(status=201)
     if copies is not None:
-        await b.set_replication_factor(vhost, copies)
-    if owner is not None and owner != b.owner_of(vhost):
+        await b.placement.set_replication_factor(vhost, copies)
+    if owner is not None and owner != b.runtime.owner_of(vhost):
         return await _move(request, vhost, owner)
     return no_content()
 
@@ -125,7 +125,7 @@ async def move_vhost(request: web.Request) -> web.Response:
     if not isinstance(target, str):
         raise bad_request("node must be a node name")
     vhost = name(request, "vhost")
-    if vhost not in broker_of(request).vhost_defs:
+    if vhost not in broker_of(request).runtime.vhost_defs:
         raise not_found()
     return await _move(request, vhost, target, _sync_timeout(data))
 
@@ -142,13 +142,13 @@ def _sync_timeout(data: dict) -> float:
 async def _move(request: web.Request, vhost: str, target: str,
                 sync_timeout: float = MOVE_SYNC_TIMEOUT) -> web.Response:
     b = broker_of(request)
-    why = b.replication.available(vhost)
+    why = b.roles.available(vhost)
     if why is not None:
         raise bad_request(f"cannot move vhost '{vhost}': {why}")
     relayed = await from_owner(request, vhost, timeout=sync_timeout + MOVE_HTTP_MARGIN)
     if relayed is not None:
         return relayed
-    return json_response(await b.replication.move(vhost, target, sync_timeout))
+    return json_response(await b.roles.move(vhost, target, sync_timeout))
 
 
 @routes.post("/api/cluster/vhosts/{vhost}/verify")
@@ -159,13 +159,13 @@ async def verify_vhost(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost = name(request, "vhost")
     b = broker_of(request)
-    if vhost not in b.vhost_defs:
+    if vhost not in b.runtime.vhost_defs:
         raise not_found()
-    why = b.replication.available(vhost)
+    why = b.roles.available(vhost)
     if why is not None:
         raise bad_request(f"cannot verify vhost '{vhost}': {why}")
     relayed = await from_owner(request, vhost, timeout=VERIFY_HTTP_TIMEOUT)
     if relayed is not None:
         return relayed
-    from node.verify import verify_vhost as verify
+    from node.runtime.verify import verify_vhost as verify
     return json_response(await verify(b, vhost))

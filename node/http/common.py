@@ -217,7 +217,7 @@ def stats_of(request: web.Request) -> Any:
 
 
 def vhost_or_404(request: web.Request, key: str = "vhost") -> Any:
-    vh = broker_of(request).vhosts.get(name(request, key))
+    vh = broker_of(request).runtime.vhosts.get(name(request, key))
     if vh is None:
         raise not_found()
     return vh
@@ -225,7 +225,7 @@ def vhost_or_404(request: web.Request, key: str = "vhost") -> Any:
 
 def can_use_vhost(request: web.Request, vhost: str) -> bool:
     user = request["user"]
-    return sees_everything(request) or broker_of(request).can_access_vhost(user["name"], vhost)
+    return sees_everything(request) or broker_of(request).access.can_access_vhost(user["name"], vhost)
 
 
 def visible_vhosts(request: web.Request) -> list:
@@ -237,7 +237,7 @@ def visible_vhosts(request: web.Request) -> list:
         if not can_use_vhost(request, vh.name):
             raise not_authorised("User not authorised to access virtual host")
         return [vh]
-    return [vh for vh in broker.vhosts.values() if can_use_vhost(request, vh.name)]
+    return [vh for vh in broker.runtime.vhosts.values() if can_use_vhost(request, vh.name)]
 
 
 def check_permission(request: web.Request, vhost: str, perm: str, kind: str,
@@ -245,6 +245,6 @@ def check_permission(request: web.Request, vhost: str, perm: str, kind: str,
     """The AMQP permission check (configure/write/read regexes) for an API action that
     mirrors an AMQP one, e.g. declaring a queue needs configure on its name."""
     user = request["user"]["name"]
-    if not broker_of(request).permitted(user, vhost, perm, resource):
+    if not broker_of(request).access.permitted(user, vhost, perm, resource):
         raise not_authorised(f"ACCESS_REFUSED - {perm} access to {kind} '{resource}' in vhost "
                              f"'{vhost}' refused for user '{user}'")

@@ -31,7 +31,7 @@ FORCED_TEXT = "CONNECTION_FORCED - Closed via management plugin"
 def _connections(request: web.Request, vhost: str | None = None) -> Iterator[Any]:
     everything = sees_everything(request)
     me = request["user"]["name"]
-    for c in list(broker_of(request).connections):
+    for c in list(broker_of(request).runtime.connections):
         if not everything and c.user != me:
             continue
         if vhost is not None and (c.vhost is None or c.vhost.name != vhost):
@@ -130,7 +130,7 @@ async def list_consumers(request: web.Request) -> web.Response:
     b = broker_of(request)
     allowed = {vh.name for vh in visible_vhosts(request)}
     out = []
-    for c in list(b.connections):
+    for c in list(b.runtime.connections):
         if c.vhost is None or c.vhost.name not in allowed:
             continue
         for ch in c.stats().channels:

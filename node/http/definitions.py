@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from node.auth import HASHING_SHA256, hash_password
-from node.broker import PRODUCT, VERSION, decode_args
 from node.exchanges.base import Destination
 from node.exchanges.registry import STANDARD_EXCHANGES
 from node.http.common import (
@@ -29,6 +28,8 @@ from node.http.common import (
     require,
 )
 from node.queues import types
+from node.runtime.broker import PRODUCT, VERSION
+from node.runtime.definitions import decode_args
 
 routes = web.RouteTableDef()
 
@@ -91,7 +92,7 @@ def export_all(broker: Any) -> dict:
     out["permissions"] = [dict(p) for perms in state.get("permissions", {}).values()
                           for p in perms.values()]
     out["topic_permissions"] = []
-    out["global_parameters"] = [{"name": "cluster_name", "value": broker.cluster_name}]
+    out["global_parameters"] = [{"name": "cluster_name", "value": broker.runtime.cluster_name}]
     merged: dict[str, list] = {"parameters": [], "policies": [], "queues": [], "exchanges": [],
                                "bindings": []}
     for vhost in state.get("vhosts", {}):
@@ -119,7 +120,7 @@ class Importer:
         vhost = self.into_vhost if self.into_vhost is not None else item.get("vhost")
         if not isinstance(vhost, str):
             raise bad_request(f"definition lacks a vhost: {json.dumps(item)[:200]}")
-        vh = self.broker.vhosts.get(vhost)
+        vh = self.broker.runtime.vhosts.get(vhost)
         if vh is None:
             raise bad_request(f"vhost '{vhost}' does not exist")
         return vh
@@ -132,12 +133,12 @@ class Importer:
             for v in _items(doc, "vhosts"):
                 await self.vhost(v)
             for p in _items(doc, "permissions"):
-                if p.get("vhost") in b.vhosts and p.get("user") in b.users:
-                    await b.set_permissions(p["user"], p["vhost"], p.get("configure", ""),
+                if p.get("vhost") in b.runtime.vhosts and p.get("user") in b.runtime.users:
+                    await b.definitions.set_permissions(p["user"], p["vhost"], p.get("configure", ""),
                                             p.get("write", ""), p.get("read", ""))
         for p in _items(doc, "policies"):
             vh = self._vhost_of(p)
-            await b.set_policy(vh.name, str(p["name"]), str(p.get("pattern", "")),
+            await b.definitions.set_policy(vh.name, str(p["name"]), str(p.get("pattern", "")),
                                p.get("definition") or {}, int(p.get("priority", 0)),
                                str(p.get("apply-to", p.get("apply_to", "all"))))
         for q in _items(doc, "queues"):
@@ -156,12 +157,12 @@ class Importer:
             pw_hash, hashing = hash_password(str(u["password"])), HASHING_SHA256
         else:
             pw_hash, hashing = "", HASHING_SHA256
-        await self.broker.add_user(username, pw_hash, parse_tags(u.get("tags")), hashing)
+        await self.broker.definitions.add_user(username, pw_hash, parse_tags(u.get("tags")), hashing)
 
     async def vhost(self, v: dict) -> None:
         raw_meta = v.get("metadata")
         meta: dict = raw_meta if isinstance(raw_meta, dict) else {}
-        await self.broker.add_vhost(
+        await self.broker.definitions.add_vhost(
             str(v["name"]), str(v.get("description", meta.get("description", "")) or ""),
             parse_tags(v.get("tags", meta.get("tags"))),
             str(v.get("default_queue_type", meta.get("default_queue_type", "classic"))
@@ -174,10 +175,10 @@ class Importer:
             return  # immutable: the existing queue wins
         durable, auto_delete = bool(q.get("durable", True)), bool(q.get("auto_delete", False))
         args = types.with_default_type(q.get("arguments") or {},
-                                       self.broker.default_queue_type(vh.name), durable, False,
+                                       self.broker.definitions.default_queue_type(vh.name), durable, False,
                                        auto_delete)
-        self.broker.validate_queue_arguments(args, qname, vh.name, durable, False, auto_delete)
-        await self.broker.declare_queue(vh, qname, durable, None, auto_delete, args)
+        self.broker.definitions.validate_queue_arguments(args, qname, vh.name, durable, False, auto_delete)
+        await self.broker.definitions.declare_queue(vh, qname, durable, None, auto_delete, args)
 
     async def exchange(self, x: dict) -> None:
         vh = self._vhost_of(x)
@@ -185,10 +186,10 @@ class Importer:
         if xname in vh.exchanges or _builtin(xname):
             return
         xtype = x.get("type")
-        if xtype not in self.broker.exchange_types:
+        if xtype not in self.broker.runtime.exchange_types:
             raise bad_request(f"exchange '{xname}' in vhost '{vh.name}': unknown exchange "
                               f"type '{xtype}'")
-        await self.broker.declare_exchange(vh, xname, xtype, bool(x.get("durable", True)),
+        await self.broker.definitions.declare_exchange(vh, xname, xtype, bool(x.get("durable", True)),
                                            bool(x.get("auto_delete", False)),
                                            bool(x.get("internal", False)),
                                            x.get("arguments") or {})
@@ -203,7 +204,7 @@ class Importer:
                 dest not in (vh.queues if kind == "queue" else vh.exchanges)):
             raise bad_request(f"binding {source} -> {kind} {dest} in vhost '{vh.name}': no "
                               "such source or destination")
-        await self.broker.bind(vh, source, Destination(kind, dest),
+        await self.broker.definitions.bind(vh, source, Destination(kind, dest),
                                str(bd.get("routing_key", "")), bd.get("arguments") or {})
 
 
@@ -260,7 +261,7 @@ async def post_definitions(request: web.Request) -> web.Response:
 async def get_vhost_definitions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost = name(request, "vhost")
-    if vhost not in broker_of(request).vhosts:
+    if vhost not in broker_of(request).runtime.vhosts:
         raise not_found()
     return _download(request, json_response(export_vhost(broker_of(request), vhost)))
 
@@ -269,7 +270,7 @@ async def get_vhost_definitions(request: web.Request) -> web.Response:
 async def post_vhost_definitions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost = name(request, "vhost")
-    if vhost not in broker_of(request).vhosts:
+    if vhost not in broker_of(request).runtime.vhosts:
         raise not_found()
     return await _import(request, vhost)
 

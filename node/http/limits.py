@@ -31,7 +31,7 @@ def _limits_json(broker, vhosts) -> list[dict]:
 async def all_limits(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
-    return json_response(_limits_json(b, b.vhosts.values()))
+    return json_response(_limits_json(b, b.runtime.vhosts.values()))
 
 
 @routes.get("/api/vhost-limits/{vhost}")
@@ -53,7 +53,7 @@ async def put_limit(request: web.Request) -> web.Response:
         raise bad_request("value must be an integer (negative: no limit)")
     limits = dict(vh.limits)
     limits[limit] = value
-    await broker_of(request).set_vhost_limits(vh.name, limits)
+    await broker_of(request).definitions.set_vhost_limits(vh.name, limits)
     return no_content()
 
 
@@ -63,7 +63,7 @@ async def delete_limit(request: web.Request) -> web.Response:
     vh = vhost_or_404(request)
     limits = dict(vh.limits)
     limits.pop(name(request, "limit"), None)
-    await broker_of(request).set_vhost_limits(vh.name, limits)
+    await broker_of(request).definitions.set_vhost_limits(vh.name, limits)
     return no_content()
 
 

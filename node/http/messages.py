@@ -103,7 +103,7 @@ async def publish(request: web.Request) -> web.Response:
     results = 0
     for q in queues:
         results |= q.publish(msg)  # bit flags: ACCEPTED_FLUSH, REJECTED, FLOW
-    b.count_publish(bool(queues))
+    b.counters.count_publish(bool(queues))
     if results & ACCEPTED_FLUSH and vh.store is not None:
         await asyncio.shield(vh.store.flush())  # answer once it is on disk (shared future)
     if results & REJECTED:  # what a publisher confirm would nack

@@ -12,10 +12,10 @@ from typing import Any, Callable, Iterable
 
 from aiohttp import web
 
-from node.broker import VERSION
 from node.http import system
 from node.http.shapes import channel_name
 from node.read_models import QueueStats
+from node.runtime.broker import VERSION
 
 routes = web.RouteTableDef()
 
@@ -101,7 +101,7 @@ CHANNEL_METRICS: list[tuple[str, str, str, str]] = [
 
 
 def _queues(broker: Any) -> list[tuple[str, Any, QueueStats]]:
-    return [(vh.name, q, q.stats()) for vh in broker.vhosts.values()
+    return [(vh.name, q, q.stats()) for vh in broker.runtime.vhosts.values()
             for q in list(vh.queues.values())]
 
 
@@ -114,14 +114,14 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
         "erlang_version": f"python-{platform.python_version()}"})
     e.gauge("rabbitmq_identity_info", "RabbitMQ node & cluster identity info", 1, {
         "rabbitmq_node": s.node_name,
-        "rabbitmq_cluster": broker.cluster_name,
+        "rabbitmq_cluster": broker.runtime.cluster_name,
         "rabbitmq_cluster_permanent_id": f"warren-{s.node_name}"})
 
     queues = _queues(broker)
-    conns = [(c, c.stats()) for c in list(broker.connections)]
+    conns = [(c, c.stats()) for c in list(broker.runtime.connections)]
     channels = [(c, ch, ch.stats()) for c, cs in conns for ch in cs.channels]
     consumers = sum(len(qs.consumers) for _v, _q, qs in queues)
-    e.gauge("rabbitmq_connections", "Connections currently open", len(broker.connections))
+    e.gauge("rabbitmq_connections", "Connections currently open", len(broker.runtime.connections))
     e.gauge("rabbitmq_channels", "Channels currently open", len(channels))
     e.gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
     e.gauge("rabbitmq_queues", "Queues available", len(queues))
@@ -154,7 +154,7 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
             ("received_confirm", "Total number of messages received from publishers expecting "
              "confirmations")):
         e.counter(f"rabbitmq_global_messages_{metric}_total", help_text,
-                  getattr(broker, metric, 0), PROTOCOL)
+                  getattr(broker.counters, metric), PROTOCOL)
     for metric, help_text, attr in (
             ("rabbitmq_connections_opened_total", "Total number of connections opened",
              "connections_opened"),
@@ -164,7 +164,7 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
              "channels_opened"),
             ("rabbitmq_channels_closed_total", "Total number of channels closed",
              "channels_closed")):
-        e.counter(metric, help_text, getattr(broker, attr, 0))
+        e.counter(metric, help_text, getattr(broker.counters, attr))
     e.gauge("rabbitmq_global_consumers", "Consumers currently connected", consumers, PROTOCOL)
 
     for metric, kind, help_text, read in QUEUE_METRICS:
@@ -212,7 +212,7 @@ def render(broker: Any, stats: Any, per_object: bool) -> str:
     e.gauge("rabbitmq_process_open_fds", "Open file descriptors", system.open_fds())
     e.gauge("rabbitmq_process_max_fds", "Open file descriptors limit", system.max_fds())
     e.gauge("rabbitmq_erlang_uptime_seconds", "Node uptime",
-            round(time.time() - broker.started_at, 3))
+            round(time.time() - broker.runtime.started_at, 3))
     _raft(e, broker, per_object)
     _replication(e, broker)
     return e.text()
@@ -222,7 +222,7 @@ def _replication(e: Exposition, broker: Any) -> None:
     """WarrenMQ's own families (RabbitMQ has no vhost replication): per vhost this node
     owns, each replica's lag and the in-sync set's size; failovers this node decided (as
     Raft leader) and moves it carried out (as owner)."""
-    r = broker.replication
+    r = broker.roles
     lag_records, lag_bytes, in_sync = [], [], []
     for vhost, source in sorted(r.sources.items()):
         in_sync.append(({"vhost": vhost}, 1 + len(source.in_sync)))

@@ -60,10 +60,10 @@ async def list_queues(request: web.Request) -> web.Response:
             continue
         unacked = unacked_bytes(b)
         rows = [queue_json(b, stats, vh.name, q, unacked) for q in list(vh.queues.values())]
-        if not b.owns(vh.name):
+        if not b.runtime.owns(vh.name):
             # the owner did not answer: its queues' contents are unknown here, not empty
-            why = b.replication.available(vh.name) or (
-                f"vhost '{vh.name}' is served by node '{b.owner_of(vh.name)}', which did "
+            why = b.roles.available(vh.name) or (
+                f"vhost '{vh.name}' is served by node '{b.runtime.owner_of(vh.name)}', which did "
                 "not answer")
             for row in rows:
                 row.update(state="down", reason=why, messages=None, messages_ready=None,
@@ -104,14 +104,14 @@ async def put_queue(request: web.Request) -> web.Response:
     durable = as_bool(data.get("durable"), "durable", True)
     auto_delete = as_bool(data.get("auto_delete"), "auto_delete", False)
     b = broker_of(request)
-    args = types.with_default_type(args, b.default_queue_type(vh.name), durable, False,
+    args = types.with_default_type(args, b.definitions.default_queue_type(vh.name), durable, False,
                                    auto_delete)
     existing = vh.queues.get(qname)
     if existing is not None:
-        b.check_queue_equivalent(existing, durable, False, auto_delete, args)
+        b.definitions.check_queue_equivalent(existing, durable, False, auto_delete, args)
         return no_content()
-    b.validate_queue_arguments(args, qname, vh.name, durable, False, auto_delete)
-    await b.declare_queue(vh, qname, durable, None, auto_delete, args)
+    b.definitions.validate_queue_arguments(args, qname, vh.name, durable, False, auto_delete)
+    await b.definitions.declare_queue(vh, qname, durable, None, auto_delete, args)
     return web.Response(status=201)
 
 
@@ -124,7 +124,7 @@ async def delete_queue(request: web.Request) -> web.Response:
     if request.query.get("if-empty") == "true" and (q.message_count or q.unacked):
         raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' "
                           "not empty")
-    await broker_of(request).delete_queue(vh, q)
+    await broker_of(request).definitions.delete_queue(vh, q)
     return no_content()
 
 
@@ -185,7 +185,7 @@ async def put_exchange(request: web.Request) -> web.Response:
     check_permission(request, vh.name, "configure", "exchange", xname)
     b = broker_of(request)
     xtype = data["type"]
-    if xtype not in b.exchange_types:
+    if xtype not in b.runtime.exchange_types:
         raise bad_request(f"invalid type '{xtype}' for exchange '{xname}' in vhost "
                           f"'{vh.name}': unknown exchange type")
     durable = as_bool(data.get("durable"), "durable", True)
@@ -194,9 +194,9 @@ async def put_exchange(request: web.Request) -> web.Response:
     args = _arguments(data)
     existing = vh.exchanges.get(xname)
     if existing is not None:
-        b.check_exchange_equivalent(existing, xtype, durable, auto_delete, internal, args)
+        b.definitions.check_exchange_equivalent(existing, xtype, durable, auto_delete, internal, args)
         return no_content()
-    await b.declare_exchange(vh, xname, xtype, durable, auto_delete, internal, args)
+    await b.definitions.declare_exchange(vh, xname, xtype, durable, auto_delete, internal, args)
     return web.Response(status=201)
 
 
@@ -212,7 +212,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
                                for b in vh.bindings())):
         raise bad_request(f"PRECONDITION_FAILED - exchange '{ex.name}' in vhost '{vh.name}' "
                           "in use")
-    await broker_of(request).delete_exchange(vh, ex.name, False)
+    await broker_of(request).definitions.delete_exchange(vh, ex.name, False)
     return no_content()
 
 
@@ -275,7 +275,7 @@ async def create_binding(request: web.Request) -> web.Response:
     check_permission(request, vh.name, "read", "exchange", source)
     routing_key = str(data.get("routing_key", ""))
     args = _arguments(data)
-    await broker_of(request).bind(vh, source, dest, routing_key, args)
+    await broker_of(request).definitions.bind(vh, source, dest, routing_key, args)
     resp = web.Response(status=201)
     resp.headers["Location"] = properties_key(routing_key, args)
     return resp
@@ -307,5 +307,5 @@ async def delete_binding(request: web.Request) -> web.Response:
                      if x.destination == dest and x.routing_key == b["routing_key"]
                      and properties_key(x.routing_key, x.arguments) == b["properties_key"]),
                     b["arguments"])
-    await broker_of(request).unbind(vh, source, dest, b["routing_key"], raw_args)
+    await broker_of(request).definitions.unbind(vh, source, dest, b["routing_key"], raw_args)
     return no_content()

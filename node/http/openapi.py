@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from node.broker import VERSION
 from node.http.common import json_response
+from node.runtime.broker import VERSION
 
 routes = web.RouteTableDef()
 

@@ -13,7 +13,6 @@ from aiohttp import web
 from node import health
 from node.amqp import spec
 from node.amqp.frames import content_header_payload
-from node.broker import PRODUCT, VERSION
 from node.http import system
 from node.http.common import (
     MONITORING,
@@ -29,6 +28,7 @@ from node.http.common import (
 )
 from node.http.stats import NODE, queue_depths
 from node.message import Message
+from node.runtime.broker import PRODUCT, VERSION
 
 routes = web.RouteTableDef()
 
@@ -40,7 +40,7 @@ EXCHANGE_DESCRIPTIONS = {
 
 def exchange_types(broker: Any) -> list[dict]:
     return [{"name": t, "description": EXCHANGE_DESCRIPTIONS.get(t, ""), "enabled": True}
-            for t in sorted(broker.exchange_types)]
+            for t in sorted(broker.runtime.exchange_types)]
 
 
 def listeners(broker: Any) -> list[dict]:
@@ -52,10 +52,10 @@ def listeners(broker: Any) -> list[dict]:
 
 
 def object_totals(broker: Any) -> dict:
-    queues = [q for vh in broker.vhosts.values() for q in vh.queues.values()]
-    return {"connections": len(broker.connections),
-            "channels": sum(len(c.stats().channels) for c in list(broker.connections)),
-            "exchanges": sum(len(vh.exchanges) for vh in broker.vhosts.values()),
+    queues = [q for vh in broker.runtime.vhosts.values() for q in vh.queues.values()]
+    return {"connections": len(broker.runtime.connections),
+            "channels": sum(len(c.stats().channels) for c in list(broker.runtime.connections)),
+            "exchanges": sum(len(vh.exchanges) for vh in broker.runtime.vhosts.values()),
             "queues": len(queues),
             "consumers": sum(q.consumer_count for q in queues)}
 
@@ -63,7 +63,7 @@ def object_totals(broker: Any) -> dict:
 @routes.get("/api/overview")
 async def overview(request: web.Request) -> web.Response:
     b, stats = broker_of(request), stats_of(request)
-    queues = [q for vh in b.vhosts.values() if can_use_vhost(request, vh.name)
+    queues = [q for vh in b.runtime.vhosts.values() if can_use_vhost(request, vh.name)
               for q in vh.queues.values()]
     node = b.settings.node_name
     return json_response({
@@ -72,7 +72,7 @@ async def overview(request: web.Request) -> web.Response:
         "erlang_version": f"Python {platform.python_version()}",
         "erlang_full_version": f"Python {platform.python_version()} ({platform.platform()})",
         "release_series_support_status": "supported",
-        "cluster_name": b.cluster_name, "node": node,
+        "cluster_name": b.runtime.cluster_name, "node": node,
         "statistics_db_node": node, "statistics_db_event_queue": 0,
         "disable_stats": False, "enable_queue_totals": True,
         "is_op_policy_updating_enabled": True,
@@ -93,7 +93,7 @@ async def overview(request: web.Request) -> web.Response:
 @routes.get("/api/cluster-name")
 async def cluster_name(request: web.Request) -> web.Response:
     b = broker_of(request)
-    return json_response({"name": b.cluster_name})
+    return json_response({"name": b.runtime.cluster_name})
 
 
 @routes.get("/api/whoami")
@@ -109,7 +109,7 @@ def node_json(broker: Any) -> dict:
     alarms = system.alarms(broker)
     return {
         "name": s.node_name, "type": "disc", "running": True, "being_drained": False,
-        "os_pid": str(os.getpid()), "uptime": int((time.time() - broker.started_at) * 1000),
+        "os_pid": str(os.getpid()), "uptime": int((time.time() - broker.runtime.started_at) * 1000),
         "mem_used": mem, "mem_limit": system.memory_limit(broker),
         "mem_alarm": "memory" in alarms,
         "mem_calculation_strategy": "rss",
@@ -117,7 +117,7 @@ def node_json(broker: Any) -> dict:
         "disk_free_limit": system.disk_free_limit(broker),
         "disk_free_alarm": "disk" in alarms,
         "fd_used": system.open_fds(), "fd_total": system.max_fds(),
-        "sockets_used": len(broker.connections), "sockets_total": system.max_fds(),
+        "sockets_used": len(broker.runtime.connections), "sockets_total": system.max_fds(),
         "processors": os.cpu_count() or 1, "rates_mode": "basic",
         "exchange_types": exchange_types(broker),
         "auth_mechanisms": [{"name": "PLAIN", "description": "SASL PLAIN authentication "
@@ -166,7 +166,7 @@ async def _remote_node(request: web.Request, node: dict) -> dict | None:
 async def nodes(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
-    status = b.cluster_status()
+    status = b.placement.cluster_status()
     me = b.settings.node_name
     out = []
     members = [n["name"] for n in status["nodes"]] or [me]
@@ -176,7 +176,7 @@ async def nodes(request: web.Request) -> web.Response:
         if member == me:
             item = node_json(b)
         else:
-            node = b.nodes.get(member, {})
+            node = b.runtime.nodes.get(member, {})
             remote = await _remote_node(request, node) if node.get("http") else None
             item = remote if remote is not None else {}
             if remote is None:
@@ -196,7 +196,7 @@ async def get_node(request: web.Request) -> web.Response:
         raise not_found()
     item = node_json(b)
     if request.query.get("local") != "true":
-        item.update(_cluster_fields(b, b.cluster_status(), b.settings.node_name))
+        item.update(_cluster_fields(b, b.placement.cluster_status(), b.settings.node_name))
     return json_response(item)
 
 
@@ -262,7 +262,7 @@ async def aliveness(request: web.Request) -> web.Response:
     vh = vhost_or_404(request)
     if not can_use_vhost(request, vh.name):
         raise not_authorised("User not authorised to access virtual host")
-    q = vh.queues.get("aliveness-test") or await b.declare_queue(
+    q = vh.queues.get("aliveness-test") or await b.definitions.declare_queue(
         vh, "aliveness-test", False, None, False, {})
     body = b"test_message"
     header = content_header_payload(60, len(body), spec.BasicProperties().encode())

@@ -27,10 +27,10 @@ async def from_owner(request: web.Request, vhost: str,
                      timeout: float = 30.0) -> web.Response | None:
     """The owner's response if another node owns `vhost`; None to answer here."""
     b = broker_of(request)
-    if b.owns(vhost) or request.headers.get(HOP_HEADER):
+    if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
-    owner = b.owner_of(vhost)
-    node = b.nodes.get(owner or "")
+    owner = b.runtime.owner_of(vhost)
+    node = b.runtime.nodes.get(owner or "")
     if node is None or not node.get("http"):
         return error_response(503, "service_unavailable",
                               f"vhost '{vhost}' is owned by node '{owner}', which is unknown here")
@@ -57,9 +57,9 @@ async def owner_list(request: web.Request, vhost: str, path: str) -> list | None
     this node owns it or the owner cannot say."""
     from urllib.parse import quote
     b = broker_of(request)
-    if b.owns(vhost) or request.headers.get(HOP_HEADER):
+    if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
-    node = b.nodes.get(b.owner_of(vhost) or "")
+    node = b.runtime.nodes.get(b.runtime.owner_of(vhost) or "")
     if node is None or not node.get("http"):
         return None
     url = f"{relay_scheme(b.settings)}://{node['http']}{path.format(vhost=quote(vhost, safe=''))}"

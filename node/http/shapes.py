@@ -24,7 +24,7 @@ PROTOCOL = "AMQP 0-9-1"
 def cluster_state(broker: Any) -> dict[str, str]:
     """Every member serves every vhost (a connection to a non-owner is forwarded to the
     owner), so, as in RabbitMQ, each member is listed with whether it is up."""
-    nodes = broker.cluster_status()["nodes"]
+    nodes = broker.placement.cluster_status()["nodes"]
     return {n["name"]: "running" if n["running"] else "nodedown" for n in nodes} or {
         node_name(broker): "running"}
 
@@ -36,13 +36,13 @@ def node_name(broker: Any) -> str:
 # --- policies: node.policies decides, for the broker and for what the API shows ------------
 def matching_policy(broker: Any, vhost: str, name: str, kind: str) -> dict | None:
     """The policy in effect on a queue or exchange (`kind` "queues" or "exchanges")."""
-    return policies.matching_policy(broker.policies.get(vhost, {}), kind.rstrip("s"), name)
+    return policies.matching_policy(broker.runtime.policies.get(vhost, {}), kind.rstrip("s"), name)
 
 
 def queue_policy(broker: Any, vhost: str, q: Any) -> dict | None:
     """The policy in effect on a queue: the queue's own record of it when it keeps one."""
     if hasattr(q, "policy_name"):
-        return broker.policies.get(vhost, {}).get(q.policy_name) if q.policy_name else None
+        return broker.runtime.policies.get(vhost, {}).get(q.policy_name) if q.policy_name else None
     return matching_policy(broker, vhost, q.name, "queues")
 
 
@@ -55,7 +55,7 @@ def policy_json(p: dict) -> dict:
 # --- queues, exchanges, bindings -----------------------------------------------------
 def all_channels(broker: Any) -> list[tuple[Any, Any]]:
     """Every (connection, channel) open on this node."""
-    return [(c, ch) for c in list(broker.connections) for ch in c.stats().channels]
+    return [(c, ch) for c in list(broker.runtime.connections) for ch in c.stats().channels]
 
 
 def unacked_bytes(broker: Any) -> dict[Any, int]:
@@ -106,7 +106,7 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
     }
     if q.settings.queue_type == "quorum":
         # RabbitMQ's quorum-queue fields; its Raft members are the vhost's copies here
-        meta = broker.vhost_defs.get(vhost) or {}
+        meta = broker.runtime.vhost_defs.get(vhost) or {}
         members = sorted({meta.get("owner") or node_name(broker), *meta.get("replicas", [])})
         out.update(type="quorum", leader=meta.get("owner") or node_name(broker),
                    members=members, online=members, messages_dlx=0, message_bytes_dlx=0)
@@ -180,7 +180,7 @@ def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
     # WarrenMQ's placement: who serves the vhost, and who holds copies of its messages
     out.update(owner=meta.get("owner"), epoch=meta.get("epoch"),
                replicas=list(meta.get("replicas", [])), in_sync=list(meta.get("in_sync", [])),
-               available=broker.replication.available(vh.name) is None)
+               available=broker.roles.available(vh.name) is None)
     return out
 
 

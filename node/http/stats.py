@@ -108,15 +108,15 @@ class Sampler:
         out = dict.fromkeys(("deliver_get", "ack", "redeliver"), 0)
         for k in out:
             out[k] = self._retired_node.get(k, 0)
-        for vh in b.vhosts.values():
+        for vh in b.runtime.vhosts.values():
             c = vhost_counters(vh)
             for k in out:
                 out[k] += c[k]
-        returned = getattr(b, "returned", 0)
-        out.update(publish=b.published, confirm=getattr(b, "confirmed", 0),
+        returned = b.counters.returned
+        out.update(publish=b.counters.published, confirm=b.counters.confirmed,
                    return_unroutable=returned,
-                   drop_unroutable=max(0, b.unroutable - returned),
-                   routed=b.published - b.unroutable)
+                   drop_unroutable=max(0, b.counters.unroutable - returned),
+                   routed=b.counters.published - b.counters.unroutable)
         return out
 
     def _observe(self, key: Key, now: float, counters: dict[str, int],
@@ -140,7 +140,7 @@ class Sampler:
         seen: set[Key] = set()
         b = self.broker
         vhost_now: dict[str, dict[str, int]] = {}
-        for vh in b.vhosts.values():
+        for vh in b.runtime.vhosts.values():
             for q in vh.queues.values():
                 c = queue_counters(q)
                 c.update(messages=q.message_count + q.unacked, messages_ready=q.message_count,
@@ -157,13 +157,13 @@ class Sampler:
                 for k in ("deliver_get", "ack", "redeliver"):
                     self._retired_node[k] = self._retired_node.get(k, 0) + counters.get(k, 0)
         self._last_vhosts = vhost_now
-        for conn in list(b.connections):
+        for conn in list(b.runtime.connections):
             cs = conn.stats()
             self._observe(("connection", conn.name), now,
                           {"recv_oct": cs.recv_bytes, "send_oct": cs.send_bytes}, seen)
             for ch in cs.channels:
                 self._observe(("channel", conn.name, ch.number), now, channel_counters(ch), seen)
-        queues = [q for vh in b.vhosts.values() for q in vh.queues.values()]
+        queues = [q for vh in b.runtime.vhosts.values() for q in vh.queues.values()]
         depths = queue_depths(queues)
         self._observe(NODE, now, {**self.node_counters(), **depths}, seen)
         for key in [k for k in self._last if k not in seen]:

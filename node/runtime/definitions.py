@@ -8,9 +8,9 @@ Which path a definition takes (decision 1 and 2 of the design brief):
   * transient and exclusive things live only in this node's memory and die with it (or
     with their connection), as in RabbitMQ: they are changed here, directly.
 
-DefinitionChanges is a mixin of `Broker`. It reads `metadata` (to submit), `vhosts` (the
-runtime, for transient things and auto-delete), `vhost_defs` and `nodes` (add_vhost), and
-calls `pick_owner` and `owns` (node/placement.py) and `_drop_queue` (node/broker.py).
+It submits through Raft, reads the runtime state (the vhosts, for transient things and
+auto-delete; the vhost records and members, for add_vhost) and asks the placement where a
+new vhost goes.
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ from cluster import placement
 from node import errors
 from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
-from node.errors import AMQPConnectionError, AMQPError, ChannelError
+from node.errors import AMQPError, ChannelError
 from node.exchanges.base import Destination, Exchange
 from node.queues import types
 from node.queues.queue import Queue, new_declaration
 from node.queues.settings import OVERFLOW_MODES
+from node.runtime.commit import commit
+from node.runtime.placement import Placement
+from node.runtime.state import Runtime
 from node.vhost import VirtualHost
 
 if TYPE_CHECKING:
@@ -81,32 +84,23 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-class DefinitionChanges:
-    settings: Settings
-    metadata: "MetadataStore"
-    vhosts: dict[str, VirtualHost]
-    vhost_defs: dict[str, dict]
-    nodes: dict[str, dict]
+class DefinitionService:
+    """Definition changes, checked, then committed through Raft (durable things) or made
+    here (transient and exclusive ones)."""
 
-    if TYPE_CHECKING:
-        def pick_owner(self) -> str: ...
-        def owns(self, vhost: str) -> bool: ...
-        async def require_running(self, node: str) -> None: ...
-        def _drop_queue(self, vh: VirtualHost, name: str) -> None: ...
+    def __init__(self, settings: Settings, metadata: "MetadataStore", runtime: Runtime,
+                 placement: Placement) -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.runtime = runtime
+        self.placement = placement
+        self._auto_deleting: set[int] = set()  # exchanges whose auto-delete is under way
 
     # ------------------------------------------------------------------------------
     # submitting to Raft; exchanges, queues, bindings
     # ------------------------------------------------------------------------------
     async def submit(self, command: dict) -> dict:
-        from cluster.raft import ClusterUnavailable
-        try:
-            result = await self.metadata.submit(command)
-        except ClusterUnavailable as e:
-            raise AMQPConnectionError(errors.INTERNAL_ERROR, str(e)) from None
-        if not result.get("ok"):
-            raise ChannelError(result.get("code", errors.INTERNAL_ERROR),
-                               result.get("text", "definition change refused"))
-        return result
+        return await commit(self.metadata, command)
 
     async def declare_exchange(self, vh: VirtualHost, name: str, type_name: str, durable: bool,
                                auto_delete: bool, internal: bool, args: dict) -> Exchange:
@@ -162,9 +156,9 @@ class DefinitionChanges:
         if q.durable and q.exclusive_owner is None:
             await self.submit({"op": "delete_queue", "vhost": vh.name, "name": q.name,
                                "keep_exchanges": self._transiently_bound(vh)})
-        self._drop_queue(vh, q.name)
+        self.runtime.drop_queue(vh, q.name)
 
-    def _binding_is_durable(self, vh: VirtualHost, source: str, dest: Destination) -> bool:
+    def binding_is_durable(self, vh: VirtualHost, source: str, dest: Destination) -> bool:
         src = vh.exchanges.get(source)
         if src is None or not src.durable:
             return False
@@ -181,7 +175,7 @@ class DefinitionChanges:
         left."""
         return sorted(ex.name for ex in vh.exchanges.values()
                       if ex.auto_delete and ex.durable and any(
-                          not self._binding_is_durable(vh, ex.name, b.destination)
+                          not self.binding_is_durable(vh, ex.name, b.destination)
                           for b in ex.bindings.values()))
 
     async def bind(self, vh: VirtualHost, source: str, dest: Destination, routing_key: str,
@@ -195,7 +189,7 @@ class DefinitionChanges:
     async def _change_binding(self, op: str, vh: VirtualHost, source: str, dest: Destination,
                               routing_key: str, args: dict) -> None:
         """Through Raft when both ends are durable (it comes back as an event), else here."""
-        if self._binding_is_durable(vh, source, dest):
+        if self.binding_is_durable(vh, source, dest):
             await self.submit({
                 "op": op, "vhost": vh.name, "source": source, "destination": dest.name,
                 "destination_type": dest.kind, "routing_key": routing_key,
@@ -206,27 +200,27 @@ class DefinitionChanges:
             vh.unbind(source, dest, routing_key, args)
             ex = vh.exchanges.get(source)
             if (ex is not None and ex.durable and ex.auto_delete and not ex.bindings
-                    and self.owns(vh.name)):
+                    and self.runtime.owns(vh.name)):
                 # RabbitMQ deletes an auto-delete exchange with its last binding, before
                 # unbind-ok: a publish right after it finds no exchange.  The durable
                 # exchange goes through Raft, so the unbind waits for that.
                 await self._quietly(self._delete_auto_deleted(vh, ex))
 
     # --- auto-delete ---------------------------------------------------------------
-    def _queue_unused(self, q: Queue) -> None:
-        vh = self.vhosts.get(q.vhost)
+    def queue_unused(self, q: Queue) -> None:
+        vh = self.runtime.vhosts.get(q.vhost)
         if vh is None or vh.queues.get(q.name) is not q:
             return
         asyncio.ensure_future(self._quietly(self.delete_queue(vh, q)))
 
-    def _exchange_unused(self, ex: Exchange) -> None:
-        vh = self.vhosts.get(ex.vhost)
+    def exchange_unused(self, ex: Exchange) -> None:
+        vh = self.runtime.vhosts.get(ex.vhost)
         if vh is None:
             return
         if not ex.durable:
             vh.remove_exchange(ex.name)
             return
-        if not self.owns(vh.name):
+        if not self.runtime.owns(vh.name):
             return  # only the owner sees every binding, transient ones included
         # The state machine deletes a durable exchange when its last *durable* binding goes;
         # when the last one was to a transient or exclusive queue, Raft never saw it, so we
@@ -241,7 +235,7 @@ class DefinitionChanges:
 
     async def _delete_auto_deleted(self, vh: VirtualHost, ex: Exchange) -> None:
         """Delete an unused durable auto-delete exchange once, however many ask."""
-        deleting: set[int] = self.__dict__.setdefault("_auto_deleting", set())
+        deleting = self._auto_deleting
         if id(ex) in deleting:
             return
         deleting.add(id(ex))
@@ -267,7 +261,7 @@ class DefinitionChanges:
         ``replicas`` is the number of copies, the owner's included (default: the node's
         --replication-factor), capped at the cluster's size."""
         if owner is not None:
-            await self.require_running(owner)
+            await self.placement.require_running(owner)
         check_vhost_name(name)
         if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
                                      or replicas < 1):
@@ -275,21 +269,21 @@ class DefinitionChanges:
                                       f"{replicas!r}")
         cmd: dict[str, Any] = {"op": "add_vhost", "name": name, "description": description,
                                "tags": tags or [], "default_queue_type": default_queue_type}
-        if name not in self.vhost_defs:  # placement is decided once, at creation
-            cmd["owner"] = owner = owner or self.pick_owner()
-            members = sorted(self.nodes)
+        if name not in self.runtime.vhost_defs:  # placement is decided once, at creation
+            cmd["owner"] = owner = owner or self.placement.pick_owner()
+            members = sorted(self.runtime.nodes)
             record: dict[str, Any] = {"owner": owner, "replicas": [],
                                       "replication_factor": replicas}
             want = placement.wanted_replicas(record, self.settings.replication_factor,
                                              len(members))
             cmd["replicas"] = placement.repaired_replicas(
-                record, members, want, placement.load(self.vhost_defs.values(), members))
+                record, members, want, placement.load(self.runtime.vhost_defs.values(), members))
             cmd["replication_factor"] = replicas
         await self.submit(cmd)
 
     def default_queue_type(self, vhost: str) -> str | None:
         """The type a queue declared without `x-queue-type` gets in this vhost."""
-        return (self.vhost_defs.get(vhost) or {}).get("default_queue_type")
+        return (self.runtime.vhost_defs.get(vhost) or {}).get("default_queue_type")
 
     async def set_vhost_limits(self, name: str, limits: dict) -> None:
         await self.submit({"op": "set_vhost_limits", "name": name, "limits": limits})

@@ -2,14 +2,11 @@
 one `_ev_<op>` handler per op) and rebuilds the runtime from a full snapshot (`_rebuild`).
 
 Nothing here submits a change: the runtime only follows what Raft committed, so every node
-applies the same changes in the same order (node/definition_changes.py submits them).
+applies the same changes in the same order (node/runtime/definitions.py submits them).
 
-DefinitionMirror is a mixin of `Broker`. It writes `vhosts` (the runtime VirtualHosts),
-`vhost_defs`, `nodes`, `users`, `permissions` and `policies`; it reads `_live` (events are
-ignored until the runtime is built), `settings`, `metadata` (snapshot) and uses `stores`
-(node/vhost_stores.py). It calls `owns` (placement), `_forget_permission_caches` and
-`close_user_connections` (access), `_drop_queue` (broker), `_binding_is_durable`, `_queue_unused` and `_exchange_unused`
-(definition changes).
+It writes the runtime state (the vhosts' runtime objects and the replicated records)
+and nothing else; it tells the vhost roles (node/runtime/vhost_roles.py) when placement
+changes, and access control when permissions do.
 """
 
 from __future__ import annotations
@@ -19,15 +16,14 @@ from typing import TYPE_CHECKING
 
 from node import errors
 from node.config import Settings
-from node.definition_changes import decode_args
-from node.exchanges.base import Destination, Exchange
+from node.exchanges.base import Destination
 from node.exchanges.registry import EXCHANGE_TYPES
-from node.queues.queue import Queue
+from node.runtime.access import AccessControl
+from node.runtime.definitions import DefinitionService, decode_args
+from node.runtime.state import Runtime
+from node.runtime.stores import VhostStores
+from node.runtime.vhost_roles import VhostRoles
 from node.vhost import VirtualHost
-from node.vhost_stores import VhostStores
-
-if TYPE_CHECKING:
-    from node.replication import Replication
 
 if TYPE_CHECKING:
     from cluster.raft import MetadataStore
@@ -35,49 +31,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("warren.broker")
 
 
-class DefinitionMirror:
-    settings: Settings
-    metadata: "MetadataStore"
-    stores: VhostStores
-    replication: "Replication"
-    forwarded: dict[str, set]
-    vhosts: dict[str, VirtualHost]
-    vhost_defs: dict[str, dict]
-    nodes: dict[str, dict]
-    users: dict[str, dict]
-    permissions: dict[str, dict[str, dict]]
-    policies: dict[str, dict[str, dict]]
-    _live: bool
+class DefinitionsMirror:
+    """Applies each committed definition change to this node's runtime, in Raft's order."""
 
-    if TYPE_CHECKING:
-        def owns(self, vhost: str) -> bool: ...
-        def _forget_permission_caches(self) -> None: ...
-        def close_user_connections(self, user: str, why: str,
-                                   vhost: str | None = None) -> None: ...
-        def _drop_queue(self, vh: VirtualHost, name: str) -> None: ...
-        def _binding_is_durable(self, vh: VirtualHost, source: str,
-                                dest: Destination) -> bool: ...
-        def _queue_unused(self, q: Queue) -> None: ...
-        def _exchange_unused(self, ex: Exchange) -> None: ...
+    def __init__(self, settings: Settings, metadata: "MetadataStore", runtime: Runtime,
+                 stores: VhostStores, roles: VhostRoles, access: AccessControl,
+                 definitions: DefinitionService) -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.runtime = runtime
+        self.stores = stores
+        self.roles = roles
+        self.access = access
+        self.definitions = definitions
 
     # ------------------------------------------------------------------------------
     # a vhost's runtime: open, close, build from a snapshot
     # ------------------------------------------------------------------------------
     def _open_vhost(self, name: str) -> VirtualHost:
-        vh = self.vhosts.get(name)
+        vh = self.runtime.vhosts.get(name)
         if vh is not None:
             return vh
         # only the owner holds the vhost's messages
-        store = self.stores.open(name) if self.owns(name) else None
+        store = self.stores.open(name) if self.runtime.owns(name) else None
         vh = VirtualHost(name, store, self.settings.queue_memory_messages,
-                         on_queue_unused=self._queue_unused,
-                         on_exchange_unused=self._exchange_unused)
-        self.vhosts[name] = vh
+                         on_queue_unused=self.definitions.queue_unused,
+                         on_exchange_unused=self.definitions.exchange_unused)
+        self.runtime.vhosts[name] = vh
         return vh
 
     def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted",
                      keep_store: bool = False) -> None:
-        vh = self.vhosts.pop(name, None)
+        vh = self.runtime.vhosts.pop(name, None)
         if vh is None:
             return
         for conn in list(vh.connections):
@@ -90,27 +75,27 @@ class DefinitionMirror:
     def _change_role(self, name: str, why: str) -> None:
         """The vhost's runtime is rebuilt on the other side of a placement change: the
         store stays open (it is, or becomes, this node's replica copy)."""
-        if self.owns(name):
-            self.replication.prepare_takeover(name)
+        if self.runtime.owns(name):
+            self.roles.prepare_takeover(name)
         else:
-            self.replication.step_down(name, why)
+            self.roles.step_down(name, why)
         self._close_vhost(name, delete_data=False, why=why,
-                          keep_store=self.replication.enabled)
+                          keep_store=self.roles.enabled)
 
-    def _rebuild(self, state: dict) -> None:
+    def rebuild(self, state: dict) -> None:
         """Make the runtime match a full snapshot (at start, or when Raft installs one)."""
-        self.users = {u["name"]: u for u in state.get("users", {}).values()}
-        self.permissions = {v: dict(p) for v, p in state.get("permissions", {}).items()}
-        self.policies = {v: dict(p) for v, p in state.get("policies", {}).items()}
-        self.nodes = dict(state.get("nodes", {}))
-        self.vhost_defs = dict(state.get("vhosts", {}))
+        self.runtime.users = {u["name"]: u for u in state.get("users", {}).values()}
+        self.runtime.permissions = {v: dict(p) for v, p in state.get("permissions", {}).items()}
+        self.runtime.policies = {v: dict(p) for v, p in state.get("policies", {}).items()}
+        self.runtime.nodes = dict(state.get("nodes", {}))
+        self.runtime.vhost_defs = dict(state.get("vhosts", {}))
         wanted = set(state.get("vhosts", {}))
-        for name in list(self.vhosts):
+        for name in list(self.runtime.vhosts):
             if name not in wanted:
                 self._close_vhost(name, delete_data=True)
         for name in wanted:
             self._build_vhost(name, state)
-        self.replication.reconcile_all()
+        self.roles.reconcile_all()
         for name in wanted:
             self._drop_orphans(name)
 
@@ -120,21 +105,21 @@ class DefinitionMirror:
         definitions no longer have go, for every copy (the deletes are replicated).  A
         queue deleted while the owner was down, failing over or moving was never deleted
         from the copies: no owner applied the delete to a store."""
-        vh = self.vhosts.get(name)
+        vh = self.runtime.vhosts.get(name)
         if vh is not None and vh.store is not None:
             self.stores.drop_orphaned_messages(name, vh.store_keys())
 
     def _build_vhost(self, name: str, state: dict) -> None:
         """Open a vhost's runtime from the definitions (its store only on its owner), or
         bring an open one in line with them (a snapshot installed after a gap)."""
-        vh = self.vhosts.get(name)
-        if vh is not None and (vh.store is not None) != self.owns(name):
+        vh = self.runtime.vhosts.get(name)
+        if vh is not None and (vh.store is not None) != self.runtime.owns(name):
             self._change_role(name, why="changed owner")
             vh = None
         if vh is not None:
             self._prune_vhost(vh, state)
         vh = self._open_vhost(name)
-        vh.policies = self.policies.setdefault(name, {})
+        vh.policies = self.runtime.policies.setdefault(name, {})
         vh.limits = dict(state["vhosts"][name].get("limits") or {})
         for x in state.get("exchanges", {}).get(name, {}).values():
             if x["type"] in EXCHANGE_TYPES:
@@ -155,7 +140,7 @@ class DefinitionMirror:
         for qname, q in list(vh.queues.items()):
             if q.durable and q.exclusive_owner is None and (
                     qname not in queues or q.declaration != queues[qname].get("id", "")):
-                self._drop_queue(vh, qname)  # gone, or deleted and declared again
+                self.runtime.drop_queue(vh, qname)  # gone, or deleted and declared again
         for xname, ex in list(vh.exchanges.items()):
             if ex.durable and xname not in exchanges:
                 vh.remove_exchange(xname)
@@ -163,15 +148,15 @@ class DefinitionMirror:
                   for b in state.get("bindings", {}).get(vh.name, {}).values()}
         for b in vh.bindings():
             if ((b.source, b.destination.kind, b.destination.name, b.routing_key) not in wanted
-                    and self._binding_is_durable(vh, b.source, b.destination)):
+                    and self.definitions.binding_is_durable(vh, b.source, b.destination)):
                 vh.unbind(b.source, b.destination, b.routing_key, b.arguments)
-        vh.apply_policies(self.policies.setdefault(vh.name, {}))
+        vh.apply_policies(self.runtime.policies.setdefault(vh.name, {}))
 
     # ------------------------------------------------------------------------------
     # committed definition changes, one handler per op
     # ------------------------------------------------------------------------------
-    def _on_event(self, cmd: dict, result: dict) -> None:
-        if not self._live or not result.get("ok"):
+    def on_event(self, cmd: dict, result: dict) -> None:
+        if not self.runtime.live or not result.get("ok"):
             return
         op = cmd.get("op")
         try:
@@ -182,42 +167,42 @@ class DefinitionMirror:
             log.exception("applying committed definition %r failed", op)
 
     def _ev_reset(self, cmd: dict, result: dict) -> None:
-        self._rebuild(result["state"])
+        self.rebuild(result["state"])
 
     def _ev_bootstrap(self, cmd: dict, result: dict) -> None:
         if not result.get("applied"):
             return
-        self.vhost_defs[cmd["vhost"]] = {
+        self.runtime.vhost_defs[cmd["vhost"]] = {
             "name": cmd["vhost"], "description": "Default virtual host", "tags": [],
             "default_queue_type": "classic", "owner": cmd.get("owner"),
             "epoch": 1 if cmd.get("owner") else 0, "replicas": [], "in_sync": [],
             "replication_factor": None}
         if cmd.get("owner") == self.settings.node_name:
-            self.replication.grant(cmd["vhost"], 1)
+            self.roles.grant(cmd["vhost"], 1)
         self._open_vhost(cmd["vhost"])
-        self.replication.reconcile(cmd["vhost"])
-        self.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
+        self.roles.reconcile(cmd["vhost"])
+        self.runtime.users[cmd["user"]] = {"name": cmd["user"], "password_hash": cmd["password_hash"],
                                    "hashing": cmd["hashing"], "tags": list(cmd["tags"])}
-        self.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
+        self.runtime.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
             "user": cmd["user"], "vhost": cmd["vhost"], "configure": ".*", "write": ".*",
             "read": ".*"}
 
     def _ev_add_vhost(self, cmd: dict, result: dict) -> None:
         if "vhost" in result:
-            self.vhost_defs[cmd["name"]] = result["vhost"]
+            self.runtime.vhost_defs[cmd["name"]] = result["vhost"]
             if result.get("created") and \
                     result["vhost"].get("owner") == self.settings.node_name:
-                self.replication.grant(cmd["name"], result["vhost"]["epoch"])
+                self.roles.grant(cmd["name"], result["vhost"]["epoch"])
         self._open_vhost(cmd["name"])
-        self.replication.reconcile(cmd["name"])
+        self.roles.reconcile(cmd["name"])
 
     def _ev_set_vhost_owner(self, cmd: dict, result: dict) -> None:
         name = cmd["name"]
-        was_mine = self.owns(name)
-        self.vhost_defs[name] = result["vhost"]
+        was_mine = self.runtime.owns(name)
+        self.runtime.vhost_defs[name] = result["vhost"]
         if result["vhost"].get("owner") == self.settings.node_name:
-            self.replication.grant(name, result["vhost"]["epoch"])
-        if was_mine != self.owns(name) and name in self.vhosts:
+            self.roles.grant(name, result["vhost"]["epoch"])
+        if was_mine != self.runtime.owns(name) and name in self.runtime.vhosts:
             # the vhost moves (or fails over): clients reconnect (to any node) and reach
             # the new owner
             self._change_role(name, why=f"moved to node '{result['vhost'].get('owner')}'")
@@ -226,104 +211,104 @@ class DefinitionMirror:
         # clients this node forwards to the old owner: it may be hung or cut off and never
         # close them itself
         new_owner = result["vhost"].get("owner")
-        for spliced in list(self.forwarded.get(name, ())):
+        for spliced in list(self.runtime.forwarded.get(name, ())):
             if spliced.owner != new_owner:
                 spliced.close(errors.CONNECTION_FORCED,
                               f"CONNECTION_FORCED - vhost '{name}' moved to node "
                               f"'{new_owner}'; reconnect")
-        self.replication.reconcile(name)
+        self.roles.reconcile(name)
 
     def _ev_set_vhost_replicas(self, cmd: dict, result: dict) -> None:
-        self.vhost_defs[cmd["name"]] = result["vhost"]
-        self.replication.reconcile(cmd["name"])
+        self.runtime.vhost_defs[cmd["name"]] = result["vhost"]
+        self.roles.reconcile(cmd["name"])
 
     def _ev_set_in_sync(self, cmd: dict, result: dict) -> None:
-        self.vhost_defs[cmd["name"]] = result["vhost"]
-        self.replication.reconcile(cmd["name"])
+        self.runtime.vhost_defs[cmd["name"]] = result["vhost"]
+        self.roles.reconcile(cmd["name"])
 
     def _ev_register_node(self, cmd: dict, result: dict) -> None:
-        self.nodes[cmd["name"]] = result.get("node") or {k: cmd.get(k) for k in (
+        self.runtime.nodes[cmd["name"]] = result.get("node") or {k: cmd.get(k) for k in (
             "name", "raft", "forward", "amqp", "http")}
-        self.replication.reconcile_all()  # followers of that node's vhosts use its address
+        self.roles.reconcile_all()  # followers of that node's vhosts use its address
 
     def _ev_forget_node(self, cmd: dict, result: dict) -> None:
-        self.nodes.pop(cmd["name"], None)
+        self.runtime.nodes.pop(cmd["name"], None)
         if result.get("vhosts"):
-            self.vhost_defs = dict(self.metadata.snapshot().get("vhosts", {}))
-            self.replication.reconcile_all()
+            self.runtime.vhost_defs = dict(self.metadata.snapshot().get("vhosts", {}))
+            self.roles.reconcile_all()
 
     def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["name"])
+        vh = self.runtime.vhosts.get(cmd["name"])
         if vh is not None:
             vh.limits = dict(result["vhost"].get("limits") or {})
 
     def _ev_delete_vhost(self, cmd: dict, result: dict) -> None:
-        self.replication.step_down(cmd["name"], "the vhost is deleted")
-        self.replication.forget(cmd["name"])
+        self.roles.step_down(cmd["name"], "the vhost is deleted")
+        self.roles.forget(cmd["name"])
         self._close_vhost(cmd["name"], delete_data=True)
-        self.vhost_defs.pop(cmd["name"], None)
-        self.permissions.pop(cmd["name"], None)
-        self.policies.pop(cmd["name"], None)
+        self.runtime.vhost_defs.pop(cmd["name"], None)
+        self.runtime.permissions.pop(cmd["name"], None)
+        self.runtime.policies.pop(cmd["name"], None)
 
     def _ev_add_user(self, cmd: dict, result: dict) -> None:
-        before = self.users.get(cmd["name"])
-        self.users[cmd["name"]] = {"name": cmd["name"], "password_hash": cmd["password_hash"],
+        before = self.runtime.users.get(cmd["name"])
+        self.runtime.users[cmd["name"]] = {"name": cmd["name"], "password_hash": cmd["password_hash"],
                                    "hashing": cmd.get("hashing", ""),
                                    "tags": list(cmd.get("tags", []))}
         if before is not None and before.get("password_hash") != cmd["password_hash"]:
             # PUT /api/users/<name> with a new password is how a password changes
-            self.close_user_connections(cmd["name"],
+            self.access.close_user_connections(cmd["name"],
                                         f"credentials of user '{cmd['name']}' changed")
 
     def _ev_delete_user(self, cmd: dict, result: dict) -> None:
-        self.users.pop(cmd["name"], None)
-        for perms in self.permissions.values():
+        self.runtime.users.pop(cmd["name"], None)
+        for perms in self.runtime.permissions.values():
             perms.pop(cmd["name"], None)
-        self._forget_permission_caches()
-        self.close_user_connections(cmd["name"], f"user '{cmd['name']}' is deleted")
+        self.access.forget_permission_caches()
+        self.access.close_user_connections(cmd["name"], f"user '{cmd['name']}' is deleted")
 
     def _ev_change_password(self, cmd: dict, result: dict) -> None:
-        u = self.users.get(cmd["name"])
+        u = self.runtime.users.get(cmd["name"])
         if u is not None:
             u["password_hash"] = cmd["password_hash"]
             u["hashing"] = cmd.get("hashing", u.get("hashing", ""))
-        self.close_user_connections(cmd["name"], f"credentials of user '{cmd['name']}' changed")
+        self.access.close_user_connections(cmd["name"], f"credentials of user '{cmd['name']}' changed")
 
     def _ev_set_user_tags(self, cmd: dict, result: dict) -> None:
-        u = self.users.get(cmd["name"])
+        u = self.runtime.users.get(cmd["name"])
         if u is not None:
             u["tags"] = list(cmd["tags"])
 
     def _ev_set_permissions(self, cmd: dict, result: dict) -> None:
-        self.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
+        self.runtime.permissions.setdefault(cmd["vhost"], {})[cmd["user"]] = {
             "user": cmd["user"], "vhost": cmd["vhost"], "configure": cmd["configure"],
             "write": cmd["write"], "read": cmd["read"]}
-        self._forget_permission_caches()
+        self.access.forget_permission_caches()
 
     def _ev_clear_permissions(self, cmd: dict, result: dict) -> None:
-        self.permissions.get(cmd["vhost"], {}).pop(cmd["user"], None)
-        self._forget_permission_caches()
-        self.close_user_connections(
+        self.runtime.permissions.get(cmd["vhost"], {}).pop(cmd["user"], None)
+        self.access.forget_permission_caches()
+        self.access.close_user_connections(
             cmd["user"], f"access to vhost '{cmd['vhost']}' revoked for user '{cmd['user']}'",
             cmd["vhost"])
 
     def _ev_set_policy(self, cmd: dict, result: dict) -> None:
         policy = result.get("policy") or {k: cmd.get(k) for k in (
             "vhost", "name", "pattern", "definition", "priority", "apply_to")}
-        self.policies.setdefault(cmd["vhost"], {})[cmd["name"]] = policy
+        self.runtime.policies.setdefault(cmd["vhost"], {})[cmd["name"]] = policy
         self._apply_policies(cmd["vhost"])
 
     def _ev_clear_policy(self, cmd: dict, result: dict) -> None:
-        self.policies.get(cmd["vhost"], {}).pop(cmd["name"], None)
+        self.runtime.policies.get(cmd["vhost"], {}).pop(cmd["name"], None)
         self._apply_policies(cmd["vhost"])
 
     def _apply_policies(self, vhost: str) -> None:
-        vh = self.vhosts.get(vhost)
+        vh = self.runtime.vhosts.get(vhost)
         if vh is not None:
-            vh.apply_policies(self.policies.setdefault(vhost, {}))
+            vh.apply_policies(self.runtime.policies.setdefault(vhost, {}))
 
     def _ev_declare_exchange(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["vhost"])
+        vh = self.runtime.vhosts.get(cmd["vhost"])
         x = result.get("exchange")
         if vh is None or x is None or x["type"] not in EXCHANGE_TYPES:
             return
@@ -331,40 +316,40 @@ class DefinitionMirror:
                         decode_args(x["arguments"]))
 
     def _ev_delete_exchange(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["vhost"])
+        vh = self.runtime.vhosts.get(cmd["vhost"])
         if vh is not None:
             vh.remove_exchange(cmd["name"])
             for name in result.get("auto_deleted_exchanges", []):
                 vh.remove_exchange(name)
 
     def _ev_declare_queue(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["vhost"])
+        vh = self.runtime.vhosts.get(cmd["vhost"])
         q = result.get("queue")
         if vh is None or q is None:
             return
         existing = vh.queues.get(q["name"])
         if (existing is not None and existing.durable and existing.exclusive_owner is None
                 and existing.declaration != q.get("id", "")):
-            self._drop_queue(vh, q["name"])  # a delete this runtime missed
+            self.runtime.drop_queue(vh, q["name"])  # a delete this runtime missed
         vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
                      arguments=decode_args(q["arguments"]), recover=True,
                      declaration=q.get("id", ""))
 
     def _ev_delete_queue(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["vhost"])
+        vh = self.runtime.vhosts.get(cmd["vhost"])
         if vh is not None:
-            self._drop_queue(vh, cmd["name"])
+            self.runtime.drop_queue(vh, cmd["name"])
             for name in result.get("auto_deleted_exchanges", []):
                 vh.remove_exchange(name)
 
     def _ev_bind(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["vhost"])
+        vh = self.runtime.vhosts.get(cmd["vhost"])
         if vh is not None:
             vh.bind(cmd["source"], Destination(cmd["destination_type"], cmd["destination"]),
                     cmd["routing_key"], decode_args(cmd.get("arguments")))
 
     def _ev_unbind(self, cmd: dict, result: dict) -> None:
-        vh = self.vhosts.get(cmd["vhost"])
+        vh = self.runtime.vhosts.get(cmd["vhost"])
         if vh is not None:
             vh.unbind(cmd["source"], Destination(cmd["destination_type"], cmd["destination"]),
                       cmd["routing_key"], decode_args(cmd.get("arguments")))

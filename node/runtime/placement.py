@@ -1,38 +1,43 @@
 """Placement: which node runs a vhost (its `owner` in the replicated vhost record), choosing
 one for a new vhost, moving one, cluster membership (join, forget) and `cluster_status`.
 
-Placement is a mixin of `Broker`. It reads `settings` (node_name and addresses), `metadata`
-(Raft status, membership changes), `nodes` and `vhost_defs` (both kept by the definitions
-mirror), and submits changes through `submit` (node/definition_changes.py).
+It reads the settings (node name and addresses), Raft's status and membership changes,
+and the members and vhost records the definitions mirror keeps in the runtime state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cluster import placement as copy_placement
 from node import errors
 from node.config import Settings
 from node.errors import ChannelError
+from node.runtime.commit import commit
+from node.runtime.state import Runtime
 
 LINK_WAIT = 2.0  # seconds an admin command waits for a node's Raft link before "down"
 
 if TYPE_CHECKING:
     from cluster.raft import MetadataStore
-    from node.replication import Replication
 
 
 class Placement:
-    settings: Settings
-    metadata: "MetadataStore"
-    nodes: dict[str, dict]
-    vhost_defs: dict[str, dict]
-    replication: "Replication"
+    """Where vhosts run and who the members are, as this node sees them."""
 
-    if TYPE_CHECKING:
-        async def submit(self, command: dict) -> dict: ...
+    def __init__(self, settings: Settings, metadata: "MetadataStore", runtime: Runtime
+                 ) -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.runtime = runtime
+        # why a vhost cannot be served now (the vhost roles' answer; set once they exist)
+        self.availability: Callable[[str], str | None] = lambda _vhost: None
+
+    async def submit(self, command: dict) -> dict:
+        return await commit(self.metadata, command)
 
     def node_record(self) -> dict:
         s = self.settings
@@ -41,25 +46,16 @@ class Placement:
                 "forward": s.forward_address,
                 "amqp": f"{host}:{s.amqp_port}", "http": f"{host}:{s.http_port}"}
 
-    def owner_of(self, vhost: str) -> str | None:
-        d = self.vhost_defs.get(vhost)
-        return d.get("owner") if d else None
-
-    def owns(self, vhost: str) -> bool:
-        """A vhost without an owner (a single node's) is served wherever it is opened."""
-        owner = self.owner_of(vhost)
-        return owner is None or owner == self.settings.node_name
-
     def pick_owner(self) -> str:
         """The least loaded reachable node (fewest vhosts owned); ties by name."""
         status = self.metadata.status()
         reachable = {self.settings.node_name}
         partners = status.get("partners", {})
-        for name, node in self.nodes.items():
+        for name, node in self.runtime.nodes.items():
             if partners.get(node.get("raft")) == "connected":
                 reachable.add(name)
         load = {n: 0 for n in reachable}
-        for d in self.vhost_defs.values():
+        for d in self.runtime.vhost_defs.values():
             if d.get("owner") in load:
                 load[d["owner"]] += 1
         return min(sorted(load), key=lambda n: load[n])
@@ -68,7 +64,7 @@ class Placement:
         """This node, or a member this node's Raft is connected to."""
         if name == self.settings.node_name:
             return True
-        raft = self.nodes.get(name, {}).get("raft")
+        raft = self.runtime.nodes.get(name, {}).get("raft")
         return self.metadata.status().get("partners", {}).get(raft) == "connected"
 
     async def wait_running(self, name: str, seconds: float = LINK_WAIT) -> bool:
@@ -85,7 +81,7 @@ class Placement:
     async def require_running(self, node: str) -> None:
         """Admin commands that place work on a node refuse a node that is down, rather
         than hand a vhost to a node that cannot serve it."""
-        if node not in self.nodes:
+        if node not in self.runtime.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{node}' in the cluster")
         if not await self.wait_running(node):
             raise errors.precondition(f"node '{node}' is down (not reachable from "
@@ -95,15 +91,15 @@ class Placement:
     async def set_replication_factor(self, name: str, copies: int) -> None:
         """Keep ``copies`` copies of the vhost (the owner's included, capped at the
         cluster's size): replicas are added on the least loaded nodes, or trimmed."""
-        d = self.vhost_defs.get(name)
+        d = self.runtime.vhost_defs.get(name)
         if d is None:
             raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
-        members = sorted(self.nodes)
+        members = sorted(self.runtime.nodes)
         record = dict(d, replication_factor=copies)
         want = copy_placement.wanted_replicas(record, self.settings.replication_factor,
                                               len(members))
         replicas = copy_placement.repaired_replicas(
-            record, members, want, copy_placement.load(self.vhost_defs.values(), members))
+            record, members, want, copy_placement.load(self.runtime.vhost_defs.values(), members))
         await self.submit({"op": "set_vhost_replicas", "name": name, "replicas": replicas,
                            "replication_factor": copies, "expected_epoch": d["epoch"]})
 
@@ -122,7 +118,7 @@ class Placement:
 
     def stranded_by(self, name: str) -> list[str]:
         """Vhosts that forgetting ``name`` would leave without an owner: those it owns."""
-        return sorted(v for v, d in self.vhost_defs.items() if d.get("owner") == name)
+        return sorted(v for v, d in self.runtime.vhost_defs.items() if d.get("owner") == name)
 
     async def forget_node(self, name: str) -> None:
         """Remove a member.  A node that still owns vhosts is refused, naming them: its
@@ -130,7 +126,7 @@ class Placement:
         is down and an in-sync replica answers) before it goes, or they would be
         stranded with an owner that no longer exists."""
         from cluster.raft import ClusterUnavailable
-        node = self.nodes.get(name)
+        node = self.runtime.nodes.get(name)
         if node is None:
             raise ChannelError(errors.NOT_FOUND, f"no node '{name}' in the cluster")
         if name == self.settings.node_name:
@@ -156,16 +152,16 @@ class Placement:
         partners = st.get("partners", {})
         me = self.settings.node_name
         nodes = []
-        for name, node in sorted(self.nodes.items()):
+        for name, node in sorted(self.runtime.nodes.items()):
             raft = node.get("raft")
             nodes.append({
                 "name": name, "raft": raft, "amqp": node.get("amqp"),
                 "http": node.get("http"), "forward": node.get("forward"),
                 "running": name == me or partners.get(raft) == "connected",
                 "leader": raft == st.get("leader"),
-                "owns": sorted(v for v, d in self.vhost_defs.items()
+                "owns": sorted(v for v, d in self.runtime.vhost_defs.items()
                                if d.get("owner") == name),
-                "replicates": sorted(v for v, d in self.vhost_defs.items()
+                "replicates": sorted(v for v, d in self.runtime.vhost_defs.items()
                                      if name in d.get("replicas", []))})
         return {"node": me, "leader": st.get("leader"), "term": st.get("term"),
                 "joining": [{"raft": a, "reason": why}
@@ -178,5 +174,5 @@ class Placement:
                 "vhosts": {v: {"owner": d.get("owner"), "epoch": d.get("epoch"),
                                "replicas": d.get("replicas", []),
                                "in_sync": d.get("in_sync", []),
-                               "available": self.replication.available(v) is None}
-                           for v, d in sorted(self.vhost_defs.items())}}
+                               "available": self.availability(v) is None}
+                           for v, d in sorted(self.runtime.vhost_defs.items())}}

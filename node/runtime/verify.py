@@ -20,7 +20,7 @@ from node import errors
 from node.errors import ChannelError
 
 if TYPE_CHECKING:
-    from node.broker import Broker
+    from node.runtime.broker import Broker
 
 log = logging.getLogger("warren.verify")
 
@@ -31,7 +31,7 @@ ATTEMPTS = 3  # a write that is not a client's (an expiry) may move the owner on
 
 
 async def verify_vhost(broker: "Broker", name: str) -> dict[str, Any]:
-    d = broker.vhost_defs.get(name)
+    d = broker.runtime.vhost_defs.get(name)
     if d is None:
         raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
     owner = d.get("owner") or broker.settings.node_name
@@ -39,7 +39,7 @@ async def verify_vhost(broker: "Broker", name: str) -> dict[str, Any]:
         raise ChannelError(errors.PRECONDITION_FAILED,
                            f"vhost '{name}' is owned by {owner}, not by this node")
     store = broker.stores.get(name)
-    vh = broker.vhosts.get(name)
+    vh = broker.runtime.vhosts.get(name)
     if store is None or vh is None:
         raise ChannelError(errors.PRECONDITION_FAILED, f"vhost '{name}' is not served here")
     for _ in range(ATTEMPTS):
@@ -53,7 +53,7 @@ async def verify_vhost(broker: "Broker", name: str) -> dict[str, Any]:
 
 async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
                    ) -> dict[str, Any] | None:
-    replication = broker.replication
+    replication = broker.roles
     source = replication.sources.get(name)
     in_sync = set(d.get("in_sync", []))
     asked: dict[str, DigestClient | str] = {}
@@ -122,11 +122,11 @@ async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
 
 
 async def _ask(broker: "Broker", name: str, node: str, offset: int) -> DigestClient | str:
-    address = (broker.nodes.get(node) or {}).get("forward")
+    address = (broker.runtime.nodes.get(node) or {}).get("forward")
     if not address:
         return f"no cluster address known for {node}"
     try:
-        transport, link = await asyncio.wait_for(broker.replication.connect(
+        transport, link = await asyncio.wait_for(broker.roles.connect(
             address, {"kind": "digest", "vhost": name, "offset": offset,
                       "node": broker.settings.node_name}), OPEN_TIMEOUT)
     except (OSError, ConnectionError, asyncio.TimeoutError) as e:

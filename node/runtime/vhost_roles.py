@@ -21,22 +21,35 @@ from cluster.follower import Follower
 from cluster.liveness import Liveness, PingServer
 from cluster.replication import ReplicationSource, SourceSession
 from node import errors
+from node.config import Settings
 from node.errors import ChannelError
+from node.runtime.commit import commit
+from node.runtime.placement import Placement
+from node.runtime.state import Runtime
+from node.runtime.stores import VhostStores
 
 if TYPE_CHECKING:
-    from node.broker import Broker
+    from cluster.raft import MetadataStore
 
-log = logging.getLogger("warren.replication.node")
+log = logging.getLogger("warren.vhost_roles")
 
 LEASE_CHECK = 0.05  # seconds between two looks at the owner lease
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
 
 
-class Replication:
-    def __init__(self, broker: Broker) -> None:
-        s = broker.settings
-        self.broker = broker
+class VhostRoles:
+    """Runs, for each vhost, what the committed placement gives this node: its owner's
+    replication source, a replica's follower, or nothing."""
+
+    def __init__(self, settings: Settings, metadata: "MetadataStore", runtime: Runtime,
+                 stores: VhostStores, placement: Placement) -> None:
+        s = settings
+        self.settings = settings
+        self.metadata = metadata
+        self.runtime = runtime
+        self.stores = stores
+        self.placement = placement
         self.me = s.node_name
         # A single node (no cluster secret, no cluster port) has nothing to replicate to.
         self.enabled = bool(s.cluster_secret)
@@ -57,8 +70,8 @@ class Replication:
         self.moves = 0
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
-            self.me, self.liveness, broker.metadata.submit, self._is_leader,
-            lambda: (broker.vhost_defs, broker.nodes), self.positions,
+            self.me, self.liveness, metadata.submit, self._is_leader,
+            lambda: (runtime.vhost_defs, runtime.nodes), self.positions,
             s.replication_factor, self._raft_connected)
 
     # ------------------------------------------------------------------ lifecycle
@@ -72,7 +85,7 @@ class Replication:
         while True:
             await asyncio.sleep(LEASE_CHECK)
             try:
-                silent = time.monotonic() - self.broker.metadata.majority_contact()
+                silent = time.monotonic() - self.metadata.majority_contact()
                 lapsed = silent > self.lease
                 if lapsed != self.lease_lapsed:
                     self.lease_lapsed = lapsed
@@ -93,7 +106,7 @@ class Replication:
         held = self.lease_lapsed
         if source.lease_held != held:
             source.hold_for_lease(held)
-        vh = self.broker.vhosts.get(name)
+        vh = self.runtime.vhosts.get(name)
         if vh is None:
             return
         for conn in list(vh.connections):
@@ -118,25 +131,25 @@ class Replication:
             await follower.stop()
 
     def _raft_connected(self) -> set[str]:
-        partners = self.broker.metadata.status().get("partners", {})
-        return {name for name, node in self.broker.nodes.items()
+        partners = self.metadata.status().get("partners", {})
+        return {name for name, node in self.runtime.nodes.items()
                 if partners.get(node.get("raft")) == "connected"}
 
     def _is_leader(self) -> bool:
-        return self.broker.metadata.status().get("state") == "leader"
+        return self.metadata.status().get("state") == "leader"
 
     async def connect(self, address: str, facts: dict[str, Any]
                       ) -> tuple[asyncio.Transport, wire.Link]:
         from node.forwarding import open_forward
         from node.tls import cluster_client_ssl
-        return await open_forward(address, self.broker.settings.cluster_secret, facts,
-                                  timeout=self.broker.settings.failover_timeout,
-                                  ssl=cluster_client_ssl(self.broker.settings))
+        return await open_forward(address, self.settings.cluster_secret, facts,
+                                  timeout=self.settings.failover_timeout,
+                                  ssl=cluster_client_ssl(self.settings))
 
     def positions(self) -> dict[str, list[int]]:
         """Each copy's (epoch, offset) and the confirmed mark it knows (a ping's answer)."""
         out = {}
-        for name, store in self.broker.stores.items():
+        for name, store in self.stores.items():
             source, follower = self.sources.get(name), self.followers.get(name)
             hw = source.hw if source is not None else follower.hw if follower else 0
             out[name] = [*store.position, hw]
@@ -152,13 +165,13 @@ class Replication:
             PingServer(self.positions).take_over(transport, link)
             return
         if kind == "digest":  # the owner compares the copies (node/verify.py)
-            store = self.broker.stores.get(str(facts.get("vhost")))
+            store = self.stores.get(str(facts.get("vhost")))
             DigestServer(store, f"node {self.me} holds no copy of vhost "
                                 f"{facts.get('vhost')!r}").take_over(transport, link)
             return
         vhost, node = str(facts.get("vhost")), str(facts.get("node"))
         source = self.sources.get(vhost)
-        d = self.broker.vhost_defs.get(vhost)
+        d = self.runtime.vhost_defs.get(vhost)
         position = facts.get("position")
         if source is None or d is None or node not in d.get("replicas", []) \
                 or not (isinstance(position, list) and len(position) == 2):
@@ -175,7 +188,7 @@ class Replication:
     # ------------------------------------------------------------------ roles
 
     def role(self, name: str) -> str | None:
-        d = self.broker.vhost_defs.get(name)
+        d = self.runtime.vhost_defs.get(name)
         if d is None:
             return None
         if d.get("owner") in (None, self.me):
@@ -196,11 +209,11 @@ class Replication:
         async def claim() -> None:
             try:
                 while True:
-                    d = self.broker.vhost_defs.get(name)
+                    d = self.runtime.vhost_defs.get(name)
                     if d is None or d.get("owner") != self.me or d.get("epoch") != epoch:
                         return  # placement moved on: that change's event reconciles
                     try:
-                        result = await self.broker.metadata.submit({
+                        result = await self.metadata.submit({
                             "op": "set_vhost_owner", "name": name, "owner": self.me,
                             "expected_epoch": epoch})
                     except Exception as e:  # no quorum yet: try again
@@ -222,8 +235,8 @@ class Replication:
         follower = self.followers.pop(name, None)
         if follower is not None:
             follower.halt()
-        store = self.broker.stores.get(name)
-        d = self.broker.vhost_defs.get(name)
+        store = self.stores.get(name)
+        d = self.runtime.vhost_defs.get(name)
         if store is not None and d is not None and store.epoch != d.get("epoch", 0) \
                 and (not self.enabled or self.granted.get(name) == d.get("epoch", 0)):
             store.takeover(d.get("epoch", 0))
@@ -234,7 +247,7 @@ class Replication:
         source = self.sources.pop(name, None)
         if source is not None:
             source.close(why)
-        store = self.broker.stores.get(name)
+        store = self.stores.get(name)
         if store is not None:
             store.become_replica()
 
@@ -246,7 +259,7 @@ class Replication:
         log.warning("vhost '%s': a replica follows epoch %d: this node lost ownership; "
                     "closing its clients", vhost, epoch)
         self.step_down(vhost, f"this node lost ownership (epoch {epoch})")
-        vh = self.broker.vhosts.get(vhost)
+        vh = self.runtime.vhosts.get(vhost)
         if vh is not None:
             for conn in list(vh.connections):
                 conn.force_close(errors.CONNECTION_FORCED,
@@ -254,21 +267,20 @@ class Replication:
                                  f"(epoch {epoch}); reconnect")
 
     def reconcile_all(self) -> None:
-        for name in list(self.broker.vhost_defs):
+        for name in list(self.runtime.vhost_defs):
             self.reconcile(name)
         for name in list(self.followers):
-            if name not in self.broker.vhost_defs:
+            if name not in self.runtime.vhost_defs:
                 self.forget(name)
 
     def reconcile(self, name: str) -> None:
         """Run, for ``name``, exactly what the committed placement gives this node."""
         if not self.enabled:
             return
-        b = self.broker
-        d = b.vhost_defs.get(name)
+        d = self.runtime.vhost_defs.get(name)
         role = self.role(name)
         if role == "owner" and d is not None:
-            store = b.stores.get(name)
+            store = self.stores.get(name)
             if store is None:
                 return  # the runtime opens it
             if self.granted.get(name) != d.get("epoch", 0):
@@ -286,7 +298,7 @@ class Replication:
                 self.sources.pop(name).close("epoch changed")
                 source = None
             if source is None:
-                s = b.settings
+                s = self.settings
                 async def propose(node: str, join: bool, epoch: int, hw: int) -> bool:
                     return await self._propose(name, node, join, epoch, hw)
                 self.sources[name] = ReplicationSource(
@@ -300,13 +312,13 @@ class Replication:
         if source is not None:
             source.close("this node no longer owns the vhost")
         if role == "replica" and d is not None:
-            store = b.stores.open(name)
+            store = self.stores.open(name)
             follower = self.followers.get(name)
             if follower is None:
                 follower = self.followers[name] = Follower(
-                    name, self.me, store, self.connect, b.settings.failover_timeout)
+                    name, self.me, store, self.connect, self.settings.failover_timeout)
             owner = d.get("owner")
-            follower.follow(owner, (b.nodes.get(owner or "") or {}).get("forward"),
+            follower.follow(owner, (self.runtime.nodes.get(owner or "") or {}).get("forward"),
                             d["epoch"])
         else:
             self.forget(name, drop_copy=d is not None)
@@ -317,30 +329,29 @@ class Replication:
         follower = self.followers.pop(name, None)
         if follower is not None:
             follower.halt()
-        if drop_copy and name not in self.broker.vhosts or (
-                drop_copy and self.broker.vhosts[name].store is None):
-            self.broker.stores.close(name, delete_data=True)
+        if drop_copy and name not in self.runtime.vhosts or (
+                drop_copy and self.runtime.vhosts[name].store is None):
+            self.stores.close(name, delete_data=True)
 
     async def _propose(self, vhost: str, node: str, join: bool, epoch: int, hw: int) -> bool:
         cmd: dict[str, Any] = {"op": "set_in_sync", "name": vhost, "node": node,
                                "in_sync": join, "expected_epoch": epoch}
         if not join:
             cmd["confirmed"] = hw
-        result = await self.broker.metadata.submit(cmd)
+        result = await self.metadata.submit(cmd)
         return bool(result.get("ok"))
 
     # ------------------------------------------------------------------ seen from outside
 
     def describe(self, name: str) -> dict[str, Any]:
         """Placement and replication state of a vhost, as the API shows it."""
-        b = self.broker
-        d = b.vhost_defs.get(name) or {}
+        d = self.runtime.vhost_defs.get(name) or {}
         source = self.sources.get(name)
         owner = d.get("owner")
         out = {
             "name": name, "owner": owner, "epoch": d.get("epoch"),
             "replicas": list(d.get("replicas", [])), "in_sync": list(d.get("in_sync", [])),
-            "replication_factor": d.get("replication_factor") or b.settings.replication_factor,
+            "replication_factor": d.get("replication_factor") or self.settings.replication_factor,
             "available": self.available(name) is None,
         }
         if source is not None:
@@ -353,16 +364,15 @@ class Replication:
 
     def available(self, name: str) -> str | None:
         """Why the vhost cannot be served now (None when it can)."""
-        b = self.broker
-        d = b.vhost_defs.get(name)
+        d = self.runtime.vhost_defs.get(name)
         if d is None or d.get("owner") in (None, self.me):
             return None
         why = self.controller.unavailable.get(name)
         if why is not None:
             return why
         owner = d["owner"]
-        node = b.nodes.get(owner) or {}
-        partners = b.metadata.status().get("partners", {})
+        node = self.runtime.nodes.get(owner) or {}
+        partners = self.metadata.status().get("partners", {})
         if partners.get(node.get("raft")) != "connected":
             return (f"vhost '{name}' is unavailable: its owner {owner} cannot be reached"
                     + ("" if d.get("in_sync") else
@@ -383,30 +393,29 @@ class Replication:
     async def move(self, name: str, target: str,
                    sync_timeout: float = MOVE_SYNC_TIMEOUT) -> dict[str, Any]:
         """Move ``name`` to ``target`` with its messages (DESIGN §5); run on the owner."""
-        b = self.broker
-        d = b.vhost_defs.get(name)
+        d = self.runtime.vhost_defs.get(name)
         if d is None:
             raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
-        if target not in b.nodes:
+        if target not in self.runtime.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{target}' in the cluster")
         if d.get("owner") == target:
             return {"owner": target, "epoch": d["epoch"], "pause_ms": 0.0}
         if d.get("owner") != self.me:
             raise ChannelError(errors.PRECONDITION_FAILED,
                                f"vhost '{name}' is owned by {d.get('owner')}, not {self.me}")
-        if not await b.wait_running(target):  # its Raft link, a flap waited out
+        if not await self.placement.wait_running(target):  # its Raft link, a flap waited out
             raise ChannelError(errors.PRECONDITION_FAILED,
                                f"cannot move vhost '{name}' to {target}: the node is down")
         if not self.enabled:
             raise ChannelError(errors.PRECONDITION_FAILED, "a single node cannot move vhosts")
         epoch = d["epoch"]
         if target not in d.get("replicas", []):
-            await b.submit({"op": "set_vhost_replicas", "name": name,
+            await commit(self.metadata, {"op": "set_vhost_replicas", "name": name,
                             "replicas": [*d.get("replicas", []), target],
                             "moving_to": target, "expected_epoch": epoch})
         deadline = time.monotonic() + sync_timeout
-        while target not in (b.vhost_defs.get(name) or {}).get("in_sync", []):
-            if b.vhost_defs.get(name, {}).get("epoch") != epoch:
+        while target not in (self.runtime.vhost_defs.get(name) or {}).get("in_sync", []):
+            if self.runtime.vhost_defs.get(name, {}).get("epoch") != epoch:
                 raise ChannelError(errors.PRECONDITION_FAILED,
                                    f"cannot move vhost '{name}': its owner changed meanwhile")
             if time.monotonic() > deadline:
@@ -416,8 +425,8 @@ class Replication:
                                    f"({self.target_lag(name, target)})")
             await asyncio.sleep(0.01)
         source = self.sources.get(name)
-        store = b.stores.get(name)
-        vh = b.vhosts.get(name)
+        store = self.stores.get(name)
+        vh = self.runtime.vhosts.get(name)
         if source is None or store is None or vh is None:
             raise ChannelError(errors.PRECONDITION_FAILED,
                                f"vhost '{name}' is not served here any more")
@@ -435,7 +444,7 @@ class Replication:
                                    f"last records within {MOVE_DRAIN_TIMEOUT:g} s with "
                                    f"publishers paused ({self.target_lag(name, target)})"
                                    ) from None
-            result = await b.submit({"op": "set_vhost_owner", "name": name, "owner": target,
+            result = await commit(self.metadata, {"op": "set_vhost_owner", "name": name, "owner": target,
                                      "expected_epoch": epoch, "require_in_sync": True,
                                      "old_owner_in_sync": True})
         except BaseException:

@@ -27,7 +27,7 @@ import pytest
 from pika import spec
 
 from cluster import wire
-from node.vhost_stores import store_dir_name
+from node.runtime.stores import store_dir_name
 from tests.cluster.conftest import SECRET, Cluster
 from tests.cluster.harness import (
     create_vhost,

@@ -13,7 +13,7 @@ import lmdb
 import pika
 import pytest
 
-from node.vhost_stores import store_dir_name
+from node.runtime.stores import store_dir_name
 from storage.keys import SEQ_BYTES, queue_prefix
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness import amqp_params, create_vhost, vhost_path, wait_in_sync

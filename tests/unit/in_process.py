@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from node.broker import Broker
 from node.config import Settings
+from node.runtime.broker import Broker
 
 
 def with_broker(tmp_path: Path, test: Callable[[Broker], Awaitable[Any]]) -> None:

@@ -18,7 +18,7 @@ from node.amqp import channel as channel_mod
 from node.amqp import spec
 from node.amqp.connection import AMQPConnection
 from node.amqp.frames import content_header_payload, encode_frame, method_frame
-from node.broker import Broker
+from node.runtime.broker import Broker
 from tests.unit.in_process import handshake, with_broker
 
 HIGH_WATER = 64 * 1024
@@ -111,13 +111,13 @@ def test_direct_replies_to_a_client_that_never_reads_are_bounded(tmp_path: Path)
 def test_a_channel_waiting_for_raft_stops_reading_its_client(tmp_path: Path) -> None:
     async def test(broker: Broker) -> None:
         gate = asyncio.Event()
-        real_submit = broker.submit
+        real_submit = broker.definitions.submit
 
         async def slow_submit(command: dict) -> dict:
             await gate.wait()  # a Raft change that takes its time
             return await real_submit(command)
 
-        broker.submit = slow_submit  # type: ignore[method-assign]
+        broker.definitions.submit = slow_submit  # type: ignore[method-assign]
         conn, t = open_conn(broker)
         conn.data_received(method_frame(1, spec.QueueDeclare(queue="waits", durable=True)))
         for _ in range(40):  # 2.6 MB queued behind the declare
@@ -129,7 +129,7 @@ def test_a_channel_waiting_for_raft_stops_reading_its_client(tmp_path: Path) -> 
             if t.reading:
                 break
         assert t.reading, "reading did not resume once the backlog drained"
-        assert broker.vhosts["/"].queues["waits"].message_count == 40
+        assert broker.runtime.vhosts["/"].queues["waits"].message_count == 40
     with_broker(tmp_path, test)
 
 
@@ -141,7 +141,7 @@ def test_a_slow_disk_stops_reading_persistent_publishers(
         conn, t = open_conn(broker)
         conn.data_received(method_frame(1, spec.QueueDeclare(queue="disk", durable=True)))
         await asyncio.sleep(0.2)
-        store = broker.vhosts["/"].store
+        store = broker.runtime.vhosts["/"].store
         assert store is not None
         real_commit = store._commit
 

@@ -10,7 +10,7 @@ from typing import Any
 from node.amqp import protocol, spec
 from node.amqp.connection import AMQPConnection
 from node.amqp.frames import method_frame
-from node.broker import Broker
+from node.runtime.broker import Broker
 from tests.unit.in_process import with_broker
 
 
@@ -70,9 +70,9 @@ def test_a_client_closed_while_being_handed_over_stays_closed(tmp_path: Path) ->
         c.data_received(method_frame(0, spec.ConnectionStartOk(
             mechanism="PLAIN", response=b"\x00guest\x00guest")))
         c.data_received(method_frame(0, spec.ConnectionTuneOk(frame_max=131072)))
-        broker.owns = lambda vhost: False  # type: ignore[method-assign]
-        broker.owner_of = lambda vhost: "n2"  # type: ignore[method-assign]
-        broker.nodes["n2"] = {"forward": "127.0.0.1:9"}
+        broker.runtime.owns = lambda vhost: False  # type: ignore[method-assign]
+        broker.runtime.owner_of = lambda vhost: "n2"  # type: ignore[method-assign]
+        broker.runtime.nodes["n2"] = {"forward": "127.0.0.1:9"}
         broker.settings.cluster_secret = "s"
         c.spawn = lambda coro: coro.close()  # type: ignore[method-assign]  # no real hand-over
         c.data_received(method_frame(0, spec.ConnectionOpen(virtual_host="/"))

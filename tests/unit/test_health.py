@@ -23,9 +23,10 @@ def broker(leader: str | None = "a:1", stores: dict | None = None, owned=("/", "
     checks = {"checks": 3, "agreed": 2, "diverged": diverged}
     return SimpleNamespace(
         metadata=SimpleNamespace(status=lambda: status, digest_status=lambda: checks),
-        vhost_defs={name: {} for name in ("/", "orders", "elsewhere")},
-        owns=lambda name: name in owned,
-        vhosts={name: SimpleNamespace(store=s) for name, s in stores.items()})
+        runtime=SimpleNamespace(
+            vhost_defs={name: {} for name in ("/", "orders", "elsewhere")},
+            owns=lambda name: name in owned,
+            vhosts={name: SimpleNamespace(store=s) for name, s in stores.items()}))
 
 
 class Server:

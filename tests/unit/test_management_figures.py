@@ -16,7 +16,9 @@ def _queue() -> SimpleNamespace:
 def test_idle_since_follows_activity() -> None:
     q = _queue()
     vh = SimpleNamespace(name="/", queues={"q": q}, exchanges={}, retired_stats={})
-    broker = SimpleNamespace(vhosts={"/": vh}, connections=set(), published=0, unroutable=0)
+    broker = SimpleNamespace(runtime=SimpleNamespace(vhosts={"/": vh}, connections=set()),
+                             counters=SimpleNamespace(published=0, unroutable=0,
+                                                      returned=0, confirmed=0))
     s = Sampler(broker, 5)
     key = ("queue", "/", "q")
     s.sample()

@@ -46,8 +46,9 @@ def fake_queue(name: str, **counters: int) -> SimpleNamespace:
 def fake_broker(queues: dict) -> SimpleNamespace:
     vh = SimpleNamespace(name="/", queues=queues, exchanges={}, retired_stats={},
                          connections=set())
-    return SimpleNamespace(vhosts={"/": vh}, connections=set(), published=0, unroutable=0,
-                           returned=0, confirmed=0)
+    return SimpleNamespace(
+        runtime=SimpleNamespace(vhosts={"/": vh}, connections=set()),
+        counters=SimpleNamespace(published=0, unroutable=0, returned=0, confirmed=0))
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_rates_come_from_counter_deltas(clock):
     s = Sampler(b, 5)
     s.sample()
     q.stats_publish, q.stats_deliver, q.message_count = 50, 20, 30
-    b.published = 50
+    b.counters.published = 50
     clock[0] += 5
     s.sample()
     ms = s.message_stats(("queue", "/", "q"), stats_mod.queue_counters(q))
@@ -83,7 +84,7 @@ def test_a_recreated_queue_never_gets_a_negative_rate(clock):
     b = fake_broker({"q": fake_queue("q", stats_publish=100)})
     s = Sampler(b, 5)
     s.sample()
-    b.vhosts["/"].queues["q"] = fake_queue("q", stats_publish=3)
+    b.runtime.vhosts["/"].queues["q"] = fake_queue("q", stats_publish=3)
     clock[0] += 5
     s.sample()
     assert s.rate(("queue", "/", "q"), "publish") == 0.0
@@ -94,18 +95,18 @@ def test_node_totals_keep_deleted_queues_and_vhosts(clock):
     s = Sampler(b, 5)
     assert s.node_counters()["ack"] == 7
     # a deleted queue's counters move to its vhost's retired_stats (VirtualHost.remove_queue)
-    b.vhosts["/"].retired_stats = {"stats_ack": 7, "stats_deliver": 9}
-    b.vhosts["/"].queues = {}
+    b.runtime.vhosts["/"].retired_stats = {"stats_ack": 7, "stats_deliver": 9}
+    b.runtime.vhosts["/"].queues = {}
     assert s.node_counters()["ack"] == 7
     s.sample()
-    del b.vhosts["/"]  # a deleted vhost's counters stay in the sampler
+    del b.runtime.vhosts["/"]  # a deleted vhost's counters stay in the sampler
     s.sample()
     assert s.node_counters()["ack"] == 7 and s.node_counters()["deliver_get"] == 9
 
 
 def test_node_counters_split_unroutable():
     b = fake_broker({})
-    b.published, b.unroutable, b.returned, b.confirmed = 10, 4, 1, 6
+    b.counters.published, b.counters.unroutable, b.counters.returned, b.counters.confirmed = 10, 4, 1, 6
     c = Sampler(b, 5).node_counters()
     assert (c["publish"], c["routed"], c["drop_unroutable"], c["return_unroutable"],
             c["confirm"]) == (10, 6, 3, 1, 6)

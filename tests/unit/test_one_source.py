@@ -38,7 +38,7 @@ def test_the_api_shows_the_policy_the_broker_applies() -> None:
         {"z": _policy("z", "^jo"), "y": _policy("y", "bs$", priority=1)},
     ]
     for policies in cases:
-        broker = SimpleNamespace(policies={"/": policies})
+        broker = SimpleNamespace(runtime=SimpleNamespace(policies={"/": policies}))
         for kind in ("queue", "exchange"):
             want = matching_policy(policies, kind, "jobs")
             got = shapes.matching_policy(broker, "/", "jobs", kind + "s")

@@ -131,8 +131,9 @@ def test_vhost_and_connection_and_channel_stats() -> None:
     async def main() -> None:
         settings = SimpleNamespace(channel_max=2047, frame_max=131072, heartbeat=60,
                                    max_message_size=1 << 20)
-        broker: Any = SimpleNamespace(settings=settings, connections=set(),
-                                      connections_opened=0,
+        broker: Any = SimpleNamespace(settings=settings,
+                                      runtime=SimpleNamespace(connections=set()),
+                                      counters=SimpleNamespace(connections_opened=0),
                                       server_properties=lambda capabilities: {})
         vh = VirtualHost("v", None)
         q = vh.add_queue("q")

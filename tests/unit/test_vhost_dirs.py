@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from node.vhost_stores import VhostStores
+from node.runtime.stores import VhostStores
 
 NAMES = ["/", "orders.deleted-1", "..", ".", "a/b", "注文" * 40, "x.deleted-0123abcd"]
 
