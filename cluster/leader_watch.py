@@ -17,10 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from cluster.raft import MetadataStore
+
+class RaftMember(Protocol):
+    """What the watch needs of cluster/raft.py's MetadataStore (which starts the watch)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def call_election(self) -> None: ...
 
 log = logging.getLogger("warren.raft")
 
@@ -41,7 +49,7 @@ async def _refuses(address: str) -> bool:
     return False
 
 
-async def watch_leader(store: MetadataStore) -> None:
+async def watch_leader(store: RaftMember) -> None:
     while not store.closed:
         await asyncio.sleep(INTERVAL)
         status = store.status()

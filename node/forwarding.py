@@ -27,7 +27,7 @@ import logging
 import os
 import ssl as ssl_lib
 import struct
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import msgpack
 
@@ -35,11 +35,11 @@ from cluster import wire
 from node.amqp.fields import encode_table
 from node.tls import cluster_client_ssl
 
-if TYPE_CHECKING:
-    from node.amqp.connection import AMQPConnection
-    from node.runtime.broker import Broker
-
 log = logging.getLogger("warren.forwarding")
+
+# A session of another node that is not a forwarded client (its facts, its transport, its
+# keys): node/runtime/vhost_roles.py's VhostRoles.accept
+AcceptSession = Callable[[dict, asyncio.Transport, "wire.Link"], None]
 
 MAGIC = b"WFWD2"
 NONCE_SIZE = 32
@@ -191,11 +191,12 @@ class Spliced:
 # ----------------------------------------------------------------------------------------
 # the accepting node's side: a client whose vhost another node owns
 # ----------------------------------------------------------------------------------------
-async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
+async def hand_over(conn: Any, vhost: str, owner: str | None,
                     address: str) -> None:
     """Connect to the owner's cluster port with what it needs to adopt the client (who the
     client authenticated as, what was negotiated), then splice the two sockets.  The
-    connection waits at connection.open meanwhile (`AMQPConnection._start_forwarding`)."""
+    connection waits at connection.open meanwhile (`AMQPConnection._start_forwarding`;
+    ``conn`` is that connection, which imports this module)."""
     settings = conn.settings
     facts = {"user": conn.user, "vhost": vhost, "node": settings.node_name,
              "client_properties": encode_table(conn.client_properties),
@@ -230,9 +231,9 @@ async def hand_over(conn: "AMQPConnection", vhost: str, owner: str | None,
 # the owner's side
 # ----------------------------------------------------------------------------------------
 class _ForwardServerProtocol(asyncio.Protocol):
-    def __init__(self, broker: "Broker", key: bytes,
+    def __init__(self, accept_session: AcceptSession, key: bytes,
                  client_protocol: Callable[[], Any]) -> None:
-        self.broker = broker
+        self.accept_session = accept_session
         self.key = key
         self.client_protocol = client_protocol
         self.nonce = os.urandom(NONCE_SIZE)
@@ -286,7 +287,7 @@ class _ForwardServerProtocol(asyncio.Protocol):
         if facts.get("kind", "forward") != "forward":
             # the other sessions of the cluster port: replication, liveness pings
             self.transport.pause_reading()
-            self.broker.roles.accept(facts, self.transport, session_link(
+            self.accept_session(facts, self.transport, session_link(
                 self.key, self.nonce, client_nonce, True, self.transport, rest))
             return
         conn = self.client_protocol()
@@ -301,15 +302,16 @@ class _ForwardServerProtocol(asyncio.Protocol):
             self.timer.cancel()
 
 
-async def start_forward_server(broker: "Broker", host: str, port: int, secret: str,
-                               client_protocol: Callable[[], Any],
+async def start_forward_server(accept_session: AcceptSession, host: str, port: int,
+                               secret: str, client_protocol: Callable[[], Any],
                                ssl: ssl_lib.SSLContext | None = None) -> asyncio.AbstractServer:
     """The cluster port.  A forwarded client becomes `client_protocol()` (an AMQP
-    connection, given by the caller: this module stays below node.amqp, which uses it)."""
+    connection, given by the caller: this module stays below node.amqp, which uses it);
+    every other session (replication, pings, digests) goes to `accept_session`."""
     loop = asyncio.get_running_loop()
     key = forward_key(secret)
     return await loop.create_server(
-        lambda: _ForwardServerProtocol(broker, key, client_protocol), host, port,
+        lambda: _ForwardServerProtocol(accept_session, key, client_protocol), host, port,
         reuse_address=True, ssl=ssl)
 
 

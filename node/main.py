@@ -159,7 +159,7 @@ async def serve(settings: Settings, shutdown: Shutdown) -> None:
         # the address it is given (like Raft's): cluster-internal, behind the secret too
         forward_server = await _listen(
             "forwarded connections", fhost, fport,
-            lambda: start_forward_server(broker, fhost, fport, settings.cluster_secret,
+            lambda: start_forward_server(broker.roles.accept, fhost, fport, settings.cluster_secret,
                                          lambda: AMQPConnection(broker), ssl=cluster_tls))
     server = await _listen(
         "AMQP", settings.amqp_host, settings.amqp_port,

@@ -17,11 +17,13 @@ microseconds, an integer a fraction of one).  Identity facts (`name`, `vhost`, `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-if TYPE_CHECKING:
-    from node.amqp.channel import Channel
-    from node.queues.consumer import Consumer
+# Read models sit below everything they describe (queues, channels, connections import
+# them), so the consumers and channels they list are named, not imported: a
+# node.queues.consumer.Consumer and a node.amqp.channel.Channel.
+Consumer = Any
+Channel = Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,16 +21,27 @@ from __future__ import annotations
 
 import functools
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
-from node.config import Settings
+
+class TLSSettings(Protocol):
+    """The settings TLS is made from (node/config.py's Settings, which checks them with
+    `validate` and so is not imported here)."""
+
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
+    tls_verify: str
+    tls_fail_if_no_peer_cert: bool
+    cluster_tls: bool
+    http_tls: bool
 
 __all__ = ["cluster_client_ssl", "cluster_server_ssl", "peer_common_name", "server_ssl"]
 
 VERIFY_MODES = ("none", "peer")
 
 
-def server_ssl(settings: Settings) -> ssl.SSLContext | None:
+def server_ssl(settings: TLSSettings) -> ssl.SSLContext | None:
     """The context for AMQPS and HTTPS, or None when no certificate is configured."""
     if not settings.tls_cert:
         return None
@@ -47,7 +58,7 @@ def server_ssl(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _cluster_context(settings: Settings, purpose: ssl.Purpose) -> ssl.SSLContext | None:
+def _cluster_context(settings: TLSSettings, purpose: ssl.Purpose) -> ssl.SSLContext | None:
     if not settings.cluster_tls:
         return None
     return _cluster_context_for(settings.tls_cert, settings.tls_key, settings.tls_ca, purpose)
@@ -67,17 +78,17 @@ def _cluster_context_for(cert: str, key: str, ca: str,
     return ctx
 
 
-def cluster_server_ssl(settings: Settings) -> ssl.SSLContext | None:
+def cluster_server_ssl(settings: TLSSettings) -> ssl.SSLContext | None:
     """For the cluster port's listener (None: plain TCP)."""
     return _cluster_context(settings, ssl.Purpose.CLIENT_AUTH)
 
 
-def cluster_client_ssl(settings: Settings) -> ssl.SSLContext | None:
+def cluster_client_ssl(settings: TLSSettings) -> ssl.SSLContext | None:
     """For connections to another node's cluster port or HTTP relay (None: plain)."""
     return _cluster_context(settings, ssl.Purpose.SERVER_AUTH)
 
 
-def relay_ssl(settings: Settings) -> ssl.SSLContext | bool:
+def relay_ssl(settings: TLSSettings) -> ssl.SSLContext | bool:
     """For the management API's relay to another node's HTTPS port (--http-tls): the
     cluster's mutual TLS when --cluster-tls, else trust --tls-ca (or the system's CAs)."""
     ctx = cluster_client_ssl(settings)
@@ -88,11 +99,11 @@ def relay_ssl(settings: Settings) -> ssl.SSLContext | bool:
     return ctx
 
 
-def relay_scheme(settings: Settings) -> str:
+def relay_scheme(settings: TLSSettings) -> str:
     return "https" if settings.http_tls else "http"
 
 
-def validate(settings: Settings) -> str | None:
+def validate(settings: TLSSettings) -> str | None:
     """What is wrong with the TLS settings, or None."""
     if settings.tls_verify not in VERIFY_MODES:
         return f"--tls-verify must be one of {', '.join(VERIFY_MODES)}"

@@ -16,7 +16,7 @@ import os
 import struct
 from collections import deque
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from node import errors
 from node.amqp import spec
@@ -29,9 +29,6 @@ from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
 from node.read_models import ChannelStats
-
-if TYPE_CHECKING:
-    from node.amqp.connection import AMQPConnection
 
 _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
@@ -49,12 +46,45 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 
+class ChannelConnection(Protocol):
+    """What a channel uses of its connection (node/amqp/connection.py's AMQPConnection,
+    which imports this module: the channel names only what it needs)."""
+
+    broker: Any
+    core: Any
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    name: str
+    user: str
+    vhost: Any
+    capabilities: dict
+    channels: dict[int, Any]
+    exclusive_queues: set[str]
+    closing: bool
+    paused: bool
+    publisher: bool
+    read_holds: set[str]
+    send_method: Callable[..., None]
+    send_content: Callable[..., None]
+
+    log: Any  # the connection's logger
+
+    def flush(self) -> None: ...
+    def spawn(self, coro: Any) -> None: ...
+    def handle_error(self, err: Any, ch: int) -> None: ...
+    def hold_reading(self, reason: str) -> None: ...
+    def release_reading(self, reason: str) -> None: ...
+    def flow_pause(self, queue: Any) -> None: ...
+    def block(self, alarms: set[str]) -> None: ...
+    def channel_closed(self, number: int) -> None: ...
+
+
 def new_name(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
 class Channel:
-    def __init__(self, conn: "AMQPConnection", number: int) -> None:
+    def __init__(self, conn: ChannelConnection, number: int) -> None:
         self.conn = conn
         self.number = number
         self.broker = conn.broker

@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from node import errors, forwarding
 from node.amqp import spec
@@ -48,10 +48,22 @@ from node.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.read_models import ConnectionStats, TLSSession
 from node.tls import peer_common_name
 
-if TYPE_CHECKING:
-    from node.runtime.broker import Broker
-
 log = logging.getLogger("warren.connection")
+
+
+class ConnectionBroker(Protocol):
+    """What a client connection uses of its node (node/runtime/broker.py's Broker, which
+    sits above the AMQP layer and is not imported here)."""
+
+    settings: Any
+    runtime: Any  # node/runtime/state.py: vhosts, users, nodes, connections...
+    counters: Any
+    access: Any  # node/runtime/access.py
+    definitions: Any  # node/runtime/definitions.py
+    roles: Any  # node/runtime/vhost_roles.py
+    resources: Any  # node/alarms.py
+
+    def server_properties(self, capabilities: dict) -> dict: ...
 
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_OK_TIMEOUT = 3.0
@@ -72,7 +84,7 @@ SERVER_CAPABILITIES = {
 
 
 class AMQPConnection(asyncio.Protocol):
-    def __init__(self, broker: "Broker") -> None:
+    def __init__(self, broker: ConnectionBroker) -> None:
         self.broker = broker
         self.settings = broker.settings
         self.loop = asyncio.get_event_loop()

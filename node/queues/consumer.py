@@ -6,7 +6,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from node.queues.entry import QueueEntry
-    from node.queues.queue import Queue
+
+# the queue a consumer subscribes to (node/queues/queue.py's Queue, which imports this
+# module and so is not imported here)
+Queue = Any
 
 
 class ConsumerOwner(Protocol):
@@ -15,9 +18,9 @@ class ConsumerOwner(Protocol):
 
     def can_deliver(self, consumer: "Consumer") -> bool: ...
 
-    def deliver(self, consumer: "Consumer", queue: "Queue", entry: "QueueEntry") -> None: ...
+    def deliver(self, consumer: "Consumer", queue: Queue, entry: "QueueEntry") -> None: ...
 
-    def cancel_consumers_of(self, queue: "Queue") -> None:
+    def cancel_consumers_of(self, queue: Queue) -> None:
         """The queue is gone: forget (and tell the client about) its consumers."""
 
 
@@ -25,7 +28,7 @@ class Consumer:
     __slots__ = ("tag", "queue", "owner", "no_ack", "exclusive", "prefetch", "unacked",
                  "arguments", "priority", "tag_bytes")
 
-    def __init__(self, tag: str, queue: "Queue", owner: Any, no_ack: bool, exclusive: bool,
+    def __init__(self, tag: str, queue: Queue, owner: Any, no_ack: bool, exclusive: bool,
                  prefetch: int, arguments: dict | None = None) -> None:
         self.tag = tag
         self.queue = queue
