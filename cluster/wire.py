@@ -1,5 +1,5 @@
 """Frames of the sessions between nodes on the cluster port (after its handshake, in
-node/forwarding.py, where both ends prove the cluster secret).
+node/clients/forwarding.py, where both ends prove the cluster secret).
 
 A frame is ``length (4 bytes, big-endian) + kind (1 byte) + body``, then, unless the
 session runs on TLS, a 16-byte MAC: HMAC-SHA256 under the session key of that direction

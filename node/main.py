@@ -119,7 +119,7 @@ def record_membership(settings: Settings, metadata: "MetadataStore",
 
 async def serve(settings: Settings, shutdown: Shutdown) -> None:
     from cluster.raft import MetadataStore
-    from node.amqp.connection import AMQPConnection
+    from node.clients.connection import AMQPConnection
     from node.http.api import start_http
     from node.runtime.broker import Broker
 
@@ -154,7 +154,7 @@ async def serve(settings: Settings, shutdown: Shutdown) -> None:
         return
     forward_server = None
     if settings.cluster_secret:
-        from node.forwarding import start_forward_server
+        from node.clients.forwarding import start_forward_server
         fhost, fport = split_address(settings.forward_address, 25673)
         # the address it is given (like Raft's): cluster-internal, behind the secret too
         forward_server = await _listen(

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 # Read models sit below everything they describe (queues, channels, connections import
 # them), so the consumers and channels they list are named, not imported: a
-# node.queues.consumer.Consumer and a node.amqp.channel.Channel.
+# node.queues.consumer.Consumer and a node.clients.channel.Channel.
 Consumer = Any
 Channel = Any
 

@@ -15,7 +15,7 @@ records say (often an IP), and the CA plus the cluster secret's HMAC are the wal
 
 A new kind of session on the cluster port needs nothing of its own: the listener is built
 with `cluster_server_ssl`, and a connecting node passes `cluster_client_ssl` (see
-`node.forwarding.open_cluster_connection`)."""
+`node.clients.forwarding.open_cluster_connection`)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from node.amqp.message import FLAG_HEADERS, Message, now_ms
 from node.exchanges.base import Binding, Destination, Exchange
 from node.exchanges.registry import EXCHANGE_TYPES, STANDARD_EXCHANGES
-from node.message import FLAG_HEADERS, Message, now_ms
 from node.policies import matching_policy
 from node.queues import types
 from node.queues.dead_letter import dead_lettered, death_cycle

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from node.errors import AMQPError
+from node.amqp.errors import AMQPError
 
 
 class EventBase:

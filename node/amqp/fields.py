@@ -52,7 +52,7 @@ MAX_NESTING = 64
 # AMQPFrameError follows suit so the codec errors read as one family.
 class AMQPSyntaxError(ValueError):
     """Malformed or truncated bytes on the wire (AMQP 502 SYNTAX_ERROR: the connection
-    picks the code, from node.errors, the one table of reply codes)."""
+    picks the code, from node.amqp.errors, the one table of reply codes)."""
 
 
 class AMQPFrameError(ValueError):

@@ -22,8 +22,8 @@ import struct
 from enum import IntEnum
 from typing import Any, Callable, Iterator
 
-from node import errors
-from node.amqp import spec
+from node.amqp import errors, spec
+from node.amqp.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.amqp.events import (
     ChannelClosed,
     ChannelCloseReceived,
@@ -44,7 +44,6 @@ from node.amqp.events import (
 )
 from node.amqp.fields import AMQPFrameError, AMQPSyntaxError, UnknownMethod
 from node.amqp.frames import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader, encode_frame
-from node.errors import AMQPConnectionError, AMQPError, ChannelError
 
 _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = b"\xce"

@@ -10,9 +10,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from node import errors
+from node.amqp import errors
+from node.amqp.errors import AMQPError
 from node.auth import check_password, is_loopback
-from node.errors import AMQPError
 from node.health import token_matches
 from node.http.common import MANAGEMENT_TAGS, HTTPError, error_response
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from aiohttp import web
 
-from node import errors
+from node.amqp import errors
 from node.http.common import (
     broker_of,
     json_response,

@@ -13,6 +13,7 @@ from aiohttp import web
 from node.amqp import spec
 from node.amqp.fields import AMQPSyntaxError
 from node.amqp.frames import content_header_payload
+from node.amqp.message import Message
 from node.http.common import (
     bad_request,
     body,
@@ -26,7 +27,6 @@ from node.http.common import (
 )
 from node.http.objects import queue_of
 from node.http.proxy import from_owner
-from node.message import Message
 from node.queues.queue import ACCEPTED_FLUSH, REJECTED
 
 routes = web.RouteTableDef()

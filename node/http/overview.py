@@ -13,6 +13,7 @@ from aiohttp import web
 from node import health
 from node.amqp import spec
 from node.amqp.frames import content_header_payload
+from node.amqp.message import Message
 from node.http import system
 from node.http.common import (
     MONITORING,
@@ -27,7 +28,6 @@ from node.http.common import (
     vhost_or_404,
 )
 from node.http.stats import NODE, queue_depths
-from node.message import Message
 from node.runtime.broker import PRODUCT, VERSION
 
 routes = web.RouteTableDef()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 
 from node.amqp.fields import Timestamp
-from node.message import Message
+from node.amqp.message import Message
 
 
 def _keys(v: object) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.message import Message
+from node.amqp.message import Message
 
 
 class QueueEntry:

@@ -31,7 +31,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from node.amqp.fields import Long
-from node.message import FLAG_EXPIRATION, Message, now_ms
+from node.amqp.message import FLAG_EXPIRATION, Message, now_ms
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.ready import PriorityReadyList, ReadyList

@@ -10,7 +10,7 @@ its own set of arguments, a delivery limit and the `x-delivery-count` header."""
 
 from __future__ import annotations
 
-from node import errors
+from node.amqp import errors
 
 CLASSIC, QUORUM = "classic", "quorum"
 TYPES = (CLASSIC, QUORUM)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from node import errors
+from node.amqp import errors
 from node.auth import matches
 from node.runtime.state import Runtime
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cluster.membership import new_cluster_id
-from node import errors
 from node.alarms import ResourceMonitor
+from node.amqp import errors
 from node.config import Settings
 from node.runtime.access import AccessControl
 from node.runtime.definitions import DefinitionService

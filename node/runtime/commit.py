@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from node import errors
-from node.errors import AMQPConnectionError, ChannelError
+from node.amqp import errors
+from node.amqp.errors import AMQPConnectionError, ChannelError
 
 if TYPE_CHECKING:
     from cluster.raft import MetadataStore

@@ -21,10 +21,10 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from cluster import placement
-from node import errors
+from node.amqp import errors
+from node.amqp.errors import AMQPError, ChannelError
 from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
-from node.errors import AMQPError, ChannelError
 from node.exchanges.base import Destination, Exchange
 from node.queues import types
 from node.queues.queue import Queue, new_declaration

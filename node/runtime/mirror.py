@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from node import errors
+from node.amqp import errors
 from node.config import Settings
 from node.exchanges.base import Destination
 from node.exchanges.registry import EXCHANGE_TYPES

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cluster import placement as copy_placement
-from node import errors
+from node.amqp import errors
+from node.amqp.errors import ChannelError
 from node.config import Settings
-from node.errors import ChannelError
 from node.runtime.commit import commit
 from node.runtime.state import Runtime
 

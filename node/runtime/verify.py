@@ -16,8 +16,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cluster.digest import DigestClient
-from node import errors
-from node.errors import ChannelError
+from node.amqp import errors
+from node.amqp.errors import ChannelError
 
 if TYPE_CHECKING:
     from node.runtime.broker import Broker

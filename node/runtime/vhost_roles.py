@@ -20,9 +20,9 @@ from cluster.failover import FailoverController
 from cluster.follower import Follower
 from cluster.liveness import Liveness, PingServer
 from cluster.replication import ReplicationSource, SourceSession
-from node import errors
+from node.amqp import errors
+from node.amqp.errors import ChannelError
 from node.config import Settings
-from node.errors import ChannelError
 from node.runtime.commit import commit
 from node.runtime.placement import Placement
 from node.runtime.state import Runtime
@@ -140,7 +140,7 @@ class VhostRoles:
 
     async def connect(self, address: str, facts: dict[str, Any]
                       ) -> tuple[asyncio.Transport, wire.Link]:
-        from node.forwarding import open_forward
+        from node.clients.forwarding import open_forward
         from node.tls import cluster_client_ssl
         return await open_forward(address, self.settings.cluster_secret, facts,
                                   timeout=self.settings.failover_timeout,

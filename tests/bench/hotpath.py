@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from node.amqp import spec  # noqa: E402
-from node.amqp.connection import AMQPConnection  # noqa: E402
 from node.amqp.frames import content_header_payload, encode_frame, method_frame  # noqa: E402
+from node.clients.connection import AMQPConnection  # noqa: E402
 from node.config import Settings  # noqa: E402
 from node.runtime.broker import Broker  # noqa: E402
 from tests.unit.in_process import handshake  # noqa: E402

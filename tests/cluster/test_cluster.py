@@ -137,7 +137,7 @@ def test_cluster_secret_guards_raft_and_forwarding_ports(cluster: Cluster, tmp_p
 def test_forward_port_refuses_a_wrong_secret(cluster: Cluster):
     import msgpack
 
-    from node.forwarding import MAGIC, NONCE_SIZE, client_proof, forward_key
+    from node.clients.forwarding import MAGIC, NONCE_SIZE, client_proof, forward_key
     n1 = cluster.nodes[0]
     s = socket.create_connection(("127.0.0.1", n1.forward_port), timeout=5)
     hello = s.recv(len(MAGIC) + NONCE_SIZE)

@@ -273,7 +273,7 @@ def test_a_forged_fenced_deposes_nobody(intercepted):
 
 def _session(node: NodeProcess, facts: dict) -> tuple[socket.socket, wire.Seal]:
     """A session on ``node``'s cluster port that does hold the secret (as a node would)."""
-    from node.forwarding import (
+    from node.clients.forwarding import (
         MAC_SIZE,
         MAGIC,
         NONCE_SIZE,
@@ -344,7 +344,7 @@ def test_a_replica_that_reaches_an_impostor_keeps_its_copy(tmp_path: Path):
         impostor.bind(("127.0.0.1", owner.forward_port))
         impostor.listen(16)
         impostor.settimeout(20)
-        from node.forwarding import MAGIC
+        from node.clients.forwarding import MAGIC
         epoch = st["epoch"]
         lie = (MAGIC + os.urandom(32)
                + wire.control({"t": "hello", "mode": "snapshot", "epoch": epoch})

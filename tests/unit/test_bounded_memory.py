@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from node.amqp import channel as channel_mod
 from node.amqp import spec
-from node.amqp.connection import AMQPConnection
 from node.amqp.frames import content_header_payload, encode_frame, method_frame
+from node.clients import channel as channel_mod
+from node.clients.connection import AMQPConnection
 from node.runtime.broker import Broker
 from tests.unit.in_process import handshake, with_broker
 

@@ -1,4 +1,4 @@
-"""The asyncio adapter (node/amqp/connection.py) around the protocol core, with a broker in
+"""The asyncio adapter (node/clients/connection.py) around the protocol core, with a broker in
 process and a transport that records what it is told: the decisions that involve the socket
 (aborting, pausing, handing a client over) as the core's review found them wanting."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from node.amqp import protocol, spec
-from node.amqp.connection import AMQPConnection
 from node.amqp.frames import method_frame
+from node.clients.connection import AMQPConnection
 from node.runtime.broker import Broker
 from tests.unit.in_process import with_broker
 

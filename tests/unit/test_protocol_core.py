@@ -306,7 +306,7 @@ def test_client_channel_close_is_confirmed_by_the_broker():
 
 def test_after_our_channel_close_only_close_ok_counts():
     core = opened()
-    from node.errors import ChannelError
+    from node.amqp.errors import ChannelError
     core.close_channel(1, ChannelError(404, "no queue 'q'", 50, 10))
     (_, close), = sent(core)
     assert (close.reply_code, close.reply_text, close.class_id) == (
@@ -326,7 +326,7 @@ def test_client_connection_close_is_answered_at_once():
 
 
 def test_our_connection_close_waits_for_close_ok():
-    from node.errors import AMQPConnectionError
+    from node.amqp.errors import AMQPConnectionError
     core = opened()
     assert core.close(AMQPConnectionError(320, "shutdown"))
     assert not core.close(AMQPConnectionError(320, "again"))
@@ -354,7 +354,7 @@ def test_the_protocol_core_does_no_io():
             for mod in mods:
                 assert mod.split(".")[0] not in banned, f"{name} imports {mod}"
                 # nor anything of the broker that does I/O (channels, stores, the cluster)
-                assert not mod.startswith(("node.amqp.connection", "node.amqp.channel",
+                assert not mod.startswith(("node.clients.connection", "node.clients.channel",
                                            "node.runtime", "storage", "cluster")), (name, mod)
 
 
@@ -363,7 +363,7 @@ def test_the_protocol_core_does_no_io():
 def test_an_error_behind_the_clients_channel_close_still_reaches_it():
     # queue.declare waits for Raft, the client's channel.close waits behind it, then the
     # declare fails: the client gets channel.close with the error, as before the core
-    from node.errors import ChannelError
+    from node.amqp.errors import ChannelError
     core = opened()
     assert [type(e) for e in events(core, method_frame(1, spec.ChannelClose()))] == [
         ev.ChannelCloseReceived]
@@ -377,7 +377,7 @@ def test_an_error_behind_the_clients_channel_close_still_reaches_it():
 
 
 def test_nothing_but_close_ok_follows_connection_close():
-    from node.errors import AMQPConnectionError
+    from node.amqp.errors import AMQPConnectionError
     core = opened()
     core.close(AMQPConnectionError(505, "unexpected frame"))
     core.send_method(1, spec.QueueDeclareOk(queue="q"))  # a Raft change finishing late
@@ -396,7 +396,7 @@ def test_the_clients_close_after_a_bad_frame_is_still_answered():
 
 
 def test_a_bad_frame_while_closing_does_not_hide_the_close_ok():
-    from node.errors import AMQPConnectionError
+    from node.amqp.errors import AMQPConnectionError
     core = opened()
     core.close(AMQPConnectionError(320, "shutdown"))
     out = events(core, encode_frame(1, 1, struct.pack(">HH", 60, 999))

@@ -13,7 +13,7 @@ from typing import Any
 
 from node.amqp import spec
 from node.amqp.frames import content_header_payload
-from node.message import Message
+from node.amqp.message import Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import Queue

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from node.amqp import spec
-from node.amqp.channel import Channel
-from node.amqp.connection import AMQPConnection
 from node.amqp.frames import content_header_payload
-from node.message import Message
+from node.amqp.message import Message
+from node.clients.channel import Channel
+from node.clients.connection import AMQPConnection
 from node.queues.consumer import Consumer
 from node.queues.queue import Queue
 from node.read_models import TLSSession

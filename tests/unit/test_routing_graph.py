@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from node.amqp import spec
 from node.amqp.frames import content_header_payload
+from node.amqp.message import Message
 from node.exchanges.base import Destination
-from node.message import Message
 from node.vhost import VirtualHost
 
 

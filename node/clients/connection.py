@@ -15,9 +15,8 @@ import struct
 import time
 from typing import Any, Protocol
 
-from node import errors, forwarding
-from node.amqp import spec
-from node.amqp.channel import Channel
+from node.amqp import errors, spec
+from node.amqp.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.amqp.events import (
     ChannelClosed,
     ChannelCloseReceived,
@@ -44,7 +43,8 @@ from node.amqp.protocol import (
     ConnectionProtocol,
 )
 from node.auth import check_password, decode_plain, is_loopback
-from node.errors import AMQPConnectionError, AMQPError, ChannelError
+from node.clients import forwarding
+from node.clients.channel import Channel
 from node.read_models import ConnectionStats, TLSSession
 from node.tls import peer_common_name
 
@@ -386,7 +386,7 @@ class AMQPConnection(asyncio.Protocol):
         self.core.accept_open()
 
     # ------------------------------------------------------------------------------
-    # any-node access: hand the client over to the vhost's owner (node/forwarding.py).
+    # any-node access: hand the client over to the vhost's owner (node/clients/forwarding.py).
     # The core waits at connection.open meanwhile: what the client pipelined behind it
     # stays unparsed, for the owner.
     # ------------------------------------------------------------------------------

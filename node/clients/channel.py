@@ -18,12 +18,17 @@ from collections import deque
 from time import monotonic as _monotonic
 from typing import Any, Callable, Protocol
 
-from node import errors
-from node.amqp import spec
+from node.amqp import errors, spec
+from node.amqp.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.amqp.events import ChannelCloseReceived, ContentRejected, Event, Publish
-from node.errors import AMQPConnectionError, AMQPError, ChannelError
+from node.amqp.message import (
+    FLAG_EXPIRATION,
+    FLAG_HEADERS,
+    FLAG_REPLY_TO,
+    Message,
+    expiration_error,
+)
 from node.exchanges.base import Binding, Destination
-from node.message import FLAG_EXPIRATION, FLAG_HEADERS, FLAG_REPLY_TO, Message, expiration_error
 from node.queues import types
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
@@ -47,7 +52,7 @@ REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 
 class ChannelConnection(Protocol):
-    """What a channel uses of its connection (node/amqp/connection.py's AMQPConnection,
+    """What a channel uses of its connection (node/clients/connection.py's AMQPConnection,
     which imports this module: the channel names only what it needs)."""
 
     broker: Any

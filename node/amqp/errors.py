@@ -1,5 +1,5 @@
 """AMQP exceptions raised deep in the broker and turned into channel.close or
-connection.close in exactly one place (node/amqp/connection.py).
+connection.close in exactly one place (node/clients/connection.py).
 
 Texts follow RabbitMQ's style, e.g. "NOT_FOUND - no queue 'jobs' in vhost '/'", because
 clients and users grep for them."""
