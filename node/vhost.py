@@ -4,6 +4,7 @@ things, directly for transient and exclusive ones); this module only applies the
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -13,6 +14,7 @@ from node.exchanges.registry import EXCHANGE_TYPES, STANDARD_EXCHANGES
 from node.policies import matching_policy
 from node.queues import types
 from node.queues.dead_letter import dead_lettered, death_cycle
+from node.queues.outcome import PublishOutcome, publish_to
 from node.queues.queue import Queue
 from node.read_models import VhostStats
 
@@ -160,6 +162,24 @@ class VirtualHost:
             ae = bytes(ae).decode("utf-8", "replace")
         ex.alternate = ae or None  # type: ignore[attr-defined]
 
+    # --- publishing -----------------------------------------------------------------
+    def publish(self, exchange: Exchange, message: Message) -> PublishOutcome:
+        """Route ``message`` from ``exchange`` and enqueue it in every queue it reaches:
+        the one way a message enters the vhost (basic.publish, the management API's
+        publish and dead-lettering all come here)."""
+        if exchange.name == "" and not message.flags & FLAG_HEADERS:
+            # the default exchange without CC/BCC: the queue named by the routing key
+            q = self.queues.get(message.routing_key)
+            queues = [q] if q is not None else []
+            exchange.stats_publish_in += 1
+            exchange.stats_publish_out += len(queues)
+        else:
+            queues = self.route(exchange, message)
+            if queues and b"BCC" in message.header and "BCC" in message.headers:
+                message = _without_bcc(message)  # sender-selected distribution: BCC never
+                # reaches a consumer
+        return publish_to(queues, message, self.store)
+
     # --- routing --------------------------------------------------------------------
     def route(self, exchange: Exchange, message: Message) -> list[Queue]:
         """The queues a message published to `exchange` reaches, as RabbitMQ's
@@ -255,10 +275,8 @@ class VirtualHost:
             log.exception("cannot dead-letter a message from queue '%s' in vhost '%s'",
                           q.name, self.name)
             return
-        for target in self.route(ex, dl):
-            if death_cycle(dl, target.name):
-                continue
-            target.publish(dl)
+        targets = [t for t in self.route(ex, dl) if not death_cycle(dl, t.name)]
+        publish_to(targets, dl, self.store)
 
     # --- read model (management API, metrics) ---
     def stats(self) -> VhostStats:
@@ -273,6 +291,16 @@ class VirtualHost:
             messages_ready=ready, messages_unacknowledged=unacked,
             recv_bytes=sum(c.recv_bytes for c in conns),
             send_bytes=sum(c.send_bytes for c in conns))
+
+
+def _without_bcc(msg: Message) -> Message:
+    props = copy.copy(msg.properties)
+    headers = dict(props.headers or {})
+    headers.pop("BCC", None)
+    props.headers = headers
+    out = msg.with_properties(props)
+    out.published_at = msg.published_at
+    return out
 
 
 def _key_list(v: object) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import struct
 from collections import deque
@@ -23,7 +24,6 @@ from node.amqp.errors import AMQPConnectionError, AMQPError, ChannelError
 from node.amqp.events import ChannelCloseReceived, ContentRejected, Event, Publish
 from node.amqp.message import (
     FLAG_EXPIRATION,
-    FLAG_HEADERS,
     FLAG_REPLY_TO,
     Message,
     expiration_error,
@@ -32,7 +32,8 @@ from node.exchanges.base import Binding, Destination
 from node.queues import types
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.queue import ACCEPTED_FLUSH, FLOW, REJECTED, Queue
+from node.queues.outcome import PublishOutcome
+from node.queues.queue import Queue
 from node.read_models import ChannelStats
 
 _DELIVER_HEAD = struct.Struct(">HH")
@@ -45,7 +46,6 @@ OPEN, CLOSING = "open", "closing"
 # queued before further replies to it are dropped (they are no-ack: RabbitMQ gives no
 # delivery guarantee for them either).
 BACKLOG_MAX_BYTES = 1 << 20
-STORE_PENDING_MAX_BYTES = 64 << 20
 REPLY_TO_MAX_BUFFERED = 4 << 20
 REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
@@ -577,7 +577,7 @@ class Channel:
             self._publish_reply(msg, mandatory)
             return
         if self.tx is not None:
-            self.tx.append(lambda: self._route(ex, msg, mandatory, None))
+            self.tx.append(lambda: self._route(ex, msg, mandatory, None, settle=True))
             self.tx_publishes += 1
             return
         tag = 0
@@ -587,80 +587,58 @@ class Channel:
             self.counters.received_confirm += 1
         self._route(ex, msg, mandatory, tag)
 
-    def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None) -> bool:
-        """Enqueue in every queue the message reaches; True if the store must flush."""
-        vh = self.vhost
-        if ex.name == "" and not msg.flags & FLAG_HEADERS:
-            # the default exchange without CC/BCC: the queue named by the routing key
-            q = vh.queues.get(msg.routing_key)
-            queues = [q] if q is not None else []
-            ex.stats_publish_in += 1
-            ex.stats_publish_out += len(queues)
-        else:
-            queues = vh.route(ex, msg)
-        must_flush = False
-        rejected = False
-        if queues:
-            if b"BCC" in msg.header and "BCC" in msg.headers:
-                msg = _without_bcc(msg)  # sender-selected distribution: BCC never delivered
-            for q in queues:
-                r = q.publish(msg)
-                if r:
-                    if r & ACCEPTED_FLUSH:
-                        must_flush = True
-                    if r & REJECTED:
-                        rejected = True
-                    if r & FLOW:
-                        self.conn.flow_pause(q)
-            msg._record = None  # the store has its copy; don't keep a second one in memory
-            if must_flush:
-                store = vh.store
-                if (store is not None and store.pending_bytes > STORE_PENDING_MAX_BYTES
-                        and "store" not in self.conn.read_holds):
-                    # the disk is slower than this publisher: read it again once the store
-                    # has committed what is queued
-                    self.conn.hold_reading("store")
-                    self._await_store(store)
-        elif mandatory:
+    def _route(self, ex: Any, msg: Message, mandatory: bool, tag: int | None,
+               settle: bool = False) -> asyncio.Future[None] | None:
+        """Publish into the vhost.  With a confirm ``tag`` (or ``settle``: tx.commit), the
+        future the answer waits for when the message was written durably, else None."""
+        outcome = self.vhost.publish(ex, msg)
+        for q in outcome.flow:
+            self.conn.flow_pause(q)
+        if outcome.backlogged() and "store" not in self.conn.read_holds:
+            # the disk is slower than this publisher: read it again once the store has
+            # committed what is queued
+            self.conn.hold_reading("store")
+            self._await_store(outcome)
+        if not outcome.routed and mandatory:
             self.counters.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)
-        broker = self.broker
-        broker.counters.published += 1
-        if not queues:
-            broker.counters.unroutable += 1
+        self.counters.count_publish(outcome.routed)
+        settled = outcome.settled() if outcome.durable and (tag or settle) else None
         if tag:
-            self._confirm_after(tag, must_flush, not rejected)
-        return must_flush
+            self._confirm_after(tag, settled, not outcome.rejected)
+        return settled
 
-    def _await_store(self, store: Any) -> None:
+    def _await_store(self, outcome: PublishOutcome) -> None:
         def caught_up(fut: asyncio.Future) -> None:
             if not fut.cancelled():
                 fut.exception()  # a failed flush is reported by whoever confirms; read it
-            if store.pending_bytes > STORE_PENDING_MAX_BYTES:
-                self._await_store(store)  # what was read meanwhile is still queued
+            if outcome.backlogged():
+                self._await_store(outcome)  # what was read meanwhile is still queued
             else:
                 self.conn.release_reading("store")
-        store.flush().add_done_callback(caught_up)
+        outcome.settled().add_done_callback(caught_up)
 
     # --- publisher confirms -----------------------------------------------------------
-    def _confirm_after(self, tag: int, must_flush: bool, ok: bool = True) -> None:
-        entry = [tag, not must_flush, ok]
+    def _confirm_after(self, tag: int, settled: asyncio.Future[None] | None,
+                       ok: bool = True) -> None:
+        """Confirm ``tag`` once ``settled`` resolves (a durable write), else at once."""
+        entry = [tag, settled is None, ok]
         self._confirms.append(entry)
-        if must_flush:
-            fut = self.vhost.store.flush()
+        if settled is not None:
+            fut = settled
             if fut is not self._flush_future:
                 self._flush_future = fut
                 entries: list[list] = []
                 self._flush_future_entries = entries
-                fut.add_done_callback(lambda f, es=entries: self._flushed(f, es))
+                fut.add_done_callback(functools.partial(self._flushed, entries=entries))
             self._flush_future_entries.append(entry)
         elif not self._confirm_flush_scheduled:
             self._confirm_flush_scheduled = True
             self.conn.loop.call_soon(self._send_confirms)
 
-    def _flushed(self, fut: asyncio.Future, entries: list[list]) -> None:
+    def _flushed(self, fut: asyncio.Future, *, entries: list[list]) -> None:
         ok = not fut.cancelled() and fut.exception() is None
         for e in entries:
             e[1] = True
@@ -923,19 +901,20 @@ class Channel:
         work, self.tx = self.tx, []
         self.tx_taken = []
         self.tx_publishes = 0
-        must_flush = False
+        settled: asyncio.Future[None] | None = None
         for fn in work:
-            if fn():
-                must_flush = True
-        if not must_flush:
+            r = fn()
+            if r is not None:
+                settled = r  # the newest durable write: settled after every earlier one
+        if settled is None:
             self.conn.send_method(self.number, spec.TxCommitOk())
             return None
 
-        async def wait() -> None:
+        async def wait(fut: asyncio.Future[None]) -> None:
             # shielded: the flush future is shared by every waiter of this commit batch
-            await asyncio.shield(self.vhost.store.flush())
+            await asyncio.shield(fut)
             self.conn.send_method(self.number, spec.TxCommitOk())
-        return wait()
+        return wait(settled)
 
     def on_tx_rollback(self, m: spec.TxRollback) -> None:
         if self.tx is None:
@@ -996,7 +975,7 @@ class Channel:
         self.counters.count_publish(delivered)
         if self.confirm:
             self.publish_tag += 1
-            self._confirm_after(self.publish_tag, False)
+            self._confirm_after(self.publish_tag, None)
 
     # --- read model (management API, metrics) ---
     def stats(self) -> ChannelStats:
@@ -1021,17 +1000,6 @@ class Channel:
         for q, entry, _c in list(self.unacked.values()):
             out[q] = out.get(q, 0) + len(entry.message.body)
         return out
-
-
-def _without_bcc(msg: Message) -> Message:
-    import copy
-    props = copy.copy(msg.properties)
-    headers = dict(props.headers or {})
-    headers.pop("BCC", None)
-    props.headers = headers
-    out = msg.with_properties(props)
-    out.published_at = msg.published_at
-    return out
 
 
 def _check_expiration(msg: Message) -> None:

@@ -115,9 +115,12 @@ async def put_user(request: web.Request) -> web.Response:
     username = name(request, "user")
     b = broker_of(request)
     existing = b.runtime.users.get(username)
-    if "tags" not in data and existing is None:
+    if "tags" in data:
+        tags = parse_tags(data["tags"])
+    elif existing is None:
         raise bad_request("key missing: tags")
-    tags = parse_tags(data["tags"]) if "tags" in data else list(existing.get("tags", []))
+    else:
+        tags = list(existing.get("tags", []))
     if "password" in data:
         pw_hash, hashing = hash_password(str(data["password"])), HASHING_SHA256
     elif "password_hash" in data:

@@ -13,6 +13,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from node.runtime.broker import Broker
+
 # RabbitMQ's user tags, from the most to the least privileged
 ADMINISTRATOR, MONITORING, POLICYMAKER, MANAGEMENT = (
     "administrator", "monitoring", "policymaker", "management")
@@ -208,7 +210,7 @@ def list_response(request: web.Request, items: list[dict]) -> web.Response:
 
 
 # --- who may see and touch which vhost ---------------------------------------------------
-def broker_of(request: web.Request) -> Any:
+def broker_of(request: web.Request) -> Broker:
     return request.app["broker"]
 
 

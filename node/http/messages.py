@@ -27,7 +27,6 @@ from node.http.common import (
 )
 from node.http.objects import queue_of
 from node.http.proxy import from_owner
-from node.queues.queue import ACCEPTED_FLUSH, REJECTED
 
 routes = web.RouteTableDef()
 
@@ -99,16 +98,13 @@ async def publish(request: web.Request) -> web.Response:
     except (AMQPSyntaxError, TypeError, ValueError, OverflowError) as e:
         raise bad_request(f"invalid message properties: {e}") from None
     msg = Message.from_publish(xname, str(data["routing_key"]), header, payload)
-    queues = vh.route(ex, msg)
-    results = 0
-    for q in queues:
-        results |= q.publish(msg)  # bit flags: ACCEPTED_FLUSH, REJECTED, FLOW
-    b.counters.count_publish(bool(queues))
-    if results & ACCEPTED_FLUSH and vh.store is not None:
-        await asyncio.shield(vh.store.flush())  # answer once it is on disk (shared future)
-    if results & REJECTED:  # what a publisher confirm would nack
+    outcome = vh.publish(ex, msg)
+    b.counters.count_publish(outcome.routed)
+    if outcome.durable:
+        await asyncio.shield(outcome.settled())  # answer once it is on disk (shared future)
+    if outcome.rejected:  # what a publisher confirm would nack
         raise bad_request("Unable to publish message. Check queue limits.")
-    return json_response({"routed": bool(queues)})
+    return json_response({"routed": outcome.routed})
 
 
 def _encode_payload(payload: bytes, encoding: str, truncate: int | None) -> tuple[Any, str]:

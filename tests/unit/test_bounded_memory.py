@@ -18,6 +18,7 @@ from node.amqp import spec
 from node.amqp.frames import content_header_payload, encode_frame, method_frame
 from node.clients import channel as channel_mod
 from node.clients.connection import AMQPConnection
+from node.queues import outcome as outcome_mod
 from node.runtime.broker import Broker
 from tests.unit.in_process import handshake, with_broker
 
@@ -135,7 +136,7 @@ def test_a_channel_waiting_for_raft_stops_reading_its_client(tmp_path: Path) -> 
 
 def test_a_slow_disk_stops_reading_persistent_publishers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channel_mod, "STORE_PENDING_MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(outcome_mod, "STORE_PENDING_MAX_BYTES", 1 << 20)
 
     async def test(broker: Broker) -> None:
         conn, t = open_conn(broker)
