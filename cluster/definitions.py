@@ -47,6 +47,10 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from node.amqp.errors import resource_text
+from node.amqp.spec import ACCESS_REFUSED, INTERNAL_ERROR, NOT_FOUND, PRECONDITION_FAILED
+from node.amqp.standard_exchanges import STANDARD_EXCHANGES
+
 __all__ = [
     "ACCESS_REFUSED",
     "DEFAULT_EXCHANGES",
@@ -59,11 +63,9 @@ __all__ = [
     "binding_key",
 ]
 
-# AMQP 0-9-1 reply codes used in refusals.
-ACCESS_REFUSED = 403
-NOT_FOUND = 404
-PRECONDITION_FAILED = 406
-INTERNAL_ERROR = 541  # a malformed command: a bug in the caller, not a user error
+# AMQP 0-9-1 reply codes used in refusals come from the AMQP layer, as do the standard
+# exchanges and the text that names a resource; INTERNAL_ERROR is a malformed command: a
+# bug in the caller, not a user error.
 
 SNAPSHOT_FORMAT = 1
 
@@ -72,17 +74,9 @@ SNAPSHOT_FORMAT = 1
 # when a command omits `arguments`.  Nothing here decodes it.
 EMPTY_ARGUMENTS = b"\x00\x00\x00\x00"
 
-# Created in every vhost, as RabbitMQ does (rabbit_vhost:do_add): name -> (type, internal).
-# They are durable definitions, so bindings to them live here like any other.
-DEFAULT_EXCHANGES: dict[str, tuple[str, bool]] = {
-    "": ("direct", False),
-    "amq.direct": ("direct", False),
-    "amq.fanout": ("fanout", False),
-    "amq.topic": ("topic", False),
-    "amq.headers": ("headers", False),
-    "amq.match": ("headers", False),
-    "amq.rabbitmq.trace": ("topic", True),
-}
+# Created in every vhost (node/amqp/standard_exchanges.py). They are durable definitions,
+# so bindings to them live here like any other.
+DEFAULT_EXCHANGES = STANDARD_EXCHANGES
 
 _MISSING = object()
 
@@ -115,8 +109,6 @@ def binding_key(
     return json.dumps([source, destination_type, destination, routing_key, arguments.hex()])
 
 
-def _in_vhost(kind: str, name: str, vhost: str) -> str:
-    return f"{kind} '{name}' in vhost '{vhost}'"
 
 
 class _Command:
@@ -346,13 +338,13 @@ class DefinitionState:
     def _need_exchange(self, vhost: str, name: str) -> dict[str, Any]:
         found = self.exchanges.get(vhost, {}).get(name)
         if found is None:
-            raise _Refused(NOT_FOUND, f"no {_in_vhost('exchange', name, vhost)}")
+            raise _Refused(NOT_FOUND, f"no {resource_text('exchange', name, vhost)}")
         return found
 
     def _need_queue(self, vhost: str, name: str) -> dict[str, Any]:
         found = self.queues.get(vhost, {}).get(name)
         if found is None:
-            raise _Refused(NOT_FOUND, f"no {_in_vhost('queue', name, vhost)}")
+            raise _Refused(NOT_FOUND, f"no {resource_text('queue', name, vhost)}")
         return found
 
     # ------------------------------------------------------------------ vhosts
@@ -730,12 +722,12 @@ class DefinitionState:
         if name in DEFAULT_EXCHANGES:
             raise _Refused(
                 ACCESS_REFUSED,
-                f"deletion of system {_in_vhost('exchange', name, vhost)} not allowed",
+                f"deletion of system {resource_text('exchange', name, vhost)} not allowed",
             )
         if name not in self.exchanges.get(vhost, {}):
             return _ok(deleted=False, bindings=[], auto_deleted_exchanges=[])
         if if_unused and any(b["source"] == name for b in self.bindings[vhost].values()):
-            raise _Refused(PRECONDITION_FAILED, f"{_in_vhost('exchange', name, vhost)} in use")
+            raise _Refused(PRECONDITION_FAILED, f"{resource_text('exchange', name, vhost)} in use")
         removed: list[dict[str, Any]] = []
         auto_deleted: list[str] = []
         self._remove_exchange(vhost, name, removed, auto_deleted, _kept(cmd))
@@ -802,7 +794,7 @@ class DefinitionState:
             # DESIGN §2: exclusive queues live only on the vhost's owner, never in Raft.
             raise _Refused(
                 INTERNAL_ERROR,
-                f"exclusive {_in_vhost('queue', name, vhost)} cannot be replicated",
+                f"exclusive {resource_text('queue', name, vhost)} cannot be replicated",
             )
         self._need_vhost(vhost)
         existing = self.queues[vhost].get(name)

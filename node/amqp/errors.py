@@ -69,16 +69,22 @@ def vhost_text(vhost: str) -> str:
     return f"in vhost '{vhost}'"
 
 
+def resource_text(kind: str, name: str, vhost: str) -> str:
+    """How RabbitMQ names a resource in its texts (rabbit_misc:rs/1): "queue 'jobs' in
+    vhost '/'" — the one place this shape is written."""
+    return f"{kind} '{name}' {vhost_text(vhost)}"
+
+
 def not_found(kind: str, name: str, vhost: str) -> ChannelError:
-    return ChannelError(NOT_FOUND, f"no {kind} '{name}' {vhost_text(vhost)}")
+    return ChannelError(NOT_FOUND, f"no {resource_text(kind, name, vhost)}")
 
 
 def access_refused(perm: str, kind: str, name: str, vhost: str, user: str) -> ChannelError:
     return ChannelError(
         ACCESS_REFUSED,
-        f"access to {kind} '{name}' {vhost_text(vhost)} refused for user '{user}'"
+        f"access to {resource_text(kind, name, vhost)} refused for user '{user}'"
         if perm == "" else
-        f"{perm} access to {kind} '{name}' {vhost_text(vhost)} refused for user '{user}'",
+        f"{perm} access to {resource_text(kind, name, vhost)} refused for user '{user}'",
     )
 
 

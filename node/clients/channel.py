@@ -231,7 +231,7 @@ class Channel:
             self._allowed[key] = ok
         if not ok:
             raise ChannelError(errors.ACCESS_REFUSED,
-                               f"access to {kind} '{name}' in vhost '{self.vhost.name}' "
+                               f"access to {errors.resource_text(kind, name, self.vhost.name)} "
                                f"refused for user '{self.user}'")
 
     # ------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ class Channel:
             raise _default_exchange()
         if name.startswith("amq."):  # refused whether it exists or not, as in RabbitMQ
             raise ChannelError(errors.ACCESS_REFUSED,
-                               f"deletion of system exchange '{name}' in vhost '{vh.name}' "
+                               f"deletion of system {errors.resource_text('exchange', name, vh.name)} "
                                f"not allowed")
         self.check("configure", "exchange", name)
 
@@ -520,9 +520,9 @@ class Channel:
         if q.recovering and (wait := q.wait_for()) is not None:
             return self._when_ready(wait, m)
         if m.if_unused and q.consumers:
-            raise errors.precondition(f"queue '{name}' in vhost '{vh.name}' in use")
+            raise errors.precondition(f"{errors.resource_text('queue', name, vh.name)} in use")
         if m.if_empty and q.message_count:
-            raise errors.precondition(f"queue '{name}' in vhost '{vh.name}' is not empty")
+            raise errors.precondition(f"{errors.resource_text('queue', name, vh.name)} is not empty")
 
         async def delete() -> None:
             n = q.message_count
@@ -556,7 +556,7 @@ class Channel:
         ex = vh.exchanges.get(exchange)
         if ex is None:
             raise ChannelError(errors.NOT_FOUND,
-                               f"no exchange '{exchange}' in vhost '{vh.name}'", 60, 40)
+                               f"no {errors.resource_text('exchange', exchange, vh.name)}", 60, 40)
         # RabbitMQ checks the default exchange under its name amq.default: without this, a
         # user with no write permission could publish to every queue of the vhost
         self.check("write", "exchange", exchange or "amq.default")
@@ -705,7 +705,7 @@ class Channel:
                                    60, 20)
         if q.exclusive_consumer is not None or (m.exclusive and q.consumers):
             raise ChannelError(errors.ACCESS_REFUSED,
-                               f"queue '{name}' in vhost '{self.vhost.name}' in exclusive use",
+                               f"{errors.resource_text('queue', name, self.vhost.name)} in exclusive use",
                                60, 20)
         c = Consumer(tag, q, self, m.no_ack, m.exclusive, self.prefetch_count, m.arguments)
         prio = (m.arguments or {}).get("x-priority")
@@ -716,7 +716,7 @@ class Channel:
             c.priority = prio
         if q.settings.single_active_consumer and m.exclusive:
             raise errors.precondition("exclusive consume is not allowed on a single active "
-                                      f"consumer queue '{name}' in vhost '{self.vhost.name}'")
+                                      f"consumer {errors.resource_text('queue', name, self.vhost.name)}")
         self.consumers[tag] = c
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
@@ -1017,7 +1017,7 @@ def _default_exchange() -> ChannelError:
 def _locked(name: str, vhost: str) -> ChannelError:
     return ChannelError(
         errors.RESOURCE_LOCKED,
-        f"cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could "
+        f"cannot obtain exclusive access to locked {errors.resource_text('queue', name, vhost)}. It could "
         f"be originally declared on another connection or the exclusive property value does "
         f"not match that of the original declaration.")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.definitions import DEFAULT_EXCHANGES
+from node.amqp.standard_exchanges import STANDARD_EXCHANGES as DEFAULT_EXCHANGES
 from node.exchanges.base import Exchange
 from node.exchanges.direct import DirectExchange
 from node.exchanges.fanout import FanoutExchange
@@ -16,7 +16,6 @@ EXCHANGE_TYPES: dict[str, type[Exchange]] = {
     "headers": HeadersExchange,
 }
 
-# Exchanges every vhost has, as (name, type, internal): the replicated definitions' list,
-# so the runtime and Raft never disagree about them (the default exchange is "").
+# Exchanges every vhost has, as (name, type, internal) (node/amqp/standard_exchanges.py).
 STANDARD_EXCHANGES: tuple[tuple[str, str, bool], ...] = tuple(
     (name, type_name, internal) for name, (type_name, internal) in DEFAULT_EXCHANGES.items())

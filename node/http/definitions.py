@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.amqp.errors import resource_text
 from node.auth import HASHING_SHA256, hash_password
 from node.exchanges.base import Destination
 from node.exchanges.registry import STANDARD_EXCHANGES
@@ -187,7 +188,7 @@ class Importer:
             return
         xtype = x.get("type")
         if xtype not in self.broker.runtime.exchange_types:
-            raise bad_request(f"exchange '{xname}' in vhost '{vh.name}': unknown exchange "
+            raise bad_request(f"{resource_text('exchange', xname, vh.name)}: unknown exchange "
                               f"type '{xtype}'")
         await self.broker.definitions.declare_exchange(vh, xname, xtype, bool(x.get("durable", True)),
                                            bool(x.get("auto_delete", False)),

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.amqp.errors import resource_text
 from node.exchanges.base import Destination
 from node.http.common import (
     as_bool,
@@ -120,9 +121,9 @@ async def delete_queue(request: web.Request) -> web.Response:
     vh, q = queue_of(request)
     check_permission(request, vh.name, "configure", "queue", q.name)
     if request.query.get("if-unused") == "true" and q.consumer_count:
-        raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' in use")
+        raise bad_request(f"PRECONDITION_FAILED - {resource_text('queue', q.name, vh.name)} in use")
     if request.query.get("if-empty") == "true" and (q.message_count or q.unacked):
-        raise bad_request(f"PRECONDITION_FAILED - queue '{q.name}' in vhost '{vh.name}' "
+        raise bad_request(f"PRECONDITION_FAILED - {resource_text('queue', q.name, vh.name)} "
                           "not empty")
     await broker_of(request).definitions.delete_queue(vh, q)
     return no_content()
@@ -210,7 +211,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
     if request.query.get("if-unused") == "true" and (
             ex.bindings or any(b.destination == Destination("exchange", ex.name)
                                for b in vh.bindings())):
-        raise bad_request(f"PRECONDITION_FAILED - exchange '{ex.name}' in vhost '{vh.name}' "
+        raise bad_request(f"PRECONDITION_FAILED - {resource_text('exchange', ex.name, vh.name)} "
                           "in use")
     await broker_of(request).definitions.delete_exchange(vh, ex.name, False)
     return no_content()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import placement
 from node.amqp import errors
-from node.amqp.errors import AMQPError, ChannelError
+from node.amqp.errors import AMQPError, ChannelError, resource_text
 from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
 from node.exchanges.base import Destination, Exchange
@@ -123,7 +123,7 @@ class DefinitionService:
         if ex is None:
             return
         if if_unused and ex.bindings:
-            raise errors.precondition(f"exchange '{name}' in vhost '{vh.name}' in use")
+            raise errors.precondition(f"{resource_text('exchange', name, vh.name)} in use")
         if ex.durable:
             await self.submit({"op": "delete_exchange", "vhost": vh.name, "name": name,
                                "if_unused": if_unused,
@@ -341,7 +341,7 @@ class DefinitionService:
     @staticmethod
     def check_exchange_equivalent(ex: Exchange, type_name: str, durable: bool,
                                   auto_delete: bool, internal: bool, args: dict) -> None:
-        what = f"for exchange '{ex.name}' in vhost '{ex.vhost}'"
+        what = f"for {resource_text('exchange', ex.name, ex.vhost)}"
         for field, current, received in (("type", ex.type_name, type_name),
                                          ("durable", ex.durable, durable),
                                          ("auto_delete", ex.auto_delete, auto_delete),
@@ -358,7 +358,7 @@ class DefinitionService:
     @staticmethod
     def check_queue_equivalent(q: Queue, durable: bool, exclusive: bool, auto_delete: bool,
                                args: dict) -> None:
-        what = f"for queue '{q.name}' in vhost '{q.vhost}'"
+        what = f"for {resource_text('queue', q.name, q.vhost)}"
         for field, current, received in (("durable", q.durable, durable),
                                          ("exclusive", q.exclusive_owner is not None, exclusive),
                                          ("auto_delete", q.auto_delete, auto_delete)):
@@ -418,7 +418,7 @@ class DefinitionService:
                 raise errors.precondition(f"invalid arg '{key}' for queue: expected a string")
         if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
             # RabbitMQ's text (a policy's dead-letter-exchange does not count)
-            raise errors.precondition(f"invalid arg 'x-dead-letter-routing-key' for queue "
-                                      f"'{name}' in vhost '{vhost}': "
+            raise errors.precondition(f"invalid arg 'x-dead-letter-routing-key' for "
+                                      f"{errors.resource_text('queue', name, vhost)}: "
                                       f"routing_key_but_no_dlx_defined")
         types.check_declare(args, name, vhost, durable, exclusive, auto_delete)
