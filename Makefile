@@ -10,7 +10,7 @@ lint:
 	ruff check node cluster storage tests
 
 codegen:
-	python3 -m node.amqp.codegen
+	python3 -m node.tools.codegen
 
 run:
 	warren

@@ -365,11 +365,11 @@ class DefinitionState:
             "tags": list(tags or []),
             "default_queue_type": default_queue_type,
             "owner": owner,
-            # Counts ownership assignments; data-path fencing compares it (DESIGN §4).
+            # Counts ownership assignments; data-path fencing compares it.
             "epoch": 0 if owner is None else 1,
             # Nodes that hold a copy of the vhost's store besides the owner, and those of
             # them whose copy is known complete: only they may be promoted, and the owner
-            # confirms a persistent message only once each of them has it (DESIGN §4).
+            # confirms a persistent message only once each of them has it.
             "replicas": [r for r in replicas or [] if r != owner],
             "in_sync": [],
             # Copies wanted, the owner's included (None: the cluster's default).
@@ -791,7 +791,7 @@ class DefinitionState:
         arguments = cmd.get("arguments", bytes, EMPTY_ARGUMENTS)
         declaration = cmd.get("id", str, "")
         if exclusive:
-            # DESIGN §2: exclusive queues live only on the vhost's owner, never in Raft.
+            # exclusive queues live only on the vhost's owner, never in Raft.
             raise _Refused(
                 INTERNAL_ERROR,
                 f"exclusive {resource_text('queue', name, vhost)} cannot be replicated",

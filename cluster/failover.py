@@ -1,7 +1,7 @@
 """The failover controller: on the Raft leader only, it promotes an in-sync replica of
 every vhost whose owner is gone, and gives under-replicated vhosts new replicas.
 
-Failover (DESIGN §4, decision rules in `cluster.replication`): when `Liveness` says the
+Failover (decision rules in `cluster.replication`): when `Liveness` says the
 owner is gone, ask the vhost's in-sync replicas for their store positions, promote the one
 with the highest offset with one committed Raft entry (owner and epoch change together,
 compare-and-set on the epoch, and the state machine refuses a target that is not in sync).

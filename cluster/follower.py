@@ -2,7 +2,7 @@
 port, loads a snapshot when it must, applies the owner's records to its own copy of the
 vhost store (fsync'ed, group-committed by the store) and acks each by offset.
 
-Fencing (DESIGN §4): a record from an epoch older than the one this node knows from Raft
+Fencing: a record from an epoch older than the one this node knows from Raft
 comes from a deposed owner; it is refused, the owner is told the newer epoch, and the
 session ends, so an owner that was paused or cut off can confirm nothing afterwards.
 

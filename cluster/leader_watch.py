@@ -4,7 +4,7 @@ timeout.
 pysyncobj's followers wait 0.4-0.8 s without a heartbeat before they stand, and a split
 or refused vote costs another round: a leader killed together with the vhosts it owns
 kept them dark for 1-2.6 s.  A killed process's port refuses connections at once (the
-fast signal DESIGN §4 names, and what RabbitMQ's Ra acts on through Erlang's node
+fast signal for a crash, and what RabbitMQ's Ra acts on through Erlang's node
 monitor), so a follower that sees its leader disconnected and its Raft port refusing
 stands right away.  The survivors stand in turn (by address, 0.2 s apart): two that stand
 together split the vote and both wait out the timeout after all, and the first one's vote

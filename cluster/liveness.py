@@ -1,4 +1,4 @@
-"""Is a node alive?  The Raft leader's answer, for failover (DESIGN §4).
+"""Is a node alive?  The Raft leader's answer, for failover.
 
 The leader keeps a session to every other member's cluster port and pings it.  Two
 signals say a node is gone:

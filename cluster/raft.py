@@ -21,7 +21,7 @@ last full dump (if any) and re-applies the journal after it, so listeners subscr
 first committed.  That is why `apply` must be deterministic and free of side effects.
 
 Security.  pysyncobj unpickles what arrives on the Raft port, so the port must only talk
-to holders of the cluster secret (DESIGN §8).  A multi-node store refuses to start without
+to holders of the cluster secret.  A multi-node store refuses to start without
 one; a single node without one listens on loopback only with a random secret nobody knows.
 """
 
@@ -512,7 +512,7 @@ class MetadataStore:
             leaderFallbackTimeout=5.0,
             # A follower calls an election after 0.4-0.8 s without the leader's heartbeat
             # (every 0.1 s) instead of 0.4-1.4 s: when the leader dies with vhosts it owns,
-            # their failover waits for the next leader (DESIGN §4: serve again within 1 s).
+            # their failover waits for the next leader (serve again within 1 s).
             raftMinTimeout=0.4,
             raftMaxTimeout=RAFT_MAX_TIMEOUT,
             # pysyncobj caches a peer's address for 10 minutes (a failed lookup for 30 s):

@@ -1,4 +1,4 @@
-"""The owner's end of a vhost's replication (DESIGN §4): it streams the vhost store's
+"""The owner's end of a vhost's replication: it streams the vhost store's
 records to each replica, counts their acks, keeps the in-sync set honest through Raft, and
 releases publisher confirms only once every in-sync replica has the record.
 

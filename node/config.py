@@ -47,7 +47,7 @@ class Settings:
     consumer_timeout: int = 1_800_000
     # how often the management plane samples counters into rates (RabbitMQ's name, ms)
     collect_statistics_interval: int = 5000
-    # vhost replication (DESIGN §4): copies of each vhost's store, the owner's included
+    # vhost replication: copies of each vhost's store, the owner's included
     # (capped at the cluster's size; 1 = no replicas); copies that must be in sync for a
     # persistent publish to be confirmed rather than nacked; how long an owner (or a
     # replica) may be silent before it is failed over (or dropped from the in-sync set), s

@@ -202,7 +202,7 @@ async def serve(settings: Settings, shutdown: Shutdown) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "perf":
-        from node.perf import main as perf_main
+        from node.tools.perf import main as perf_main
         perf_main(args[1:])
         return
     if args and args[0] == "healthcheck":

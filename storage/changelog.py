@@ -4,7 +4,7 @@ offset, so that a replica that is a little behind catches up by stream, not by s
 Each record is one write transaction of the store (a generation: see storage/store.py),
 encoded by `storage.records`.  Offsets count transactions from 1 and never repeat within
 an epoch's history; the epoch is the placement epoch of the owner that wrote the record
-(DESIGN §4: replicas refuse records from an older epoch).
+(replicas refuse records from an older epoch).
 
 The log lives in memory only and keeps at most ``max_bytes`` of records: a replica whose
 next offset has fallen out of it catches up from a snapshot of the store instead.  While a

@@ -20,7 +20,7 @@ deletes, delivered marks).  That makes a put followed by a delete in the same ge
 cost nothing on disk, and makes a sealed generation immutable, so the writer can retry it
 after growing the map.
 
-Replication (DESIGN §4).  Every commit is one *record* with an offset (1, 2, 3, ...) and
+Replication.  Every commit is one *record* with an offset (1, 2, 3, ...) and
 the epoch of the owner that wrote it; the store's position ``(epoch, offset)`` is written
 in the same transaction, so it always says exactly what the files hold.  With a change log
 enabled (a vhost that has replicas), the writer encodes each generation

@@ -132,10 +132,6 @@ class Message:
             return None
         return v if v >= 0 else None
 
-    @property
-    def size(self) -> int:
-        return len(self.body)
-
     def encode(self) -> bytes:
         """The record kept in the vhost's LMDB store: one flag byte (so recovery can drop
         transient records without decoding them), then msgpack."""

@@ -40,7 +40,7 @@ _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
 
 OPEN, CLOSING = "open", "closing"
-# Memory a client can make a channel hold (issue 11): frames that wait while a definition
+# Memory a client can make a channel hold: frames that wait while a definition
 # change is in Raft, and the message store's uncommitted bytes (a slow disk), before the
 # connection is no longer read; what a direct reply-to client that never reads may have
 # queued before further replies to it are dropped (they are no-ack: RabbitMQ gives no
@@ -230,9 +230,7 @@ class Channel:
             ok = self.broker.access.permitted(self.user, self.vhost.name, perm, name)
             self._allowed[key] = ok
         if not ok:
-            raise ChannelError(errors.ACCESS_REFUSED,
-                               f"access to {errors.resource_text(kind, name, self.vhost.name)} "
-                               f"refused for user '{self.user}'")
+            raise errors.access_refused("", kind, name, self.vhost.name, self.user)
 
     # ------------------------------------------------------------------------------
     # channel class

@@ -103,7 +103,6 @@ class AMQPConnection(asyncio.Protocol):
         self.exclusive_queues: set[str] = set()
         self.paused = False  # hand its channels no deliveries (writing paused, output held)
         self._writing_paused = False
-        self.forwarding = False  # handing this client over to the vhost's owner node
         self.closing = False  # going away: deliver nothing more to its channels
         self.via: str | None = None  # on the owner: the node that forwards this client
         self.publisher = False  # has published: blocked by resource alarms
@@ -399,7 +398,6 @@ class AMQPConnection(asyncio.Protocol):
             raise AMQPConnectionError(errors.CONNECTION_FORCED, f"vhost '{vhost}' is "
                                       f"unavailable: its owner node '{owner}' is not known "
                                       f"here; retry", 10, 40)
-        self.forwarding = True
         assert self.transport is not None
         self.hold_reading("forwarding")
         if self._timer is not None:
@@ -409,7 +407,6 @@ class AMQPConnection(asyncio.Protocol):
 
     def forward_failed(self, why: str) -> None:
         """The owner node could not be reached: the client is told to retry (320)."""
-        self.forwarding = False
         self.close_connection(AMQPConnectionError(errors.CONNECTION_FORCED, f"{why}; retry",
                                                   10, 40))
         self.release_reading("forwarding")
@@ -423,7 +420,6 @@ class AMQPConnection(asyncio.Protocol):
         if self.core.state != OPENING:
             # closed meanwhile (user deleted, node stopping): the close stands; read again
             # so that the client's close-ok arrives
-            self.forwarding = False
             self.release_reading("forwarding")
             return None
         pipelined = self.core.hand_over()

@@ -62,7 +62,7 @@ class VhostStores:
         return os.path.join(self.base, store_dir_name(vhost))
 
     def adopt_legacy(self, vhosts: Collection[str]) -> None:
-        """Move stores of the quoted-name layout (before issue 11) to their place; run at
+        """Move stores of the quoted-name layout (of earlier releases) to their place; run at
         start, before `remove_tombstones`, with every vhost the definitions have."""
         for vhost in vhosts:
             old = os.path.join(self.base, quote(vhost, safe="") or "%00")

@@ -392,7 +392,7 @@ class VhostRoles:
 
     async def move(self, name: str, target: str,
                    sync_timeout: float = MOVE_SYNC_TIMEOUT) -> dict[str, Any]:
-        """Move ``name`` to ``target`` with its messages (DESIGN §5); run on the owner."""
+        """Move ``name`` to ``target`` with its messages; run on the owner."""
         d = self.runtime.vhost_defs.get(name)
         if d is None:
             raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from node import perf  # noqa: E402
-from node.perf.client import AmqpUrl  # noqa: E402
+from node.tools import perf  # noqa: E402
+from node.tools.perf.client import AmqpUrl  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
 
 RABBIT_SH = Path(os.environ.get("BENCH_DIR", REPO.parent / "shared/bench")) / "anchors/rabbitmq.sh"

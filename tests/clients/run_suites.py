@@ -1,5 +1,5 @@
 """Run client libraries' own broker test suites against a broker, to compare RabbitMQ and
-WarrenMQ side by side (issue 12 item 15).  Not collected by pytest.
+WarrenMQ side by side.  Not collected by pytest.
 
     python3 tests/clients/run_suites.py --port 5673 --label rabbitmq pika py-amqp kombu
     python3 tests/clients/run_suites.py --port 5672 --label warren   pika py-amqp kombu

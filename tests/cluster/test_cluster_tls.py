@@ -1,4 +1,4 @@
-"""Issue 11 item 4 between nodes: with --cluster-tls the cluster port (forwarded client
+"""Between nodes: with --cluster-tls the cluster port (forwarded client
 connections, and any other session on it) speaks only mutual TLS with the cluster's CA,
 and the management API's relay to a vhost's owner is HTTPS (it carries Basic credentials)."""
 

@@ -1,4 +1,4 @@
-"""A network partition (issue 9): the node that owns a vhost (leading Raft or not) is cut off
+"""A network partition: the node that owns a vhost (leading Raft or not) is cut off
 from the other two while its own clients can still reach it and keep publishing.  The
 majority fails the vhost over; the cut-off owner can replicate nothing, so it must confirm
 nothing sent after the cut; after the heal every node reports one owner and epoch, and every

@@ -1,4 +1,4 @@
-"""Issue 11 item 7: Raft state never diverges.  Definition changes are driven from every
+"""Raft state never diverges.  Definition changes are driven from every
 node at once (each node owns a vhost whose clients churn declares, binds and deletes) while
 members are killed and restarted; at the end every node must hold the same definitions and
 no follower may have cut entries it had already applied."""

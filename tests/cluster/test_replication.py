@@ -1,4 +1,4 @@
-"""Replicated vhosts (issue 9): a node dies, hangs or returns, or a vhost moves, while
+"""Replicated vhosts: a node dies, hangs or returns, or a vhost moves, while
 publishers with confirms run through every node; afterwards every confirmed message is
 consumed.  Duplicates are allowed and counted; a confirmed message that is missing fails.
 
@@ -475,7 +475,7 @@ def test_owner_killed_at_random_moments(rcluster: Cluster):
 
 
 def test_purged_paged_queue_stays_purged_after_failover(tmp_path):
-    """Issue 11 item 9: a purge of a paged queue is one range-delete record; the replicas
+    """a purge of a paged queue is one range-delete record; the replicas
     apply it, so the new owner after a failover recovers only what came after it."""
     c = Cluster(tmp_path, queue_memory_messages="2000", **SETTINGS)
     try:

@@ -36,7 +36,7 @@ def test_a_vhost_whose_owner_is_down_is_refused_with_a_retryable_code(cluster: C
             assert closed is not None, repr(e)
             refusals.append((int(closed.group(1)), closed.group(2)))
             continue
-        conn.close()  # a replica took the vhost over (issue 9): nothing left to refuse
+        conn.close()  # a replica took the vhost over: nothing left to refuse
         break
     assert all(c == 320 for c, _ in refusals), refusals
     if not replicated:  # nobody can serve it until n3 is back

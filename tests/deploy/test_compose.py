@@ -389,7 +389,7 @@ def _in_sync(http_port: int) -> dict | None:
     code, rec = http(http_port, "GET", f"/api/cluster/vhosts/{VHOST}")
     if code == 405:
         raise Missing("GET /api/cluster/vhosts/{vhost} is missing: vhost replication and "
-                      "failover (issue 9) are not on this branch")
+                      "failover are not on this branch")
     if code == 200 and any(n != rec["owner"] for n in rec.get("in_sync", [])):
         return rec
     return None

@@ -1,4 +1,4 @@
-"""Issue 11: holes a user would hit or an attacker would use (permissions, revoked users,
+"""Holes a user would hit or an attacker would use (permissions, revoked users,
 memory a client that never reads can pin, honest management figures)."""
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ QUEUE_KEYS = {"name", "vhost", "durable", "auto_delete", "exclusive", "arguments
               "message_bytes_ready", "message_stats", "effective_policy_definition",
               "exclusive_consumer_tag", "head_message_timestamp"}
 # consumer_utilisation and memory are not measured here, and idle_since only while the
-# sampler sees a queue idle: left out rather than shown as constants (issue 11)
+# sampler sees a queue idle: left out rather than shown as constants
 EXCHANGE_KEYS = {"name", "vhost", "type", "durable", "auto_delete", "internal", "arguments",
                  "user_who_performed_action"}
 BINDING_KEYS = {"source", "vhost", "destination", "destination_type", "routing_key",

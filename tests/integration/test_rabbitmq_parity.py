@@ -1,4 +1,4 @@
-"""Scenarios where WarrenMQ answered differently from RabbitMQ (issue 12).  Every expected
+"""Scenarios where WarrenMQ answered differently from RabbitMQ.  Every expected
 answer here is what a RabbitMQ 3.10 node answered to the same scenario, run side by side
 (see docs/RABBITMQ-VERSION.md for the version WarrenMQ follows where releases differ)."""
 

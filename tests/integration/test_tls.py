@@ -1,4 +1,4 @@
-"""Issue 11 item 4: AMQPS and HTTPS with RabbitMQ's ssl_options as flags, tested with pika,
+"""AMQPS and HTTPS with RabbitMQ's ssl_options as flags, tested with pika,
 aio-pika and `openssl s_client`; client certificates (verify peer, fail_if_no_peer_cert,
 EXTERNAL)."""
 

@@ -1,4 +1,4 @@
-"""Issue 11 item 3 against a real node: vhost names that used to be taken for tombstones,
+"""Against a real node: vhost names that used to be taken for tombstones,
 escape the store namespace or overflow the file-name limit keep their messages across a
 restart and can be deleted; invalid names are refused at creation."""
 

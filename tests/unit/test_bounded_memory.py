@@ -1,4 +1,4 @@
-"""Issue 11 item 8: memory a slow or hostile client can pin.  A broker in process, clients
+"""Memory a slow or hostile client can pin.  A broker in process, clients
 whose transports never read what we write (as asyncio does, they ask the protocol to pause
 writing past a high-water mark): the connection must stop reading such a client, a Raft
 change in flight must not let a channel's backlog grow without bound, a disk slower than

@@ -16,7 +16,7 @@ def test_defaults_are_rabbitmq_like():
 
 
 def test_one_rabbitmq_version_is_followed_and_said_so():
-    # issue 12 item 14: the 16 MiB default and x-last-death-* headers are RabbitMQ 4.0's;
+    # the 16 MiB default and x-last-death-* headers are RabbitMQ 4.0's;
     # the README and docs name the same release the code follows
     assert RABBITMQ_REFERENCE == "4.0"
     assert load_settings([], env={}).max_message_size == 16 * 1024 * 1024

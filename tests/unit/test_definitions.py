@@ -403,7 +403,7 @@ def test_auto_delete_exchange_kept_while_the_owner_has_transient_bindings(
     state: DefinitionState,
 ) -> None:
     # RabbitMQ keeps an auto-delete exchange while any binding is left; bindings to
-    # transient queues never reach Raft, so the owner names those exchanges (issue 12)
+    # transient queues never reach Raft, so the owner names those exchanges
     declare_x(state, "ad", auto_delete=True)
     declare_q(state, "q1")
     declare_q(state, "q2")

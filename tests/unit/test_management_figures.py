@@ -1,4 +1,4 @@
-"""Issue 11 item 10: idle_since is measured by the statistics sampler (shown only while a
+"""Idle_since is measured by the statistics sampler (shown only while a
 queue is seen idle, with the time it last changed)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 11 item 11: one source of truth each for policy matching, the standard exchanges
+"""One source of truth each for policy matching, the standard exchanges
 and the AMQP reply codes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 11 item 9: the event loop never waits on LMDB.  A queue with a real store pages
+"""The event loop never waits on LMDB.  A queue with a real store pages
 in, purges and recovers a backlog without opening a single LMDB read transaction on the
 loop's thread (the loop serves every vhost of the node), and keeps its semantics: order,
 counts, redelivered flags, transient messages dropped at recovery, unacknowledged messages

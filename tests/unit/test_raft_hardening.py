@@ -1,4 +1,4 @@
-"""Issue 11, items 5-7: the Raft port before authentication, a durable journal, and a
+"""The Raft port before authentication, a durable journal, and a
 follower that never deletes log entries matching the leader's."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 item 2: queues, channels, connections and vhosts show the management plane and
+"""Queues, channels, connections and vhosts show the management plane and
 the metrics their figures through one read model each (node/read_models.py), and node/http
 reads nothing private: no `obj._field`, no `getattr(obj, "_field")`, no transport."""
 

@@ -1,4 +1,4 @@
-"""Issue 11 item 3: vhost names are not file names.  Each store lives in a directory named
+"""Vhost names are not file names.  Each store lives in a directory named
 by a readable prefix and a digest of the name (with the name in a file inside); deleted
 stores wait outside that namespace; legacy (quoted-name) directories are adopted."""
 

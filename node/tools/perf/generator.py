@@ -11,7 +11,7 @@ percentiles (from a send timestamp in the body) as a table or as one JSON object
 deletes its topology.  Producer i publishes to queue i % N (direct); fanout and topic
 route every message to every queue; consumer j reads queue j % N.
 
-The hot paths live in `node.perf.client`: pre-encoded publish frames written in large
+The hot paths live in `node.tools.perf.client`: pre-encoded publish frames written in large
 batches, and a minimal delivery parser, so that one producer process publishes well
 over 100k 16-byte messages per second and the generator is not what is measured.
 """
@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from node.perf.client import (
+from node.tools.perf.client import (
     C_CONFIRMED,
     C_CONSUMED,
     C_NACKED,
