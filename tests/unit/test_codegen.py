@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.amqp import codegen
+from node.tools import codegen
 
 SPEC_XML = codegen.default_spec_path()
 COMMITTED = codegen.DEFAULT_OUTPUT
