@@ -19,7 +19,6 @@ channel methods mean.  Nothing here imports asyncio or socket (a test says so)."
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
 from typing import Any, Callable, Iterator
 
 from node.amqp import errors, spec
@@ -44,6 +43,33 @@ from node.amqp.events import (
 )
 from node.amqp.fields import AMQPFrameError, AMQPSyntaxError, UnknownMethod
 from node.amqp.frames import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader, encode_frame
+from node.amqp.states import (  # noqa: F401 - the states are re-exported for the adapter
+    _LIVE,
+    _READS,
+    AUTHENTICATING,
+    AWAIT_HEADER,
+    AWAIT_OPEN,
+    AWAIT_START_OK,
+    AWAIT_TUNE_OK,
+    CH_AWAIT_BODY,
+    CH_AWAIT_HEADER,
+    CH_CLOSE_RECEIVED,
+    CH_CLOSING,
+    CH_DISCARD_BODY,
+    CH_OPEN,
+    CHANNEL,
+    CLOSED,
+    CLOSING,
+    CONNECTION,
+    FORGOTTEN,
+    IGNORING,
+    OPEN,
+    OPENING,
+    STATE_NAMES,
+    ChannelState,
+    State,
+    transition,
+)
 
 _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = b"\xce"
@@ -54,90 +80,12 @@ _new_tuple = tuple.__new__  # a Publish without running Python code (see events.
 _OLD_HEADER = b"AMQP\x01\x01\x00\x09"  # 0-9-1 as some old clients announce it
 
 
-class State(IntEnum):
-    """Connection states, in the order a connection goes through them."""
-
-    AWAIT_HEADER = 0  # the 8-byte protocol header
-    AWAIT_START_OK = 1  # we sent connection.start
-    AUTHENTICATING = 2  # paused: the broker checks the login
-    AWAIT_TUNE_OK = 3  # we sent connection.tune
-    AWAIT_OPEN = 4
-    OPENING = 5  # paused: the broker decides on the vhost
-    OPEN = 6
-    CLOSING = 7  # we sent connection.close and wait for close-ok
-    CLOSED = 8  # done: nothing more is read
+class NEED_DATA:  # noqa: N801 - a sentinel, named as h11 names it
+    """`next_event`: the frames so far are all taken; more bytes are needed."""
 
 
-AWAIT_HEADER, AWAIT_START_OK, AUTHENTICATING, AWAIT_TUNE_OK, AWAIT_OPEN, OPENING, OPEN, \
-    CLOSING, CLOSED = tuple(State)
-
-# What the management API calls each state (RabbitMQ's names).
-STATE_NAMES = {AWAIT_HEADER: "starting", AWAIT_START_OK: "starting",
-               AUTHENTICATING: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening",
-               OPENING: "opening", OPEN: "running", CLOSING: "closing", CLOSED: "closed"}
-
-# states in which frames are read: not while the broker decides, nor once closed
-_READS = frozenset((AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING))
-_LIVE = (AWAIT_START_OK, AUTHENTICATING, AWAIT_TUNE_OK, AWAIT_OPEN, OPENING, OPEN)
-
-# (state, what happened) -> next state.  "app:" inputs are the broker's decisions; the
-# others arrived from the client.
-CONNECTION: dict[tuple[State, str], State] = {
-    (AWAIT_HEADER, "protocol-header"): AWAIT_START_OK,  # we send connection.start
-    (AWAIT_HEADER, "other-protocol"): CLOSED,  # we send our protocol header, hang up
-    (AWAIT_START_OK, "connection.start-ok"): AUTHENTICATING,
-    (AUTHENTICATING, "app:accept-login"): AWAIT_TUNE_OK,  # we send connection.tune
-    (AWAIT_TUNE_OK, "connection.tune-ok"): AWAIT_OPEN,
-    (AWAIT_OPEN, "connection.open"): OPENING,
-    (AWAIT_OPEN, "app:adopt"): OPENING,  # another node did the handshake and forwards
-    (OPENING, "app:accept-open"): OPEN,  # we send connection.open-ok
-    (OPENING, "app:hand-over"): CLOSED,  # the bytes go to the vhost's owner node
-    (OPEN, "connection.update-secret"): OPEN,
-    (CLOSING, "connection.close-ok"): CLOSED,
-    (CLOSING, "connection.close"): CLOSED,  # both sides closed at once: we answer close-ok
-    **{(s, "connection.close"): CLOSED for s in _LIVE},  # we answer close-ok
-    **{(s, "app:close"): CLOSING for s in _LIVE},  # we send connection.close
-    **{(s, "app:abort"): CLOSED for s in (*_LIVE, AWAIT_HEADER, CLOSING)},  # silent hang-up
-}
-
-
-class ChannelState(IntEnum):
-    OPEN = 0  # idle: any method may come
-    AWAIT_HEADER = 1  # basic.publish came: its content header must be next
-    AWAIT_BODY = 2  # body frames until the header's body size is reached
-    DISCARD_BODY = 3  # a refused message: its body frames are read and dropped
-    CLOSE_RECEIVED = 4  # the client sent channel.close; the broker will confirm it
-    CLOSING = 5  # we sent channel.close: only close/close-ok count (spec 2.2.5)
-
-
-CH_OPEN, CH_AWAIT_HEADER, CH_AWAIT_BODY, CH_DISCARD_BODY, CH_CLOSE_RECEIVED, CH_CLOSING = \
-    tuple(ChannelState)
-FORGOTTEN = None  # the number is free again
-
-# (channel state, what happened) -> next state; FORGOTTEN frees the number.
-CHANNEL: dict[tuple[ChannelState, str], ChannelState | None] = {
-    (CH_OPEN, "basic.publish"): CH_AWAIT_HEADER,
-    (CH_OPEN, "method"): CH_OPEN,  # any other method: the broker's (MethodReceived)
-    (CH_AWAIT_HEADER, "content-header"): CH_AWAIT_BODY,
-    (CH_AWAIT_HEADER, "empty-content-header"): CH_OPEN,  # body size 0: Publish
-    (CH_AWAIT_HEADER, "oversized-content-header"): CH_DISCARD_BODY,  # ContentRejected
-    (CH_AWAIT_BODY, "body"): CH_AWAIT_BODY,
-    (CH_AWAIT_BODY, "last-body"): CH_OPEN,  # Publish
-    (CH_DISCARD_BODY, "body"): CH_DISCARD_BODY,
-    (CH_DISCARD_BODY, "last-body"): CH_OPEN,
-    (CH_OPEN, "channel.close"): CH_CLOSE_RECEIVED,
-    (CH_OPEN, "channel.close-ok"): CH_OPEN,  # close-ok we never asked for: ignored
-    (CH_CLOSE_RECEIVED, "app:close-ok"): FORGOTTEN,  # we send close-ok
-    # an error found while the client's close waited behind a pending Raft change: the
-    # error still reaches the client (channel.close), whose close-ok ends the channel
-    (CH_CLOSE_RECEIVED, "app:close"): CH_CLOSING,
-    (CH_CLOSING, "channel.close-ok"): FORGOTTEN,
-    (CH_CLOSING, "channel.close"): FORGOTTEN,  # closes crossed: we send close-ok
-    **{(s, "app:close"): CH_CLOSING  # we send channel.close
-       for s in (CH_OPEN, CH_AWAIT_HEADER, CH_AWAIT_BODY, CH_DISCARD_BODY)},
-}
-# Frames that arrive on a channel in these states are dropped without a transition.
-_IGNORING = (CH_CLOSE_RECEIVED, CH_CLOSING)
+class PAUSED:  # noqa: N801
+    """`next_event`: frames may be buffered, but none is read until the broker decides."""
 
 
 class ChannelFrames:
@@ -162,8 +110,8 @@ class ChannelFrames:
         self.last_args: tuple[str, str, bool, bool] = ("", "", False, False)
 
     def move(self, happened: str) -> None:
-        nxt = CHANNEL[(self.state, happened)]
-        assert nxt is not None
+        nxt = transition(CHANNEL, self.state, happened)
+        assert nxt is not None, f"{happened} forgets a channel: the core's _forget does"
         self.state = nxt
 
 
@@ -233,10 +181,16 @@ class ConnectionProtocol:
             self._next = 0
         return None
 
-    def next_event(self) -> Event | None:
-        """The next event from the frames received so far; None when more bytes are
-        needed, or while the core waits for the broker's decision."""
-        return next(self.events(), None)
+    def next_event(self) -> Event | type[NEED_DATA] | type[PAUSED]:
+        """The next event from the frames received so far; NEED_DATA when more bytes are
+        needed, PAUSED while the core waits for the broker's decision (or reads nothing
+        more: closed, or after a protocol error)."""
+        event = next(self.events(), None)
+        if event is not None:
+            return event
+        if self._reading or (self.state is AWAIT_HEADER and not self._failed):
+            return NEED_DATA
+        return PAUSED
 
     def events(self) -> Iterator[Event]:
         """The events of the frames received so far, one at a time, until more bytes are
@@ -273,7 +227,8 @@ class ConnectionProtocol:
                                 cs.last_publish = payload
                                 cs.last_args = (exchange, routing_key, mandatory, immediate)
                             # most often its header and its one body frame came in the same
-                            # read: the whole message at once, without the states between
+                            # read: the whole message at once (states.WHOLE_PUBLISH: the
+                            # channel stays CH_OPEN, so nothing is written)
                             if i + 1 < n:
                                 htype, hch, header = frames[i]
                                 btype, bch, body = frames[i + 1]
@@ -389,7 +344,7 @@ class ConnectionProtocol:
         if cs is None:
             raise AMQPConnectionError(errors.CHANNEL_ERROR,
                                       f"content frame on unopened channel {ch}")
-        if cs.state in _IGNORING:
+        if cs.state in IGNORING:
             return None
         return cs
 
@@ -421,7 +376,7 @@ class ConnectionProtocol:
                                       f"expected 'channel.open' on channel {ch}",
                                       method.CLASS_ID, method.METHOD_ID)
         st = cs.state
-        if st in _IGNORING:
+        if st in IGNORING:
             if st == CH_CLOSING and type(method) in (spec.ChannelCloseOk, spec.ChannelClose):
                 self._forget(cs, "channel.close" if type(method) is spec.ChannelClose
                              else "channel.close-ok")
@@ -653,7 +608,9 @@ class ConnectionProtocol:
 
     # ------------------------------------------------------------------------------
     def _move(self, happened: str) -> None:
-        self.state = state = CONNECTION[(self.state, happened)]
+        state = transition(CONNECTION, self.state, happened)
+        assert state is not None
+        self.state = state
         self._reading = state in _READS and not self._failed
 
     def _fail(self) -> None:
@@ -663,8 +620,8 @@ class ConnectionProtocol:
         self._reading = False
 
     def _forget(self, cs: ChannelFrames, happened: str) -> None:
-        assert CHANNEL[(cs.state, happened)] is FORGOTTEN
-        self.channels.pop(cs.number, None)
+        if transition(CHANNEL, cs.state, happened) is FORGOTTEN:
+            self.channels.pop(cs.number, None)
 
 
 def _nothing() -> None:

@@ -28,6 +28,7 @@ from node.amqp.message import (
     Message,
     expiration_error,
 )
+from node.amqp.states import CH_CLOSING
 from node.exchanges.base import Binding, Destination
 from node.queues import types
 from node.queues.consumer import Consumer
@@ -65,7 +66,8 @@ class ChannelConnection(Protocol):
     capabilities: dict
     channels: dict[int, Any]
     exclusive_queues: set[str]
-    closing: bool
+    @property
+    def closing(self) -> bool: ...
     paused: bool
     publisher: bool
     read_holds: set[str]
@@ -96,7 +98,8 @@ class Channel:
         self.counters = conn.broker.counters  # the node's, incremented on the hot path
         self.vhost = conn.vhost
         self.user = conn.user
-        self.state = OPEN
+        # the protocol core's view of this channel: its state is read from there
+        self._frames = conn.core.channels.get(number)
         self.consumers: dict[str, Consumer] = {}
         self.unacked: dict[int, tuple[Queue, QueueEntry, Consumer | None]] = {}
         self.delivery_tag = 0
@@ -243,11 +246,16 @@ class Channel:
     def on_channel_flow_ok(self, m: spec.ChannelFlowOk) -> None:
         return None
 
+    @property
+    def state(self) -> str:
+        """OPEN, or CLOSING once channel.close went to the client (the core's state)."""
+        frames = self._frames
+        return CLOSING if frames is not None and frames.state is CH_CLOSING else OPEN
+
     def server_close(self, err: AMQPError) -> None:
         """Close this channel because of an error (the connection's handle_error decides;
         the protocol core sends channel.close)."""
         self.teardown()
-        self.state = CLOSING
         self._backlog.clear()
         self._backlog_drained()
         self.conn.core.close_channel(self.number, err)

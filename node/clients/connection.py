@@ -103,7 +103,6 @@ class AMQPConnection(asyncio.Protocol):
         self.exclusive_queues: set[str] = set()
         self.paused = False  # hand its channels no deliveries (writing paused, output held)
         self._writing_paused = False
-        self.closing = False  # going away: deliver nothing more to its channels
         self.via: str | None = None  # on the owner: the node that forwards this client
         self.publisher = False  # has published: blocked by resource alarms
         self.blocked = False
@@ -133,6 +132,12 @@ class AMQPConnection(asyncio.Protocol):
         self.auth_mechanism = ""
         self.tls = False  # AMQPS (management API: "ssl")
         self.tls_peer_name: str | None = None  # CN of a verified client certificate
+
+    @property
+    def closing(self) -> bool:
+        """Going away (either side closed): deliver nothing more to its channels.  The
+        protocol core's state, read, never copied."""
+        return self.core.state >= CLOSING
 
     # what was negotiated, as the protocol core holds it
     @property
@@ -181,7 +186,6 @@ class AMQPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.abort()
-        self.closing = True
         self.broker.counters.connections_closed += 1
         for q in self.flow_queues:
             q.flow_blocked.discard(self)
@@ -296,7 +300,6 @@ class AMQPConnection(asyncio.Protocol):
             self.broker.counters.channels_closed += 1
 
     def _on_client_close(self) -> None:
-        self.closing = True
         for ch in list(self.channels.values()):
             ch.teardown()
         self.channels.clear()
@@ -510,7 +513,6 @@ class AMQPConnection(asyncio.Protocol):
                 self.transport.abort()  # not even a protocol header yet: nothing to say
             return
         log.info("closing connection %s: %s", self.name, err.reply_text)
-        self.closing = True
         for ch in list(self.channels.values()):
             ch.teardown()
         self.channels.clear()

@@ -15,8 +15,14 @@ import pytest
 
 from node.amqp import events as ev
 from node.amqp import protocol, spec
-from node.amqp.frames import FrameReader, content_header_payload, encode_frame, method_frame
-from node.amqp.protocol import CHANNEL, CONNECTION, ConnectionProtocol
+from node.amqp.frames import (
+    PROTOCOL_HEADER,
+    FrameReader,
+    content_header_payload,
+    encode_frame,
+    method_frame,
+)
+from node.amqp.protocol import CHANNEL, CONNECTION, NEED_DATA, PAUSED, ConnectionProtocol
 
 LIMITS = SimpleNamespace(channel_max=2047, frame_max=131072, heartbeat=60,
                          max_message_size=1000)
@@ -36,7 +42,7 @@ def events(core: ConnectionProtocol, data: bytes = b"") -> list[ev.Event]:
     first = core.receive_data(data) if data else None
     if first is not None:
         out.append(first)
-    while (e := core.next_event()) is not None:
+    while (e := core.next_event()) not in (NEED_DATA, PAUSED):
         out.append(e)
     return out
 
@@ -417,3 +423,26 @@ def test_repeated_and_changing_publish_arguments_on_one_channel():
              ("y", "b", True), ("x", "a", False)]
     out = events(core, b"".join(one(*s) for s in sends))
     assert [(p.exchange, p.routing_key, p.mandatory) for p in out] == sends  # type: ignore
+
+
+def test_need_data_and_paused_are_distinct_answers() -> None:
+    core = ConnectionProtocol(LIMITS, {})
+    assert core.next_event() is NEED_DATA  # not even a protocol header yet
+    e = events(core, PROTOCOL_HEADER + method_frame(0, spec.ConnectionStartOk(
+        client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest",
+        locale="en_US")))
+    assert any(isinstance(x, ev.LoginRequested) for x in e)
+    # the broker has not decided on the login: the core reads nothing meanwhile
+    assert core.next_event() is PAUSED
+    core.accept_login()
+    assert core.next_event() is NEED_DATA
+
+
+def test_a_pair_no_table_lists_is_a_protocol_error_not_a_key_error() -> None:
+    from node.amqp.errors import AMQPConnectionError
+    from node.amqp.states import CH_CLOSING, CLOSED, transition
+    with pytest.raises(AMQPConnectionError) as e:
+        transition(CONNECTION, CLOSED, "connection.open")
+    assert e.value.code == 503 and "closed" in e.value.text
+    with pytest.raises(AMQPConnectionError):
+        transition(CHANNEL, CH_CLOSING, "basic.publish")
