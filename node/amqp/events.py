@@ -45,7 +45,7 @@ class Tuned(EventBase):
 
 class OpenRequested(EventBase):
     """connection.open: the core waits until the broker calls `accept_open`, hands the
-    connection over to another node (`hand_over`) or closes it."""
+    connection over to another node (`release_to_owner`) or closes it."""
 
     __slots__ = ("virtual_host",)
 

@@ -88,7 +88,7 @@ class PAUSED:  # noqa: N801
     """`next_event`: frames may be buffered, but none is read until the broker decides."""
 
 
-class ChannelFrames:
+class ChannelCore:
     """One channel as the core sees it: its state and the message being assembled."""
 
     __slots__ = ("number", "state", "exchange", "routing_key", "mandatory", "immediate",
@@ -115,7 +115,7 @@ class ChannelFrames:
         self.state = nxt
 
 
-class ConnectionProtocol:
+class ConnectionCore:
     """One client connection's protocol state, driven by bytes and the broker's decisions.
 
     `settings` needs channel_max, frame_max, heartbeat and max_message_size (our limits,
@@ -131,7 +131,7 @@ class ConnectionProtocol:
         self.channel_max: int = settings.channel_max
         self.frame_max = spec.FRAME_MIN_SIZE
         self.heartbeat = 0
-        self.channels: dict[int, ChannelFrames] = {}
+        self.channels: dict[int, ChannelCore] = {}
         self._reader = FrameReader(frame_max=spec.FRAME_MIN_SIZE)
         self._header_buf = b""
         self._frames: list[tuple[int, int, bytes]] = []
@@ -327,11 +327,11 @@ class ConnectionProtocol:
         cs.body = []
         return self._published(cs, cs.header, body)
 
-    def _published(self, cs: ChannelFrames, header: bytes, body: bytes) -> Publish:
+    def _published(self, cs: ChannelCore, header: bytes, body: bytes) -> Publish:
         return publish_event(cs.number, cs.exchange, cs.routing_key, cs.mandatory, cs.immediate,
                        header, body)
 
-    def _content_channel(self, ch: int) -> ChannelFrames | None:
+    def _content_channel(self, ch: int) -> ChannelCore | None:
         """The channel a content frame is for; None to drop the frame."""
         if self.state != OPEN:
             if self.state == CLOSING:
@@ -404,7 +404,7 @@ class ConnectionProtocol:
             raise AMQPConnectionError(errors.NOT_ALLOWED,
                                       f"number of channels opened ({len(self.channels)}) has "
                                       f"reached the negotiated channel_max ({self.channel_max})")
-        self.channels[number] = ChannelFrames(number)
+        self.channels[number] = ChannelCore(number)
         self.send_method(number, spec.ChannelOpenOk())
         return ChannelOpened(number)
 
@@ -490,7 +490,7 @@ class ConnectionProtocol:
         self._move("app:accept-open")
         self.send_method(0, spec.ConnectionOpenOk())
 
-    def hand_over(self) -> bytes:
+    def release_to_owner(self) -> bytes:
         """The client goes to another node: every byte received after connection.open,
         unparsed, to pass on.  The core is done."""
         self._move("app:hand-over")
@@ -619,7 +619,7 @@ class ConnectionProtocol:
         self._failed = True
         self._reading = False
 
-    def _forget(self, cs: ChannelFrames, happened: str) -> None:
+    def _forget(self, cs: ChannelCore, happened: str) -> None:
         if transition(CHANNEL, cs.state, happened) is FORGOTTEN:
             self.channels.pop(cs.number, None)
 

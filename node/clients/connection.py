@@ -1,6 +1,6 @@
 """One client connection, the asyncio side: the socket, timers (handshake, heartbeats,
 closing), back-pressure (flow control, alarms, bounded memory) and what the broker decides
-(logins, vhosts, channels).  The protocol itself is `protocol.ConnectionProtocol`, which
+(logins, vhosts, channels).  The protocol itself is `protocol.ConnectionCore`, which
 does no I/O: bytes go in, events come out, and this adapter acts on each event.
 
 This is also the one place where an `AMQPError` becomes channel.close or connection.close
@@ -40,7 +40,7 @@ from node.amqp.protocol import (
     CLOSING,
     OPEN,
     OPENING,
-    ConnectionProtocol,
+    ConnectionCore,
 )
 from node.auth import check_password, decode_plain, is_loopback
 from node.clients import forwarding
@@ -89,7 +89,7 @@ class AMQPConnection(asyncio.Protocol):
         self.settings = broker.settings
         self.loop = asyncio.get_event_loop()
         self.log = log
-        self.core = ConnectionProtocol(self.settings,
+        self.core = ConnectionCore(self.settings,
                                        broker.server_properties(SERVER_CAPABILITIES))
         self.core.wake = self._wake
         self.send_method = self.core.send_method
@@ -406,7 +406,7 @@ class AMQPConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.spawn(forwarding.hand_over(self, vhost, owner, node["forward"]))
+        self.spawn(forwarding.forward_to_owner(self, vhost, owner, node["forward"]))
 
     def forward_failed(self, why: str) -> None:
         """The owner node could not be reached: the client is told to retry (320)."""
@@ -425,7 +425,7 @@ class AMQPConnection(asyncio.Protocol):
             # so that the client's close-ok arrives
             self.release_reading("forwarding")
             return None
-        pipelined = self.core.hand_over()
+        pipelined = self.core.release_to_owner()
         self.flush()
         self.broker.runtime.connections.discard(self)
         self.transport = None  # from now on this object is out of the path

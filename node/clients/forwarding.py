@@ -191,7 +191,7 @@ class Spliced:
 # ----------------------------------------------------------------------------------------
 # the accepting node's side: a client whose vhost another node owns
 # ----------------------------------------------------------------------------------------
-async def hand_over(conn: Any, vhost: str, owner: str | None,
+async def forward_to_owner(conn: Any, vhost: str, owner: str | None,
                     address: str) -> None:
     """Connect to the owner's cluster port with what it needs to adopt the client (who the
     client authenticated as, what was negotiated), then splice the two sockets.  The

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from node.auth import HASHING_SHA256, hash_password
-from node.http.common import (
+from node.http.api_conventions import (
     ADMINISTRATOR,
     POLICYMAKER,
     bad_request,
@@ -25,7 +25,7 @@ from node.http.common import (
     vhost_or_404,
     visible_vhosts,
 )
-from node.http.shapes import policy_json, user_json, vhost_json
+from node.http.rabbitmq_json import policy_json, user_json, vhost_json
 
 routes = web.RouteTableDef()
 

@@ -18,9 +18,9 @@ from node.http import (
     limits,
     messages,
     metrics,
-    objects,
     openapi,
     overview,
+    topology,
     ui,
 )
 from node.http.auth import auth_middleware
@@ -29,7 +29,7 @@ from node.runtime.broker import Broker
 
 # order matters where paths overlap: literal paths before the {name} ones that would match
 ROUTE_TABLES = (cluster.routes, limits.routes, overview.routes, connections.routes,
-                access.routes, messages.routes, objects.routes, definitions.routes,
+                access.routes, messages.routes, topology.routes, definitions.routes,
                 metrics.routes, openapi.routes, ui.routes)
 
 

@@ -14,7 +14,7 @@ from node.amqp import errors
 from node.amqp.errors import AMQPError
 from node.auth import check_password, is_loopback
 from node.health import token_matches
-from node.http.common import MANAGEMENT_TAGS, HTTPError, error_response
+from node.http.api_conventions import MANAGEMENT_TAGS, HTTPError, error_response
 
 log = logging.getLogger("warren.http")
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 from aiohttp import web
 
 from node.amqp import errors
-from node.http.common import (
+from node.http.api_conventions import (
     broker_of,
     json_response,
     list_response,
@@ -21,7 +21,7 @@ from node.http.common import (
     stats_of,
     visible_vhosts,
 )
-from node.http.shapes import channel_json, channel_name, connection_json, consumer_json
+from node.http.rabbitmq_json import channel_json, channel_name, connection_json, consumer_json
 
 routes = web.RouteTableDef()
 

@@ -17,7 +17,7 @@ from node.amqp.errors import resource_text
 from node.auth import HASHING_SHA256, hash_password
 from node.exchanges.base import Destination
 from node.exchanges.registry import STANDARD_EXCHANGES
-from node.http.common import (
+from node.http.api_conventions import (
     ADMINISTRATOR,
     HTTPError,
     bad_request,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from node.http.common import (
+from node.http.api_conventions import (
     ADMINISTRATOR,
     MONITORING,
     bad_request,

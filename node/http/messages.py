@@ -14,7 +14,7 @@ from node.amqp import spec
 from node.amqp.fields import AMQPSyntaxError
 from node.amqp.frames import content_header_payload
 from node.amqp.message import Message
-from node.http.common import (
+from node.http.api_conventions import (
     bad_request,
     body,
     broker_of,
@@ -25,8 +25,8 @@ from node.http.common import (
     to_json_value,
     visible_vhosts,
 )
-from node.http.objects import queue_of
 from node.http.proxy import from_owner
+from node.http.topology import queue_of
 
 routes = web.RouteTableDef()
 

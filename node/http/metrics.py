@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 from aiohttp import web
 
 from node.http import system
-from node.http.shapes import channel_name
+from node.http.rabbitmq_json import channel_name
 from node.read_models import QueueStats
 from node.runtime.broker import VERSION
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node.http.common import json_response
+from node.http.api_conventions import json_response
 from node.runtime.broker import VERSION
 
 routes = web.RouteTableDef()

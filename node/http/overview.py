@@ -15,7 +15,7 @@ from node.amqp import spec
 from node.amqp.frames import content_header_payload
 from node.amqp.message import Message
 from node.http import system
-from node.http.common import (
+from node.http.api_conventions import (
     MONITORING,
     broker_of,
     can_use_vhost,

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from node.http.common import broker_of, error_response
+from node.http.api_conventions import broker_of, error_response
 from node.tls import relay_scheme, relay_ssl
 
 HOP_HEADER = "X-Warren-Forwarded"

@@ -210,7 +210,7 @@ class Queue:
                 # nothing waits ahead of it: straight to a consumer that can take it
                 chosen = self._next_consumer()
                 if chosen is not None:
-                    self._hand_over(chosen, entry)
+                    self._deliver_to(chosen, entry)
                     return result
             self._ready.push(entry)
             self.ready_bytes += len(message.body)
@@ -442,13 +442,13 @@ class Queue:
             entry = self._pop(wait=True)
             if entry is None:
                 break
-            self._hand_over(chosen, entry)
+            self._deliver_to(chosen, entry)
         if not self._ready:
             self._want_page_in()
         if self.flow_blocked and self.message_count < FLOW_LOW:
             self._release_flow()
 
-    def _hand_over(self, chosen: Consumer, entry: QueueEntry) -> None:
+    def _deliver_to(self, chosen: Consumer, entry: QueueEntry) -> None:
         self.stats_deliver += 1
         if entry.redelivered:
             self.stats_redeliver += 1

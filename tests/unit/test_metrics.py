@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.http import stats as stats_mod
 from node.http.metrics import Exposition
-from node.http.shapes import properties_key
+from node.http.rabbitmq_json import properties_key
 from node.http.stats import Sampler
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import cluster.definitions as definitions
 from node.amqp import spec
-from node.http import shapes
+from node.http import rabbitmq_json
 from node.policies import matching_policy
 from node.vhost import VirtualHost
 
@@ -41,7 +41,7 @@ def test_the_api_shows_the_policy_the_broker_applies() -> None:
         broker = SimpleNamespace(runtime=SimpleNamespace(policies={"/": policies}))
         for kind in ("queue", "exchange"):
             want = matching_policy(policies, kind, "jobs")
-            got = shapes.matching_policy(broker, "/", "jobs", kind + "s")
+            got = rabbitmq_json.matching_policy(broker, "/", "jobs", kind + "s")
             assert got == want, (policies, kind)
 
 

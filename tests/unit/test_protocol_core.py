@@ -22,14 +22,14 @@ from node.amqp.frames import (
     encode_frame,
     method_frame,
 )
-from node.amqp.protocol import CHANNEL, CONNECTION, NEED_DATA, PAUSED, ConnectionProtocol
+from node.amqp.protocol import CHANNEL, CONNECTION, NEED_DATA, PAUSED, ConnectionCore
 
 LIMITS = SimpleNamespace(channel_max=2047, frame_max=131072, heartbeat=60,
                          max_message_size=1000)
 HEADER = b"AMQP\x00\x00\x09\x01"
 
 
-def sent(core: ConnectionProtocol) -> list[Any]:
+def sent(core: ConnectionCore) -> list[Any]:
     """What the core has to send, decoded: methods, or (type, channel, payload)."""
     out = []
     for ftype, ch, payload in FrameReader(frame_max=0).feed(core.data_to_send()):
@@ -37,7 +37,7 @@ def sent(core: ConnectionProtocol) -> list[Any]:
     return out
 
 
-def events(core: ConnectionProtocol, data: bytes = b"") -> list[ev.Event]:
+def events(core: ConnectionCore, data: bytes = b"") -> list[ev.Event]:
     out = []
     first = core.receive_data(data) if data else None
     if first is not None:
@@ -47,9 +47,9 @@ def events(core: ConnectionProtocol, data: bytes = b"") -> list[ev.Event]:
     return out
 
 
-def opened(channel_max: int = 0) -> ConnectionProtocol:
+def opened(channel_max: int = 0) -> ConnectionCore:
     """A core through the handshake (login and vhost accepted), with channel 1 open."""
-    core = ConnectionProtocol(LIMITS, {"product": "test"})
+    core = ConnectionCore(LIMITS, {"product": "test"})
     assert events(core, HEADER) == []
     (_, start), = sent(core)
     assert isinstance(start, spec.ConnectionStart) and start.mechanisms == b"PLAIN AMQPLAIN"
@@ -79,7 +79,7 @@ def publish_frames(body: bytes, ch: int = 1, size: int | None = None) -> list[by
             *([encode_frame(3, ch, body)] if body else [])]
 
 
-def protocol_error(core: ConnectionProtocol, data: bytes) -> tuple[int, str, int, int]:
+def protocol_error(core: ConnectionCore, data: bytes) -> tuple[int, str, int, int]:
     out = events(core, data)
     assert isinstance(out[-1], ev.ProtocolError), out
     err = out[-1].error
@@ -90,21 +90,21 @@ def protocol_error(core: ConnectionProtocol, data: bytes) -> tuple[int, str, int
 # --- the handshake -------------------------------------------------------------------------
 
 def test_a_protocol_header_that_is_not_ours_gets_ours_back():
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     assert [type(e) for e in events(core, b"HTTP/1.1 GET /\r\n\r\n")] == [ev.ProtocolRejected]
     assert core.data_to_send() == HEADER
     assert core.state == protocol.CLOSED
 
 
 def test_the_protocol_header_may_come_in_pieces():
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     for b in HEADER:
         assert events(core, bytes([b])) == []
     assert isinstance(sent(core)[0][1], spec.ConnectionStart)
 
 
 def test_the_core_waits_for_the_login_decision():
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     events(core, HEADER)
     core.data_to_send()
     # start-ok and (wrongly, early) tune-ok in one read: nothing past start-ok is read yet
@@ -118,7 +118,7 @@ def test_the_core_waits_for_the_login_decision():
 
 
 def test_tune_ok_beyond_our_limits_is_not_allowed():
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     events(core, HEADER)
     events(core, method_frame(0, spec.ConnectionStartOk(mechanism="PLAIN", response=b"")))
     core.accept_login()
@@ -128,7 +128,7 @@ def test_tune_ok_beyond_our_limits_is_not_allowed():
 
 
 def test_frames_pipelined_behind_connection_open_are_handed_over_unparsed():
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     events(core, HEADER)
     events(core, method_frame(0, spec.ConnectionStartOk(mechanism="PLAIN", response=b"")))
     core.accept_login()
@@ -137,7 +137,7 @@ def test_frames_pipelined_behind_connection_open_are_handed_over_unparsed():
     partial = method_frame(1, spec.BasicQos(prefetch_count=1))[:5]
     out = events(core, method_frame(0, spec.ConnectionOpen(virtual_host="v")) + behind + partial)
     assert [type(e) for e in out] == [ev.OpenRequested]
-    assert core.hand_over() == behind + partial
+    assert core.release_to_owner() == behind + partial
     assert core.state == protocol.CLOSED
 
 
@@ -148,7 +148,7 @@ def test_second_connection_open_is_channel_error():
 
 
 def test_channel_frame_before_connection_open_is_command_invalid():
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     events(core, HEADER)
     assert protocol_error(core, method_frame(1, spec.ChannelOpen()))[0] == 503
 
@@ -426,7 +426,7 @@ def test_repeated_and_changing_publish_arguments_on_one_channel():
 
 
 def test_need_data_and_paused_are_distinct_answers() -> None:
-    core = ConnectionProtocol(LIMITS, {})
+    core = ConnectionCore(LIMITS, {})
     assert core.next_event() is NEED_DATA  # not even a protocol header yet
     e = events(core, PROTOCOL_HEADER + method_frame(0, spec.ConnectionStartOk(
         client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest",

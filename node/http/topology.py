@@ -11,7 +11,7 @@ from aiohttp import web
 
 from node.amqp.errors import resource_text
 from node.exchanges.base import Destination
-from node.http.common import (
+from node.http.api_conventions import (
     as_bool,
     bad_request,
     body,
@@ -26,7 +26,7 @@ from node.http.common import (
     visible_vhosts,
 )
 from node.http.proxy import from_owner, owner_list
-from node.http.shapes import (
+from node.http.rabbitmq_json import (
     exchange_json,
     properties_key,
     queue_consumer_details,
