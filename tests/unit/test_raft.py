@@ -412,6 +412,13 @@ def test_three_nodes_replicate_and_a_follower_can_submit(tmp_path: Path) -> None
     async def main() -> None:
         async with cluster(tmp_path, recorders=recorders) as stores:
             leader, followers = leader_and_followers(stores)
+            # two followers exchange nothing until one has something to say: on a busy
+            # machine their link may still be coming up when the leader is known
+            for _ in range(100):
+                if all(sorted(st.status()["partners"].values()) == ["connected", "connected"]
+                       for st in stores):
+                    break
+                await asyncio.sleep(0.1)
             for store in stores:
                 status = store.status()
                 assert status["has_quorum"] is True
