@@ -86,6 +86,8 @@ def test_full_disk_keeps_every_confirmed_message(small_disk: Path, limit: str):
     try:
         c = pika.BlockingConnection(pika.URLParameters(
             n.url + "?blocked_connection_timeout=3"))
+        told_blocked: list[object] = []  # connection.blocked received
+        c.add_on_connection_blocked_callback(lambda *_: told_blocked.append(True))
         ch = c.channel()
         ch.queue_declare(QUEUE, durable=True)
         ch.confirm_delivery()
@@ -106,7 +108,10 @@ def test_full_disk_keeps_every_confirmed_message(small_disk: Path, limit: str):
                 blocked = True  # the disk alarm blocked us: the connection timed out
                 break
             confirmed.append(i)
-        assert blocked, f"publisher not blocked ({len(confirmed)} confirmed, {nacked} nacked)"
+        # blocked (connection.blocked arrived; pika raises only once it lasted 3 s, and the
+        # nacks of writes the full disk refused may come first on a busy machine)
+        assert blocked or told_blocked, \
+            f"publisher not blocked ({len(confirmed)} confirmed, {nacked} nacked)"
         assert len(confirmed) > 1000
         assert node_status(n)["disk_free_alarm"] is True
 
