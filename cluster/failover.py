@@ -33,7 +33,8 @@ class FailoverController:
                  is_leader: Callable[[], bool],
                  definitions: Callable[[], tuple[dict[str, dict], dict[str, dict]]],
                  local_positions: Callable[[], Positions], default_factor: int,
-                 raft_connected: Callable[[], set[str]] = set) -> None:
+                 raft_connected: Callable[[], set[str]] = set,
+                 raft_silence: Callable[[str], float] = lambda _name: 0.0) -> None:
         self.me = me
         self.liveness = liveness
         self._submit = submit
@@ -42,6 +43,8 @@ class FailoverController:
         self._local_positions = local_positions
         self.default_factor = default_factor
         self._raft_connected = raft_connected  # () -> names of members Raft talks to
+        # name -> seconds it has not answered this leader's Raft messages
+        self._raft_silence = raft_silence
         self.unavailable: dict[str, str] = {}  # vhost -> why (only on the leader)
         self.failovers = 0
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +87,11 @@ class FailoverController:
             if owner is None or owner == self.me or name in self._busy:
                 continue
             why = self.liveness.dead(owner, owner in talking)
+            silent = self._raft_silence(owner)
+            if why is None and silent > self.liveness.timeout:
+                # its cluster port answers, but it is out of Raft (a disk it cannot write, a
+                # stuck tick): its lease has lapsed, so it serves nothing; someone must
+                why = f"its Raft has not answered for {silent:.1f} s"
             if why is None:
                 self.unavailable.pop(name, None)
                 continue

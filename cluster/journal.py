@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from pysyncobj.journal import FileJournal, MetaStorer, to_bytes
@@ -56,13 +57,36 @@ def allocate(fd: int, offset: int, length: int) -> None:
             raise OSError(err, os.strerror(err))
 
 
+# Called when the disk refuses a Raft write; True if it made room (the node gives back its
+# reserve file: node/alarms.py).  Raft's term and vote, and the entries a follower takes,
+# must be written whatever the messages filled: a node that cannot write them leaves Raft,
+# and an owner that left Raft stops serving (the owner lease) with nobody deposing it.
+def _no_room() -> bool:
+    return False
+
+
+on_disk_full: Callable[[], bool] = _no_room
+
+
+def _with_room(write: Callable[[], None]) -> None:
+    try:
+        write()
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not on_disk_full():
+            raise
+        write()
+
+
 class _DurableMetaStorer(MetaStorer):
     def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 - pysyncobj's name
         path = self.getPath()
-        with open(path + ".tmp", "wb") as f:
-            f.write(dumps(meta))
-            f.flush()
-            os.fsync(f.fileno())
+
+        def write() -> None:
+            with open(path + ".tmp", "wb") as f:
+                f.write(dumps(meta))
+                f.flush()
+                os.fsync(f.fileno())
+        _with_room(write)
         shutil.move(path + ".tmp", path)
         fsync_dir(path)
 
@@ -79,8 +103,9 @@ class DurableJournal(FileJournal):
     # every mutation of the log marks it dirty; sync() makes it durable
     def add(self, command: Any, idx: int, term: int) -> None:
         # length prefix and suffix, index and term, then the command (FileJournal.add)
-        allocate(self._file().fileno(), self._FileJournal__currentOffset,
-                 24 + len(to_bytes(command)))
+        fd, offset = self._file().fileno(), self._FileJournal__currentOffset
+        size = 24 + len(to_bytes(command))
+        _with_room(lambda: allocate(fd, offset, size))
         super().add(command, idx, term)
         self._dirty = True
 

@@ -734,6 +734,25 @@ class MetadataStore:
             },
         }
 
+    def silences(self) -> dict[str, float]:
+        """On the leader: how long each member (by Raft address) has not answered it; empty
+        elsewhere.  A member connected but silent this long cannot be in the majority: it
+        lost its disk, or its tick thread is stuck."""
+        machine = self._machine
+        if machine is None:
+            return {}
+        now = time.monotonic()
+        for _ in range(50):
+            try:
+                if getattr(machine, "_SyncObj__raftState", None) != _LEADER_STATE:
+                    return {}
+                answers = dict(getattr(machine, "_SyncObj__lastResponseTime", {}))
+                return {str(getattr(node, "address", node)): now - t
+                        for node, t in answers.items()}
+            except RuntimeError:
+                continue
+        return {}
+
     def majority_contact(self) -> float:
         """When (time.monotonic()) this node last knew a Raft majority was with it: a
         leader, the time by which a majority of the members had answered it; a follower,

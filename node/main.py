@@ -125,6 +125,17 @@ async def serve(settings: Settings, shutdown: Shutdown) -> None:
 
     loop = asyncio.get_running_loop()
     record = preflight(settings)
+    from cluster import journal
+    from node.alarms import node_reserve
+    reserve = node_reserve(settings.data_dir)
+
+    def make_room() -> bool:
+        # Raft's own writes come first on a full disk: the node's reserve is given back
+        freed = reserve.release()
+        if freed:
+            log.warning("disk full: the node's reserve of %d bytes released for Raft", freed)
+        return bool(freed)
+    journal.on_disk_full = make_room
     stop = shutdown.requested
     metadata = MetadataStore(self_address=settings.raft_address, peers=settings.peers,
                              data_dir=settings.data_dir, secret=settings.cluster_secret or None,

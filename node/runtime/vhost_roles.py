@@ -72,7 +72,7 @@ class VhostRoles:
         self.controller = FailoverController(
             self.me, self.liveness, metadata.submit, self._is_leader,
             lambda: (runtime.vhost_defs, runtime.nodes), self.positions,
-            s.replication_factor, self._raft_connected)
+            s.replication_factor, self._raft_connected, self._raft_silence)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,6 +129,11 @@ class VhostRoles:
         followers, self.followers = self.followers, {}
         for follower in followers.values():
             await follower.stop()
+
+    def _raft_silence(self, name: str) -> float:
+        """Seconds member ``name`` has not answered this node as Raft leader (0 unknown)."""
+        raft = (self.runtime.nodes.get(name) or {}).get("raft")
+        return self.metadata.silences().get(raft or "", 0.0)
 
     def _raft_connected(self) -> set[str]:
         partners = self.metadata.status().get("partners", {})
