@@ -10,6 +10,14 @@ stands right away.  The survivors stand in turn (by address, 0.2 s apart): two t
 together split the vote and both wait out the timeout after all, and the first one's vote
 request reaches the others well within 0.2 s.  A partition or a paused leader refuses
 nothing: the election timeout decides.
+
+The first to stand may have the shorter log: the dead leader's last entry reached one
+survivor and not the other.  Raft's vote rule (§5.4.1) then makes the other refuse it,
+and that candidate can never win; pysyncobj would leave the election to the timeouts
+(0.4-0.8 s more).  A survivor that refused a vote while its dead leader's election is
+under way (it is a follower with no leader and has voted for nobody in the new term:
+a refusal, and Raft refuses only a log behind its own) stands at once instead: its log is
+the one that can win, and the refused candidate votes for it at the higher term.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,9 +33,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warren.raft")
 
-INTERVAL = 0.05
+INTERVAL = 0.02
 TURN = 0.2  # between two survivors' turns to stand
 JITTER = 0.03
+# how long after its leader was found dead a survivor that refused a vote stands at once
+# (a refusal is only an election's, but a late one belongs to the timeouts again)
+AFTER_DEATH = 5.0
 
 
 async def _refuses(address: str) -> bool:
@@ -42,19 +54,35 @@ async def _refuses(address: str) -> bool:
 
 
 async def watch_leader(store: MetadataStore) -> None:
+    dead_since: float | None = None  # when this node found its leader's port refusing
     while not store.closed:
         await asyncio.sleep(INTERVAL)
         status = store.status()
         leader = status.get("leader")
-        if status.get("state") != "follower" or leader is None \
+        state = status.get("state")
+        if leader is not None or state == "leader":
+            if leader is not None and status.get("partners", {}).get(leader) != "disconnected":
+                dead_since = None  # a live leader: the election is over
+        elif dead_since is not None and state == "follower" \
+                and time.monotonic() - dead_since < AFTER_DEATH and not store.voted_this_term():
+            log.warning("refused a candidate whose Raft log is behind this node's: standing "
+                        "for election now (term %s)", status.get("term"))
+            store.call_election()
+            await asyncio.sleep(TURN)  # the election's own round trip, then look again
+            continue
+        if state != "follower" or leader is None \
                 or status.get("partners", {}).get(leader) != "disconnected":
             continue
         if not await _refuses(leader):
             continue
+        dead_since = time.monotonic()
         survivors = sorted([status.get("self", ""), *(
             p for p in status.get("partners", {}) if p != leader)])
         turn = survivors.index(status.get("self", "")) if status.get("self") in survivors else 0
-        await asyncio.sleep(turn * TURN + random.uniform(0, JITTER))
+        deadline = time.monotonic() + turn * TURN + random.uniform(0, JITTER)
+        # wait for this node's turn, unless another candidate's vote request comes first
+        while time.monotonic() < deadline and store.status().get("leader") == leader:
+            await asyncio.sleep(INTERVAL)
         status = store.status()
         if status.get("state") == "follower" and status.get("leader") == leader:
             log.warning("Raft leader %s is gone (its port refuses connections): calling an "

@@ -88,6 +88,7 @@ _FAIL_TEXT = {
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 _FOLLOWER_STATE, _LEADER_STATE = 0, 2
 # A follower stands for election 0.4-0.8 s after the leader's last heartbeat.
+RAFT_MIN_TIMEOUT = 0.4
 RAFT_MAX_TIMEOUT = 0.8
 
 
@@ -513,8 +514,10 @@ class MetadataStore:
             # A follower calls an election after 0.4-0.8 s without the leader's heartbeat
             # (every 0.1 s) instead of 0.4-1.4 s: when the leader dies with vhosts it owns,
             # their failover waits for the next leader (DESIGN §4: serve again within 1 s).
-            raftMinTimeout=0.4,
+            raftMinTimeout=RAFT_MIN_TIMEOUT,
             raftMaxTimeout=RAFT_MAX_TIMEOUT,
+            # pysyncobj's default (3.5 s), which must not be below the election timeout
+            connectionTimeout=max(3.5, RAFT_MAX_TIMEOUT),
             # pysyncobj caches a peer's address for 10 minutes (a failed lookup for 30 s):
             # a container recreated with a new address, or not yet in DNS when this node
             # starts, would stay unreachable that long.  A lookup per reconnect is cheap.
@@ -877,6 +880,13 @@ class MetadataStore:
             logger.warning("pysyncobj internals changed: cannot call an election early")
         if self._wakeup is not None:
             self._wakeup.notify()
+
+    def voted_this_term(self) -> bool:
+        """Whether this node has voted (for itself or another) in its current Raft term:
+        a follower with no leader that has not voted refused the candidate that moved it
+        to this term (see `cluster.leader_watch`)."""
+        machine = self._machine
+        return machine is None or getattr(machine, "_SyncObj__votedForNodeId", 0) is not None
 
     @property
     def self_address(self) -> str:

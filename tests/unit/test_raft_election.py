@@ -1,0 +1,100 @@
+"""Elections after the Raft leader's death (cluster/leader_watch.py), on three real
+MetadataStores over loopback TCP in one process.
+
+pysyncobj's election timeouts are raised to a minute here, so that nothing but
+`leader_watch` calls an election: what these tests see is its doing, never a timeout's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cluster.raft as raft
+from cluster.raft import MetadataStore
+from tests.unit.test_raft import SECRET, eventually, free_port, run
+
+SLOW = 60.0  # pysyncobj's own election timeout in these tests
+
+
+@pytest.fixture(autouse=True)
+def slow_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raft, "RAFT_MIN_TIMEOUT", SLOW)
+    monkeypatch.setattr(raft, "RAFT_MAX_TIMEOUT", SLOW + 1)
+
+
+@contextlib.asynccontextmanager
+async def three(tmp_path: Path) -> AsyncIterator[list[MetadataStore]]:
+    """Three members; the first one stands for the first election (nobody else would)."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    stores = [MetadataStore(self_address=a, peers=addresses, data_dir=str(tmp_path / f"n{i}"),
+                            secret=SECRET) for i, a in enumerate(addresses)]
+    starting = asyncio.gather(*(s.start(timeout=30) for s in stores))
+    try:
+        await eventually(lambda: all(s._machine is not None for s in stores), 20,
+                         "three Raft machines built")
+        await eventually(lambda: all(s.status()["partners"] and set(
+            s.status()["partners"].values()) == {"connected"} for s in stores), 20,
+            "every member connected to every other")
+        stores[0].call_election()
+        await starting
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()
+        with contextlib.suppress(BaseException):
+            await starting
+
+
+def drop_appends_to(leader: MetadataStore, address: str) -> None:
+    """The leader's append-entries (new entries and heartbeats) no longer reach
+    ``address``: its log falls behind the other follower's."""
+    transport = leader._machine._SyncObj__transport  # type: ignore[union-attr]
+    send = transport.send
+
+    def filtered(node: Any, message: dict[str, Any]) -> Any:
+        if message.get("type") == "append_entries" and node.address == address:
+            return None
+        return send(node, message)
+    transport.send = filtered
+
+
+def test_the_survivor_with_the_longer_log_wins_after_refusing_the_first_candidate(
+        tmp_path: Path) -> None:
+    """The survivor whose turn comes first lacks the dead leader's last entry, so the other
+    refuses its vote (Raft §5.4.1).  It then stands itself, at once, and wins: without
+    that, nobody would stand again before pysyncobj's timeout (a minute here)."""
+    async def main() -> None:
+        async with three(tmp_path) as stores:
+            leader = next(s for s in stores if s.status()["state"] == "leader")
+            followers = sorted((s for s in stores if s is not leader),
+                               key=lambda s: s.self_address)
+            first, longer = followers  # `first` stands first: the lower address
+            await leader.submit({"op": "add_vhost", "name": "both"})
+            await eventually(lambda: all("both" in s.snapshot()["vhosts"] for s in stores),
+                             10, "the first vhost everywhere")
+            drop_appends_to(leader, first.self_address)
+            await leader.submit({"op": "add_vhost", "name": "last"})
+            await eventually(lambda: "last" in longer.snapshot()["vhosts"], 10,
+                             "the last vhost on the follower that gets appends")
+            assert "last" not in first.snapshot()["vhosts"]
+            term = leader.status()["term"]
+
+            await leader.close()  # its ports refuse connections now, as after kill -9
+            await eventually(lambda: longer.status()["state"] == "leader"
+                             and first.status()["leader"] == longer.self_address, 20,
+                             "the survivor with the longer log elected")
+            # the refused candidate stood once (term+1), the longer log at the next term
+            assert longer.status()["term"] == term + 2
+            await eventually(lambda: "last" in first.snapshot()["vhosts"], 10,
+                             "the committed entry kept and replicated to the other survivor")
+            result = await first.submit({"op": "add_vhost", "name": "after"})
+            assert result["ok"] is True
+
+    run(main())
+
