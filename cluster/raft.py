@@ -47,6 +47,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from cluster import definitions_digest
 from cluster.definitions import INTERNAL_ERROR, DefinitionState
 from cluster.journal import DurableJournal
+from cluster.leader_handoff import hand_off_leadership
 from cluster.leader_watch import watch_leader
 from cluster.raft_transport import SecretCheckingTransport
 
@@ -89,6 +90,8 @@ _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 _FOLLOWER_STATE, _LEADER_STATE = 0, 2
 # A follower stands for election 0.4-0.8 s after the leader's last heartbeat.
 RAFT_MIN_TIMEOUT = 0.4
+# how long a change waits for a leader while a majority is connected (an election)
+ELECTION_WAIT = 1.0
 RAFT_MAX_TIMEOUT = 0.8
 
 
@@ -381,6 +384,8 @@ class MetadataStore:
         self._uncommitted: set[int] = set()  # read by the tick thread (set ops are atomic)
         self._closed = False
         self._leader_watch: asyncio.Future[None] | None = None
+        self._handoff: asyncio.Future[None] | None = None
+        self._transfer_to: str | None = None  # read and cleared by the tick thread
         self._digest_task: asyncio.Future[None] | None = None
         # members whose addition was sent but whose outcome is not known yet (address ->
         # why); settled by the membership itself (status()) or by a later answer
@@ -415,6 +420,7 @@ class MetadataStore:
             )
             if self._peers:
                 self._leader_watch = asyncio.ensure_future(watch_leader(self))
+                self._handoff = asyncio.ensure_future(hand_off_leadership(self))
                 self._digest_task = asyncio.ensure_future(self._check_digests())
         machine = self._machine
         while True:
@@ -447,8 +453,9 @@ class MetadataStore:
         if self._closed:
             return
         self._closed = True
-        if self._leader_watch is not None:
-            self._leader_watch.cancel()
+        for task in (self._leader_watch, self._handoff):
+            if task is not None:
+                task.cancel()
         if self._digest_task is not None:
             self._digest_task.cancel()
         machine, self._machine = self._machine, None
@@ -550,6 +557,9 @@ class MetadataStore:
         def on_tick() -> None:  # tick thread, right before it sleeps in poll()
             if not wakeup.armed:
                 wakeup.arm(machine._poller)
+            target, self._transfer_to = self._transfer_to, None
+            if target is not None:
+                machine.transferLeadership(target)
             if self._uncommitted and not machine.otherNodes:
                 wakeup.notify()
 
@@ -571,6 +581,13 @@ class MetadataStore:
         if not isinstance(command, dict) or not isinstance(command.get("op"), str):
             raise ValueError(f"a definition command is a dict with an 'op', got {command!r}")
         blob = msgpack.packb(command, use_bin_type=True)
+        if machine._getLeader() is None and _has_quorum(machine):
+            # a majority is connected: an election is under way (a leader's death, or
+            # one handing its role away, cluster/leader_handoff.py); it takes milliseconds
+            deadline = time.monotonic() + ELECTION_WAIT
+            while machine._getLeader() is None and time.monotonic() < deadline \
+                    and not self._closed:
+                await asyncio.sleep(0.01)
         if machine._getLeader() is None:
             raise ClusterUnavailable(
                 "cluster has no quorum: definition change refused (no Raft leader)"
@@ -878,6 +895,35 @@ class MetadataStore:
             machine._SyncObj__raftElectionDeadline = 0
         else:  # pragma: no cover - a pysyncobj that renamed it
             logger.warning("pysyncobj internals changed: cannot call an election early")
+        if self._wakeup is not None:
+            self._wakeup.notify()
+
+    def vhost_owners(self) -> tuple[dict[str, int], set[str]]:
+        """Vhosts owned per member's Raft address, and the Raft addresses of all owners
+        (`cluster.leader_handoff`).  A vhost whose owner has no known address counts as
+        owned by an unknown member ("?"), which never counts as connected."""
+        owned: dict[str, int] = {}
+        with self._replica.lock:
+            state = self._replica.state
+            for vhost in state.vhosts.values():
+                owner = vhost.get("owner")
+                if not owner:
+                    continue
+                raft_address = (state.nodes.get(owner) or {}).get("raft") or ""
+                try:
+                    address = normalize_address(raft_address) if raft_address else "?"
+                except ValueError:
+                    address = "?"
+                owned[address] = owned.get(address, 0) + 1
+        return owned, set(owned)
+
+    def changes_in_flight(self) -> bool:
+        return bool(self._uncommitted)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Ask pysyncobj, on its tick thread, to hand leadership to ``target`` (a Raft
+        address): it sends TimeoutNow if the target's log matches, else does nothing."""
+        self._transfer_to = normalize_address(target)
         if self._wakeup is not None:
             self._wakeup.notify()
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+import cluster.leader_handoff as handoff
 import cluster.raft as raft
+from cluster.leader_handoff import handoff_target
 from cluster.raft import MetadataStore
 from tests.unit.test_raft import SECRET, eventually, free_port, run
 
@@ -98,3 +100,56 @@ def test_the_survivor_with_the_longer_log_wins_after_refusing_the_first_candidat
 
     run(main())
 
+
+
+# ---------------------------------------------------------------- leadership hand-off
+
+
+def test_handoff_target_rules() -> None:
+    owned = {"a:1": 2, "b:1": 0, "c:1": 1}
+    everyone = {"b:1", "c:1"}
+    # a leader that owns vhosts hands off to a connected member owning none
+    assert handoff_target("a:1", owned, everyone, {"a:1", "c:1"}) == "b:1"
+    # one that owns none keeps the role: leadership moves once and stays
+    assert handoff_target("b:1", owned, {"a:1", "c:1"}, {"a:1", "c:1"}) is None
+    # nobody better: every member owns a vhost
+    assert handoff_target("a:1", {"a:1": 1, "b:1": 1, "c:1": 1}, everyone,
+                          {"a:1", "b:1", "c:1"}) is None
+    # an owner this leader cannot reach may be failing over: the leader stays
+    assert handoff_target("a:1", owned, {"b:1"}, {"a:1", "c:1"}) is None
+    # a member owning none but not connected is no target
+    assert handoff_target("a:1", {"a:1": 1, "b:1": 0, "c:1": 0}, {"c:1"}, {"a:1"}) == "c:1"
+
+
+def test_a_leader_that_owns_a_vhost_hands_leadership_to_a_member_owning_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raft, "RAFT_MIN_TIMEOUT", 0.4)  # ordinary elections here
+    monkeypatch.setattr(raft, "RAFT_MAX_TIMEOUT", 0.8)
+
+    async def main() -> None:
+        async with three(tmp_path) as stores:
+            leader = next(s for s in stores if s.status()["state"] == "leader")
+            others = sorted((s for s in stores if s is not leader),
+                            key=lambda s: s.self_address)
+            for i, s in enumerate(stores):
+                await leader.submit({"op": "register_node", "name": f"n{i}@h",
+                                     "raft": s.self_address})
+            name = {s: f"n{i}@h" for i, s in enumerate(stores)}
+            # the leader and the first other member own a vhost each; the last owns none
+            await leader.submit({"op": "add_vhost", "name": "on-leader",
+                                 "owner": name[leader]})
+            await leader.submit({"op": "add_vhost", "name": "on-other",
+                                 "owner": name[others[0]]})
+            idle = others[1]
+            await eventually(lambda: idle.status()["state"] == "leader", 20,
+                             "Raft leadership handed to the member that owns no vhost")
+            for s in stores:
+                await eventually(lambda s=s: s.status()["leader"] == idle.self_address, 10,
+                                 "every member following the new leader")
+            # it owns nothing: it keeps the role (and changes commit through it)
+            result = await leader.submit({"op": "add_vhost", "name": "after"})
+            assert result["ok"] is True
+            await asyncio.sleep(handoff.SETTLED + handoff.CHECK_EVERY * 3)
+            assert idle.status()["state"] == "leader"
+
+    run(main())
