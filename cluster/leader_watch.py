@@ -6,10 +6,12 @@ or refused vote costs another round: a leader killed together with the vhosts it
 kept them dark for 1-2.6 s.  A killed process's port refuses connections at once (the
 fast signal DESIGN §4 names, and what RabbitMQ's Ra acts on through Erlang's node
 monitor), so a follower that sees its leader disconnected and its Raft port refusing
-stands right away.  The survivors stand in turn (by address, 0.2 s apart): two that stand
-together split the vote and both wait out the timeout after all, and the first one's vote
-request reaches the others well within 0.2 s.  A partition or a paused leader refuses
-nothing: the election timeout decides.
+stands right away.  Only one survivor stands: the first by address among those still
+connected (a later one takes its turn, 0.2 s apart, only when every earlier one is gone
+too).  Two that stand together split the vote and both wait out the timeout after all,
+and on a loaded machine the first one's vote request can take longer than any fixed turn
+to arrive (each side fsyncs its term and vote first).  A partition or a paused leader
+refuses nothing: the election timeout decides.
 
 The first to stand may have the shorter log: the dead leader's last entry reached one
 survivor and not the other.  Raft's vote rule (§5.4.1) then makes the other refuse it,
@@ -76,9 +78,17 @@ async def watch_leader(store: MetadataStore) -> None:
         if not await _refuses(leader):
             continue
         dead_since = time.monotonic()
-        survivors = sorted([status.get("self", ""), *(
-            p for p in status.get("partners", {}) if p != leader)])
-        turn = survivors.index(status.get("self", "")) if status.get("self") in survivors else 0
+        partners = status.get("partners", {})
+        me = status.get("self", "")
+        survivors = sorted([me, *(p for p in partners if p != leader)])
+        turn = survivors.index(me) if me in survivors else 0
+        if any(partners.get(p) == "connected" for p in survivors[:turn]):
+            # a survivor whose turn comes first is connected and stands now: standing
+            # too would split the vote (its request can take longer than a turn on a
+            # loaded machine: a vote is fsynced before it is sent and before it is
+            # answered), so this node waits for its request, and stands only if it must
+            # refuse it (above) or if nobody stood by pysyncobj's own timeout
+            continue
         deadline = time.monotonic() + turn * TURN + random.uniform(0, JITTER)
         # wait for this node's turn, unless another candidate's vote request comes first
         while time.monotonic() < deadline and store.status().get("leader") == leader:

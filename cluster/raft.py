@@ -386,6 +386,7 @@ class MetadataStore:
         self._leader_watch: asyncio.Future[None] | None = None
         self._handoff: asyncio.Future[None] | None = None
         self._transfer_to: str | None = None  # read and cleared by the tick thread
+        self._last_contact = 0.0  # majority_contact's last answer while one was known
         self._digest_task: asyncio.Future[None] | None = None
         # members whose addition was sent but whose outcome is not known yet (address ->
         # why); settled by the membership itself (status()) or by a later answer
@@ -760,7 +761,9 @@ class MetadataStore:
         the leader's last heartbeat (pysyncobj resets the election deadline, 0.4-0.8 s
         ahead, on each: counted from its far end, so the answer is never late).  A
         follower's leader steps down after 5 s without a majority of its own; in a cluster
-        of three the two of them are one.  0.0 when it cannot tell."""
+        of three the two of them are one.  While an election runs (no leader known, or
+        one called early), the last contact it knew: the lease runs from there, rather
+        than lapsing on every owner the moment the Raft leader dies.  0.0 before any."""
         machine = self._machine
         if machine is None:
             return 0.0
@@ -771,19 +774,27 @@ class MetadataStore:
                 others = list(getattr(machine, "_SyncObj__otherNodes", ()))
                 if state == _LEADER_STATE:
                     if not others:
-                        return now
+                        return self._contact(now)
                     answers = getattr(machine, "_SyncObj__lastResponseTime", {})
                     times = sorted((answers.get(n, 0.0) for n in others), reverse=True)
                     # a majority of all members, this one included
                     need = (len(others) + 1) // 2
-                    return times[need - 1] if need else now
+                    return self._contact(times[need - 1] if need else now)
                 if state == _FOLLOWER_STATE and machine._getLeader() is not None:
                     deadline = getattr(machine, "_SyncObj__raftElectionDeadline", 0.0)
-                    return float(deadline) - RAFT_MAX_TIMEOUT
-                return 0.0
+                    if deadline == 0:  # an election called early (leader_watch)
+                        return self._last_contact
+                    return self._contact(float(deadline) - RAFT_MAX_TIMEOUT)
+                # an election (no leader known): the last contact known, not "never" —
+                # otherwise every owner stops serving the moment the Raft leader dies
+                return self._last_contact
             except RuntimeError:  # a dict changed size under the tick thread
                 continue
-        return 0.0
+        return self._last_contact
+
+    def _contact(self, when: float) -> float:
+        self._last_contact = max(self._last_contact, when)
+        return when
 
     def waiting_reason(self) -> str:
         """Why this node has no usable Raft cluster yet, for the log while start() waits."""

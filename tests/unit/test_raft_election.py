@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 import cluster.leader_handoff as handoff
+import cluster.leader_watch as leader_watch
 import cluster.raft as raft
 from cluster.leader_handoff import handoff_target
 from cluster.raft import MetadataStore
@@ -101,6 +104,62 @@ def test_the_survivor_with_the_longer_log_wins_after_refusing_the_first_candidat
     run(main())
 
 
+
+
+def delay_vote_requests(store: MetadataStore, seconds: float) -> None:
+    """``store``'s vote requests arrive ``seconds`` late, as on a loaded machine (each
+    side fsyncs its term and vote around them)."""
+    transport = store._machine._SyncObj__transport  # type: ignore[union-attr]
+    send = transport.send
+
+    def delayed(node: Any, message: dict[str, Any]) -> Any:
+        if message.get("type") == "request_vote":
+            threading.Timer(seconds, send, (node, message)).start()
+            return None
+        return send(node, message)
+    transport.send = delayed
+
+
+def test_a_slow_vote_request_does_not_split_the_vote(tmp_path: Path) -> None:
+    """The first survivor in turn stands, but its vote request takes longer than a turn
+    to arrive.  The other survivor, seeing it connected, does not stand too (that split
+    the vote: each had voted for itself) and votes for it when the request comes."""
+    async def main() -> None:
+        async with three(tmp_path) as stores:
+            leader = next(s for s in stores if s.status()["state"] == "leader")
+            first, second = sorted((s for s in stores if s is not leader),
+                                   key=lambda s: s.self_address)
+            term = leader.status()["term"]
+            delay_vote_requests(first, 3 * leader_watch.TURN)
+            await leader.close()
+            await eventually(lambda: first.status()["state"] == "leader"
+                             and second.status()["leader"] == first.self_address, 20,
+                             "the first survivor elected")
+            assert first.status()["term"] == term + 1
+
+    run(main())
+
+
+def test_the_owner_lease_runs_from_the_last_contact_during_an_election(
+        tmp_path: Path) -> None:
+    """While the survivors elect a new leader, a survivor's last contact with a majority
+    is the dead leader's last heartbeat, not "never": an owner lease counted from "never"
+    stopped every owner in the cluster the moment the Raft leader died."""
+    async def main() -> None:
+        async with three(tmp_path) as stores:
+            leader = next(s for s in stores if s.status()["state"] == "leader")
+            first, _second = sorted((s for s in stores if s is not leader),
+                                    key=lambda s: s.self_address)
+            delay_vote_requests(first, 10 * leader_watch.TURN)
+            before = first.majority_contact()
+            assert before > 0
+            await leader.close()
+            await eventually(lambda: first.status()["state"] == "candidate", 20,
+                             "an election under way")
+            during = first.majority_contact()
+            assert before <= during <= time.monotonic()
+
+    run(main())
 
 # ---------------------------------------------------------------- leadership hand-off
 
