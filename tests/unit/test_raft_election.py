@@ -161,6 +161,31 @@ def test_the_owner_lease_runs_from_the_last_contact_during_an_election(
 
     run(main())
 
+
+def test_a_vote_request_between_long_idle_followers_arrives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two followers exchange no Raft messages; pysyncobj drops a link that has read
+    nothing for its connection timeout (3.5 s) when it next sends on it, so the first
+    vote request after the leader's death was lost, both survivors stood at the same term
+    and the election fell to the timeouts.  Links kept warm carry it: one round."""
+    monkeypatch.setattr(raft, "RAFT_MIN_TIMEOUT", 3.0)  # the longest pysyncobj accepts
+    monkeypatch.setattr(raft, "RAFT_MAX_TIMEOUT", 3.4)  # with its 3.5 s connection timeout
+
+    async def main() -> None:
+        async with three(tmp_path) as stores:
+            leader = next(s for s in stores if s.status()["state"] == "leader")
+            first, second = sorted((s for s in stores if s is not leader),
+                                   key=lambda s: s.self_address)
+            await asyncio.sleep(4.5)  # the followers' link idle past the timeout
+            term = leader.status()["term"]
+            await leader.close()
+            await eventually(lambda: first.status()["state"] == "leader"
+                             or second.status()["state"] == "leader", 20, "a new leader")
+            elected = first if first.status()["state"] == "leader" else second
+            assert elected.status()["term"] == term + 1, "the first election was lost"
+
+    run(main())
+
 # ---------------------------------------------------------------- leadership hand-off
 
 
