@@ -9,10 +9,13 @@ log matches the leader's, which stands at once and wins).  Killing an owner then
 kills the leader too.  When every member owns a vhost there is nowhere better to go and
 the leader stays.
 
-It hands off only when nothing is under way: it has led for `SETTLED` seconds (it may
-have just been elected to fail vhosts over), every vhost's owner is connected to it (an
-owner that is gone is this leader's to fail over first), and no change of its own waits
-for a commit; and at most once every `RETRY_AFTER` seconds.  A target that owns nothing
+It hands off only when nothing is under way, because a change in flight on another
+member when leadership moves ends with an unknown outcome there: it has led for `SETTLED`
+seconds (it may have just been elected to fail vhosts over), nothing was committed for
+`QUIET` seconds, no change of its own waits for a commit, no vhost is being moved (a move
+commits its owner change at the end of a wait of its own), and every vhost's owner is
+connected to it (an owner that is gone is this leader's to fail over first); and at most
+once every `RETRY_AFTER` seconds.  A target that owns nothing
 never hands the role back, so leadership moves once and stays.
 """
 
@@ -31,6 +34,7 @@ log = logging.getLogger("warren.raft")
 
 CHECK_EVERY = 0.5
 SETTLED = 2.0
+QUIET = 1.0
 RETRY_AFTER = 5.0
 
 
@@ -40,7 +44,7 @@ def handoff_target(me: str, owned: Mapping[str, int], connected: set[str],
 
     ``owned``: vhosts owned per member (Raft address); ``connected``: the members this
     leader talks to; ``owners``: the Raft addresses of every vhost's owner."""
-    if owned.get(me, 0) == 0:
+    if owned.get(me, 0) == 0 or owned.get("moving"):
         return None
     if any(o != me and o not in connected for o in owners):
         return None  # an owner may be gone: failing it over is this leader's job
@@ -51,6 +55,7 @@ def handoff_target(me: str, owned: Mapping[str, int], connected: set[str],
 async def hand_off_leadership(store: MetadataStore) -> None:
     leading_since: float | None = None
     tried_at = float("-inf")
+    commit_index, committed_at = None, time.monotonic()
     while not store.closed:
         await asyncio.sleep(CHECK_EVERY)
         try:
@@ -61,8 +66,10 @@ async def hand_off_leadership(store: MetadataStore) -> None:
             now = time.monotonic()
             if leading_since is None:
                 leading_since = now
+            if status.get("commit_index") != commit_index:
+                commit_index, committed_at = status.get("commit_index"), now
             if now - leading_since < SETTLED or now - tried_at < RETRY_AFTER \
-                    or store.changes_in_flight():
+                    or now - committed_at < QUIET or store.changes_in_flight():
                 continue
             owned, owners = store.vhost_owners()
             connected = {p for p, v in status.get("partners", {}).items() if v == "connected"}

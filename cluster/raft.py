@@ -911,12 +911,15 @@ class MetadataStore:
 
     def vhost_owners(self) -> tuple[dict[str, int], set[str]]:
         """Vhosts owned per member's Raft address, and the Raft addresses of all owners
-        (`cluster.leader_handoff`).  A vhost whose owner has no known address counts as
+        (`cluster.leader_handoff`; "moving" counts 1 while a vhost is being moved).  A vhost
+        whose owner has no known address counts as
         owned by an unknown member ("?"), which never counts as connected."""
         owned: dict[str, int] = {}
         with self._replica.lock:
             state = self._replica.state
             for vhost in state.vhosts.values():
+                if vhost.get("moving_to"):
+                    owned["moving"] = 1  # a move under way: see `cluster.leader_handoff`
                 owner = vhost.get("owner")
                 if not owner:
                     continue
@@ -926,7 +929,7 @@ class MetadataStore:
                 except ValueError:
                     address = "?"
                 owned[address] = owned.get(address, 0) + 1
-        return owned, set(owned)
+        return owned, set(owned) - {"moving"}
 
     def changes_in_flight(self) -> bool:
         return bool(self._uncommitted)

@@ -201,6 +201,8 @@ def test_handoff_target_rules() -> None:
                           {"a:1", "b:1", "c:1"}) is None
     # an owner this leader cannot reach may be failing over: the leader stays
     assert handoff_target("a:1", owned, {"b:1"}, {"a:1", "c:1"}) is None
+    # nor while a vhost is being moved
+    assert handoff_target("a:1", {**owned, "moving": 1}, everyone, {"a:1", "c:1"}) is None
     # a member owning none but not connected is no target
     assert handoff_target("a:1", {"a:1": 1, "b:1": 0, "c:1": 0}, {"c:1"}, {"a:1"}) == "c:1"
 
