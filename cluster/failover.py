@@ -22,7 +22,7 @@ from cluster.liveness import Liveness, Positions
 
 log = logging.getLogger("warren.failover")
 
-TICK = 0.05
+TICK = 0.02  # a new leader reacts to a dead owner within this
 REPAIR_EVERY = 1.0  # replica repairs are not urgent; owners' deaths are
 
 Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

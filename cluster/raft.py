@@ -47,6 +47,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from cluster import definitions_digest
 from cluster.definitions import INTERNAL_ERROR, DefinitionState
 from cluster.journal import DurableJournal
+from cluster.leader_handoff import hand_off_leadership
 from cluster.leader_watch import watch_leader
 from cluster.raft_transport import SecretCheckingTransport
 
@@ -88,6 +89,9 @@ _FAIL_TEXT = {
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 _FOLLOWER_STATE, _LEADER_STATE = 0, 2
 # A follower stands for election 0.4-0.8 s after the leader's last heartbeat.
+RAFT_MIN_TIMEOUT = 0.4
+# how long a change waits for a leader while a majority is connected (an election)
+ELECTION_WAIT = 1.0
 RAFT_MAX_TIMEOUT = 0.8
 
 
@@ -380,6 +384,9 @@ class MetadataStore:
         self._uncommitted: set[int] = set()  # read by the tick thread (set ops are atomic)
         self._closed = False
         self._leader_watch: asyncio.Future[None] | None = None
+        self._handoff: asyncio.Future[None] | None = None
+        self._transfer_to: str | None = None  # read and cleared by the tick thread
+        self._last_contact = 0.0  # majority_contact's last answer while one was known
         self._digest_task: asyncio.Future[None] | None = None
         # members whose addition was sent but whose outcome is not known yet (address ->
         # why); settled by the membership itself (status()) or by a later answer
@@ -414,6 +421,7 @@ class MetadataStore:
             )
             if self._peers:
                 self._leader_watch = asyncio.ensure_future(watch_leader(self))
+                self._handoff = asyncio.ensure_future(hand_off_leadership(self))
                 self._digest_task = asyncio.ensure_future(self._check_digests())
         machine = self._machine
         while True:
@@ -446,8 +454,9 @@ class MetadataStore:
         if self._closed:
             return
         self._closed = True
-        if self._leader_watch is not None:
-            self._leader_watch.cancel()
+        for task in (self._leader_watch, self._handoff):
+            if task is not None:
+                task.cancel()
         if self._digest_task is not None:
             self._digest_task.cancel()
         machine, self._machine = self._machine, None
@@ -513,8 +522,10 @@ class MetadataStore:
             # A follower calls an election after 0.4-0.8 s without the leader's heartbeat
             # (every 0.1 s) instead of 0.4-1.4 s: when the leader dies with vhosts it owns,
             # their failover waits for the next leader (serve again within 1 s).
-            raftMinTimeout=0.4,
+            raftMinTimeout=RAFT_MIN_TIMEOUT,
             raftMaxTimeout=RAFT_MAX_TIMEOUT,
+            # pysyncobj's default (3.5 s), which must not be below the election timeout
+            connectionTimeout=max(3.5, RAFT_MAX_TIMEOUT),
             # pysyncobj caches a peer's address for 10 minutes (a failed lookup for 30 s):
             # a container recreated with a new address, or not yet in DNS when this node
             # starts, would stay unreachable that long.  A lookup per reconnect is cheap.
@@ -547,6 +558,9 @@ class MetadataStore:
         def on_tick() -> None:  # tick thread, right before it sleeps in poll()
             if not wakeup.armed:
                 wakeup.arm(machine._poller)
+            target, self._transfer_to = self._transfer_to, None
+            if target is not None:
+                machine.transferLeadership(target)
             if self._uncommitted and not machine.otherNodes:
                 wakeup.notify()
 
@@ -568,6 +582,13 @@ class MetadataStore:
         if not isinstance(command, dict) or not isinstance(command.get("op"), str):
             raise ValueError(f"a definition command is a dict with an 'op', got {command!r}")
         blob = msgpack.packb(command, use_bin_type=True)
+        if machine._getLeader() is None and _has_quorum(machine):
+            # a majority is connected: an election is under way (a leader's death, or
+            # one handing its role away, cluster/leader_handoff.py); it takes milliseconds
+            deadline = time.monotonic() + ELECTION_WAIT
+            while machine._getLeader() is None and time.monotonic() < deadline \
+                    and not self._closed:
+                await asyncio.sleep(0.01)
         if machine._getLeader() is None:
             raise ClusterUnavailable(
                 "cluster has no quorum: definition change refused (no Raft leader)"
@@ -759,7 +780,9 @@ class MetadataStore:
         the leader's last heartbeat (pysyncobj resets the election deadline, 0.4-0.8 s
         ahead, on each: counted from its far end, so the answer is never late).  A
         follower's leader steps down after 5 s without a majority of its own; in a cluster
-        of three the two of them are one.  0.0 when it cannot tell."""
+        of three the two of them are one.  While an election runs (no leader known, or
+        one called early), the last contact it knew: the lease runs from there, rather
+        than lapsing on every owner the moment the Raft leader dies.  0.0 before any."""
         machine = self._machine
         if machine is None:
             return 0.0
@@ -770,19 +793,27 @@ class MetadataStore:
                 others = list(getattr(machine, "_SyncObj__otherNodes", ()))
                 if state == _LEADER_STATE:
                     if not others:
-                        return now
+                        return self._contact(now)
                     answers = getattr(machine, "_SyncObj__lastResponseTime", {})
                     times = sorted((answers.get(n, 0.0) for n in others), reverse=True)
                     # a majority of all members, this one included
                     need = (len(others) + 1) // 2
-                    return times[need - 1] if need else now
+                    return self._contact(times[need - 1] if need else now)
                 if state == _FOLLOWER_STATE and machine._getLeader() is not None:
                     deadline = getattr(machine, "_SyncObj__raftElectionDeadline", 0.0)
-                    return float(deadline) - RAFT_MAX_TIMEOUT
-                return 0.0
+                    if deadline == 0:  # an election called early (leader_watch)
+                        return self._last_contact
+                    return self._contact(float(deadline) - RAFT_MAX_TIMEOUT)
+                # an election (no leader known): the last contact known, not "never" —
+                # otherwise every owner stops serving the moment the Raft leader dies
+                return self._last_contact
             except RuntimeError:  # a dict changed size under the tick thread
                 continue
-        return 0.0
+        return self._last_contact
+
+    def _contact(self, when: float) -> float:
+        self._last_contact = max(self._last_contact, when)
+        return when
 
     def waiting_reason(self) -> str:
         """Why this node has no usable Raft cluster yet, for the log while start() waits."""
@@ -896,6 +927,45 @@ class MetadataStore:
             logger.warning("pysyncobj internals changed: cannot call an election early")
         if self._wakeup is not None:
             self._wakeup.notify()
+
+    def vhost_owners(self) -> tuple[dict[str, int], set[str]]:
+        """Vhosts owned per member's Raft address, and the Raft addresses of all owners
+        (`cluster.leader_handoff`; "moving" counts 1 while a vhost is being moved).  A vhost
+        whose owner has no known address counts as
+        owned by an unknown member ("?"), which never counts as connected."""
+        owned: dict[str, int] = {}
+        with self._replica.lock:
+            state = self._replica.state
+            for vhost in state.vhosts.values():
+                if vhost.get("moving_to"):
+                    owned["moving"] = 1  # a move under way: see `cluster.leader_handoff`
+                owner = vhost.get("owner")
+                if not owner:
+                    continue
+                raft_address = (state.nodes.get(owner) or {}).get("raft") or ""
+                try:
+                    address = normalize_address(raft_address) if raft_address else "?"
+                except ValueError:
+                    address = "?"
+                owned[address] = owned.get(address, 0) + 1
+        return owned, set(owned) - {"moving"}
+
+    def changes_in_flight(self) -> bool:
+        return bool(self._uncommitted)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Ask pysyncobj, on its tick thread, to hand leadership to ``target`` (a Raft
+        address): it sends TimeoutNow if the target's log matches, else does nothing."""
+        self._transfer_to = normalize_address(target)
+        if self._wakeup is not None:
+            self._wakeup.notify()
+
+    def voted_this_term(self) -> bool:
+        """Whether this node has voted (for itself or another) in its current Raft term:
+        a follower with no leader that has not voted refused the candidate that moved it
+        to this term (see `cluster.leader_watch`)."""
+        machine = self._machine
+        return machine is None or getattr(machine, "_SyncObj__votedForNodeId", 0) is not None
 
     @property
     def self_address(self) -> str:

@@ -9,6 +9,12 @@
 * The journal is durable before any Raft message leaves (`cluster.journal`).
 * Stale append-entries are trimmed so that entries matching the leader's log are never
   deleted (`cluster.log_matching`).
+* Links are kept warm: every member sends every connected member a `keepalive` each
+  `KEEPALIVE_EVERY` seconds (pysyncobj ignores a message type it does not know).  Two
+  followers otherwise exchange nothing, and pysyncobj drops a connection that has read
+  nothing for `connectionTimeout` (3.5 s) when it next sends on it: the first vote
+  request after the leader's death was lost that way, the link re-made a second later,
+  and the election left to the timeouts (0.7 s of every failover whose owner led Raft).
 * Every message carries the sender's cluster id (`cluster.membership`); messages from a
   node of another cluster (a member whose log was written outside this one) are dropped,
   so it can neither vote nor lead here.  A node that knows no id yet (a new member before
@@ -23,7 +29,7 @@ import logging
 import time
 from typing import Any
 
-from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from cluster.log_matching import trim_append_entries
@@ -37,6 +43,8 @@ logger = logging.getLogger("warren.raft_port")
 PREAUTH_MAX_BYTES = 64 * 1024
 PREAUTH_TIMEOUT = 5.0
 CLUSTER_TAG = "warren_cluster"  # the key added to pysyncobj's message dicts
+# well inside pysyncobj's connectionTimeout (3.5 s), so that no idle link is dropped
+KEEPALIVE_EVERY = 1.0
 FOREIGN_LOG_EVERY = 30.0
 
 
@@ -45,8 +53,19 @@ class WarrenTransport(TCPTransport):
         self._pending: dict[TcpConnection, tuple[float, str]] = {}
         self._foreign_logged: dict[str, float] = {}
         self.foreign: dict[str, str] = {}  # peer -> the other cluster id it sent
+        self._warmed_at = 0.0
         super().__init__(syncObj, selfNode, otherNodes)
         syncObj.addOnTickCallback(self._expire_unauthenticated)
+        syncObj.addOnTickCallback(self._keep_links_warm)
+
+    def _keep_links_warm(self) -> None:
+        now = time.monotonic()
+        if now - self._warmed_at < KEEPALIVE_EVERY:
+            return
+        self._warmed_at = now
+        for node, conn in list(self._connections.items()):
+            if conn.state == CONNECTION_STATE.CONNECTED:
+                self.send(node, {"type": "keepalive"})
 
     # --------------------------------------------------------- before authentication
     def _onNewIncomingConnection(self, conn: TcpConnection) -> None:  # noqa: N802

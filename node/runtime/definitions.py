@@ -109,6 +109,7 @@ class DefinitionService:
                 "op": "declare_exchange", "vhost": vh.name, "name": name, "type": type_name,
                 "durable": True, "auto_delete": auto_delete, "internal": internal,
                 "arguments": encode_args(args)})
+            vh = self.runtime.vhosts.get(vh.name, vh)  # rebuilt meanwhile? (see declare_queue)
             ex = vh.exchanges.get(name)
             if ex is None:  # deleted again before we looked
                 raise errors.not_found("exchange", name, vh.name)
@@ -142,6 +143,9 @@ class DefinitionService:
                 "op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
                 "auto_delete": auto_delete, "exclusive": False, "arguments": encode_args(args),
                 "id": new_declaration()})
+            # the vhost's runtime may have been rebuilt while the change committed (a
+            # failover or a move of the vhost): the queue is in the new one
+            vh = self.runtime.vhosts.get(vh.name, vh)
             q = vh.queues.get(name)
             if q is None:
                 raise errors.not_found("queue", name, vh.name)

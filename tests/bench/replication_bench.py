@@ -560,55 +560,95 @@ def stage_failover(a: argparse.Namespace, w: Warren, r: Rabbit, out: dict) -> No
     r.wait_in_sync(q)
     rounds: dict[str, list[dict]] = {"warren_f3": [], "rabbit_quorum": []}
     flags = steady_flags(a, "fo")
+    cases = [c for c in a.failover_cases.split(",") if c]
     out["failover"] = {"flags": flags, "tick": a.tick, "pre_s": a.pre, "post_s": a.post,
-                       "rounds": rounds}
-    for rnd in range(1, a.rounds + 1):
-        # WarrenMQ: kill -9 the owner, client on another node
+                       "cases": cases, "rounds": rounds}
+    if cases != ["any"]:
+        # every node owns a vhost of its own (factor 1: it never moves), so the Raft
+        # leader always owns one too, as in a cluster with many vhosts; then the owner
+        # of fo3 is placed on the leader or away from it before each kill
+        for n in w.nodes:
+            w.create_vhost(f"pin-{n.name.split('@')[0]}", n, 1)
+    for rnd, case in ((r, c) for r in range(1, a.rounds + 1) for c in cases):
+        if case != "any":
+            arrange_owner(w, vh, case)
+            st_case: dict[str, Any] = {"case": case}
+        else:
+            st_case = {}
+        failover_round(a, w, r, vh, q, flags, rnd, rounds, st_case)
+
+
+def arrange_owner(w: Warren, vh: str, case: str) -> None:
+    """Move ``vh`` onto the Raft leader (``leader``) or onto a node that does not lead
+    (``follower``), unless it is there already."""
+    for _ in range(5):
+        leader = w.raft_leader()
         owner = w.owner(vh)
-        client = next(n for n in w.nodes if n is not owner)
-        raft_leader = w.raft_leader()
-        st, _, t_kill = chained_event(w.url(client, vh), flags, a, a.pre, a.post,
-                                      lambda o=owner: o.kill())
-        after = None
-        try:
-            after = wait_until(lambda c=client, o=owner: (p := w.placement(vh, via=c))["owner"]
-                               != o.name and p["available"] and p, 30, "failover")
-        except TimeoutError as e:
-            st["failover_error"] = str(e)
-        st.update(round=rnd, killed=owner.name, client_via=client.name,
-                  killed_raft_leader=raft_leader == owner.name,
-                  new_owner=after and after["owner"], epoch=after and after["epoch"])
-        t0 = time.monotonic()
-        owner.launch().wait(90)
-        try:
-            w.wait_in_sync(vh, 3)
-            st["back_in_sync_s"] = round(time.monotonic() - t0, 1)
-        except TimeoutError as e:
-            st["resync_error"] = str(e)
-        rounds["warren_f3"].append(st)
-        log(f"failover round {rnd} WarrenMQ: killed {owner.name}, client via {client.name}:"
-            f" gap {st.get('gap_ms')} ms, resume {st.get('resume_ms')} ms after the kill,"
-            f" {st['failed_starts']} failed reconnects, new owner {st.get('new_owner')},"
-            f" {'also' if st['killed_raft_leader'] else 'not'} the Raft leader,"
-            f" back in sync after {st.get('back_in_sync_s')} s")
-        # RabbitMQ: kill -9 the leader's node, client on a follower
-        leader = r.leader(q)
-        client_n = next(n for n in r.NODES if n != leader)
-        st, _, t_kill = chained_event(r.url(client_n), flags, a, a.pre, a.post,
-                                      lambda n=leader: r.kill(n))
-        try:
-            st["new_leader"] = f"q{r.leader(q)}"
-        except Exception as e:  # noqa: BLE001
-            st["new_leader"] = f"? ({e})"
-        st.update(round=rnd, killed=f"q{leader}", client_via=f"q{client_n}")
-        t0 = time.monotonic()
-        r.restart(leader)
-        r.wait_in_sync(q)
+        if leader is not None and (owner.name == leader) == (case == "leader"):
+            return
+        target = w.node(leader) if case == "leader" and leader else \
+            next(n for n in w.nodes if n.name not in (leader, owner.name))
+        code, body = w.api("POST", f"/api/cluster/vhosts/{vh}/move", {"node": target.name},
+                           via=owner, timeout=200)
+        log(f"failover: moved {vh} {owner.name} -> {target.name} for a '{case}' round: "
+            f"HTTP {code}")
+        w.wait_in_sync(vh, 3)
+        time.sleep(1.0)  # let a leadership hand-off (if any) settle before looking again
+    log(f"failover: could not arrange a '{case}' round (leader {w.raft_leader()}, owner "
+        f"{w.owner(vh).name})")
+
+
+def failover_round(a: argparse.Namespace, w: Warren, r: Rabbit, vh: str, q: str,
+                   flags: list[str], rnd: int, rounds: dict[str, list[dict]],
+                   st_case: dict[str, Any]) -> None:
+    # WarrenMQ: kill -9 the owner, client on another node
+    owner = w.owner(vh)
+    client = next(n for n in w.nodes if n is not owner)
+    raft_leader = w.raft_leader()
+    st, _, t_kill = chained_event(w.url(client, vh), flags, a, a.pre, a.post,
+                                  lambda o=owner: o.kill())
+    after = None
+    try:
+        after = wait_until(lambda c=client, o=owner: (p := w.placement(vh, via=c))["owner"]
+                           != o.name and p["available"] and p, 30, "failover")
+    except TimeoutError as e:
+        st["failover_error"] = str(e)
+    st.update(st_case)
+    st.update(round=rnd, killed=owner.name, client_via=client.name,
+              killed_raft_leader=raft_leader == owner.name,
+              new_owner=after and after["owner"], epoch=after and after["epoch"])
+    t0 = time.monotonic()
+    owner.launch().wait(90)
+    try:
+        w.wait_in_sync(vh, 3)
         st["back_in_sync_s"] = round(time.monotonic() - t0, 1)
-        rounds["rabbit_quorum"].append(st)
-        log(f"failover round {rnd} RabbitMQ: killed q{leader}, client via q{client_n}:"
-            f" gap {st.get('gap_ms')} ms (exact {st.get('exact_gap_ms')}), resume"
-            f" {st.get('resume_ms')} ms after the kill, new leader {st['new_leader']}")
+    except TimeoutError as e:
+        st["resync_error"] = str(e)
+    rounds["warren_f3"].append(st)
+    log(f"failover round {rnd} WarrenMQ: killed {owner.name}, client via {client.name}:"
+        f" gap {st.get('gap_ms')} ms, resume {st.get('resume_ms')} ms after the kill,"
+        f" {st['failed_starts']} failed reconnects, new owner {st.get('new_owner')},"
+        f" {'also' if st['killed_raft_leader'] else 'not'} the Raft leader,"
+        f" back in sync after {st.get('back_in_sync_s')} s")
+    # RabbitMQ: kill -9 the leader's node, client on a follower
+    leader = r.leader(q)
+    client_n = next(n for n in r.NODES if n != leader)
+    st, _, t_kill = chained_event(r.url(client_n), flags, a, a.pre, a.post,
+                                  lambda n=leader: r.kill(n))
+    try:
+        st["new_leader"] = f"q{r.leader(q)}"
+    except Exception as e:  # noqa: BLE001
+        st["new_leader"] = f"? ({e})"
+    st.update(st_case)
+    st.update(round=rnd, killed=f"q{leader}", client_via=f"q{client_n}")
+    t0 = time.monotonic()
+    r.restart(leader)
+    r.wait_in_sync(q)
+    st["back_in_sync_s"] = round(time.monotonic() - t0, 1)
+    rounds["rabbit_quorum"].append(st)
+    log(f"failover round {rnd} RabbitMQ: killed q{leader}, client via q{client_n}:"
+        f" gap {st.get('gap_ms')} ms (exact {st.get('exact_gap_ms')}), resume"
+        f" {st.get('resume_ms')} ms after the kill, new leader {st['new_leader']}")
 
 
 def stage_move(a: argparse.Namespace, w: Warren, out: dict) -> None:
@@ -707,6 +747,14 @@ def summarize(out: dict) -> None:
                                for k, v in rounds.items()},
                  not_resumed={k: sum(1 for x in v if not x.get("resumed"))
                               for k, v in rounds.items()})
+        # per arranged case, and by what was actually killed (the owner led Raft or not)
+        f["gap_ms_by_case"] = {
+            f"{k}/{c}": spread([x.get("gap_ms") for x in v if x.get("case") == c])
+            for k, v in rounds.items() for c in f.get("cases", []) if c != "any"}
+        f["gap_ms_by_killed_leader"] = {
+            f"{'leader' if lead else 'not leader'}": spread(
+                [x.get("gap_ms") for x in rounds["warren_f3"]
+                 if bool(x.get("killed_raft_leader")) == lead]) for lead in (True, False)}
     if "move" in out:
         m, rounds = out["move"], out["move"]["rounds"]
         m.update({k: spread([x.get(k) for x in rounds])
@@ -767,11 +815,19 @@ def table(out: dict) -> str:
                 lead = [x.get("gap_ms") for x in f["rounds"][k] if x.get("killed_raft_leader")]
                 rest = [x.get("gap_ms") for x in f["rounds"][k]
                         if not x.get("killed_raft_leader")]
+                for c, x in f["gap_ms_by_killed_leader"].items():
+                    lines.append(f"{'':18s} owner {c:10s}: {fmt(x['median'])} "
+                                 f"[{fmt(x['min'])}..{fmt(x['max'])}] n={x['n']}")
                 lines.append(f"{'':18s} (* the owner was also the Raft leader: median "
                              f"{fmt(med(lead))} ms in {len(lead)} rounds; otherwise "
                              f"{fmt(med(rest))} ms in {len(rest)})")
             lines.append(f"{'':18s} per round resumed after kill: "
                          + " ".join(fmt(x.get("resume_ms")) for x in f["rounds"][k]))
+            for c in f.get("cases", []):
+                x = f.get("gap_ms_by_case", {}).get(f"{k}/{c}")
+                if x:
+                    lines.append(f"{'':18s} '{c}' rounds: {fmt(x['median'])} "
+                                 f"[{fmt(x['min'])}..{fmt(x['max'])}] n={x['n']}")
             mg = f["max_gap_ms"][k]
             lines.append(f"{'':18s} longest stall of the whole run (any cause) {fmt(mg['median'])}"
                          f" [{fmt(mg['min'])}..{fmt(mg['max'])}]; per round: "
@@ -807,6 +863,10 @@ def main() -> None:
     p.add_argument("--post", type=float, default=7.0, help="s of publishing after the kill")
     p.add_argument("--move-post", type=float, default=5.0, help="s after the move request")
     p.add_argument("--backlog", type=int, default=100_000)
+    p.add_argument("--failover-cases", default="any",
+                   help="'any' (kill the owner wherever it is) or a list of 'leader' (the "
+                        "owner leads Raft too) and 'follower' (it does not), alternated; "
+                        "each node then owns a factor-1 vhost of its own")
     p.add_argument("--quiet-max", type=float, default=40.0,
                    help="before each S3 run wait until the machine is below this CPU%%")
     p.add_argument("--quiet-timeout", type=float, default=5.0)
