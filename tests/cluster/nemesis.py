@@ -118,11 +118,15 @@ def _params(nemesis: str, rng: random.Random) -> dict[str, Any]:
         if nemesis == "pause_replica":
             p["which"] = rng.randrange(2)
     elif nemesis == "snapshot_then_fault":
+        # the copy that falls behind: the owner (killed, so that it returns as a replica
+        # whose history the new owner's change log does not reach) or a replica (behind by
+        # more than the owner's 64 MiB change log when the backlog is 70k x 1 KB)
+        p["behind"] = rng.choice(["owner", "replica"])
         p["which"] = rng.randrange(2)
-        p["backlog"] = rng.choice([5000, 10000, 20000])
+        p["backlog"] = rng.choice([20000, 70000])
         p["second"] = rng.choice(["kill_owner", "kill_catching_up", "kill_other_replica",
                                   "pause_owner", "crash_all"])
-        p["after"] = round(rng.uniform(0.0, 2.0), 2)  # after the replica listens again
+        p["after"] = round(rng.uniform(0.0, 1.0), 2)  # after the copy listens again
     elif nemesis == "move":
         p["which"] = rng.randrange(2)
     elif nemesis == "forget_replica":
@@ -206,10 +210,15 @@ class World:
                       **self.cred)
         self.extra.append(p)
         p.start()
-        deadline = time.monotonic() + 300
-        while p.confirmed_count() < n and time.monotonic() < deadline:
+        last, progressed = 0, time.monotonic()
+        while (got := p.confirmed_count()) < n:
             if p.failure is not None:
                 raise RuntimeError("backlog loader crashed") from p.failure
+            if got > last:
+                last, progressed = got, time.monotonic()
+            elif time.monotonic() - progressed > 20:  # the vhost is unavailable meanwhile
+                self.note(f"backlog: no confirm for 20 s after {got}; going on")
+                break
             time.sleep(0.1)
         p.stop(settle=10)
         self.note(f"backlog: {p.confirmed_count()} x {body_size} B confirmed")
@@ -365,6 +374,8 @@ def _kill_and_restart(w: World, victims: list[NodeProcess], p: dict) -> None:
                             via=survivors, timeout=60, what="a failover")
             w.note(f"failover: {before['owner']} -> {st['owner']}, epoch {before['epoch']} "
                    f"-> {st['epoch']}")
+    if not p.get("restart", True):
+        return
     time.sleep(p.get("down", 0.0))
     for v in victims:
         w.restart(v, wait=False)
@@ -432,15 +443,18 @@ def pause_replica(w: World, p: dict) -> None:
 
 
 def snapshot_then_fault(w: World, p: dict) -> None:
-    """A replica killed, the backlog grown behind its back, the replica restarted, and while
-    it catches up (by snapshot: its position is far behind) a second fault."""
-    catching = w.replicas()[p["which"]]
-    w.kill(catching)
+    """A copy killed, the backlog grown behind its back, the copy restarted, and while it
+    catches up (by snapshot where its position is out of the owner's reach) a second
+    fault."""
+    catching = w.owner() if p["behind"] == "owner" else w.replicas()[p["which"]]
+    _kill_and_restart(w, [catching], {"down": 0.0, "restart": False})
     w.load_backlog(p["backlog"])
+    snapshots = _snapshots(catching)
     w.restart(catching)
     time.sleep(p["after"])
     st = w.state()
-    w.note(f"{catching.name} catching up: in sync {st['in_sync']}, lag {st.get('lag')}")
+    w.note(f"{catching.name} catching up: in sync {st['in_sync']}, lag {st.get('lag')}, "
+           f"snapshots begun {_snapshots(catching) - snapshots}")
     second = p["second"]
     if second == "kill_owner":
         _kill_and_restart(w, [w.owner()], {"down": 1.0})
@@ -453,6 +467,10 @@ def snapshot_then_fault(w: World, p: dict) -> None:
         _pause(w, w.owner(), FAILOVER_TIMEOUT * 2)
     elif second == "crash_all":
         crash_all(w, {"order": [2, 1, 0], "gap": 0.5})
+
+
+def _snapshots(node: NodeProcess) -> int:
+    return node.log_text().count(f"vhost '{VHOST}': loading a snapshot")
 
 
 def move(w: World, p: dict) -> None:
