@@ -151,7 +151,7 @@ def _seed() -> int:
 @pytest.mark.timeout(900)
 def test_seeded_schedule(netns_lab, tmp_path):
     seed = _seed()
-    steps = int(os.environ.get("WARREN_NEMESIS_STEPS", "6"))
+    steps = int(os.environ.get("WARREN_NEMESIS_STEPS", "8"))
     schedule = nemesis.generate(seed, steps)
     # printed first, so that a failure (or a hang) can be replayed
     print(f"\nnemesis {nemesis.describe(seed, schedule)}\n"
