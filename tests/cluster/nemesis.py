@@ -43,12 +43,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pika
+import pika.exceptions
+
 from tests.cluster.conftest import SECRET, Cluster
 from tests.cluster.harness import (
     BackgroundConsumer,
     Drained,
     Publisher,
     Publishers,
+    amqp_params,
     assert_confirmed_present,
     create_vhost,
     drain,
@@ -571,18 +575,28 @@ assert set(NEMESIS_STEPS) == set(NEMESES)
 # =========================================================================================
 # after every schedule
 # =========================================================================================
-def queue_depth(c: Cluster, node: NodeProcess, queue: str) -> int:
-    """The queue's message count on `node` once two reads a second apart agree."""
-    def read() -> int:
-        code, body = c.http(node, "GET", f"/api/queues/{quote(VHOST, safe='')}/{queue}")
-        assert code == 200 and isinstance(body, dict), (code, body)
-        return int(body.get("messages") or 0)
+def queue_depth(w: World, node: NodeProcess, queue: str) -> int:
+    """The queue's message count as `node` serves it to a client (a passive queue.declare,
+    which answers the true count even while the queue is still being recovered), once two
+    reads a second apart agree."""
+    def read() -> int | None:
+        try:
+            conn = pika.BlockingConnection(amqp_params(node, VHOST, **w.cred))
+        except pika.exceptions.AMQPError:  # still taking over
+            return None
+        try:
+            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        finally:
+            try:
+                conn.close()
+            except Exception:  # closed by the broker
+                pass
     last = read()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(1.0)
         now = read()
-        if now == last:
+        if now is not None and now == last:
             return now
         last = now
     raise AssertionError(f"{queue} on {node.name} never settled (last {last})")
@@ -641,7 +655,7 @@ def settle_and_check(w: World, seed: int | None = None,
                                  + log_tails(c, 30))
         wait_vhost(c, VHOST, lambda s, node=node: s["owner"] == node.name and s["available"],
                    via=[node], timeout=60, what=f"{node.name} serving {VHOST}")
-        depths[node.name] = {q: queue_depth(c, node, q) for q in (BACKLOG, LIVE)}
+        depths[node.name] = {q: queue_depth(w, node, q) for q in (BACKLOG, LIVE)}
         w.note(f"owner {node.name}: depths {depths[node.name]}")
     assert len({tuple(sorted(d.items())) for d in depths.values()}) == 1, \
         f"the copies serve different depths: {depths}\n" + log_tails(c, 30)
