@@ -161,6 +161,17 @@ class NetnsLab:
         log.info("netns lab %s: node %d (%s) cut off from %s", self.token, i, self.ips[i],
                  [self.ips[j] for j in others])
 
+    def cut_one_way(self, i: int, direction: str) -> None:
+        """An asymmetric partition: node i hears nothing from the other nodes ("in") or
+        nothing it sends reaches them ("out"); its clients still reach it."""
+        others = [j for j in range(self.size) if j != i]
+        flag = {"in": "-s", "out": "-d"}[direction]
+        for j in others:
+            self._iptables(i, "-A", CHAIN, flag, self.ips[j], "-j", "DROP")
+        self.cut_off[i] = others
+        log.info("netns lab %s: node %d (%s) cut off one way (%s)", self.token, i,
+                 self.ips[i], direction)
+
     def heal(self, i: int | None = None) -> None:
         for k in ([i] if i is not None else list(self.cut_off)):
             self._iptables(k, "-F", CHAIN)
