@@ -29,6 +29,7 @@ from node.amqp.message import (
     expiration_error,
 )
 from node.amqp.states import CH_CLOSING
+from node.amqp.states import OPEN as CONN_OPEN
 from node.exchanges.base import Binding, Destination
 from node.queues import types
 from node.queues.consumer import Consumer
@@ -598,20 +599,25 @@ class Channel:
         """Publish into the vhost.  With a confirm ``tag`` (or ``settle``: tx.commit), the
         future the answer waits for when the message was written durably, else None."""
         outcome = self.vhost.publish(ex, msg)
-        for q in outcome.flow:
-            self.conn.flow_pause(q)
-        if outcome.backlogged() and "store" not in self.conn.read_holds:
+        if outcome.flow:
+            for q in outcome.flow:
+                self.conn.flow_pause(q)
+        if outcome.store is not None and outcome.backlogged() \
+                and "store" not in self.conn.read_holds:
             # the disk is slower than this publisher: read it again once the store has
             # committed what is queued
             self.conn.hold_reading("store")
             self._await_store(outcome)
-        if not outcome.routed and mandatory:
+        if mandatory and not outcome.queues:
             self.counters.returned += 1  # rabbitmq_global_messages_unroutable_returned_total
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange=msg.exchange,
                 routing_key=msg.routing_key), msg)
-        self.counters.count_publish(outcome.routed)
-        settled = outcome.settled() if outcome.durable and (tag or settle) else None
+        counters = self.counters
+        counters.published += 1
+        if not outcome.queues:
+            counters.unroutable += 1
+        settled = outcome.settled() if outcome.store is not None and (tag or settle) else None
         if tag:
             self._confirm_after(tag, settled, not outcome.rejected)
         return settled
@@ -765,7 +771,12 @@ class Channel:
 
     # ConsumerOwner protocol, called by queues
     def can_deliver(self, consumer: Consumer) -> bool:
-        return (self.state == OPEN and not self.conn.paused and not self.conn.closing
+        # per delivery: the core's states read directly (`state`, `conn.closing` say the
+        # same through properties)
+        conn = self.conn
+        frames = self._frames
+        return (not conn.paused and conn.core.state is CONN_OPEN
+                and (frames is None or frames.state is not CH_CLOSING)
                 and (not self.global_prefetch or len(self.unacked) < self.global_prefetch))
 
     def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:

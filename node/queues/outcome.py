@@ -5,7 +5,7 @@ basic.publish, the management API's publish, dead-lettering)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from node.amqp.message import Message
@@ -21,14 +21,15 @@ class PublishOutcome:
     reject-publish: a confirm is a nack), which asked its publisher to slow down (flow
     control), and, when a durable write happened, the future of its being on disk."""
 
-    __slots__ = ("queues", "rejected", "flow", "_store")
+    __slots__ = ("queues", "rejected", "flow", "store")
 
-    def __init__(self, queues: list[Queue], rejected: bool, flow: list[Queue],
+    def __init__(self, queues: list[Queue], rejected: bool, flow: Sequence[Queue],
                  store: Any) -> None:
         self.queues = queues
         self.rejected = rejected
         self.flow = flow
-        self._store = store  # set only when a queue wrote the message to the store
+        # the vhost's store, set only when a queue wrote the message to it
+        self.store = store
 
     @property
     def routed(self) -> bool:
@@ -37,30 +38,30 @@ class PublishOutcome:
     @property
     def durable(self) -> bool:
         """A queue stored the message: a confirm waits for `settled()`."""
-        return self._store is not None
+        return self.store is not None
 
     def settled(self) -> asyncio.Future[None]:
         """Resolves once the message is on disk here and on the in-sync replicas (the
         store's shared flush future: do not cancel it); fails if it never will be."""
-        assert self._store is not None, "nothing durable was written"
-        return self._store.flush()
+        assert self.store is not None, "nothing durable was written"
+        return self.store.flush()
 
     def backlogged(self) -> bool:
         """The store holds more uncommitted bytes than its publishers may make it hold."""
-        return self._store is not None and self._store.pending_bytes > STORE_PENDING_MAX_BYTES
+        return self.store is not None and self.store.pending_bytes > STORE_PENDING_MAX_BYTES
 
 
-NOWHERE = PublishOutcome([], False, [], None)
+NOWHERE = PublishOutcome([], False, (), None)
 
 
-def publish_to(queues: Iterable[Queue], message: Message, store: Any) -> PublishOutcome:
+def publish_to(queues: list[Queue], message: Message, store: Any) -> PublishOutcome:
     """Enqueue ``message`` in each of ``queues`` (all of one vhost, whose store is
     ``store``)."""
-    reached: list[Queue] = []
-    flow: list[Queue] = []
+    if not queues:
+        return NOWHERE
+    flow: Sequence[Queue] = ()
     rejected = durable = False
     for q in queues:
-        reached.append(q)
         r = q.publish(message)
         if r:
             if r & ACCEPTED_FLUSH:
@@ -68,8 +69,6 @@ def publish_to(queues: Iterable[Queue], message: Message, store: Any) -> Publish
             if r & REJECTED:
                 rejected = True
             if r & FLOW:
-                flow.append(q)
-    if not reached:
-        return NOWHERE
+                flow = [*flow, q]
     message._record = None  # the store has its copy; don't keep a second one in memory
-    return PublishOutcome(reached, rejected, flow, store if durable else None)
+    return PublishOutcome(queues, rejected, flow, store if durable else None)
