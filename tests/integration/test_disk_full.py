@@ -157,7 +157,9 @@ def test_full_disk_keeps_every_confirmed_message(small_disk: Path, limit: str):
 
 def test_full_disk_refuses_new_definitions_and_keeps_serving(small_disk: Path):
     """The Raft journal is written through mmap: on a full disk a new page of it used to
-    kill the node with SIGBUS.  Now the definition is refused and the node goes on."""
+    kill the node with SIGBUS.  Now a Raft write the disk refuses first gives back the
+    node's reserve (Raft must go on: term, vote, entries), and once that is taken too the
+    definition is refused and the node goes on."""
     n = NodeProcess(small_disk, disk_free_limit="1000", alarm_check_interval="0.2").start()
     try:
         c = pika.BlockingConnection(pika.URLParameters(n.url))
@@ -172,14 +174,23 @@ def test_full_disk_refuses_new_definitions_and_keeps_serving(small_disk: Path):
 
         c = pika.BlockingConnection(pika.URLParameters(n.url))
         ch = c.channel()
+        reserve = small_disk / "node.reserve"
+        assert reserve.stat().st_size > 0
+        refilled = False
         with pytest.raises(pika.exceptions.AMQPError):
-            for i in range(200):  # each one a journal entry: new pages soon
+            for i in range(5000):  # each one a journal entry: new pages soon
                 ch.queue_declare(f"new-{i}-" + "x" * 200, durable=True)
+                if not refilled and reserve.stat().st_size == 0:
+                    # Raft took the reserve; another process takes what it gave back
+                    fill(small_disk / "filler2")
+                    refilled = True
+        assert refilled, "the node's reserve was never given back to Raft"
         assert n.running, n.log_text()[-3000:]
         assert sorted(drain(n)) == list(range(10))
 
         # space comes back: definitions are taken again
         os.remove(small_disk / "filler")
+        os.remove(small_disk / "filler2")
         c = pika.BlockingConnection(pika.URLParameters(n.url))
         c.channel().queue_declare("after.full", durable=True)
         c.close()
