@@ -61,12 +61,15 @@ SUITES: dict[str, dict] = {
         "paths": ["t/integration/test_rmq.py"],
         "args": ["-E", "rabbitmq"],
         "rewrite": [],
+        # the source distribution leaves out the root conftest.py that defines -E
+        "scaffold": ["conftest.py"],
     },
     "kombu": {
         "repo": "celery/kombu", "dist": "kombu", "tag": "v{v}",
         "paths": ["t/integration/test_py_amqp.py"],
         "args": ["-E", "py-amqp"],
         "rewrite": [],
+        "scaffold": ["conftest.py"],
     },
     # aiormq and aio-pika need aiomisc-pytest (--python: a venv that has it); their
     # amqps cases need a TLS listener on 5671 and fail on a broker without one
@@ -165,6 +168,12 @@ def source_tree(name: str, mirror_root: Path | None, work: Path, python: str) ->
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     elif sdist_tree(spec, version, python, work, dest):
         print(f"{name}: tests from the {version} source distribution", file=sys.stderr)
+        for rel in spec.get("scaffold", ()):
+            # test scaffolding the source distribution leaves out, from the mirror's HEAD
+            if not (dest / rel).exists() and mirror is not None and mirror.exists():
+                (dest / rel).write_bytes(subprocess.run(
+                    ["git", "-C", str(mirror), "show", f"HEAD:{rel}"],
+                    check=True, capture_output=True).stdout)
     elif mirror is not None and mirror.exists():
         # another version's tests: say so, the comparison is then only roughly the release's
         print(f"{name}: tag {tag} not in the mirror and no tests in the source "
