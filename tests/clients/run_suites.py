@@ -5,9 +5,10 @@ WarrenMQ side by side.  Not collected by pytest.
     python3 tests/clients/run_suites.py --port 5672 --label warren   pika py-amqp kombu
     python3 tests/clients/run_suites.py --compare out/rabbitmq out/warren
 
-Each suite's source is taken at the tag of the installed library (from a local git mirror
-when --mirror-root has one, else cloned from GitHub) into a scratch directory, never into
-this repository.  Suites hard-code localhost:5672 in places; those are rewritten to the
+Each suite's source is taken at the installed library's version into a scratch directory,
+never into this repository: the release tag from a local git mirror (--mirror-root) when it
+has the tag, else the release's source distribution from PyPI when that ships the tests,
+else a clone of the tag from GitHub.  Suites hard-code localhost:5672 in places; those are rewritten to the
 broker under test.  Each run writes a JUnit XML file per suite; --compare lists, per
 suite, the pass/fail counts of both runs and every test whose outcome differs.
 """
@@ -25,7 +26,25 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 # name: (GitHub repository, installed distribution, tag format, test paths, rewrites)
-# rewrites are (file glob, old text, new text); {port} and {host} are filled in.
+# rewrites are (file, old text, new text); {port} and {host} are filled in.  appends are
+# (file, name, text): the text is added to the file when the name is not in it.
+AIORMQ_BROKER_FIXTURES = '''
+
+@pytest.fixture(scope="session")
+def rabbitmq_container():
+    from tests.docker_client import ContainerInfo
+    url = URL(os.environ["AMQP_URL"])
+    return ContainerInfo(id="broker", host=url.host,
+                         ports={"5672/tcp": url.port, "5671/tcp": 5671})
+
+
+@pytest.fixture(scope="session")
+def amqp_direct_url(rabbitmq_container):
+    return URL.build(scheme="amqp", user="guest", password="guest", path="//",
+                     host=rabbitmq_container.host,
+                     port=rabbitmq_container.ports["5672/tcp"])
+'''
+
 SUITES: dict[str, dict] = {
     "pika": {
         "repo": "pika/pika", "dist": "pika", "tag": "{v}",
@@ -42,12 +61,15 @@ SUITES: dict[str, dict] = {
         "paths": ["t/integration/test_rmq.py"],
         "args": ["-E", "rabbitmq"],
         "rewrite": [],
+        # the source distribution leaves out the root conftest.py that defines -E
+        "scaffold": ["conftest.py"],
     },
     "kombu": {
         "repo": "celery/kombu", "dist": "kombu", "tag": "v{v}",
         "paths": ["t/integration/test_py_amqp.py"],
         "args": ["-E", "py-amqp"],
         "rewrite": [],
+        "scaffold": ["conftest.py"],
     },
     # aiormq and aio-pika need aiomisc-pytest (--python: a venv that has it); their
     # amqps cases need a TLS listener on 5671 and fail on a broker without one
@@ -55,6 +77,9 @@ SUITES: dict[str, dict] = {
         "repo": "mosquito/aiormq", "dist": "aiormq", "tag": "{v}",
         "paths": ["tests"],
         "rewrite": [],
+        # 7.x's source distribution ships tests/conftest.py without its Docker fixtures
+        # (the repository's conftest has them): the broker under test stands in
+        "append": [("tests/conftest.py", "def rabbitmq_container", AIORMQ_BROKER_FIXTURES)],
     },
     "aio-pika": {
         "repo": "mosquito/aio-pika", "dist": "aio-pika", "tag": "{v}",
@@ -134,19 +159,53 @@ def source_tree(name: str, mirror_root: Path | None, work: Path, python: str) ->
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     mirror = (mirror_root / spec["repo"].replace("/", "+") / "repo") if mirror_root else None
-    if mirror is not None and mirror.exists():
-        ref = tag if subprocess.run(["git", "-C", str(mirror), "rev-parse", "-q", "--verify",
-                                     tag + "^{commit}"], capture_output=True).returncode == 0 \
-            else "HEAD"
-        if ref == "HEAD":
-            print(f"{name}: tag {tag} not in the mirror, using its HEAD", file=sys.stderr)
-        archive = subprocess.run(["git", "-C", str(mirror), "archive", ref],
+    has_tag = mirror is not None and mirror.exists() and subprocess.run(
+        ["git", "-C", str(mirror), "rev-parse", "-q", "--verify", tag + "^{commit}"],
+        capture_output=True).returncode == 0
+    if has_tag:
+        archive = subprocess.run(["git", "-C", str(mirror), "archive", tag],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    elif sdist_tree(spec, version, python, work, dest):
+        print(f"{name}: tests from the {version} source distribution", file=sys.stderr)
+        for rel in spec.get("scaffold", ()):
+            # test scaffolding the source distribution leaves out, from the mirror's HEAD
+            if not (dest / rel).exists() and mirror is not None and mirror.exists():
+                (dest / rel).write_bytes(subprocess.run(
+                    ["git", "-C", str(mirror), "show", f"HEAD:{rel}"],
+                    check=True, capture_output=True).stdout)
+    elif mirror is not None and mirror.exists():
+        # another version's tests: say so, the comparison is then only roughly the release's
+        print(f"{name}: tag {tag} not in the mirror and no tests in the source "
+              "distribution, using the mirror's HEAD", file=sys.stderr)
+        archive = subprocess.run(["git", "-C", str(mirror), "archive", "HEAD"],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     else:
         subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", tag,
                         f"https://github.com/{spec['repo']}", str(dest)], check=True)
     return dest
+
+
+def sdist_tree(spec: dict, version: str, python: str, work: Path, dest: Path) -> bool:
+    """Unpack the release's source distribution into dest when it ships the suite's test
+    paths (most do; pika's does not)."""
+    dl = work / "sdist"
+    proc = subprocess.run([python, "-m", "pip", "download", "-q", "--no-deps",
+                           "--no-binary", spec["dist"], "-d", str(dl),
+                           f"{spec['dist']}=={version}"], capture_output=True, text=True)
+    archives = sorted(dl.glob("*.tar.gz")) if proc.returncode == 0 else []
+    if not archives:
+        return False
+    unpacked = work / "sdist-x"
+    subprocess.run(["tar", "-xzf", str(archives[0]), "-C", str(work), "--one-top-level="
+                    + unpacked.name, "--strip-components=1"], check=True)
+    if not all((unpacked / p).exists() for p in spec["paths"]):
+        shutil.rmtree(unpacked)
+        return False
+    shutil.rmtree(dest)
+    unpacked.rename(dest)
+    return True
 
 
 def run_suite(name: str, host: str, port: int, out: Path, mirror_root: Path | None,
@@ -162,6 +221,10 @@ def run_suite(name: str, host: str, port: int, out: Path, mirror_root: Path | No
             if old not in text:
                 raise SystemExit(f"{name}: '{old}' not found in {rel}; update the rewrite")
             f.write_text(text.replace(old, new.format(host=host, port=port)))
+        for rel, marker, extra in spec.get("append", ()):
+            f = src / rel
+            if marker not in f.read_text():
+                f.write_text(f.read_text() + extra)
         env = dict(os.environ, RABBITMQ_HOST=host, RABBITMQ_5672_TCP=str(port),
                    AMQP_URL=f"amqp://guest:guest@{host}:{port}/")
         env.update({k: v.format(host=host, port=port) for k, v in spec.get("env", {}).items()})
