@@ -151,10 +151,12 @@ def test_forget_cluster_node_refuses_a_node_that_owns_vhosts(tmp_path):
         place(c, "orders", n3.name, 1)
         code, body = c.http(n1, "DELETE", f"/api/cluster/nodes/{n3.name}")
         assert code == 400, body
-        assert "owns vhost 'orders'" in body["reason"] and "move" in body["reason"]
+        # (it may own '/' too: the default vhost is the bootstrapping node's)
+        assert "owns vhost" in body["reason"] and "'orders'" in body["reason"] \
+            and "move" in body["reason"], body
         out = ctl(n1, "forget_cluster_node", n3.name)
         assert out.returncode == 2 and "Traceback" not in out.stderr
-        assert "owns vhost 'orders'" in out.stderr
+        assert "owns vhost" in out.stderr and "'orders'" in out.stderr, out.stderr
         # down, with no copy that could take over: still refused, and it says why
         n3.kill()
         code, body = c.http(n1, "DELETE", f"/api/cluster/nodes/{n3.name}")
