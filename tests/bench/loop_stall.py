@@ -1,5 +1,5 @@
-"""Does LMDB work on one vhost stall the clients of another?  (issue 11 item 9's benchmark;
-never collected by pytest.)
+"""Does LMDB work on one vhost stall the clients of another?  (A benchmark, never
+collected by pytest.)
 
 Two WarrenMQ nodes from a given checkout (``--code``, default this one; its PYTHONPATH is
 what the nodes run).  Vhost ``light`` is owned by n1 (one copy); vhost ``heavy`` is owned

@@ -1,5 +1,5 @@
-"""Replicated vhosts against RabbitMQ quorum queues, same run, same generator (issue 9's
-benchmark; never collected by pytest).
+"""Replicated vhosts against RabbitMQ quorum queues, same run, same generator (a benchmark,
+never collected by pytest).
 
 Starts three WarrenMQ nodes from this checkout (fresh data dirs in a temp dir, as
 tests/nodeproc.py does) and the three-node RabbitMQ anchor cluster
