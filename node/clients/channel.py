@@ -34,7 +34,7 @@ from node.exchanges.base import Binding, Destination
 from node.queues import types
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.outcome import PublishOutcome
+from node.queues.outcome import PublishOutcome, Rejected
 from node.queues.queue import Queue
 from node.read_models import ChannelStats
 
@@ -602,6 +602,10 @@ class Channel:
         if outcome.flow:
             for q in outcome.flow:
                 self.conn.flow_pause(q)
+        if outcome.remote is not None:
+            for link, _answer in outcome.remote:
+                if link.full:  # the owner answers slower than we publish
+                    link.hold(self.conn)
         if outcome.store is not None and outcome.backlogged() \
                 and "store" not in self.conn.read_holds:
             # the disk is slower than this publisher: read it again once the store has
@@ -617,7 +621,7 @@ class Channel:
         counters.published += 1
         if not outcome.queues:
             counters.unroutable += 1
-        settled = outcome.settled() if outcome.store is not None and (tag or settle) else None
+        settled = outcome.settled() if outcome.durable and (tag or settle) else None
         if tag:
             self._confirm_after(tag, settled, not outcome.rejected)
         return settled
@@ -630,7 +634,7 @@ class Channel:
                 self._await_store(outcome)  # what was read meanwhile is still queued
             else:
                 self.conn.release_reading("store")
-        outcome.settled().add_done_callback(caught_up)
+        outcome.store.flush().add_done_callback(caught_up)
 
     # --- publisher confirms -----------------------------------------------------------
     def _confirm_after(self, tag: int, settled: asyncio.Future[None] | None,
@@ -655,7 +659,7 @@ class Channel:
         for e in entries:
             e[1] = True
             e[2] = e[2] and ok
-        if not ok:
+        if not ok and (fut.cancelled() or not isinstance(fut.exception(), Rejected)):
             self.conn.log.error("message store flush failed: %s",
                                 None if fut.cancelled() else fut.exception())
         self._send_confirms()

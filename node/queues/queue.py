@@ -51,8 +51,10 @@ PAGE_BATCH = 2000
 FLOW_HIGH = 5000
 FLOW_LOW = 2500
 
-# publish() results; FLOW may be or'ed in: the queue asks its publisher to slow down
-ACCEPTED, ACCEPTED_FLUSH, REJECTED, FLOW = 0, 1, 2, 4
+# publish() results; FLOW may be or'ed in: the queue asks its publisher to slow down;
+# REMOTE: a queue another node owns (node/shards/remote_queue.py), which publish_to sends
+# the message to over the owner's queue link
+ACCEPTED, ACCEPTED_FLUSH, REJECTED, FLOW, REMOTE = 0, 1, 2, 4, 8
 
 DeadLetter = Callable[["Queue", Message, str], None]
 
