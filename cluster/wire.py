@@ -7,8 +7,10 @@ session runs on TLS, a 16-byte MAC: HMAC-SHA256 under the session key of that di
 So a frame injected into the TCP stream, replayed, reordered or dropped fails the session
 instead of counting as an ack or a record, and a frame of one session or direction is
 worth nothing in another.  Kind RECORD carries a change-log record as ``offset (8) +
-epoch (8) + payload``, so the store's msgpack bytes go out untouched; every other kind's
-body is one msgpack map.  Nothing is ever unpickled, and a peer's frame is bounded
+epoch (8) + payload``, so the store's msgpack bytes go out untouched; kind MESSAGE (the
+queue links, node/shards/link.py) carries ``meta length (4) + msgpack meta + a message's
+store record``, so a message crosses a link as the bytes its store keeps; every other
+kind's body is one msgpack map.  Nothing is ever unpickled, and a peer's frame is bounded
 (`MAX_FRAME`), so a broken or hostile peer costs a closed session, not memory.
 """
 
@@ -28,6 +30,7 @@ log = logging.getLogger("warren.cluster.wire")
 CONTROL = 0  # msgpack map
 RECORD = 1  # offset, epoch, record payload
 ACK = 2  # epoch, offset: everything up to offset is durable here
+MESSAGE = 3  # queue links: msgpack meta, then a message's store record untouched
 
 # A record is one store transaction: bounded by the store's batch limits (16 MiB of
 # records plus overhead); a snapshot chunk is ~4 MiB.
@@ -42,6 +45,8 @@ _HEAD = struct.Struct(">IB")
 _SEQ = struct.Struct(">Q")
 _RECORD_HEAD = struct.Struct(">IBqq")
 _ACK = struct.Struct(">IBqq")
+_MESSAGE_HEAD = struct.Struct(">IBI")
+_META_SIZE = struct.Struct(">I")
 
 
 class WireError(Exception):
@@ -91,6 +96,11 @@ def record(offset: int, epoch: int, payload: bytes) -> bytes:
 
 def ack(epoch: int, offset: int) -> bytes:
     return _ACK.pack(17, ACK, epoch, offset)
+
+
+def message(meta: Any, record: bytes) -> bytes:
+    m = msgpack.packb(meta, use_bin_type=True)
+    return _MESSAGE_HEAD.pack(len(m) + len(record) + 5, MESSAGE, len(m)) + m + record
 
 
 class FramedProtocol(asyncio.Protocol):
@@ -176,6 +186,15 @@ class FramedProtocol(asyncio.Protocol):
         return offset, epoch, body[16:]
 
     @staticmethod
+    def decode_message(body: bytes) -> tuple[Any, bytes]:
+        if len(body) < 4:
+            raise WireError("short message frame")
+        (size,) = _META_SIZE.unpack_from(body)
+        if 4 + size > len(body):
+            raise WireError("bad message frame")
+        return msgpack.unpackb(body[4:4 + size], raw=False), body[4 + size:]
+
+    @staticmethod
     def decode_ack(body: bytes) -> tuple[int, int]:
         if len(body) != 16:
             raise WireError("bad ack frame")
@@ -194,6 +213,21 @@ class FramedProtocol(asyncio.Protocol):
         else:
             transport.write(frame)
             transport.write(seal.mac(frame))
+
+    def send_many(self, frames: list[bytes]) -> None:
+        """Several frames in one write (one syscall for a batch of small frames)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not frames:
+            return
+        seal = self._send_seal
+        if seal is None:
+            transport.write(b"".join(frames))
+            return
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(frame)
+            parts.append(seal.mac(frame))
+        transport.write(b"".join(parts))
 
     def fail(self, why: str) -> None:
         peer = self.transport.get_extra_info("peername") if self.transport else None

@@ -169,6 +169,10 @@ class VhostRoles:
         if kind == "ping":
             PingServer(self.positions).take_over(transport, link)
             return
+        if kind == "queues":  # another node works on queues this node owns
+            from node.shards.link import LinkServer
+            LinkServer(lambda: self.runtime.vhosts, str(facts.get("node"))).take_over(transport, link)
+            return
         if kind == "digest":  # the owner compares the copies (node/verify.py)
             store = self.stores.get(str(facts.get("vhost")))
             DigestServer(store, f"node {self.me} holds no copy of vhost "

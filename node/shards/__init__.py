@@ -1,0 +1,1 @@
+"""Sharded vhosts: the data plane between nodes (queue links, remote queues)."""

@@ -1,0 +1,867 @@
+"""The queue link: how a node works on queues another node owns (a shard of a sharded vhost
+owned elsewhere, docs/ARCHITECTURE.md "Sharded vhosts").
+
+One session per pair of nodes, opened by the node that needs the other's queues
+(`LinkClient`) on the owner's cluster port (facts ``{"kind": "queues", "node": me}``,
+after the mutual HMAC handshake), served there by `LinkServer` against the owner's own
+`Queue` objects.  Frames are cluster/wire.py's: CONTROL maps, and MESSAGE frames whose
+meta is a short msgpack array and whose payload is the message's store record
+(`Message.encode()`), so a message crosses the link as the bytes its store keeps.
+
+The session is read in order on both ends, so everything one node sends about a queue
+(a channel's publishes, its acks, a get after a nack) reaches the owner in the order it
+was sent.  What it carries:
+
+* **publish** ``MESSAGE [0, seq, vhost, [queue, ...]]`` + record: the owner enqueues it in
+  its queues as a local publish does and answers ``ack``/``nack`` ``upto`` seq, in runs,
+  once the durable write is settled (on disk here and on the in-sync replicas) — a nack
+  when a queue refused it (reject-publish), is gone, or is not this node's any more.
+* **consumers**: ``consume`` attaches a `Consumer` on the owner whose owner object is the
+  session itself (`ConsumerOwner`); it delivers ``MESSAGE [1, cid, delivery id,
+  redelivered]`` + record while the consumer has *credit* (deliveries the client node has
+  not yet handed to its client; ``credit`` gives more back) and, unless no-ack, its
+  prefetch allows.  ``ack`` / ``reject`` / ``requeue`` name the owner's delivery ids;
+  ``cancel`` ends a consumer; the owner's ``cancelled`` says the queue is gone.  When the
+  session ends, the owner requeues everything it delivered on it and did not see acked, as
+  a channel close does, so it comes again with redelivered=true.
+* **one-shot operations** (``get``, ``purge``, ``counts``) carry a request id ``rid``; the
+  answer is ``reply`` / ``error`` (an AMQP code and text) or, for a get that found a
+  message, ``MESSAGE [2, rid, delivery id, redelivered, message_count]`` + record.
+
+The client keeps at most `WINDOW` publishes (or `WINDOW_BYTES`) unanswered; past that the
+connections whose publishes fill it are no longer read (read hold "link") until half of it
+is answered.  While the link is down (the owner restarting, failing over) publishes and
+requests wait in order for the next session, at most `queued_timeout`; what was in flight
+when a session ended is nacked (publishes) or failed (requests): it may or may not have
+reached the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from cluster import wire
+from node.amqp import errors
+from node.amqp.message import Message
+from node.queues.consumer import Consumer
+from node.queues.entry import QueueEntry
+from node.queues.outcome import publish_to
+from node.queues.queue import Queue
+
+log = logging.getLogger("warren.shards.link")
+
+PUBLISH, DELIVER, GET_OK = 0, 1, 2
+
+WINDOW = 4096  # publishes one link keeps unanswered before its publishers are held
+WINDOW_BYTES = 32 << 20
+CREDIT = 256  # deliveries in flight to one remote consumer, not yet handed to its client
+RECONNECT_DELAY = 0.1
+QUEUED_TIMEOUT = 3.0  # how long publishes and requests wait for a session
+
+Connect = Callable[[str, dict], Awaitable[tuple[asyncio.Transport, wire.Link]]]
+
+
+class LinkError(Exception):
+    """The owner refused an operation (an AMQP reply code and text), or the link could not
+    carry it."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def _record(message: Message) -> bytes:
+    """The message's store record, without keeping it on the message when it was not
+    kept already (a delivered message is not to hold a second copy of itself)."""
+    rec = message._record
+    if rec is None:
+        rec = message.encode()
+        message._record = None
+    return rec
+
+
+# =========================================================================================
+# the owner's end
+# =========================================================================================
+class LinkServer(wire.FramedProtocol):
+    """Executes one peer node's operations on this node's queues."""
+
+    def __init__(self, vhosts: Callable[[], dict[str, Any]], peer: str) -> None:
+        super().__init__()
+        self._vhosts = vhosts  # the runtime's vhosts by name (runtime.vhosts)
+        self.peer = peer
+        self.open = True
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        # publishes in arrival order: [seq, settled, ok]
+        self._confirms: deque[list] = deque()
+        self._flush_future: asyncio.Future | None = None
+        self._flush_entries: list[list] = []
+        self._consumers: dict[int, Consumer] = {}
+        self._cids: dict[Consumer, int] = {}
+        self._credit: dict[Consumer, int] = {}
+        # delivered on this link, awaiting an ack: delivery id -> (queue, entry, consumer)
+        self._unacked: dict[int, tuple[Queue, QueueEntry, Consumer | None]] = {}
+        self._next_did = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ output
+    def _queue(self, frame: bytes) -> None:
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_event_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        self.send_many(out)
+
+    def _reply(self, rid: Any, **fields: Any) -> None:
+        self._queue(wire.control({"t": "reply", "rid": rid, **fields}))
+
+    def _error(self, rid: Any, code: int, text: str) -> None:
+        self._queue(wire.control({"t": "error", "rid": rid, "code": code, "text": text}))
+
+    # ------------------------------------------------------------------ input
+    def frame_received(self, kind: int, body: bytes) -> None:
+        if kind == wire.MESSAGE:
+            meta, record = self.decode_message(body)
+            if not isinstance(meta, list) or len(meta) != 4 or meta[0] != PUBLISH:
+                raise wire.WireError("expected a publish")
+            self._publish(int(meta[1]), str(meta[2]), meta[3], record)
+            return
+        if kind != wire.CONTROL:
+            raise wire.WireError(f"unexpected frame kind {kind}")
+        m = self.decode_control(body)
+        handler = _SERVER_HANDLERS.get(m.get("t"))  # type: ignore[arg-type]
+        if handler is None:
+            raise wire.WireError(f"unknown queue-link message {m.get('t')!r}")
+        try:
+            handler(self, m)
+        except (TypeError, KeyError, AttributeError) as e:
+            raise wire.WireError(f"malformed {m.get('t')!r}: {e!r}") from None
+
+    def _local(self, vhost: str, name: str) -> Queue | None:
+        """The queue ``name`` when this node has it as its own (not another's, not an
+        exclusive queue, which belongs to a connection here)."""
+        vh = self._vhosts().get(vhost)
+        q = vh.queues.get(name) if vh is not None else None
+        if not isinstance(q, Queue) or q.deleted:
+            return None
+        return q
+
+    def _lookup(self, m: dict) -> Queue:
+        vhost, name = str(m.get("vhost")), str(m.get("queue"))
+        q = self._local(vhost, name)
+        if q is None:
+            raise errors.not_found("queue", name, vhost)
+        if q.exclusive_owner is not None:
+            raise _locked(name, vhost)
+        return q
+
+    # ------------------------------------------------------------------ publish
+    def _publish(self, seq: int, vhost: str, names: Any, record: bytes) -> None:
+        queues: list[Queue] = []
+        missing = not isinstance(names, list)
+        for name in names if not missing else ():
+            q = self._local(vhost, str(name))
+            if q is None:
+                missing = True
+            else:
+                queues.append(q)
+        ok = not missing
+        settled = None
+        if queues:
+            msg = Message.decode(record)
+            msg._record = record  # stored as it came: not encoded again
+            outcome = publish_to(queues, msg, None)
+            ok = ok and not outcome.rejected
+            if outcome.durable:
+                settled = outcome.settled()
+        entry = [seq, settled is None, ok]
+        self._confirms.append(entry)
+        if settled is None:
+            self._send_confirms()
+            return
+        if settled is not self._flush_future:
+            self._flush_future = settled
+            entries: list[list] = []
+            self._flush_entries = entries
+
+            def flushed(fut: asyncio.Future) -> None:
+                good = not fut.cancelled() and fut.exception() is None
+                for e in entries:
+                    e[1] = True
+                    e[2] = e[2] and good
+                self._send_confirms()
+            settled.add_done_callback(flushed)
+        self._flush_entries.append(entry)
+
+    def _send_confirms(self) -> None:
+        confirms = self._confirms
+        while confirms and confirms[0][1]:
+            ok = confirms[0][2]
+            last = 0
+            while confirms and confirms[0][1] and confirms[0][2] == ok:
+                last = confirms.popleft()[0]
+            self._queue(wire.control({"t": "ack" if ok else "nack", "upto": last}))
+
+    # ------------------------------------------------------------------ consumers
+    def _on_consume(self, m: dict) -> None:
+        rid, cid = m.get("rid"), int(m.get("cid", 0))
+        try:
+            q = self._lookup(m)
+            exclusive = bool(m.get("exclusive"))
+            if q.exclusive_consumer is not None or (exclusive and q.consumers):
+                raise errors.ChannelError(
+                    errors.ACCESS_REFUSED,
+                    f"{errors.resource_text('queue', q.name, q.vhost)} in exclusive use")
+            if q.settings.single_active_consumer and exclusive:
+                raise errors.precondition(
+                    "exclusive consume is not allowed on a single active consumer "
+                    f"{errors.resource_text('queue', q.name, q.vhost)}")
+        except errors.AMQPError as e:
+            self._error(rid, e.code, e.text)
+            return
+        old = self._consumers.pop(cid, None)
+        if old is not None:  # subscribed again under the same id: the old one ends
+            self._drop_consumer(old)
+        args = m.get("arguments") or {}
+        c = Consumer(str(m.get("tag", "")), q, self, bool(m.get("no_ack")), exclusive,
+                     int(m.get("prefetch") or 0), args if isinstance(args, dict) else {})
+        prio = args.get("x-priority") if isinstance(args, dict) else None
+        if isinstance(prio, int) and not isinstance(prio, bool):
+            c.priority = prio
+        self._consumers[cid] = c
+        self._cids[c] = cid
+        self._credit[c] = int(m.get("credit") or CREDIT)
+        self._reply(rid)  # before the first delivery
+        q.add_consumer(c)
+
+    def _drop_consumer(self, c: Consumer) -> None:
+        self._cids.pop(c, None)
+        self._credit.pop(c, None)
+        c.queue.remove_consumer(c)
+
+    def _on_cancel(self, m: dict) -> None:
+        c = self._consumers.pop(int(m.get("cid", 0)), None)
+        if c is not None:
+            self._drop_consumer(c)
+
+    def _on_credit(self, m: dict) -> None:
+        touched = set()
+        for cid, n in m.get("c") or ():
+            c = self._consumers.get(int(cid))
+            if c is not None:
+                self._credit[c] = self._credit.get(c, 0) + int(n)
+                touched.add(c.queue)
+        for q in touched:
+            q.dispatch()
+
+    # ConsumerOwner, called by the queues
+    def can_deliver(self, consumer: Consumer) -> bool:
+        return self.open and not self._paused_writing and self._credit.get(consumer, 0) > 0
+
+    def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:
+        self._next_did += 1
+        did = self._next_did
+        if not consumer.no_ack:
+            self._unacked[did] = (queue, entry, consumer)
+        self._credit[consumer] -= 1
+        self._queue(wire.message((DELIVER, self._cids[consumer], did, entry.redelivered),
+                                 _record(entry.message)))
+
+    def cancel_consumers_of(self, queue: Queue) -> None:
+        for cid, c in list(self._consumers.items()):
+            if c.queue is queue:
+                del self._consumers[cid]
+                self._cids.pop(c, None)
+                self._credit.pop(c, None)
+                self._queue(wire.control({"t": "cancelled", "cid": cid}))
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        for q in {c.queue for c in self._consumers.values()}:
+            q.dispatch()
+
+    # ------------------------------------------------------------------ settling
+    def _take(self, m: dict) -> list[tuple[Queue, QueueEntry, Consumer | None]]:
+        out = []
+        for did in m.get("ids") or ():
+            item = self._unacked.pop(int(did), None)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def _on_ack(self, m: dict) -> None:
+        touched = set()
+        for q, entry, consumer in self._take(m):
+            q.ack(entry, consumer)
+            touched.add(q)
+        _dispatch(touched)
+
+    def _on_reject(self, m: dict) -> None:
+        touched = set()
+        for q, entry, consumer in self._take(m):
+            q.reject(entry, consumer)
+            touched.add(q)
+        _dispatch(touched)
+
+    def _on_requeue(self, m: dict) -> None:
+        _requeue(self._take(m))
+
+    # ------------------------------------------------------------------ one-shot operations
+    def _when_ready(self, m: dict, then: Callable[[dict], None]) -> None:
+        """Run ``then(m)`` now, or once the queue can answer with its counts (it is
+        recovering, or its next batch is being read)."""
+        try:
+            q = self._lookup(m)
+        except errors.AMQPError as e:
+            self._error(m.get("rid"), e.code, e.text)
+            return
+        wait = q.wait_for()
+        if wait is None:
+            self._answer(m, then)
+            return
+
+        async def later() -> None:
+            await wait
+            if self.open:
+                self._when_ready(m, then)
+        task = asyncio.ensure_future(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _answer(self, m: dict, then: Callable[[dict], None]) -> None:
+        try:
+            then(m)
+        except errors.AMQPError as e:
+            self._error(m.get("rid"), e.code, e.text)
+
+    def _on_get(self, m: dict) -> None:
+        self._when_ready(m, self._get)
+
+    def _get(self, m: dict) -> None:
+        q = self._lookup(m)
+        entry = q.get()
+        if entry is None:
+            self._reply(m.get("rid"), empty=True, message_count=q.message_count)
+            return
+        self._next_did += 1
+        did = self._next_did
+        if m.get("no_ack"):
+            q.discard(entry)
+        else:
+            q.taken(entry)
+            self._unacked[did] = (q, entry, None)
+        self._queue(wire.message((GET_OK, m.get("rid"), did, entry.redelivered,
+                                  q.message_count), _record(entry.message)))
+
+    def _on_purge(self, m: dict) -> None:
+        self._when_ready(m, self._purge)
+
+    def _purge(self, m: dict) -> None:
+        self._reply(m.get("rid"), message_count=self._lookup(m).purge())
+
+    def _on_counts(self, m: dict) -> None:
+        self._when_ready(m, self._counts)
+
+    def _counts(self, m: dict) -> None:
+        q = self._lookup(m)
+        self._reply(m.get("rid"), message_count=q.message_count,
+                    consumer_count=q.consumer_count)
+
+    # ------------------------------------------------------------------ the end
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The peer node is gone (or the link broke): its consumers end and what they had
+        not acked goes back to the queues, redelivered=true, as when a channel closes."""
+        self.open = False
+        for task in self._tasks:
+            task.cancel()
+        consumers, self._consumers = self._consumers, {}
+        for c in consumers.values():
+            self._drop_consumer(c)
+        unacked, self._unacked = self._unacked, {}
+        _requeue(list(unacked.values()))
+        super().connection_lost(exc)
+
+
+def _locked(name: str, vhost: str) -> errors.ChannelError:
+    return errors.ChannelError(
+        errors.RESOURCE_LOCKED,
+        f"cannot obtain exclusive access to locked "
+        f"{errors.resource_text('queue', name, vhost)}: it is exclusive to a connection "
+        f"of its owner node")
+
+
+def _dispatch(queues: set[Queue]) -> None:
+    for q in queues:
+        if q.consumers:
+            q.dispatch()
+
+
+def _requeue(items: list[tuple[Queue, QueueEntry, Consumer | None]]) -> None:
+    """Requeue, per queue, in delivery order (the order of ``items``)."""
+    by_queue: dict[Queue, list] = {}
+    for q, entry, consumer in items:
+        by_queue.setdefault(q, []).append((entry, consumer))
+    for q, pairs in by_queue.items():
+        q.requeue(pairs)
+
+
+_SERVER_HANDLERS: dict[str, Callable[[LinkServer, dict], None]] = {
+    "consume": LinkServer._on_consume,
+    "cancel": LinkServer._on_cancel,
+    "credit": LinkServer._on_credit,
+    "ack": LinkServer._on_ack,
+    "reject": LinkServer._on_reject,
+    "requeue": LinkServer._on_requeue,
+    "get": LinkServer._on_get,
+    "purge": LinkServer._on_purge,
+    "counts": LinkServer._on_counts,
+}
+
+
+# =========================================================================================
+# the other node's end
+# =========================================================================================
+class DeliverySink(Protocol):
+    """Where a remote consumer's deliveries go (node/shards/remote_queue.py)."""
+
+    def delivery(self, rc: "RemoteConsumer", did: int, redelivered: bool,
+                 message: Message) -> None: ...
+
+    def cancelled(self, rc: "RemoteConsumer") -> None: ...
+
+
+class RemoteConsumer:
+    """A consumer this node holds on a queue of the link's peer."""
+
+    __slots__ = ("cid", "vhost", "queue", "tag", "prefetch", "no_ack", "exclusive",
+                 "arguments", "sink", "active", "owed")
+
+    def __init__(self, cid: int, vhost: str, queue: str, tag: str, prefetch: int,
+                 no_ack: bool, exclusive: bool, arguments: dict, sink: DeliverySink) -> None:
+        self.cid = cid
+        self.vhost = vhost
+        self.queue = queue
+        self.tag = tag
+        self.prefetch = prefetch
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.arguments = arguments
+        self.sink = sink
+        self.active = False  # subscribed at the owner (consume answered)
+        self.owed = 0  # credit taken by deliveries and not yet given back
+
+
+class _ClientSession(wire.FramedProtocol):
+    def __init__(self, client: "LinkClient") -> None:
+        super().__init__()
+        self.client = client
+
+    def frame_received(self, kind: int, body: bytes) -> None:
+        self.client._frame(self, kind, body)
+
+
+
+class LinkClient:
+    """This node's link to one peer node: reconnects, keeps order, bounds what is in flight."""
+
+    def __init__(self, me: str, peer: str, address: Callable[[], str | None],
+                 connect: Connect, queued_timeout: float = QUEUED_TIMEOUT) -> None:
+        self.me = me
+        self.peer = peer
+        self._address = address
+        self._connect = connect
+        self.queued_timeout = queued_timeout
+        self.session: _ClientSession | None = None
+        # bumped when a session ends: a delivery of an older generation cannot be settled
+        self.generation = 0
+        self.closed = False
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._up: asyncio.Event = asyncio.Event()
+        self._attempts = 0
+        self._seq = 0
+        self._wire_seq = 0  # the newest publish handed to a live session
+        self._pending: deque[tuple[int, asyncio.Future[bool], int]] = deque()
+        self._pending_bytes = 0
+        self._rid = 0
+        # request id -> (future, the generation it went out in; None: still queued)
+        self._requests: dict[int, list] = {}
+        self._cid = 0
+        self.consumers: dict[int, RemoteConsumer] = {}
+        self._out: list[bytes] = []
+        self._settle_op: str | None = None
+        self._settle_ids: list[int] = []
+        self._credit_out: dict[int, int] = {}
+        self._flush_scheduled = False
+        # frames waiting for a session: (frame, kind, key): kind "publish" (key: seq) or
+        # "request" (key: rid)
+        self._backlog: deque[tuple[bytes, str, int]] = deque()
+        self._backlog_timer: asyncio.TimerHandle | None = None
+        self._held: set[Any] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "LinkClient":
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def ready(self) -> None:
+        """Wait for a session; raises ConnectionError when an attempt fails meanwhile."""
+        attempts = self._attempts
+        while not self._up.is_set():
+            if self.closed:
+                raise ConnectionError("link closed")
+            if self._attempts > attempts and self.last_error is not None:
+                raise ConnectionError(self.last_error)
+            await asyncio.sleep(0.01)
+
+    async def _run(self) -> None:
+        while not self.closed:
+            address = self._address()
+            if address is None:
+                self.last_error = f"no address for node {self.peer}"
+                self._attempts += 1
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            try:
+                transport, link = await self._connect(address, {"kind": "queues",
+                                                                "node": self.me})
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.last_error = f"cannot open the queue link to {self.peer} at {address}: {e}"
+                self._attempts += 1
+                log.info("%s", self.last_error)
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            session = _ClientSession(self)
+            session.take_over(transport, link)
+            self.last_error = None
+            self._attempts += 1
+            self._connected(session)
+            await session.closed
+            self._lost(session)
+            if not self.closed:
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+        session = self.session
+        if session is not None:
+            session.close()
+            self._lost(session)
+        self._fail_backlog("the queue link is closed")
+        self._release_held()
+
+    def _connected(self, session: _ClientSession) -> None:
+        self.session = session
+        self._up.set()
+        if self._backlog_timer is not None:
+            self._backlog_timer.cancel()
+            self._backlog_timer = None
+        # consumers subscribed before the link broke subscribe again first: the owner
+        # requeued what they had not acked, and delivers it again
+        for rc in list(self.consumers.values()):
+            if rc.active:
+                self._subscribe(rc, resubscribe=True)
+        backlog, self._backlog = self._backlog, deque()
+        for frame, kind, key in backlog:
+            self._out_frame(frame)
+            if kind == "publish":
+                self._wire_seq = key
+            else:
+                req = self._requests.get(key)
+                if req is not None:
+                    req[1] = self.generation
+
+    def _lost(self, session: _ClientSession) -> None:
+        if self.session is not session:
+            return
+        self.session = None
+        self._up.clear()
+        gen = self.generation
+        self.generation += 1
+        self._out.clear()
+        self._settle_op, self._settle_ids = None, []
+        self._credit_out.clear()
+        # what went out may or may not have reached the owner: a nack, an error
+        while self._pending and self._pending[0][0] <= self._wire_seq:
+            self._settle_one(False, "the queue link to the owner was lost")
+        for rid, req in list(self._requests.items()):
+            if req[1] == gen:
+                del self._requests[rid]
+                if not req[0].done():
+                    req[0].set_exception(LinkError(
+                        errors.INTERNAL_ERROR,
+                        f"the link to node {self.peer}, the queue's owner, was lost"))
+        for rc in self.consumers.values():
+            rc.owed = 0
+        self._release_if_below()
+
+    # ------------------------------------------------------------------ output
+    def _out_frame(self, frame: bytes) -> None:
+        if self._settle_op is not None:
+            self._emit_settles()
+        self._out.append(frame)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_event_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._settle_op is not None:
+            self._emit_settles()
+        if self._credit_out:
+            credit, self._credit_out = self._credit_out, {}
+            self._out.append(wire.control({"t": "credit",
+                                           "c": [[k, v] for k, v in credit.items()]}))
+        out, self._out = self._out, []
+        if self.session is not None:
+            self.session.send_many(out)
+
+    def _emit_settles(self) -> None:
+        op, ids = self._settle_op, self._settle_ids
+        self._settle_op, self._settle_ids = None, []
+        self._out.append(wire.control({"t": op, "ids": ids}))
+
+    def _send(self, frame: bytes, kind: str, key: int) -> None:
+        """A frame that must reach the owner: now, or when the next session opens."""
+        if self.session is not None:
+            self._out_frame(frame)
+            if kind == "publish":
+                self._wire_seq = key
+            return
+        self._backlog.append((frame, kind, key))
+        if self._backlog_timer is None and not self.closed:
+            self._backlog_timer = asyncio.get_event_loop().call_later(
+                self.queued_timeout, self._backlog_expired)
+
+    def _backlog_expired(self) -> None:
+        self._backlog_timer = None
+        if self.session is None:
+            self._fail_backlog(f"node {self.peer}, the queue's owner, cannot be reached "
+                               f"({self.last_error or 'connecting'})")
+
+    def _fail_backlog(self, why: str) -> None:
+        backlog, self._backlog = self._backlog, deque()
+        if self._backlog_timer is not None:
+            self._backlog_timer.cancel()
+            self._backlog_timer = None
+        for _frame, kind, key in backlog:
+            if kind == "request":
+                req = self._requests.pop(key, None)
+                if req is not None and not req[0].done():
+                    req[0].set_exception(LinkError(errors.INTERNAL_ERROR, why))
+        # queued publishes are the newest pending ones: nack them all
+        while self._pending:
+            self._settle_one(False, why)
+        self._release_if_below()
+
+    # ------------------------------------------------------------------ publish
+    def publish(self, vhost: str, names: list[str], message: Message) -> asyncio.Future[bool]:
+        """Enqueue ``message`` in the peer's queues ``names``; the future is True once they
+        hold it durably (at once, for what is not stored), False when the owner did not
+        take it or may not have (a confirm is then a nack).  It never fails: nobody need
+        read it."""
+        self._seq += 1
+        seq = self._seq
+        record = message.encode()
+        fut: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
+        self._pending.append((seq, fut, len(record)))
+        self._pending_bytes += len(record)
+        self._send(wire.message((PUBLISH, seq, vhost, names), record), "publish", seq)
+        return fut
+
+    @property
+    def full(self) -> bool:
+        """The window is full: the caller should stop reading its publishers (`hold`)."""
+        return len(self._pending) >= WINDOW or self._pending_bytes >= WINDOW_BYTES
+
+    def hold(self, conn: Any) -> None:
+        """Stop reading ``conn`` (a publisher) until the window is half answered."""
+        if conn not in self._held:
+            self._held.add(conn)
+            conn.hold_reading("link")
+
+    def _release_if_below(self) -> None:
+        if self._held and len(self._pending) <= WINDOW // 2 \
+                and self._pending_bytes <= WINDOW_BYTES // 2:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, set()
+        for conn in held:
+            conn.release_reading("link")
+
+    def _settle_one(self, ok: bool, why: str = "") -> None:
+        _seq, fut, size = self._pending.popleft()
+        self._pending_bytes -= size
+        if not ok and why:
+            log.debug("publish %d not taken: %s", _seq, why)
+        if not fut.done():
+            fut.set_result(ok)
+
+    def _confirmed(self, upto: int, ok: bool) -> None:
+        pending = self._pending
+        why = "" if ok else f"node {self.peer} did not take the message"
+        while pending and pending[0][0] <= upto:
+            self._settle_one(ok, why)
+        self._release_if_below()
+
+    # ------------------------------------------------------------------ requests
+    def request(self, message: dict[str, Any]) -> asyncio.Future[Any]:
+        self._rid += 1
+        rid = self._rid
+        fut: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
+        self._requests[rid] = [fut, self.generation if self.session is not None else None]
+        self._send(wire.control({**message, "rid": rid}), "request", rid)
+        return fut
+
+    async def counts(self, vhost: str, queue: str) -> tuple[int, int]:
+        r = await self.request({"t": "counts", "vhost": vhost, "queue": queue})
+        return int(r["message_count"]), int(r["consumer_count"])
+
+    async def purge(self, vhost: str, queue: str) -> int:
+        r = await self.request({"t": "purge", "vhost": vhost, "queue": queue})
+        return int(r["message_count"])
+
+    async def get(self, vhost: str, queue: str, no_ack: bool
+                  ) -> tuple[Message | None, int, bool, int, int]:
+        """basic.get at the owner: (message or None, delivery id, redelivered,
+        message_count, generation)."""
+        gen = self.generation
+        r = await self.request({"t": "get", "vhost": vhost, "queue": queue,
+                                "no_ack": no_ack})
+        if r.get("empty"):
+            return None, 0, False, int(r["message_count"]), gen
+        return r["message"], r["did"], r["redelivered"], r["message_count"], r["gen"]
+
+    # ------------------------------------------------------------------ consumers
+    def consume(self, vhost: str, queue: str, tag: str, prefetch: int, no_ack: bool,
+                exclusive: bool, arguments: dict, sink: DeliverySink
+                ) -> tuple[RemoteConsumer, asyncio.Future[Any]]:
+        """Subscribe at the owner; the future resolves once it has (its deliveries, which
+        may follow at once, go to ``sink``), or fails with the owner's `LinkError`."""
+        self._cid += 1
+        rc = RemoteConsumer(self._cid, vhost, queue, tag, prefetch, no_ack, exclusive,
+                            arguments, sink)
+        self.consumers[rc.cid] = rc
+        return rc, self._subscribe(rc)
+
+    def _subscribe(self, rc: RemoteConsumer, resubscribe: bool = False) -> asyncio.Future[Any]:
+        rc.owed = 0
+        fut = self.request({"t": "consume", "vhost": rc.vhost, "queue": rc.queue,
+                            "cid": rc.cid, "tag": rc.tag, "prefetch": rc.prefetch,
+                            "no_ack": rc.no_ack, "exclusive": rc.exclusive,
+                            "arguments": _plain(rc.arguments), "credit": CREDIT})
+
+        def answered(f: asyncio.Future) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is None:
+                rc.active = True
+                return
+            self.consumers.pop(rc.cid, None)
+            if resubscribe:  # the queue is gone meanwhile (or the link again)
+                rc.sink.cancelled(rc)
+        fut.add_done_callback(answered)
+        return fut
+
+    def cancel(self, rc: RemoteConsumer) -> None:
+        if self.consumers.pop(rc.cid, None) is not None and self.session is not None:
+            self._out_frame(wire.control({"t": "cancel", "cid": rc.cid}))
+
+    def credit(self, rc: RemoteConsumer, n: int) -> None:
+        """Give ``n`` deliveries of credit back to ``rc``: its client took them."""
+        if self.session is None or rc.cid not in self.consumers:
+            return
+        self._credit_out[rc.cid] = self._credit_out.get(rc.cid, 0) + n
+        self._schedule()
+
+    def settle(self, op: str, generation: int, did: int) -> None:
+        """ack / reject / requeue the owner's delivery ``did``: dropped when the session it
+        came on is gone (the owner requeued it already)."""
+        if generation != self.generation or self.session is None:
+            return
+        if self._settle_op != op:
+            if self._settle_op is not None:
+                self._emit_settles()
+            self._settle_op = op
+        self._settle_ids.append(did)
+        self._schedule()
+
+    # ------------------------------------------------------------------ input
+    def _frame(self, session: _ClientSession, kind: int, body: bytes) -> None:
+        if session is not self.session:
+            return
+        if kind == wire.MESSAGE:
+            meta, record = session.decode_message(body)
+            if meta[0] == DELIVER:
+                self._delivery(int(meta[1]), int(meta[2]), bool(meta[3]), record)
+            elif meta[0] == GET_OK:
+                req = self._requests.pop(int(meta[1]), None)
+                if req is not None and not req[0].done():
+                    req[0].set_result({"message": Message.decode(record), "did": int(meta[2]),
+                                       "redelivered": bool(meta[3]),
+                                       "message_count": int(meta[4]),
+                                       "gen": self.generation})
+            else:
+                raise wire.WireError("unexpected message frame")
+            return
+        if kind != wire.CONTROL:
+            raise wire.WireError(f"unexpected frame kind {kind}")
+        m = session.decode_control(body)
+        t = m.get("t")
+        if t == "ack" or t == "nack":
+            self._confirmed(int(m["upto"]), t == "ack")
+        elif t == "reply" or t == "error":
+            req = self._requests.pop(int(m.get("rid", 0)), None)
+            if req is None or req[0].done():
+                return
+            if t == "reply":
+                req[0].set_result(m)
+            else:
+                req[0].set_exception(LinkError(int(m.get("code", errors.INTERNAL_ERROR)),
+                                               str(m.get("text", ""))))
+        elif t == "cancelled":
+            rc = self.consumers.pop(int(m.get("cid", 0)), None)
+            if rc is not None:
+                rc.sink.cancelled(rc)
+        else:
+            raise wire.WireError(f"unknown queue-link message {t!r}")
+
+    def _delivery(self, cid: int, did: int, redelivered: bool, record: bytes) -> None:
+        rc = self.consumers.get(cid)
+        if rc is None:
+            # cancelled here while the owner was delivering: give it back at once
+            self.settle("requeue", self.generation, did)
+            return
+        rc.owed += 1
+        rc.sink.delivery(rc, did, redelivered, Message.decode(record))
+
+
+def _plain(args: dict) -> dict:
+    """Consumer arguments as msgpack takes them (AMQP field values decoded already; typed
+    integers are ints)."""
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, (bool, int, float, str, bytes)) or v is None:
+            out[str(k)] = v
+        else:
+            out[str(k)] = str(v)
+    return out

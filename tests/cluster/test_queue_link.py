@@ -1,0 +1,326 @@
+"""The queue link between nodes (node/shards/link.py), against a real three-node cluster:
+the test process itself is the other node, with a `LinkClient` to the node that owns the
+vhost, and checks what it does there with pika on the owner."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import pika
+import pytest
+
+from node.amqp import spec
+from node.amqp.frames import content_header_payload
+from node.amqp.message import Message
+from node.clients.forwarding import open_forward
+from node.shards.link import LinkClient, LinkError, RemoteConsumer
+from tests.cluster.conftest import SECRET, Cluster
+
+VHOST = "/"
+
+
+class LoopThread:
+    """An event loop of the test's own, in a thread: the link's end lives there."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        async def call() -> Any:
+            return fn(*args)
+        return self.run(call())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class Sink:
+    """A remote consumer's deliveries, as a channel would take them (credit back at once)."""
+
+    def __init__(self, link: LinkClient, ack: bool = False) -> None:
+        self.link = link
+        self.ack = ack  # ack each delivery as it arrives
+        self.got: list[tuple[RemoteConsumer, int, bool, Message, int]] = []
+        self.cancelled_tags: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def delivery(self, rc: RemoteConsumer, did: int, redelivered: bool,
+                 message: Message) -> None:
+        self.got.append((rc, did, redelivered, message, self.link.generation))
+        if self.ack:
+            self.link.settle("ack", self.link.generation, did)
+        self.link.credit(rc, rc.owed)
+        rc.owed = 0
+        self.arrived.set()
+
+    def cancelled(self, rc: RemoteConsumer) -> None:
+        self.cancelled_tags.append(rc.tag)
+        self.arrived.set()
+
+    async def wait(self, n: int) -> None:
+        while len(self.got) < n:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), 20)
+
+
+def message(body: bytes, persistent: bool = True, message_id: str = "") -> Message:
+    props = spec.BasicProperties(delivery_mode=2 if persistent else 1,
+                                 message_id=message_id or None)
+    header = content_header_payload(60, len(body), props.encode())
+    return Message.from_publish("", "ignored-by-the-link", header, body)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+@pytest.fixture(scope="module")
+def owner(cluster: Cluster):
+    return cluster.owner_of(VHOST)
+
+
+def open_link(loop: LoopThread, node: Any, secret: str = SECRET) -> LinkClient:
+    address = f"{node.host}:{node.forward_port}"
+
+    async def connect(addr: str, facts: dict) -> Any:
+        return await open_forward(addr, secret, facts, timeout=5)
+
+    async def start() -> LinkClient:
+        client = LinkClient("test-node", node.name, lambda: address, connect).start()
+        try:
+            await client.ready()
+        except BaseException:
+            client.close()
+            raise
+        return client
+    return loop.run(start())
+
+
+@pytest.fixture
+def link(loop: LoopThread, owner: Any):
+    client = open_link(loop, owner)
+    yield client
+    loop.call(client.close)
+
+
+@pytest.fixture
+def ch(owner: Any):
+    conn = pika.BlockingConnection(pika.URLParameters(owner.url))
+    channel = conn.channel()
+    yield channel
+    if conn.is_open:
+        conn.close()
+
+
+def fresh_queue(ch: Any, name: str, **arguments: Any) -> str:
+    ch.queue_delete(name)
+    ch.queue_declare(name, durable=True, arguments=arguments or None)
+    return name
+
+
+def publish_all(loop: LoopThread, link: LinkClient, queues: list[str],
+                messages: list[Message]) -> list[bool]:
+    async def run() -> list[bool]:
+        futs = [link.publish(VHOST, queues, m) for m in messages]
+        return list(await asyncio.gather(*futs))
+    return loop.run(run())
+
+
+def test_publish_with_confirms_consume_and_ack(loop, link, ch):
+    q = fresh_queue(ch, "link-pub")
+    n = 300
+    sent = [message(f"m-{i}".encode() * (i % 7 + 1), message_id=f"id-{i}") for i in range(n)]
+    assert publish_all(loop, link, [q], sent) == [True] * n
+    # the owner has them, durably, in publish order
+    assert ch.queue_declare(q, passive=True).method.message_count == n
+    assert loop.run(link.counts(VHOST, q)) == (n, 0)
+
+    sink = Sink(link, ack=True)
+
+    async def consume() -> RemoteConsumer:
+        rc, subscribed = link.consume(VHOST, q, "ctag-1", 50, False, False, {}, sink)
+        await subscribed
+        await sink.wait(n)
+        return rc
+    rc = loop.run(consume())
+    assert [m.body for _rc, _did, _r, m, _g in sink.got] == [m.body for m in sent]
+    assert [m.properties.message_id for _rc, _did, _r, m, _g in sink.got] == \
+        [f"id-{i}" for i in range(n)]
+    assert [m.persistent for _rc, _did, _r, m, _g in sink.got] == [True] * n
+    assert not any(r for _rc, _did, r, _m, _g in sink.got)
+    assert len({did for _rc, did, _r, _m, _g in sink.got}) == n
+    # acks, then counts, in the link's order: nothing left, one consumer
+    assert loop.run(link.counts(VHOST, q)) == (0, 1)
+    loop.call(link.cancel, rc)
+    assert loop.run(link.counts(VHOST, q)) == (0, 0)
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+
+
+def test_nack_requeue_comes_back_redelivered(loop, link, ch):
+    q = fresh_queue(ch, "link-nack")
+    bodies = [b"a", b"b", b"c"]
+    assert publish_all(loop, link, [q], [message(b) for b in bodies]) == [True] * 3
+    sink = Sink(link)
+
+    async def run() -> None:
+        _rc, subscribed = link.consume(VHOST, q, "ctag-2", 10, False, False, {}, sink)
+        await subscribed
+        await sink.wait(3)
+        for _rc, did, _r, _m, gen in sink.got[:3]:
+            link.settle("requeue", gen, did)
+        await sink.wait(6)
+        for _rc, did, _r, _m, gen in sink.got[3:]:
+            link.settle("ack", gen, did)
+    loop.run(run())
+    assert [(m.body, r) for _rc, _d, r, m, _g in sink.got] == \
+        [(b, False) for b in bodies] + [(b, True) for b in bodies]
+    assert loop.run(link.counts(VHOST, q)) == (0, 1)
+
+
+def test_reject_drops_the_message(loop, link, ch):
+    q = fresh_queue(ch, "link-reject")
+    assert publish_all(loop, link, [q], [message(b"x"), message(b"y")]) == [True, True]
+    sink = Sink(link)
+
+    async def run() -> None:
+        _rc, subscribed = link.consume(VHOST, q, "ctag-r", 0, False, False, {}, sink)
+        await subscribed
+        await sink.wait(2)
+        link.settle("reject", sink.got[0][4], sink.got[0][1])
+        link.settle("ack", sink.got[1][4], sink.got[1][1])
+    loop.run(run())
+    assert loop.run(link.counts(VHOST, q)) == (0, 1)
+
+
+def test_dropped_link_requeues_unacked_at_the_owner(loop, owner, ch):
+    q = fresh_queue(ch, "link-drop")
+    link = open_link(loop, owner)
+    bodies = [f"d-{i}".encode() for i in range(5)]
+    assert publish_all(loop, link, [q], [message(b) for b in bodies]) == [True] * 5
+    sink = Sink(link)
+
+    async def consume() -> None:
+        _rc, subscribed = link.consume(VHOST, q, "ctag-3", 10, False, False, {}, sink)
+        await subscribed
+        await sink.wait(5)
+    loop.run(consume())
+    assert ch.queue_declare(q, passive=True).method.message_count == 0  # all unacked
+    loop.call(link.close)  # the link is gone: the owner requeues what it delivered
+    Cluster.wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == 5,
+                       what="the owner requeued the dropped link's deliveries")
+    got = []
+    for _ in range(5):
+        method, _props, body = ch.basic_get(q, auto_ack=True)
+        got.append((body, method.redelivered))
+    assert got == [(b, True) for b in bodies]
+
+
+def test_link_reconnects_and_redelivers_and_old_acks_are_dropped(loop, link, ch):
+    q = fresh_queue(ch, "link-reconnect")
+    bodies = [f"r-{i}".encode() for i in range(4)]
+    assert publish_all(loop, link, [q], [message(b) for b in bodies]) == [True] * 4
+    sink = Sink(link)
+
+    async def run() -> None:
+        _rc, subscribed = link.consume(VHOST, q, "ctag-4", 10, False, False, {}, sink)
+        await subscribed
+        await sink.wait(4)
+        gen = link.generation
+        assert link.session is not None
+        link.session.transport.abort()  # type: ignore[union-attr]
+        while link.generation == gen or link.session is None:
+            await asyncio.sleep(0.01)
+        # late acks of the first deliveries: dropped (the owner requeued them already)
+        for _rc, did, _r, _m, g in sink.got[:4]:
+            link.settle("ack", g, did)
+        await sink.wait(8)  # the consumer subscribed again: everything comes back
+        for _rc, did, _r, _m, g in sink.got[4:]:
+            link.settle("ack", g, did)
+    loop.run(run())
+    assert [(m.body, r) for _rc, _d, r, m, _g in sink.got] == \
+        [(b, False) for b in bodies] + [(b, True) for b in bodies]
+    assert loop.run(link.counts(VHOST, q)) == (0, 1)
+
+
+def test_get_purge_and_counts(loop, link, ch):
+    q = fresh_queue(ch, "link-get")
+    bodies = [b"g1", b"g2", b"g3", b"g4", b"g5"]
+    assert publish_all(loop, link, [q], [message(b) for b in bodies]) == [True] * 5
+    msg, did, redelivered, count, gen = loop.run(link.get(VHOST, q, False))
+    assert (msg.body, redelivered, count) == (b"g1", False, 4)
+    loop.call(link.settle, "requeue", gen, did)
+    msg, did, redelivered, count, gen = loop.run(link.get(VHOST, q, False))
+    assert (msg.body, redelivered, count) == (b"g1", True, 4)
+    loop.call(link.settle, "ack", gen, did)
+    msg, _did, redelivered, count, _gen = loop.run(link.get(VHOST, q, True))
+    assert (msg.body, redelivered, count) == (b"g2", False, 3)
+    assert loop.run(link.purge(VHOST, q)) == 3
+    assert loop.run(link.get(VHOST, q, True))[0] is None
+    assert loop.run(link.counts(VHOST, q)) == (0, 0)
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+
+
+def test_publish_to_several_queues_and_refusals(loop, link, ch):
+    a = fresh_queue(ch, "link-multi-a")
+    b = fresh_queue(ch, "link-multi-b")
+    full = fresh_queue(ch, "link-full", **{"x-max-length": 1, "x-overflow": "reject-publish"})
+    assert publish_all(loop, link, [a, b], [message(b"both")]) == [True]
+    for q in (a, b):
+        method, _props, body = ch.basic_get(q, auto_ack=True)
+        assert (body, method.message_count) == (b"both", 0)
+    # a length limit's reject-publish, a queue that does not exist: nacks
+    assert publish_all(loop, link, [full], [message(b"1"), message(b"2")]) == [True, False]
+    assert publish_all(loop, link, ["link-no-such-queue"], [message(b"x")]) == [False]
+    assert ch.queue_declare(full, passive=True).method.message_count == 1
+    with pytest.raises(LinkError) as e:
+        loop.run(link.counts(VHOST, "link-no-such-queue"))
+    assert e.value.code == 404 and "link-no-such-queue" in e.value.text
+
+
+def test_owner_cancels_consumer_of_deleted_queue(loop, link, ch):
+    q = fresh_queue(ch, "link-deleted")
+    sink = Sink(link)
+
+    async def consume() -> None:
+        _rc, subscribed = link.consume(VHOST, q, "ctag-5", 0, True, False, {}, sink)
+        await subscribed
+    loop.run(consume())
+    ch.queue_delete(q)
+
+    async def cancelled() -> None:
+        while not sink.cancelled_tags:
+            sink.arrived.clear()
+            await asyncio.wait_for(sink.arrived.wait(), 20)
+    loop.run(cancelled())
+    assert sink.cancelled_tags == ["ctag-5"]
+
+
+def test_exclusive_consumer_is_refused_for_a_second_one(loop, link, ch):
+    q = fresh_queue(ch, "link-excl")
+    sink = Sink(link)
+
+    async def run() -> None:
+        _rc, first = link.consume(VHOST, q, "ctag-6", 0, False, True, {}, sink)
+        await first
+        _rc2, second = link.consume(VHOST, q, "ctag-7", 0, False, False, {}, sink)
+        await second
+    with pytest.raises(LinkError) as e:
+        loop.run(run())
+    assert e.value.code == 403 and "in exclusive use" in e.value.text
+
+
+def test_link_without_the_cluster_secret_is_refused(loop, owner):
+    with pytest.raises(ConnectionError):
+        open_link(loop, owner, secret="not-the-secret")
