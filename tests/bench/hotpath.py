@@ -7,7 +7,11 @@ anywhere), unless --aligned feeds whole, frame-aligned 64 KiB chunks (the best c
 count of messages comes from the protocol: the basic.deliver frames the consumer got; a
 run that delivered fewer than it published fails.
 
-usage: python3 tests/bench/hotpath.py [--messages 200000] [--size 16] [--aligned] [--profile]"""
+--persistent publishes persistent messages to a durable queue (each one written to the
+store), --confirm puts the publisher's channel in confirm mode.
+
+usage: python3 tests/bench/hotpath.py [--messages 200000] [--size 16] [--aligned] [--profile]
+                                      [--persistent] [--confirm]"""
 
 from __future__ import annotations
 
@@ -92,7 +96,8 @@ def open_conn(broker: Broker) -> AMQPConnection:
     return c
 
 
-async def main(n: int, size: int, profile: bool, aligned: bool) -> None:
+async def main(n: int, size: int, profile: bool, aligned: bool, persistent: bool = False,
+               confirm: bool = False) -> None:
     with tempfile.TemporaryDirectory() as d:
         from cluster.raft import MetadataStore
         s = Settings(data_dir=d, raft_address="127.0.0.1:0")
@@ -104,12 +109,21 @@ async def main(n: int, size: int, profile: bool, aligned: bool) -> None:
         broker = Broker(s, md)
         await broker.start()
         pub, sub = open_conn(broker), open_conn(broker)
-        sub.data_received(method_frame(1, spec.QueueDeclare(queue="hp")))
+        sub.data_received(method_frame(1, spec.QueueDeclare(queue="hp", durable=persistent)))
+        if confirm:
+            pub.data_received(method_frame(1, spec.ConfirmSelect()))
         sub.data_received(method_frame(1, spec.BasicConsume(queue="hp", no_ack=True)))
+        for _ in range(500):  # a durable declare goes through Raft first
+            q = broker.runtime.vhosts["/"].queues.get("hp")
+            if q is not None and q.consumers:
+                break
+            await asyncio.sleep(0.01)
         body = b"x" * size
         one = (method_frame(1, spec.BasicPublish(exchange="", routing_key="hp"))
                + encode_frame(2, 1, content_header_payload(60, size,
-                                                           spec.BasicProperties().encode()))
+                                                           spec.BasicProperties(
+                                                               delivery_mode=2 if persistent
+                                                               else None).encode()))
                + encode_frame(3, 1, body))
         per_chunk = max(1, 65536 // len(one))
         total = max(n // per_chunk, 1) * per_chunk
@@ -147,5 +161,8 @@ if __name__ == "__main__":
     p.add_argument("--profile", action="store_true")
     p.add_argument("--aligned", action="store_true",
                    help="feed whole frame-aligned 64 KiB chunks (the best case)")
+    p.add_argument("--persistent", action="store_true",
+                   help="persistent messages to a durable queue")
+    p.add_argument("--confirm", action="store_true", help="publisher confirms")
     a = p.parse_args()
-    asyncio.run(main(a.messages, a.size, a.profile, a.aligned))
+    asyncio.run(main(a.messages, a.size, a.profile, a.aligned, a.persistent, a.confirm))
