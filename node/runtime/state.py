@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from node.exchanges.registry import EXCHANGE_TYPES
+from node.runtime.records import Records
 from node.vhost import VirtualHost
 
 
@@ -55,6 +56,8 @@ class Runtime:
         self.users: dict[str, dict] = {}
         self.permissions: dict[str, dict[str, dict]] = {}
         self.policies: dict[str, dict[str, dict]] = {}
+        # the same records, typed and read-only: what the management plane reads
+        self.records = Records(self)
         # client connections of this node, and the ones it forwards to other nodes by vhost
         self.connections: set[Any] = set()
         self.forwarded: dict[str, set[Any]] = {}
