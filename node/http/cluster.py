@@ -74,7 +74,8 @@ def _copies(data: dict) -> int | None:
 async def list_placements(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
-    return json_response([b.roles.describe(v) for v in sorted(b.runtime.vhost_defs)])
+    return json_response([b.roles.describe(v)
+                          for v in sorted(r.name for r in b.runtime.records.vhosts())])
 
 
 @routes.get("/api/cluster/vhosts/{vhost}")
@@ -83,7 +84,7 @@ async def placement(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
     vhost = name(request, "vhost")
-    if vhost not in b.runtime.vhost_defs:
+    if b.runtime.records.vhost(vhost) is None:
         raise not_found()
     if b.roles.available(vhost) is None:
         # the lag figures are the owner's; a hung owner must not hang this answer
@@ -105,7 +106,7 @@ async def place_vhost(request: web.Request) -> web.Response:
     if owner is not None and not isinstance(owner, str):
         raise bad_request("owner must be a node name")
     copies = _copies(data)
-    if vhost not in b.runtime.vhost_defs:
+    if b.runtime.records.vhost(vhost) is None:
         await b.definitions.add_vhost(vhost, str(data.get("description", "")), owner=owner,
                           replicas=copies)
         return web.Response(status=201)
@@ -125,7 +126,7 @@ async def move_vhost(request: web.Request) -> web.Response:
     if not isinstance(target, str):
         raise bad_request("node must be a node name")
     vhost = name(request, "vhost")
-    if vhost not in broker_of(request).runtime.vhost_defs:
+    if broker_of(request).runtime.records.vhost(vhost) is None:
         raise not_found()
     return await _move(request, vhost, target, _sync_timeout(data))
 
@@ -159,7 +160,7 @@ async def verify_vhost(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost = name(request, "vhost")
     b = broker_of(request)
-    if vhost not in b.runtime.vhost_defs:
+    if b.runtime.records.vhost(vhost) is None:
         raise not_found()
     why = b.roles.available(vhost)
     if why is not None:

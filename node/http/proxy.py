@@ -30,11 +30,11 @@ async def from_owner(request: web.Request, vhost: str,
     if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
     owner = b.runtime.owner_of(vhost)
-    node = b.runtime.nodes.get(owner or "")
-    if node is None or not node.get("http"):
+    node = b.runtime.records.member(owner or "")
+    if node is None or not node.http:
         return error_response(503, "service_unavailable",
                               f"vhost '{vhost}' is owned by node '{owner}', which is unknown here")
-    url = f"{relay_scheme(b.settings)}://{node['http']}{request.rel_url}"
+    url = f"{relay_scheme(b.settings)}://{node.http}{request.rel_url}"
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     if request.content_type:
         headers["Content-Type"] = request.content_type
@@ -59,10 +59,10 @@ async def owner_list(request: web.Request, vhost: str, path: str) -> list | None
     b = broker_of(request)
     if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
-    node = b.runtime.nodes.get(b.runtime.owner_of(vhost) or "")
-    if node is None or not node.get("http"):
+    node = b.runtime.records.member(b.runtime.owner_of(vhost) or "")
+    if node is None or not node.http:
         return None
-    url = f"{relay_scheme(b.settings)}://{node['http']}{path.format(vhost=quote(vhost, safe=''))}"
+    url = f"{relay_scheme(b.settings)}://{node.http}{path.format(vhost=quote(vhost, safe=''))}"
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     try:
         async with relay_session(b, 5) as s:

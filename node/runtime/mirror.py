@@ -329,6 +329,7 @@ class DefinitionsMirror:
             self.roles.reconcile_all()
 
     def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
+        self.runtime.vhost_defs[cmd["name"]] = result["vhost"]  # the record, limits included
         vh = self.runtime.vhosts.get(cmd["name"])
         if vh is not None:
             vh.limits = dict(result["vhost"].get("limits") or {})

@@ -13,6 +13,7 @@ from typing import Any
 
 from cluster import shards
 from node.exchanges.registry import EXCHANGE_TYPES
+from node.runtime.records import Records
 from node.vhost import VirtualHost
 
 
@@ -61,6 +62,8 @@ class Runtime:
         self.users: dict[str, dict] = {}
         self.permissions: dict[str, dict[str, dict]] = {}
         self.policies: dict[str, dict[str, dict]] = {}
+        # the same records, typed and read-only: what the management plane reads
+        self.records = Records(self)
         # client connections of this node, and the ones it forwards to other nodes by vhost
         self.connections: set[Any] = set()
         self.forwarded: dict[str, set[Any]] = {}
