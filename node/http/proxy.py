@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from cluster import shards
 from node.http.api_conventions import broker_of, error_response
 from node.tls import relay_scheme, relay_ssl
 
@@ -53,13 +54,14 @@ async def from_owner(request: web.Request, vhost: str,
 
 
 async def owner_list(request: web.Request, vhost: str, path: str) -> list | None:
-    """A list the owner of `vhost` keeps (e.g. its queues with live counts), or None when
-    this node owns it or the owner cannot say."""
+    """A list the owner of `vhost` (or of a shard of it, by unit key) keeps (e.g. its
+    queues with live counts), or None when this node owns it or the owner cannot say."""
     from urllib.parse import quote
     b = broker_of(request)
     if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
     node = b.runtime.records.member(b.runtime.owner_of(vhost) or "")
+    vhost = shards.split(vhost)[0]
     if node is None or not node.http:
         return None
     url = f"{relay_scheme(b.settings)}://{node.http}{path.format(vhost=quote(vhost, safe=''))}"

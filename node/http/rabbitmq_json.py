@@ -9,6 +9,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from cluster import shards
 from node.http.stats import (
     Sampler,
     channel_counters,
@@ -88,7 +89,8 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
     out = {
         "name": q.name, "vhost": vhost, "durable": q.durable, "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
-        "type": "classic", "node": node_name(broker), "state": "running",
+        "type": "classic", "node": broker.runtime.owner_of(q.unit) or node_name(broker),
+        "shard": shards.split(q.unit)[1], "state": "running",
         "policy": policy.name if policy else None, "operator_policy": None,
         "effective_policy_definition": policy.definition if policy else {},
         "consumers": len(qs.consumers),

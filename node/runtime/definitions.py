@@ -328,7 +328,8 @@ class DefinitionService:
         cmd: dict[str, Any] = {"op": "add_vhost", "name": name, "description": description,
                                "tags": tags or [], "default_queue_type": default_queue_type}
         if name not in self.runtime.vhost_defs:  # placement is decided once, at creation
-            owners = self.placement.pick_owners(shard_count, first=owner)
+            running = await self.placement.running_members() if shard_count > 1 else None
+            owners = self.placement.pick_owners(shard_count, first=owner, running=running)
             cmd["owner"] = owner = owners[0]
             cmd["shard_placements"] = self.placement.shard_placements(owners[1:], replicas)
             members = sorted(self.runtime.nodes)
@@ -352,7 +353,8 @@ class DefinitionService:
         if shard_count < current:
             raise errors.precondition(f"vhost '{name}' has {current} shards: a vhost's "
                                       f"shards cannot be reduced")
-        owners = self.placement.pick_owners(shard_count - current)
+        owners = self.placement.pick_owners(shard_count - current,
+                                            running=await self.placement.running_members())
         await self.submit({"op": "set_vhost_shards", "name": name, "shards": shard_count,
                            "shard_placements": self.placement.shard_placements(
                                owners, d.get("replication_factor"))})

@@ -51,16 +51,26 @@ class Placement:
         """The least loaded reachable node (fewest vhosts and shards owned); ties by name."""
         return self.pick_owners(1)[0]
 
-    def pick_owners(self, count: int, first: str | None = None) -> list[str]:
+    async def running_members(self) -> set[str]:
+        """The members running now, a link that flaps (a young cluster's, one under load)
+        waited for as `wait_running` does, all at once."""
+        names = sorted(self.runtime.nodes)
+        up = await asyncio.gather(*(self.wait_running(n) for n in names))
+        return {n for n, ok in zip(names, up) if ok} | {self.settings.node_name}
+
+    def pick_owners(self, count: int, first: str | None = None,
+                    running: set[str] | None = None) -> list[str]:
         """Owners for ``count`` new units (a vhost's shards): each the least loaded
-        reachable node once the ones before it are counted, so shards spread over the
-        nodes; ``first`` fixes the first one."""
-        status = self.metadata.status()
-        reachable = {self.settings.node_name}
-        partners = status.get("partners", {})
-        for name, node in self.runtime.nodes.items():
-            if partners.get(node.get("raft")) == "connected":
-                reachable.add(name)
+        running node once the ones before it are counted, so shards spread over the
+        nodes; ``first`` fixes the first one (``running``: the members known running,
+        default those Raft is connected to now)."""
+        reachable = running
+        if reachable is None:
+            reachable = {self.settings.node_name}
+            partners = self.metadata.status().get("partners", {})
+            for name, node in self.runtime.nodes.items():
+                if partners.get(node.get("raft")) == "connected":
+                    reachable.add(name)
         load = {n: 0 for n in reachable}
         for d in self.runtime.units.values():
             if d.get("owner") in load:

@@ -38,6 +38,7 @@ class VhostRecord:
     replication_factor: int | None = None  # copies wanted, the owner's included
     limits: Mapping[str, int] = field(default_factory=dict)
     confirmed: int = 0  # what the owner had confirmed when a copy last left the in-sync set
+    shards: int = 1  # the vhost's own placement above is its shard 0 (cluster/shards.py)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VhostRecord:
@@ -48,7 +49,8 @@ class VhostRecord:
                    replicas=_strs(d.get("replicas")), in_sync=_strs(d.get("in_sync")),
                    replication_factor=d.get("replication_factor"),
                    limits=dict(d.get("limits") or {}),
-                   confirmed=int(d.get("confirmed") or 0))
+                   confirmed=int(d.get("confirmed") or 0),
+                   shards=int(d.get("shards") or 1))
 
 
 @dataclass(frozen=True)

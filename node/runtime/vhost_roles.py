@@ -350,7 +350,19 @@ class VhostRoles:
     # ------------------------------------------------------------------ seen from outside
 
     def describe(self, name: str) -> dict[str, Any]:
-        """Placement and replication state of a vhost, as the API shows it."""
+        """Placement and replication state of a vhost (or shard), as the API shows it; a
+        sharded vhost's adds each of its shards' (the owner's figures where it is here)."""
+        out = self._describe_unit(name)
+        vhost, shard = shards.split(name)
+        if self.runtime.sharded(vhost):
+            out["name"], out["shard"] = vhost, shard
+            if shard == 0:
+                out["shards"] = [
+                    dict(self._describe_unit(unit), name=vhost, shard=k) for k, unit in
+                    enumerate(shards.units_of(vhost, self.runtime.vhost_defs.get(vhost)))]
+        return out
+
+    def _describe_unit(self, name: str) -> dict[str, Any]:
         d = self.runtime.units.get(name) or {}
         source = self.sources.get(name)
         owner = d.get("owner")
