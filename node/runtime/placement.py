@@ -56,7 +56,7 @@ class Placement:
         waited for as `wait_running` does, all at once."""
         names = sorted(self.runtime.nodes)
         up = await asyncio.gather(*(self.wait_running(n) for n in names))
-        return {n for n, ok in zip(names, up) if ok} | {self.settings.node_name}
+        return {n for n, ok in zip(names, up, strict=True) if ok} | {self.settings.node_name}
 
     def pick_owners(self, count: int, first: str | None = None,
                     running: set[str] | None = None) -> list[str]:
