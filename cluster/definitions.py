@@ -20,7 +20,9 @@ Shape of the state (and of `snapshot()`)::
 
     vhosts[name]             = {"name", "description", "tags", "default_queue_type",
                                 "owner", "epoch", "replicas", "in_sync",
-                                "replication_factor", "confirmed"?}
+                                "replication_factor", "confirmed"?, "shards"?}
+    shards[unit]             = {"name" (the unit key), "vhost", "shard", "owner", "epoch",
+                                "replicas", "in_sync", "replication_factor", "confirmed"?}
     users[name]              = {"name", "password_hash", "hashing", "tags"}
     permissions[vhost][user] = {"user", "vhost", "configure", "write", "read"}
     policies[vhost][name]    = {"vhost", "name", "pattern", "definition", "priority",
@@ -28,13 +30,16 @@ Shape of the state (and of `snapshot()`)::
     exchanges[vhost][name]   = {"vhost", "name", "type", "durable", "auto_delete",
                                 "internal", "arguments"}
     queues[vhost][name]      = {"vhost", "name", "durable", "auto_delete", "exclusive",
-                                "arguments", "id"}
+                                "arguments", "id", "shard"?}
     bindings[vhost][key]     = {"vhost", "source", "destination", "destination_type",
                                 "routing_key", "arguments"}   (key: see `binding_key`)
 
 ``arguments`` of exchanges, queues and bindings is an opaque ``bytes`` blob (the node's
 AMQP-encoded field table); this module never decodes it and compares it byte for byte.
-A queue's ``id`` names its declaration (chosen by the submitter, "" in queues declared
+A vhost's placement record is its shard 0; shards 1.. of a vhost with ``shards`` > 1 have
+records of their own under their unit keys (cluster/shards.py), and the placement
+commands take either kind of key as ``name``.  A queue's ``shard`` says which unit holds
+it.  A queue's ``id`` names its declaration (chosen by the submitter, "" in queues declared
 before it existed): a queue deleted and declared again under the same name has another
 one, so the owner never takes the old queue's stored messages for the new one's.
 """
@@ -47,6 +52,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from cluster import shards as sharding
 from node.amqp.errors import resource_text
 from node.amqp.spec import ACCESS_REFUSED, INTERNAL_ERROR, NOT_FOUND, PRECONDITION_FAILED
 from node.amqp.standard_exchanges import STANDARD_EXCHANGES
@@ -168,6 +174,8 @@ class DefinitionState:
     def __init__(self) -> None:
         self.bootstrapped: bool = False
         self.vhosts: dict[str, dict[str, Any]] = {}
+        # placement records of shards 1.. of sharded vhosts, by unit key
+        self.shards: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self.permissions: dict[str, dict[str, dict[str, Any]]] = {}
         self.policies: dict[str, dict[str, dict[str, Any]]] = {}
@@ -194,6 +202,7 @@ class DefinitionState:
             "format": SNAPSHOT_FORMAT,
             "bootstrapped": self.bootstrapped,
             "vhosts": self.vhosts,
+            "shards": self.shards,
             "users": self.users,
             "permissions": self.permissions,
             "policies": self.policies,
@@ -222,6 +231,7 @@ class DefinitionState:
         state = cls()
         state.bootstrapped = bool(data["bootstrapped"])
         state.vhosts = data["vhosts"]
+        state.shards = data.get("shards", {})
         state.users = data["users"]
         state.permissions = data["permissions"]
         state.policies = data["policies"]
@@ -329,6 +339,13 @@ class DefinitionState:
             raise _Refused(NOT_FOUND, f"no vhost '{name}'")
         return found
 
+    def _need_unit(self, name: str) -> dict[str, Any]:
+        """The placement record of a unit: a vhost (its shard 0) or one of its shards."""
+        found = self.vhosts.get(name) or self.shards.get(name)
+        if found is None:
+            raise _Refused(NOT_FOUND, f"no {sharding.label(name)}")
+        return found
+
     def _need_user(self, name: str) -> dict[str, Any]:
         found = self.users.get(name)
         if found is None:
@@ -358,6 +375,7 @@ class DefinitionState:
         owner: str | None = None,
         replicas: list[str] | None = None,
         replication_factor: int | None = None,
+        shard_placements: list[tuple[str, list[str]]] | None = None,
     ) -> None:
         self.vhosts[name] = {
             "name": name,
@@ -375,6 +393,8 @@ class DefinitionState:
             # Copies wanted, the owner's included (None: the cluster's default).
             "replication_factor": replication_factor,
         }
+        if shard_placements:
+            self._add_shards(name, shard_placements)
         self.permissions[name] = {}
         self.policies[name] = {}
         self.queues[name] = {}
@@ -392,6 +412,55 @@ class DefinitionState:
             for xname, (xtype, internal) in DEFAULT_EXCHANGES.items()
         }
 
+    def _add_shards(self, name: str, placements: list[tuple[str, list[str]]]) -> list[str]:
+        """Shards after the vhost's current ones, one per (owner, replicas)."""
+        vhost = self.vhosts[name]
+        first = sharding.count(vhost)
+        if first + len(placements) > sharding.MAX_SHARDS:
+            raise _Refused(PRECONDITION_FAILED, f"vhost '{name}' cannot have more than "
+                                                f"{sharding.MAX_SHARDS} shards")
+        added = []
+        for k, (owner, replicas) in enumerate(placements, start=first):
+            unit = sharding.unit_key(name, k)
+            self.shards[unit] = {
+                "name": unit, "vhost": name, "shard": k, "owner": owner, "epoch": 1,
+                "replicas": [r for r in replicas if r != owner], "in_sync": [],
+                "replication_factor": vhost.get("replication_factor"),
+            }
+            added.append(unit)
+        vhost["shards"] = first + len(placements)
+        return added
+
+    def _shard_placements(self, cmd: _Command) -> list[tuple[str, list[str]]]:
+        raw = cmd.get("shard_placements", list, [])
+        out = []
+        for item in raw:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2
+                    and isinstance(item[0], str) and isinstance(item[1], (list, tuple))
+                    and all(isinstance(r, str) for r in item[1])):
+                raise _Refused(INTERNAL_ERROR, "shard_placements must be [owner, [replicas]] "
+                                               "pairs")
+            out.append((item[0], list(item[1])))
+        return out
+
+    def _op_set_vhost_shards(self, cmd: _Command) -> dict[str, Any]:
+        """Grow a vhost to ``shards`` shards; the new ones are placed as the submitter chose
+        (``shard_placements``, one [owner, replicas] pair per new shard).  A vhost never
+        shrinks: a shard's queues would have to move first."""
+        name = cmd.get("name", str)
+        wanted = cmd.get("shards", int)
+        vhost = self._need_vhost(name)
+        current = sharding.count(vhost)
+        if wanted < current:
+            raise _Refused(PRECONDITION_FAILED, f"vhost '{name}' has {current} shards: a "
+                                                f"vhost's shards cannot be reduced")
+        placements = self._shard_placements(cmd)
+        if len(placements) != wanted - current:
+            raise _Refused(INTERNAL_ERROR, f"set_vhost_shards needs {wanted - current} "
+                                           f"placements, got {len(placements)}")
+        added = self._add_shards(name, placements) if placements else []
+        return _ok(vhost=_copy(vhost), shards=[_copy(self.shards[u]) for u in added])
+
     def _op_add_vhost(self, cmd: _Command) -> dict[str, Any]:
         """Create a vhost, or update the metadata of an existing one (HTTP PUT semantics).
 
@@ -406,22 +475,28 @@ class DefinitionState:
         factor = cmd.get("replication_factor", int, None)
         existing = self.vhosts.get(name)
         if existing is None:
+            placements = self._shard_placements(cmd)
             self._create_vhost(name, description, tags, default_queue_type, owner, replicas,
-                               factor)
-            return _ok(created=True, vhost=_copy(self.vhosts[name]))
+                               factor, placements)
+            return _ok(created=True, vhost=_copy(self.vhosts[name]),
+                       shards=[_copy(self.shards[sharding.unit_key(name, k)])
+                               for k in range(1, sharding.count(self.vhosts[name]))])
         existing.update(description=description, tags=tags, default_queue_type=default_queue_type)
         return _ok(created=False, vhost=_copy(existing))
 
     def _op_delete_vhost(self, cmd: _Command) -> dict[str, Any]:
         name = cmd.get("name", str)
-        self._need_vhost(name)
+        vhost = self._need_vhost(name)
         del self.vhosts[name]
+        units = sharding.units_of(name, vhost)[1:]
+        for unit in units:
+            self.shards.pop(unit, None)
         exchanges = list(self.exchanges.pop(name, {}))
         queues = list(self.queues.pop(name, {}))
         self.bindings.pop(name, None)
         self.permissions.pop(name, None)
         self.policies.pop(name, None)
-        return _ok(deleted=True, exchanges=exchanges, queues=queues)
+        return _ok(deleted=True, exchanges=exchanges, queues=queues, shards=units)
 
     # ------------------------------------------------------------------ nodes
 
@@ -440,7 +515,7 @@ class DefinitionState:
         if self.nodes.pop(name, None) is None:
             raise _Refused(NOT_FOUND, f"no node '{name}' in the cluster")
         changed = []
-        for vname, vhost in self.vhosts.items():
+        for vname, vhost in [*self.vhosts.items(), *self.shards.items()]:
             if name in vhost.get("replicas", []):
                 vhost["replicas"] = [r for r in vhost["replicas"] if r != name]
                 vhost["in_sync"] = [r for r in vhost.get("in_sync", []) if r != name]
@@ -467,12 +542,12 @@ class DefinitionState:
         """The vhost, if ``expected_epoch`` (when given) is still its epoch: placement
         changes are compare-and-set, so a deposed owner's late request, or two nodes racing
         to take over after a failure, cannot both win."""
-        vhost = self._need_vhost(name)
+        vhost = self._need_unit(name)
         expected = cmd.get("expected_epoch", int, None)
         if expected is not None and expected != vhost["epoch"]:
             raise _Refused(
                 PRECONDITION_FAILED,
-                f"vhost '{name}' is at epoch {vhost['epoch']}, expected {expected}",
+                f"{sharding.label(name)} is at epoch {vhost['epoch']}, expected {expected}",
             )
         return vhost
 
@@ -495,7 +570,7 @@ class DefinitionState:
         if require_in_sync and owner not in in_sync:
             raise _Refused(
                 PRECONDITION_FAILED,
-                f"node '{owner}' is not an in-sync replica of vhost '{name}'",
+                f"node '{owner}' is not an in-sync replica of {sharding.label(name)}",
             )
         old = vhost["owner"]
         if old is not None and old != owner:
@@ -537,7 +612,8 @@ class DefinitionState:
         current = list(vhost.get("in_sync", []))
         if in_sync:
             if node not in vhost.get("replicas", []):
-                raise _Refused(NOT_FOUND, f"node '{node}' is not a replica of vhost '{name}'")
+                raise _Refused(NOT_FOUND,
+                               f"node '{node}' is not a replica of {sharding.label(name)}")
             if node not in current:
                 current.append(node)
         else:
@@ -796,7 +872,10 @@ class DefinitionState:
                 INTERNAL_ERROR,
                 f"exclusive {resource_text('queue', name, vhost)} cannot be replicated",
             )
-        self._need_vhost(vhost)
+        shard = cmd.get("shard", int, 0)
+        record = self._need_vhost(vhost)
+        if not 0 <= shard < sharding.count(record):
+            raise _Refused(PRECONDITION_FAILED, f"vhost '{vhost}' has no shard {shard}")
         existing = self.queues[vhost].get(name)
         if existing is not None:
             return _ok(created=False, queue=_copy(existing))
@@ -809,6 +888,8 @@ class DefinitionState:
             "arguments": arguments,
             "id": declaration,
         }
+        if shard:
+            queue["shard"] = shard
         return _ok(created=True, queue=_copy(queue))
 
     def _op_delete_queue(self, cmd: _Command) -> dict[str, Any]:

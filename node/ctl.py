@@ -214,19 +214,31 @@ Need = Any
 
 
 def add_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
-    (name, *_) = need(1, "<vhost> [--owner <node>] [--replicas <copies>] "
+    (name, *_) = need(1, "<vhost> [--owner <node>] [--replicas <copies>] [--shards <n>] "
                          "[--default-queue-type classic|quorum]")
     print(f"Adding vhost \"{name}\" ...")
-    if a.owner or a.replicas:
+    if a.owner or a.replicas or a.shards:
         placement: dict[str, Any] = {}
         if a.owner:
             placement["owner"] = a.owner
         if a.replicas:
             placement["replicas"] = a.replicas
+        if a.shards:
+            placement["shards"] = a.shards
         c.call("PUT", f"/api/cluster/vhosts/{q(name)}", placement)
-    if a.default_queue_type or not (a.owner or a.replicas):
+    if a.default_queue_type or not (a.owner or a.replicas or a.shards):
         body = {"default_queue_type": a.default_queue_type} if a.default_queue_type else {}
         c.call("PUT", f"/api/vhosts/{q(name)}", body)
+
+
+def set_vhost_shards(c: Client, a: argparse.Namespace, need: Need) -> None:
+    name, count, *_ = need(2, "<vhost> <shards>")
+    try:
+        shards = int(count)
+    except ValueError:
+        raise CtlError(f"shards must be a whole number, not {count!r}") from None
+    print(f"Setting vhost \"{name}\" to {shards} shards ...")
+    c.call("PUT", f"/api/cluster/vhosts/{q(name)}", {"shards": shards})
 
 
 def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -471,7 +483,7 @@ SIMPLE = {f.__name__: f for f in (
     set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
     set_policy, clear_policy, export_definitions, import_definitions, move_vhost,
     verify_vhost, vhost_status, cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
-    set_vm_memory_high_watermark, set_disk_free_limit)}
+    set_vm_memory_high_watermark, set_disk_free_limit, set_vhost_shards)}
 SIMPLE["set_vhost_owner"] = move_vhost  # the name of earlier releases
 
 
@@ -481,7 +493,9 @@ HELP = {
     "cluster_status": "nodes (running, leader, vhosts owned) and each vhost's placement",
     "join_cluster": "add a node's Raft address to the cluster (then start that node)",
     "forget_cluster_node": "remove a node from the cluster",
-    "add_vhost": "create a vhost (--owner NODE to choose the node that runs it)",
+    "add_vhost": "create a vhost (--owner NODE to choose the node that runs it, --shards N "
+                 "to split it over N owners)",
+    "set_vhost_shards": "grow a live vhost to N shards (their owners spread over the nodes)",
     "delete_vhost": "delete a vhost and everything in it",
     "set_vhost_owner": "the older name of move_vhost",
     "move_vhost": "move a vhost with its messages to another running node",
@@ -565,6 +579,8 @@ def _main(argv: list[str] | None) -> None:
                         "(classic or quorum)")
     p.add_argument("--replicas", type=int, default=None,
                    help="add_vhost: copies of its messages, the owner's included")
+    p.add_argument("--shards", type=int, default=None,
+                   help="add_vhost: shards to split it into, each with an owner of its own")
     p.add_argument("--timeout", type=float,
                    default=float(env.get("WARREN_CTL_TIMEOUT", DEFAULT_TIMEOUT)),
                    help="seconds to wait for the node's answer (move_vhost: for the target "

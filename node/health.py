@@ -15,6 +15,8 @@ import os
 import secrets
 from typing import Any
 
+from cluster import shards
+
 TOKEN_FILE = ".health-token"
 
 
@@ -70,17 +72,18 @@ def raft_problem(broker: Any) -> str | None:
 def vhost_problems(broker: Any) -> list[str]:
     """Vhosts this node owns whose store is not open for writes."""
     out = []
-    for name in sorted(broker.runtime.vhost_defs):
-        if not broker.runtime.owns(name):
+    for unit in sorted(broker.runtime.units):
+        if not broker.runtime.owns(unit):
             continue
+        name = shards.split(unit)[0]
         vh = broker.runtime.vhosts.get(name)
         if vh is None:
             out.append(f"vhost '{name}' is not running")
             continue
-        store = getattr(vh, "store", None)
+        store = vh.unit_stores.get(unit)
         problem = "no message store" if store is None else store.problem()
         if problem:
-            out.append(f"vhost '{name}': {problem}")
+            out.append(f"{shards.label(unit)}: {problem}")
     return out
 
 

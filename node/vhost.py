@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_OWN_STORE = object()  # add_queue's default: the vhost's own store
 MAX_E2E_HOPS = 64  # exchange-to-exchange routing depth; cycles are cut by the visited set
 
 
@@ -38,6 +39,10 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.connections: set[Any] = set()
+        # the stores of the shards this node runs, by unit key (the vhost's own included)
+        self.unit_stores: dict[str, "MessageStore"] = {}
+        if store is not None:
+            self.unit_stores[name] = store
         self.policies: dict[str, dict] = {}
         self.limits: dict[str, int] = {}
         # stats_* counters of deleted queues and exchanges, so that vhost and node totals
@@ -71,16 +76,20 @@ class VirtualHost:
     # --- queues ---------------------------------------------------------------------
     def add_queue(self, name: str, durable: bool = False, exclusive_owner: Any = None,
                   auto_delete: bool = False, arguments: dict | None = None,
-                  recover: bool = False, declaration: str | None = None) -> Queue:
+                  recover: bool = False, declaration: str | None = None,
+                  unit: str | None = None, store: Any = _OWN_STORE
+                  ) -> Queue:
         """The queue `name` (created if missing).  `declaration`: the id Raft records for a
         durable queue's declaration (node/queues/queue.py store_key); None for the queues
-        Raft never sees."""
+        Raft never sees.  `unit` and `store`: the shard that holds it and that shard's
+        store here (None where another node runs the shard); by default the vhost's own."""
         q = self.queues.get(name)
         if q is None:
             policy = matching_policy(self.policies, "queue", name,
                                      types.queue_type(arguments or {}))
             q = Queue(self.name, name, durable=durable, exclusive_owner=exclusive_owner,
-                      auto_delete=auto_delete, arguments=arguments, store=self.store,
+                      auto_delete=auto_delete, arguments=arguments,
+                      store=self.store if store is _OWN_STORE else store, unit=unit,
                       memory_limit=self.memory_limit, on_unused=self.on_queue_unused,
                       dead_letter=self.dead_letter,
                       policy=policy["definition"] if policy else None, declaration=declaration)
@@ -104,10 +113,19 @@ class VirtualHost:
             q.store.delete_queue(q.store_key)
         return q
 
-    def store_keys(self) -> set[str]:
-        """The store keys of the queues this vhost has now: any other queue key in the
-        store holds messages of a deleted queue."""
-        return {q.store_key for q in self.queues.values()}
+    def store_keys(self, unit: str | None = None) -> set[str]:
+        """The store keys of the queues this vhost has now (of one shard's, given its unit
+        key): any other queue key in that store holds messages of a deleted queue."""
+        unit = self.name if unit is None else unit
+        return {q.store_key for q in self.queues.values() if q.unit == unit}
+
+    def detach_queue(self, name: str) -> Queue | None:
+        """Take a queue out of this runtime without touching its stored messages or its
+        bindings (its shard changed owner: the queue is rebuilt on the other side)."""
+        q = self.queues.pop(name, None)
+        if q is not None:
+            q.close()
+        return q
 
     def _retire(self, obj: Any) -> None:
         totals = self.retired_stats

@@ -370,7 +370,9 @@ class AMQPConnection(asyncio.Protocol):
         if vhost is None or not self.broker.access.can_access_vhost(self.user, virtual_host):
             raise AMQPConnectionError(errors.NOT_ALLOWED, f"access to vhost '{virtual_host}' "
                                       f"refused for user '{self.user}'", 10, 40)
-        if not self.broker.runtime.owns(virtual_host):
+        runtime = self.broker.runtime
+        # a sharded vhost is served where the client connects (its queues on every shard)
+        if not runtime.owns(virtual_host) and not runtime.sharded(virtual_host):
             self._start_forwarding(virtual_host)
             return
         limit = vhost.limits.get("max-connections")

@@ -25,7 +25,8 @@ from node.http.api_conventions import (
     vhost_or_404,
     visible_vhosts,
 )
-from node.http.rabbitmq_json import policy_json, user_json, vhost_json
+from node.http.rabbitmq_json import permission_json, policy_json, user_json, vhost_json
+from node.runtime.records import PolicyRecord, UserRecord
 
 routes = web.RouteTableDef()
 
@@ -36,7 +37,7 @@ APPLY_TO = ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "st
 @routes.get("/api/vhosts")
 async def list_vhosts(request: web.Request) -> web.Response:
     b, stats = broker_of(request), stats_of(request)
-    return list_response(request, [vhost_json(b, stats, vh, b.runtime.vhost_defs.get(vh.name))
+    return list_response(request, [vhost_json(b, stats, vh, b.runtime.records.vhost(vh.name))
                                    for vh in visible_vhosts(request)])
 
 
@@ -44,7 +45,7 @@ async def list_vhosts(request: web.Request) -> web.Response:
 async def get_vhost(request: web.Request) -> web.Response:
     vh = visible_vhosts(request)[0]
     b = broker_of(request)
-    return json_response(vhost_json(b, stats_of(request), vh, b.runtime.vhost_defs.get(vh.name)))
+    return json_response(vhost_json(b, stats_of(request), vh, b.runtime.records.vhost(vh.name)))
 
 
 @routes.put("/api/vhosts/{vhost}")
@@ -76,27 +77,28 @@ async def delete_vhost(request: web.Request) -> web.Response:
 async def vhost_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vh = vhost_or_404(request)
-    return list_response(request, list(broker_of(request).runtime.permissions.get(vh.name, {}).values()))
+    return list_response(request, [permission_json(p) for p in
+                                   broker_of(request).runtime.records.permissions(vh.name)])
 
 
 # --- users ---------------------------------------------------------------------------
 @routes.get("/api/users")
 async def list_users(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    return list_response(request, [user_json(u) for u in broker_of(request).runtime.users.values()])
+    return list_response(request, [user_json(u) for u in broker_of(request).runtime.records.users()])
 
 
 @routes.get("/api/users/without-permissions")
 async def users_without_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    b = broker_of(request)
-    with_perms = {u for perms in b.runtime.permissions.values() for u in perms}
-    return list_response(request, [user_json(u) for n, u in b.runtime.users.items()
-                                   if n not in with_perms])
+    records = broker_of(request).runtime.records
+    with_perms = {p.user for p in records.permissions()}
+    return list_response(request, [user_json(u) for u in records.users()
+                                   if u.name not in with_perms])
 
 
-def _user(request: web.Request) -> dict:
-    u = broker_of(request).runtime.users.get(name(request, "user"))
+def _user(request: web.Request) -> UserRecord:
+    u = broker_of(request).runtime.records.user(name(request, "user"))
     if u is None:
         raise not_found()
     return u
@@ -114,20 +116,20 @@ async def put_user(request: web.Request) -> web.Response:
     data = await body(request)
     username = name(request, "user")
     b = broker_of(request)
-    existing = b.runtime.users.get(username)
+    existing = b.runtime.records.user(username)
     if "tags" in data:
         tags = parse_tags(data["tags"])
     elif existing is None:
         raise bad_request("key missing: tags")
     else:
-        tags = list(existing.get("tags", []))
+        tags = list(existing.tags)
     if "password" in data:
         pw_hash, hashing = hash_password(str(data["password"])), HASHING_SHA256
     elif "password_hash" in data:
         pw_hash = str(data["password_hash"])
         hashing = str(data.get("hashing_algorithm") or HASHING_SHA256)
     elif existing is not None:
-        pw_hash, hashing = existing.get("password_hash", ""), existing.get("hashing", "")
+        pw_hash, hashing = existing.password_hash, existing.hashing
     else:
         raise bad_request("key missing: password or password_hash")
     await b.definitions.add_user(username, pw_hash, tags, hashing)
@@ -137,7 +139,7 @@ async def put_user(request: web.Request) -> web.Response:
 @routes.delete("/api/users/{user}")
 async def delete_user(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    await broker_of(request).definitions.delete_user(_user(request)["name"])
+    await broker_of(request).definitions.delete_user(_user(request).name)
     return no_content()
 
 
@@ -147,7 +149,7 @@ async def bulk_delete_users(request: web.Request) -> web.Response:
     data = await body(request, "users")
     b = broker_of(request)
     for username in data["users"]:
-        if username in b.runtime.users:
+        if b.runtime.records.user(username) is not None:
             await b.definitions.delete_user(username)
     return no_content()
 
@@ -156,25 +158,26 @@ async def bulk_delete_users(request: web.Request) -> web.Response:
 async def user_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     u = _user(request)
-    return list_response(request, [p for perms in broker_of(request).runtime.permissions.values()
-                                   for p in perms.values() if p["user"] == u["name"]])
+    return list_response(request, [permission_json(p) for p in
+                                   broker_of(request).runtime.records.permissions(user=u.name)])
 
 
 # --- permissions ---------------------------------------------------------------------
 @routes.get("/api/permissions")
 async def list_permissions(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    return list_response(request, [p for perms in broker_of(request).runtime.permissions.values()
-                                   for p in perms.values()])
+    return list_response(request, [permission_json(p) for p in
+                                   broker_of(request).runtime.records.permissions()])
 
 
 @routes.get("/api/permissions/{vhost}/{user}")
 async def get_permission(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
-    p = broker_of(request).runtime.permissions.get(name(request, "vhost"), {}).get(name(request, "user"))
+    p = broker_of(request).runtime.records.permission(name(request, "vhost"),
+                                                      name(request, "user"))
     if p is None:
         raise not_found()
-    return json_response(p)
+    return json_response(permission_json(p))
 
 
 @routes.put("/api/permissions/{vhost}/{user}")
@@ -184,9 +187,9 @@ async def put_permission(request: web.Request) -> web.Response:
     vh = vhost_or_404(request)
     user = name(request, "user")
     b = broker_of(request)
-    if user not in b.runtime.users:
+    if b.runtime.records.user(user) is None:
         raise bad_request(f"user '{user}' does not exist")
-    existed = user in b.runtime.permissions.get(vh.name, {})
+    existed = b.runtime.records.permission(vh.name, user) is not None
     await b.definitions.set_permissions(user, vh.name, str(data["configure"]), str(data["write"]),
                             str(data["read"]))
     return created_or_updated(existed)
@@ -197,7 +200,7 @@ async def delete_permission(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost, user = name(request, "vhost"), name(request, "user")
     b = broker_of(request)
-    if user not in b.runtime.permissions.get(vhost, {}):
+    if b.runtime.records.permission(vhost, user) is None:
         raise not_found()
     await b.definitions.clear_permissions(user, vhost)
     return no_content()
@@ -212,14 +215,14 @@ def _policy_vhosts(request: web.Request) -> list:
 @routes.get("/api/policies")
 @routes.get("/api/policies/{vhost}")
 async def list_policies(request: web.Request) -> web.Response:
-    b = broker_of(request)
+    records = broker_of(request).runtime.records
     return list_response(request, [policy_json(p) for vh in _policy_vhosts(request)
-                                   for p in b.runtime.policies.get(vh.name, {}).values()])
+                                   for p in records.policies(vh.name)])
 
 
-def _policy(request: web.Request) -> dict:
+def _policy(request: web.Request) -> PolicyRecord:
     vh = _policy_vhosts(request)[0]
-    p = broker_of(request).runtime.policies.get(vh.name, {}).get(name(request, "name"))
+    p = broker_of(request).runtime.records.policy(vh.name, name(request, "name"))
     if p is None:
         raise not_found()
     return p
@@ -246,7 +249,7 @@ async def put_policy(request: web.Request) -> web.Response:
     except (TypeError, ValueError):
         raise bad_request("'priority' must be an integer") from None
     b = broker_of(request)
-    existed = policy_name in b.runtime.policies.get(vh.name, {})
+    existed = b.runtime.records.policy(vh.name, policy_name) is not None
     await b.definitions.set_policy(vh.name, policy_name, str(data["pattern"]), definition, priority,
                        apply_to)
     return created_or_updated(existed)
@@ -255,6 +258,6 @@ async def put_policy(request: web.Request) -> web.Response:
 @routes.delete("/api/policies/{vhost}/{name}")
 async def delete_policy(request: web.Request) -> web.Response:
     p = _policy(request)
-    await broker_of(request).definitions.clear_policy(p["vhost"], p["name"])
+    await broker_of(request).definitions.clear_policy(p.vhost, p.name)
     return no_content()
 

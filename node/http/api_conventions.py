@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from node.runtime.broker import Broker
+from node.runtime.records import UserRecord
 
 # RabbitMQ's user tags, from the most to the least privileged
 ADMINISTRATOR, MONITORING, POLICYMAKER, MANAGEMENT = (
@@ -105,8 +106,8 @@ async def body(request: web.Request, *mandatory: str) -> dict:
     return data
 
 
-def tags_of(user: dict) -> set[str]:
-    return set(user.get("tags", []))
+def tags_of(user: UserRecord) -> set[str]:
+    return set(user.tags)
 
 
 def require(request: web.Request, *tags: str) -> None:
@@ -226,8 +227,8 @@ def vhost_or_404(request: web.Request, key: str = "vhost") -> Any:
 
 
 def can_use_vhost(request: web.Request, vhost: str) -> bool:
-    user = request["user"]
-    return sees_everything(request) or broker_of(request).access.can_access_vhost(user["name"], vhost)
+    user: UserRecord = request["user"]
+    return sees_everything(request) or broker_of(request).access.can_access_vhost(user.name, vhost)
 
 
 def visible_vhosts(request: web.Request) -> list:
@@ -246,7 +247,7 @@ def check_permission(request: web.Request, vhost: str, perm: str, kind: str,
                      resource: str) -> None:
     """The AMQP permission check (configure/write/read regexes) for an API action that
     mirrors an AMQP one, e.g. declaring a queue needs configure on its name."""
-    user = request["user"]["name"]
+    user = request["user"].name
     if not broker_of(request).access.permitted(user, vhost, perm, resource):
         raise not_authorised(f"ACCESS_REFUSED - {perm} access to {kind} '{resource}' in vhost "
                              f"'{vhost}' refused for user '{user}'")

@@ -15,6 +15,7 @@ from node.amqp.errors import AMQPError
 from node.auth import check_password, is_loopback
 from node.health import token_matches
 from node.http.api_conventions import MANAGEMENT_TAGS, HTTPError, error_response
+from node.runtime.records import UserRecord
 
 log = logging.getLogger("warren.http")
 
@@ -26,7 +27,7 @@ PUBLIC_PATHS = {"/", "/index.html"}
 
 # the node's health token opens these and nothing else
 HEALTH_PREFIX = "/api/health/checks/"
-HEALTH_USER = {"name": "(node health token)", "tags": ["monitoring"]}
+HEALTH_USER = UserRecord("(node health token)", tags=("monitoring",))
 
 # AMQP reply codes of definition refusals -> HTTP status
 _STATUS_OF_AMQP = {errors.ACCESS_REFUSED: 401, errors.NOT_FOUND: 404, errors.RESOURCE_LOCKED: 400,
@@ -34,7 +35,8 @@ _STATUS_OF_AMQP = {errors.ACCESS_REFUSED: 401, errors.NOT_FOUND: 404, errors.RES
                    errors.INTERNAL_ERROR: 503}
 
 
-def authenticate(broker: Any, header: str, remote: str | None) -> tuple[dict | None, str]:
+def authenticate(broker: Any, header: str,
+                 remote: str | None) -> tuple[UserRecord | None, str]:
     """The user named by an `Authorization: Basic` header, or None and why not."""
     if not header.startswith("Basic "):
         return None, "Login failed"
@@ -43,9 +45,8 @@ def authenticate(broker: Any, header: str, remote: str | None) -> tuple[dict | N
         ).partition(":")
     except (ValueError, UnicodeDecodeError):
         return None, "Login failed"
-    u = broker.runtime.users.get(username)
-    if u is None or not check_password(password, u.get("password_hash", ""),
-                                       u.get("hashing", "")):
+    u = broker.runtime.records.user(username)
+    if u is None or not check_password(password, u.password_hash, u.hashing):
         return None, "Login failed"
     if username == "guest" and broker.access.loopback_only_guest and not is_loopback(remote):
         return None, "guest user can only log in via localhost"
@@ -74,7 +75,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                              request.remote)
     if user is None:
         return _unauthorised(request, why)
-    if not set(user.get("tags", [])) & MANAGEMENT_TAGS:
+    if not set(user.tags) & MANAGEMENT_TAGS:
         return _unauthorised(request, "Not management user")
     request["user"] = user
     return await _guarded(request, handler)

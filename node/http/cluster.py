@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from cluster import shards
 from node.http.api_conventions import (
     ADMINISTRATOR,
     MONITORING,
@@ -74,7 +75,8 @@ def _copies(data: dict) -> int | None:
 async def list_placements(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
-    return json_response([b.roles.describe(v) for v in sorted(b.runtime.vhost_defs)])
+    return json_response([b.roles.describe(v)
+                          for v in sorted(r.name for r in b.runtime.records.vhosts())])
 
 
 @routes.get("/api/cluster/vhosts/{vhost}")
@@ -83,7 +85,7 @@ async def placement(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
     vhost = name(request, "vhost")
-    if vhost not in b.runtime.vhost_defs:
+    if b.runtime.records.vhost(vhost) is None:
         raise not_found()
     if b.roles.available(vhost) is None:
         # the lag figures are the owner's; a hung owner must not hang this answer
@@ -105,10 +107,14 @@ async def place_vhost(request: web.Request) -> web.Response:
     if owner is not None and not isinstance(owner, str):
         raise bad_request("owner must be a node name")
     copies = _copies(data)
-    if vhost not in b.runtime.vhost_defs:
+    count = data.get("shards")
+    if b.runtime.records.vhost(vhost) is None:
         await b.definitions.add_vhost(vhost, str(data.get("description", "")), owner=owner,
-                          replicas=copies)
+                                      replicas=copies,
+                                      shard_count=1 if count is None else count)
         return web.Response(status=201)
+    if count is not None:
+        await b.definitions.set_vhost_shards(vhost, count)
     if copies is not None:
         await b.placement.set_replication_factor(vhost, copies)
     if owner is not None and owner != b.runtime.owner_of(vhost):
@@ -125,9 +131,13 @@ async def move_vhost(request: web.Request) -> web.Response:
     if not isinstance(target, str):
         raise bad_request("node must be a node name")
     vhost = name(request, "vhost")
-    if vhost not in broker_of(request).runtime.vhost_defs:
+    record = broker_of(request).runtime.records.vhost(vhost)
+    if record is None:
         raise not_found()
-    return await _move(request, vhost, target, _sync_timeout(data))
+    shard = data.get("shard", 0)
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < record.shards:
+        raise bad_request(f"shard must be a shard of vhost '{vhost}': 0 to {record.shards - 1}")
+    return await _move(request, shards.unit_key(vhost, shard), target, _sync_timeout(data))
 
 
 def _sync_timeout(data: dict) -> float:
@@ -141,10 +151,11 @@ def _sync_timeout(data: dict) -> float:
 
 async def _move(request: web.Request, vhost: str, target: str,
                 sync_timeout: float = MOVE_SYNC_TIMEOUT) -> web.Response:
+    """Move a unit (a vhost, or one of its shards by its unit key)."""
     b = broker_of(request)
     why = b.roles.available(vhost)
     if why is not None:
-        raise bad_request(f"cannot move vhost '{vhost}': {why}")
+        raise bad_request(f"cannot move {shards.label(vhost)}: {why}")
     relayed = await from_owner(request, vhost, timeout=sync_timeout + MOVE_HTTP_MARGIN)
     if relayed is not None:
         return relayed
@@ -159,7 +170,7 @@ async def verify_vhost(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost = name(request, "vhost")
     b = broker_of(request)
-    if vhost not in b.runtime.vhost_defs:
+    if b.runtime.records.vhost(vhost) is None:
         raise not_found()
     why = b.roles.available(vhost)
     if why is not None:

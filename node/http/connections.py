@@ -30,7 +30,7 @@ FORCED_TEXT = "CONNECTION_FORCED - Closed via management plugin"
 
 def _connections(request: web.Request, vhost: str | None = None) -> Iterator[Any]:
     everything = sees_everything(request)
-    me = request["user"]["name"]
+    me = request["user"].name
     for c in list(broker_of(request).runtime.connections):
         if not everything and c.user != me:
             continue

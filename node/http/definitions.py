@@ -134,7 +134,9 @@ class Importer:
             for v in _items(doc, "vhosts"):
                 await self.vhost(v)
             for p in _items(doc, "permissions"):
-                if p.get("vhost") in b.runtime.vhosts and p.get("user") in b.runtime.users:
+                user = p.get("user")
+                if p.get("vhost") in b.runtime.vhosts and isinstance(user, str) and \
+                        b.runtime.records.user(user) is not None:
                     await b.definitions.set_permissions(p["user"], p["vhost"], p.get("configure", ""),
                                             p.get("write", ""), p.get("read", ""))
         for p in _items(doc, "policies"):

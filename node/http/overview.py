@@ -29,6 +29,7 @@ from node.http.api_conventions import (
 )
 from node.http.stats import NODE, queue_depths
 from node.runtime.broker import PRODUCT, VERSION
+from node.runtime.records import MemberRecord, UserRecord
 
 routes = web.RouteTableDef()
 
@@ -98,8 +99,8 @@ async def cluster_name(request: web.Request) -> web.Response:
 
 @routes.get("/api/whoami")
 async def whoami(request: web.Request) -> web.Response:
-    u = request["user"]
-    return json_response({"name": u["name"], "tags": list(u.get("tags", []))})
+    u: UserRecord = request["user"]
+    return json_response({"name": u.name, "tags": list(u.tags)})
 
 
 def node_json(broker: Any) -> dict:
@@ -141,7 +142,7 @@ def _cluster_fields(broker: Any, status: dict, name: str) -> dict:
             "owned_vhosts": entry.get("owns", [])}
 
 
-async def _remote_node(request: web.Request, node: dict) -> dict | None:
+async def _remote_node(request: web.Request, node: MemberRecord) -> dict | None:
     """A peer's own figures, asked from its management API with the caller's credentials
     (users are replicated, so they work there too)."""
     import aiohttp
@@ -149,8 +150,8 @@ async def _remote_node(request: web.Request, node: dict) -> dict | None:
     from node.http.proxy import relay_session
     from node.tls import relay_scheme
     b = broker_of(request)
-    url = (f"{relay_scheme(b.settings)}://{node['http']}/api/nodes/"
-           f"{quote(node['name'], safe='')}?local=true")
+    url = (f"{relay_scheme(b.settings)}://{node.http}/api/nodes/"
+           f"{quote(node.name, safe='')}?local=true")
     try:
         async with relay_session(b, 1.5) as s:
             async with s.get(url, headers={"Authorization":
@@ -176,8 +177,8 @@ async def nodes(request: web.Request) -> web.Response:
         if member == me:
             item = node_json(b)
         else:
-            node = b.runtime.nodes.get(member, {})
-            remote = await _remote_node(request, node) if node.get("http") else None
+            node = b.runtime.records.member(member)
+            remote = await _remote_node(request, node) if node and node.http else None
             item = remote if remote is not None else {}
             if remote is None:
                 item = {"name": member, "type": "disc", "running": False}

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from cluster import shards
 from node.http.api_conventions import broker_of, error_response
 from node.tls import relay_scheme, relay_ssl
 
@@ -30,11 +31,11 @@ async def from_owner(request: web.Request, vhost: str,
     if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
     owner = b.runtime.owner_of(vhost)
-    node = b.runtime.nodes.get(owner or "")
-    if node is None or not node.get("http"):
+    node = b.runtime.records.member(owner or "")
+    if node is None or not node.http:
         return error_response(503, "service_unavailable",
                               f"vhost '{vhost}' is owned by node '{owner}', which is unknown here")
-    url = f"{relay_scheme(b.settings)}://{node['http']}{request.rel_url}"
+    url = f"{relay_scheme(b.settings)}://{node.http}{request.rel_url}"
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     if request.content_type:
         headers["Content-Type"] = request.content_type
@@ -53,16 +54,17 @@ async def from_owner(request: web.Request, vhost: str,
 
 
 async def owner_list(request: web.Request, vhost: str, path: str) -> list | None:
-    """A list the owner of `vhost` keeps (e.g. its queues with live counts), or None when
-    this node owns it or the owner cannot say."""
+    """A list the owner of `vhost` (or of a shard of it, by unit key) keeps (e.g. its
+    queues with live counts), or None when this node owns it or the owner cannot say."""
     from urllib.parse import quote
     b = broker_of(request)
     if b.runtime.owns(vhost) or request.headers.get(HOP_HEADER):
         return None
-    node = b.runtime.nodes.get(b.runtime.owner_of(vhost) or "")
-    if node is None or not node.get("http"):
+    node = b.runtime.records.member(b.runtime.owner_of(vhost) or "")
+    vhost = shards.split(vhost)[0]
+    if node is None or not node.http:
         return None
-    url = f"{relay_scheme(b.settings)}://{node['http']}{path.format(vhost=quote(vhost, safe=''))}"
+    url = f"{relay_scheme(b.settings)}://{node.http}{path.format(vhost=quote(vhost, safe=''))}"
     headers = {"Authorization": request.headers.get("Authorization", ""), HOP_HEADER: "1"}
     try:
         async with relay_session(b, 5) as s:

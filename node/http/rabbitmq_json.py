@@ -9,7 +9,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from node import policies
+from cluster import shards
 from node.http.stats import (
     Sampler,
     channel_counters,
@@ -17,6 +17,7 @@ from node.http.stats import (
     queue_counters,
     vhost_counters,
 )
+from node.runtime.records import PermissionRecord, PolicyRecord, UserRecord, VhostRecord
 
 PROTOCOL = "AMQP 0-9-1"
 
@@ -34,22 +35,26 @@ def node_name(broker: Any) -> str:
 
 
 # --- policies: node.policies decides, for the broker and for what the API shows ------------
-def matching_policy(broker: Any, vhost: str, name: str, kind: str) -> dict | None:
+def matching_policy(broker: Any, vhost: str, name: str, kind: str) -> PolicyRecord | None:
     """The policy in effect on a queue or exchange (`kind` "queues" or "exchanges")."""
-    return policies.matching_policy(broker.runtime.policies.get(vhost, {}), kind.rstrip("s"), name)
+    return broker.runtime.records.policy_for(vhost, kind.rstrip("s"), name)
 
 
-def queue_policy(broker: Any, vhost: str, q: Any) -> dict | None:
+def queue_policy(broker: Any, vhost: str, q: Any) -> PolicyRecord | None:
     """The policy in effect on a queue: the queue's own record of it when it keeps one."""
     if hasattr(q, "policy_name"):
-        return broker.runtime.policies.get(vhost, {}).get(q.policy_name) if q.policy_name else None
+        return broker.runtime.records.policy(vhost, q.policy_name) if q.policy_name else None
     return matching_policy(broker, vhost, q.name, "queues")
 
 
-def policy_json(p: dict) -> dict:
-    return {"vhost": p["vhost"], "name": p["name"], "pattern": p.get("pattern", ""),
-            "apply-to": p.get("apply_to", "all"), "definition": p.get("definition", {}),
-            "priority": p.get("priority", 0)}
+def policy_json(p: PolicyRecord) -> dict:
+    return {"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply-to": p.apply_to,
+            "definition": p.definition, "priority": p.priority}
+
+
+def permission_json(p: PermissionRecord) -> dict:
+    return {"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
+            "read": p.read}
 
 
 # --- queues, exchanges, bindings -----------------------------------------------------
@@ -84,9 +89,10 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
     out = {
         "name": q.name, "vhost": vhost, "durable": q.durable, "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
-        "type": "classic", "node": node_name(broker), "state": "running",
-        "policy": policy["name"] if policy else None, "operator_policy": None,
-        "effective_policy_definition": policy.get("definition", {}) if policy else {},
+        "type": "classic", "node": broker.runtime.owner_of(q.unit) or node_name(broker),
+        "shard": shards.split(q.unit)[1], "state": "running",
+        "policy": policy.name if policy else None, "operator_policy": None,
+        "effective_policy_definition": policy.definition if policy else {},
         "consumers": len(qs.consumers),
         "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else None,
         "single_active_consumer_tag": sac.tag if sac is not None else None,
@@ -106,9 +112,10 @@ def queue_json(broker: Any, stats: Sampler, vhost: str, q: Any,
     }
     if q.settings.queue_type == "quorum":
         # RabbitMQ's quorum-queue fields; its Raft members are the vhost's copies here
-        meta = broker.runtime.vhost_defs.get(vhost) or {}
-        members = sorted({meta.get("owner") or node_name(broker), *meta.get("replicas", [])})
-        out.update(type="quorum", leader=meta.get("owner") or node_name(broker),
+        meta = broker.runtime.records.vhost(vhost) or VhostRecord(vhost)
+        leader = meta.owner or node_name(broker)
+        members = sorted({leader, *meta.replicas})
+        out.update(type="quorum", leader=leader,
                    members=members, online=members, messages_dlx=0, message_bytes_dlx=0)
         for gone in ("storage_version", "recoverable_slaves", "exclusive_consumer_tag"):
             out.pop(gone, None)
@@ -124,7 +131,7 @@ def exchange_json(broker: Any, stats: Sampler, vhost: str, ex: Any) -> dict:
     policy = matching_policy(broker, vhost, ex.name, "exchanges") if ex.name else None
     return {"name": ex.name, "vhost": vhost, "type": ex.type_name, "durable": ex.durable,
             "auto_delete": ex.auto_delete, "internal": ex.internal, "arguments": ex.arguments,
-            "user_who_performed_action": "", "policy": policy["name"] if policy else None,
+            "user_who_performed_action": "", "policy": policy.name if policy else None,
             "message_stats": stats.message_stats(("exchange", vhost, ex.name),
                                                  exchange_counters(ex))}
 
@@ -159,13 +166,13 @@ def vhost_bindings(vh: Any) -> list[dict]:
 
 
 # --- vhosts, users ---------------------------------------------------------------------
-def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
-    meta = meta or {}
+def vhost_json(broker: Any, stats: Sampler, vh: Any, record: VhostRecord | None) -> dict:
+    meta = record or VhostRecord(vh.name)
     key = ("vhost", vh.name)
     vs = vh.stats()
-    description = meta.get("description", "")
-    tags = list(meta.get("tags", []))
-    dqt = meta.get("default_queue_type", "classic")
+    description = meta.description
+    tags = list(meta.tags)
+    dqt = meta.default_queue_type
     out = {"name": vh.name, "description": description, "tags": tags,
            "default_queue_type": dqt,
            "metadata": {"description": description, "tags": tags,
@@ -178,16 +185,16 @@ def vhost_json(broker: Any, stats: Sampler, vh: Any, meta: dict | None) -> dict:
     out.update(stats.details(key, {"messages": ready + unacked, "messages_ready": ready,
                                    "messages_unacknowledged": unacked}))
     # WarrenMQ's placement: who serves the vhost, and who holds copies of its messages
-    out.update(owner=meta.get("owner"), epoch=meta.get("epoch"),
-               replicas=list(meta.get("replicas", [])), in_sync=list(meta.get("in_sync", [])),
+    out.update(owner=meta.owner, epoch=meta.epoch if record is not None else None,
+               replicas=list(meta.replicas), in_sync=list(meta.in_sync),
                available=broker.roles.available(vh.name) is None)
     return out
 
 
-def user_json(u: dict) -> dict:
-    return {"name": u["name"], "password_hash": u.get("password_hash", ""),
-            "hashing_algorithm": u.get("hashing") or "rabbit_password_hashing_sha256",
-            "tags": list(u.get("tags", [])), "limits": {}}
+def user_json(u: UserRecord) -> dict:
+    return {"name": u.name, "password_hash": u.password_hash,
+            "hashing_algorithm": u.hashing or "rabbit_password_hashing_sha256",
+            "tags": list(u.tags), "limits": {}}
 
 
 # --- connections, channels, consumers ---------------------------------------------------

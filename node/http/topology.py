@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster import shards
 from node.amqp.errors import resource_text
 from node.exchanges.base import Destination
 from node.http.api_conventions import (
@@ -25,7 +26,7 @@ from node.http.api_conventions import (
     stats_of,
     visible_vhosts,
 )
-from node.http.proxy import from_owner, owner_list
+from node.http.proxy import HOP_HEADER, from_owner, owner_list
 from node.http.rabbitmq_json import (
     exchange_json,
     properties_key,
@@ -54,6 +55,9 @@ async def list_queues(request: web.Request) -> web.Response:
     b, stats = broker_of(request), stats_of(request)
     items: list[dict] = []
     for vh in visible_vhosts(request):
+        if b.runtime.sharded(vh.name):
+            items.extend(await _sharded_queues(request, vh))
+            continue
         # a vhost another node runs: its queues' live figures are the owner's
         remote = await owner_list(request, vh.name, "/api/queues/{vhost}")
         if remote is not None:
@@ -73,6 +77,39 @@ async def list_queues(request: web.Request) -> web.Response:
     return list_response(request, items)
 
 
+async def _sharded_queues(request: web.Request, vh: Any) -> list[dict]:
+    """A sharded vhost's queues: each shard's with its owner's live figures (a relayed
+    request answers for the shards this node owns only)."""
+    b, stats = broker_of(request), stats_of(request)
+    relayed = bool(request.headers.get(HOP_HEADER))
+    unacked = unacked_bytes(b)
+    rows: list[dict] = []
+    asked: dict[str, list | None] = {}  # owner node -> its rows
+    for unit in shards.units_of(vh.name, b.runtime.vhost_defs.get(vh.name)):
+        queues = [q for q in list(vh.queues.values()) if q.unit == unit]
+        if b.runtime.owns(unit):
+            rows.extend(queue_json(b, stats, vh.name, q, unacked) for q in queues)
+            continue
+        if relayed:
+            continue
+        owner = b.runtime.owner_of(unit) or ""
+        if owner not in asked:
+            asked[owner] = await owner_list(request, unit, "/api/queues/{vhost}")
+        remote = asked[owner]
+        if remote is not None:
+            k = shards.split(unit)[1]
+            rows.extend(r for r in remote if r.get("shard") == k)
+            continue
+        why = b.roles.available(unit) or (
+            f"{shards.label(unit)} is served by node '{owner}', which did not answer")
+        for q in queues:
+            row = queue_json(b, stats, vh.name, q, unacked)
+            row.update(state="down", reason=why, messages=None, messages_ready=None,
+                       messages_unacknowledged=None)
+            rows.append(row)
+    return rows
+
+
 def queue_of(request: web.Request) -> tuple[Any, Any]:
     vh = visible_vhosts(request)[0]
     q = vh.queues.get(name(request, "name"))
@@ -83,8 +120,11 @@ def queue_of(request: web.Request) -> tuple[Any, Any]:
 
 @routes.get("/api/queues/{vhost}/{name}")
 async def get_queue(request: web.Request) -> web.Response:
-    relayed = await from_owner(request, name(request, "vhost"))
-    if relayed is not None:  # live counts and consumers are the owner's
+    vh = visible_vhosts(request)[0]
+    q = vh.queues.get(name(request, "name"))
+    # live counts and consumers are the owner's (of the queue's shard)
+    relayed = await from_owner(request, q.unit if q is not None else vh.name)
+    if relayed is not None:
         return relayed
     vh, q = queue_of(request)
     out = queue_json(broker_of(request), stats_of(request), vh.name, q)

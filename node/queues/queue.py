@@ -86,9 +86,12 @@ class Queue:
                  memory_limit: int = 20000,
                  on_unused: Callable[["Queue"], None] | None = None,
                  dead_letter: DeadLetter | None = None,
-                 policy: dict | None = None, declaration: str | None = None) -> None:
+                 policy: dict | None = None, declaration: str | None = None,
+                 unit: str | None = None) -> None:
         self.vhost = vhost
         self.name = name
+        # the placement unit that holds it: the vhost, or one of its shards (cluster/shards.py)
+        self.unit = unit if unit is not None else vhost
         if declaration is None:
             # a queue Raft never sees (transient, exclusive) gets an id of its own, so its
             # paged messages are orphans once it is gone, swept at the next start or

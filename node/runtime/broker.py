@@ -63,7 +63,7 @@ class Broker:
         snapshot = self.metadata.snapshot()
         self.stores.adopt_legacy(snapshot.get("vhosts", {}))  # before tombstones are swept
         self.stores.remove_tombstones()
-        self.stores.remove_unknown(snapshot.get("vhosts", {}))
+        self.stores.remove_unknown([*snapshot.get("vhosts", {}), *snapshot.get("shards", {})])
         self.mirror.rebuild(snapshot)  # also drops the messages of queues that are gone
         self.runtime.live = True
         self.roles.start()

@@ -20,12 +20,13 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from cluster import placement
+from cluster import placement, shards
 from node.amqp import errors
 from node.amqp.errors import AMQPError, ChannelError, resource_text
 from node.amqp.fields import AMQPSyntaxError, decode_table, encode_table
 from node.config import Settings
 from node.exchanges.base import Destination, Exchange
+from node.policies import matching_policy
 from node.queues import types
 from node.queues.queue import Queue, new_declaration
 from node.queues.settings import OVERFLOW_MODES
@@ -63,6 +64,31 @@ def check_vhost_name(name: str) -> None:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise errors.precondition(f"invalid vhost name {name[:64]!r}: control characters "
                                   "are not allowed")
+
+
+LOCATORS = ("client-local", "balanced")
+
+
+def leader_locator(args: dict, policies: dict, name: str) -> str:
+    """A queue's leader locator: its argument, else its policy's key, else client-local.
+    RabbitMQ's older classic-queue locators count as balanced (min-masters, random)."""
+    value = args.get("x-queue-leader-locator", args.get("x-queue-master-locator"))
+    if value is None:
+        policy = matching_policy(policies, "queue", name, types.queue_type(args))
+        if policy is not None:
+            definition = policy["definition"]
+            value = definition.get("queue-leader-locator",
+                                   definition.get("queue-master-locator"))
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    return "client-local" if value in (None, "client-local") else "balanced"
+
+
+def check_shard_count(count: Any) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) \
+            or not 1 <= count <= shards.MAX_SHARDS:
+        raise errors.precondition(f"shards must be a whole number from 1 to "
+                                  f"{shards.MAX_SHARDS}, got {count!r}")
 
 
 def decode_args(blob: bytes | None) -> dict:
@@ -139,10 +165,13 @@ class DefinitionService:
             raise errors.precondition(f"cannot declare queue '{name}': queue limit in vhost "
                                       f"'{vh.name}' ({limit}) is reached")
         if durable and owner is None:
-            result = await self.submit({
-                "op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
-                "auto_delete": auto_delete, "exclusive": False, "arguments": encode_args(args),
-                "id": new_declaration()})
+            cmd = {"op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
+                   "auto_delete": auto_delete, "exclusive": False,
+                   "arguments": encode_args(args), "id": new_declaration()}
+            shard = self.queue_shard(vh, name, args)
+            if shard:
+                cmd["shard"] = shard
+            result = await self.submit(cmd)
             # the vhost's runtime may have been rebuilt while the change committed (a
             # failover or a move of the vhost): the queue is in the new one
             vh = self.runtime.vhosts.get(vh.name, vh)
@@ -155,6 +184,29 @@ class DefinitionService:
         # transient and exclusive queues never leave this node (decision 2)
         return vh.add_queue(name, durable=durable, exclusive_owner=owner,
                             auto_delete=auto_delete, arguments=args)
+
+    def queue_shard(self, vh: VirtualHost, name: str, args: dict) -> int:
+        """The shard a new queue of a sharded vhost goes to, by its leader locator (the
+        `x-queue-leader-locator` argument, else the policy's `queue-leader-locator`, else
+        client-local, as in RabbitMQ): client-local is the least used shard this node
+        owns, balanced (or client-local on a node that owns none) the least used one."""
+        record = self.runtime.vhost_defs.get(vh.name)
+        count = shards.count(record)
+        if count == 1:
+            return 0
+        locator = leader_locator(args, vh.policies, name)
+        queues = [{"shard": shards.split(q.unit)[1]}
+                  for q in vh.queues.values() if q.durable and q.exclusive_owner is None]
+        if locator == "client-local":
+            local = [k for k in range(count)
+                     if self.runtime.owns(shards.unit_key(vh.name, k))]
+            if local:
+                counts = {k: 0 for k in local}
+                for q in queues:
+                    if q["shard"] in counts:
+                        counts[q["shard"]] += 1
+                return min(local, key=lambda k: (counts[k], k))
+        return shards.balanced_shard(count, queues)
 
     async def delete_queue(self, vh: VirtualHost, q: Queue) -> None:
         if q.durable and q.exclusive_owner is None:
@@ -260,10 +312,11 @@ class DefinitionService:
     # ------------------------------------------------------------------------------
     async def add_vhost(self, name: str, description: str = "", tags: list | None = None,
                         default_queue_type: str = "classic", owner: str | None = None,
-                        replicas: int | None = None) -> None:
+                        replicas: int | None = None, shard_count: int = 1) -> None:
         """Create a vhost (or update its description, tags and default queue type).
         ``replicas`` is the number of copies, the owner's included (default: the node's
-        --replication-factor), capped at the cluster's size."""
+        --replication-factor), capped at the cluster's size; ``shard_count`` how many
+        shards it is split into (their owners spread over the nodes)."""
         if owner is not None:
             await self.placement.require_running(owner)
         check_vhost_name(name)
@@ -271,10 +324,14 @@ class DefinitionService:
                                      or replicas < 1):
             raise errors.precondition(f"replicas must be a whole number of copies >= 1, got "
                                       f"{replicas!r}")
+        check_shard_count(shard_count)
         cmd: dict[str, Any] = {"op": "add_vhost", "name": name, "description": description,
                                "tags": tags or [], "default_queue_type": default_queue_type}
         if name not in self.runtime.vhost_defs:  # placement is decided once, at creation
-            cmd["owner"] = owner = owner or self.placement.pick_owner()
+            running = await self.placement.running_members() if shard_count > 1 else None
+            owners = self.placement.pick_owners(shard_count, first=owner, running=running)
+            cmd["owner"] = owner = owners[0]
+            cmd["shard_placements"] = self.placement.shard_placements(owners[1:], replicas)
             members = sorted(self.runtime.nodes)
             record: dict[str, Any] = {"owner": owner, "replicas": [],
                                       "replication_factor": replicas}
@@ -284,6 +341,23 @@ class DefinitionService:
                 record, members, want, placement.load(self.runtime.vhost_defs.values(), members))
             cmd["replication_factor"] = replicas
         await self.submit(cmd)
+
+    async def set_vhost_shards(self, name: str, shard_count: int) -> None:
+        """Grow a live vhost to ``shard_count`` shards; the new shards' owners spread over
+        the nodes, and new queues go to them as the queue locator decides."""
+        d = self.runtime.vhost_defs.get(name)
+        if d is None:
+            raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
+        check_shard_count(shard_count)
+        current = shards.count(d)
+        if shard_count < current:
+            raise errors.precondition(f"vhost '{name}' has {current} shards: a vhost's "
+                                      f"shards cannot be reduced")
+        owners = self.placement.pick_owners(shard_count - current,
+                                            running=await self.placement.running_members())
+        await self.submit({"op": "set_vhost_shards", "name": name, "shards": shard_count,
+                           "shard_placements": self.placement.shard_placements(
+                               owners, d.get("replication_factor"))})
 
     def default_queue_type(self, vhost: str) -> str | None:
         """The type a queue declared without `x-queue-type` gets in this vhost."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from cluster import shards
 from node.amqp import errors
 from node.config import Settings
 from node.exchanges.base import Destination
@@ -58,7 +59,35 @@ class DefinitionsMirror:
                          on_queue_unused=self.definitions.queue_unused,
                          on_exchange_unused=self.definitions.exchange_unused)
         self.runtime.vhosts[name] = vh
+        self._open_shards(vh)
         return vh
+
+    def _open_shards(self, vh: VirtualHost) -> None:
+        """Open the stores of the vhost's shards this node runs (shard 0's is the vhost's
+        own), so that each has its replication source before its first queue."""
+        for unit in shards.units_of(vh.name, self.runtime.vhost_defs.get(vh.name))[1:]:
+            if self.runtime.owns(unit) and unit not in vh.unit_stores:
+                vh.unit_stores[unit] = self.stores.open(unit)
+
+    def _add_queue(self, vh: VirtualHost, q: dict) -> None:
+        """A durable queue as Raft has it, in the shard its record names: a `Queue` on this
+        node's store when this node runs the shard, else a stand-in for the queue on the
+        shard's owner (`_remote_queue`)."""
+        unit = shards.unit_key(vh.name, shards.queue_shard(q))
+        if unit != vh.name and not self.runtime.owns(unit):
+            self._remote_queue(vh, q, unit)
+            return
+        store = vh.store if unit == vh.name else vh.unit_stores.get(unit)
+        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
+                     arguments=decode_args(q["arguments"]), recover=True,
+                     declaration=q.get("id", ""), unit=unit, store=store)
+
+    def _remote_queue(self, vh: VirtualHost, q: dict, unit: str) -> None:
+        """A queue of a shard another node runs.  Until the queue link serves it from here,
+        the queue is known (definitions, bindings, passive declares) but holds nothing."""
+        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
+                     arguments=decode_args(q["arguments"]), recover=False,
+                     declaration=q.get("id", ""), unit=unit, store=None)
 
     def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted",
                      keep_store: bool = False) -> None:
@@ -82,6 +111,38 @@ class DefinitionsMirror:
         self._close_vhost(name, delete_data=False, why=why,
                           keep_store=self.roles.enabled)
 
+    def _change_shard_role(self, unit: str, why: str) -> None:
+        """A shard of a sharded vhost changed owner to or from this node: only its queues
+        are rebuilt, on the other side; no client connection is closed."""
+        vhost, _ = shards.split(unit)
+        vh = self.runtime.vhosts.get(vhost)
+        mine = self.runtime.owns(unit)
+        if mine:
+            self.roles.prepare_takeover(unit)
+        else:
+            self.roles.step_down(unit, why)
+        if vh is None:
+            return
+        if mine:
+            store = self.stores.open(unit)
+            vh.unit_stores[unit] = store
+        else:
+            store = None
+            vh.unit_stores.pop(unit, None)
+        if unit == vhost:
+            vh.store = store
+        for name, q in list(vh.queues.items()):
+            if q.unit == unit and q.exclusive_owner is None:
+                for owner in {id(c.owner): c.owner for c in q.consumers}.values():
+                    owner.cancel_consumers_of(q)
+                q.consumers.clear()
+                vh.detach_queue(name)
+        for q in self.metadata.snapshot().get("queues", {}).get(vhost, {}).values():
+            if shards.unit_key(vhost, shards.queue_shard(q)) == unit:
+                self._add_queue(vh, q)
+        if mine:
+            self.stores.drop_orphaned_messages(unit, vh.store_keys(unit))
+
     def rebuild(self, state: dict) -> None:
         """Make the runtime match a full snapshot (at start, or when Raft installs one)."""
         self.runtime.users = {u["name"]: u for u in state.get("users", {}).values()}
@@ -89,6 +150,8 @@ class DefinitionsMirror:
         self.runtime.policies = {v: dict(p) for v, p in state.get("policies", {}).items()}
         self.runtime.nodes = dict(state.get("nodes", {}))
         self.runtime.vhost_defs = dict(state.get("vhosts", {}))
+        self.runtime.shard_defs = dict(state.get("shards", {}))
+        self.runtime.set_units()
         wanted = set(state.get("vhosts", {}))
         for name in list(self.runtime.vhosts):
             if name not in wanted:
@@ -106,18 +169,23 @@ class DefinitionsMirror:
         queue deleted while the owner was down, failing over or moving was never deleted
         from the copies: no owner applied the delete to a store."""
         vh = self.runtime.vhosts.get(name)
-        if vh is not None and vh.store is not None:
-            self.stores.drop_orphaned_messages(name, vh.store_keys())
+        if vh is not None:
+            for unit in list(vh.unit_stores):
+                self.stores.drop_orphaned_messages(unit, vh.store_keys(unit))
 
     def _build_vhost(self, name: str, state: dict) -> None:
         """Open a vhost's runtime from the definitions (its store only on its owner), or
         bring an open one in line with them (a snapshot installed after a gap)."""
         vh = self.runtime.vhosts.get(name)
-        if vh is not None and (vh.store is not None) != self.runtime.owns(name):
+        sharded = self.runtime.sharded(name)
+        if vh is not None and not sharded and (vh.store is not None) != self.runtime.owns(name):
             self._change_role(name, why="changed owner")
             vh = None
         if vh is not None:
             self._prune_vhost(vh, state)
+            for unit in shards.units_of(name, self.runtime.vhost_defs.get(name)):
+                if (unit in vh.unit_stores) != self.runtime.owns(unit):
+                    self._change_shard_role(unit, why="changed owner")
         vh = self._open_vhost(name)
         vh.policies = self.runtime.policies.setdefault(name, {})
         vh.limits = dict(state["vhosts"][name].get("limits") or {})
@@ -126,9 +194,8 @@ class DefinitionsMirror:
                 vh.add_exchange(x["name"], x["type"], True, x["auto_delete"], x["internal"],
                                 decode_args(x["arguments"]))
         for q in state.get("queues", {}).get(name, {}).values():
-            vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                         arguments=decode_args(q["arguments"]), recover=True,
-                         declaration=q.get("id", ""))
+            if q["name"] not in vh.queues:
+                self._add_queue(vh, q)
         for b in state.get("bindings", {}).get(name, {}).values():
             vh.bind(b["source"], Destination(b["destination_type"], b["destination"]),
                     b["routing_key"], decode_args(b["arguments"]))
@@ -172,11 +239,11 @@ class DefinitionsMirror:
     def _ev_bootstrap(self, cmd: dict, result: dict) -> None:
         if not result.get("applied"):
             return
-        self.runtime.vhost_defs[cmd["vhost"]] = {
+        self.runtime.put_unit({
             "name": cmd["vhost"], "description": "Default virtual host", "tags": [],
             "default_queue_type": "classic", "owner": cmd.get("owner"),
             "epoch": 1 if cmd.get("owner") else 0, "replicas": [], "in_sync": [],
-            "replication_factor": None}
+            "replication_factor": None})
         if cmd.get("owner") == self.settings.node_name:
             self.roles.grant(cmd["vhost"], 1)
         self._open_vhost(cmd["vhost"])
@@ -189,19 +256,40 @@ class DefinitionsMirror:
 
     def _ev_add_vhost(self, cmd: dict, result: dict) -> None:
         if "vhost" in result:
-            self.runtime.vhost_defs[cmd["name"]] = result["vhost"]
-            if result.get("created") and \
-                    result["vhost"].get("owner") == self.settings.node_name:
-                self.roles.grant(cmd["name"], result["vhost"]["epoch"])
+            self.runtime.put_unit(result["vhost"])
+            for record in [result["vhost"], *result.get("shards", [])]:
+                if result.get("created"):
+                    self.runtime.put_unit(record)
+                    if record.get("owner") == self.settings.node_name:
+                        self.roles.grant(record["name"], record["epoch"])
         self._open_vhost(cmd["name"])
-        self.roles.reconcile(cmd["name"])
+        for unit in shards.units_of(cmd["name"], self.runtime.vhost_defs.get(cmd["name"])):
+            self.roles.reconcile(unit)
+
+    def _ev_set_vhost_shards(self, cmd: dict, result: dict) -> None:
+        self.runtime.put_unit(result["vhost"])
+        for record in result.get("shards", []):
+            self.runtime.put_unit(record)
+            if record.get("owner") == self.settings.node_name:
+                self.roles.grant(record["name"], record["epoch"])
+        vh = self.runtime.vhosts.get(cmd["name"])
+        if vh is not None:
+            self._open_shards(vh)
+        for record in result.get("shards", []):
+            self.roles.reconcile(record["name"])
 
     def _ev_set_vhost_owner(self, cmd: dict, result: dict) -> None:
         name = cmd["name"]
         was_mine = self.runtime.owns(name)
-        self.runtime.vhost_defs[name] = result["vhost"]
+        self.runtime.put_unit(result["vhost"])
         if result["vhost"].get("owner") == self.settings.node_name:
             self.roles.grant(name, result["vhost"]["epoch"])
+        if self.runtime.sharded(shards.split(name)[0]):
+            if was_mine != self.runtime.owns(name):
+                self._change_shard_role(
+                    name, why=f"moved to node '{result['vhost'].get('owner')}'")
+            self.roles.reconcile(name)
+            return
         if was_mine != self.runtime.owns(name) and name in self.runtime.vhosts:
             # the vhost moves (or fails over): clients reconnect (to any node) and reach
             # the new owner
@@ -219,11 +307,11 @@ class DefinitionsMirror:
         self.roles.reconcile(name)
 
     def _ev_set_vhost_replicas(self, cmd: dict, result: dict) -> None:
-        self.runtime.vhost_defs[cmd["name"]] = result["vhost"]
+        self.runtime.put_unit(result["vhost"])
         self.roles.reconcile(cmd["name"])
 
     def _ev_set_in_sync(self, cmd: dict, result: dict) -> None:
-        self.runtime.vhost_defs[cmd["name"]] = result["vhost"]
+        self.runtime.put_unit(result["vhost"])
         self.roles.reconcile(cmd["name"])
 
     def _ev_register_node(self, cmd: dict, result: dict) -> None:
@@ -234,19 +322,30 @@ class DefinitionsMirror:
     def _ev_forget_node(self, cmd: dict, result: dict) -> None:
         self.runtime.nodes.pop(cmd["name"], None)
         if result.get("vhosts"):
-            self.runtime.vhost_defs = dict(self.metadata.snapshot().get("vhosts", {}))
+            snapshot = self.metadata.snapshot()
+            self.runtime.vhost_defs = dict(snapshot.get("vhosts", {}))
+            self.runtime.shard_defs = dict(snapshot.get("shards", {}))
+            self.runtime.set_units()
             self.roles.reconcile_all()
 
     def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
+        self.runtime.vhost_defs[cmd["name"]] = result["vhost"]  # the record, limits included
         vh = self.runtime.vhosts.get(cmd["name"])
         if vh is not None:
             vh.limits = dict(result["vhost"].get("limits") or {})
 
     def _ev_delete_vhost(self, cmd: dict, result: dict) -> None:
+        for unit in result.get("shards", []):
+            self.roles.step_down(unit, "the vhost is deleted")
+            self.roles.forget(unit)
+            self.stores.close(unit, delete_data=True)
+            self.runtime.shard_defs.pop(unit, None)
+            self.runtime.units.pop(unit, None)
         self.roles.step_down(cmd["name"], "the vhost is deleted")
         self.roles.forget(cmd["name"])
         self._close_vhost(cmd["name"], delete_data=True)
         self.runtime.vhost_defs.pop(cmd["name"], None)
+        self.runtime.units.pop(cmd["name"], None)
         self.runtime.permissions.pop(cmd["name"], None)
         self.runtime.policies.pop(cmd["name"], None)
 
@@ -331,9 +430,8 @@ class DefinitionsMirror:
         if (existing is not None and existing.durable and existing.exclusive_owner is None
                 and existing.declaration != q.get("id", "")):
             self.runtime.drop_queue(vh, q["name"])  # a delete this runtime missed
-        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                     arguments=decode_args(q["arguments"]), recover=True,
-                     declaration=q.get("id", ""))
+        if q["name"] not in vh.queues:
+            self._add_queue(vh, q)
 
     def _ev_delete_queue(self, cmd: dict, result: dict) -> None:
         vh = self.runtime.vhosts.get(cmd["vhost"])

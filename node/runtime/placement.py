@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cluster import placement as copy_placement
+from cluster import shards
 from node.amqp import errors
 from node.amqp.errors import ChannelError
 from node.config import Settings
@@ -47,18 +48,57 @@ class Placement:
                 "amqp": f"{host}:{s.amqp_port}", "http": f"{host}:{s.http_port}"}
 
     def pick_owner(self) -> str:
-        """The least loaded reachable node (fewest vhosts owned); ties by name."""
-        status = self.metadata.status()
-        reachable = {self.settings.node_name}
-        partners = status.get("partners", {})
-        for name, node in self.runtime.nodes.items():
-            if partners.get(node.get("raft")) == "connected":
-                reachable.add(name)
+        """The least loaded reachable node (fewest vhosts and shards owned); ties by name."""
+        return self.pick_owners(1)[0]
+
+    async def running_members(self) -> set[str]:
+        """The members running now, a link that flaps (a young cluster's, one under load)
+        waited for as `wait_running` does, all at once."""
+        names = sorted(self.runtime.nodes)
+        up = await asyncio.gather(*(self.wait_running(n) for n in names))
+        return {n for n, ok in zip(names, up, strict=True) if ok} | {self.settings.node_name}
+
+    def pick_owners(self, count: int, first: str | None = None,
+                    running: set[str] | None = None) -> list[str]:
+        """Owners for ``count`` new units (a vhost's shards): each the least loaded
+        running node once the ones before it are counted, so shards spread over the
+        nodes; ``first`` fixes the first one (``running``: the members known running,
+        default those Raft is connected to now)."""
+        reachable = running
+        if reachable is None:
+            reachable = {self.settings.node_name}
+            partners = self.metadata.status().get("partners", {})
+            for name, node in self.runtime.nodes.items():
+                if partners.get(node.get("raft")) == "connected":
+                    reachable.add(name)
         load = {n: 0 for n in reachable}
-        for d in self.runtime.vhost_defs.values():
+        for d in self.runtime.units.values():
             if d.get("owner") in load:
                 load[d["owner"]] += 1
-        return min(sorted(load), key=lambda n: load[n])
+        owners = []
+        for i in range(count):
+            owner = first if i == 0 and first is not None else \
+                min(sorted(load), key=lambda n: load[n])
+            load[owner] = load.get(owner, 0) + 1
+            owners.append(owner)
+        return owners
+
+    def shard_placements(self, owners: list[str], factor: int | None) -> list[list]:
+        """[owner, replicas] of new shards with these owners: replicas on the least loaded
+        members, counting the copies placed before."""
+        members = sorted(self.runtime.nodes)
+        counts = copy_placement.load(self.runtime.units.values(), members)
+        out: list[list] = []
+        for owner in owners:
+            record: dict[str, Any] = {"owner": owner, "replicas": [],
+                                      "replication_factor": factor}
+            want = copy_placement.wanted_replicas(record, self.settings.replication_factor,
+                                                  len(members))
+            replicas = copy_placement.repaired_replicas(record, members, want, counts)
+            for node in [owner, *replicas]:
+                counts[node] = counts.get(node, 0) + 1
+            out.append([owner, replicas])
+        return out
 
     def node_running(self, name: str) -> bool:
         """This node, or a member this node's Raft is connected to."""
@@ -91,17 +131,22 @@ class Placement:
     async def set_replication_factor(self, name: str, copies: int) -> None:
         """Keep ``copies`` copies of the vhost (the owner's included, capped at the
         cluster's size): replicas are added on the least loaded nodes, or trimmed."""
-        d = self.runtime.vhost_defs.get(name)
-        if d is None:
+        v = self.runtime.vhost_defs.get(name)
+        if v is None:
             raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
-        members = sorted(self.runtime.nodes)
-        record = dict(d, replication_factor=copies)
-        want = copy_placement.wanted_replicas(record, self.settings.replication_factor,
-                                              len(members))
-        replicas = copy_placement.repaired_replicas(
-            record, members, want, copy_placement.load(self.runtime.vhost_defs.values(), members))
-        await self.submit({"op": "set_vhost_replicas", "name": name, "replicas": replicas,
-                           "replication_factor": copies, "expected_epoch": d["epoch"]})
+        for unit in shards.units_of(name, v):  # every shard keeps as many copies
+            d = self.runtime.units.get(unit)
+            if d is None:
+                continue
+            members = sorted(self.runtime.nodes)
+            record = dict(d, replication_factor=copies)
+            want = copy_placement.wanted_replicas(record, self.settings.replication_factor,
+                                                  len(members))
+            replicas = copy_placement.repaired_replicas(
+                record, members, want,
+                copy_placement.load(self.runtime.units.values(), members))
+            await self.submit({"op": "set_vhost_replicas", "name": unit, "replicas": replicas,
+                               "replication_factor": copies, "expected_epoch": d["epoch"]})
 
     async def join_node(self, raft_address: str) -> dict:
         """Add a Raft member: {"state": "joined"}, or {"state": "joining", "reason"} when
@@ -117,8 +162,10 @@ class Placement:
         return {"state": "joined"}
 
     def stranded_by(self, name: str) -> list[str]:
-        """Vhosts that forgetting ``name`` would leave without an owner: those it owns."""
-        return sorted(v for v, d in self.runtime.vhost_defs.items() if d.get("owner") == name)
+        """Vhosts (and shards, as "'vhost' shard k") that forgetting ``name`` would leave
+        without an owner: those it owns."""
+        return sorted(unit_text(u) for u, d in self.runtime.units.items()
+                      if d.get("owner") == name)
 
     async def forget_node(self, name: str) -> None:
         """Remove a member.  A node that still owns vhosts is refused, naming them: its
@@ -136,7 +183,7 @@ class Placement:
             running = self.node_running(name)
             raise errors.precondition(
                 f"node '{name}' owns vhost{'s' if len(owned) > 1 else ''} "
-                f"{', '.join(repr(v) for v in owned)}: "
+                f"{', '.join(owned)}: "
                 + ("move them first (warrenctl move_vhost VHOST NODE)" if running else
                    "they fail over once an in-sync replica can take over; none can now "
                    "(no unclean promotion): start the node again, or move them first")
@@ -162,7 +209,11 @@ class Placement:
                 "owns": sorted(v for v, d in self.runtime.vhost_defs.items()
                                if d.get("owner") == name),
                 "replicates": sorted(v for v, d in self.runtime.vhost_defs.items()
-                                     if name in d.get("replicas", []))})
+                                     if name in d.get("replicas", [])),
+                "shards": [{"vhost": d["vhost"], "shard": d["shard"],
+                            "role": "owner" if d.get("owner") == name else "replica"}
+                           for _, d in sorted(self.runtime.shard_defs.items())
+                           if name == d.get("owner") or name in d.get("replicas", [])]})
         return {"node": me, "leader": st.get("leader"), "term": st.get("term"),
                 "joining": [{"raft": a, "reason": why}
                             for a, why in sorted(self.metadata.settle_joining().items())],
@@ -174,5 +225,20 @@ class Placement:
                 "vhosts": {v: {"owner": d.get("owner"), "epoch": d.get("epoch"),
                                "replicas": d.get("replicas", []),
                                "in_sync": d.get("in_sync", []),
-                               "available": self.availability(v) is None}
+                               "available": self.availability(v) is None,
+                               "shards": [self.shard_status(u) for u in
+                                          shards.units_of(v, d)]}
                            for v, d in sorted(self.runtime.vhost_defs.items())}}
+
+    def shard_status(self, unit: str) -> dict:
+        d = self.runtime.units.get(unit) or {}
+        return {"shard": shards.split(unit)[1], "owner": d.get("owner"),
+                "epoch": d.get("epoch"), "replicas": d.get("replicas", []),
+                "in_sync": d.get("in_sync", []),
+                "available": self.availability(unit) is None}
+
+
+def unit_text(unit: str) -> str:
+    """A unit as a list in a message names it: 'orders', or 'orders' shard 2."""
+    vhost, shard = shards.split(unit)
+    return repr(vhost) if shard == 0 else f"{vhost!r} shard {shard}"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cluster import shards
 from node.exchanges.registry import EXCHANGE_TYPES
+from node.runtime.records import Records
 from node.vhost import VirtualHost
 
 
@@ -51,10 +53,17 @@ class Runtime:
         self.vhosts: dict[str, VirtualHost] = {}
         # replicated records, as committed: vhosts (owner, epoch, replicas...), members
         self.vhost_defs: dict[str, dict] = {}
+        # shards 1.. of sharded vhosts by unit key (cluster/shards.py), and every placement
+        # unit (the vhosts, which are their own shard 0, and those shards) by unit key:
+        # what roles, replication, failover and moves work on
+        self.shard_defs: dict[str, dict] = {}
+        self.units: dict[str, dict] = {}
         self.nodes: dict[str, dict] = {}
         self.users: dict[str, dict] = {}
         self.permissions: dict[str, dict[str, dict]] = {}
         self.policies: dict[str, dict[str, dict]] = {}
+        # the same records, typed and read-only: what the management plane reads
+        self.records = Records(self)
         # client connections of this node, and the ones it forwards to other nodes by vhost
         self.connections: set[Any] = set()
         self.forwarded: dict[str, set[Any]] = {}
@@ -66,14 +75,32 @@ class Runtime:
         self.counters = Counters()
 
     # ------------------------------------------------------------------ placement facts
-    def owner_of(self, vhost: str) -> str | None:
-        d = self.vhost_defs.get(vhost)
+    def owner_of(self, unit: str) -> str | None:
+        d = self.units.get(unit)
         return d.get("owner") if d else None
 
-    def owns(self, vhost: str) -> bool:
-        """A vhost without an owner (a single node's) is served wherever it is opened."""
-        owner = self.owner_of(vhost)
+    def owns(self, unit: str) -> bool:
+        """Whether this node runs a unit (a vhost's shard 0 by the vhost's name, or a
+        shard); one without an owner (a single node's) is served wherever it is opened."""
+        owner = self.owner_of(unit)
         return owner is None or owner == self.node_name
+
+    def sharded(self, vhost: str) -> bool:
+        """A vhost of several shards: its clients are served where they connect."""
+        return shards.count(self.vhost_defs.get(vhost)) > 1
+
+    def set_units(self) -> None:
+        """Rebuild `units` from the vhost and shard records (after a snapshot)."""
+        self.units = {**self.vhost_defs, **self.shard_defs}
+
+    def put_unit(self, record: dict) -> None:
+        """A placement record as committed: a vhost's or a shard's (by its unit key)."""
+        name = record["name"]
+        if "vhost" in record and name != record["vhost"]:
+            self.shard_defs[name] = record
+        else:
+            self.vhost_defs[name] = record
+        self.units[name] = record
 
     @property
     def cluster_name(self) -> str:

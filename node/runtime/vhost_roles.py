@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from cluster import wire
+from cluster import shards, wire
 from cluster.digest import DigestServer
 from cluster.failover import FailoverController
 from cluster.follower import Follower
@@ -71,7 +71,7 @@ class VhostRoles:
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
             self.me, self.liveness, metadata.submit, self._is_leader,
-            lambda: (runtime.vhost_defs, runtime.nodes), self.positions,
+            lambda: (runtime.units, runtime.nodes), self.positions,
             s.replication_factor, self._raft_connected, self._raft_silence)
 
     # ------------------------------------------------------------------ lifecycle
@@ -180,7 +180,7 @@ class VhostRoles:
             return
         vhost, node = str(facts.get("vhost")), str(facts.get("node"))
         source = self.sources.get(vhost)
-        d = self.runtime.vhost_defs.get(vhost)
+        d = self.runtime.units.get(vhost)
         position = facts.get("position")
         if source is None or d is None or node not in d.get("replicas", []) \
                 or not (isinstance(position, list) and len(position) == 2):
@@ -197,7 +197,7 @@ class VhostRoles:
     # ------------------------------------------------------------------ roles
 
     def role(self, name: str) -> str | None:
-        d = self.runtime.vhost_defs.get(name)
+        d = self.runtime.units.get(name)
         if d is None:
             return None
         if d.get("owner") in (None, self.me):
@@ -218,7 +218,7 @@ class VhostRoles:
         async def claim() -> None:
             try:
                 while True:
-                    d = self.runtime.vhost_defs.get(name)
+                    d = self.runtime.units.get(name)
                     if d is None or d.get("owner") != self.me or d.get("epoch") != epoch:
                         return  # placement moved on: that change's event reconciles
                     try:
@@ -245,7 +245,7 @@ class VhostRoles:
         if follower is not None:
             follower.halt()
         store = self.stores.get(name)
-        d = self.runtime.vhost_defs.get(name)
+        d = self.runtime.units.get(name)
         if store is not None and d is not None and store.epoch != d.get("epoch", 0) \
                 and (not self.enabled or self.granted.get(name) == d.get("epoch", 0)):
             store.takeover(d.get("epoch", 0))
@@ -269,24 +269,25 @@ class VhostRoles:
                     "closing its clients", vhost, epoch)
         self.step_down(vhost, f"this node lost ownership (epoch {epoch})")
         vh = self.runtime.vhosts.get(vhost)
-        if vh is not None:
+        # a sharded vhost's clients stay: its queues are rebuilt when Raft says who owns it
+        if vh is not None and not self.runtime.sharded(vhost):
             for conn in list(vh.connections):
                 conn.force_close(errors.CONNECTION_FORCED,
                                  f"vhost '{vhost}' moved: this node lost ownership "
                                  f"(epoch {epoch}); reconnect")
 
     def reconcile_all(self) -> None:
-        for name in list(self.runtime.vhost_defs):
+        for name in list(self.runtime.units):
             self.reconcile(name)
         for name in list(self.followers):
-            if name not in self.runtime.vhost_defs:
+            if name not in self.runtime.units:
                 self.forget(name)
 
     def reconcile(self, name: str) -> None:
         """Run, for ``name``, exactly what the committed placement gives this node."""
         if not self.enabled:
             return
-        d = self.runtime.vhost_defs.get(name)
+        d = self.runtime.units.get(name)
         role = self.role(name)
         if role == "owner" and d is not None:
             store = self.stores.get(name)
@@ -353,8 +354,20 @@ class VhostRoles:
     # ------------------------------------------------------------------ seen from outside
 
     def describe(self, name: str) -> dict[str, Any]:
-        """Placement and replication state of a vhost, as the API shows it."""
-        d = self.runtime.vhost_defs.get(name) or {}
+        """Placement and replication state of a vhost (or shard), as the API shows it; a
+        sharded vhost's adds each of its shards' (the owner's figures where it is here)."""
+        out = self._describe_unit(name)
+        vhost, shard = shards.split(name)
+        if self.runtime.sharded(vhost):
+            out["name"], out["shard"] = vhost, shard
+            if shard == 0:
+                out["shards"] = [
+                    dict(self._describe_unit(unit), name=vhost, shard=k) for k, unit in
+                    enumerate(shards.units_of(vhost, self.runtime.vhost_defs.get(vhost)))]
+        return out
+
+    def _describe_unit(self, name: str) -> dict[str, Any]:
+        d = self.runtime.units.get(name) or {}
         source = self.sources.get(name)
         owner = d.get("owner")
         out = {
@@ -373,7 +386,7 @@ class VhostRoles:
 
     def available(self, name: str) -> str | None:
         """Why the vhost cannot be served now (None when it can)."""
-        d = self.runtime.vhost_defs.get(name)
+        d = self.runtime.units.get(name)
         if d is None or d.get("owner") in (None, self.me):
             return None
         why = self.controller.unavailable.get(name)
@@ -402,7 +415,7 @@ class VhostRoles:
     async def move(self, name: str, target: str,
                    sync_timeout: float = MOVE_SYNC_TIMEOUT) -> dict[str, Any]:
         """Move ``name`` to ``target`` with its messages; run on the owner."""
-        d = self.runtime.vhost_defs.get(name)
+        d = self.runtime.units.get(name)
         if d is None:
             raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
         if target not in self.runtime.nodes:
@@ -423,8 +436,8 @@ class VhostRoles:
                             "replicas": [*d.get("replicas", []), target],
                             "moving_to": target, "expected_epoch": epoch})
         deadline = time.monotonic() + sync_timeout
-        while target not in (self.runtime.vhost_defs.get(name) or {}).get("in_sync", []):
-            if self.runtime.vhost_defs.get(name, {}).get("epoch") != epoch:
+        while target not in (self.runtime.units.get(name) or {}).get("in_sync", []):
+            if self.runtime.units.get(name, {}).get("epoch") != epoch:
                 raise ChannelError(errors.PRECONDITION_FAILED,
                                    f"cannot move vhost '{name}': its owner changed meanwhile")
             if time.monotonic() > deadline:
@@ -435,7 +448,7 @@ class VhostRoles:
             await asyncio.sleep(0.01)
         source = self.sources.get(name)
         store = self.stores.get(name)
-        vh = self.runtime.vhosts.get(name)
+        vh = self.runtime.vhosts.get(shards.split(name)[0])
         if source is None or store is None or vh is None:
             raise ChannelError(errors.PRECONDITION_FAILED,
                                f"vhost '{name}' is not served here any more")

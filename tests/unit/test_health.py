@@ -24,9 +24,10 @@ def broker(leader: str | None = "a:1", stores: dict | None = None, owned=("/", "
     return SimpleNamespace(
         metadata=SimpleNamespace(status=lambda: status, digest_status=lambda: checks),
         runtime=SimpleNamespace(
-            vhost_defs={name: {} for name in ("/", "orders", "elsewhere")},
+            units={name: {} for name in ("/", "orders", "elsewhere")},
             owns=lambda name: name in owned,
-            vhosts={name: SimpleNamespace(store=s) for name, s in stores.items()}))
+            vhosts={name: SimpleNamespace(unit_stores={name: s} if s is not None else {})
+                    for name, s in stores.items()}))
 
 
 class Server:

@@ -1,0 +1,101 @@
+"""A vhost split into shards: each shard has an owner, epoch and replicas of its own,
+spread over the nodes; a queue goes to the shard its leader locator picks; a shard fails
+over alone, and clients of the vhost's other shards keep their connections."""
+
+from __future__ import annotations
+
+import pika
+
+from tests.cluster.conftest import Cluster
+
+
+def _placement(cluster: Cluster, node, vhost: str) -> dict:
+    code, body = cluster.http(node, "GET", f"/api/cluster/vhosts/{vhost}")
+    assert code == 200, body
+    return body
+
+
+def _queue_shard(cluster: Cluster, node, vhost: str, queue: str) -> int:
+    code, body = cluster.http(node, "GET", f"/api/queues/{vhost}/{queue}")
+    assert code == 200, body
+    return body["shard"]
+
+
+def _grant(cluster: Cluster, node, vhost: str) -> None:
+    code, body = cluster.http(node, "PUT", f"/api/permissions/{vhost}/guest",
+                              {"configure": ".*", "write": ".*", "read": ".*"})
+    assert code in (201, 204), body
+
+
+def _all_running(cluster: Cluster, node) -> bool:
+    return all(n["running"] for n in cluster.status(node)["nodes"])
+
+
+def test_shards_spread_over_the_nodes_and_queues_follow_their_locator(cluster: Cluster):
+    n1, n2, n3 = cluster.nodes
+    # owners go to running nodes only: a member still connecting would get none
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/spread", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "spread")
+    cluster.wait_until(lambda: len(_placement(cluster, n3, "spread").get("shards", [])) == 3,
+                       what="three shards known on n3")
+    shards = _placement(cluster, n2, "spread")["shards"]
+    assert [s["shard"] for s in shards] == [0, 1, 2]
+    assert sorted(s["owner"] for s in shards) == sorted(n.name for n in cluster.nodes)
+    assert all(s["epoch"] == 1 for s in shards)
+    owner_of = {s["owner"]: s["shard"] for s in shards}
+
+    # client-local (the default): on the shard the connecting node owns
+    for node in cluster.nodes:
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", node.amqp_port, "spread", connection_attempts=3))
+        ch = conn.channel()
+        ch.queue_declare(f"local-{node.name}", durable=True)
+        ch.queue_declare(f"balanced-{node.name}", durable=True,
+                         arguments={"x-queue-leader-locator": "balanced"})
+        conn.close()
+    for node in cluster.nodes:
+        assert _queue_shard(cluster, n1, "spread", f"local-{node.name}") == owner_of[node.name]
+    # balanced: three queues over three shards that each hold one already: one each
+    balanced = sorted(_queue_shard(cluster, n1, "spread", f"balanced-{node.name}")
+                      for node in cluster.nodes)
+    assert balanced == [0, 1, 2]
+
+    # grown live: the new shard gets an owner and an epoch of its own
+    code, body = cluster.http(n3, "PUT", "/api/cluster/vhosts/spread", {"shards": 4})
+    assert code == 204, body
+    cluster.wait_until(lambda: len(_placement(cluster, n1, "spread")["shards"]) == 4,
+                       what="a fourth shard")
+    fourth = _placement(cluster, n1, "spread")["shards"][3]
+    assert fourth["owner"] in {n.name for n in cluster.nodes} and fourth["epoch"] == 1
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/spread", {"shards": 2})
+    assert code == 400 and "cannot be reduced" in body["reason"], body
+
+
+def test_a_queue_on_the_connecting_nodes_shard_works_end_to_end(cluster: Cluster):
+    n1, _n2, _n3 = cluster.nodes
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/local", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "local")
+    for node in cluster.nodes:
+        cluster.wait_until(lambda node=node: len(
+            _placement(cluster, node, "local").get("shards", [])) == 3, what="shards known")
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", node.amqp_port, "local", connection_attempts=3))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        q = f"work-{node.name}"
+        ch.queue_declare(q, durable=True)
+        for i in range(50):
+            ch.basic_publish("", q, f"{node.name}-{i}".encode(),
+                             pika.BasicProperties(delivery_mode=2), mandatory=True)
+        got = []
+        for _ in range(50):
+            method, _props, payload = ch.basic_get(q, auto_ack=False)
+            assert method is not None
+            got.append(payload.decode())
+            ch.basic_ack(method.delivery_tag)
+        assert got == [f"{node.name}-{i}" for i in range(50)]
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+        conn.close()
