@@ -37,6 +37,8 @@ from node.queues.entry import QueueEntry
 from node.queues.outcome import PublishOutcome, Rejected
 from node.queues.queue import Queue
 from node.read_models import ChannelStats
+from node.shards.link import LinkError
+from node.shards.remote_queue import RemoteQueue
 
 _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
@@ -409,6 +411,8 @@ class Channel:
             return None
         if m.passive:
             q = self._lookup_queue(self._queue_name(name))
+            if isinstance(q, RemoteQueue):
+                return self._remote_declare_ok(q, m)
             if q.recovering and (wait := q.wait_for()) is not None:
                 return self._when_ready(wait, m)
             self.last_queue = q.name
@@ -431,6 +435,8 @@ class Channel:
                 raise _locked(name, vh.name)
             self.broker.definitions.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
+            if isinstance(existing, RemoteQueue):
+                return self._remote_declare_ok(existing, m)
             if existing.recovering and (wait := existing.wait_for()) is not None:
                 return self._when_ready(wait, m)
             existing.touch()
@@ -452,6 +458,8 @@ class Channel:
             if m.exclusive:
                 self.conn.exclusive_queues.add(q.name)
             self.last_queue = name
+            if isinstance(q, RemoteQueue):  # on a shard another node owns
+                await _remote(q.counts())
             # a queue Raft had already (declared meanwhile, or built by a takeover) may
             # still be recovering: declare-ok reports what it holds, not 0
             while q.recovering and (wait := q.wait_for()) is not None:
@@ -460,6 +468,16 @@ class Channel:
                 self.conn.send_method(self.number, spec.QueueDeclareOk(
                     queue=name, message_count=q.message_count, consumer_count=q.consumer_count))
         return declare()
+
+    def _remote_declare_ok(self, q: RemoteQueue, m: spec.QueueDeclare) -> Any:
+        """declare-ok for a queue another node owns: its counts come from there."""
+        async def answer() -> None:
+            messages, consumers = await _remote(q.counts())
+            self.last_queue = q.name
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.QueueDeclareOk(
+                    queue=q.name, message_count=messages, consumer_count=consumers))
+        return answer()
 
     def on_queue_bind(self, m: spec.QueueBind) -> Any:
         return self._queue_binding(m, True)
@@ -507,6 +525,12 @@ class Channel:
         name = self._queue_name(m.queue)
         self.check("read", "queue", name)
         q = self._lookup_queue(name)
+        if isinstance(q, RemoteQueue):
+            async def purge(q: RemoteQueue) -> None:
+                n = await _remote(q.purge_remote())
+                if not m.nowait:
+                    self.conn.send_method(self.number, spec.QueuePurgeOk(message_count=n))
+            return purge(q)
         if q.recovering and (wait := q.wait_for()) is not None:
             return self._when_ready(wait, m)
         n = q.purge()
@@ -526,12 +550,14 @@ class Channel:
         self._lookup_queue(name)
         if q.recovering and (wait := q.wait_for()) is not None:
             return self._when_ready(wait, m)
-        if m.if_unused and q.consumers:
-            raise errors.precondition(f"{errors.resource_text('queue', name, vh.name)} in use")
-        if m.if_empty and q.message_count:
-            raise errors.precondition(f"{errors.resource_text('queue', name, vh.name)} is not empty")
+        remote = isinstance(q, RemoteQueue)
+        if not remote:
+            self._check_delete(q, q.message_count, len(q.consumers), m)
 
         async def delete() -> None:
+            if isinstance(q, RemoteQueue):  # its counts are the owner's
+                messages, consumers = await _remote(q.counts())
+                self._check_delete(q, messages, consumers, m)
             n = q.message_count
             # RabbitMQ answers delete-ok before it cancels this channel's consumers of the
             # queue (py-amqp/kombu fail on the other order)
@@ -546,6 +572,14 @@ class Channel:
                     self.conn.send_method(self.number, spec.BasicCancel(consumer_tag=tag,
                                                                         nowait=True))
         return delete()
+
+    def _check_delete(self, q: Any, messages: int, consumers: int,
+                      m: spec.QueueDelete) -> None:
+        if m.if_unused and consumers:
+            raise errors.precondition(f"{errors.resource_text('queue', q.name, q.vhost)} in use")
+        if m.if_empty and messages:
+            raise errors.precondition(
+                f"{errors.resource_text('queue', q.name, q.vhost)} is not empty")
 
     # ------------------------------------------------------------------------------
     # basic class: publish
@@ -708,7 +742,7 @@ class Channel:
         self.conn.send_method(self.number, spec.BasicQosOk())
         self._dispatch_all()
 
-    def on_basic_consume(self, m: spec.BasicConsume) -> None:
+    def on_basic_consume(self, m: spec.BasicConsume) -> Any:
         if m.queue == REPLY_TO:
             self._consume_direct_reply(m)
             return
@@ -734,18 +768,49 @@ class Channel:
             raise errors.precondition("exclusive consume is not allowed on a single active "
                                       f"consumer {errors.resource_text('queue', name, self.vhost.name)}")
         self.consumers[tag] = c
+        if isinstance(q, RemoteQueue):
+            return self._consume_remote(q, c, m)
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
         q.add_consumer(c)
+        return None
 
-    def on_basic_cancel(self, m: spec.BasicCancel) -> None:
+    def _consume_remote(self, q: RemoteQueue, c: Consumer, m: spec.BasicConsume) -> Any:
+        """Subscribe at the queue's owner; consume-ok once it accepted (its refusal, e.g.
+        an exclusive consumer there, is this channel's error), then the deliveries."""
+        answered = q.subscribe(c)
+
+        async def consumed() -> None:
+            try:
+                await answered
+            except LinkError as e:
+                self.consumers.pop(c.tag, None)
+                raise ChannelError(e.code, e.text) from None
+            if not m.nowait:
+                self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=c.tag))
+            q.started(c)
+        return consumed()
+
+    def on_basic_cancel(self, m: spec.BasicCancel) -> Any:
         if self.reply_consumer is not None and m.consumer_tag == self.reply_consumer.tag:
             self._end_direct_reply()
         c = self.consumers.pop(m.consumer_tag, None)
+        if c is not None and isinstance(c.queue, RemoteQueue):
+            # cancel-ok once the owner has ended it: what it delivered before comes first
+            # (and is this channel's to ack), nothing after
+            ended = c.queue.unsubscribe(c)
+
+            async def cancelled() -> None:
+                await ended
+                if not m.nowait:
+                    self.conn.send_method(self.number,
+                                          spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+            return cancelled()
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicCancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
             c.queue.remove_consumer(c)
+        return None
 
     def cancel_consumers_of(self, q: Queue) -> None:
         """The queue is gone: tell the client (consumer_cancel_notify) and forget them."""
@@ -806,10 +871,22 @@ class Channel:
         name = self._queue_name(m.queue)
         self.check("read", "queue", name)
         q = self._lookup_queue(name)
+        if isinstance(q, RemoteQueue):
+            async def get(q: RemoteQueue) -> None:
+                entry, count = await _remote(q.get_remote(m.no_ack))
+                self._get_ok(q, entry, count, m)
+            return get(q)
         wait = q.wait_for()
         if wait is not None:
             return self._when_ready(wait, m)
         entry = q.get()
+        self._get_ok(q, entry, None, m)
+        return None
+
+    def _get_ok(self, q: Any, entry: QueueEntry | None, count: int | None,
+                m: spec.BasicGet) -> None:
+        """basic.get-ok (or get-empty) for what ``q`` handed out; ``count``: the message
+        count the owner gave with it (a remote queue's), else the queue's own."""
         if entry is None:
             self.counters.get_empty += 1
             self.conn.send_method(self.number, spec.BasicGetEmpty())
@@ -830,7 +907,8 @@ class Channel:
         msg = entry.message
         self.send_content(spec.BasicGetOk(
             delivery_tag=tag, redelivered=entry.redelivered, exchange=msg.exchange,
-            routing_key=msg.routing_key, message_count=q.message_count), msg)
+            routing_key=msg.routing_key,
+            message_count=q.message_count if count is None else count), msg)
 
     # --- acknowledgements -------------------------------------------------------------
     def _take(self, tag: int, multiple: bool) -> list[tuple[int, tuple]]:
@@ -1029,6 +1107,14 @@ def _check_expiration(msg: Message) -> None:
     if why is not None:
         raise ChannelError(errors.PRECONDITION_FAILED,
                            f"invalid expiration '{raw}': {why}", 60, 40)
+
+
+async def _remote(op: Any) -> Any:
+    """An operation on a queue another node owns: the owner's refusal is this channel's."""
+    try:
+        return await op
+    except LinkError as e:
+        raise ChannelError(e.code, e.text) from None
 
 
 def _default_exchange() -> ChannelError:

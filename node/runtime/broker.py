@@ -110,6 +110,7 @@ class Broker:
                              "broker forced connection closure with reason 'shutdown'")
         await asyncio.sleep(0.05)
         step("stopping replication")
+        self.mirror.links.close()
         await self.roles.stop()
         step("closing the message stores")
         await self.stores.close_all()

@@ -19,11 +19,15 @@ from node.amqp import errors
 from node.config import Settings
 from node.exchanges.base import Destination
 from node.exchanges.registry import EXCHANGE_TYPES
+from node.policies import matching_policy
+from node.queues import types
 from node.runtime.access import AccessControl
 from node.runtime.definitions import DefinitionService, decode_args
 from node.runtime.state import Runtime
 from node.runtime.stores import VhostStores
 from node.runtime.vhost_roles import VhostRoles
+from node.shards.link import Links
+from node.shards.remote_queue import RemoteQueue
 from node.vhost import VirtualHost
 
 if TYPE_CHECKING:
@@ -45,6 +49,11 @@ class DefinitionsMirror:
         self.roles = roles
         self.access = access
         self.definitions = definitions
+        # the queue links to the nodes that own the shards this node does not
+        self.links = Links(settings.node_name, self._cluster_address, roles.connect)
+
+    def _cluster_address(self, node: str) -> str | None:
+        return (self.runtime.nodes.get(node) or {}).get("forward")
 
     # ------------------------------------------------------------------------------
     # a vhost's runtime: open, close, build from a snapshot
@@ -74,7 +83,7 @@ class DefinitionsMirror:
         node's store when this node runs the shard, else a stand-in for the queue on the
         shard's owner (`_remote_queue`)."""
         unit = shards.unit_key(vh.name, shards.queue_shard(q))
-        if unit != vh.name and not self.runtime.owns(unit):
+        if not self.runtime.owns(unit) and (unit != vh.name or self.runtime.sharded(vh.name)):
             self._remote_queue(vh, q, unit)
             return
         store = vh.store if unit == vh.name else vh.unit_stores.get(unit)
@@ -83,11 +92,16 @@ class DefinitionsMirror:
                      declaration=q.get("id", ""), unit=unit, store=store)
 
     def _remote_queue(self, vh: VirtualHost, q: dict, unit: str) -> None:
-        """A queue of a shard another node runs.  Until the queue link serves it from here,
-        the queue is known (definitions, bindings, passive declares) but holds nothing."""
-        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                     arguments=decode_args(q["arguments"]), recover=False,
-                     declaration=q.get("id", ""), unit=unit, store=None)
+        """A queue of a shard another node runs: served from here over the queue link to
+        that node (node/shards/remote_queue.py)."""
+        args = decode_args(q["arguments"])
+        policy = matching_policy(vh.policies, "queue", q["name"], types.queue_type(args))
+        rq = RemoteQueue(vh.name, q["name"], unit, self.links, self.runtime.owner_of,
+                         durable=True, auto_delete=q["auto_delete"], arguments=args,
+                         declaration=q.get("id", ""),
+                         policy=policy["definition"] if policy else None)
+        rq.policy_name = policy["name"] if policy else None
+        vh.queues[q["name"]] = rq  # type: ignore[assignment]  # a Queue to its channels
 
     def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted",
                      keep_store: bool = False) -> None:

@@ -253,6 +253,8 @@ class LinkServer(wire.FramedProtocol):
         c = self._consumers.pop(int(m.get("cid", 0)), None)
         if c is not None:
             self._drop_consumer(c)
+        if "rid" in m:
+            self._reply(m["rid"])
 
     def _on_credit(self, m: dict) -> None:
         touched = set()
@@ -782,6 +784,18 @@ class LinkClient:
         fut.add_done_callback(answered)
         return fut
 
+    def end(self, rc: RemoteConsumer) -> asyncio.Future[Any]:
+        """Cancel ``rc`` at the owner and hear when it has: deliveries until then still go
+        to its sink (they precede the answer on the link)."""
+        if rc.cid not in self.consumers or self.session is None:
+            self.consumers.pop(rc.cid, None)
+            done: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
+            done.set_result(None)
+            return done
+        fut = self.request({"t": "cancel", "cid": rc.cid})
+        fut.add_done_callback(lambda _f: self.consumers.pop(rc.cid, None))
+        return fut
+
     def cancel(self, rc: RemoteConsumer) -> None:
         if self.consumers.pop(rc.cid, None) is not None and self.session is not None:
             self._out_frame(wire.control({"t": "cancel", "cid": rc.cid}))
@@ -865,3 +879,26 @@ def _plain(args: dict) -> dict:
         else:
             out[str(k)] = str(v)
     return out
+
+
+class Links:
+    """This node's queue links, one per peer node, opened on first use."""
+
+    def __init__(self, me: str, address_of: Callable[[str], str | None],
+                 connect: Connect) -> None:
+        self.me = me
+        self._address_of = address_of  # a node's cluster port address (its record's)
+        self._connect = connect
+        self._links: dict[str, LinkClient] = {}
+
+    def to(self, node: str) -> LinkClient:
+        link = self._links.get(node)
+        if link is None:
+            link = self._links[node] = LinkClient(
+                self.me, node, lambda: self._address_of(node), self._connect).start()
+        return link
+
+    def close(self) -> None:
+        links, self._links = self._links, {}
+        for link in links.values():
+            link.close()

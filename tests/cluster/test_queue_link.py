@@ -324,3 +324,91 @@ def test_exclusive_consumer_is_refused_for_a_second_one(loop, link, ch):
 def test_link_without_the_cluster_secret_is_refused(loop, owner):
     with pytest.raises(ConnectionError):
         open_link(loop, owner, secret="not-the-secret")
+
+
+# -----------------------------------------------------------------------------------------
+# through clients: a sharded vhost served by every node (RemoteQueue over the links)
+# -----------------------------------------------------------------------------------------
+def _sharded_vhost(cluster: Cluster, name: str) -> dict[str, set[int]]:
+    """A vhost of three shards; the shards each owner node owns."""
+    n1 = cluster.nodes[0]
+    cluster.wait_until(lambda: all(n["running"] for n in cluster.status(n1)["nodes"]),
+                       what="every member running")
+    code, body = cluster.http(n1, "PUT", f"/api/cluster/vhosts/{name}", {"shards": 3})
+    assert code == 201, body
+    code, body = cluster.http(n1, "PUT", f"/api/permissions/{name}/guest",
+                              {"configure": ".*", "write": ".*", "read": ".*"})
+    assert code in (201, 204), body
+
+    def shards_known(node: Any) -> list[dict]:
+        code, body = cluster.http(node, "GET", f"/api/cluster/vhosts/{name}")
+        return body.get("shards", []) if code == 200 else []  # type: ignore[union-attr]
+    for node in cluster.nodes:
+        cluster.wait_until(lambda node=node: len(shards_known(node)) == 3,
+                           what=f"three shards known on {node.name}")
+    owned: dict[str, set[int]] = {}
+    for s in shards_known(n1):
+        owned.setdefault(s["owner"], set()).add(s["shard"])
+    return owned
+
+
+def _connect(node: Any, vhost: str) -> Any:
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.amqp_port, vhost, connection_attempts=3))
+
+
+def test_publish_on_a_consume_on_c_to_a_queue_of_bs_shard(cluster: Cluster):
+    shard_of = _sharded_vhost(cluster, "spread-link")
+    # b owns a shard; a and c are the two other nodes (placement picks the owners)
+    b = next(n for n in cluster.nodes if n.name in shard_of)
+    a, c = [n for n in cluster.nodes if n is not b]
+    # declared through b, client-local: on the shard b owns
+    conn_b = _connect(b, "spread-link")
+    ch_b = conn_b.channel()
+    ch_b.queue_declare("on-b", durable=True)
+    code, body = cluster.http(a, "GET", "/api/queues/spread-link/on-b")
+    assert code == 200 and body["shard"] in shard_of[b.name], body  # type: ignore[index]
+
+    # every node knows the queue (a declares it passively, through its link to b)
+    conn_a = _connect(a, "spread-link")
+    ch_a = conn_a.channel()
+    cluster.wait_until(lambda: ch_a.queue_declare("on-b", passive=True) is not None,
+                       what="the queue known on a")
+    ch_a.confirm_delivery()
+    n = 200
+    for i in range(n):
+        # pika raises on a nack or a return: each publish is confirmed
+        ch_a.basic_publish("", "on-b", f"msg-{i}".encode(),
+                           pika.BasicProperties(delivery_mode=2, message_id=str(i)),
+                           mandatory=True)
+    assert ch_a.queue_declare("on-b", passive=True).method.message_count == n
+    assert ch_b.queue_declare("on-b", passive=True).method.message_count == n
+
+    conn_c = _connect(c, "spread-link")
+    ch_c = conn_c.channel()
+    ch_c.basic_qos(prefetch_count=20)
+    got: list[tuple[str, str, bool]] = []
+    for method, props, body in ch_c.consume("on-b", inactivity_timeout=20):
+        assert method is not None, f"only {len(got)} of {n} delivered"
+        got.append((body.decode(), props.message_id, method.redelivered))
+        ch_c.basic_ack(method.delivery_tag)
+        if len(got) == n:
+            break
+    ch_c.cancel()
+    assert got == [(f"msg-{i}", str(i), False) for i in range(n)]
+    assert ch_a.queue_declare("on-b", passive=True).method.message_count == 0
+
+    # nack with requeue from c: it comes back redelivered; get from a, count from b
+    ch_a.basic_publish("", "on-b", b"again", pika.BasicProperties(delivery_mode=2))
+    method, _props, body = ch_c.basic_get("on-b", auto_ack=False)
+    assert (body, method.redelivered, method.message_count) == (b"again", False, 0)
+    ch_c.basic_nack(method.delivery_tag, requeue=True)
+    # c's next operation goes to b on the same link, after the nack: it is back then
+    assert ch_c.queue_declare("on-b", passive=True).method.message_count == 1
+    method, _props, body = ch_a.basic_get("on-b", auto_ack=False)
+    assert (body, method.redelivered) == (b"again", True)
+    ch_a.basic_ack(method.delivery_tag)
+    assert ch_b.queue_declare("on-b", passive=True).method.message_count == 0
+    assert ch_c.queue_purge("on-b").method.message_count == 0
+    for conn in (conn_a, conn_b, conn_c):
+        conn.close()

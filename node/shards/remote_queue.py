@@ -1,0 +1,291 @@
+"""A queue of a shard another node owns, as this node's channels see it.
+
+`RemoteQueue` stands in `VirtualHost.queues` where a `Queue` would be: routing reaches it
+like any queue, and what a channel does with it goes to the shard's owner over this node's
+queue link to that node (node/shards/link.py).  The owner is looked up at each operation
+(the shard's placement record), so publishes follow a shard that moved.
+
+What differs from a local queue, and how the channel (node/clients/channel.py) treats it
+(`remote` is True):
+
+* publishing returns REMOTE; `publish_to` then sends the message once per owner node
+  (`send`) and the confirm waits for that node's answer;
+* counts (declare-ok, delete checks), get and purge are requests to the owner, awaited
+  through the channel's backlog so that its replies keep their order;
+* a consumer subscribes at the owner (basic.consume-ok once the owner accepted it); its
+  deliveries arrive as `RemoteEntry`s carrying the owner's delivery id and the link's
+  generation, and acks, rejects and requeues name that id.  A settle of a delivery whose
+  link session is gone is dropped (the owner requeued it already, and delivers it again
+  with redelivered=true), never a channel error;
+* credit: each delivery handed to the client gives the owner room for the next one, unless
+  the channel cannot take more now (its client is not reading, its global prefetch is
+  reached); then it is given back when the channel dispatches again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from node.amqp.message import Message
+from node.queues.consumer import Consumer
+from node.queues.entry import QueueEntry
+from node.queues.queue import REMOTE, store_key
+from node.queues.settings import QueueSettings, queue_settings
+from node.read_models import QueueStats
+from node.shards.link import LinkClient, Links, RemoteConsumer
+
+
+class RemoteEntry(QueueEntry):
+    """A delivery from a remote queue: ``seq`` is the owner's delivery id."""
+
+    __slots__ = ("link", "generation")
+
+    def __init__(self, did: int, message: Message, redelivered: bool, link: LinkClient,
+                 generation: int) -> None:
+        super().__init__(did, message, redelivered)
+        self.link = link  # the link it came on, and which session of it
+        self.generation = generation
+
+
+class RemoteQueue:
+    remote = True
+
+    def __init__(self, vhost: str, name: str, unit: str, links: Links,
+                 owner_of: Callable[[str], str | None], *, durable: bool = True,
+                 auto_delete: bool = False, arguments: dict | None = None,
+                 declaration: str = "", policy: dict | None = None) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.unit = unit  # the shard that holds it (cluster/shards.py unit key)
+        self._links = links
+        self._owner_of = owner_of
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.exclusive_owner: Any = None  # exclusive queues are never remote
+        self.arguments = arguments or {}
+        self.declaration = declaration
+        self.store_key = store_key(name, declaration)
+        self.store = None  # the owner's
+        self.settings: QueueSettings = queue_settings(self.arguments, policy)
+        self.policy_name: str | None = None
+        self.consumers: list[Consumer] = []  # this node's consumers of it
+        self.exclusive_consumer: Consumer | None = None  # known at the owner only
+        self.deleted = False
+        self.recovering = False
+        # what this node last heard from the owner (declare-ok, get-ok)
+        self.message_count = 0
+        self.consumer_count = 0
+        self.unacked = 0
+        self.ready_bytes = 0
+        self.message_bytes = 0
+        self.had_consumers = False
+        self._remote: dict[Consumer, RemoteConsumer] = {}
+        self._by_cid: dict[int, Consumer] = {}
+        self._waiting: dict[Consumer, list[RemoteEntry]] = {}  # before basic.consume-ok
+        self.stats_publish = 0
+
+    def __repr__(self) -> str:
+        return f"<RemoteQueue {self.name!r} in {self.vhost!r} on {self.owner}>"
+
+    @property
+    def owner(self) -> str | None:
+        return self._owner_of(self.unit)
+
+    @property
+    def link(self) -> LinkClient:
+        owner = self.owner
+        if owner is None:
+            raise LookupError(f"queue '{self.name}' in vhost '{self.vhost}' has no owner")
+        return self._links.to(owner)
+
+    # --- what a local queue has and a remote one does not need -----------------------
+    def apply_policy(self, policy_name: str | None, definition: dict | None) -> None:
+        self.policy_name = policy_name
+        self.settings = queue_settings(self.arguments, definition)
+
+    def touch(self) -> None:
+        pass
+
+    def wait_for(self) -> asyncio.Future[None] | None:
+        return None
+
+    def close(self) -> None:
+        """Gone here (deleted, or its shard is now this node's): its consumers end."""
+        self.deleted = True
+        for c in list(self._remote):
+            self._forget(c, tell_owner=True)
+
+    def stats(self) -> QueueStats:
+        return QueueStats(
+            messages_ready=self.message_count, messages_unacknowledged=0,
+            messages_ready_ram=0, messages_paged_out=0, message_bytes_ready_ram=0,
+            message_bytes_paged_out=0, consumers=tuple(self.consumers),
+            exclusive_consumer=None, single_active_consumer=None,
+            head_message_timestamp=None)
+
+    # --- publish ---------------------------------------------------------------------
+    def publish(self, message: Message) -> int:
+        self.stats_publish += 1
+        return REMOTE
+
+    @staticmethod
+    def send(queues: list["RemoteQueue"], message: Message
+             ) -> list[tuple[LinkClient, asyncio.Future[bool]]]:
+        """Send ``message`` to the owners of ``queues``: one publish per owner node."""
+        if len(queues) == 1:
+            q = queues[0]
+            return [_publish(q, [q.name], message)]
+        by_owner: dict[str | None, list[RemoteQueue]] = {}
+        for q in queues:
+            by_owner.setdefault(q.owner, []).append(q)
+        return [_publish(qs[0], [q.name for q in qs], message) for qs in by_owner.values()]
+
+    # --- one-shot operations (awaited by the channel) --------------------------------
+    async def counts(self) -> tuple[int, int]:
+        self.message_count, self.consumer_count = await self.link.counts(self.vhost,
+                                                                        self.name)
+        return self.message_count, self.consumer_count
+
+    async def purge_remote(self) -> int:
+        return await self.link.purge(self.vhost, self.name)
+
+    async def get_remote(self, no_ack: bool) -> tuple[RemoteEntry | None, int]:
+        """basic.get at the owner: the entry (None: empty) and the message count."""
+        link = self.link
+        msg, did, redelivered, count, gen = await link.get(self.vhost, self.name, no_ack)
+        self.message_count = count
+        if msg is None:
+            return None, count
+        return RemoteEntry(did, msg, redelivered, link, gen), count
+
+    # --- consumers -------------------------------------------------------------------
+    def subscribe(self, c: Consumer) -> asyncio.Future[Any]:
+        """Subscribe ``c`` (a channel's consumer) at the owner; deliveries are held until
+        the channel has answered basic.consume-ok (`started`)."""
+        rc, answered = self.link.consume(self.vhost, self.name, c.tag, c.prefetch,
+                                         c.no_ack, c.exclusive, c.arguments, self)
+        self._remote[c] = rc
+        self._by_cid[rc.cid] = c
+        self._waiting[c] = []
+        self.consumers.append(c)
+        self.had_consumers = True
+
+        def refused(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                self._forget(c, tell_owner=False)
+        answered.add_done_callback(refused)
+        return answered
+
+    def started(self, c: Consumer) -> None:
+        for entry in self._waiting.pop(c, ()):
+            self._hand(c, entry)
+
+    def add_consumer(self, c: Consumer) -> None:
+        self.subscribe(c)
+
+    def remove_consumer(self, c: Consumer) -> None:
+        self._forget(c, tell_owner=True)
+
+    def unsubscribe(self, c: Consumer) -> asyncio.Future[None]:
+        """basic.cancel: end ``c`` at the owner; resolves once the owner has (what it
+        delivered until then reaches the channel first).  Never fails: a consumer whose
+        link is gone is gone at the owner too."""
+        done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        rc = self._remote.get(c)
+        owner = self.owner
+        if rc is None or owner is None:
+            self._forget(c, tell_owner=False)
+            done.set_result(None)
+            return done
+        ended = self._links.to(owner).end(rc)
+
+        def answered(f: asyncio.Future) -> None:
+            if not f.cancelled():
+                f.exception()
+            self._forget(c, tell_owner=False)
+            if not done.done():
+                done.set_result(None)
+        ended.add_done_callback(answered)
+        return done
+
+    def _forget(self, c: Consumer, tell_owner: bool) -> None:
+        rc = self._remote.pop(c, None)
+        self._waiting.pop(c, None)
+        if c in self.consumers:
+            self.consumers.remove(c)
+        if rc is None:
+            return
+        self._by_cid.pop(rc.cid, None)
+        if tell_owner:
+            owner = self.owner
+            if owner is not None:
+                self._links.to(owner).cancel(rc)
+
+    # DeliverySink, called by the link
+    def delivery(self, rc: RemoteConsumer, did: int, redelivered: bool,
+                 message: Message) -> None:
+        c = self._by_cid.get(rc.cid)
+        if c is None:
+            return
+        link = self.link
+        entry = RemoteEntry(did, message, redelivered, link, link.generation)
+        waiting = self._waiting.get(c)
+        if waiting is not None:
+            waiting.append(entry)
+            return
+        self._hand(c, entry)
+
+    def _hand(self, c: Consumer, entry: RemoteEntry) -> None:
+        if not c.no_ack:
+            c.unacked += 1
+        channel = c.owner
+        channel.deliver(c, self, entry)
+        rc = self._remote.get(c)
+        if rc is not None and channel.can_deliver(c):
+            self.link.credit(rc, rc.owed)
+            rc.owed = 0
+
+    def cancelled(self, rc: RemoteConsumer) -> None:
+        """The owner ended the consumer (the queue is gone there)."""
+        c = self._by_cid.get(rc.cid)
+        if c is None:
+            return
+        self._forget(c, tell_owner=False)
+        c.owner.cancel_consumers_of(self)
+
+    def dispatch(self) -> None:
+        """The channel can take deliveries again: give the owner the credit it held back."""
+        for c, rc in list(self._remote.items()):
+            if rc.owed and c.owner.can_deliver(c):
+                self.link.credit(rc, rc.owed)
+                rc.owed = 0
+
+    # --- settling (by the owner's delivery ids) ---------------------------------------
+    def _settle(self, op: str, entry: QueueEntry, consumer: Consumer | None) -> None:
+        if consumer is not None and consumer.unacked:
+            consumer.unacked -= 1
+        if isinstance(entry, RemoteEntry):
+            entry.link.settle(op, entry.generation, entry.seq)
+
+    def ack(self, entry: QueueEntry, consumer: Consumer | None) -> None:
+        self._settle("ack", entry, consumer)
+
+    def reject(self, entry: QueueEntry, consumer: Consumer | None) -> None:
+        self._settle("reject", entry, consumer)
+
+    def requeue(self, entries: Any) -> None:
+        for entry, consumer in entries:
+            self._settle("requeue", entry, consumer)
+
+    def taken(self, entry: QueueEntry) -> None:
+        pass  # the owner counted it when it answered the get
+
+    def discard(self, entry: QueueEntry) -> None:
+        pass
+
+
+def _publish(q: RemoteQueue, names: list[str], message: Message
+             ) -> tuple[LinkClient, asyncio.Future[bool]]:
+    link = q.link
+    return link, link.publish(q.vhost, names, message)
