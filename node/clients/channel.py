@@ -1011,7 +1011,10 @@ class Channel:
 
         async def wait(fut: asyncio.Future[None]) -> None:
             # shielded: the flush future is shared by every waiter of this commit batch
-            await asyncio.shield(fut)
+            try:
+                await asyncio.shield(fut)
+            except Rejected:
+                pass  # a queue's owner refused one (reject-publish): dropped, as here
             self.conn.send_method(self.number, spec.TxCommitOk())
         return wait(settled)
 

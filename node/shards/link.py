@@ -446,10 +446,11 @@ class RemoteConsumer:
     """A consumer this node holds on a queue of the link's peer."""
 
     __slots__ = ("cid", "vhost", "queue", "tag", "prefetch", "no_ack", "exclusive",
-                 "arguments", "sink", "active", "owed")
+                 "arguments", "sink", "credit", "active", "owed")
 
     def __init__(self, cid: int, vhost: str, queue: str, tag: str, prefetch: int,
-                 no_ack: bool, exclusive: bool, arguments: dict, sink: DeliverySink) -> None:
+                 no_ack: bool, exclusive: bool, arguments: dict, sink: DeliverySink,
+                 credit: int = CREDIT) -> None:
         self.cid = cid
         self.vhost = vhost
         self.queue = queue
@@ -459,6 +460,7 @@ class RemoteConsumer:
         self.exclusive = exclusive
         self.arguments = arguments
         self.sink = sink
+        self.credit = credit  # deliveries the owner may send before it hears back
         self.active = False  # subscribed at the owner (consume answered)
         self.owed = 0  # credit taken by deliveries and not yet given back
 
@@ -755,13 +757,13 @@ class LinkClient:
 
     # ------------------------------------------------------------------ consumers
     def consume(self, vhost: str, queue: str, tag: str, prefetch: int, no_ack: bool,
-                exclusive: bool, arguments: dict, sink: DeliverySink
+                exclusive: bool, arguments: dict, sink: DeliverySink, credit: int = CREDIT
                 ) -> tuple[RemoteConsumer, asyncio.Future[Any]]:
         """Subscribe at the owner; the future resolves once it has (its deliveries, which
         may follow at once, go to ``sink``), or fails with the owner's `LinkError`."""
         self._cid += 1
         rc = RemoteConsumer(self._cid, vhost, queue, tag, prefetch, no_ack, exclusive,
-                            arguments, sink)
+                            arguments, sink, credit)
         self.consumers[rc.cid] = rc
         return rc, self._subscribe(rc)
 
@@ -770,7 +772,7 @@ class LinkClient:
         fut = self.request({"t": "consume", "vhost": rc.vhost, "queue": rc.queue,
                             "cid": rc.cid, "tag": rc.tag, "prefetch": rc.prefetch,
                             "no_ack": rc.no_ack, "exclusive": rc.exclusive,
-                            "arguments": _plain(rc.arguments), "credit": CREDIT})
+                            "arguments": _plain(rc.arguments), "credit": rc.credit})
 
         def answered(f: asyncio.Future) -> None:
             if f.cancelled():

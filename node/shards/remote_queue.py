@@ -33,7 +33,7 @@ from node.queues.entry import QueueEntry
 from node.queues.queue import REMOTE, store_key
 from node.queues.settings import QueueSettings, queue_settings
 from node.read_models import QueueStats
-from node.shards.link import LinkClient, Links, RemoteConsumer
+from node.shards.link import CREDIT, LinkClient, Links, RemoteConsumer
 
 
 class RemoteEntry(QueueEntry):
@@ -163,8 +163,10 @@ class RemoteQueue:
     def subscribe(self, c: Consumer) -> asyncio.Future[Any]:
         """Subscribe ``c`` (a channel's consumer) at the owner; deliveries are held until
         the channel has answered basic.consume-ok (`started`)."""
+        window = _global_window(c)
         rc, answered = self.link.consume(self.vhost, self.name, c.tag, c.prefetch,
-                                         c.no_ack, c.exclusive, c.arguments, self)
+                                         c.no_ack, c.exclusive, c.arguments, self,
+                                         credit=min(CREDIT, window) if window else CREDIT)
         self._remote[c] = rc
         self._by_cid[rc.cid] = c
         self._waiting[c] = []
@@ -226,9 +228,10 @@ class RemoteQueue:
     def delivery(self, rc: RemoteConsumer, did: int, redelivered: bool,
                  message: Message) -> None:
         c = self._by_cid.get(rc.cid)
-        if c is None:
-            return
         link = self.link
+        if c is None:  # the consumer is gone here: give the message back
+            link.settle("requeue", link.generation, did)
+            return
         entry = RemoteEntry(did, message, redelivered, link, link.generation)
         waiting = self._waiting.get(c)
         if waiting is not None:
@@ -242,7 +245,9 @@ class RemoteQueue:
         channel = c.owner
         channel.deliver(c, self, entry)
         rc = self._remote.get(c)
-        if rc is not None and channel.can_deliver(c):
+        # handed over: room for the next one, unless the channel's global prefetch
+        # counts it (then an ack makes the room: `dispatch`)
+        if rc is not None and not _global_window(c) and channel.can_deliver(c):
             self.link.credit(rc, rc.owed)
             rc.owed = 0
 
@@ -258,8 +263,14 @@ class RemoteQueue:
         """The channel can take deliveries again: give the owner the credit it held back."""
         for c, rc in list(self._remote.items()):
             if rc.owed and c.owner.can_deliver(c):
-                self.link.credit(rc, rc.owed)
-                rc.owed = 0
+                n = rc.owed
+                window = _global_window(c)
+                if window:
+                    channel: Any = c.owner
+                    n = min(n, window - len(channel.unacked))
+                if n > 0:
+                    self.link.credit(rc, n)
+                    rc.owed -= n
 
     # --- settling (by the owner's delivery ids) ---------------------------------------
     def _settle(self, op: str, entry: QueueEntry, consumer: Consumer | None) -> None:
@@ -283,6 +294,11 @@ class RemoteQueue:
 
     def discard(self, entry: QueueEntry) -> None:
         pass
+
+
+def _global_window(c: Consumer) -> int:
+    """The channel's global prefetch (basic.qos global) when it bounds ``c``, else 0."""
+    return 0 if c.no_ack else getattr(c.owner, "global_prefetch", 0)
 
 
 def _publish(q: RemoteQueue, names: list[str], message: Message

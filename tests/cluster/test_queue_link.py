@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 
 from node.amqp import spec
@@ -412,3 +413,84 @@ def test_publish_on_a_consume_on_c_to_a_queue_of_bs_shard(cluster: Cluster):
     assert ch_c.queue_purge("on-b").method.message_count == 0
     for conn in (conn_a, conn_b, conn_c):
         conn.close()
+
+
+def test_fanout_over_shards_confirms_nacks_and_dead_letters(cluster: Cluster):
+    shard_of = _sharded_vhost(cluster, "spread-fanout")
+    b = next(n for n in cluster.nodes if n.name in shard_of)
+    a = next(n for n in cluster.nodes if n is not b)
+    conn_b = _connect(b, "spread-fanout")
+    ch_b = conn_b.channel()
+    ch_b.queue_declare("fan-b", durable=True)
+    ch_b.queue_declare("full-b", durable=True,
+                       arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch_b.queue_declare("dead-b", durable=True)
+    conn_a = _connect(a, "spread-fanout")
+    ch_a = conn_a.channel()
+    # through a: on a's shard if it owns one, else on the least used one
+    ch_a.queue_declare("fan-a", durable=True)
+    ch_a.queue_declare("src-a", durable=True, arguments={
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead-b"})
+    ch_a.exchange_declare("fan", "fanout", durable=True)
+    ch_a.queue_bind("fan-a", "fan")
+    ch_a.queue_bind("fan-b", "fan")
+    ch_a.confirm_delivery()
+    for i in range(20):
+        ch_a.basic_publish("fan", "", f"f-{i}".encode(), pika.BasicProperties(delivery_mode=2),
+                           mandatory=True)
+    for q, ch in (("fan-a", ch_b), ("fan-b", ch_a)):  # each read through the other node
+        got = []
+        for _ in range(20):
+            method, _props, body = ch.basic_get(q, auto_ack=True)
+            got.append(body)
+        assert got == [f"f-{i}".encode() for i in range(20)]
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+
+    # the owner refuses (reject-publish): the publisher on a gets a nack
+    ch_a.basic_publish("", "full-b", b"first", pika.BasicProperties(delivery_mode=2))
+    with pytest.raises(pika.exceptions.NackError):
+        ch_a.basic_publish("", "full-b", b"second", pika.BasicProperties(delivery_mode=2))
+    assert ch_b.queue_declare("full-b", passive=True).method.message_count == 1
+
+    # dead-lettered where src-a lives, into a queue of b's shard
+    ch_a.basic_publish("", "src-a", b"doomed", pika.BasicProperties(delivery_mode=2))
+    method, _props, body = ch_a.basic_get("src-a", auto_ack=False)
+    assert body == b"doomed"
+    ch_a.basic_reject(method.delivery_tag, requeue=False)
+    Cluster.wait_until(
+        lambda: ch_b.queue_declare("dead-b", passive=True).method.message_count == 1,
+        what="the dead-lettered message in dead-b")
+    method, props, body = ch_b.basic_get("dead-b", auto_ack=True)
+    assert body == b"doomed"
+    death = props.headers["x-death"][0]
+    assert (death["queue"], death["reason"], death["count"]) == ("src-a", "rejected", 1)
+    for conn in (conn_a, conn_b):
+        conn.close()
+
+
+def test_global_prefetch_bounds_a_remote_consumer(cluster: Cluster):
+    shard_of = _sharded_vhost(cluster, "spread-qos")
+    b = next(n for n in cluster.nodes if n.name in shard_of)
+    c = next(n for n in cluster.nodes if n is not b)
+    conn_b = _connect(b, "spread-qos")
+    ch_b = conn_b.channel()
+    ch_b.queue_declare("qos-b", durable=True)
+    ch_b.confirm_delivery()
+    for i in range(20):
+        ch_b.basic_publish("", "qos-b", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    conn_c = _connect(c, "spread-qos")
+    ch_c = conn_c.channel()
+    ch_c.basic_qos(prefetch_count=5, global_qos=True)
+    got: list[Any] = []
+    ch_c.basic_consume("qos-b", lambda _ch, method, _props, body: got.append((method, body)))
+    while len(got) < 5:
+        conn_c.process_data_events(time_limit=1)
+    # the owner sent no more than the channel's window: the rest is still ready there
+    assert ch_b.queue_declare("qos-b", passive=True).method.message_count == 15
+    ch_c.basic_ack(got[-1][0].delivery_tag, multiple=True)
+    while len(got) < 10:
+        conn_c.process_data_events(time_limit=1)
+    assert ch_b.queue_declare("qos-b", passive=True).method.message_count == 10
+    assert [body for _m, body in got] == [str(i).encode() for i in range(10)]
+    conn_c.close()
+    conn_b.close()
