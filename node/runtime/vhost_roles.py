@@ -171,7 +171,8 @@ class VhostRoles:
             return
         if kind == "queues":  # another node works on queues this node owns
             from node.shards.link import LinkServer
-            LinkServer(lambda: self.runtime.vhosts, str(facts.get("node"))).take_over(transport, link)
+            LinkServer(lambda: self.runtime.vhosts, self.runtime.owns,
+                       str(facts.get("node"))).take_over(transport, link)
             return
         if kind == "digest":  # the owner compares the copies (node/verify.py)
             store = self.stores.get(str(facts.get("vhost")))

@@ -91,9 +91,11 @@ def _record(message: Message) -> bytes:
 class LinkServer(wire.FramedProtocol):
     """Executes one peer node's operations on this node's queues."""
 
-    def __init__(self, vhosts: Callable[[], dict[str, Any]], peer: str) -> None:
+    def __init__(self, vhosts: Callable[[], dict[str, Any]], owns: Callable[[str], bool],
+                 peer: str) -> None:
         super().__init__()
         self._vhosts = vhosts  # the runtime's vhosts by name (runtime.vhosts)
+        self._owns = owns  # whether this node runs a unit (runtime.owns)
         self.peer = peer
         self.open = True
         self._out: list[bytes] = []
@@ -148,11 +150,12 @@ class LinkServer(wire.FramedProtocol):
             raise wire.WireError(f"malformed {m.get('t')!r}: {e!r}") from None
 
     def _local(self, vhost: str, name: str) -> Queue | None:
-        """The queue ``name`` when this node has it as its own (not another's, not an
-        exclusive queue, which belongs to a connection here)."""
+        """The queue ``name`` when this node has it as its own: a `Queue` of a shard this
+        node runs (not a stand-in for another node's, not a placeholder of a vhost another
+        node owns)."""
         vh = self._vhosts().get(vhost)
         q = vh.queues.get(name) if vh is not None else None
-        if not isinstance(q, Queue) or q.deleted:
+        if not isinstance(q, Queue) or q.deleted or not self._owns(q.unit):
             return None
         return q
 

@@ -322,6 +322,21 @@ def test_exclusive_consumer_is_refused_for_a_second_one(loop, link, ch):
     assert e.value.code == 403 and "in exclusive use" in e.value.text
 
 
+def test_a_node_that_does_not_own_the_queue_refuses_it(loop, cluster, owner, ch):
+    q = fresh_queue(ch, "link-elsewhere")
+    other = next(n for n in cluster.nodes if n is not owner)
+    link = open_link(loop, other)
+    try:
+        # the other node knows the queue (a placeholder) but holds none of its messages
+        assert publish_all(loop, link, [q], [message(b"lost?")]) == [False]
+        with pytest.raises(LinkError) as e:
+            loop.run(link.counts(VHOST, q))
+        assert e.value.code == 404
+    finally:
+        loop.call(link.close)
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+
+
 def test_link_without_the_cluster_secret_is_refused(loop, owner):
     with pytest.raises(ConnectionError):
         open_link(loop, owner, secret="not-the-secret")
