@@ -75,6 +75,11 @@ class LinkError(Exception):
         self.text = text
 
 
+class LinkLost(LinkError):
+    """The session that carried a request ended before its answer (it may or may not have
+    been done), or no session opened in time."""
+
+
 def _record(message: Message) -> bytes:
     """The message's store record, without keeping it on the message when it was not
     kept already (a delivered message is not to hold a second copy of itself)."""
@@ -606,13 +611,22 @@ class LinkClient:
         # what went out may or may not have reached the owner: a nack, an error
         while self._pending and self._pending[0][0] <= self._wire_seq:
             self._settle_one(False, "the queue link to the owner was lost")
+        again: list[tuple[bytes, str, int]] = []
         for rid, req in list(self._requests.items()):
-            if req[1] == gen:
-                del self._requests[rid]
-                if not req[0].done():
-                    req[0].set_exception(LinkError(
-                        errors.INTERNAL_ERROR,
-                        f"the link to node {self.peer}, the queue's owner, was lost"))
+            if req[1] != gen:
+                continue
+            if req[2] is not None:  # idempotent (counts, consume): asked again
+                req[1] = None
+                again.append((req[2], "request", rid))
+                continue
+            del self._requests[rid]
+            if not req[0].done():
+                req[0].set_exception(LinkLost(
+                    errors.INTERNAL_ERROR,
+                    f"the link to node {self.peer}, the queue's owner, was lost"))
+        if again:
+            self._backlog.extendleft(reversed(again))
+            self._arm_backlog_timer()
         for rc in self.consumers.values():
             rc.owed = 0
         self._release_if_below()
@@ -654,6 +668,9 @@ class LinkClient:
                 self._wire_seq = key
             return
         self._backlog.append((frame, kind, key))
+        self._arm_backlog_timer()
+
+    def _arm_backlog_timer(self) -> None:
         if self._backlog_timer is None and not self.closed:
             self._backlog_timer = asyncio.get_event_loop().call_later(
                 self.queued_timeout, self._backlog_expired)
@@ -673,7 +690,7 @@ class LinkClient:
             if kind == "request":
                 req = self._requests.pop(key, None)
                 if req is not None and not req[0].done():
-                    req[0].set_exception(LinkError(errors.INTERNAL_ERROR, why))
+                    req[0].set_exception(LinkLost(errors.INTERNAL_ERROR, why))
         # queued publishes are the newest pending ones: nack them all
         while self._pending:
             self._settle_one(False, why)
@@ -731,16 +748,21 @@ class LinkClient:
         self._release_if_below()
 
     # ------------------------------------------------------------------ requests
-    def request(self, message: dict[str, Any]) -> asyncio.Future[Any]:
+    def request(self, message: dict[str, Any], again: bool = False) -> asyncio.Future[Any]:
+        """Ask the owner; ``again``: the request is idempotent, and asked again on the
+        next session when the one that carried it ends before the answer."""
         self._rid += 1
         rid = self._rid
         fut: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
-        self._requests[rid] = [fut, self.generation if self.session is not None else None]
-        self._send(wire.control({**message, "rid": rid}), "request", rid)
+        frame = wire.control({**message, "rid": rid})
+        # [future, the generation it went out in (None: queued), the frame to send again]
+        self._requests[rid] = [fut, self.generation if self.session is not None else None,
+                               frame if again else None]
+        self._send(frame, "request", rid)
         return fut
 
     async def counts(self, vhost: str, queue: str) -> tuple[int, int]:
-        r = await self.request({"t": "counts", "vhost": vhost, "queue": queue})
+        r = await self.request({"t": "counts", "vhost": vhost, "queue": queue}, again=True)
         return int(r["message_count"]), int(r["consumer_count"])
 
     async def purge(self, vhost: str, queue: str) -> int:
@@ -775,16 +797,20 @@ class LinkClient:
         fut = self.request({"t": "consume", "vhost": rc.vhost, "queue": rc.queue,
                             "cid": rc.cid, "tag": rc.tag, "prefetch": rc.prefetch,
                             "no_ack": rc.no_ack, "exclusive": rc.exclusive,
-                            "arguments": _plain(rc.arguments), "credit": rc.credit})
+                            "arguments": _plain(rc.arguments), "credit": rc.credit},
+                           again=not resubscribe)
 
         def answered(f: asyncio.Future) -> None:
             if f.cancelled():
                 return
-            if f.exception() is None:
+            exc = f.exception()
+            if exc is None:
                 rc.active = True
                 return
+            if resubscribe and isinstance(exc, LinkLost) and not self.closed:
+                return  # the next session subscribes it again
             self.consumers.pop(rc.cid, None)
-            if resubscribe:  # the queue is gone meanwhile (or the link again)
+            if resubscribe:  # the queue is gone meanwhile
                 rc.sink.cancelled(rc)
         fut.add_done_callback(answered)
         return fut
@@ -797,7 +823,7 @@ class LinkClient:
             done: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
             done.set_result(None)
             return done
-        fut = self.request({"t": "cancel", "cid": rc.cid})
+        fut = self.request({"t": "cancel", "cid": rc.cid}, again=True)
         fut.add_done_callback(lambda _f: self.consumers.pop(rc.cid, None))
         return fut
 

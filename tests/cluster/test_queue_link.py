@@ -17,7 +17,7 @@ from node.amqp import spec
 from node.amqp.frames import content_header_payload
 from node.amqp.message import Message
 from node.clients.forwarding import open_forward
-from node.shards.link import LinkClient, LinkError, RemoteConsumer
+from node.shards.link import LinkClient, LinkError, LinkLost, RemoteConsumer
 from tests.cluster.conftest import SECRET, Cluster
 
 VHOST = "/"
@@ -253,6 +253,23 @@ def test_link_reconnects_and_redelivers_and_old_acks_are_dropped(loop, link, ch)
     assert [(m.body, r) for _rc, _d, r, m, _g in sink.got] == \
         [(b, False) for b in bodies] + [(b, True) for b in bodies]
     assert loop.run(link.counts(VHOST, q)) == (0, 1)
+
+
+def test_requests_in_flight_when_the_session_ends(loop, link, ch):
+    q = fresh_queue(ch, "link-in-flight")
+    assert publish_all(loop, link, [q], [message(b"1"), message(b"2")]) == [True, True]
+
+    async def run() -> tuple[Any, Any]:
+        counts = asyncio.ensure_future(link.counts(VHOST, q))
+        get = asyncio.ensure_future(link.get(VHOST, q, True))
+        await asyncio.sleep(0)  # both are on their way: the session ends under them
+        link.session.transport.abort()  # type: ignore[union-attr]
+        results = await asyncio.gather(counts, get, return_exceptions=True)
+        return results[0], results[1]
+    counts, get = loop.run(run())
+    assert counts == (2, 0)  # idempotent: asked again on the next session
+    assert isinstance(get, LinkLost)  # not: it may have taken a message
+    assert loop.run(link.counts(VHOST, q))[0] in (1, 2)
 
 
 def test_get_purge_and_counts(loop, link, ch):
