@@ -196,7 +196,7 @@ class VirtualHost:
             if queues and b"BCC" in message.header and "BCC" in message.headers:
                 message = _without_bcc(message)  # sender-selected distribution: BCC never
                 # reaches a consumer
-        return publish_to(queues, message, self.store)
+        return publish_to(queues, message)
 
     # --- routing --------------------------------------------------------------------
     def route(self, exchange: Exchange, message: Message) -> list[Queue]:
@@ -294,7 +294,7 @@ class VirtualHost:
                           q.name, self.name)
             return
         targets = [t for t in self.route(ex, dl) if not death_cycle(dl, t.name)]
-        publish_to(targets, dl, self.store)
+        publish_to(targets, dl)
 
     # --- read model (management API, metrics) ---
     def stats(self) -> VhostStats:

@@ -353,7 +353,9 @@ class DefinitionService:
         if shard_count < current:
             raise errors.precondition(f"vhost '{name}' has {current} shards: a vhost's "
                                       f"shards cannot be reduced")
-        owners = self.placement.pick_owners(shard_count - current,
+        taken = tuple(str((self.runtime.units.get(u) or {}).get("owner"))
+                      for u in shards.units_of(name, d))
+        owners = self.placement.pick_owners(shard_count - current, taken=taken,
                                             running=await self.placement.running_members())
         await self.submit({"op": "set_vhost_shards", "name": name, "shards": shard_count,
                            "shard_placements": self.placement.shard_placements(

@@ -28,7 +28,10 @@ def _grant(cluster: Cluster, node, vhost: str) -> None:
 
 
 def _all_running(cluster: Cluster, node) -> bool:
-    return all(n["running"] for n in cluster.status(node)["nodes"])
+    """Every member registered (each registers itself through Raft when it starts) and
+    reachable, as ``node`` sees them."""
+    nodes = cluster.status(node)["nodes"]
+    return len(nodes) == len(cluster.nodes) and all(n["running"] for n in nodes)
 
 
 def test_shards_spread_over_the_nodes_and_queues_follow_their_locator(cluster: Cluster):
@@ -99,3 +102,66 @@ def test_a_queue_on_the_connecting_nodes_shard_works_end_to_end(cluster: Cluster
         assert got == [f"{node.name}-{i}" for i in range(50)]
         assert ch.queue_declare(q, passive=True).method.message_count == 0
         conn.close()
+
+
+def _in_sync_everywhere(cluster: Cluster, node, vhost: str) -> bool:
+    shards = _placement(cluster, node, vhost).get("shards", [])
+    return bool(shards) and all(len(s["in_sync"]) == 2 for s in shards)
+
+
+def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connections(
+        tmp_path):
+    cluster = Cluster(tmp_path).start()
+    try:
+        n1, n2, n3 = cluster.nodes
+        cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+        code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/fo", {"shards": 3})
+        assert code == 201, body
+        _grant(cluster, n1, "fo")
+        cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "fo"), timeout=60,
+                           what="every shard's replicas in sync")
+        owners = {s["owner"]: s["shard"] for s in _placement(cluster, n1, "fo")["shards"]}
+        conns = {}
+        for node in cluster.nodes:
+            conn = pika.BlockingConnection(pika.ConnectionParameters(
+                "127.0.0.1", node.amqp_port, "fo", connection_attempts=3))
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.queue_declare(f"q-{node.name}", durable=True)
+            for i in range(200):
+                ch.basic_publish("", f"q-{node.name}", str(i).encode(),
+                                 pika.BasicProperties(delivery_mode=2), mandatory=True)
+            conns[node.name] = (conn, ch)
+        # the copies are in sync, so every confirmed message is on the replicas too
+        n3.kill()
+        lost = owners[n3.name]
+        cluster.wait_until(
+            lambda: _placement(cluster, n1, "fo")["shards"][lost]["owner"] != n3.name,
+            timeout=60, what=f"shard {lost} failed over")
+        moved = _placement(cluster, n1, "fo")["shards"][lost]
+        assert moved["epoch"] == 2 and moved["owner"] in (n1.name, n2.name)
+        for node in (n1, n2):  # the other shards' clients were never disconnected
+            conn, ch = conns[node.name]
+            assert conn.is_open
+            for i in range(200, 250):
+                ch.basic_publish("", f"q-{node.name}", str(i).encode(),
+                                 pika.BasicProperties(delivery_mode=2), mandatory=True)
+            assert ch.queue_declare(f"q-{node.name}", passive=True).method.message_count \
+                == 250
+            conn.close()
+        # the failed shard's confirmed messages, all of them, in order, on its new owner
+        new_owner = cluster.by_name(moved["owner"])
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", new_owner.amqp_port, "fo", connection_attempts=3))
+        ch = conn.channel()
+        assert ch.queue_declare(f"q-{n3.name}", passive=True).method.message_count == 200
+        got = []
+        while True:
+            method, _props, payload = ch.basic_get(f"q-{n3.name}", auto_ack=True)
+            if method is None:
+                break
+            got.append(int(payload))
+        assert got == list(range(200))
+        conn.close()
+    finally:
+        cluster.stop()
