@@ -5,6 +5,7 @@ over alone, and clients of the vhost's other shards keep their connections."""
 from __future__ import annotations
 
 import pika
+import pika.exceptions
 
 from tests.cluster.conftest import Cluster
 
@@ -165,3 +166,48 @@ def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connecti
         conn.close()
     finally:
         cluster.stop()
+
+
+def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_node(
+        cluster: Cluster):
+    n1, n2, n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/rpc", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "rpc")
+    cluster.wait_until(lambda: len(_placement(cluster, n2, "rpc").get("shards", [])) == 3,
+                       what="three shards known on n2")
+    mine = next(s["shard"] for s in _placement(cluster, n1, "rpc")["shards"]
+                if s["owner"] == n1.name)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n1.amqp_port, "rpc", connection_attempts=3))
+    ch = conn.channel()
+    reply = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_declare("transient", durable=False)
+    assert reply.startswith("amq.gen-")
+    # every node knows both, on the connecting node's shard (client-local)
+    for node in (n2, n3):
+        code, row = cluster.http(node, "GET", f"/api/queues/rpc/{reply}")
+        assert code == 200, row
+        assert (row["exclusive"], row["durable"], row["node"], row["shard"]) == \
+            (True, False, n1.name, mine)
+        code, row = cluster.http(node, "GET", "/api/queues/rpc/transient")
+        assert code == 200 and row["durable"] is False, row
+    # another connection, on another node, is refused the exclusive queue (405)
+    other = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n2.amqp_port, "rpc", connection_attempts=3))
+    och = other.channel()
+    try:
+        och.queue_declare(reply, passive=True)
+        raise AssertionError("another connection got an exclusive queue")
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 405, e
+        assert "cannot obtain exclusive access to locked queue" in e.reply_text, e
+    other.close()
+    # its connection closes: the queue goes, on every node
+    conn.close()
+    for node in cluster.nodes:
+        cluster.wait_until(
+            lambda node=node: cluster.http(node, "GET", f"/api/queues/rpc/{reply}")[0] == 404,
+            what=f"exclusive queue gone on {node.name}")
+    assert cluster.http(n3, "GET", "/api/queues/rpc/transient")[0] == 200
