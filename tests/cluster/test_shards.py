@@ -164,6 +164,16 @@ def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connecti
             got.append(int(payload))
         assert got == list(range(200))
         conn.close()
+        # the killed owner returns as a replica of its old shard; every shard's copies agree
+        n3.start()
+        cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "fo"), timeout=90,
+                           what="every shard's copies in sync again")
+        for k in range(3):
+            code, report = cluster.http(n1, "POST", "/api/cluster/vhosts/fo/verify",
+                                        {"shard": k})
+            assert code == 200, report
+            assert report["agree"] and report["shard"] == k, report
+            assert len(report["copies"]) == 3, report
     finally:
         cluster.stop()
 
