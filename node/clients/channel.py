@@ -34,7 +34,7 @@ from node.exchanges.base import Binding, Destination
 from node.queues import types
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.outcome import PublishOutcome, Rejected
+from node.queues.outcome import PublishOutcome, Rejected, all_settled
 from node.queues.queue import Queue
 from node.read_models import ChannelStats
 from node.shards.link import LinkError
@@ -388,7 +388,7 @@ class Channel:
         if q is None:
             raise errors.not_found("queue", name, self.vhost.name)
         if q.exclusive_owner is not None and q.exclusive_owner is not self.conn:
-            raise _locked(name, self.vhost.name)
+            raise errors.resource_locked(name, self.vhost.name)
         return q
 
     def _when_ready(self, wait: "asyncio.Future[None]", m: Any) -> Any:
@@ -432,7 +432,7 @@ class Channel:
             # RabbitMQ checks exclusivity strictly first: the declared owner (this connection
             # if exclusive, else none) must be the queue's, whoever redeclares it
             if existing.exclusive_owner is not (self.conn if m.exclusive else None):
-                raise _locked(name, vh.name)
+                raise errors.resource_locked(name, vh.name)
             self.broker.definitions.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
             if isinstance(existing, RemoteQueue):
@@ -668,7 +668,10 @@ class Channel:
                 self._await_store(outcome)  # what was read meanwhile is still queued
             else:
                 self.conn.release_reading("store")
-        outcome.store.flush().add_done_callback(caught_up)
+        store = outcome.store
+        local = store.flush() if not outcome.more_stores else all_settled(
+            [store.flush(), *(s.flush() for s in outcome.more_stores)])
+        local.add_done_callback(caught_up)
 
     # --- publisher confirms -----------------------------------------------------------
     def _confirm_after(self, tag: int, settled: asyncio.Future[None] | None,
@@ -1122,14 +1125,6 @@ async def _remote(op: Any) -> Any:
 
 def _default_exchange() -> ChannelError:
     return ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
-
-
-def _locked(name: str, vhost: str) -> ChannelError:
-    return ChannelError(
-        errors.RESOURCE_LOCKED,
-        f"cannot obtain exclusive access to locked {errors.resource_text('queue', name, vhost)}. It could "
-        f"be originally declared on another connection or the exclusive property value does "
-        f"not match that of the original declaration.")
 
 
 def _size(event: Event) -> int:

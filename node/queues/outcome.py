@@ -3,9 +3,10 @@ that reads the flags `Queue.publish` returns, for every way a message arrives (a
 basic.publish, the management API's publish, dead-lettering, a queue link's publish).
 
 A confirm waits for every place the message was written durably: the store of each local
-queue that kept it and, for a queue another node owns (a `RemoteQueue`, node/shards/), that
-node's answer over the queue link; a refusal from any is a nack.  The common case (one
-store, nothing remote) allocates nothing beyond the outcome itself."""
+queue that kept it (queues of several shards write to several stores) and, for a queue
+another node owns (a `RemoteQueue`, node/shards/), that node's answer over the queue link;
+a refusal from any is a nack.  The common case (one store, nothing remote) allocates
+nothing beyond the outcome itself."""
 
 from __future__ import annotations
 
@@ -30,18 +31,18 @@ class PublishOutcome:
     reject-publish: a confirm is a nack), which asked its publisher to slow down (flow
     control), and, when a durable write happened, what its being settled waits for."""
 
-    __slots__ = ("queues", "rejected", "flow", "store", "stores", "remote")
+    __slots__ = ("queues", "rejected", "flow", "store", "more_stores", "remote")
 
     def __init__(self, queues: list[Queue], rejected: bool, flow: Sequence[Queue],
-                 store: Any, stores: list[Any] | None = None,
+                 store: Any, more_stores: tuple = (),
                  remote: list[tuple[Any, asyncio.Future[bool]]] | None = None) -> None:
         self.queues = queues
         self.rejected = rejected
         self.flow = flow
-        # the store of the first queue that wrote the message; None: no local durable write
+        # the store a queue wrote the message to (None: no local durable write), and the
+        # others when queues of several shards of a sharded vhost did
         self.store = store
-        # other local stores that wrote it (queues of several shards owned here)
-        self.stores = stores
+        self.more_stores = more_stores
         # (link, answer) per owner node of the remote queues it went to: the answer is
         # True once that node holds it durably, False when it did not take it
         self.remote = remote
@@ -59,78 +60,77 @@ class PublishOutcome:
         """Resolves once the message is on disk here and on the in-sync replicas (the
         store's shared flush future: do not cancel it) and on every remote owner; fails
         if it never will be (`Rejected` when an owner refused it)."""
-        if self.stores is None and self.remote is None:
+        if self.remote is None:
             assert self.store is not None, "nothing durable was written"
-            return self.store.flush()
-        waits: list[asyncio.Future] = [s.flush() for s in self.stores or ()]
-        if self.store is not None:
-            waits.append(self.store.flush())
-        return _all_settled(waits, [fut for _link, fut in self.remote or ()])
+            if not self.more_stores:
+                return self.store.flush()
+            return all_settled([self.store.flush(), *(s.flush() for s in self.more_stores)])
+        flushes = [] if self.store is None else [self.store.flush()]
+        flushes.extend(s.flush() for s in self.more_stores)
+        return all_settled(flushes, [answer for _link, answer in self.remote])
 
     def backlogged(self) -> bool:
-        """The store holds more uncommitted bytes than its publishers may make it hold."""
-        return self.store is not None and self.store.pending_bytes > STORE_PENDING_MAX_BYTES
+        """A store holds more uncommitted bytes than its publishers may make it hold."""
+        return self.store is not None and any(
+            s.pending_bytes > STORE_PENDING_MAX_BYTES for s in (self.store, *self.more_stores))
 
 
-def _all_settled(flushes: list[asyncio.Future], answers: list[asyncio.Future[bool]]
-                 ) -> asyncio.Future[None]:
-    """One future for several: done when all are, failed as soon as one fails (or an
-    answer is False)."""
-    out: asyncio.Future[None] = asyncio.get_event_loop().create_future()
-    left = [len(flushes) + len(answers)]
+def all_settled(futures: list[asyncio.Future],
+                answers: Sequence[asyncio.Future[bool]] = ()) -> asyncio.Future[None]:
+    """A future of all of ``futures`` (shared ones: never cancelled through it, as
+    asyncio.gather would) and ``answers`` (remote owners': True or False), failing with
+    the first failure (`Rejected` for a False answer)."""
+    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = [len(futures) + len(answers)]
 
-    def one(f: asyncio.Future) -> None:
+    def one_done(fut: asyncio.Future) -> None:
         if out.done():
-            if not f.cancelled():
-                f.exception()  # read: a failure after the first is not "never retrieved"
+            if not fut.cancelled():
+                fut.exception()  # read: a failure after the first is not "never retrieved"
             return
-        if f.cancelled():
-            out.set_exception(Rejected("the durable write was cancelled"))
-            return
-        exc = f.exception()
+        exc: BaseException | None = (asyncio.CancelledError() if fut.cancelled()
+                                     else fut.exception())
+        if exc is None and fut.result() is False:
+            exc = Rejected("a queue's owner did not take the message")
         if exc is not None:
             out.set_exception(exc)
-        elif f.result() is False:
-            out.set_exception(Rejected("a queue's owner did not take the message"))
-        else:
-            left[0] -= 1
-            if not left[0]:
-                out.set_result(None)
-    for f in (*flushes, *answers):
-        f.add_done_callback(one)
+            return
+        left[0] -= 1
+        if not left[0]:
+            out.set_result(None)
+    for fut in (*futures, *answers):
+        fut.add_done_callback(one_done)
     return out
 
 
 NOWHERE = PublishOutcome([], False, (), None)
 
 
-def publish_to(queues: list[Queue], message: Message, store: Any = None) -> PublishOutcome:
-    """Enqueue ``message`` in each of ``queues`` (all of one vhost).  Each queue writes to
-    its own store (``store``, the vhost's, is what they all had before vhosts had shards:
-    no longer read)."""
+def publish_to(queues: list[Queue], message: Message) -> PublishOutcome:
+    """Enqueue ``message`` in each of ``queues`` (all of one vhost): each local queue
+    writes to its own shard's store; the queues other nodes own get it over their links,
+    one publish per owner node."""
     if not queues:
         return NOWHERE
     flow: Sequence[Queue] = ()
     rejected = False
-    first: Any = None
-    stores: list[Any] | None = None
+    store: Any = None
+    more: tuple = ()
     remote: list[Any] | None = None
     for q in queues:
         r = q.publish(message)
         if r:
             if r & ACCEPTED_FLUSH:
-                s = q.store
-                if first is None:
-                    first = s
-                elif s is not first and (stores is None or s not in stores):
-                    stores = [s] if stores is None else [*stores, s]
+                if store is None:
+                    store = q.store
+                elif q.store is not store and q.store not in more:
+                    more = (*more, q.store)
             if r & REJECTED:
                 rejected = True
             if r & FLOW:
                 flow = [*flow, q]
             if r & REMOTE:
                 remote = [q] if remote is None else [*remote, q]
-    # the queues other nodes own get it over their links, one publish per owner
     sent = type(remote[0]).send(remote, message) if remote is not None else None
     message._record = None  # the store has its copy; don't keep a second one in memory
-    return PublishOutcome(queues, rejected, flow, first, stores, sent)
+    return PublishOutcome(queues, rejected, flow, store, more, sent)

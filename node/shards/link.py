@@ -188,7 +188,7 @@ class LinkServer(wire.FramedProtocol):
         if queues:
             msg = Message.decode(record)
             msg._record = record  # stored as it came: not encoded again
-            outcome = publish_to(queues, msg, None)
+            outcome = publish_to(queues, msg)
             ok = ok and not outcome.rejected
             if outcome.durable:
                 settled = outcome.settled()

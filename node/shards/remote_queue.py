@@ -53,6 +53,7 @@ class RemoteQueue:
 
     def __init__(self, vhost: str, name: str, unit: str, links: Links,
                  owner_of: Callable[[str], str | None], *, durable: bool = True,
+                 exclusive_owner: Any = None,
                  auto_delete: bool = False, arguments: dict | None = None,
                  declaration: str = "", policy: dict | None = None) -> None:
         self.vhost = vhost
@@ -62,7 +63,10 @@ class RemoteQueue:
         self._owner_of = owner_of
         self.durable = durable
         self.auto_delete = auto_delete
-        self.exclusive_owner: Any = None  # exclusive queues are never remote
+        # an exclusive queue's connection (node/runtime/state.py Elsewhere when it is on
+        # another node: refused here)
+        self.exclusive_owner: Any = exclusive_owner
+        self.in_raft = True  # every queue of a sharded vhost is
         self.arguments = arguments or {}
         self.declaration = declaration
         self.store_key = store_key(name, declaration)
