@@ -459,7 +459,7 @@ class Channel:
                 self.conn.exclusive_queues.add(q.name)
             self.last_queue = name
             if isinstance(q, RemoteQueue):  # on a shard another node owns
-                await _remote(q.counts())
+                await _remote(q.counts(declared=True))
             # a queue Raft had already (declared meanwhile, or built by a takeover) may
             # still be recovering: declare-ok reports what it holds, not 0
             while q.recovering and (wait := q.wait_for()) is not None:

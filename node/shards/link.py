@@ -169,7 +169,10 @@ class LinkServer(wire.FramedProtocol):
         q = self._local(vhost, name)
         if q is None:
             raise errors.not_found("queue", name, vhost)
-        if q.exclusive_owner is not None:
+        if q.exclusive_owner is not None \
+                and getattr(q.exclusive_owner, "node", None) != self.peer:
+            # an exclusive queue is its connection's: served only to that connection's
+            # node (which checks that it is that connection)
             raise _locked(name, vhost)
         return q
 
@@ -248,7 +251,7 @@ class LinkServer(wire.FramedProtocol):
             c.priority = prio
         self._consumers[cid] = c
         self._cids[c] = cid
-        self._credit[c] = int(m.get("credit") or CREDIT)
+        self._credit[c] = int(m.get("credit", CREDIT))
         self._reply(rid)  # before the first delivery
         q.add_consumer(c)
 
@@ -454,7 +457,7 @@ class RemoteConsumer:
     """A consumer this node holds on a queue of the link's peer."""
 
     __slots__ = ("cid", "vhost", "queue", "tag", "prefetch", "no_ack", "exclusive",
-                 "arguments", "sink", "credit", "active", "owed")
+                 "arguments", "sink", "credit", "active", "outstanding")
 
     def __init__(self, cid: int, vhost: str, queue: str, tag: str, prefetch: int,
                  no_ack: bool, exclusive: bool, arguments: dict, sink: DeliverySink,
@@ -470,7 +473,7 @@ class RemoteConsumer:
         self.sink = sink
         self.credit = credit  # deliveries the owner may send before it hears back
         self.active = False  # subscribed at the owner (consume answered)
-        self.owed = 0  # credit taken by deliveries and not yet given back
+        self.outstanding = 0  # deliveries the owner may send now (the credit it holds)
 
 
 class _ClientSession(wire.FramedProtocol):
@@ -628,7 +631,7 @@ class LinkClient:
             self._backlog.extendleft(reversed(again))
             self._arm_backlog_timer()
         for rc in self.consumers.values():
-            rc.owed = 0
+            rc.outstanding = 0  # the owner forgot the consumer with the session
         self._release_if_below()
 
     # ------------------------------------------------------------------ output
@@ -793,7 +796,7 @@ class LinkClient:
         return rc, self._subscribe(rc)
 
     def _subscribe(self, rc: RemoteConsumer, resubscribe: bool = False) -> asyncio.Future[Any]:
-        rc.owed = 0
+        rc.outstanding = rc.credit
         fut = self.request({"t": "consume", "vhost": rc.vhost, "queue": rc.queue,
                             "cid": rc.cid, "tag": rc.tag, "prefetch": rc.prefetch,
                             "no_ack": rc.no_ack, "exclusive": rc.exclusive,
@@ -832,9 +835,10 @@ class LinkClient:
             self._out_frame(wire.control({"t": "cancel", "cid": rc.cid}))
 
     def credit(self, rc: RemoteConsumer, n: int) -> None:
-        """Give ``n`` deliveries of credit back to ``rc``: its client took them."""
+        """Let the owner send ``n`` more deliveries to ``rc``."""
         if self.session is None or rc.cid not in self.consumers:
             return
+        rc.outstanding += n
         self._credit_out[rc.cid] = self._credit_out.get(rc.cid, 0) + n
         self._schedule()
 
@@ -896,7 +900,7 @@ class LinkClient:
             # cancelled here while the owner was delivering: give it back at once
             self.settle("requeue", self.generation, did)
             return
-        rc.owed += 1
+        rc.outstanding -= 1
         rc.sink.delivery(rc, did, redelivered, Message.decode(record))
 
 

@@ -27,13 +27,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from node.amqp import errors
 from node.amqp.message import Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.queue import REMOTE, store_key
 from node.queues.settings import QueueSettings, queue_settings
 from node.read_models import QueueStats
-from node.shards.link import CREDIT, LinkClient, Links, RemoteConsumer
+from node.shards.link import CREDIT, LinkClient, LinkError, Links, RemoteConsumer
+
+# how long a declare waits for the queue's owner to have applied the declaration
+DECLARED_WAIT = 5.0
 
 
 class RemoteEntry(QueueEntry):
@@ -117,8 +121,10 @@ class RemoteQueue:
     def close(self) -> None:
         """Gone here (deleted, or its shard is now this node's): its consumers end."""
         self.deleted = True
+        consumers = list(self.consumers)  # the runtime tells their channels (drop_queue)
         for c in list(self._remote):
             self._forget(c, tell_owner=True)
+        self.consumers = consumers
 
     def stats(self) -> QueueStats:
         return QueueStats(
@@ -146,10 +152,23 @@ class RemoteQueue:
         return [_publish(qs[0], [q.name for q in qs], message) for qs in by_owner.values()]
 
     # --- one-shot operations (awaited by the channel) --------------------------------
-    async def counts(self) -> tuple[int, int]:
-        self.message_count, self.consumer_count = await self.link.counts(self.vhost,
-                                                                        self.name)
-        return self.message_count, self.consumer_count
+    async def counts(self, declared: bool = False) -> tuple[int, int]:
+        """(message_count, consumer_count) at the owner.  ``declared``: this node has just
+        seen the declaration commit, and the owner may not have applied it yet (Raft
+        applies an entry on each node in its own time): a "no such queue" is asked again
+        for a while, so that declare-ok means the owner has the queue."""
+        deadline = asyncio.get_event_loop().time() + DECLARED_WAIT
+        while True:
+            try:
+                counts = await self.link.counts(self.vhost, self.name)
+                break
+            except LinkError as e:
+                if not declared or e.code != errors.NOT_FOUND or self.deleted \
+                        or asyncio.get_event_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.01)
+        self.message_count, self.consumer_count = counts
+        return counts
 
     async def purge_remote(self) -> int:
         return await self.link.purge(self.vhost, self.name)
@@ -168,9 +187,10 @@ class RemoteQueue:
         """Subscribe ``c`` (a channel's consumer) at the owner; deliveries are held until
         the channel has answered basic.consume-ok (`started`)."""
         window = _global_window(c)
+        credit = max(0, min(CREDIT, _free(c))) if window else CREDIT
         rc, answered = self.link.consume(self.vhost, self.name, c.tag, c.prefetch,
                                          c.no_ack, c.exclusive, c.arguments, self,
-                                         credit=min(CREDIT, window) if window else CREDIT)
+                                         credit=credit)
         self._remote[c] = rc
         self._by_cid[rc.cid] = c
         self._waiting[c] = []
@@ -184,8 +204,10 @@ class RemoteQueue:
         return answered
 
     def started(self, c: Consumer) -> None:
-        for entry in self._waiting.pop(c, ()):
-            self._hand(c, entry)
+        waiting = self._waiting.get(c)
+        while waiting:  # those still waiting count against a global prefetch (`_free`)
+            self._hand(c, waiting.pop(0))
+        self._waiting.pop(c, None)
 
     def add_consumer(self, c: Consumer) -> None:
         self.subscribe(c)
@@ -246,14 +268,22 @@ class RemoteQueue:
     def _hand(self, c: Consumer, entry: RemoteEntry) -> None:
         if not c.no_ack:
             c.unacked += 1
-        channel = c.owner
-        channel.deliver(c, self, entry)
+        c.owner.deliver(c, self, entry)
         rc = self._remote.get(c)
-        # handed over: room for the next one, unless the channel's global prefetch
-        # counts it (then an ack makes the room: `dispatch`)
-        if rc is not None and not _global_window(c) and channel.can_deliver(c):
-            self.link.credit(rc, rc.owed)
-            rc.owed = 0
+        if rc is not None:
+            self._refill(c, rc)
+
+    def _refill(self, c: Consumer, rc: RemoteConsumer) -> None:
+        """Give the owner credit up to the link's window for ``rc``, while the channel can
+        take deliveries; under a global prefetch, only what the channel's window has free
+        (its unacked deliveries and every remote consumer's credit count against it)."""
+        if not c.owner.can_deliver(c):
+            return
+        n = CREDIT - rc.outstanding
+        if _global_window(c):
+            n = min(n, _free(c))
+        if n > 0:
+            self.link.credit(rc, n)
 
     def cancelled(self, rc: RemoteConsumer) -> None:
         """The owner ended the consumer (the queue is gone there)."""
@@ -266,15 +296,7 @@ class RemoteQueue:
     def dispatch(self) -> None:
         """The channel can take deliveries again: give the owner the credit it held back."""
         for c, rc in list(self._remote.items()):
-            if rc.owed and c.owner.can_deliver(c):
-                n = rc.owed
-                window = _global_window(c)
-                if window:
-                    channel: Any = c.owner
-                    n = min(n, window - len(channel.unacked))
-                if n > 0:
-                    self.link.credit(rc, n)
-                    rc.owed -= n
+            self._refill(c, rc)
 
     # --- settling (by the owner's delivery ids) ---------------------------------------
     def _settle(self, op: str, entry: QueueEntry, consumer: Consumer | None) -> None:
@@ -303,6 +325,21 @@ class RemoteQueue:
 def _global_window(c: Consumer) -> int:
     """The channel's global prefetch (basic.qos global) when it bounds ``c``, else 0."""
     return 0 if c.no_ack else getattr(c.owner, "global_prefetch", 0)
+
+
+def _free(c: Consumer) -> int:
+    """What the global prefetch of ``c``'s channel leaves: its window, less what is
+    delivered and unacked, less the credit its remote consumers hold and what they
+    received before their consume-ok."""
+    channel: Any = c.owner
+    held = 0
+    for other in channel.consumers.values():
+        q = other.queue
+        if isinstance(q, RemoteQueue):
+            rc = q._remote.get(other)
+            if rc is not None:
+                held += rc.outstanding + len(q._waiting.get(other, ()))
+    return _global_window(c) - len(channel.unacked) - held
 
 
 def _publish(q: RemoteQueue, names: list[str], message: Message

@@ -59,8 +59,7 @@ class Sink:
         self.got.append((rc, did, redelivered, message, self.link.generation))
         if self.ack:
             self.link.settle("ack", self.link.generation, did)
-        self.link.credit(rc, rc.owed)
-        rc.owed = 0
+        self.link.credit(rc, 1)
         self.arrived.set()
 
     def cancelled(self, rc: RemoteConsumer) -> None:
