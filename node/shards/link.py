@@ -61,6 +61,7 @@ WINDOW_BYTES = 32 << 20
 CREDIT = 256  # deliveries in flight to one remote consumer, not yet handed to its client
 RECONNECT_DELAY = 0.1
 QUEUED_TIMEOUT = 3.0  # how long publishes and requests wait for a session
+AUTO_DELETE_WAIT = 2.0  # a cancel's answer waits at most this for the auto-delete
 
 Connect = Callable[[str, dict], Awaitable[tuple[asyncio.Transport, wire.Link]]]
 
@@ -264,8 +265,24 @@ class LinkServer(wire.FramedProtocol):
         c = self._consumers.pop(int(m.get("cid", 0)), None)
         if c is not None:
             self._drop_consumer(c)
-        if "rid" in m:
+        if "rid" not in m:
+            return
+        q = c.queue if c is not None else None
+        if q is None or not (q.auto_delete and not q.consumers and not q.deleted):
             self._reply(m["rid"])
+            return
+
+        # the last consumer of an auto-delete queue: it is being deleted (through Raft);
+        # cancel-ok once it is gone here, as RabbitMQ's queue is gone by then
+        async def deleted() -> None:
+            for _ in range(int(AUTO_DELETE_WAIT / 0.005)):
+                if q.deleted:
+                    break
+                await asyncio.sleep(0.005)
+            self._reply(m["rid"])
+        task = asyncio.ensure_future(deleted())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_credit(self, m: dict) -> None:
         touched = set()
