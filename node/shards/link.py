@@ -51,6 +51,7 @@ from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.outcome import publish_to
 from node.queues.queue import Queue
+from node.read_models import ChannelStats
 
 log = logging.getLogger("warren.shards.link")
 
@@ -308,17 +309,32 @@ class LinkServer(wire.FramedProtocol):
                                  _record(entry.message)))
 
     def cancel_consumers_of(self, queue: Queue) -> None:
+        # the queue is deleted, or its shard is no longer this node's (moved: the peer's
+        # consumers follow it to the new owner)
+        moved = not self._owns(queue.unit)
         for cid, c in list(self._consumers.items()):
             if c.queue is queue:
                 del self._consumers[cid]
                 self._cids.pop(c, None)
                 self._credit.pop(c, None)
-                self._queue(wire.control({"t": "cancelled", "cid": cid}))
+                self._queue(wire.control({"t": "cancelled", "cid": cid, "moved": moved}))
 
     def resume_writing(self) -> None:
         super().resume_writing()
         for q in {c.queue for c in self._consumers.values()}:
             q.dispatch()
+
+    def stats(self) -> ChannelStats:
+        """The link as the management API shows a consumer's channel: the peer node's
+        clients consume through it."""
+        return ChannelStats(
+            number=0, connection_name=f"queue link from {self.peer}", user="",
+            vhost=None, state="running" if self.open else "closed",
+            consumers=tuple(self._consumers.values()), prefetch_count=0,
+            global_prefetch_count=0, confirm=True, transactional=False,
+            messages_unacknowledged=len(self._unacked),
+            messages_unconfirmed=len(self._confirms), messages_uncommitted=0,
+            acks_uncommitted=0, pending_raft_commands=0)
 
     # ------------------------------------------------------------------ settling
     def _take(self, m: dict) -> list[tuple[Queue, QueueEntry, Consumer | None]]:
@@ -467,14 +483,20 @@ class DeliverySink(Protocol):
     def delivery(self, rc: "RemoteConsumer", did: int, redelivered: bool,
                  message: Message) -> None: ...
 
-    def cancelled(self, rc: "RemoteConsumer") -> None: ...
+    def cancelled(self, rc: "RemoteConsumer", moved: bool = False) -> None:
+        """The owner ended ``rc``: the queue is gone, or (``moved``) its shard is no
+        longer that node's."""
+
+    def lost(self, rc: "RemoteConsumer") -> None:
+        """The session ``rc`` was subscribed on ended (the link subscribes it again when
+        the same node comes back)."""
 
 
 class RemoteConsumer:
     """A consumer this node holds on a queue of the link's peer."""
 
     __slots__ = ("cid", "vhost", "queue", "tag", "prefetch", "no_ack", "exclusive",
-                 "arguments", "sink", "credit", "active", "outstanding")
+                 "arguments", "sink", "credit", "active", "outstanding", "link")
 
     def __init__(self, cid: int, vhost: str, queue: str, tag: str, prefetch: int,
                  no_ack: bool, exclusive: bool, arguments: dict, sink: DeliverySink,
@@ -491,6 +513,7 @@ class RemoteConsumer:
         self.credit = credit  # deliveries the owner may send before it hears back
         self.active = False  # subscribed at the owner (consume answered)
         self.outstanding = 0  # deliveries the owner may send now (the credit it holds)
+        self.link: LinkClient | None = None  # the link it is subscribed over
 
 
 class _ClientSession(wire.FramedProtocol):
@@ -647,8 +670,10 @@ class LinkClient:
         if again:
             self._backlog.extendleft(reversed(again))
             self._arm_backlog_timer()
-        for rc in self.consumers.values():
+        for rc in list(self.consumers.values()):
             rc.outstanding = 0  # the owner forgot the consumer with the session
+            if rc.active and not self.closed:
+                rc.sink.lost(rc)
         self._release_if_below()
 
     # ------------------------------------------------------------------ output
@@ -809,6 +834,7 @@ class LinkClient:
         self._cid += 1
         rc = RemoteConsumer(self._cid, vhost, queue, tag, prefetch, no_ack, exclusive,
                             arguments, sink, credit)
+        rc.link = self
         self.consumers[rc.cid] = rc
         return rc, self._subscribe(rc)
 
@@ -830,8 +856,8 @@ class LinkClient:
             if resubscribe and isinstance(exc, LinkLost) and not self.closed:
                 return  # the next session subscribes it again
             self.consumers.pop(rc.cid, None)
-            if resubscribe:  # the queue is gone meanwhile
-                rc.sink.cancelled(rc)
+            if resubscribe:  # that node has not the queue any more: moved, or deleted
+                rc.sink.cancelled(rc, moved=True)
         fut.add_done_callback(answered)
         return fut
 
@@ -846,6 +872,10 @@ class LinkClient:
         fut = self.request({"t": "cancel", "cid": rc.cid}, again=True)
         fut.add_done_callback(lambda _f: self.consumers.pop(rc.cid, None))
         return fut
+
+    def forget(self, rc: RemoteConsumer) -> None:
+        """Stop holding ``rc`` here without telling the owner (it forgot it already)."""
+        self.consumers.pop(rc.cid, None)
 
     def cancel(self, rc: RemoteConsumer) -> None:
         if self.consumers.pop(rc.cid, None) is not None and self.session is not None:
@@ -907,7 +937,7 @@ class LinkClient:
         elif t == "cancelled":
             rc = self.consumers.pop(int(m.get("cid", 0)), None)
             if rc is not None:
-                rc.sink.cancelled(rc)
+                rc.sink.cancelled(rc, bool(m.get("moved")))
         else:
             raise wire.WireError(f"unknown queue-link message {t!r}")
 

@@ -62,9 +62,12 @@ class Sink:
         self.link.credit(rc, 1)
         self.arrived.set()
 
-    def cancelled(self, rc: RemoteConsumer) -> None:
+    def cancelled(self, rc: RemoteConsumer, moved: bool = False) -> None:
         self.cancelled_tags.append(rc.tag)
         self.arrived.set()
+
+    def lost(self, rc: RemoteConsumer) -> None:
+        pass  # the link subscribes it again
 
     async def wait(self, n: int) -> None:
         while len(self.got) < n:
@@ -525,3 +528,56 @@ def test_global_prefetch_bounds_a_remote_consumer(cluster: Cluster):
     assert [body for _m, body in got] == [str(i).encode() for i in range(10)]
     conn_c.close()
     conn_b.close()
+
+
+def test_a_remote_consumer_follows_its_shard_to_a_new_owner(cluster: Cluster):
+    shard_of = _sharded_vhost(cluster, "spread-move")
+    b = next(n for n in cluster.nodes if n.name in shard_of)
+    a, c = [n for n in cluster.nodes if n is not b]
+    conn_b = _connect(b, "spread-move")
+    ch_b = conn_b.channel()
+    ch_b.queue_declare("mover", durable=True)
+    code, body = cluster.http(b, "GET", "/api/queues/spread-move/mover")
+    assert code == 200, body
+    shard = body["shard"]  # type: ignore[index]
+    ch_b.confirm_delivery()
+    for i in range(30):
+        ch_b.basic_publish("", "mover", f"m-{i}".encode(),
+                           pika.BasicProperties(delivery_mode=2))
+    conn_b.close()
+
+    conn_c = _connect(c, "spread-move")
+    ch_c = conn_c.channel()
+    ch_c.basic_qos(prefetch_count=10)
+    got: list[tuple[Any, bytes]] = []
+    cancels: list[Any] = []
+    ch_c.add_on_cancel_callback(cancels.append)
+    ch_c.basic_consume("mover", lambda _ch, method, _props, body: got.append((method, body)))
+    while len(got) < 10:
+        conn_c.process_data_events(time_limit=1)
+    # the shard moves to a (with its messages) while c holds ten unacked deliveries
+    code, body = cluster.http(a, "POST", "/api/cluster/vhosts/spread-move/move",
+                              {"node": a.name, "shard": shard}, timeout=60)
+    assert code == 200, body
+    def owner_on_c() -> Any:
+        code, body = cluster.http(c, "GET", "/api/queues/spread-move/mover")
+        return body["node"] if code == 200 else None  # type: ignore[index]
+    Cluster.wait_until(lambda: owner_on_c() == a.name, what="the queue's new owner known on c")
+    # the consumer follows: the ten come again, redelivered, then the twenty others
+    while len(got) < 40:
+        conn_c.process_data_events(time_limit=1)
+        for method, _body in got:
+            if method.delivery_tag > 10 and not getattr(method, "_acked", False):
+                ch_c.basic_ack(method.delivery_tag)
+                method._acked = True
+    ch_c.basic_ack(got[9][0].delivery_tag, multiple=True)  # the old ones: dropped quietly
+    assert cancels == []
+    assert [(b, m.redelivered) for m, b in got[:10]] == [(f"m-{i}".encode(), False)
+                                                           for i in range(10)]
+    assert [(b, m.redelivered) for m, b in got[10:20]] == [(f"m-{i}".encode(), True)
+                                                             for i in range(10)]
+    assert [(b, m.redelivered) for m, b in got[20:]] == [(f"m-{i}".encode(), False)
+                                                           for i in range(10, 30)]
+    assert ch_c.queue_declare("mover", passive=True).method.message_count == 0
+    assert conn_c.is_open
+    conn_c.close()
