@@ -244,17 +244,22 @@ def set_vhost_shards(c: Client, a: argparse.Namespace, need: Need) -> None:
 def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
     """The move runs on the node; meanwhile this says what it waits for (the target's lag,
     from the owner, whenever it changes) and ends with one line saying how it ended."""
-    name, node, *_ = need(2, "<vhost> <node> [--timeout <seconds to get in sync>]")
+    name, node, *_ = need(2, "<vhost> <node> [--shard <k>] [--timeout <seconds to get in "
+                             "sync>]")
     sync_timeout = min(a.timeout, MOVE_SYNC_TIMEOUT) if a.timeout else MOVE_SYNC_TIMEOUT
-    print(f"Moving vhost \"{name}\" to node \"{node}\" with its messages ...", flush=True)
+    what = f"vhost \"{name}\"" + (f" shard {a.shard}" if a.shard else "")
+    print(f"Moving {what} to node \"{node}\" with its messages ...", flush=True)
     ended = threading.Event()
     watcher = threading.Thread(target=_watch_move, args=(c, name, node, ended), daemon=True)
     watcher.start()
+    body: dict[str, Any] = {"node": node, "timeout": sync_timeout}
+    if a.shard:
+        body["shard"] = a.shard
     try:
-        done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move",
-                      {"node": node, "timeout": sync_timeout}, timeout=sync_timeout + 60)
+        done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move", body,
+                      timeout=sync_timeout + 60)
     except CtlError as e:
-        raise CtlError(f"move of vhost \"{name}\" to {node} stopped: {e}") from None
+        raise CtlError(f"move of {what} to {node} stopped: {e}") from None
     finally:
         ended.set()
         watcher.join(2)
@@ -498,7 +503,8 @@ HELP = {
     "set_vhost_shards": "grow a live vhost to N shards (their owners spread over the nodes)",
     "delete_vhost": "delete a vhost and everything in it",
     "set_vhost_owner": "the older name of move_vhost",
-    "move_vhost": "move a vhost with its messages to another running node",
+    "move_vhost": "move a vhost (--shard K: one of its shards) with its messages to "
+                  "another running node",
     "vhost_status": "a vhost's owner, epoch, replicas and in-sync replicas",
     "verify_vhost": "compare the copies of a vhost: each one's digest at one offset",
     "set_vhost_limits": "set max-connections / max-queues of a vhost (-p)",
@@ -581,6 +587,8 @@ def _main(argv: list[str] | None) -> None:
                    help="add_vhost: copies of its messages, the owner's included")
     p.add_argument("--shards", type=int, default=None,
                    help="add_vhost: shards to split it into, each with an owner of its own")
+    p.add_argument("--shard", type=int, default=0,
+                   help="move_vhost: which shard of a sharded vhost (default 0)")
     p.add_argument("--timeout", type=float,
                    default=float(env.get("WARREN_CTL_TIMEOUT", DEFAULT_TIMEOUT)),
                    help="seconds to wait for the node's answer (move_vhost: for the target "
