@@ -116,6 +116,8 @@ class ReplicationSource:
         self._closed = False
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
+        # called with a replica's name when its catch-up made headway (a live move follows)
+        self.on_progress: Callable[[str], None] | None = None
         self.changelog = store.keep_changelog(changelog_bytes)
         store.attach(self)
         self._watch = asyncio.ensure_future(self._watch_lag())
@@ -275,14 +277,29 @@ class ReplicationSource:
             self._drop(node, "replication session closed")
 
     def lag(self) -> dict[str, dict[str, int]]:
+        """Per replica: records it lacks, and their bytes; the bytes a copy being rebuilt by
+        snapshot lacks are what is left of the snapshot (estimated) and the records after."""
         out = {}
         changelog = self.changelog
         last = self.store.last_offset
         for node in set(self.sessions) | self.in_sync | set(self.acked):
             acked = self.acked.get(node, -1)
+            session = self.sessions.get(node)
+            if acked < 0 and session is not None and session.snapshot_position is not None:
+                after = session.snapshot_position
+                left = 0 if session.snapshot_done else max(
+                    (session.snapshot_bytes or 0) - session.snapshot_sent, 0)
+                # the copy holds none of the records before the snapshot is in
+                out[node] = {"records": max(last - after, 0) if session.snapshot_done
+                             else last, "bytes": left + changelog.lag_bytes(after)}
+                continue
             out[node] = {"records": max(last - acked, 0) if acked >= 0 else last,
                          "bytes": changelog.lag_bytes(acked) if acked >= 0 else 0}
         return out
+
+    def progressed(self, node: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(node)
 
     async def drained_to(self, node: str, timeout: float) -> None:
         """Wait until ``node`` acked everything this store has numbered."""
@@ -321,6 +338,11 @@ class SourceSession(wire.FramedProtocol):
         self.on_fenced = on_fenced
         self.live = False
         self.sent = -1
+        # a snapshot to this replica: its position, estimated size, bytes sent so far
+        self.snapshot_position: int | None = None
+        self.snapshot_bytes: int | None = None
+        self.snapshot_sent = 0
+        self.snapshot_done = False
         self._task: asyncio.Future[None] | None = None
         self._heard = self._said = time.monotonic()
 
@@ -384,8 +406,13 @@ class SourceSession(wire.FramedProtocol):
                         # the records after the snapshot must still be here at its end
                         changelog.pin(self, position[1])
                         self.send(wire.control({"t": "snap_begin"}))
+                        self.snapshot_position = position[1]
+                        self.snapshot_bytes = item[3] if len(item) > 3 else None
                     else:
-                        self.send(wire.control({"t": "snap_rows", "rows": item[1]}))
+                        frame = wire.control({"t": "snap_rows", "rows": item[1]})
+                        self.send(frame)
+                        self.snapshot_sent += len(frame)
+                    source.progressed(self.node)
                     await self.drain()
                     if self.transport is None or self.transport.is_closing():
                         return
@@ -394,6 +421,8 @@ class SourceSession(wire.FramedProtocol):
                 self.send(wire.control({"t": "snap_end", "position": list(position),
                                         "epochs": store.epochs, "hw": source.hw}))
                 self.sent = position[1]
+                self.snapshot_done = True
+                source.progressed(self.node)
             await self._feed()
         except (ConnectionError, StoreError) as e:
             self.fail(f"catch-up of {self.node} failed: {e}")

@@ -19,6 +19,7 @@ from cluster.digest import DigestServer
 from cluster.failover import FailoverController
 from cluster.follower import Follower
 from cluster.liveness import Liveness, PingServer
+from cluster.move_progress import MoveProgress
 from cluster.replication import ReplicationSource, SourceSession
 from node.amqp import errors
 from node.amqp.errors import ChannelError
@@ -36,6 +37,7 @@ log = logging.getLogger("warren.vhost_roles")
 LEASE_CHECK = 0.05  # seconds between two looks at the owner lease
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
+PROGRESS_SAMPLE = 0.25  # seconds between two looks at a moving target's lag
 
 
 class VhostRoles:
@@ -68,6 +70,7 @@ class VhostRoles:
         self.lease_lapsed = False
         self._lease_task: asyncio.Task[None] | None = None
         self.moves = 0
+        self.moving: dict[str, MoveProgress] = {}  # unit -> its move under way here
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
             self.me, self.liveness, metadata.submit, self._is_leader,
@@ -375,6 +378,9 @@ class VhostRoles:
         if source is not None:
             out["lag"] = source.lag()
             out["offset"] = source.store.last_offset
+        progress = self.moving.get(name)
+        if progress is not None:
+            out["move"] = progress.as_json()
         why = self.available(name)
         if why is not None:
             out["reason"] = why
@@ -408,22 +414,55 @@ class VhostRoles:
         where = "connected" if target in source.sessions else "not connected"
         return f"{lag['records']} records ({lag['bytes']} bytes) behind, {where}"
 
-    async def move(self, name: str, target: str,
-                   sync_timeout: float = MOVE_SYNC_TIMEOUT) -> dict[str, Any]:
-        """Move ``name`` to ``target`` with its messages; run on the owner."""
+    def _follow(self, name: str, progress: MoveProgress) -> None:
+        """Take the target's figures into ``progress`` (and follow its catch-up's steps)."""
+        source = self.sources.get(name)
+        if source is None:
+            progress.update(False, None, None, None)
+            return
+        def progressed(node: str) -> None:
+            if node == progress.target:
+                self._follow(name, progress)
+        source.on_progress = progressed
+        session = source.sessions.get(progress.target)
+        progress.update(session is not None,
+                        session.snapshot_sent if session is not None else None,
+                        session.snapshot_bytes if session is not None else None,
+                        source.lag().get(progress.target))
+
+    async def move(self, name: str, target: str, sync_timeout: float = MOVE_SYNC_TIMEOUT,
+                   progress: MoveProgress | None = None) -> dict[str, Any]:
+        """Move ``name`` to ``target`` with its messages; run on the owner.  ``progress``
+        follows its wait for the target (the API shows it while it runs)."""
+        progress = progress or MoveProgress(name, target)
+        if name in self.moving:
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"{shards.label(name)} is being moved already (to "
+                               f"{self.moving[name].target})")
+        self.moving[name] = progress
+        try:
+            return await self._move(name, target, sync_timeout, progress)
+        finally:
+            del self.moving[name]
+            source = self.sources.get(name)
+            if source is not None:
+                source.on_progress = None
+
+    async def _move(self, name: str, target: str, sync_timeout: float,
+                    progress: MoveProgress) -> dict[str, Any]:
         d = self.runtime.units.get(name)
         if d is None:
-            raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
+            raise ChannelError(errors.NOT_FOUND, f"no {shards.label(name)}")
         if target not in self.runtime.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{target}' in the cluster")
         if d.get("owner") == target:
             return {"owner": target, "epoch": d["epoch"], "pause_ms": 0.0}
         if d.get("owner") != self.me:
             raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"vhost '{name}' is owned by {d.get('owner')}, not {self.me}")
+                               f"{shards.label(name)} is owned by {d.get('owner')}, not {self.me}")
         if not await self.placement.wait_running(target):  # its Raft link, a flap waited out
             raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"cannot move vhost '{name}' to {target}: the node is down")
+                               f"cannot move {shards.label(name)} to {target}: the node is down")
         if not self.enabled:
             raise ChannelError(errors.PRECONDITION_FAILED, "a single node cannot move vhosts")
         epoch = d["epoch"]
@@ -432,13 +471,17 @@ class VhostRoles:
                             "replicas": [*d.get("replicas", []), target],
                             "moving_to": target, "expected_epoch": epoch})
         deadline = time.monotonic() + sync_timeout
+        sampled = 0.0
         while target not in (self.runtime.units.get(name) or {}).get("in_sync", []):
+            if time.monotonic() - sampled >= PROGRESS_SAMPLE:
+                self._follow(name, progress)
+                sampled = time.monotonic()
             if self.runtime.units.get(name, {}).get("epoch") != epoch:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': its owner changed meanwhile")
+                                   f"cannot move {shards.label(name)}: its owner changed meanwhile")
             if time.monotonic() > deadline:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': {target} did not get in sync "
+                                   f"cannot move {shards.label(name)}: {target} did not get in sync "
                                    f"within {sync_timeout:g} s "
                                    f"({self.target_lag(name, target)})")
             await asyncio.sleep(0.01)
@@ -447,7 +490,9 @@ class VhostRoles:
         vh = self.runtime.vhosts.get(shards.split(name)[0])
         if source is None or store is None or vh is None:
             raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"vhost '{name}' is not served here any more")
+                               f"{shards.label(name)} is not served here any more")
+        self._follow(name, progress)
+        progress.set_phase("drain")
         paused = list(vh.connections)
         started = time.monotonic()
         for conn in paused:  # publishes pause: nothing new reaches the store
@@ -458,7 +503,7 @@ class VhostRoles:
                 await source.drained_to(target, MOVE_DRAIN_TIMEOUT)
             except TimeoutError:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': {target} did not take the "
+                                   f"cannot move {shards.label(name)}: {target} did not take the "
                                    f"last records within {MOVE_DRAIN_TIMEOUT:g} s with "
                                    f"publishers paused ({self.target_lag(name, target)})"
                                    ) from None
@@ -471,6 +516,8 @@ class VhostRoles:
             raise
         pause_ms = (time.monotonic() - started) * 1000
         self.moves += 1
-        log.info("vhost '%s' moved to %s (epoch %s): publishers paused %.0f ms", name, target,
-                 result.get("epoch"), pause_ms)
-        return {"owner": target, "epoch": result.get("epoch"), "pause_ms": round(pause_ms, 1)}
+        log.info("%s moved to %s (epoch %s): publishers paused %.0f ms", shards.label(name),
+                 target, result.get("epoch"), pause_ms)
+        return {"owner": target, "epoch": result.get("epoch"), "pause_ms": round(pause_ms, 1),
+                "copied_bytes": progress.copied,
+                "sync_ms": round((started - progress.started) * 1000, 1)}

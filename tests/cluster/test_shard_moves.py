@@ -4,6 +4,7 @@ progress a move of a large store shows on a terminal."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -50,12 +51,13 @@ def connect(node: NodeProcess, vhost: str) -> pika.BlockingConnection:
         "127.0.0.1", node.amqp_port, vhost, connection_attempts=3))
 
 
-def fill(node: NodeProcess, vhost: str, queue: str, count: int, size: int = 0) -> None:
+def fill(node: NodeProcess, vhost: str, queue: str, count: int, size: int = 0,
+         arguments: dict | None = None) -> None:
     """Persistent messages with confirms, on ``node``'s shard (client-local placement)."""
     conn = connect(node, vhost)
     ch = conn.channel()
     ch.confirm_delivery()
-    ch.queue_declare(queue, durable=True)
+    ch.queue_declare(queue, durable=True, arguments=arguments)
     pad = b"x" * size
     for i in range(count):
         ch.basic_publish("", queue, f"{queue}-{i}-".encode() + pad,
@@ -88,16 +90,82 @@ def test_one_shard_moves_with_its_messages(cluster: Cluster):
     placed = owners(cluster, n1, "mv")
     source = cluster.by_name(placed[1])
     fill(source, "mv", "orders", 500)
-    assert queue_row(cluster, n1, "mv", "orders")["shard"] == 1
+    k = queue_row(cluster, n1, "mv", "orders")["shard"]  # one that ``source`` owns
+    assert placed[k] == source.name
     target = next(n for n in cluster.nodes if n.name not in (source.name,))
-    out = ctl(n1, "move_vhost", "mv", target.name, "--shard", "1")
-    assert f"Moving vhost \"mv\" shard 1 to node \"{target.name}\"" in out, out
+    out = ctl(n1, "move_vhost", "mv", target.name, "--shard", str(k))
+    assert f"Moving vhost \"mv\" shard {k} to node \"{target.name}\"" in out, out
     assert f"Moved: owner {target.name}" in out, out
     after = owners(cluster, n1, "mv")
-    assert after == [placed[0], target.name, placed[2]]
-    shard = placement(cluster, n1, "mv")["shards"][1]
+    assert after == [target.name if i == k else o for i, o in enumerate(placed)]
+    shard = placement(cluster, n1, "mv")["shards"][k]
     assert shard["epoch"] == 2
     cluster.wait_until(lambda: queue_row(cluster, target, "mv", "orders")["node"]
                        == target.name, what="the queue's node is the new owner")
     assert queue_row(cluster, target, "mv", "orders")["messages"] == 500
     assert drain(target, "mv", "orders") == [f"orders-{i}" for i in range(500)]
+
+
+def test_rebalance_spreads_shards_piled_on_one_node(cluster: Cluster):
+    make_vhost(cluster, "rb", 3, 1)
+    n1 = cluster.nodes[0]
+    placed = owners(cluster, n1, "rb")
+    balanced = {"x-queue-leader-locator": "balanced"}
+    for k, owner in enumerate(placed):  # a queue with messages on every shard
+        code, body = cluster.http(n1, "PUT", f"/api/queues/rb/q{k}",
+                                  {"durable": True, "arguments": balanced})
+        assert code == 201, body
+        assert queue_row(cluster, n1, "rb", f"q{k}")["shard"] == k
+        fill(cluster.by_name(owner), "rb", f"q{k}", 200, arguments=balanced)
+    pile = cluster.by_name(placed[0])
+    for k in (1, 2):
+        if placed[k] == pile.name:
+            continue
+        code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/rb/move",
+                                  {"node": pile.name, "shard": k}, timeout=150)
+        assert code == 200, body
+    assert owners(cluster, n1, "rb") == [pile.name] * 3
+
+    out = ctl(cluster.nodes[2], "rebalance", "rb")
+    assert out.count("Moved: owner") == 2, out  # no more than needed
+    after = owners(cluster, n1, "rb")
+    assert sorted(after) == sorted(n.name for n in cluster.nodes), (after, out)
+    for k in range(3):
+        assert f"shard {k} from {pile.name}" in out or after[k] == pile.name, out
+    assert "2 shards moved." in out, out
+    for k, owner in enumerate(after):
+        node = cluster.by_name(owner)
+        cluster.wait_until(lambda node=node, k=k: queue_row(cluster, node, "rb", f"q{k}")
+                           ["node"] == node.name, what="the queue's node")
+        assert drain(node, "rb", f"q{k}") == [f"q{k}-{i}" for i in range(200)]
+    # spread already: nothing to move, and the API says so
+    code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/rb/rebalance", {})
+    assert code == 200 and body == {"moves": []}, body
+    # every sharded vhost (the other tests' too), then nothing is left to move
+    every = ctl(n1, "rebalance", "--all")
+    assert "Rebalancing the shards of every sharded vhost" in every, every
+    assert 'vhost "rb"' not in every and owners(cluster, n1, "rb") == after, every
+    assert "Nothing to move" in ctl(n1, "rebalance", "--all")
+
+
+def test_a_move_of_a_large_store_shows_its_progress(cluster: Cluster):
+    make_vhost(cluster, "big", 3, 1)
+    n1 = cluster.nodes[0]
+    source = cluster.by_name(owners(cluster, n1, "big")[2])
+    fill(source, "big", "blobs", 400, size=100_000)  # 40 MB
+    k = queue_row(cluster, n1, "big", "blobs")["shard"]  # one that ``source`` owns
+    target = next(n for n in cluster.nodes if n.name != source.name)
+    out = ctl(target, "move_vhost", "big", target.name, "--shard", str(k))
+    lines = [line for line in out.splitlines() if " copied, " in line]
+    assert lines, out
+    found = re.search(r"([\d.]+) MiB of about ([\d.]+) MiB copied, (\d+) records "
+                      r"\(([\d.]+) (?:KiB|MiB)\) behind, about ([\d.]+) s left", lines[0])
+    assert found, lines
+    copied, total, _records, _lag, eta = (float(g) for g in found.groups())
+    assert 0 < copied < 40 and total >= 38, lines[0]
+    assert eta >= 0, lines[0]
+    done = re.search(r"Moved: owner (\S+), epoch 2, publishers paused [\d.]+ ms, "
+                     r"([\d.]+) MiB copied", out)
+    assert done and done.group(1) == target.name, out
+    assert float(done.group(2)) >= 38, out
+    assert drain(target, "big", "blobs") == [f"blobs-{i}" for i in range(400)]
