@@ -442,11 +442,31 @@ class VhostRoles:
         self.moving[name] = progress
         try:
             return await self._move(name, target, sync_timeout, progress)
+        except ChannelError:
+            self._unpin(name, target)
+            raise
         finally:
             del self.moving[name]
             source = self.sources.get(name)
             if source is not None:
                 source.on_progress = None
+
+    def _unpin(self, name: str, target: str) -> None:
+        """A move that failed: its target is a replica like any other again (the repair
+        may trim it when it is one copy more than wanted)."""
+        d = self.runtime.units.get(name)
+        if d is None or d.get("moving_to") != target or d.get("owner") != self.me:
+            return
+
+        async def unpin() -> None:
+            try:
+                await self.metadata.submit({
+                    "op": "set_vhost_replicas", "name": name, "replicas": d["replicas"],
+                    "moving_to": None, "expected_epoch": d["epoch"]})
+            except Exception as e:  # no quorum: the target just stays a replica
+                log.warning("%s: could not clear the failed move's target %s: %s",
+                            shards.label(name), target, e)
+        asyncio.ensure_future(unpin())
 
     async def _move(self, name: str, target: str, sync_timeout: float,
                     progress: MoveProgress) -> dict[str, Any]:

@@ -169,3 +169,51 @@ def test_a_move_of_a_large_store_shows_its_progress(cluster: Cluster):
     assert done and done.group(1) == target.name, out
     assert float(done.group(2)) >= 38, out
     assert drain(target, "big", "blobs") == [f"blobs-{i}" for i in range(400)]
+
+
+def test_a_rebalance_stops_at_the_first_move_that_fails(cluster: Cluster):
+    make_vhost(cluster, "slow", 2, 1)
+    n1 = cluster.nodes[0]
+    placed = owners(cluster, n1, "slow")
+    balanced = {"x-queue-leader-locator": "balanced"}
+    for k, owner in enumerate(placed):  # 20 MB on each shard
+        code, body = cluster.http(n1, "PUT", f"/api/queues/slow/s{k}",
+                                  {"durable": True, "arguments": balanced})
+        assert code == 201, body
+        assert queue_row(cluster, n1, "slow", f"s{k}")["shard"] == k
+        fill(cluster.by_name(owner), "slow", f"s{k}", 200, size=100_000,
+             arguments=balanced)
+    pile = cluster.by_name(placed[0])
+    if placed[1] != pile.name:
+        code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/slow/move",
+                                  {"node": pile.name, "shard": 1}, timeout=150)
+        assert code == 200, body
+    # the old owner's copy is one more than wanted: trimmed, so a move must copy again
+    cluster.wait_until(lambda: all(not s["replicas"] for s in
+                                   placement(cluster, n1, "slow")["shards"]),
+                       what="one copy of each shard")
+
+    # no 20 MB copy gets in sync within 50 ms: the first move fails, and the rebalance
+    # stops there with one line that says which move and why
+    r = subprocess.run([sys.executable, "-m", "node.ctl", "--node", n1.http_url,
+                        "rebalance", "slow", "--timeout", "0.05"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert f"rebalance stopped: moving vhost 'slow' shard 1 from {pile.name} to " in line, line
+    assert "did not get in sync within 0.05 s" in line and "moves made before: none" in line
+    assert owners(cluster, n1, "slow") == [pile.name, pile.name]
+
+    code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/slow/rebalance", {},
+                              timeout=150)
+    assert code == 200, body
+    (move,) = body["moves"]
+    assert (move["vhost"], move["shard"], move["from"]) == ("slow", 1, pile.name), body
+    assert move["to"] != pile.name and move["copied_bytes"] >= 20_000_000, body
+    assert owners(cluster, n1, "slow") == [pile.name, move["to"]]
+    for k, owner in enumerate([pile.name, move["to"]]):
+        node = cluster.by_name(owner)
+        cluster.wait_until(lambda node=node, k=k: queue_row(cluster, node, "slow", f"s{k}")
+                           ["node"] == node.name, what="the queue's node")
+        assert drain(node, "slow", f"s{k}") == [f"s{k}-{i}" for i in range(200)]
