@@ -399,6 +399,8 @@ def vhost_status(c: Client, a: argparse.Namespace, need: Need) -> None:
         return
     print(f"Vhost \"{name}\": owner {rec.get('owner')}, epoch {rec.get('epoch')}, "
           f"replicas {fmt(rec.get('replicas') or [])}, in sync {fmt(rec.get('in_sync') or [])}")
+    if rec.get("shards"):
+        print_rows(rec["shards"], ["shard", "owner", "epoch", "replicas", "in_sync"], "table")
 
 
 def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:

@@ -44,9 +44,14 @@ def wants_stream(request: web.Request) -> bool:
 async def stream(request: web.Request, events: AsyncIterator[Event]) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
     await response.prepare(request)
-    async for event in events:
-        await response.write(json.dumps(event).encode() + b"\n")
-    await response.write_eof()
+    try:
+        async for event in events:
+            await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+    except ConnectionError:
+        # the caller left: a move under way goes on (a task of its own); a rebalance
+        # stops after it
+        pass
     return response
 
 

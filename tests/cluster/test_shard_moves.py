@@ -100,6 +100,9 @@ def test_one_shard_moves_with_its_messages(cluster: Cluster):
     assert after == [target.name if i == k else o for i, o in enumerate(placed)]
     shard = placement(cluster, n1, "mv")["shards"][k]
     assert shard["epoch"] == 2
+    rows = [line.split() for line in ctl(n1, "vhost_status", "mv").splitlines()[2:]]
+    assert [r[:3] for r in rows] == [[str(i), o, "2" if i == k else "1"]
+                                     for i, o in enumerate(after)], rows
     cluster.wait_until(lambda: queue_row(cluster, target, "mv", "orders")["node"]
                        == target.name, what="the queue's node is the new owner")
     assert queue_row(cluster, target, "mv", "orders")["messages"] == 500
