@@ -24,11 +24,12 @@ class MoveProgress:
         self.snapshot_bytes: int | None = None  # the snapshot's size, estimated
         self.lag: dict[str, int] | None = None  # the target's, as the owner counts it
         self._samples: deque[tuple[float, int]] = deque()
+        self.updated = 0.0  # when the figures were last taken
         self.changed = asyncio.Event()
 
     def update(self, connected: bool, copied: int | None, snapshot_bytes: int | None,
                lag: dict[str, int] | None) -> None:
-        now = time.monotonic()
+        now = self.updated = time.monotonic()
         self.connected = connected
         if copied is not None:
             self.copied = copied

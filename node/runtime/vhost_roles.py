@@ -37,7 +37,7 @@ log = logging.getLogger("warren.vhost_roles")
 LEASE_CHECK = 0.05  # seconds between two looks at the owner lease
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
-PROGRESS_SAMPLE = 0.25  # seconds between two looks at a moving target's lag
+PROGRESS_SAMPLE = 0.5  # seconds between two looks at a moving target's lag
 
 
 class VhostRoles:
@@ -421,7 +421,12 @@ class VhostRoles:
             progress.update(False, None, None, None)
             return
         def progressed(node: str) -> None:
-            if node == progress.target:
+            # a snapshot reports every chunk: the first is taken (the first bytes copied
+            # show at once), then one look per PROGRESS_SAMPLE (the lag is counted over
+            # the change log's records)
+            if node == progress.target and (
+                    progress.copied == 0
+                    or time.monotonic() - progress.updated >= PROGRESS_SAMPLE):
                 self._follow(name, progress)
         source.on_progress = progressed
         session = source.sessions.get(progress.target)

@@ -79,9 +79,13 @@ def drain(node: NodeProcess, vhost: str, queue: str) -> list[str]:
 
 
 def queue_row(cluster: Cluster, node: NodeProcess, vhost: str, queue: str) -> dict:
-    code, body = cluster.http(node, "GET", f"/api/queues/{vhost}/{queue}")
-    assert code == 200, body
-    return body  # type: ignore[return-value]
+    """The queue as GET /api/queues shows it (once the node that answers, its shard's
+    owner, has applied the declaration)."""
+    got: list = []
+    cluster.wait_until(lambda: got.append(cluster.http(
+        node, "GET", f"/api/queues/{vhost}/{queue}")) or got[-1][0] == 200,
+                       what=f"queue {queue} known")
+    return got[-1][1]
 
 
 def test_one_shard_moves_with_its_messages(cluster: Cluster):
