@@ -70,9 +70,11 @@ def test_a_sharded_vhost_page_shows_its_shards_a_move_and_a_rebalance(cluster: C
         expect(cell(page, k, 7)).to_have_text("yes")  # available
 
     # a move that waits for its target (paused: it cannot connect) shows on the page
+    # (not the Raft leader: the move's entries must commit while it is paused)
+    cluster.wait_until(lambda: cluster.leader(n1) is not None, what="a Raft leader")
     leader = cluster.leader(n1)
-    target = next(n for n in cluster.nodes if n.name != placed[2]
-                  and (leader is None or n.name != leader.name))
+    assert leader is not None
+    target = next(n for n in cluster.nodes if n.name not in (placed[2], leader.name))
     answer: dict = {}
 
     def move() -> None:
