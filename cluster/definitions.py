@@ -866,14 +866,15 @@ class DefinitionState:
         exclusive = cmd.get("exclusive", bool, False)
         arguments = cmd.get("arguments", bytes, EMPTY_ARGUMENTS)
         declaration = cmd.get("id", str, "")
-        if exclusive:
-            # exclusive queues live only on the vhost's owner, never in Raft.
+        shard = cmd.get("shard", int, 0)
+        record = self._need_vhost(vhost)
+        if exclusive and sharding.count(record) == 1:
+            # an exclusive queue lives only on its vhost's owner, never in Raft, unless the
+            # vhost is sharded: then any node may route to it, so every node must know it
             raise _Refused(
                 INTERNAL_ERROR,
                 f"exclusive {resource_text('queue', name, vhost)} cannot be replicated",
             )
-        shard = cmd.get("shard", int, 0)
-        record = self._need_vhost(vhost)
         if not 0 <= shard < sharding.count(record):
             raise _Refused(PRECONDITION_FAILED, f"vhost '{vhost}' has no shard {shard}")
         existing = self.queues[vhost].get(name)
@@ -884,12 +885,14 @@ class DefinitionState:
             "name": name,
             "durable": durable,
             "auto_delete": auto_delete,
-            "exclusive": False,
+            "exclusive": exclusive,
             "arguments": arguments,
             "id": declaration,
         }
         if shard:
             queue["shard"] = shard
+        if exclusive:  # the node of its connection: when that node restarts, it goes
+            queue["exclusive_node"] = cmd.get("exclusive_node", str, "")
         return _ok(created=True, queue=_copy(queue))
 
     def _op_delete_queue(self, cmd: _Command) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cluster import wire
+from cluster import shards, wire
 from storage.store import MessageStore, StoreError
 
 log = logging.getLogger("warren.replication.source")
@@ -210,19 +210,19 @@ class ReplicationSource:
         try:
             ok = await self._propose(node, join, self.epoch, self.hw)
         except Exception as e:  # no quorum, deposed...: the watch loop tries again
-            log.warning("vhost '%s': could not %s in-sync replica %s: %s", self.vhost,
+            log.warning("%s: could not %s in-sync replica %s: %s", shards.label(self.vhost),
                         "add" if join else "drop", node, e)
         if not ok:
             (self.joining if join else self.leaving).discard(node)
         if join and ok:
-            log.info("vhost '%s': replica %s is in sync", self.vhost, node)
+            log.info("%s: replica %s is in sync", shards.label(self.vhost), node)
         return ok
 
     def _drop(self, node: str, why: str) -> None:
         self.joining.discard(node)
         if node in self.in_sync and node not in self.leaving and not self._closed:
-            log.warning("vhost '%s': dropping replica %s from the in-sync set: %s",
-                        self.vhost, node, why)
+            log.warning("%s: dropping replica %s from the in-sync set: %s",
+                        shards.label(self.vhost), node, why)
             self.leaving.add(node)
             asyncio.ensure_future(self._change(node, False))
         self._release()
@@ -233,7 +233,7 @@ class ReplicationSource:
         self.joining.discard(node)
         if node not in self.in_sync:
             return True
-        log.warning("vhost '%s': replica %s leaves the in-sync set: %s", self.vhost, node,
+        log.warning("%s: replica %s leaves the in-sync set: %s", shards.label(self.vhost), node,
                     why)
         self.leaving.add(node)
         ok = await self._change(node, False)
@@ -427,7 +427,7 @@ class SourceSession(wire.FramedProtocol):
         except (ConnectionError, StoreError) as e:
             self.fail(f"catch-up of {self.node} failed: {e}")
         except Exception:
-            log.exception("vhost '%s': catch-up of %s failed", self.source.vhost, self.node)
+            log.exception("%s: catch-up of %s failed", shards.label(self.source.vhost), self.node)
             self.fail("catch-up failed")
 
     async def _feed(self) -> None:
@@ -480,8 +480,8 @@ class SourceSession(wire.FramedProtocol):
                 if not isinstance(newer, int) or newer <= self.source.epoch:
                     raise wire.WireError(f"'fenced' for epoch {newer!r}, not newer than "
                                          f"{self.source.epoch}")
-                log.warning("vhost '%s': replica %s knows epoch %d (we write %d): stepping "
-                            "down", self.source.vhost, self.node, newer, self.source.epoch)
+                log.warning("%s: replica %s knows epoch %d (we write %d): stepping "
+                            "down", shards.label(self.source.vhost), self.node, newer, self.source.epoch)
                 self.on_fenced(newer)
             elif t != "hb":
                 raise wire.WireError(f"unexpected control message {t!r}")

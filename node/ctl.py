@@ -588,9 +588,8 @@ HELP = {
     "cluster_status": "nodes (running, leader, vhosts owned) and each vhost's placement",
     "join_cluster": "add a node's Raft address to the cluster (then start that node)",
     "forget_cluster_node": "remove a node from the cluster",
-    "add_vhost": "create a vhost (--owner NODE to choose the node that runs it, --shards N "
-                 "to split it over N owners)",
-    "set_vhost_shards": "grow a live vhost to N shards (their owners spread over the nodes)",
+    "add_vhost": "create a vhost (--owner NODE: where; --shards N: over N owners)",
+    "set_vhost_shards": "grow a live vhost to N shards, owners spread over the nodes",
     "delete_vhost": "delete a vhost and everything in it",
     "set_vhost_owner": "the older name of move_vhost",
     "move_vhost": "move a vhost (--shard K: one of its shards) with its messages to "

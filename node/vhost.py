@@ -77,8 +77,8 @@ class VirtualHost:
     def add_queue(self, name: str, durable: bool = False, exclusive_owner: Any = None,
                   auto_delete: bool = False, arguments: dict | None = None,
                   recover: bool = False, declaration: str | None = None,
-                  unit: str | None = None, store: Any = _OWN_STORE
-                  ) -> Queue:
+                  unit: str | None = None, store: Any = _OWN_STORE,
+                  in_raft: bool | None = None) -> Queue:
         """The queue `name` (created if missing).  `declaration`: the id Raft records for a
         durable queue's declaration (node/queues/queue.py store_key); None for the queues
         Raft never sees.  `unit` and `store`: the shard that holds it and that shard's
@@ -90,6 +90,7 @@ class VirtualHost:
             q = Queue(self.name, name, durable=durable, exclusive_owner=exclusive_owner,
                       auto_delete=auto_delete, arguments=arguments,
                       store=self.store if store is _OWN_STORE else store, unit=unit,
+                      in_raft=in_raft,
                       memory_limit=self.memory_limit, on_unused=self.on_queue_unused,
                       dead_letter=self.dead_letter,
                       policy=policy["definition"] if policy else None, declaration=declaration)
@@ -196,7 +197,7 @@ class VirtualHost:
             if queues and b"BCC" in message.header and "BCC" in message.headers:
                 message = _without_bcc(message)  # sender-selected distribution: BCC never
                 # reaches a consumer
-        return publish_to(queues, message, self.store)
+        return publish_to(queues, message)
 
     # --- routing --------------------------------------------------------------------
     def route(self, exchange: Exchange, message: Message) -> list[Queue]:
@@ -294,7 +295,7 @@ class VirtualHost:
                           q.name, self.name)
             return
         targets = [t for t in self.route(ex, dl) if not death_cycle(dl, t.name)]
-        publish_to(targets, dl, self.store)
+        publish_to(targets, dl)
 
     # --- read model (management API, metrics) ---
     def stats(self) -> VhostStats:

@@ -88,5 +88,13 @@ def access_refused(perm: str, kind: str, name: str, vhost: str, user: str) -> Ch
     )
 
 
+def resource_locked(queue: str, vhost: str) -> ChannelError:
+    return ChannelError(
+        RESOURCE_LOCKED,
+        f"cannot obtain exclusive access to locked {resource_text('queue', queue, vhost)}. It "
+        f"could be originally declared on another connection or the exclusive property value "
+        f"does not match that of the original declaration.")
+
+
 def precondition(text: str) -> ChannelError:
     return ChannelError(PRECONDITION_FAILED, text)

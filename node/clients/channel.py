@@ -386,7 +386,7 @@ class Channel:
         if q is None:
             raise errors.not_found("queue", name, self.vhost.name)
         if q.exclusive_owner is not None and q.exclusive_owner is not self.conn:
-            raise _locked(name, self.vhost.name)
+            raise errors.resource_locked(name, self.vhost.name)
         return q
 
     def _when_ready(self, wait: "asyncio.Future[None]", m: Any) -> Any:
@@ -428,7 +428,7 @@ class Channel:
             # RabbitMQ checks exclusivity strictly first: the declared owner (this connection
             # if exclusive, else none) must be the queue's, whoever redeclares it
             if existing.exclusive_owner is not (self.conn if m.exclusive else None):
-                raise _locked(name, vh.name)
+                raise errors.resource_locked(name, vh.name)
             self.broker.definitions.check_queue_equivalent(existing, m.durable, m.exclusive, m.auto_delete,
                                                args)
             if existing.recovering and (wait := existing.wait_for()) is not None:
@@ -1029,14 +1029,6 @@ def _check_expiration(msg: Message) -> None:
 
 def _default_exchange() -> ChannelError:
     return ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
-
-
-def _locked(name: str, vhost: str) -> ChannelError:
-    return ChannelError(
-        errors.RESOURCE_LOCKED,
-        f"cannot obtain exclusive access to locked {errors.resource_text('queue', name, vhost)}. It could "
-        f"be originally declared on another connection or the exclusive property value does "
-        f"not match that of the original declaration.")
 
 
 def _size(event: Event) -> int:

@@ -39,6 +39,8 @@ class Exchange:
         self.vhost = vhost
         self.name = name
         self.durable = durable
+        # its definition is in Raft (every durable one; every one of a sharded vhost)
+        self.in_raft = durable
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}

@@ -7,6 +7,8 @@ nodes relay those requests to it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from cluster import shards
@@ -142,10 +144,7 @@ async def move_vhost(request: web.Request) -> web.Response | web.StreamResponse:
     record = broker_of(request).runtime.records.vhost(vhost)
     if record is None:
         raise not_found()
-    shard = data.get("shard", 0)
-    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < record.shards:
-        raise bad_request(f"shard must be a shard of vhost '{vhost}': 0 to {record.shards - 1}")
-    unit, sync_timeout = shards.unit_key(vhost, shard), _sync_timeout(data)
+    unit, sync_timeout = _unit(vhost, record, data), _sync_timeout(data)
     if moves.wants_stream(request):  # progress lines, then how it ended
         why = broker_of(request).roles.available(unit)
         if why is not None:
@@ -214,13 +213,23 @@ async def verify_vhost(request: web.Request) -> web.Response:
     require(request, ADMINISTRATOR)
     vhost = name(request, "vhost")
     b = broker_of(request)
-    if b.runtime.records.vhost(vhost) is None:
+    record = b.runtime.records.vhost(vhost)
+    if record is None:
         raise not_found()
-    why = b.roles.available(vhost)
+    unit = _unit(vhost, record, await body(request) if request.body_exists else {})
+    why = b.roles.available(unit)
     if why is not None:
-        raise bad_request(f"cannot verify vhost '{vhost}': {why}")
-    relayed = await from_owner(request, vhost, timeout=VERIFY_HTTP_TIMEOUT)
+        raise bad_request(f"cannot verify {shards.label(unit)}: {why}")
+    relayed = await from_owner(request, unit, timeout=VERIFY_HTTP_TIMEOUT)
     if relayed is not None:
         return relayed
     from node.runtime.verify import verify_vhost as verify
-    return json_response(await verify(b, vhost))
+    return json_response(await verify(b, unit))
+
+
+def _unit(vhost: str, record: Any, data: dict) -> str:
+    """The unit a request names: the vhost, or its shard ``data["shard"]``."""
+    shard = data.get("shard", 0)
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < record.shards:
+        raise bad_request(f"shard must be a shard of vhost '{vhost}': 0 to {record.shards - 1}")
+    return shards.unit_key(vhost, shard)

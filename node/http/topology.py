@@ -85,7 +85,9 @@ async def _sharded_queues(request: web.Request, vh: Any) -> list[dict]:
     unacked = unacked_bytes(b)
     rows: list[dict] = []
     asked: dict[str, list | None] = {}  # owner node -> its rows
-    for unit in shards.units_of(vh.name, b.runtime.vhost_defs.get(vh.name)):
+    record = b.runtime.records.vhost(vh.name)
+    for k in range(record.shards if record is not None else 1):
+        unit = shards.unit_key(vh.name, k)
         queues = [q for q in list(vh.queues.values()) if q.unit == unit]
         if b.runtime.owns(unit):
             rows.extend(queue_json(b, stats, vh.name, q, unacked) for q in queues)
@@ -97,7 +99,6 @@ async def _sharded_queues(request: web.Request, vh: Any) -> list[dict]:
             asked[owner] = await owner_list(request, unit, "/api/queues/{vhost}")
         remote = asked[owner]
         if remote is not None:
-            k = shards.split(unit)[1]
             rows.extend(r for r in remote if r.get("shard") == k)
             continue
         why = b.roles.available(unit) or (

@@ -85,7 +85,7 @@ class Queue:
                  on_unused: Callable[["Queue"], None] | None = None,
                  dead_letter: DeadLetter | None = None,
                  policy: dict | None = None, declaration: str | None = None,
-                 unit: str | None = None) -> None:
+                 unit: str | None = None, in_raft: bool | None = None) -> None:
         self.vhost = vhost
         self.name = name
         # the placement unit that holds it: the vhost, or one of its shards (cluster/shards.py)
@@ -99,6 +99,9 @@ class Queue:
         self.store_key = store_key(name, self.declaration)
         self.durable = durable
         self.exclusive_owner = exclusive_owner  # the connection that owns an exclusive queue
+        # its definition is in Raft: durable and not exclusive, or any queue of a sharded
+        # vhost (every node routes there, so every node must know every queue)
+        self.in_raft = durable and exclusive_owner is None if in_raft is None else in_raft
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.store = store  # for persistence (durable queues) and paging (every queue)

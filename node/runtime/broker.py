@@ -50,6 +50,7 @@ class Broker:
         self.placement.availability = self.roles.available
         self.mirror = DefinitionsMirror(settings, metadata, self.runtime, self.stores,
                                         self.roles, self.access, self.definitions)
+        self.runtime.release_queue = self.definitions.queue_unused
         self.resources: ResourceMonitor | None = None
         self.forward_server: object = None
         self._ack_timer: asyncio.Future | None = None
@@ -87,6 +88,8 @@ class Broker:
         me = self.placement.node_record()
         if self.runtime.nodes.get(s.node_name) != me:
             await self.metadata.submit({"op": "register_node", **me})
+        # exclusive queues of sharded vhosts whose connections were here: they are gone
+        self.definitions.drop_stale_exclusive()
 
     async def _check_ack_timeouts(self) -> None:
         timeout = self.settings.consumer_timeout / 1000

@@ -66,7 +66,10 @@ def check_vhost_name(name: str) -> None:
                                   "are not allowed")
 
 
-LOCATORS = ("client-local", "balanced")
+# the values RabbitMQ takes: a leader locator (3.10's quorum queues, 4.0's every queue), and
+# the classic queues' older master locator; random and min-masters count as balanced here
+LOCATOR_VALUES = {"x-queue-leader-locator": ("client-local", "balanced", "random"),
+                  "x-queue-master-locator": ("client-local", "min-masters", "random")}
 
 
 def leader_locator(args: dict, policies: dict, name: str) -> str:
@@ -121,6 +124,9 @@ class DefinitionService:
         self.runtime = runtime
         self.placement = placement
         self._auto_deleting: set[int] = set()  # exchanges whose auto-delete is under way
+        # (vhost, queue, declaration id) -> the connection declaring that exclusive queue
+        # of a sharded vhost through Raft: the mirror hands the queue to it
+        self.exclusive_claims: dict[tuple[str, str, str], Any] = {}
 
     # ------------------------------------------------------------------------------
     # submitting to Raft; exchanges, queues, bindings
@@ -130,10 +136,10 @@ class DefinitionService:
 
     async def declare_exchange(self, vh: VirtualHost, name: str, type_name: str, durable: bool,
                                auto_delete: bool, internal: bool, args: dict) -> Exchange:
-        if durable:
+        if durable or self.runtime.sharded(vh.name):
             result = await self.submit({
                 "op": "declare_exchange", "vhost": vh.name, "name": name, "type": type_name,
-                "durable": True, "auto_delete": auto_delete, "internal": internal,
+                "durable": durable, "auto_delete": auto_delete, "internal": internal,
                 "arguments": encode_args(args)})
             vh = self.runtime.vhosts.get(vh.name, vh)  # rebuilt meanwhile? (see declare_queue)
             ex = vh.exchanges.get(name)
@@ -151,7 +157,7 @@ class DefinitionService:
             return
         if if_unused and ex.bindings:
             raise errors.precondition(f"{resource_text('exchange', name, vh.name)} in use")
-        if ex.durable:
+        if ex.in_raft:
             await self.submit({"op": "delete_exchange", "vhost": vh.name, "name": name,
                                "if_unused": if_unused,
                                "keep_exchanges": self._transiently_bound(vh)})
@@ -164,14 +170,24 @@ class DefinitionService:
         if limit is not None and name not in vh.queues and len(vh.queues) >= limit:
             raise errors.precondition(f"cannot declare queue '{name}': queue limit in vhost "
                                       f"'{vh.name}' ({limit}) is reached")
-        if durable and owner is None:
-            cmd = {"op": "declare_queue", "vhost": vh.name, "name": name, "durable": True,
-                   "auto_delete": auto_delete, "exclusive": False,
+        sharded = self.runtime.sharded(vh.name)
+        if durable and owner is None or sharded:
+            cmd: dict[str, Any] = {
+                   "op": "declare_queue", "vhost": vh.name, "name": name, "durable": durable,
+                   "auto_delete": auto_delete, "exclusive": owner is not None,
                    "arguments": encode_args(args), "id": new_declaration()}
-            shard = self.queue_shard(vh, name, args)
+            if owner is not None:  # its connection is here: the mirror gives it the queue
+                cmd["exclusive_node"] = self.settings.node_name
+                self.exclusive_claims[(vh.name, name, cmd["id"])] = owner
+            # exclusive and server-named queues are always client-local (RabbitMQ)
+            local = owner is not None or name.startswith("amq.gen-")
+            shard = self.queue_shard(vh, name, args, client_local=local)
             if shard:
                 cmd["shard"] = shard
-            result = await self.submit(cmd)
+            try:
+                result = await self.submit(cmd)
+            finally:
+                self.exclusive_claims.pop((vh.name, name, cmd["id"]), None)
             # the vhost's runtime may have been rebuilt while the change committed (a
             # failover or a move of the vhost): the queue is in the new one
             vh = self.runtime.vhosts.get(vh.name, vh)
@@ -179,13 +195,16 @@ class DefinitionService:
             if q is None:
                 raise errors.not_found("queue", name, vh.name)
             if not result.get("created"):
-                self.check_queue_equivalent(q, durable, False, auto_delete, args)
+                if q.exclusive_owner is not None and q.exclusive_owner is not owner:
+                    raise errors.resource_locked(name, vh.name)
+                self.check_queue_equivalent(q, durable, owner is not None, auto_delete, args)
             return q
         # transient and exclusive queues never leave this node (decision 2)
         return vh.add_queue(name, durable=durable, exclusive_owner=owner,
                             auto_delete=auto_delete, arguments=args)
 
-    def queue_shard(self, vh: VirtualHost, name: str, args: dict) -> int:
+    def queue_shard(self, vh: VirtualHost, name: str, args: dict,
+                    client_local: bool = False) -> int:
         """The shard a new queue of a sharded vhost goes to, by its leader locator (the
         `x-queue-leader-locator` argument, else the policy's `queue-leader-locator`, else
         client-local, as in RabbitMQ): client-local is the least used shard this node
@@ -194,9 +213,8 @@ class DefinitionService:
         count = shards.count(record)
         if count == 1:
             return 0
-        locator = leader_locator(args, vh.policies, name)
-        queues = [{"shard": shards.split(q.unit)[1]}
-                  for q in vh.queues.values() if q.durable and q.exclusive_owner is None]
+        locator = "client-local" if client_local else leader_locator(args, vh.policies, name)
+        queues = [{"shard": shards.split(q.unit)[1]} for q in vh.queues.values() if q.in_raft]
         if locator == "client-local":
             local = [k for k in range(count)
                      if self.runtime.owns(shards.unit_key(vh.name, k))]
@@ -208,21 +226,30 @@ class DefinitionService:
                 return min(local, key=lambda k: (counts[k], k))
         return shards.balanced_shard(count, queues)
 
+    def drop_stale_exclusive(self, node: str | None = None) -> None:
+        """Delete, through Raft, the exclusive queues of sharded vhosts whose connection
+        was on ``node`` (default: this node, at start, when none of them can be open)."""
+        node = node or self.settings.node_name
+        for vh in list(self.runtime.vhosts.values()):
+            for q in list(vh.queues.values()):
+                if q.in_raft and getattr(q.exclusive_owner, "node", None) == node:
+                    asyncio.ensure_future(self._quietly(self.delete_queue(vh, q)))
+
     async def delete_queue(self, vh: VirtualHost, q: Queue) -> None:
-        if q.durable and q.exclusive_owner is None:
+        if q.in_raft:
             await self.submit({"op": "delete_queue", "vhost": vh.name, "name": q.name,
                                "keep_exchanges": self._transiently_bound(vh)})
         self.runtime.drop_queue(vh, q.name)
 
     def binding_is_durable(self, vh: VirtualHost, source: str, dest: Destination) -> bool:
         src = vh.exchanges.get(source)
-        if src is None or not src.durable:
+        if src is None or not src.in_raft:
             return False
         if dest.kind == "queue":
             q = vh.queues.get(dest.name)
-            return q is not None and q.durable and q.exclusive_owner is None
+            return q is not None and q.in_raft
         d = vh.exchanges.get(dest.name)
-        return d is not None and d.durable
+        return d is not None and d.in_raft
 
     def _transiently_bound(self, vh: VirtualHost) -> list[str]:
         """Durable auto-delete exchanges with bindings Raft never saw (to transient or
@@ -273,11 +300,13 @@ class DefinitionService:
         vh = self.runtime.vhosts.get(ex.vhost)
         if vh is None:
             return
-        if not ex.durable:
+        if not ex.in_raft:
             vh.remove_exchange(ex.name)
             return
-        if not self.runtime.owns(vh.name):
-            return  # only the owner sees every binding, transient ones included
+        if not self.runtime.owns(vh.name) or self.runtime.sharded(vh.name):
+            # only the owner sees every binding, transient ones included (in a sharded
+            # vhost Raft sees them all, and auto-deletes the exchange with the last one)
+            return
         # The state machine deletes a durable exchange when its last *durable* binding goes;
         # when the last one was to a transient or exclusive queue, Raft never saw it, so we
         # ask.  Later in this turn, so that an auto-delete already committed with the unbind
@@ -353,7 +382,9 @@ class DefinitionService:
         if shard_count < current:
             raise errors.precondition(f"vhost '{name}' has {current} shards: a vhost's "
                                       f"shards cannot be reduced")
-        owners = self.placement.pick_owners(shard_count - current,
+        taken = tuple(str((self.runtime.units.get(u) or {}).get("owner"))
+                      for u in shards.units_of(name, d))
+        owners = self.placement.pick_owners(shard_count - current, taken=taken,
                                             running=await self.placement.running_members())
         await self.submit({"op": "set_vhost_shards", "name": name, "shards": shard_count,
                            "shard_placements": self.placement.shard_placements(
@@ -494,6 +525,19 @@ class DefinitionService:
             v = args.get(key)
             if v is not None and not isinstance(v, (str, bytes)):
                 raise errors.precondition(f"invalid arg '{key}' for queue: expected a string")
+        for key, allowed in LOCATOR_VALUES.items():  # RabbitMQ 3.10's quorum-queue texts
+            v = args.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, (str, bytes)):
+                kind = "signedint" if isinstance(v, int) else type(v).__name__
+                raise errors.precondition(f"invalid arg '{key}' for "
+                                          f"{errors.resource_text('queue', name, vhost)}: "
+                                          f"{{unacceptable_type,{kind}}}")
+            if (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) not in allowed:
+                raise errors.precondition(f"invalid arg '{key}' for "
+                                          f"{errors.resource_text('queue', name, vhost)}: "
+                                          f"invalid_queue_locator_arg")
         if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
             # RabbitMQ's text (a policy's dead-letter-exchange does not count)
             raise errors.precondition(f"invalid arg 'x-dead-letter-routing-key' for "

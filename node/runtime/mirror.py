@@ -12,7 +12,7 @@ changes, and access control when permissions do.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cluster import shards
 from node.amqp import errors
@@ -21,7 +21,7 @@ from node.exchanges.base import Destination
 from node.exchanges.registry import EXCHANGE_TYPES
 from node.runtime.access import AccessControl
 from node.runtime.definitions import DefinitionService, decode_args
-from node.runtime.state import Runtime
+from node.runtime.state import Elsewhere, Runtime
 from node.runtime.stores import VhostStores
 from node.runtime.vhost_roles import VhostRoles
 from node.vhost import VirtualHost
@@ -74,20 +74,31 @@ class DefinitionsMirror:
         node's store when this node runs the shard, else a stand-in for the queue on the
         shard's owner (`_remote_queue`)."""
         unit = shards.unit_key(vh.name, shards.queue_shard(q))
+        owner = self._exclusive_owner(vh, q)
         if unit != vh.name and not self.runtime.owns(unit):
-            self._remote_queue(vh, q, unit)
+            self._remote_queue(vh, q, unit, owner)
             return
         store = vh.store if unit == vh.name else vh.unit_stores.get(unit)
-        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                     arguments=decode_args(q["arguments"]), recover=True,
-                     declaration=q.get("id", ""), unit=unit, store=store)
+        vh.add_queue(q["name"], durable=q.get("durable", True), exclusive_owner=owner,
+                     auto_delete=q["auto_delete"], arguments=decode_args(q["arguments"]),
+                     recover=True, declaration=q.get("id", ""), unit=unit, store=store,
+                     in_raft=True)
 
-    def _remote_queue(self, vh: VirtualHost, q: dict, unit: str) -> None:
+    def _exclusive_owner(self, vh: VirtualHost, q: dict) -> Any:
+        """An exclusive queue's connection: the one declaring it on this node, else a
+        stand-in that refuses it to every connection here."""
+        if not q.get("exclusive"):
+            return None
+        claimed = self.definitions.exclusive_claims.get((vh.name, q["name"], q.get("id", "")))
+        return claimed if claimed is not None else Elsewhere(q.get("exclusive_node", ""))
+
+    def _remote_queue(self, vh: VirtualHost, q: dict, unit: str, owner: Any) -> None:
         """A queue of a shard another node runs.  Until the queue link serves it from here,
         the queue is known (definitions, bindings, passive declares) but holds nothing."""
-        vh.add_queue(q["name"], durable=True, auto_delete=q["auto_delete"],
-                     arguments=decode_args(q["arguments"]), recover=False,
-                     declaration=q.get("id", ""), unit=unit, store=None)
+        vh.add_queue(q["name"], durable=q.get("durable", True), exclusive_owner=owner,
+                     auto_delete=q["auto_delete"], arguments=decode_args(q["arguments"]),
+                     recover=False, declaration=q.get("id", ""), unit=unit, store=None,
+                     in_raft=True)
 
     def _close_vhost(self, name: str, delete_data: bool, why: str = "is deleted",
                      keep_store: bool = False) -> None:
@@ -131,15 +142,21 @@ class DefinitionsMirror:
             vh.unit_stores.pop(unit, None)
         if unit == vhost:
             vh.store = store
+        owners = {name: q.exclusive_owner for name, q in vh.queues.items()
+                  if q.unit == unit and q.in_raft and q.exclusive_owner is not None}
         for name, q in list(vh.queues.items()):
-            if q.unit == unit and q.exclusive_owner is None:
+            if q.unit == unit and q.in_raft:
                 for owner in {id(c.owner): c.owner for c in q.consumers}.values():
                     owner.cancel_consumers_of(q)
                 q.consumers.clear()
                 vh.detach_queue(name)
-        for q in self.metadata.snapshot().get("queues", {}).get(vhost, {}).values():
-            if shards.unit_key(vhost, shards.queue_shard(q)) == unit:
-                self._add_queue(vh, q)
+        for record in self.metadata.queues_of(vhost):
+            if shards.unit_key(vhost, shards.queue_shard(record)) == unit:
+                self._add_queue(vh, record)
+                kept = owners.get(record["name"])
+                rebuilt = vh.queues.get(record["name"])
+                if kept is not None and rebuilt is not None:
+                    rebuilt.exclusive_owner = kept  # its connection stays
         if mine:
             self.stores.drop_orphaned_messages(unit, vh.store_keys(unit))
 
@@ -191,8 +208,8 @@ class DefinitionsMirror:
         vh.limits = dict(state["vhosts"][name].get("limits") or {})
         for x in state.get("exchanges", {}).get(name, {}).values():
             if x["type"] in EXCHANGE_TYPES:
-                vh.add_exchange(x["name"], x["type"], True, x["auto_delete"], x["internal"],
-                                decode_args(x["arguments"]))
+                vh.add_exchange(x["name"], x["type"], x.get("durable", True), x["auto_delete"],
+                                x["internal"], decode_args(x["arguments"])).in_raft = True
         for q in state.get("queues", {}).get(name, {}).values():
             if q["name"] not in vh.queues:
                 self._add_queue(vh, q)
@@ -205,7 +222,7 @@ class DefinitionsMirror:
         queues = state.get("queues", {}).get(vh.name, {})
         exchanges = state.get("exchanges", {}).get(vh.name, {})
         for qname, q in list(vh.queues.items()):
-            if q.durable and q.exclusive_owner is None and (
+            if q.in_raft and (
                     qname not in queues or q.declaration != queues[qname].get("id", "")):
                 self.runtime.drop_queue(vh, qname)  # gone, or deleted and declared again
         for xname, ex in list(vh.exchanges.items()):
@@ -412,7 +429,7 @@ class DefinitionsMirror:
         if vh is None or x is None or x["type"] not in EXCHANGE_TYPES:
             return
         vh.add_exchange(x["name"], x["type"], x["durable"], x["auto_delete"], x["internal"],
-                        decode_args(x["arguments"]))
+                        decode_args(x["arguments"])).in_raft = True
 
     def _ev_delete_exchange(self, cmd: dict, result: dict) -> None:
         vh = self.runtime.vhosts.get(cmd["vhost"])
@@ -427,7 +444,7 @@ class DefinitionsMirror:
         if vh is None or q is None:
             return
         existing = vh.queues.get(q["name"])
-        if (existing is not None and existing.durable and existing.exclusive_owner is None
+        if (existing is not None and existing.in_raft
                 and existing.declaration != q.get("id", "")):
             self.runtime.drop_queue(vh, q["name"])  # a delete this runtime missed
         if q["name"] not in vh.queues:

@@ -59,11 +59,13 @@ class Placement:
         return {n for n, ok in zip(names, up, strict=True) if ok} | {self.settings.node_name}
 
     def pick_owners(self, count: int, first: str | None = None,
-                    running: set[str] | None = None) -> list[str]:
-        """Owners for ``count`` new units (a vhost's shards): each the least loaded
-        running node once the ones before it are counted, so shards spread over the
-        nodes; ``first`` fixes the first one (``running``: the members known running,
-        default those Raft is connected to now)."""
+                    running: set[str] | None = None, taken: tuple[str, ...] = ()
+                    ) -> list[str]:
+        """Owners for ``count`` new units (a vhost's shards): each on the running node
+        with the fewest of them so far, then the fewest units of any vhost (ties by name),
+        so a vhost's shards spread over the nodes; ``first`` fixes the first one
+        (``running``: the members known running, default those Raft is connected to;
+        ``taken``: the owners of the vhost's shards that exist already)."""
         reachable = running
         if reachable is None:
             reachable = {self.settings.node_name}
@@ -75,10 +77,13 @@ class Placement:
         for d in self.runtime.units.values():
             if d.get("owner") in load:
                 load[d["owner"]] += 1
-        owners = []
+        owners: list[str] = []
         for i in range(count):
-            owner = first if i == 0 and first is not None else \
-                min(sorted(load), key=lambda n: load[n])
+            if i == 0 and first is not None:
+                owner = first
+            else:  # fewest of this vhost's shards first, then fewest units in all
+                owner = min(sorted(load),
+                            key=lambda n: (owners.count(n) + taken.count(n), load[n]))
             load[owner] = load.get(owner, 0) + 1
             owners.append(owner)
         return owners

@@ -44,6 +44,15 @@ class Counters:
             self.unroutable += 1
 
 
+class Elsewhere:
+    """The owner of an exclusive queue whose connection is on another node: any
+    connection here is refused it (405 RESOURCE_LOCKED), as another connection is."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.exclusive_queues: set[str] = set()
+
+
 class Runtime:
     """What this node runs now, and the replicated definitions it follows."""
 
@@ -73,6 +82,9 @@ class Runtime:
         # events are applied only once the runtime was built from a snapshot
         self.live = False
         self.counters = Counters()
+        # a queue Raft has (an exclusive one of a sharded vhost) whose connection closed:
+        # it is deleted through Raft (set by the broker: DefinitionService.queue_unused)
+        self.release_queue: Any = None
 
     # ------------------------------------------------------------------ placement facts
     def owner_of(self, unit: str) -> str | None:
@@ -134,5 +146,8 @@ class Runtime:
         for name in list(conn.exclusive_queues):
             q = vh.queues.get(name)
             if q is not None and q.exclusive_owner is conn:
-                self.drop_queue(vh, name)
+                if q.in_raft and self.release_queue is not None:
+                    self.release_queue(q)
+                else:
+                    self.drop_queue(vh, name)
         conn.exclusive_queues.clear()

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from cluster import shards
 from cluster.digest import DigestClient
 from node.amqp import errors
 from node.amqp.errors import ChannelError
@@ -31,24 +32,29 @@ ATTEMPTS = 3  # a write that is not a client's (an expiry) may move the owner on
 
 
 async def verify_vhost(broker: "Broker", name: str) -> dict[str, Any]:
-    d = broker.runtime.vhost_defs.get(name)
+    """Compare the copies of a vhost, or of one shard of it (``name`` a unit key)."""
+    d = broker.runtime.units.get(name)
     if d is None:
-        raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
+        raise ChannelError(errors.NOT_FOUND, f"no {shards.label(name)}")
     owner = d.get("owner") or broker.settings.node_name
     if owner != broker.settings.node_name:
         raise ChannelError(errors.PRECONDITION_FAILED,
-                           f"vhost '{name}' is owned by {owner}, not by this node")
+                           f"{shards.label(name)} is owned by {owner}, not by this node")
     store = broker.stores.get(name)
-    vh = broker.runtime.vhosts.get(name)
+    vhost, shard = shards.split(name)
+    vh = broker.runtime.vhosts.get(vhost)
     if store is None or vh is None:
-        raise ChannelError(errors.PRECONDITION_FAILED, f"vhost '{name}' is not served here")
+        raise ChannelError(errors.PRECONDITION_FAILED,
+                           f"{shards.label(name)} is not served here")
     for _ in range(ATTEMPTS):
         report = await _attempt(broker, name, d, store, vh)
         if report is not None:
+            if broker.runtime.sharded(vhost):
+                report.update(vhost=vhost, shard=shard)
             return report
     raise ChannelError(errors.PRECONDITION_FAILED,
-                       f"vhost '{name}': the owner's store moved on while the copies were "
-                       f"read, {ATTEMPTS} times; try again")
+                       f"{shards.label(name)}: the owner's store moved on while the copies "
+                       f"were read, {ATTEMPTS} times; try again")
 
 
 async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
@@ -114,7 +120,7 @@ async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
             session.close()
     agree = all(c["agree"] for c in copies)
     if not agree:
-        log.warning("vhost '%s': copies disagree at offset %d: %s", name, position[1],
+        log.warning("%s: copies disagree at offset %d: %s", shards.label(name), position[1],
                     ", ".join(c["node"] for c in copies if not c["agree"]))
     return {"vhost": name, "epoch": d.get("epoch"), "offset": position[1],
             "position": list(position), "agree": agree, "held_ms": round(held_ms, 1),

@@ -225,11 +225,11 @@ class VhostRoles:
                             "op": "set_vhost_owner", "name": name, "owner": self.me,
                             "expected_epoch": epoch})
                     except Exception as e:  # no quorum yet: try again
-                        log.info("vhost '%s': cannot begin a new owner term yet: %s", name, e)
+                        log.info("%s: cannot begin a new owner term yet: %s", shards.label(name), e)
                         await asyncio.sleep(0.5)
                         continue
                     if result.get("ok"):
-                        log.info("vhost '%s': owner term begins at epoch %s", name,
+                        log.info("%s: owner term begins at epoch %s", shards.label(name),
                                  result.get("epoch"))
                     return
             finally:
@@ -264,8 +264,8 @@ class VhostRoles:
         off.  Stop confirming and close the vhost's clients before Raft even tells us."""
         if self.role(vhost) != "owner" or vhost not in self.sources:
             return
-        log.warning("vhost '%s': a replica follows epoch %d: this node lost ownership; "
-                    "closing its clients", vhost, epoch)
+        log.warning("%s: a replica follows epoch %d: this node lost ownership; "
+                    "closing its clients", shards.label(vhost), epoch)
         self.step_down(vhost, f"this node lost ownership (epoch {epoch})")
         vh = self.runtime.vhosts.get(vhost)
         # a sharded vhost's clients stay: its queues are rebuilt when Raft says who owns it

@@ -5,6 +5,7 @@ over alone, and clients of the vhost's other shards keep their connections."""
 from __future__ import annotations
 
 import pika
+import pika.exceptions
 
 from tests.cluster.conftest import Cluster
 
@@ -28,7 +29,10 @@ def _grant(cluster: Cluster, node, vhost: str) -> None:
 
 
 def _all_running(cluster: Cluster, node) -> bool:
-    return all(n["running"] for n in cluster.status(node)["nodes"])
+    """Every member registered (each registers itself through Raft when it starts) and
+    reachable, as ``node`` sees them."""
+    nodes = cluster.status(node)["nodes"]
+    return len(nodes) == len(cluster.nodes) and all(n["running"] for n in nodes)
 
 
 def test_shards_spread_over_the_nodes_and_queues_follow_their_locator(cluster: Cluster):
@@ -99,3 +103,121 @@ def test_a_queue_on_the_connecting_nodes_shard_works_end_to_end(cluster: Cluster
         assert got == [f"{node.name}-{i}" for i in range(50)]
         assert ch.queue_declare(q, passive=True).method.message_count == 0
         conn.close()
+
+
+def _in_sync_everywhere(cluster: Cluster, node, vhost: str) -> bool:
+    shards = _placement(cluster, node, vhost).get("shards", [])
+    return bool(shards) and all(len(s["in_sync"]) == 2 for s in shards)
+
+
+def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connections(
+        tmp_path):
+    cluster = Cluster(tmp_path).start()
+    try:
+        n1, n2, n3 = cluster.nodes
+        cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+        code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/fo", {"shards": 3})
+        assert code == 201, body
+        _grant(cluster, n1, "fo")
+        cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "fo"), timeout=60,
+                           what="every shard's replicas in sync")
+        owners = {s["owner"]: s["shard"] for s in _placement(cluster, n1, "fo")["shards"]}
+        conns = {}
+        for node in cluster.nodes:
+            conn = pika.BlockingConnection(pika.ConnectionParameters(
+                "127.0.0.1", node.amqp_port, "fo", connection_attempts=3))
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.queue_declare(f"q-{node.name}", durable=True)
+            for i in range(200):
+                ch.basic_publish("", f"q-{node.name}", str(i).encode(),
+                                 pika.BasicProperties(delivery_mode=2), mandatory=True)
+            conns[node.name] = (conn, ch)
+        # the copies are in sync, so every confirmed message is on the replicas too
+        n3.kill()
+        lost = owners[n3.name]
+        cluster.wait_until(
+            lambda: _placement(cluster, n1, "fo")["shards"][lost]["owner"] != n3.name,
+            timeout=60, what=f"shard {lost} failed over")
+        moved = _placement(cluster, n1, "fo")["shards"][lost]
+        assert moved["epoch"] == 2 and moved["owner"] in (n1.name, n2.name)
+        for node in (n1, n2):  # the other shards' clients were never disconnected
+            conn, ch = conns[node.name]
+            assert conn.is_open
+            for i in range(200, 250):
+                ch.basic_publish("", f"q-{node.name}", str(i).encode(),
+                                 pika.BasicProperties(delivery_mode=2), mandatory=True)
+            assert ch.queue_declare(f"q-{node.name}", passive=True).method.message_count \
+                == 250
+            conn.close()
+        # the failed shard's confirmed messages, all of them, in order, on its new owner
+        new_owner = cluster.by_name(moved["owner"])
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", new_owner.amqp_port, "fo", connection_attempts=3))
+        ch = conn.channel()
+        assert ch.queue_declare(f"q-{n3.name}", passive=True).method.message_count == 200
+        got = []
+        while True:
+            method, _props, payload = ch.basic_get(f"q-{n3.name}", auto_ack=True)
+            if method is None:
+                break
+            got.append(int(payload))
+        assert got == list(range(200))
+        conn.close()
+        # the killed owner returns as a replica of its old shard; every shard's copies agree
+        n3.start()
+        cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "fo"), timeout=90,
+                           what="every shard's copies in sync again")
+        for k in range(3):
+            code, report = cluster.http(n1, "POST", "/api/cluster/vhosts/fo/verify",
+                                        {"shard": k})
+            assert code == 200, report
+            assert report["agree"] and report["shard"] == k, report
+            assert len(report["copies"]) == 3, report
+    finally:
+        cluster.stop()
+
+
+def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_node(
+        cluster: Cluster):
+    n1, n2, n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/rpc", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "rpc")
+    cluster.wait_until(lambda: len(_placement(cluster, n2, "rpc").get("shards", [])) == 3,
+                       what="three shards known on n2")
+    mine = next(s["shard"] for s in _placement(cluster, n1, "rpc")["shards"]
+                if s["owner"] == n1.name)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n1.amqp_port, "rpc", connection_attempts=3))
+    ch = conn.channel()
+    reply = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_declare("transient", durable=False)
+    assert reply.startswith("amq.gen-")
+    # every node knows both, on the connecting node's shard (client-local)
+    for node in (n2, n3):
+        code, row = cluster.http(node, "GET", f"/api/queues/rpc/{reply}")
+        assert code == 200, row
+        assert (row["exclusive"], row["durable"], row["node"], row["shard"]) == \
+            (True, False, n1.name, mine)
+        code, row = cluster.http(node, "GET", "/api/queues/rpc/transient")
+        assert code == 200 and row["durable"] is False, row
+    # another connection, on another node, is refused the exclusive queue (405)
+    other = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n2.amqp_port, "rpc", connection_attempts=3))
+    och = other.channel()
+    try:
+        och.queue_declare(reply, passive=True)
+        raise AssertionError("another connection got an exclusive queue")
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 405, e
+        assert "cannot obtain exclusive access to locked queue" in e.reply_text, e
+    other.close()
+    # its connection closes: the queue goes, on every node
+    conn.close()
+    for node in cluster.nodes:
+        cluster.wait_until(
+            lambda node=node: cluster.http(node, "GET", f"/api/queues/rpc/{reply}")[0] == 404,
+            what=f"exclusive queue gone on {node.name}")
+    assert cluster.http(n3, "GET", "/api/queues/rpc/transient")[0] == 200
