@@ -35,14 +35,17 @@ def page(cluster: Cluster):
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.set_default_timeout(15_000)
-        pg.goto(cluster.nodes[0].http_url + "/")
-        pg.fill("#login-username", "guest")
-        pg.fill("#login-password", "guest")
-        pg.click("#login-submit")
-        expect(pg.locator("#who")).to_contain_text("guest")
         yield pg
         browser.close()
         assert not errors, f"JavaScript errors: {errors}"
+
+
+def open_ui(page, node) -> None:
+    page.goto(node.http_url + "/")
+    page.fill("#login-username", "guest")
+    page.fill("#login-password", "guest")
+    page.click("#login-submit")
+    expect(page.locator("#who")).to_contain_text("guest")
 
 
 def cell(page, row: int, column: int):
@@ -51,8 +54,16 @@ def cell(page, row: int, column: int):
 
 def test_a_sharded_vhost_page_shows_its_shards_a_move_and_a_rebalance(cluster: Cluster, page):
     make_vhost(cluster, "ui", 3, 1)
-    n1 = cluster.nodes[0]
-    placed = owners(cluster, n1, "ui")
+    placed = owners(cluster, cluster.nodes[0], "ui")
+    # the move below waits for a paused target: neither the Raft leader (the move's entries
+    # must commit) nor the node serving the page and the API (n1 here)
+    cluster.wait_until(lambda: cluster.leader(cluster.nodes[0]) is not None,
+                       what="a Raft leader")
+    leader = cluster.leader(cluster.nodes[0])
+    assert leader is not None
+    target = next(n for n in cluster.nodes if n.name not in (placed[2], leader.name))
+    n1 = next(n for n in cluster.nodes if n is not target)
+    open_ui(page, n1)
     for k in range(3):
         code, body = cluster.http(n1, "PUT", f"/api/queues/ui/uq{k}", {
             "durable": True, "arguments": {"x-queue-leader-locator": "balanced"}})
@@ -70,11 +81,6 @@ def test_a_sharded_vhost_page_shows_its_shards_a_move_and_a_rebalance(cluster: C
         expect(cell(page, k, 7)).to_have_text("yes")  # available
 
     # a move that waits for its target (paused: it cannot connect) shows on the page
-    # (not the Raft leader: the move's entries must commit while it is paused)
-    cluster.wait_until(lambda: cluster.leader(n1) is not None, what="a Raft leader")
-    leader = cluster.leader(n1)
-    assert leader is not None
-    target = next(n for n in cluster.nodes if n.name not in (placed[2], leader.name))
     answer: dict = {}
 
     def move() -> None:
