@@ -592,10 +592,8 @@ HELP = {
     "set_vhost_shards": "grow a live vhost to N shards, owners spread over the nodes",
     "delete_vhost": "delete a vhost and everything in it",
     "set_vhost_owner": "the older name of move_vhost",
-    "move_vhost": "move a vhost (--shard K: one of its shards) with its messages to "
-                  "another running node",
-    "rebalance": "spread the shard owners of a vhost (of every sharded vhost: --all) "
-                 "evenly over the running nodes, one live move at a time",
+    "move_vhost": "move a vhost (--shard K: one shard) with its messages to a node",
+    "rebalance": "spread a vhost's shard owners over the nodes (--all: every vhost)",
     "vhost_status": "a vhost's owner, epoch, replicas and in-sync replicas",
     "verify_vhost": "compare the copies of a vhost: each one's digest at one offset",
     "set_vhost_limits": "set max-connections / max-queues of a vhost (-p)",
