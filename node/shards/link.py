@@ -99,16 +99,22 @@ class LinkServer(wire.FramedProtocol):
     """Executes one peer node's operations on this node's queues."""
 
     def __init__(self, vhosts: Callable[[], dict[str, Any]], owns: Callable[[str], bool],
-                 peer: str) -> None:
+                 peer: str, sessions: set["LinkServer"] | None = None) -> None:
         super().__init__()
         self._vhosts = vhosts  # the runtime's vhosts by name (runtime.vhosts)
         self._owns = owns  # whether this node runs a unit (runtime.owns)
+        # the node's open link sessions, for what must pause them all (a move's drain)
+        self._sessions = sessions
+        if sessions is not None:
+            sessions.add(self)
+        self.read_holds: set[str] = set()
         self.peer = peer
         self.open = True
         self._out: list[bytes] = []
         self._flush_scheduled = False
         # publishes in arrival order: [seq, settled, ok]
         self._confirms: deque[list] = deque()
+        self._confirms_scheduled = False
         self._flush_future: asyncio.Future | None = None
         self._flush_entries: list[list] = []
         self._consumers: dict[int, Consumer] = {}
@@ -200,7 +206,10 @@ class LinkServer(wire.FramedProtocol):
         entry = [seq, settled is None, ok]
         self._confirms.append(entry)
         if settled is None:
-            self._send_confirms()
+            # answered with whatever else this read brought: one run, one frame
+            if not self._confirms_scheduled:
+                self._confirms_scheduled = True
+                asyncio.get_event_loop().call_soon(self._send_confirms)
             return
         if settled is not self._flush_future:
             self._flush_future = settled
@@ -217,6 +226,7 @@ class LinkServer(wire.FramedProtocol):
         self._flush_entries.append(entry)
 
     def _send_confirms(self) -> None:
+        self._confirms_scheduled = False
         confirms = self._confirms
         while confirms and confirms[0][1]:
             ok = confirms[0][2]
@@ -324,6 +334,19 @@ class LinkServer(wire.FramedProtocol):
         for q in {c.queue for c in self._consumers.values()}:
             q.dispatch()
 
+    def hold_reading(self, reason: str) -> None:
+        """Read nothing more from the peer until released (as a client connection's
+        read holds: a move pauses what writes to the store it drains)."""
+        self.read_holds.add(reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release_reading(self, reason: str) -> None:
+        self.read_holds.discard(reason)
+        if not self.read_holds and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def stats(self) -> ChannelStats:
         """The link as the management API shows a consumer's channel: the peer node's
         clients consume through it."""
@@ -428,6 +451,8 @@ class LinkServer(wire.FramedProtocol):
         """The peer node is gone (or the link broke): its consumers end and what they had
         not acked goes back to the queues, redelivered=true, as when a channel closes."""
         self.open = False
+        if self._sessions is not None:
+            self._sessions.discard(self)
         for task in self._tasks:
             task.cancel()
         consumers, self._consumers = self._consumers, {}
