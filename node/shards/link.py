@@ -61,6 +61,7 @@ WINDOW = 4096  # publishes one link keeps unanswered before its publishers are h
 WINDOW_BYTES = 32 << 20
 CREDIT = 256  # deliveries in flight to one remote consumer, not yet handed to its client
 RECONNECT_DELAY = 0.1
+RECONNECT_MAX_DELAY = 1.0
 QUEUED_TIMEOUT = 3.0  # how long publishes and requests wait for a session
 AUTO_DELETE_WAIT = 2.0  # a cancel's answer waits at most this for the auto-delete
 
@@ -606,12 +607,13 @@ class LinkClient:
             await asyncio.sleep(0.01)
 
     async def _run(self) -> None:
+        delay = RECONNECT_DELAY
         while not self.closed:
             address = self._address()
             if address is None:
                 self.last_error = f"no address for node {self.peer}"
                 self._attempts += 1
-                await asyncio.sleep(RECONNECT_DELAY)
+                await asyncio.sleep(delay)
                 continue
             try:
                 transport, link = await self._connect(address, {"kind": "queues",
@@ -619,11 +621,16 @@ class LinkClient:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if self.last_error is None:  # once per outage, not per attempt
+                    log.info("cannot open the queue link to %s at %s: %s (retrying)",
+                             self.peer, address, e)
                 self.last_error = f"cannot open the queue link to {self.peer} at {address}: {e}"
                 self._attempts += 1
-                log.info("%s", self.last_error)
-                await asyncio.sleep(RECONNECT_DELAY)
+                await asyncio.sleep(delay)
+                # a node that stays down (stopped, forgotten) is tried less and less often
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
+            delay = RECONNECT_DELAY
             session = _ClientSession(self)
             session.take_over(transport, link)
             self.last_error = None
