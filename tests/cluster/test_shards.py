@@ -221,3 +221,51 @@ def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_no
             lambda node=node: cluster.http(node, "GET", f"/api/queues/rpc/{reply}")[0] == 404,
             what=f"exclusive queue gone on {node.name}")
     assert cluster.http(n3, "GET", "/api/queues/rpc/transient")[0] == 200
+
+
+def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(cluster: Cluster):
+    n1, _n2, _n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/mv", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "mv")
+    cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "mv"), timeout=60,
+                       what="every shard's replicas in sync")
+    shard = _placement(cluster, n1, "mv")["shards"][1]
+    owner = cluster.by_name(shard["owner"])
+    other = next(n for n in cluster.nodes if n is not owner)
+    target = next(n for n in cluster.nodes if n not in (owner, other))
+    clients = []
+    for node in (owner, other):  # one on the shard's owner, one on another node
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", node.amqp_port, "mv", connection_attempts=3))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        clients.append((conn, ch))
+    clients[0][1].queue_declare("moving", durable=True)  # client-local: on the owner's shard
+    assert _queue_shard(cluster, n1, "mv", "moving") == 1
+
+    def publish(frm: int, to: int) -> None:
+        for i in range(frm, to):
+            _conn, ch = clients[i % 2]
+            ch.basic_publish("", "moving", str(i).encode(),
+                             pika.BasicProperties(delivery_mode=2), mandatory=True)
+    publish(0, 100)
+    code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/mv/move",
+                              {"node": target.name, "shard": 1})
+    assert code == 200 and body["owner"] == target.name, body
+    publish(100, 200)  # the same connections, the shard now elsewhere: nothing held
+    for conn, _ch in clients:
+        assert conn.is_open
+        conn.close()
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", target.amqp_port, "mv", connection_attempts=3))
+    ch = conn.channel()
+    got = []
+    while True:
+        method, _props, payload = ch.basic_get("moving", auto_ack=True)
+        if method is None:
+            break
+        got.append(int(payload))
+    conn.close()
+    assert sorted(got) == list(range(200))
