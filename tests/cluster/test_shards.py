@@ -4,6 +4,8 @@ over alone, and clients of the vhost's other shards keep their connections."""
 
 from __future__ import annotations
 
+import time
+
 import pika
 import pika.exceptions
 
@@ -269,3 +271,70 @@ def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(clust
         got.append(int(payload))
     conn.close()
     assert sorted(got) == list(range(200))
+
+
+def test_a_consumer_follows_its_queue_to_and_from_its_own_node(cluster: Cluster):
+    """The shard moves onto the consumer's node and away again: the consumer goes on (no
+    basic.cancel), every message arrives, the unacked ones again with redelivered=true."""
+    n1, _n2, _n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/follow", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "follow")
+    cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "follow"), timeout=60,
+                       what="every shard's replicas in sync")
+    first = _placement(cluster, n1, "follow")["shards"][1]
+    home = cluster.by_name(first["owner"])  # the queue's shard starts here
+    here = next(n for n in cluster.nodes if n is not home)  # the consumer's node
+    third = next(n for n in cluster.nodes if n not in (home, here))
+    pub = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", home.amqp_port, "follow", connection_attempts=3))
+    pch = pub.channel()
+    pch.confirm_delivery()
+    pch.queue_declare("f", durable=True)  # client-local: shard 1, on home
+    assert _queue_shard(cluster, n1, "follow", "f") == 1
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", here.amqp_port, "follow", connection_attempts=3))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=50)
+    got: list[tuple[int, bool]] = []
+    cancelled: list[str] = []
+    pending: list[int] = []  # delivery tags left unacked on purpose
+
+    def on_message(_ch, method, _props, body) -> None:
+        got.append((int(body), method.redelivered))
+        if int(body) % 10 == 9 and not method.redelivered:
+            pending.append(method.delivery_tag)  # acked only after the next move
+        else:
+            ch.basic_ack(method.delivery_tag)
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    ch.basic_consume("f", on_message)
+
+    def publish(frm: int, to: int) -> None:
+        for i in range(frm, to):
+            pch.basic_publish("", "f", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+
+    def pump_until(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while {i for i, _ in got} != set(range(count)):
+            assert time.monotonic() < deadline, (count, sorted({i for i, _ in got}))
+            conn.process_data_events(time_limit=0.1)
+    publish(0, 50)
+    pump_until(50)
+    for target in (here, third):  # onto the consumer's node, then away from it
+        code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/follow/move",
+                                  {"node": target.name, "shard": 1})
+        assert code == 200 and body["owner"] == target.name, body
+        for tag in pending:  # acks of deliveries made before the move: dropped quietly
+            ch.basic_ack(tag)
+        pending.clear()
+        start = max(i for i, _ in got) + 1
+        publish(start, start + 50)
+        pump_until(start + 50)
+    conn.process_data_events(time_limit=0.5)
+    assert cancelled == [] and conn.is_open
+    redelivered = {i for i, r in got if r}
+    # what was unacked at a move came again, redelivered; nothing else did
+    assert redelivered and all(i % 10 == 9 for i in redelivered), repr((sorted(redelivered), got))
+    conn.close()
+    pub.close()
