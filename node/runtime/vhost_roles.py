@@ -177,8 +177,9 @@ class VhostRoles:
         if kind == "queues":  # another node works on queues this node owns
             from node.shards.link import LinkServer
             LinkServer(lambda: self.runtime.vhosts, self.runtime.owns,
-                       str(facts.get("node")), self.link_sessions,
-                       applied=self.metadata).take_over(transport, link)
+                       str(facts.get("node")), self.link_sessions, applied=self.metadata,
+                       replies=lambda: self.runtime.reply_channels
+                       ).take_over(transport, link)
             return
         if kind == "digest":  # the owner compares the copies (node/verify.py)
             store = self.stores.get(str(facts.get("vhost")))

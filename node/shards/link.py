@@ -55,7 +55,7 @@ from node.read_models import ChannelStats
 
 log = logging.getLogger("warren.shards.link")
 
-PUBLISH, DELIVER, GET_OK = 0, 1, 2
+PUBLISH, DELIVER, GET_OK, REPLY = 0, 1, 2, 3
 
 WINDOW = 4096  # publishes one link keeps unanswered before its publishers are held
 WINDOW_BYTES = 32 << 20
@@ -104,8 +104,11 @@ class LinkServer(wire.FramedProtocol):
 
     def __init__(self, vhosts: Callable[[], dict[str, Any]], owns: Callable[[str], bool],
                  peer: str, sessions: set["LinkServer"] | None = None,
-                 applied: Any = None) -> None:
+                 applied: Any = None,
+                 replies: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__()
+        # the channels waiting for direct replies, by reply key (runtime.reply_channels)
+        self._replies = replies
         # this node's Raft progress (cluster/raft.py MetadataStore: applied_here,
         # wait_applied): a peer's "ix" waits until this node has applied as much
         self._applied = applied
@@ -155,6 +158,9 @@ class LinkServer(wire.FramedProtocol):
     def frame_received(self, kind: int, body: bytes) -> None:
         if kind == wire.MESSAGE:
             meta, record = self.decode_message(body)
+            if isinstance(meta, list) and len(meta) == 3 and meta[0] == REPLY:
+                self._reply_to(str(meta[1]), str(meta[2]), record)
+                return
             if not isinstance(meta, list) or len(meta) != 4 or meta[0] != PUBLISH:
                 raise wire.WireError("expected a publish")
             self._publish(int(meta[1]), str(meta[2]), meta[3], record)
@@ -247,6 +253,13 @@ class LinkServer(wire.FramedProtocol):
                 self._send_confirms()
             settled.add_done_callback(flushed)
         self._flush_entries.append(entry)
+
+    def _reply_to(self, vhost: str, key: str, record: bytes) -> None:
+        """A direct reply (amq.rabbitmq.reply-to) to a requester on this node: to its
+        channel if it still waits, else dropped, as RabbitMQ drops it."""
+        channel = self._replies().get(key) if self._replies is not None else None
+        if channel is not None and channel.vhost.name == vhost:
+            channel.deliver_reply(Message.decode(record))
 
     def _moved_to(self, vhost: str, name: str) -> Any:
         """The link to the owner of queue ``name`` when its shard is another node's now
@@ -875,6 +888,11 @@ class LinkClient:
         self._pending_bytes += len(record)
         self._send(wire.message((PUBLISH, seq, vhost, names), record), "publish", seq)
         return fut
+
+    def reply(self, vhost: str, key: str, message: Message) -> None:
+        """A direct reply to a requester on the peer node (fire and forget, as a direct
+        reply is: it is dropped if the requester is gone)."""
+        self._send(wire.message((REPLY, vhost, key), message.encode()), "reply", 0)
 
     @property
     def full(self) -> bool:

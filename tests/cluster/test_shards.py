@@ -338,3 +338,48 @@ def test_a_consumer_follows_its_queue_to_and_from_its_own_node(cluster: Cluster)
     assert redelivered and all(i % 10 == 9 for i in redelivered), repr((sorted(redelivered), got))
     conn.close()
     pub.close()
+
+
+def test_rpc_across_nodes_with_direct_reply_to_and_exclusive_reply_queues(cluster: Cluster):
+    """A client on one node asks, a server on another answers: through direct reply-to
+    (amq.rabbitmq.reply-to) and through an exclusive server-named reply queue."""
+    n1, n2, _n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/rpc2", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "rpc2")
+    cluster.wait_until(lambda: len(_placement(cluster, n2, "rpc2").get("shards", [])) == 3,
+                       what="three shards known on n2")
+    server = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n2.amqp_port, "rpc2", connection_attempts=3))
+    sch = server.channel()
+    sch.queue_declare("requests", durable=True)
+
+    def answer(_ch, method, props, body) -> None:
+        sch.basic_publish("", props.reply_to, b"re:" + body,
+                          pika.BasicProperties(correlation_id=props.correlation_id))
+        sch.basic_ack(method.delivery_tag)
+    sch.basic_consume("requests", answer)
+    client = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n1.amqp_port, "rpc2", connection_attempts=3))
+    cch = client.channel()
+    replies: list[tuple[str, bytes]] = []
+    cch.basic_consume("amq.rabbitmq.reply-to",
+                      lambda _c, _m, props, body: replies.append((props.correlation_id, body)),
+                      auto_ack=True)
+    own = cch.queue_declare("", exclusive=True).method.queue
+    cch.basic_consume(own, lambda _c, _m, props, body: replies.append(
+        (props.correlation_id, body)), auto_ack=True)
+    for i in range(20):
+        reply_to = "amq.rabbitmq.reply-to" if i % 2 == 0 else own
+        cch.basic_publish("", "requests", str(i).encode(),
+                          pika.BasicProperties(reply_to=reply_to, correlation_id=str(i)))
+    deadline = time.monotonic() + 30
+    while len(replies) < 20:
+        assert time.monotonic() < deadline, replies
+        server.process_data_events(time_limit=0.05)
+        client.process_data_events(time_limit=0.05)
+    assert sorted(replies, key=lambda r: int(r[0])) == \
+        [(str(i), f"re:{i}".encode()) for i in range(20)]
+    client.close()
+    server.close()
