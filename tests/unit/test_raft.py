@@ -339,7 +339,10 @@ def test_restart_after_compaction_starts_with_a_reset(tmp_path: Path) -> None:
     assert DefinitionState.loads(payload["state"]).snapshot() == at_dump
 
     events, restored = run(second())
-    assert events[0] == ({"op": "reset"}, {"ok": True, "state": at_dump})
+    # the reset says where the dump ends in the log (the runtime's applied index)
+    reset, result = events[0]
+    assert reset == {"op": "reset"} and result["ok"] is True and result["state"] == at_dump
+    assert isinstance(result["raft_index"], int) and result["raft_index"] > 21
     assert events[1:] == after_dump
     assert restored == final
     # a listener can rebuild the state from the reset plus the later commands
@@ -572,3 +575,29 @@ def test_an_unreadable_dump_stops_the_start(tmp_path: Path) -> None:
             await store.close()
 
     run(main())
+
+
+def test_applied_here_follows_the_listeners_and_can_be_waited_for(tmp_path: Path) -> None:
+    """A queue link names the Raft index its node applied; the other node waits for it."""
+    async def scenario() -> None:
+        store = single(tmp_path, free_port())
+        seen: list[int] = []
+        store.subscribe(lambda _c, _r: seen.append(store.applied_here))
+        await store.start()
+        try:
+            await store.submit({"op": "add_vhost", "name": "/"})
+            first = store.applied_here
+            await store.submit({"op": "add_vhost", "name": "other"})
+            assert store.applied_here > first > 0
+            # listeners run before the index moves past their change
+            assert seen[-1] < store.applied_here
+            assert await store.wait_applied(store.applied_here, 0.1) is True
+            later = asyncio.ensure_future(store.wait_applied(store.applied_here + 1, 5.0))
+            await asyncio.sleep(0.05)
+            assert not later.done()
+            await store.submit({"op": "add_vhost", "name": "third"})
+            assert await later is True
+            assert await store.wait_applied(store.applied_here + 10, 0.05) is False
+        finally:
+            await store.close()
+    run(scenario())
