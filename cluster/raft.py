@@ -702,13 +702,16 @@ class MetadataStore:
 
     def _dispatch(self, command: dict[str, Any], result: dict[str, Any],
                   index: int = 0) -> None:
+        # counted as applied before the listeners run: what they send because of this
+        # change (a consumer following its queue's shard) must name it, and nothing else
+        # runs on the loop meanwhile
+        if index > self.applied_here:
+            self._advance(index)
         for listener in list(self._listeners):
             try:
                 listener(command, result)
             except Exception:
                 logger.exception("definitions listener failed on %r", command.get("op"))
-        if index > self.applied_here:
-            self._advance(index)
 
     # ------------------------------------------------------------------ applied here
     # `applied_here` is the Raft index of the last change this node's listeners (its
