@@ -24,6 +24,21 @@ def _queue_shard(cluster: Cluster, node, vhost: str, queue: str) -> int:
     return body["shard"]
 
 
+def _connect(node, vhost: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.amqp_port, vhost, connection_attempts=3))
+
+
+def _sharded(cluster: Cluster, vhost: str, count: int = 3) -> None:
+    """Create ``vhost`` with ``count`` shards through the first node, guest may use it
+    (owners go to running nodes only: a member still connecting would get none)."""
+    n1 = cluster.nodes[0]
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", f"/api/cluster/vhosts/{vhost}", {"shards": count})
+    assert code == 201, body
+    _grant(cluster, n1, vhost)
+
+
 def _grant(cluster: Cluster, node, vhost: str) -> None:
     code, body = cluster.http(node, "PUT", f"/api/permissions/{vhost}/guest",
                               {"configure": ".*", "write": ".*", "read": ".*"})
@@ -39,11 +54,7 @@ def _all_running(cluster: Cluster, node) -> bool:
 
 def test_shards_spread_over_the_nodes_and_queues_follow_their_locator(cluster: Cluster):
     n1, n2, n3 = cluster.nodes
-    # owners go to running nodes only: a member still connecting would get none
-    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
-    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/spread", {"shards": 3})
-    assert code == 201, body
-    _grant(cluster, n1, "spread")
+    _sharded(cluster, "spread")
     cluster.wait_until(lambda: len(_placement(cluster, n3, "spread").get("shards", [])) == 3,
                        what="three shards known on n3")
     shards = _placement(cluster, n2, "spread")["shards"]
@@ -54,8 +65,7 @@ def test_shards_spread_over_the_nodes_and_queues_follow_their_locator(cluster: C
 
     # client-local (the default): on the shard the connecting node owns
     for node in cluster.nodes:
-        conn = pika.BlockingConnection(pika.ConnectionParameters(
-            "127.0.0.1", node.amqp_port, "spread", connection_attempts=3))
+        conn = _connect(node, "spread")
         ch = conn.channel()
         ch.queue_declare(f"local-{node.name}", durable=True)
         ch.queue_declare(f"balanced-{node.name}", durable=True,
@@ -81,14 +91,11 @@ def test_shards_spread_over_the_nodes_and_queues_follow_their_locator(cluster: C
 
 def test_a_queue_on_the_connecting_nodes_shard_works_end_to_end(cluster: Cluster):
     n1, _n2, _n3 = cluster.nodes
-    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/local", {"shards": 3})
-    assert code == 201, body
-    _grant(cluster, n1, "local")
+    _sharded(cluster, "local")
     for node in cluster.nodes:
         cluster.wait_until(lambda node=node: len(
             _placement(cluster, node, "local").get("shards", [])) == 3, what="shards known")
-        conn = pika.BlockingConnection(pika.ConnectionParameters(
-            "127.0.0.1", node.amqp_port, "local", connection_attempts=3))
+        conn = _connect(node, "local")
         ch = conn.channel()
         ch.confirm_delivery()
         q = f"work-{node.name}"
@@ -117,17 +124,13 @@ def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connecti
     cluster = Cluster(tmp_path).start()
     try:
         n1, n2, n3 = cluster.nodes
-        cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
-        code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/fo", {"shards": 3})
-        assert code == 201, body
-        _grant(cluster, n1, "fo")
+        _sharded(cluster, "fo")
         cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "fo"), timeout=60,
                            what="every shard's replicas in sync")
         owners = {s["owner"]: s["shard"] for s in _placement(cluster, n1, "fo")["shards"]}
         conns = {}
         for node in cluster.nodes:
-            conn = pika.BlockingConnection(pika.ConnectionParameters(
-                "127.0.0.1", node.amqp_port, "fo", connection_attempts=3))
+            conn = _connect(node, "fo")
             ch = conn.channel()
             ch.confirm_delivery()
             ch.queue_declare(f"q-{node.name}", durable=True)
@@ -154,8 +157,7 @@ def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connecti
             conn.close()
         # the failed shard's confirmed messages, all of them, in order, on its new owner
         new_owner = cluster.by_name(moved["owner"])
-        conn = pika.BlockingConnection(pika.ConnectionParameters(
-            "127.0.0.1", new_owner.amqp_port, "fo", connection_attempts=3))
+        conn = _connect(new_owner, "fo")
         ch = conn.channel()
         assert ch.queue_declare(f"q-{n3.name}", passive=True).method.message_count == 200
         got = []
@@ -183,16 +185,12 @@ def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connecti
 def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_node(
         cluster: Cluster):
     n1, n2, n3 = cluster.nodes
-    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
-    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/rpc", {"shards": 3})
-    assert code == 201, body
-    _grant(cluster, n1, "rpc")
+    _sharded(cluster, "rpc")
     cluster.wait_until(lambda: len(_placement(cluster, n2, "rpc").get("shards", [])) == 3,
                        what="three shards known on n2")
     mine = next(s["shard"] for s in _placement(cluster, n1, "rpc")["shards"]
                 if s["owner"] == n1.name)
-    conn = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", n1.amqp_port, "rpc", connection_attempts=3))
+    conn = _connect(n1, "rpc")
     ch = conn.channel()
     reply = ch.queue_declare("", exclusive=True).method.queue
     ch.queue_declare("transient", durable=False)
@@ -206,8 +204,7 @@ def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_no
         code, row = cluster.http(node, "GET", "/api/queues/rpc/transient")
         assert code == 200 and row["durable"] is False, row
     # another connection, on another node, is refused the exclusive queue (405)
-    other = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", n2.amqp_port, "rpc", connection_attempts=3))
+    other = _connect(n2, "rpc")
     och = other.channel()
     try:
         och.queue_declare(reply, passive=True)
@@ -227,10 +224,7 @@ def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_no
 
 def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(cluster: Cluster):
     n1, _n2, _n3 = cluster.nodes
-    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
-    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/mv", {"shards": 3})
-    assert code == 201, body
-    _grant(cluster, n1, "mv")
+    _sharded(cluster, "mv")
     cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "mv"), timeout=60,
                        what="every shard's replicas in sync")
     shard = _placement(cluster, n1, "mv")["shards"][1]
@@ -239,8 +233,7 @@ def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(clust
     target = next(n for n in cluster.nodes if n not in (owner, other))
     clients = []
     for node in (owner, other):  # one on the shard's owner, one on another node
-        conn = pika.BlockingConnection(pika.ConnectionParameters(
-            "127.0.0.1", node.amqp_port, "mv", connection_attempts=3))
+        conn = _connect(node, "mv")
         ch = conn.channel()
         ch.confirm_delivery()
         clients.append((conn, ch))
@@ -260,8 +253,7 @@ def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(clust
     for conn, _ch in clients:
         assert conn.is_open
         conn.close()
-    conn = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", target.amqp_port, "mv", connection_attempts=3))
+    conn = _connect(target, "mv")
     ch = conn.channel()
     got = []
     while True:
@@ -277,24 +269,19 @@ def test_a_consumer_follows_its_queue_to_and_from_its_own_node(cluster: Cluster)
     """The shard moves onto the consumer's node and away again: the consumer goes on (no
     basic.cancel), every message arrives, the unacked ones again with redelivered=true."""
     n1, _n2, _n3 = cluster.nodes
-    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
-    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/follow", {"shards": 3})
-    assert code == 201, body
-    _grant(cluster, n1, "follow")
+    _sharded(cluster, "follow")
     cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "follow"), timeout=60,
                        what="every shard's replicas in sync")
     first = _placement(cluster, n1, "follow")["shards"][1]
     home = cluster.by_name(first["owner"])  # the queue's shard starts here
     here = next(n for n in cluster.nodes if n is not home)  # the consumer's node
     third = next(n for n in cluster.nodes if n not in (home, here))
-    pub = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", home.amqp_port, "follow", connection_attempts=3))
+    pub = _connect(home, "follow")
     pch = pub.channel()
     pch.confirm_delivery()
     pch.queue_declare("f", durable=True)  # client-local: shard 1, on home
     assert _queue_shard(cluster, n1, "follow", "f") == 1
-    conn = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", here.amqp_port, "follow", connection_attempts=3))
+    conn = _connect(here, "follow")
     ch = conn.channel()
     ch.basic_qos(prefetch_count=50)
     got: list[tuple[int, bool]] = []
@@ -344,14 +331,10 @@ def test_rpc_across_nodes_with_direct_reply_to_and_exclusive_reply_queues(cluste
     """A client on one node asks, a server on another answers: through direct reply-to
     (amq.rabbitmq.reply-to) and through an exclusive server-named reply queue."""
     n1, n2, _n3 = cluster.nodes
-    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
-    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/rpc2", {"shards": 3})
-    assert code == 201, body
-    _grant(cluster, n1, "rpc2")
+    _sharded(cluster, "rpc2")
     cluster.wait_until(lambda: len(_placement(cluster, n2, "rpc2").get("shards", [])) == 3,
                        what="three shards known on n2")
-    server = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", n2.amqp_port, "rpc2", connection_attempts=3))
+    server = _connect(n2, "rpc2")
     sch = server.channel()
     sch.queue_declare("requests", durable=True)
 
@@ -360,8 +343,7 @@ def test_rpc_across_nodes_with_direct_reply_to_and_exclusive_reply_queues(cluste
                           pika.BasicProperties(correlation_id=props.correlation_id))
         sch.basic_ack(method.delivery_tag)
     sch.basic_consume("requests", answer)
-    client = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", n1.amqp_port, "rpc2", connection_attempts=3))
+    client = _connect(n1, "rpc2")
     cch = client.channel()
     replies: list[tuple[str, bytes]] = []
     cch.basic_consume("amq.rabbitmq.reply-to",
