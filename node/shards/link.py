@@ -685,6 +685,8 @@ class LinkClient:
         self._backlog: deque[tuple[bytes, str, int]] = deque()
         self._backlog_timer: asyncio.TimerHandle | None = None
         self._held: set[Any] = set()
+        # consumers the owner delivered to that this node no longer has: cancelled there
+        self._orphans: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "LinkClient":
@@ -1082,8 +1084,13 @@ class LinkClient:
     def _delivery(self, cid: int, did: int, redelivered: bool, record: bytes) -> None:
         rc = self.consumers.get(cid)
         if rc is None:
-            # cancelled here while the owner was delivering: give it back at once
+            # cancelled here while the owner was delivering: give it back at once, and end
+            # that consumer there too (a subscription whose answer was lost, or one made
+            # again after its channel closed, must not hold messages for nobody)
             self.settle("requeue", self.generation, did)
+            if cid not in self._orphans and self.session is not None:
+                self._orphans.add(cid)
+                self._out_frame(wire.control({"t": "cancel", "cid": cid}))
             return
         rc.outstanding -= 1
         rc.sink.delivery(rc, did, redelivered, Message.decode(record))

@@ -282,8 +282,9 @@ class RemoteQueue:
         c = self._by_rc.get(rc)
         link = rc.link
         assert link is not None
-        if c is None:  # the consumer is gone here: give the message back
+        if c is None or c not in self.consumers:  # gone here: give it back, end it there
             link.settle("requeue", link.generation, did)
+            link.cancel(rc)
             return
         entry = RemoteEntry(did, message, redelivered, link, link.generation)
         waiting = self._waiting.get(c)
