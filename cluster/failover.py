@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cluster import placement
+from cluster import placement, shards
 from cluster.liveness import Liveness, Positions
 
 log = logging.getLogger("warren.failover")
@@ -131,15 +131,15 @@ class FailoverController:
             if result.get("ok"):
                 self.failovers += 1
                 self.unavailable.pop(name, None)
-                log.warning("vhost '%s': owner %s is down (%s): promoted in-sync replica %s "
-                            "at offset %s, epoch %s, in %.0f ms", name, v["owner"], why,
+                log.warning("%s: owner %s is down (%s): promoted in-sync replica %s "
+                            "at offset %s, epoch %s, in %.0f ms", shards.label(name), v["owner"], why,
                             choice, offsets[choice][1], result.get("epoch"),
                             (time.monotonic() - started) * 1000)
             else:
-                log.info("vhost '%s': promotion of %s refused: %s", name, choice,
+                log.info("%s: promotion of %s refused: %s", shards.label(name), choice,
                          result.get("text"))
         except Exception as e:
-            log.warning("vhost '%s': failover attempt failed: %s", name, e)
+            log.warning("%s: failover attempt failed: %s", shards.label(name), e)
         finally:
             self._busy.discard(name)
 
@@ -159,9 +159,9 @@ class FailoverController:
                                              "replicas": replicas,
                                              "expected_epoch": v["epoch"]})
                 if result.get("ok"):
-                    log.info("vhost '%s': replicas %s (wanted %d)", name, replicas, want)
+                    log.info("%s: replicas %s (wanted %d)", shards.label(name), replicas, want)
             except Exception as e:
-                log.warning("vhost '%s': could not set replicas: %s", name, e)
+                log.warning("%s: could not set replicas: %s", shards.label(name), e)
             finally:
                 self._busy.discard(name)
             self._repaired_at = 0.0  # more may be due: look again at the next tick

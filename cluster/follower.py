@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cluster import wire
+from cluster import shards, wire
 from cluster.replication import HEARTBEAT_INTERVAL
 from storage.records import RecordError
 from storage.store import MessageStore, StoreError
@@ -113,7 +113,7 @@ class Follower:
             try:
                 await self.store.sync_point()
             except StoreError as e:
-                log.error("vhost '%s': the store cannot follow: %s", self.vhost, e)
+                log.error("%s: the store cannot follow: %s", shards.label(self.vhost), e)
                 await self._sleep(RETRY_MAX)
                 continue
             facts = {"kind": "replicate", "vhost": self.vhost, "node": self.node,
@@ -121,7 +121,7 @@ class Follower:
             try:
                 transport, link = await self._connect(self.owner_address, facts)
             except (OSError, ConnectionError, asyncio.TimeoutError) as e:
-                log.debug("vhost '%s': cannot reach owner %s: %s", self.vhost, self.owner, e)
+                log.debug("%s: cannot reach owner %s: %s", shards.label(self.vhost), self.owner, e)
                 self.state = "idle"
                 await self._sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -255,7 +255,7 @@ class FollowerSession(wire.FramedProtocol):
             else:
                 self._mode = "snapshot"
                 self.follower.state = "snapshot"
-                log.info("vhost '%s': loading a snapshot from %s", self.follower.vhost,
+                log.info("%s: loading a snapshot from %s", shards.label(self.follower.vhost),
                          self.follower.owner)
         elif t == "snap_begin" and self._mode == "snapshot":
             store.begin_snapshot()
@@ -275,7 +275,7 @@ class FollowerSession(wire.FramedProtocol):
             self.follower.state = "streaming"
             self.streamed = True
             self._ack_after(fut, int(position[1]))
-            log.info("vhost '%s': snapshot loaded at offset %s", self.follower.vhost,
+            log.info("%s: snapshot loaded at offset %s", shards.label(self.follower.vhost),
                      position[1])
         elif t == "hw":
             self._note_hw(message.get("offset"))

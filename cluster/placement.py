@@ -44,8 +44,9 @@ def repaired_replicas(vhost: Mapping[str, Any], members: list[str], want: int,
     elif len(current) > want:
         pinned = vhost.get("moving_to")
         keep = sorted(current, key=lambda n: (n != pinned, n not in in_sync,
-                                              -counts.get(n, 0), n))
-        current = [r for r in current if r in keep[:want]]
+                                              -counts.get(n, 0), n))[:want]
+        # a move's target stays even where no copy is wanted (one copy: the owner's)
+        current = [r for r in current if r in keep or r == pinned]
     return current
 
 

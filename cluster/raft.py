@@ -713,6 +713,12 @@ class MetadataStore:
         with self._replica.lock:
             return self._replica.state.snapshot()
 
+    def queues_of(self, vhost: str) -> list[dict[str, Any]]:
+        """Copies of one vhost's queue records (a shard changing owner rebuilds its queues
+        from them; a whole snapshot would copy every vhost's definitions)."""
+        with self._replica.lock:
+            return self._replica.state.list_queues(vhost)
+
     def status(self) -> dict[str, Any]:
         """This node's view of the Raft cluster (pysyncobj's getStatus(), renamed)."""
         machine = self._machine

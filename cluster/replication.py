@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cluster import wire
+from cluster import shards, wire
 from storage.store import MessageStore, StoreError
 
 log = logging.getLogger("warren.replication.source")
@@ -116,6 +116,8 @@ class ReplicationSource:
         self._closed = False
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
+        # called with a replica's name when its catch-up made headway (a live move follows)
+        self.on_progress: Callable[[str], None] | None = None
         self.changelog = store.keep_changelog(changelog_bytes)
         store.attach(self)
         self._watch = asyncio.ensure_future(self._watch_lag())
@@ -208,19 +210,19 @@ class ReplicationSource:
         try:
             ok = await self._propose(node, join, self.epoch, self.hw)
         except Exception as e:  # no quorum, deposed...: the watch loop tries again
-            log.warning("vhost '%s': could not %s in-sync replica %s: %s", self.vhost,
+            log.warning("%s: could not %s in-sync replica %s: %s", shards.label(self.vhost),
                         "add" if join else "drop", node, e)
         if not ok:
             (self.joining if join else self.leaving).discard(node)
         if join and ok:
-            log.info("vhost '%s': replica %s is in sync", self.vhost, node)
+            log.info("%s: replica %s is in sync", shards.label(self.vhost), node)
         return ok
 
     def _drop(self, node: str, why: str) -> None:
         self.joining.discard(node)
         if node in self.in_sync and node not in self.leaving and not self._closed:
-            log.warning("vhost '%s': dropping replica %s from the in-sync set: %s",
-                        self.vhost, node, why)
+            log.warning("%s: dropping replica %s from the in-sync set: %s",
+                        shards.label(self.vhost), node, why)
             self.leaving.add(node)
             asyncio.ensure_future(self._change(node, False))
         self._release()
@@ -231,7 +233,7 @@ class ReplicationSource:
         self.joining.discard(node)
         if node not in self.in_sync:
             return True
-        log.warning("vhost '%s': replica %s leaves the in-sync set: %s", self.vhost, node,
+        log.warning("%s: replica %s leaves the in-sync set: %s", shards.label(self.vhost), node,
                     why)
         self.leaving.add(node)
         ok = await self._change(node, False)
@@ -275,14 +277,29 @@ class ReplicationSource:
             self._drop(node, "replication session closed")
 
     def lag(self) -> dict[str, dict[str, int]]:
+        """Per replica: records it lacks, and their bytes; the bytes a copy being rebuilt by
+        snapshot lacks are what is left of the snapshot (estimated) and the records after."""
         out = {}
         changelog = self.changelog
         last = self.store.last_offset
         for node in set(self.sessions) | self.in_sync | set(self.acked):
             acked = self.acked.get(node, -1)
+            session = self.sessions.get(node)
+            if acked < 0 and session is not None and session.snapshot_position is not None:
+                after = session.snapshot_position
+                left = 0 if session.snapshot_done else max(
+                    (session.snapshot_bytes or 0) - session.snapshot_sent, 0)
+                # the copy holds none of the records before the snapshot is in
+                out[node] = {"records": max(last - after, 0) if session.snapshot_done
+                             else last, "bytes": left + changelog.lag_bytes(after)}
+                continue
             out[node] = {"records": max(last - acked, 0) if acked >= 0 else last,
                          "bytes": changelog.lag_bytes(acked) if acked >= 0 else 0}
         return out
+
+    def progressed(self, node: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(node)
 
     async def drained_to(self, node: str, timeout: float) -> None:
         """Wait until ``node`` acked everything this store has numbered."""
@@ -321,6 +338,11 @@ class SourceSession(wire.FramedProtocol):
         self.on_fenced = on_fenced
         self.live = False
         self.sent = -1
+        # a snapshot to this replica: its position, estimated size, bytes sent so far
+        self.snapshot_position: int | None = None
+        self.snapshot_bytes: int | None = None
+        self.snapshot_sent = 0
+        self.snapshot_done = False
         self._task: asyncio.Future[None] | None = None
         self._heard = self._said = time.monotonic()
 
@@ -384,8 +406,13 @@ class SourceSession(wire.FramedProtocol):
                         # the records after the snapshot must still be here at its end
                         changelog.pin(self, position[1])
                         self.send(wire.control({"t": "snap_begin"}))
+                        self.snapshot_position = position[1]
+                        self.snapshot_bytes = item[3] if len(item) > 3 else None
                     else:
-                        self.send(wire.control({"t": "snap_rows", "rows": item[1]}))
+                        frame = wire.control({"t": "snap_rows", "rows": item[1]})
+                        self.send(frame)
+                        self.snapshot_sent += len(frame)
+                    source.progressed(self.node)
                     await self.drain()
                     if self.transport is None or self.transport.is_closing():
                         return
@@ -394,11 +421,13 @@ class SourceSession(wire.FramedProtocol):
                 self.send(wire.control({"t": "snap_end", "position": list(position),
                                         "epochs": store.epochs, "hw": source.hw}))
                 self.sent = position[1]
+                self.snapshot_done = True
+                source.progressed(self.node)
             await self._feed()
         except (ConnectionError, StoreError) as e:
             self.fail(f"catch-up of {self.node} failed: {e}")
         except Exception:
-            log.exception("vhost '%s': catch-up of %s failed", self.source.vhost, self.node)
+            log.exception("%s: catch-up of %s failed", shards.label(self.source.vhost), self.node)
             self.fail("catch-up failed")
 
     async def _feed(self) -> None:
@@ -451,8 +480,8 @@ class SourceSession(wire.FramedProtocol):
                 if not isinstance(newer, int) or newer <= self.source.epoch:
                     raise wire.WireError(f"'fenced' for epoch {newer!r}, not newer than "
                                          f"{self.source.epoch}")
-                log.warning("vhost '%s': replica %s knows epoch %d (we write %d): stepping "
-                            "down", self.source.vhost, self.node, newer, self.source.epoch)
+                log.warning("%s: replica %s knows epoch %d (we write %d): stepping "
+                            "down", shards.label(self.source.vhost), self.node, newer, self.source.epoch)
                 self.on_fenced(newer)
             elif t != "hb":
                 raise wire.WireError(f"unexpected control message {t!r}")

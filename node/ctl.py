@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
 import sys
-import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 DEFAULT_URL = "http://127.0.0.1:15672"
 DEFAULT_TIMEOUT = 30.0  # seconds a command waits for the node's answer
 MOVE_SYNC_TIMEOUT = 120.0  # the node's own bound on a move waiting for its target
+NDJSON = "application/x-ndjson"  # a move's answer: its progress, a line at a time
+LINE_TIMEOUT = 60.0  # seconds without a line from a move that goes on (one comes each second)
 
 # list command -> (API path, default columns); rabbitmqctl's defaults where it has them
 LISTS: dict[str, tuple[str, list[str]]] = {
@@ -66,6 +69,37 @@ class Client:
         """One API call; every way it can fail is a CtlError (one line, never a
         traceback): an HTTP error, no answer in time, a refused or dropped connection."""
         wait = self.timeout if timeout is None else timeout
+        with self._errors(method, path, wait):
+            with urllib.request.urlopen(self._request(method, path, body, headers),
+                                        timeout=wait) as resp:
+                raw = resp.read()
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise CtlError(f"{method} {path}: the answer is not JSON") from None
+
+    def stream(self, method: str, path: str, body: Any = None,
+               timeout: float | None = None) -> Iterator[dict]:
+        """The events of a call answered one JSON object a line (a move's progress);
+        ``timeout`` bounds each wait for the next line (the node sends one a second)."""
+        wait = self.timeout if timeout is None else timeout
+        with self._errors(method, path, wait):
+            req = self._request(method, path, body, {"Accept": NDJSON})
+            with urllib.request.urlopen(req, timeout=wait) as resp:
+                if NDJSON not in resp.headers.get("Content-Type", ""):
+                    raw = resp.read()
+                    yield {"result": json.loads(raw) if raw else None}
+                    return
+                for line in resp:
+                    if line.strip():
+                        try:
+                            yield json.loads(line)
+                        except ValueError:
+                            raise CtlError(f"{method} {path}: a line of the answer is not "
+                                           "JSON") from None
+
+    def _request(self, method: str, path: str, body: Any,
+                 headers: dict[str, str] | None) -> urllib.request.Request:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", self.auth)
@@ -73,9 +107,12 @@ class Client:
             req.add_header(k, v)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        return req
+
+    @contextlib.contextmanager
+    def _errors(self, method: str, path: str, wait: float) -> Iterator[None]:
         try:
-            with urllib.request.urlopen(req, timeout=wait) as resp:
-                raw = resp.read()
+            yield
         except urllib.error.HTTPError as e:
             try:
                 reason = json.loads(e.read()).get("reason", e.reason)
@@ -92,10 +129,6 @@ class Client:
             raise CtlError(f"{method} {path}: the connection to {self.url} failed: "
                            f"{e.strerror if isinstance(e, OSError) and e.strerror else e!r}"
                            ) from None
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            raise CtlError(f"{method} {path}: the answer is not JSON") from None
 
 
 def q(name: str) -> str:
@@ -242,24 +275,102 @@ def set_vhost_shards(c: Client, a: argparse.Namespace, need: Need) -> None:
 
 
 def move_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
-    """The move runs on the node; meanwhile this says what it waits for (the target's lag,
-    from the owner, whenever it changes) and ends with one line saying how it ended."""
-    name, node, *_ = need(2, "<vhost> <node> [--timeout <seconds to get in sync>]")
+    """The move runs on the node; meanwhile this prints its progress (bytes copied, the
+    target's lag, the time left at the recent rate) and ends with how it ended."""
+    name, node, *_ = need(2, "<vhost> <node> [--shard <k>] [--timeout <seconds to get in "
+                             "sync>]")
     sync_timeout = min(a.timeout, MOVE_SYNC_TIMEOUT) if a.timeout else MOVE_SYNC_TIMEOUT
-    print(f"Moving vhost \"{name}\" to node \"{node}\" with its messages ...", flush=True)
-    ended = threading.Event()
-    watcher = threading.Thread(target=_watch_move, args=(c, name, node, ended), daemon=True)
-    watcher.start()
+    what = f"vhost \"{name}\"" + (f" shard {a.shard}" if a.shard else "")
+    print(f"Moving {what} to node \"{node}\" with its messages ...", flush=True)
+    body: dict[str, Any] = {"node": node, "timeout": sync_timeout}
+    if a.shard:
+        body["shard"] = a.shard
     try:
-        done = c.call("POST", f"/api/cluster/vhosts/{q(name)}/move",
-                      {"node": node, "timeout": sync_timeout}, timeout=sync_timeout + 60)
+        done = _follow(c.stream("POST", f"/api/cluster/vhosts/{q(name)}/move", body,
+                                timeout=LINE_TIMEOUT))
     except CtlError as e:
-        raise CtlError(f"move of vhost \"{name}\" to {node} stopped: {e}") from None
-    finally:
-        ended.set()
-        watcher.join(2)
-    print(f"Moved: owner {done['owner']}, epoch {done['epoch']}, publishers paused "
-          f"{done['pause_ms']} ms")
+        raise CtlError(f"move of {what} to {node} stopped: {e}") from None
+    print(_moved(done))
+
+
+def rebalance(c: Client, a: argparse.Namespace, need: Need) -> None:
+    """Spread the shard owners of a vhost (or of every sharded vhost: --all, or no vhost)
+    over the running nodes, one live move at a time, each with its progress."""
+    names = a.args
+    body = {"timeout": min(a.timeout, MOVE_SYNC_TIMEOUT) if a.timeout else MOVE_SYNC_TIMEOUT}
+    if names and not a.all:
+        print(f"Rebalancing the shards of vhost \"{names[0]}\" ...", flush=True)
+        path = f"/api/cluster/vhosts/{q(names[0])}/rebalance"
+    else:
+        print("Rebalancing the shards of every sharded vhost ...", flush=True)
+        path = "/api/cluster/rebalance"
+    done = _follow(c.stream("POST", path, body, timeout=LINE_TIMEOUT))
+    moves = done.get("moves") or []
+    if a.formatter == "json":
+        print(json.dumps(moves, indent=2))
+    elif not moves:
+        print("Nothing to move: the shard owners are spread already.")
+    else:
+        print(f"{len(moves)} shard{'s' if len(moves) != 1 else ''} moved.")
+
+
+def _follow(events: Iterator[dict]) -> dict:
+    """Print a move's (or a rebalance's) events as they come; its result, or a CtlError."""
+    for event in events:
+        if "progress" in event:
+            print(progress_line(event["progress"]), flush=True)
+        elif "step" in event:
+            st = event["step"]
+            print(f"Moving vhost \"{st['vhost']}\" shard {st['shard']} from {st['from']} to "
+                  f"{st['to']} ...", flush=True)
+        elif "moved" in event:
+            print(_moved(event["moved"]), flush=True)
+        elif "error" in event:
+            raise CtlError(str(event.get("reason")))
+        elif "result" in event:
+            return event["result"] or {}
+    raise CtlError("the node ended the answer before saying how it ended")
+
+
+def _moved(done: dict) -> str:
+    copied = done.get("copied_bytes")
+    return (f"Moved: owner {done['owner']}, epoch {done['epoch']}, publishers paused "
+            f"{done['pause_ms']} ms"
+            + (f", {size(copied)} copied in {done.get('sync_ms', 0) / 1000:.1f} s"
+               if copied else ""))
+
+
+def size(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def progress_line(p: dict) -> str:
+    """One line of a move's progress: what is copied, what the target lacks, time left."""
+    target = p.get("target")
+    if p.get("phase") == "drain":
+        return f"  {target} in sync; publishers paused while it takes the last records"
+    lag = p.get("lag")
+    if not p.get("connected") or not isinstance(lag, dict):
+        return f"  waiting for {target} to connect to the owner"
+    parts = []
+    if p.get("copied_bytes"):
+        total = p.get("snapshot_bytes")
+        parts.append(f"{size(p['copied_bytes'])}"
+                     + (f" of about {size(total)}" if total else "") + " copied")
+    parts.append(f"{lag.get('records')} records ({size(lag.get('bytes'))}) behind")
+    eta = p.get("eta_s")
+    parts.append(f"about {eta:.1f} s left" if isinstance(eta, (int, float))
+                 else "time left unknown yet")
+    rate = p.get("rate_bytes_s")
+    if rate:
+        parts.append(f"{size(rate)}/s")
+    return f"  {target}: " + ", ".join(parts)
 
 
 def verify_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -280,25 +391,6 @@ def verify_vhost(c: Client, a: argparse.Namespace, need: Need) -> None:
         print(f"The {len(rec['copies'])} copies agree at offset {rec['offset']}.")
 
 
-def _watch_move(c: Client, name: str, node: str, ended: threading.Event) -> None:
-    last = None
-    while not ended.wait(1.0):
-        try:
-            rec = c.call("GET", f"/api/cluster/vhosts/{q(name)}", timeout=5)
-        except CtlError:
-            continue  # the owner may be busy; the move's own answer says how it ended
-        if not isinstance(rec, dict) or node in (rec.get("in_sync") or []) \
-                or rec.get("owner") == node:
-            continue
-        lag = (rec.get("lag") or {}).get(node)
-        line = (f"waiting for {node} to get in sync: {lag.get('records')} records "
-                f"({lag.get('bytes')} bytes) behind" if isinstance(lag, dict) else
-                f"waiting for {node} to connect to the owner {rec.get('owner')}")
-        if line != last and not ended.is_set():
-            print(line, flush=True)
-            last = line
-
-
 def vhost_status(c: Client, a: argparse.Namespace, need: Need) -> None:
     (name, *_) = need(1, "<vhost>")
     rec = c.call("GET", f"/api/cluster/vhosts/{q(name)}")
@@ -307,6 +399,8 @@ def vhost_status(c: Client, a: argparse.Namespace, need: Need) -> None:
         return
     print(f"Vhost \"{name}\": owner {rec.get('owner')}, epoch {rec.get('epoch')}, "
           f"replicas {fmt(rec.get('replicas') or [])}, in sync {fmt(rec.get('in_sync') or [])}")
+    if rec.get("shards"):
+        print_rows(rec["shards"], ["shard", "owner", "epoch", "replicas", "in_sync"], "table")
 
 
 def cluster_status(c: Client, a: argparse.Namespace, need: Need) -> None:
@@ -483,6 +577,7 @@ SIMPLE = {f.__name__: f for f in (
     set_permissions, clear_permissions, close_connection, purge_queue, delete_queue,
     set_policy, clear_policy, export_definitions, import_definitions, move_vhost,
     verify_vhost, vhost_status, cluster_status, join_cluster, forget_cluster_node, set_vhost_limits,
+    rebalance,
     set_vm_memory_high_watermark, set_disk_free_limit, set_vhost_shards)}
 SIMPLE["set_vhost_owner"] = move_vhost  # the name of earlier releases
 
@@ -497,7 +592,8 @@ HELP = {
     "set_vhost_shards": "grow a live vhost to N shards, owners spread over the nodes",
     "delete_vhost": "delete a vhost and everything in it",
     "set_vhost_owner": "the older name of move_vhost",
-    "move_vhost": "move a vhost with its messages to another running node",
+    "move_vhost": "move a vhost (--shard K: one shard) with its messages to a node",
+    "rebalance": "spread a vhost's shard owners over the nodes (--all: every vhost)",
     "vhost_status": "a vhost's owner, epoch, replicas and in-sync replicas",
     "verify_vhost": "compare the copies of a vhost: each one's digest at one offset",
     "set_vhost_limits": "set max-connections / max-queues of a vhost (-p)",
@@ -580,6 +676,9 @@ def _main(argv: list[str] | None) -> None:
                    help="add_vhost: copies of its messages, the owner's included")
     p.add_argument("--shards", type=int, default=None,
                    help="add_vhost: shards to split it into, each with an owner of its own")
+    p.add_argument("--all", action="store_true", help="rebalance: every sharded vhost")
+    p.add_argument("--shard", type=int, default=0,
+                   help="move_vhost: which shard of a sharded vhost (default 0)")
     p.add_argument("--timeout", type=float,
                    default=float(env.get("WARREN_CTL_TIMEOUT", DEFAULT_TIMEOUT)),
                    help="seconds to wait for the node's answer (move_vhost: for the target "

@@ -669,7 +669,8 @@ class MessageStore:
 
     async def snapshot(self, chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
                        ) -> AsyncIterator[tuple[Any, ...]]:
-        """The committed contents as of one transaction: ``("begin", position, epochs)``,
+        """The committed contents as of one transaction: ``("begin", position, epochs,
+        estimated bytes)``,
         then ``("rows", [(key, record or None), ...])`` chunks.  Read on a thread of its
         own so that the loop never waits; the writer goes on committing meanwhile."""
         loop = asyncio.get_running_loop()
@@ -687,7 +688,10 @@ class MessageStore:
                     raw = txn.get(_KEY_POSITION, db=self._meta)
                     position = tuple(msgpack.unpackb(raw)) if raw else (0, 0)
                     raw = txn.get(_KEY_EPOCHS, db=self._meta)
-                    put(("begin", position, msgpack.unpackb(raw) if raw else []))
+                    # the size it will copy, estimated from the pages (a move's progress)
+                    size_of = sum(st["psize"] * (st["leaf_pages"] + st["overflow_pages"])
+                                  for st in (txn.stat(self._msgs), txn.stat(self._delivered)))
+                    put(("begin", position, msgpack.unpackb(raw) if raw else [], size_of))
                     rows: list[tuple[bytes, bytes | None]] = []
                     size = 0
                     for key, value in txn.cursor(self._msgs):

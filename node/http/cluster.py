@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from cluster import shards
+from node.http import moves
 from node.http.api_conventions import (
     ADMINISTRATOR,
     MONITORING,
@@ -87,8 +88,15 @@ async def placement(request: web.Request) -> web.Response:
     require(request, MONITORING)
     b = broker_of(request)
     vhost = name(request, "vhost")
-    if b.runtime.records.vhost(vhost) is None:
+    record = b.runtime.records.vhost(vhost)
+    if record is None:
         raise not_found()
+    shard = request.query.get("shard")
+    if shard is not None:  # one shard, from its owner (its lag, a move under way)
+        if not shard.isdigit() or int(shard) >= record.shards:
+            raise bad_request(f"shard must be a shard of vhost '{vhost}': 0 to "
+                              f"{record.shards - 1}")
+        vhost = shards.unit_key(vhost, int(shard))
     if b.roles.available(vhost) is None:
         # the lag figures are the owner's; a hung owner must not hang this answer
         relayed = await from_owner(request, vhost, timeout=2.0)
@@ -125,7 +133,7 @@ async def place_vhost(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/cluster/vhosts/{vhost}/move")
-async def move_vhost(request: web.Request) -> web.Response:
+async def move_vhost(request: web.Request) -> web.Response | web.StreamResponse:
     """Move a vhost with its messages; answers once the new owner serves it."""
     require(request, ADMINISTRATOR)
     data = await body(request, "node")
@@ -136,7 +144,43 @@ async def move_vhost(request: web.Request) -> web.Response:
     record = broker_of(request).runtime.records.vhost(vhost)
     if record is None:
         raise not_found()
-    return await _move(request, _unit(vhost, record, data), target, _sync_timeout(data))
+    unit, sync_timeout = _unit(vhost, record, data), _sync_timeout(data)
+    if moves.wants_stream(request):  # progress lines, then how it ended
+        why = broker_of(request).roles.available(unit)
+        if why is not None:
+            raise bad_request(f"cannot move {shards.label(unit)}: {why}")
+        return await moves.stream(request, moves.move_events(request, unit, target,
+                                                             sync_timeout))
+    return await _move(request, unit, target, sync_timeout)
+
+
+@routes.post("/api/cluster/vhosts/{vhost}/rebalance")
+async def rebalance_vhost(request: web.Request) -> web.Response | web.StreamResponse:
+    """Spread the vhost's shard owners evenly over the running nodes, one live move at a
+    time (as `rabbitmq-queues rebalance`); answers with the moves made."""
+    require(request, ADMINISTRATOR)
+    vhost = name(request, "vhost")
+    if broker_of(request).runtime.records.vhost(vhost) is None:
+        raise not_found()
+    return await _rebalance(request, [vhost])
+
+
+@routes.post("/api/cluster/rebalance")
+async def rebalance_all(request: web.Request) -> web.Response | web.StreamResponse:
+    """Rebalance every sharded vhost, in turn."""
+    require(request, ADMINISTRATOR)
+    b = broker_of(request)
+    return await _rebalance(request, sorted(
+        r.name for r in b.runtime.records.vhosts() if r.shards > 1))
+
+
+async def _rebalance(request: web.Request,
+                     vhosts: list[str]) -> web.Response | web.StreamResponse:
+    data = await body(request)
+    events = moves.rebalance_events(request, vhosts, _sync_timeout(data))
+    if moves.wants_stream(request):
+        return await moves.stream(request, events)
+    return await moves.outcome(events)
 
 
 def _sync_timeout(data: dict) -> float:

@@ -187,7 +187,7 @@ def vhost_json(broker: Any, stats: Sampler, vh: Any, record: VhostRecord | None)
     # WarrenMQ's placement: who serves the vhost, and who holds copies of its messages
     out.update(owner=meta.owner, epoch=meta.epoch if record is not None else None,
                replicas=list(meta.replicas), in_sync=list(meta.in_sync),
-               available=broker.roles.available(vh.name) is None)
+               available=broker.roles.available(vh.name) is None, shards=meta.shards)
     return out
 
 

@@ -66,7 +66,10 @@ def check_vhost_name(name: str) -> None:
                                   "are not allowed")
 
 
-LOCATORS = ("client-local", "balanced")
+# the values RabbitMQ takes: a leader locator (3.10's quorum queues, 4.0's every queue), and
+# the classic queues' older master locator; random and min-masters count as balanced here
+LOCATOR_VALUES = {"x-queue-leader-locator": ("client-local", "balanced", "random"),
+                  "x-queue-master-locator": ("client-local", "min-masters", "random")}
 
 
 def leader_locator(args: dict, policies: dict, name: str) -> str:
@@ -522,6 +525,19 @@ class DefinitionService:
             v = args.get(key)
             if v is not None and not isinstance(v, (str, bytes)):
                 raise errors.precondition(f"invalid arg '{key}' for queue: expected a string")
+        for key, allowed in LOCATOR_VALUES.items():  # RabbitMQ 3.10's quorum-queue texts
+            v = args.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, (str, bytes)):
+                kind = "signedint" if isinstance(v, int) else type(v).__name__
+                raise errors.precondition(f"invalid arg '{key}' for "
+                                          f"{errors.resource_text('queue', name, vhost)}: "
+                                          f"{{unacceptable_type,{kind}}}")
+            if (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) not in allowed:
+                raise errors.precondition(f"invalid arg '{key}' for "
+                                          f"{errors.resource_text('queue', name, vhost)}: "
+                                          f"invalid_queue_locator_arg")
         if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
             # RabbitMQ's text (a policy's dead-letter-exchange does not count)
             raise errors.precondition(f"invalid arg 'x-dead-letter-routing-key' for "

@@ -164,12 +164,13 @@ class DefinitionsMirror:
                     owner.cancel_consumers_of(q)
                 q.consumers.clear()
                 vh.detach_queue(name)
-        for q in self.metadata.snapshot().get("queues", {}).get(vhost, {}).values():
-            if shards.unit_key(vhost, shards.queue_shard(q)) == unit:
-                self._add_queue(vh, q)
-                kept = owners.get(q["name"])
-                if kept is not None and vh.queues.get(q["name"]) is not None:
-                    vh.queues[q["name"]].exclusive_owner = kept  # its connection stays
+        for record in self.metadata.queues_of(vhost):
+            if shards.unit_key(vhost, shards.queue_shard(record)) == unit:
+                self._add_queue(vh, record)
+                kept = owners.get(record["name"])
+                rebuilt = vh.queues.get(record["name"])
+                if kept is not None and rebuilt is not None:
+                    rebuilt.exclusive_owner = kept  # its connection stays
         if mine:
             self.stores.drop_orphaned_messages(unit, vh.store_keys(unit))
 

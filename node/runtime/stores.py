@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import lmdb
 
+from cluster import shards
 from storage.reserve import Reserve
 from storage.space import DEFAULT_RESERVE_BYTES, RESERVE_FILE
 from storage.store import MessageStore
@@ -71,9 +72,9 @@ class VhostStores:
                 if old != new and os.path.isdir(old) and not os.path.exists(new):
                     os.rename(old, new)
                     self._write_name(new, vhost)
-                    log.info("vhost '%s': store moved from %s to %s", vhost, old, new)
+                    log.info("%s: store moved from %s to %s", shards.label(vhost), old, new)
             except OSError as e:  # e.g. a name too long to ever have had a directory
-                log.debug("vhost '%s': no legacy store adopted: %s", vhost, e)
+                log.debug("%s: no legacy store adopted: %s", shards.label(vhost), e)
 
     @staticmethod
     def _write_name(path: str, vhost: str) -> None:
@@ -173,7 +174,7 @@ class VhostStores:
                 continue  # not a store of this layout (adopt_legacy's business)
             if vhost in wanted or entry != store_dir_name(vhost):
                 continue
-            log.info("vhost '%s' no longer exists: removing its store %s", vhost, path)
+            log.info("%s no longer exists: removing its store %s", shards.label(vhost), path)
             os.makedirs(self.graveyard, exist_ok=True)
             os.rename(path, os.path.join(self.graveyard, f"{entry}-{os.urandom(4).hex()}"))
         if os.path.isdir(self.graveyard):

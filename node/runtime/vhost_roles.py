@@ -19,6 +19,7 @@ from cluster.digest import DigestServer
 from cluster.failover import FailoverController
 from cluster.follower import Follower
 from cluster.liveness import Liveness, PingServer
+from cluster.move_progress import MoveProgress
 from cluster.replication import ReplicationSource, SourceSession
 from node.amqp import errors
 from node.amqp.errors import ChannelError
@@ -36,6 +37,7 @@ log = logging.getLogger("warren.vhost_roles")
 LEASE_CHECK = 0.05  # seconds between two looks at the owner lease
 MOVE_SYNC_TIMEOUT = 120.0  # bringing the target in sync (a snapshot of a large vhost)
 MOVE_DRAIN_TIMEOUT = 5.0  # the last records, publishers paused
+PROGRESS_SAMPLE = 0.5  # seconds between two looks at a moving target's lag
 
 
 class VhostRoles:
@@ -68,6 +70,7 @@ class VhostRoles:
         self.lease_lapsed = False
         self._lease_task: asyncio.Task[None] | None = None
         self.moves = 0
+        self.moving: dict[str, MoveProgress] = {}  # unit -> its move under way here
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
             self.me, self.liveness, metadata.submit, self._is_leader,
@@ -227,11 +230,11 @@ class VhostRoles:
                             "op": "set_vhost_owner", "name": name, "owner": self.me,
                             "expected_epoch": epoch})
                     except Exception as e:  # no quorum yet: try again
-                        log.info("vhost '%s': cannot begin a new owner term yet: %s", name, e)
+                        log.info("%s: cannot begin a new owner term yet: %s", shards.label(name), e)
                         await asyncio.sleep(0.5)
                         continue
                     if result.get("ok"):
-                        log.info("vhost '%s': owner term begins at epoch %s", name,
+                        log.info("%s: owner term begins at epoch %s", shards.label(name),
                                  result.get("epoch"))
                     return
             finally:
@@ -266,8 +269,8 @@ class VhostRoles:
         off.  Stop confirming and close the vhost's clients before Raft even tells us."""
         if self.role(vhost) != "owner" or vhost not in self.sources:
             return
-        log.warning("vhost '%s': a replica follows epoch %d: this node lost ownership; "
-                    "closing its clients", vhost, epoch)
+        log.warning("%s: a replica follows epoch %d: this node lost ownership; "
+                    "closing its clients", shards.label(vhost), epoch)
         self.step_down(vhost, f"this node lost ownership (epoch {epoch})")
         vh = self.runtime.vhosts.get(vhost)
         # a sharded vhost's clients stay: its queues are rebuilt when Raft says who owns it
@@ -380,6 +383,9 @@ class VhostRoles:
         if source is not None:
             out["lag"] = source.lag()
             out["offset"] = source.store.last_offset
+        progress = self.moving.get(name)
+        if progress is not None:
+            out["move"] = progress.as_json()
         why = self.available(name)
         if why is not None:
             out["reason"] = why
@@ -413,22 +419,80 @@ class VhostRoles:
         where = "connected" if target in source.sessions else "not connected"
         return f"{lag['records']} records ({lag['bytes']} bytes) behind, {where}"
 
-    async def move(self, name: str, target: str,
-                   sync_timeout: float = MOVE_SYNC_TIMEOUT) -> dict[str, Any]:
-        """Move ``name`` to ``target`` with its messages; run on the owner."""
+    def _follow(self, name: str, progress: MoveProgress) -> None:
+        """Take the target's figures into ``progress`` (and follow its catch-up's steps)."""
+        source = self.sources.get(name)
+        if source is None:
+            progress.update(False, None, None, None)
+            return
+        def progressed(node: str) -> None:
+            # a snapshot reports every chunk: the first is taken (the first bytes copied
+            # show at once), then one look per PROGRESS_SAMPLE (the lag is counted over
+            # the change log's records)
+            if node == progress.target and (
+                    progress.copied == 0
+                    or time.monotonic() - progress.updated >= PROGRESS_SAMPLE):
+                self._follow(name, progress)
+        source.on_progress = progressed
+        session = source.sessions.get(progress.target)
+        progress.update(session is not None,
+                        session.snapshot_sent if session is not None else None,
+                        session.snapshot_bytes if session is not None else None,
+                        source.lag().get(progress.target))
+
+    async def move(self, name: str, target: str, sync_timeout: float = MOVE_SYNC_TIMEOUT,
+                   progress: MoveProgress | None = None) -> dict[str, Any]:
+        """Move ``name`` to ``target`` with its messages; run on the owner.  ``progress``
+        follows its wait for the target (the API shows it while it runs)."""
+        progress = progress or MoveProgress(name, target)
+        if name in self.moving:
+            raise ChannelError(errors.PRECONDITION_FAILED,
+                               f"{shards.label(name)} is being moved already (to "
+                               f"{self.moving[name].target})")
+        self.moving[name] = progress
+        try:
+            return await self._move(name, target, sync_timeout, progress)
+        except ChannelError:
+            self._unpin(name, target)
+            raise
+        finally:
+            del self.moving[name]
+            source = self.sources.get(name)
+            if source is not None:
+                source.on_progress = None
+
+    def _unpin(self, name: str, target: str) -> None:
+        """A move that failed: its target is a replica like any other again (the repair
+        may trim it when it is one copy more than wanted)."""
+        d = self.runtime.units.get(name)
+        if d is None or d.get("moving_to") != target or d.get("owner") != self.me:
+            return
+
+        async def unpin() -> None:
+            try:
+                await self.metadata.submit({
+                    "op": "set_vhost_replicas", "name": name, "replicas": d["replicas"],
+                    "moving_to": None, "expected_epoch": d["epoch"]})
+            except Exception as e:  # no quorum: the target just stays a replica
+                log.warning("%s: could not clear the failed move's target %s: %s",
+                            shards.label(name), target, e)
+        asyncio.ensure_future(unpin())
+
+    async def _move(self, name: str, target: str, sync_timeout: float,
+                    progress: MoveProgress) -> dict[str, Any]:
         d = self.runtime.units.get(name)
         if d is None:
-            raise ChannelError(errors.NOT_FOUND, f"no vhost '{name}'")
+            raise ChannelError(errors.NOT_FOUND, f"no {shards.label(name)}")
         if target not in self.runtime.nodes:
             raise ChannelError(errors.NOT_FOUND, f"no node '{target}' in the cluster")
         if d.get("owner") == target:
             return {"owner": target, "epoch": d["epoch"], "pause_ms": 0.0}
         if d.get("owner") != self.me:
             raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"vhost '{name}' is owned by {d.get('owner')}, not {self.me}")
+                               f"{shards.label(name)} is owned by {d.get('owner')}, not {self.me}")
         if not await self.placement.wait_running(target):  # its Raft link, a flap waited out
             raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"cannot move vhost '{name}' to {target}: the node is down")
+                               f"cannot move {shards.label(name)} to {target}: the node is down")
         if not self.enabled:
             raise ChannelError(errors.PRECONDITION_FAILED, "a single node cannot move vhosts")
         epoch = d["epoch"]
@@ -437,13 +501,17 @@ class VhostRoles:
                             "replicas": [*d.get("replicas", []), target],
                             "moving_to": target, "expected_epoch": epoch})
         deadline = time.monotonic() + sync_timeout
+        sampled = 0.0
         while target not in (self.runtime.units.get(name) or {}).get("in_sync", []):
+            if time.monotonic() - sampled >= PROGRESS_SAMPLE:
+                self._follow(name, progress)
+                sampled = time.monotonic()
             if self.runtime.units.get(name, {}).get("epoch") != epoch:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': its owner changed meanwhile")
+                                   f"cannot move {shards.label(name)}: its owner changed meanwhile")
             if time.monotonic() > deadline:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': {target} did not get in sync "
+                                   f"cannot move {shards.label(name)}: {target} did not get in sync "
                                    f"within {sync_timeout:g} s "
                                    f"({self.target_lag(name, target)})")
             await asyncio.sleep(0.01)
@@ -452,7 +520,9 @@ class VhostRoles:
         vh = self.runtime.vhosts.get(shards.split(name)[0])
         if source is None or store is None or vh is None:
             raise ChannelError(errors.PRECONDITION_FAILED,
-                               f"vhost '{name}' is not served here any more")
+                               f"{shards.label(name)} is not served here any more")
+        self._follow(name, progress)
+        progress.set_phase("drain")
         paused = list(vh.connections)
         started = time.monotonic()
         for conn in paused:  # publishes pause: nothing new reaches the store
@@ -463,7 +533,7 @@ class VhostRoles:
                 await source.drained_to(target, MOVE_DRAIN_TIMEOUT)
             except TimeoutError:
                 raise ChannelError(errors.PRECONDITION_FAILED,
-                                   f"cannot move vhost '{name}': {target} did not take the "
+                                   f"cannot move {shards.label(name)}: {target} did not take the "
                                    f"last records within {MOVE_DRAIN_TIMEOUT:g} s with "
                                    f"publishers paused ({self.target_lag(name, target)})"
                                    ) from None
@@ -476,6 +546,8 @@ class VhostRoles:
             raise
         pause_ms = (time.monotonic() - started) * 1000
         self.moves += 1
-        log.info("vhost '%s' moved to %s (epoch %s): publishers paused %.0f ms", name, target,
-                 result.get("epoch"), pause_ms)
-        return {"owner": target, "epoch": result.get("epoch"), "pause_ms": round(pause_ms, 1)}
+        log.info("%s moved to %s (epoch %s): publishers paused %.0f ms", shards.label(name),
+                 target, result.get("epoch"), pause_ms)
+        return {"owner": target, "epoch": result.get("epoch"), "pause_ms": round(pause_ms, 1),
+                "copied_bytes": progress.copied,
+                "sync_ms": round((started - progress.started) * 1000, 1)}

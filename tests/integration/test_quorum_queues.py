@@ -100,6 +100,24 @@ def test_invalid_dead_letter_strategy(conn):
              "vhost '/': invalid_dlx_strategy")
 
 
+@pytest.mark.parametrize("value, why", [
+    ("foo", "invalid_queue_locator_arg"),
+    ("min-masters", "invalid_queue_locator_arg"),
+    (5, "{unacceptable_type,signedint}"),
+])
+def test_invalid_leader_locator(conn, value, why):
+    # RabbitMQ 3.10's answers, seen on it; client-local, balanced and random are taken
+    q = uid("qq-")
+    assert refused(conn, queue=q, durable=True,
+                   arguments={**QUORUM, "x-queue-leader-locator": value}) == (
+        406, f"PRECONDITION_FAILED - invalid arg 'x-queue-leader-locator' for queue '{q}' in "
+             f"vhost '/': {why}")
+    ch = conn.channel()
+    for good in ("client-local", "balanced", "random"):
+        ch.queue_declare(uid("qq-"), durable=True,
+                         arguments={**QUORUM, "x-queue-leader-locator": good})
+
+
 def test_unknown_queue_type(conn):
     q = uid("q-")
     assert refused(conn, queue=q, durable=True, arguments={"x-queue-type": "bogus"}) == (

@@ -27,6 +27,9 @@ def test_surplus_replicas_are_trimmed_out_of_sync_first_and_a_move_target_is_kep
     assert placement.repaired_replicas(v, MEMBERS, 1, counts) == ["n3"]
     v["moving_to"] = "n4"
     assert placement.repaired_replicas(v, MEMBERS, 1, counts) == ["n4"]
+    # one copy wanted (the owner's): the target of a move still keeps its copy
+    v = {"owner": "n1", "replicas": ["n2"], "in_sync": [], "moving_to": "n2"}
+    assert placement.repaired_replicas(v, MEMBERS, 0, counts) == ["n2"]
     # a forgotten member's copy does not count
     v = {"owner": "n1", "replicas": ["n9", "n2"], "in_sync": []}
     assert placement.repaired_replicas(v, MEMBERS, 2, counts) == ["n2", "n3"]

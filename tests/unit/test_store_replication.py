@@ -103,8 +103,9 @@ def test_snapshot_then_stream_catches_up_without_pausing_the_owner(tmp_path: Pat
             await replica.flush()  # a publish that reached a replica's store is never confirmed
 
         snap = owner.snapshot(chunk_bytes=10_000)
-        kind, position, epochs = await snap.__anext__()
+        kind, position, epochs, size = await snap.__anext__()
         assert kind == "begin" and epochs == [[3, 1]]
+        assert size >= 2000 * 150  # the estimate covers the 2000 messages of 50-200 bytes
         # the owner goes on writing while the snapshot is read
         for i in range(2001, 2101):
             owner.put("big", i, b"late")

@@ -4,7 +4,10 @@
 "use strict";
 
 const REFRESH_MS = 5000;
+const MOVING_REFRESH_MS = 1000;  // a page showing a move under way follows it closely
 let timer = null;
+let nextRefresh = null;  // a page may ask for its next refresh sooner
+const notes = {};  // how a move or rebalance started from a page ended, by vhost
 
 // --- API -------------------------------------------------------------------------------
 function credentials() { return sessionStorage.getItem("warren.auth"); }
@@ -37,6 +40,37 @@ function fmt(v) {
   if (v === null || v === undefined) return "";
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "?";
+  const units = ["bytes", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i ? n.toFixed(1) + " " + units[i] : n + " bytes";
+}
+
+// a move under way, as its owner follows it (GET /api/cluster/vhosts/NAME?shard=K "move")
+function moveText(m) {
+  if (!m) return "";
+  if (m.phase === "drain") return `to ${m.target}: in sync, publishers paused for the last records`;
+  if (!m.connected || !m.lag) return `to ${m.target}: waiting for it to connect to the owner`;
+  const parts = [];
+  if (m.copied_bytes) parts.push(bytes(m.copied_bytes) + (m.snapshot_bytes ? " of about " + bytes(m.snapshot_bytes) : "") + " copied");
+  parts.push(`${m.lag.records} records (${bytes(m.lag.bytes)}) behind`);
+  parts.push(m.eta_s === null || m.eta_s === undefined ? "time left unknown yet" : `about ${m.eta_s} s left`);
+  return `to ${m.target}: ` + parts.join(", ");
+}
+
+function moveCell(m) {
+  if (!m) return "";
+  const text = el("span", { class: "move-progress" }, moveText(m));
+  if (!m.snapshot_bytes || m.phase !== "sync") return text;
+  return el("span", {}, el("progress", { max: m.snapshot_bytes, value: Math.min(m.copied_bytes, m.snapshot_bytes) }), " ", text);
+}
+
+function lagText(lag) {
+  return Object.entries(lag || {}).sort().map(([n, l]) => `${n}: ${l.records} records (${bytes(l.bytes)})`).join("; ");
 }
 
 function rate(obj, key) {
@@ -190,6 +224,7 @@ const pages = {
       ["Type", r => r.type],
       ["Features", r => [r.durable ? "D" : "", r.auto_delete ? "AD" : "", r.exclusive ? "Excl" : ""].join(" ").trim()],
       ["Policy", r => r.policy], ["State", r => r.state],
+      ["Node", r => r.node], ["Shard", r => r.shard, 1],
       ["Ready", r => r.messages_ready, 1], ["Unacked", r => r.messages_unacknowledged, 1], ["Total", r => r.messages, 1],
       ["Consumers", r => r.consumers, 1],
       ["Incoming", r => rate(r.message_stats, "publish"), 1], ["Deliver / get", r => rate(r.message_stats, "deliver_get"), 1],
@@ -274,7 +309,8 @@ const pages = {
       return r.owner ? el("span", {}, pick, go, status) : "";
     };
     return [el("h1", {}, "Virtual hosts"), table("vhosts-table", [
-      ["Name", r => r.name], ["Description", r => r.description], ["Tags", r => (r.tags || []).join(", ")],
+      ["Name", r => el("a", { href: `#/vhost/${enc(r.name)}` }, r.name)], ["Description", r => r.description], ["Tags", r => (r.tags || []).join(", ")],
+      ["Shards", r => r.shards || 1, 1],
       ["Owner", r => r.owner || ""], ["Epoch", r => r.epoch, 1],
       ["Replicas", r => (r.replicas || []).join(", ")], ["In sync", r => (r.in_sync || []).join(", ")],
       ["Available", r => r.available === false ? "no" : "yes"],
@@ -291,6 +327,41 @@ const pages = {
       setTimeout(render, 300);
       return `Virtual host ${n} added`;
     })];
+  },
+
+  // one vhost's placement: each shard's owner, epoch, copies and lag, and a move under way
+  async vhost(name) {
+    const [p, nodes] = await Promise.all([api("GET", `/api/cluster/vhosts/${enc(name)}`), api("GET", "/api/nodes")]);
+    // a shard's live figures (its replicas' lag, a move) are its owner's: ask each one
+    const shards = p.shards ? await Promise.all(p.shards.map(s =>
+      api("GET", `/api/cluster/vhosts/${enc(name)}?shard=${s.shard}`).catch(() => s))) : [Object.assign({ shard: 0 }, p)];
+    if (shards.some(s => s.move)) nextRefresh = MOVING_REFRESH_MS;
+    const note = el("p", { id: "vhost-note", class: notes[name] ? notes[name][0] : "" }, notes[name] ? notes[name][1] : "");
+    const act = async (what, path, body, done) => {
+      notes[name] = ["status", what + "…"]; render();
+      try { notes[name] = ["status ok", done(await api("POST", path, body))]; }
+      catch (e) { notes[name] = ["status error", e.message]; }
+      render();
+    };
+    const mover = (s) => {
+      const pick = el("select", { id: `move-shard-${s.shard}` }, nodes.filter(n => n.name !== s.owner).map(n => el("option", { value: n.name }, n.name)));
+      return el("span", {}, pick, el("button", { class: "move", id: `move-shard-${s.shard}-go`, onclick: () =>
+        act(`moving shard ${s.shard} to ${pick.value}`, `/api/cluster/vhosts/${enc(name)}/move`, { node: pick.value, shard: s.shard },
+          d => `shard ${s.shard} moved to ${d.owner} (epoch ${d.epoch}, publishers paused ${d.pause_ms} ms` +
+            (d.copied_bytes ? `, ${bytes(d.copied_bytes)} copied` : "") + ")") }, "Move"));
+    };
+    return [el("h1", {}, `Virtual host ${name}`),
+      el("p", {}, `${shards.length} shard${shards.length === 1 ? "" : "s"}, ${p.replication_factor} cop${p.replication_factor === 1 ? "y" : "ies"} of each`),
+      table("shards-table", [
+        ["Shard", s => s.shard, 1], ["Owner", s => s.owner || ""], ["Epoch", s => s.epoch, 1],
+        ["Replicas", s => (s.replicas || []).join(", ")], ["In sync", s => (s.in_sync || []).join(", ")],
+        ["Lag", s => lagText(s.lag)], ["Available", s => s.available === false ? "no" : "yes"],
+        ["Move under way", s => moveCell(s.move)], ["Move to", mover],
+      ], shards),
+      note,
+      el("button", { id: "rebalance", onclick: () => act("rebalancing", `/api/cluster/vhosts/${enc(name)}/rebalance`, {},
+        d => d.moves.length ? d.moves.map(m => `shard ${m.shard}: ${m.from} → ${m.to}`).join("; ") : "nothing to move: the shards are spread already") },
+        "Rebalance shards over the running nodes")];
   },
 
   async users() {
@@ -404,7 +475,8 @@ async function render() {
       page.replaceChildren(el("p", { class: "error" }, e.message));
     }
   }
-  if (name !== "queue" && name !== "exchange") timer = setTimeout(render, REFRESH_MS);
+  if (name !== "queue" && name !== "exchange") timer = setTimeout(render, nextRefresh || REFRESH_MS);
+  nextRefresh = null;
 }
 
 function showLoggedIn(user) {
