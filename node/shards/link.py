@@ -51,6 +51,7 @@ from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
 from node.queues.outcome import publish_to
 from node.queues.queue import Queue
+from node.read_models import ChannelStats
 
 log = logging.getLogger("warren.shards.link")
 
@@ -60,6 +61,7 @@ WINDOW = 4096  # publishes one link keeps unanswered before its publishers are h
 WINDOW_BYTES = 32 << 20
 CREDIT = 256  # deliveries in flight to one remote consumer, not yet handed to its client
 RECONNECT_DELAY = 0.1
+RECONNECT_MAX_DELAY = 1.0
 QUEUED_TIMEOUT = 3.0  # how long publishes and requests wait for a session
 AUTO_DELETE_WAIT = 2.0  # a cancel's answer waits at most this for the auto-delete
 
@@ -98,16 +100,22 @@ class LinkServer(wire.FramedProtocol):
     """Executes one peer node's operations on this node's queues."""
 
     def __init__(self, vhosts: Callable[[], dict[str, Any]], owns: Callable[[str], bool],
-                 peer: str) -> None:
+                 peer: str, sessions: set["LinkServer"] | None = None) -> None:
         super().__init__()
         self._vhosts = vhosts  # the runtime's vhosts by name (runtime.vhosts)
         self._owns = owns  # whether this node runs a unit (runtime.owns)
+        # the node's open link sessions, for what must pause them all (a move's drain)
+        self._sessions = sessions
+        if sessions is not None:
+            sessions.add(self)
+        self.read_holds: set[str] = set()
         self.peer = peer
         self.open = True
         self._out: list[bytes] = []
         self._flush_scheduled = False
         # publishes in arrival order: [seq, settled, ok]
         self._confirms: deque[list] = deque()
+        self._confirms_scheduled = False
         self._flush_future: asyncio.Future | None = None
         self._flush_entries: list[list] = []
         self._consumers: dict[int, Consumer] = {}
@@ -199,7 +207,10 @@ class LinkServer(wire.FramedProtocol):
         entry = [seq, settled is None, ok]
         self._confirms.append(entry)
         if settled is None:
-            self._send_confirms()
+            # answered with whatever else this read brought: one run, one frame
+            if not self._confirms_scheduled:
+                self._confirms_scheduled = True
+                asyncio.get_event_loop().call_soon(self._send_confirms)
             return
         if settled is not self._flush_future:
             self._flush_future = settled
@@ -216,6 +227,7 @@ class LinkServer(wire.FramedProtocol):
         self._flush_entries.append(entry)
 
     def _send_confirms(self) -> None:
+        self._confirms_scheduled = False
         confirms = self._confirms
         while confirms and confirms[0][1]:
             ok = confirms[0][2]
@@ -308,17 +320,45 @@ class LinkServer(wire.FramedProtocol):
                                  _record(entry.message)))
 
     def cancel_consumers_of(self, queue: Queue) -> None:
+        # the queue is deleted, or its shard is no longer this node's (moved: the peer's
+        # consumers follow it to the new owner)
+        moved = not self._owns(queue.unit)
         for cid, c in list(self._consumers.items()):
             if c.queue is queue:
                 del self._consumers[cid]
                 self._cids.pop(c, None)
                 self._credit.pop(c, None)
-                self._queue(wire.control({"t": "cancelled", "cid": cid}))
+                self._queue(wire.control({"t": "cancelled", "cid": cid, "moved": moved}))
 
     def resume_writing(self) -> None:
         super().resume_writing()
         for q in {c.queue for c in self._consumers.values()}:
             q.dispatch()
+
+    def hold_reading(self, reason: str) -> None:
+        """Read nothing more from the peer until released (as a client connection's
+        read holds: a move pauses what writes to the store it drains)."""
+        self.read_holds.add(reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release_reading(self, reason: str) -> None:
+        self.read_holds.discard(reason)
+        if not self.read_holds and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def stats(self) -> ChannelStats:
+        """The link as the management API shows a consumer's channel: the peer node's
+        clients consume through it."""
+        return ChannelStats(
+            number=0, connection_name=f"queue link from {self.peer}", user="",
+            vhost=None, state="running" if self.open else "closed",
+            consumers=tuple(self._consumers.values()), prefetch_count=0,
+            global_prefetch_count=0, confirm=True, transactional=False,
+            messages_unacknowledged=len(self._unacked),
+            messages_unconfirmed=len(self._confirms), messages_uncommitted=0,
+            acks_uncommitted=0, pending_raft_commands=0)
 
     # ------------------------------------------------------------------ settling
     def _take(self, m: dict) -> list[tuple[Queue, QueueEntry, Consumer | None]]:
@@ -412,6 +452,8 @@ class LinkServer(wire.FramedProtocol):
         """The peer node is gone (or the link broke): its consumers end and what they had
         not acked goes back to the queues, redelivered=true, as when a channel closes."""
         self.open = False
+        if self._sessions is not None:
+            self._sessions.discard(self)
         for task in self._tasks:
             task.cancel()
         consumers, self._consumers = self._consumers, {}
@@ -467,14 +509,20 @@ class DeliverySink(Protocol):
     def delivery(self, rc: "RemoteConsumer", did: int, redelivered: bool,
                  message: Message) -> None: ...
 
-    def cancelled(self, rc: "RemoteConsumer") -> None: ...
+    def cancelled(self, rc: "RemoteConsumer", moved: bool = False) -> None:
+        """The owner ended ``rc``: the queue is gone, or (``moved``) its shard is no
+        longer that node's."""
+
+    def lost(self, rc: "RemoteConsumer") -> None:
+        """The session ``rc`` was subscribed on ended (the link subscribes it again when
+        the same node comes back)."""
 
 
 class RemoteConsumer:
     """A consumer this node holds on a queue of the link's peer."""
 
     __slots__ = ("cid", "vhost", "queue", "tag", "prefetch", "no_ack", "exclusive",
-                 "arguments", "sink", "credit", "active", "outstanding")
+                 "arguments", "sink", "credit", "active", "outstanding", "link")
 
     def __init__(self, cid: int, vhost: str, queue: str, tag: str, prefetch: int,
                  no_ack: bool, exclusive: bool, arguments: dict, sink: DeliverySink,
@@ -491,6 +539,7 @@ class RemoteConsumer:
         self.credit = credit  # deliveries the owner may send before it hears back
         self.active = False  # subscribed at the owner (consume answered)
         self.outstanding = 0  # deliveries the owner may send now (the credit it holds)
+        self.link: LinkClient | None = None  # the link it is subscribed over
 
 
 class _ClientSession(wire.FramedProtocol):
@@ -558,12 +607,13 @@ class LinkClient:
             await asyncio.sleep(0.01)
 
     async def _run(self) -> None:
+        delay = RECONNECT_DELAY
         while not self.closed:
             address = self._address()
             if address is None:
                 self.last_error = f"no address for node {self.peer}"
                 self._attempts += 1
-                await asyncio.sleep(RECONNECT_DELAY)
+                await asyncio.sleep(delay)
                 continue
             try:
                 transport, link = await self._connect(address, {"kind": "queues",
@@ -571,11 +621,16 @@ class LinkClient:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if self.last_error is None:  # once per outage, not per attempt
+                    log.info("cannot open the queue link to %s at %s: %s (retrying)",
+                             self.peer, address, e)
                 self.last_error = f"cannot open the queue link to {self.peer} at {address}: {e}"
                 self._attempts += 1
-                log.info("%s", self.last_error)
-                await asyncio.sleep(RECONNECT_DELAY)
+                await asyncio.sleep(delay)
+                # a node that stays down (stopped, forgotten) is tried less and less often
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
+            delay = RECONNECT_DELAY
             session = _ClientSession(self)
             session.take_over(transport, link)
             self.last_error = None
@@ -647,8 +702,10 @@ class LinkClient:
         if again:
             self._backlog.extendleft(reversed(again))
             self._arm_backlog_timer()
-        for rc in self.consumers.values():
+        for rc in list(self.consumers.values()):
             rc.outstanding = 0  # the owner forgot the consumer with the session
+            if rc.active and not self.closed:
+                rc.sink.lost(rc)
         self._release_if_below()
 
     # ------------------------------------------------------------------ output
@@ -809,6 +866,7 @@ class LinkClient:
         self._cid += 1
         rc = RemoteConsumer(self._cid, vhost, queue, tag, prefetch, no_ack, exclusive,
                             arguments, sink, credit)
+        rc.link = self
         self.consumers[rc.cid] = rc
         return rc, self._subscribe(rc)
 
@@ -830,8 +888,8 @@ class LinkClient:
             if resubscribe and isinstance(exc, LinkLost) and not self.closed:
                 return  # the next session subscribes it again
             self.consumers.pop(rc.cid, None)
-            if resubscribe:  # the queue is gone meanwhile
-                rc.sink.cancelled(rc)
+            if resubscribe:  # that node has not the queue any more: moved, or deleted
+                rc.sink.cancelled(rc, moved=True)
         fut.add_done_callback(answered)
         return fut
 
@@ -846,6 +904,10 @@ class LinkClient:
         fut = self.request({"t": "cancel", "cid": rc.cid}, again=True)
         fut.add_done_callback(lambda _f: self.consumers.pop(rc.cid, None))
         return fut
+
+    def forget(self, rc: RemoteConsumer) -> None:
+        """Stop holding ``rc`` here without telling the owner (it forgot it already)."""
+        self.consumers.pop(rc.cid, None)
 
     def cancel(self, rc: RemoteConsumer) -> None:
         if self.consumers.pop(rc.cid, None) is not None and self.session is not None:
@@ -907,7 +969,7 @@ class LinkClient:
         elif t == "cancelled":
             rc = self.consumers.pop(int(m.get("cid", 0)), None)
             if rc is not None:
-                rc.sink.cancelled(rc)
+                rc.sink.cancelled(rc, bool(m.get("moved")))
         else:
             raise wire.WireError(f"unknown queue-link message {t!r}")
 

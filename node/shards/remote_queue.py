@@ -38,6 +38,10 @@ from node.shards.link import CREDIT, LinkClient, LinkError, Links, RemoteConsume
 
 # how long a declare waits for the queue's owner to have applied the declaration
 DECLARED_WAIT = 5.0
+# how long a consumer of a shard that moved or lost its owner waits for the new owner
+# (a failover decides within the failover timeout; a move commits at once)
+FOLLOW_WAIT = 30.0
+FOLLOW_POLL = 0.02
 
 
 class RemoteEntry(QueueEntry):
@@ -89,7 +93,8 @@ class RemoteQueue:
         self.message_bytes = 0
         self.had_consumers = False
         self._remote: dict[Consumer, RemoteConsumer] = {}
-        self._by_cid: dict[int, Consumer] = {}
+        self._by_rc: dict[RemoteConsumer, Consumer] = {}
+        self._following: set[asyncio.Future] = set()  # consumers following a moved shard
         self._waiting: dict[Consumer, list[RemoteEntry]] = {}  # before basic.consume-ok
         self.stats_publish = 0
 
@@ -186,21 +191,26 @@ class RemoteQueue:
     def subscribe(self, c: Consumer) -> asyncio.Future[Any]:
         """Subscribe ``c`` (a channel's consumer) at the owner; deliveries are held until
         the channel has answered basic.consume-ok (`started`)."""
+        self._waiting[c] = []
+        self.consumers.append(c)
+        self.had_consumers = True
+        answered = self._attach(c)
+
+        def refused(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                self._forget(c, tell_owner=False)
+        answered.add_done_callback(refused)
+        return answered
+
+    def _attach(self, c: Consumer) -> asyncio.Future[Any]:
+        """Subscribe ``c`` over the link to the queue's owner now."""
         window = _global_window(c)
         credit = max(0, min(CREDIT, _free(c))) if window else CREDIT
         rc, answered = self.link.consume(self.vhost, self.name, c.tag, c.prefetch,
                                          c.no_ack, c.exclusive, c.arguments, self,
                                          credit=credit)
         self._remote[c] = rc
-        self._by_cid[rc.cid] = c
-        self._waiting[c] = []
-        self.consumers.append(c)
-        self.had_consumers = True
-
-        def refused(f: asyncio.Future) -> None:
-            if f.cancelled() or f.exception() is not None:
-                self._forget(c, tell_owner=False)
-        answered.add_done_callback(refused)
+        self._by_rc[rc] = c
         return answered
 
     def started(self, c: Consumer) -> None:
@@ -221,12 +231,11 @@ class RemoteQueue:
         link is gone is gone at the owner too."""
         done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         rc = self._remote.get(c)
-        owner = self.owner
-        if rc is None or owner is None:
+        if rc is None or rc.link is None:
             self._forget(c, tell_owner=False)
             done.set_result(None)
             return done
-        ended = self._links.to(owner).end(rc)
+        ended = rc.link.end(rc)
 
         def answered(f: asyncio.Future) -> None:
             if not f.cancelled():
@@ -238,23 +247,29 @@ class RemoteQueue:
         return done
 
     def _forget(self, c: Consumer, tell_owner: bool) -> None:
-        rc = self._remote.pop(c, None)
+        self._detach(c, tell_owner)
         self._waiting.pop(c, None)
         if c in self.consumers:
             self.consumers.remove(c)
+
+    def _detach(self, c: Consumer, tell_owner: bool) -> RemoteConsumer | None:
+        rc = self._remote.pop(c, None)
         if rc is None:
-            return
-        self._by_cid.pop(rc.cid, None)
-        if tell_owner:
-            owner = self.owner
-            if owner is not None:
-                self._links.to(owner).cancel(rc)
+            return None
+        self._by_rc.pop(rc, None)
+        if rc.link is not None:
+            if tell_owner:
+                rc.link.cancel(rc)
+            else:
+                rc.link.forget(rc)
+        return rc
 
     # DeliverySink, called by the link
     def delivery(self, rc: RemoteConsumer, did: int, redelivered: bool,
                  message: Message) -> None:
-        c = self._by_cid.get(rc.cid)
-        link = self.link
+        c = self._by_rc.get(rc)
+        link = rc.link
+        assert link is not None
         if c is None:  # the consumer is gone here: give the message back
             link.settle("requeue", link.generation, did)
             return
@@ -277,21 +292,68 @@ class RemoteQueue:
         """Give the owner credit up to the link's window for ``rc``, while the channel can
         take deliveries; under a global prefetch, only what the channel's window has free
         (its unacked deliveries and every remote consumer's credit count against it)."""
-        if not c.owner.can_deliver(c):
+        if rc.link is None or not c.owner.can_deliver(c):
             return
         n = CREDIT - rc.outstanding
         if _global_window(c):
             n = min(n, _free(c))
         if n > 0:
-            self.link.credit(rc, n)
+            rc.link.credit(rc, n)
 
-    def cancelled(self, rc: RemoteConsumer) -> None:
-        """The owner ended the consumer (the queue is gone there)."""
-        c = self._by_cid.get(rc.cid)
+    def cancelled(self, rc: RemoteConsumer, moved: bool = False) -> None:
+        """The owner ended the consumer: the queue is gone there (the channel's client
+        hears basic.cancel), or its shard moved (the consumer follows it)."""
+        c = self._by_rc.get(rc)
         if c is None:
+            return
+        if moved and not self.deleted:
+            self._detach(c, tell_owner=False)
+            self._follow(c, rc.link.peer if rc.link is not None else None)
             return
         self._forget(c, tell_owner=False)
         c.owner.cancel_consumers_of(self)
+
+    def lost(self, rc: RemoteConsumer) -> None:
+        """The session ``rc`` was on ended: its link subscribes it again if that node comes
+        back; if the shard fails over to another node meanwhile, the consumer follows."""
+        c = self._by_rc.get(rc)
+        if c is not None and rc.link is not None:
+            self._follow(c, rc.link.peer, rc)
+
+    def _follow(self, c: Consumer, old: str | None, rc: RemoteConsumer | None = None
+                ) -> None:
+        """Subscribe ``c`` at the shard's owner once it is not ``old`` any more (the
+        placement record says so here); with ``rc`` (the old subscription, its link
+        down), only if that link has not subscribed it again first.  What the old owner
+        had delivered and not seen acked comes again from the new one, redelivered."""
+        async def follow() -> None:
+            loop = asyncio.get_event_loop()
+            deadline = loop.time() + FOLLOW_WAIT
+            while True:
+                if self.deleted or c not in self.consumers:
+                    return
+                if rc is not None and (self._remote.get(c) is not rc or (
+                        rc.active and rc.link is not None and rc.link.session is not None)):
+                    return  # subscribed again where it was (or ended meanwhile)
+                owner = self.owner
+                if owner is not None and owner != old:
+                    break
+                if loop.time() > deadline:
+                    self._forget(c, tell_owner=False)
+                    c.owner.cancel_consumers_of(self)
+                    return
+                await asyncio.sleep(FOLLOW_POLL)
+            if rc is not None:
+                self._detach(c, tell_owner=False)
+            try:
+                await self._attach(c)
+            except LinkError:
+                if c in self.consumers:
+                    self._forget(c, tell_owner=False)
+                    c.owner.cancel_consumers_of(self)
+        task = asyncio.ensure_future(follow())
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
 
     def dispatch(self) -> None:
         """The channel can take deliveries again: give the owner the credit it held back."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -62,9 +63,12 @@ class Sink:
         self.link.credit(rc, 1)
         self.arrived.set()
 
-    def cancelled(self, rc: RemoteConsumer) -> None:
+    def cancelled(self, rc: RemoteConsumer, moved: bool = False) -> None:
         self.cancelled_tags.append(rc.tag)
         self.arrived.set()
+
+    def lost(self, rc: RemoteConsumer) -> None:
+        pass  # the link subscribes it again
 
     async def wait(self, n: int) -> None:
         while len(self.got) < n:
@@ -384,6 +388,14 @@ def _sharded_vhost(cluster: Cluster, name: str) -> dict[str, set[int]]:
     return owned
 
 
+def _pump(conn: Any, done: Any, what: str, bound: float = 60) -> None:
+    """Run the connection's I/O until ``done()``; fail (not hang) if that never comes."""
+    deadline = time.monotonic() + bound
+    while not done():
+        assert time.monotonic() < deadline, f"never got {what}"
+        conn.process_data_events(time_limit=0.5)
+
+
 def _connect(node: Any, vhost: str) -> Any:
     return pika.BlockingConnection(pika.ConnectionParameters(
         "127.0.0.1", node.amqp_port, vhost, connection_attempts=3))
@@ -514,14 +526,67 @@ def test_global_prefetch_bounds_a_remote_consumer(cluster: Cluster):
     ch_c.basic_qos(prefetch_count=5, global_qos=True)
     got: list[Any] = []
     ch_c.basic_consume("qos-b", lambda _ch, method, _props, body: got.append((method, body)))
-    while len(got) < 5:
-        conn_c.process_data_events(time_limit=1)
+    _pump(conn_c, lambda: len(got) >= 5, "5 deliveries")
     # the owner sent no more than the channel's window: the rest is still ready there
     assert ch_b.queue_declare("qos-b", passive=True).method.message_count == 15
     ch_c.basic_ack(got[-1][0].delivery_tag, multiple=True)
-    while len(got) < 10:
-        conn_c.process_data_events(time_limit=1)
+    _pump(conn_c, lambda: len(got) >= 10, "10 deliveries")
     assert ch_b.queue_declare("qos-b", passive=True).method.message_count == 10
     assert [body for _m, body in got] == [str(i).encode() for i in range(10)]
     conn_c.close()
     conn_b.close()
+
+
+def test_a_remote_consumer_follows_its_shard_to_a_new_owner(cluster: Cluster):
+    shard_of = _sharded_vhost(cluster, "spread-move")
+    b = next(n for n in cluster.nodes if n.name in shard_of)
+    a, c = [n for n in cluster.nodes if n is not b]
+    conn_b = _connect(b, "spread-move")
+    ch_b = conn_b.channel()
+    ch_b.queue_declare("mover", durable=True)
+    code, body = cluster.http(b, "GET", "/api/queues/spread-move/mover")
+    assert code == 200, body
+    shard = body["shard"]  # type: ignore[index]
+    ch_b.confirm_delivery()
+    for i in range(30):
+        ch_b.basic_publish("", "mover", f"m-{i}".encode(),
+                           pika.BasicProperties(delivery_mode=2))
+    conn_b.close()
+
+    conn_c = _connect(c, "spread-move")
+    ch_c = conn_c.channel()
+    ch_c.basic_qos(prefetch_count=10)
+    got: list[tuple[Any, bytes]] = []
+    cancels: list[Any] = []
+    ch_c.add_on_cancel_callback(cancels.append)
+    ch_c.basic_consume("mover", lambda _ch, method, _props, body: got.append((method, body)))
+    _pump(conn_c, lambda: len(got) >= 10, "10 deliveries")
+    # the shard moves to a (with its messages) while c holds ten unacked deliveries
+    code, body = cluster.http(a, "POST", "/api/cluster/vhosts/spread-move/move",
+                              {"node": a.name, "shard": shard}, timeout=60)
+    assert code == 200, body
+    def owner_on_c() -> Any:
+        code, body = cluster.http(c, "GET", "/api/queues/spread-move/mover")
+        return body["node"] if code == 200 else None  # type: ignore[index]
+    Cluster.wait_until(lambda: owner_on_c() == a.name, what="the queue's new owner known on c")
+    # the consumer follows: the ten come again, redelivered, then the twenty others
+    acked: set[int] = set()
+
+    def ack_new() -> bool:
+        for method, _body in got:
+            if method.delivery_tag > 10 and method.delivery_tag not in acked:
+                ch_c.basic_ack(method.delivery_tag)
+                acked.add(method.delivery_tag)
+        return len(got) >= 40
+    _pump(conn_c, ack_new, "the ten redelivered and the twenty others")
+    ch_c.basic_ack(got[9][0].delivery_tag, multiple=True)  # the old ones: dropped quietly
+    assert cancels == []
+    assert [(b, m.redelivered) for m, b in got[:10]] == [(f"m-{i}".encode(), False)
+                                                           for i in range(10)]
+    assert [(b, m.redelivered) for m, b in got[10:20]] == [(f"m-{i}".encode(), True)
+                                                             for i in range(10)]
+    assert [(b, m.redelivered) for m, b in got[20:]] == [(f"m-{i}".encode(), False)
+                                                           for i in range(10, 30)]
+    assert ch_c.queue_declare("mover", passive=True).method.message_count == 0
+    assert conn_c.is_open
+    conn_c.close()
