@@ -70,6 +70,9 @@ class VhostRoles:
         self.lease_lapsed = False
         self._lease_task: asyncio.Task[None] | None = None
         self.moves = 0
+        # the other nodes' queue-link sessions to this one: they write to the stores of
+        # the shards it owns, so a move's drain pauses them with the client connections
+        self.link_sessions: set[Any] = set()
         self.moving: dict[str, MoveProgress] = {}  # unit -> its move under way here
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
         self.controller = FailoverController(
@@ -175,7 +178,7 @@ class VhostRoles:
         if kind == "queues":  # another node works on queues this node owns
             from node.shards.link import LinkServer
             LinkServer(lambda: self.runtime.vhosts, self.runtime.owns,
-                       str(facts.get("node"))).take_over(transport, link)
+                       str(facts.get("node")), self.link_sessions).take_over(transport, link)
             return
         if kind == "digest":  # the owner compares the copies (node/verify.py)
             store = self.stores.get(str(facts.get("vhost")))
@@ -525,9 +528,11 @@ class VhostRoles:
                                f"{shards.label(name)} is not served here any more")
         self._follow(name, progress)
         progress.set_phase("drain")
-        paused = list(vh.connections)
+        # publishes pause, this node's clients' and those that other nodes' clients send
+        # over the queue links: nothing new reaches the store
+        paused = [*vh.connections, *self.link_sessions]
         started = time.monotonic()
-        for conn in paused:  # publishes pause: nothing new reaches the store
+        for conn in paused:
             conn.hold_reading("move")
         try:
             await asyncio.shield(store.flush())
@@ -542,10 +547,11 @@ class VhostRoles:
             result = await commit(self.metadata, {"op": "set_vhost_owner", "name": name, "owner": target,
                                      "expected_epoch": epoch, "require_in_sync": True,
                                      "old_owner_in_sync": True})
-        except BaseException:
+        finally:
+            # moved (applied here: a one-shard vhost's clients are closed, a shard's queues
+            # are served from its new owner) or not: read them again
             for conn in paused:
                 conn.release_reading("move")
-            raise
         pause_ms = (time.monotonic() - started) * 1000
         self.moves += 1
         log.info("%s moved to %s (epoch %s): publishers paused %.0f ms", shards.label(name),

@@ -185,10 +185,17 @@ def test_sharded_vhost_owner_killed_shard_moved_and_cluster_crashed(loop_cluster
     w.focus = 2
     st = w.wait_all_in_sync()
     target = w.replicas()[0]
+    connects = {p.name: len(p.snapshot("connects")) for p in w.publishers()}
+    on_old_owner = [p.name for p in w.publishers()
+                    if p.snapshot("connects")[-1][1] == st["owner"]]
     code, body = w.move(target)
     assert code == 200 and isinstance(body, dict), (code, body)
     assert body["owner"] == target.name and body["epoch"] > st["epoch"], (st, body)
     w.progress("after shard 2 moved", more=60)
+    # a move closes no connection: those on the old owner publish on, confirmed
+    assert on_old_owner, "no publisher on the old owner: the move would test nothing"
+    assert {p.name: len(p.snapshot("connects")) for p in w.publishers()} == connects, \
+        ([p.snapshot("errors")[-3:] for p in w.publishers()], on_old_owner)
 
     w.focus = 0
     w.wait_all_in_sync()
