@@ -339,7 +339,24 @@ class World:
     # ------------------------------------------------------------------ reading the state
     def note(self, what: str) -> None:
         log.warning("nemesis: %s", what)
-        self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
+        self.events.append(f"{_clock(time.time())} {what}")
+
+    def explain(self, queue: str, missing: set[str]) -> str:
+        """For a failure: who confirmed each missing id and when, and where its publisher
+        was connected meanwhile (wall clock, as the nodes' logs)."""
+        wall = time.time() - time.monotonic()
+        out = []
+        for p in self.publishers():
+            if p.queue != queue:
+                continue
+            for conf in p.snapshot("confirms"):
+                if conf.id in missing:
+                    out.append(f"{conf.id}: sent {_clock(conf.sent + wall)}, confirmed "
+                               f"{_clock(conf.confirmed + wall)} by {conf.node}")
+            if any(m.startswith(p.tag + "-") for m in missing):
+                out.append(f"{p.name} connected: " + ", ".join(
+                    f"{_clock(t + wall)} {n}" for t, n in p.snapshot("connects")))
+        return "\n".join(out + ["events:"] + self.events)
 
     def unit(self, shard: int | None = None) -> str:
         return shard_keys.unit_key(VHOST, self.focus if shard is None else shard)
@@ -547,6 +564,10 @@ class World:
         """Every id confirmed to a publisher of `queue`."""
         return set().union(*(p.snapshot("confirmed") for p in self.publishers()
                              if p.queue == queue))
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
 
 
 # =========================================================================================
@@ -908,9 +929,12 @@ def settle_and_check(w: World, seed: int | None = None,
         d.merge(rest[q])
     what = f"seed {seed}" if seed is not None else "fixed schedule"
     for k in range(w.shards):
-        backlog, live = w.backlog_queue(k), w.live_queue(k)
-        assert_confirmed_present(w.confirmed(backlog), rest[backlog], c, f"{what}: {backlog}")
-        assert_confirmed_present(w.confirmed(live), consumed[live], c, f"{what}: {live}")
+        for q, got in ((w.backlog_queue(k), rest), (w.live_queue(k), consumed)):
+            missing = w.confirmed(q) - got[q].counts.keys()
+            if missing:
+                log.error("nemesis: %s: confirmed but missing from %s:\n%s", what, q,
+                          w.explain(q, missing))
+            assert_confirmed_present(w.confirmed(q), got[q], c, f"{what}: {q}")
     every = {q: (rest[q] if q in [w.backlog_queue(k) for k in range(w.shards)]
                  else consumed[q]) for q in w.queues()}
     finals = [w.state(k)["epoch"] for k in range(w.shards)]
