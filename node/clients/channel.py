@@ -655,7 +655,7 @@ class Channel:
         counters.published += 1
         if not outcome.queues:
             counters.unroutable += 1
-        settled = outcome.settled() if outcome.durable and (tag or settle) else None
+        settled = outcome.settled() if (tag or settle) and outcome.durable else None
         if tag:
             self._confirm_after(tag, settled, not outcome.rejected)
         return settled

@@ -131,6 +131,9 @@ def publish_to(queues: list[Queue], message: Message) -> PublishOutcome:
                 flow = [*flow, q]
             if r & REMOTE:
                 remote = [q] if remote is None else [*remote, q]
-    sent = type(remote[0]).send(remote, message) if remote is not None else None
-    message._record = None  # the store has its copy; don't keep a second one in memory
+    if remote is None:
+        message._record = None  # the store has its copy; don't keep a second one in memory
+        return PublishOutcome(queues, rejected, flow, store, more)
+    sent = type(remote[0]).send(remote, message)
+    message._record = None
     return PublishOutcome(queues, rejected, flow, store, more, sent)
