@@ -249,7 +249,8 @@ class _Replica:
             raise
         with self.lock:
             self.state = state
-        self._emit({"op": "reset"}, {"ok": True, "state": state.snapshot()})
+        self._emit({"op": "reset"}, {"ok": True, "state": state.snapshot(),
+                                     "raft_index": last[1]})
         return last, prev, cluster
 
 
@@ -375,6 +376,8 @@ class MetadataStore:
         self._raft_dir = os.path.join(data_dir, "raft")
         self._loop = loop
         self._listeners: list[Listener] = []
+        self.applied_here = 0  # see `_advance`
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._replica = _Replica(self._emit_from_tick, cluster_id)
         self._machine: DefinitionsMachine | None = None
         self._transport: SecretCheckingTransport | None = None
@@ -688,14 +691,64 @@ class MetadataStore:
         self._listeners.append(listener)
 
     def _emit_from_tick(self, command: dict[str, Any], result: dict[str, Any]) -> None:
-        self._call_soon(self._dispatch, command, result)
+        # the entry being applied is the one after pysyncobj's last applied (it counts it
+        # once the apply returns); a loaded dump says where it ends
+        index = int(result.get("raft_index") or 0) if command.get("op") == "reset" else \
+            self._last_applied() + 1
+        self._call_soon(self._dispatch, command, result, index)
 
-    def _dispatch(self, command: dict[str, Any], result: dict[str, Any]) -> None:
+    def _last_applied(self) -> int:
+        return int(getattr(self._machine, "_SyncObj__raftLastApplied", 0) or 0)
+
+    def _dispatch(self, command: dict[str, Any], result: dict[str, Any],
+                  index: int = 0) -> None:
         for listener in list(self._listeners):
             try:
                 listener(command, result)
             except Exception:
                 logger.exception("definitions listener failed on %r", command.get("op"))
+        if index > self.applied_here:
+            self._advance(index)
+
+    # ------------------------------------------------------------------ applied here
+    # `applied_here` is the Raft index of the last change this node's listeners (its
+    # runtime) have applied, on the loop.  Another node that made a change and then asks
+    # this one to act on it (a queue link's request) names its own index; this node waits
+    # until it has applied as much, so a declare, bind or move made there is known here.
+
+    def _advance(self, index: int) -> None:
+        self.applied_here = index
+        if self._applied_waiters:
+            waiting, self._applied_waiters = self._applied_waiters, []
+            for target, fut in waiting:
+                if target <= index:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    self._applied_waiters.append((target, fut))
+
+    def snapshot_applied(self) -> tuple[dict[str, Any], int]:
+        """A snapshot and the Raft index it reflects at least (the runtime built from it
+        has applied that much)."""
+        with self._replica.lock:
+            return self._replica.state.snapshot(), self._last_applied()
+
+    def runtime_built(self, index: int) -> None:
+        """The runtime was built from a snapshot at ``index``."""
+        if index > self.applied_here:
+            self._advance(index)
+
+    async def wait_applied(self, index: int, timeout: float) -> bool:
+        """Whether this node's runtime has applied Raft index ``index`` within ``timeout``."""
+        if index <= self.applied_here:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop

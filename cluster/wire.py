@@ -114,6 +114,7 @@ class FramedProtocol(asyncio.Protocol):
         self._trailer = 0
         self._paused_writing = False
         self._drained: asyncio.Future[None] | None = None
+        self._frames_held = False  # frames read stay in the buffer (`hold_frames`)
         self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
 
     def take_over(self, transport: asyncio.Transport, link: Link) -> None:
@@ -142,7 +143,7 @@ class FramedProtocol(asyncio.Protocol):
         pos = 0
         seal, trailer = self._receive_seal, self._trailer
         try:
-            while len(buf) - pos >= 5:
+            while len(buf) - pos >= 5 and not self._frames_held:
                 size, kind = _HEAD.unpack_from(buf, pos)
                 if size > MAX_FRAME or size < 1:
                     raise WireError(f"frame of {size} bytes")
@@ -170,6 +171,19 @@ class FramedProtocol(asyncio.Protocol):
 
     def frame_received(self, kind: int, body: bytes) -> None:
         raise NotImplementedError
+
+    def hold_frames(self) -> None:
+        """Handle no more frames, from the one after the current on, until
+        `release_frames` (the socket is no longer read meanwhile)."""
+        self._frames_held = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release_frames(self) -> None:
+        self._frames_held = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.data_received(b"")  # the frames that waited in the buffer
 
     @staticmethod
     def decode_control(body: bytes) -> dict[str, Any]:

@@ -93,6 +93,22 @@ def new_name(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
+def reply_token(node: str) -> str:
+    """A node's name as the first part of a direct reply key (no "." in it)."""
+    return base64.urlsafe_b64encode(node.encode()).decode().rstrip("=")
+
+
+def reply_node(key: str) -> str | None:
+    """The node a direct reply key names (None for a key without one)."""
+    token, sep, _ = key.partition(".")
+    if not sep:
+        return None
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 class Channel:
     def __init__(self, conn: ChannelConnection, number: int) -> None:
         self.conn = conn
@@ -1042,7 +1058,9 @@ class Channel:
             raise errors.precondition("reply consumer already set")
         tag = m.consumer_tag or new_name("amq.ctag-")
         self.reply_consumer = Consumer(tag, None, self, True, False, 0)  # type: ignore[arg-type]
-        self.reply_key = new_name("")
+        # the key names this node, so a reply published on another node of a sharded
+        # vhost comes here over the queue link
+        self.reply_key = reply_token(self.broker.settings.node_name) + "." + new_name("")
         self.broker.runtime.reply_channels[self.reply_key] = self
         if not m.nowait:
             self.conn.send_method(self.number, spec.BasicConsumeOk(consumer_tag=tag))
@@ -1062,18 +1080,34 @@ class Channel:
         props.reply_to = REPLY_TO_PREFIX + self.reply_key
         return msg.with_properties(props)
 
+    def deliver_reply(self, msg: Message) -> bool:
+        """A direct reply for this channel's reply consumer (from this node or over a queue
+        link); dropped if its client does not read."""
+        consumer = self.reply_consumer
+        transport = self.conn.transport
+        if consumer is None or transport is None or \
+                transport.get_write_buffer_size() > REPLY_TO_MAX_BUFFERED:
+            return False
+        self.deliver(consumer, None, QueueEntry(0, msg))  # type: ignore[arg-type]
+        self.conn.flush()
+        return True
+
     def _publish_reply(self, msg: Message, mandatory: bool) -> None:
-        target = self.broker.runtime.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
-        consumer = target.reply_consumer if target is not None else None
-        transport = target.conn.transport if target is not None else None
-        if (consumer is not None and transport is not None
-                and transport.get_write_buffer_size() > REPLY_TO_MAX_BUFFERED):
-            consumer = None  # its client does not read: drop, as for a vanished requester
-        delivered = consumer is not None
-        if target is not None and consumer is not None:
-            target.deliver(consumer, None, QueueEntry(0, msg))  # type: ignore[arg-type]
-            target.conn.flush()
-        elif mandatory:
+        key = msg.routing_key[len(REPLY_TO_PREFIX):]
+        node = reply_node(key)
+        if node not in (None, self.broker.settings.node_name) and \
+                self.broker.runtime.sharded(self.vhost.name):
+            # the requester is on another node of a sharded vhost: its reply goes there
+            self.broker.mirror.links.to(node).reply(self.vhost.name, key, msg)
+            self.counters.count_publish(True)
+            if self.confirm:
+                self.publish_tag += 1
+                self._confirm_after(self.publish_tag, None)
+            return
+        target = self.broker.runtime.reply_channels.get(key)
+        # dropped if its client does not read, as for a vanished requester
+        delivered = target is not None and target.deliver_reply(msg)
+        if not delivered and mandatory:
             self.send_content(spec.BasicReturn(
                 reply_code=errors.NO_ROUTE, reply_text="NO_ROUTE", exchange="",
                 routing_key=msg.routing_key), msg)

@@ -61,11 +61,12 @@ class Broker:
     async def start(self) -> None:
         await self.metadata.start()
         self.metadata.subscribe(self.mirror.on_event)
-        snapshot = self.metadata.snapshot()
+        snapshot, index = self.metadata.snapshot_applied()
         self.stores.adopt_legacy(snapshot.get("vhosts", {}))  # before tombstones are swept
         self.stores.remove_tombstones()
         self.stores.remove_unknown([*snapshot.get("vhosts", {}), *snapshot.get("shards", {})])
         self.mirror.rebuild(snapshot)  # also drops the messages of queues that are gone
+        self.metadata.runtime_built(index)
         self.runtime.live = True
         self.roles.start()
         s = self.settings

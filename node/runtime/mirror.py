@@ -26,7 +26,7 @@ from node.runtime.definitions import DefinitionService, decode_args
 from node.runtime.state import Elsewhere, Runtime
 from node.runtime.stores import VhostStores
 from node.runtime.vhost_roles import VhostRoles
-from node.shards.link import Links
+from node.shards.link import Links, LinkServer
 from node.shards.remote_queue import RemoteQueue
 from node.vhost import VirtualHost
 
@@ -50,7 +50,8 @@ class DefinitionsMirror:
         self.access = access
         self.definitions = definitions
         # the queue links to the nodes that own the shards this node does not
-        self.links = Links(settings.node_name, self._cluster_address, roles.connect)
+        self.links = Links(settings.node_name, self._cluster_address, roles.connect,
+                           applied=lambda: metadata.applied_here)
 
     def _cluster_address(self, node: str) -> str | None:
         return (self.runtime.nodes.get(node) or {}).get("forward")
@@ -138,7 +139,11 @@ class DefinitionsMirror:
 
     def _change_shard_role(self, unit: str, why: str) -> None:
         """A shard of a sharded vhost changed owner to or from this node: only its queues
-        are rebuilt, on the other side; no client connection is closed."""
+        are rebuilt, on the other side (a `Queue` here, a `RemoteQueue` elsewhere); no
+        client connection is closed, and the consumers follow their queue, as a quorum
+        queue's do on a leader change: what the old owner delivered and never saw acked
+        comes again from the new one, redelivered, and acks of the old deliveries are
+        dropped (the old queue object is closed: its settles only count)."""
         vhost, _ = shards.split(unit)
         vh = self.runtime.vhosts.get(vhost)
         mine = self.runtime.owns(unit)
@@ -158,12 +163,18 @@ class DefinitionsMirror:
             vh.store = store
         owners = {name: q.exclusive_owner for name, q in vh.queues.items()
                   if q.unit == unit and q.in_raft and q.exclusive_owner is not None}
+        following: dict[str, list[Any]] = {}
         for name, q in list(vh.queues.items()):
             if q.unit == unit and q.in_raft:
-                for owner in {id(c.owner): c.owner for c in q.consumers}.values():
-                    owner.cancel_consumers_of(q)
+                # this node's clients' consumers follow; another node's (over a queue
+                # link) hear "moved" and subscribe at the new owner from their own node
+                following[name] = [c for c in q.consumers if not isinstance(c.owner, LinkServer)]
+                for link in {id(c.owner): c.owner for c in q.consumers
+                             if isinstance(c.owner, LinkServer)}.values():
+                    link.cancel_consumers_of(q)
+                vh.detach_queue(name)  # a remote one ends its subscriptions at the owner
                 q.consumers.clear()
-                vh.detach_queue(name)
+                q.exclusive_consumer = None
         for record in self.metadata.queues_of(vhost):
             if shards.unit_key(vhost, shards.queue_shard(record)) == unit:
                 self._add_queue(vh, record)
@@ -171,6 +182,17 @@ class DefinitionsMirror:
                 rebuilt = vh.queues.get(record["name"])
                 if kept is not None and rebuilt is not None:
                     rebuilt.exclusive_owner = kept  # its connection stays
+        for name, consumers in following.items():
+            rebuilt = vh.queues.get(name)
+            for c in consumers:
+                if rebuilt is None:  # deleted meanwhile
+                    c.owner.cancel_consumers_of(c.queue)
+                    continue
+                c.queue = rebuilt
+                if isinstance(rebuilt, RemoteQueue):
+                    rebuilt.adopt(c)
+                else:
+                    rebuilt.add_consumer(c)
         if mine:
             self.stores.drop_orphaned_messages(unit, vh.store_keys(unit))
 

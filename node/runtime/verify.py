@@ -63,7 +63,7 @@ async def _attempt(broker: "Broker", name: str, d: dict, store: Any, vh: Any
     source = replication.sources.get(name)
     in_sync = set(d.get("in_sync", []))
     asked: dict[str, DigestClient | str] = {}
-    paused = list(vh.connections)
+    paused = [*vh.connections, *replication.link_sessions]  # clients and other nodes' links
     started = time.monotonic()
     for conn in paused:  # publishes and acks pause: nothing new reaches the store
         conn.hold_reading("verify")

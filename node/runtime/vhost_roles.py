@@ -70,8 +70,7 @@ class VhostRoles:
         self.lease_lapsed = False
         self._lease_task: asyncio.Task[None] | None = None
         self.moves = 0
-        # the other nodes' queue-link sessions to this one: they write to the stores of
-        # the shards it owns, so a move's drain pauses them with the client connections
+        # the queue links other nodes opened to this one (node/shards/link.py LinkServer)
         self.link_sessions: set[Any] = set()
         self.moving: dict[str, MoveProgress] = {}  # unit -> its move under way here
         self.liveness = Liveness(self.me, self.connect, s.failover_timeout)
@@ -178,7 +177,9 @@ class VhostRoles:
         if kind == "queues":  # another node works on queues this node owns
             from node.shards.link import LinkServer
             LinkServer(lambda: self.runtime.vhosts, self.runtime.owns,
-                       str(facts.get("node")), self.link_sessions).take_over(transport, link)
+                       str(facts.get("node")), self.link_sessions, applied=self.metadata,
+                       replies=lambda: self.runtime.reply_channels
+                       ).take_over(transport, link)
             return
         if kind == "digest":  # the owner compares the copies (node/verify.py)
             store = self.stores.get(str(facts.get("vhost")))
@@ -528,8 +529,8 @@ class VhostRoles:
                                f"{shards.label(name)} is not served here any more")
         self._follow(name, progress)
         progress.set_phase("drain")
-        # publishes pause, this node's clients' and those that other nodes' clients send
-        # over the queue links: nothing new reaches the store
+        # publishes and acks pause, from this node's clients and from the other nodes' queue
+        # links (a sharded vhost's): nothing new reaches the store
         paused = [*vh.connections, *self.link_sessions]
         started = time.monotonic()
         for conn in paused:
@@ -547,12 +548,19 @@ class VhostRoles:
             result = await commit(self.metadata, {"op": "set_vhost_owner", "name": name, "owner": target,
                                      "expected_epoch": epoch, "require_in_sync": True,
                                      "old_owner_in_sync": True})
-        finally:
-            # moved (applied here: a one-shard vhost's clients are closed, a shard's queues
-            # are served from its new owner) or not: read them again
+        except BaseException:
             for conn in paused:
                 conn.release_reading("move")
+            raise
         pause_ms = (time.monotonic() - started) * 1000
+        if self.runtime.sharded(shards.split(name)[0]):
+            # the shard's queues here are the new owner's now (the commit is applied): the
+            # paused clients and links go on; a whole vhost's clients were closed instead
+            for conn in paused:
+                conn.release_reading("move")
+        else:
+            for link in self.link_sessions:
+                link.release_reading("move")
         self.moves += 1
         log.info("%s moved to %s (epoch %s): publishers paused %.0f ms", shards.label(name),
                  target, result.get("epoch"), pause_ms)

@@ -55,7 +55,7 @@ from node.read_models import ChannelStats
 
 log = logging.getLogger("warren.shards.link")
 
-PUBLISH, DELIVER, GET_OK = 0, 1, 2
+PUBLISH, DELIVER, GET_OK, REPLY = 0, 1, 2, 3
 
 WINDOW = 4096  # publishes one link keeps unanswered before its publishers are held
 WINDOW_BYTES = 32 << 20
@@ -63,6 +63,9 @@ CREDIT = 256  # deliveries in flight to one remote consumer, not yet handed to i
 RECONNECT_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
 QUEUED_TIMEOUT = 3.0  # how long publishes and requests wait for a session
+# how long the owner waits to have applied the definitions its peer had applied when it
+# sent a request (a declare, bind or move committed there a moment ago)
+APPLIED_WAIT = 5.0
 AUTO_DELETE_WAIT = 2.0  # a cancel's answer waits at most this for the auto-delete
 
 Connect = Callable[[str, dict], Awaitable[tuple[asyncio.Transport, wire.Link]]]
@@ -100,8 +103,15 @@ class LinkServer(wire.FramedProtocol):
     """Executes one peer node's operations on this node's queues."""
 
     def __init__(self, vhosts: Callable[[], dict[str, Any]], owns: Callable[[str], bool],
-                 peer: str, sessions: set["LinkServer"] | None = None) -> None:
+                 peer: str, sessions: set["LinkServer"] | None = None,
+                 applied: Any = None,
+                 replies: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__()
+        # the channels waiting for direct replies, by reply key (runtime.reply_channels)
+        self._replies = replies
+        # this node's Raft progress (cluster/raft.py MetadataStore: applied_here,
+        # wait_applied): a peer's "ix" waits until this node has applied as much
+        self._applied = applied
         self._vhosts = vhosts  # the runtime's vhosts by name (runtime.vhosts)
         self._owns = owns  # whether this node runs a unit (runtime.owns)
         # the node's open link sessions, for what must pause them all (a move's drain)
@@ -148,6 +158,9 @@ class LinkServer(wire.FramedProtocol):
     def frame_received(self, kind: int, body: bytes) -> None:
         if kind == wire.MESSAGE:
             meta, record = self.decode_message(body)
+            if isinstance(meta, list) and len(meta) == 3 and meta[0] == REPLY:
+                self._reply_to(str(meta[1]), str(meta[2]), record)
+                return
             if not isinstance(meta, list) or len(meta) != 4 or meta[0] != PUBLISH:
                 raise wire.WireError("expected a publish")
             self._publish(int(meta[1]), str(meta[2]), meta[3], record)
@@ -188,15 +201,21 @@ class LinkServer(wire.FramedProtocol):
     # ------------------------------------------------------------------ publish
     def _publish(self, seq: int, vhost: str, names: Any, record: bytes) -> None:
         queues: list[Queue] = []
+        moved: dict[Any, list[str]] = {}  # a link to a queue's new owner -> its names
         missing = not isinstance(names, list)
         for name in names if not missing else ():
             q = self._local(vhost, str(name))
-            if q is None:
+            if q is not None:
+                queues.append(q)
+                continue
+            link = self._moved_to(vhost, str(name))
+            if link is None:
                 missing = True
             else:
-                queues.append(q)
+                moved.setdefault(link, []).append(str(name))
         ok = not missing
         settled = None
+        msg: Message | None = None
         if queues:
             msg = Message.decode(record)
             msg._record = record  # stored as it came: not encoded again
@@ -204,6 +223,15 @@ class LinkServer(wire.FramedProtocol):
             ok = ok and not outcome.rejected
             if outcome.durable:
                 settled = outcome.settled()
+        if moved:
+            # the queue's shard moved, and the peer sent before it knew: this node, which
+            # knows, passes the message on to the new owner and answers with its answer
+            if msg is None:
+                msg = Message.decode(record)
+                msg._record = record
+            waits = [link.publish(vhost, names_there, msg) for link, names_there in moved.items()]
+            self._answer_when(seq, ok, [*waits, *([settled] if settled is not None else [])])
+            return
         entry = [seq, settled is None, ok]
         self._confirms.append(entry)
         if settled is None:
@@ -225,6 +253,42 @@ class LinkServer(wire.FramedProtocol):
                 self._send_confirms()
             settled.add_done_callback(flushed)
         self._flush_entries.append(entry)
+
+    def _reply_to(self, vhost: str, key: str, record: bytes) -> None:
+        """A direct reply (amq.rabbitmq.reply-to) to a requester on this node: to its
+        channel if it still waits, else dropped, as RabbitMQ drops it."""
+        channel = self._replies().get(key) if self._replies is not None else None
+        if channel is not None and channel.vhost.name == vhost:
+            channel.deliver_reply(Message.decode(record))
+
+    def _moved_to(self, vhost: str, name: str) -> Any:
+        """The link to the owner of queue ``name`` when its shard is another node's now
+        (this node stands in for it with a remote queue), else None."""
+        vh = self._vhosts().get(vhost)
+        q = vh.queues.get(name) if vh is not None else None
+        if q is None or not getattr(q, "remote", False) or getattr(q, "deleted", False):
+            return None
+        try:
+            return q.link
+        except LookupError:
+            return None
+
+    def _answer_when(self, seq: int, ok: bool, waits: list[asyncio.Future]) -> None:
+        """Answer publish ``seq`` once every one of ``waits`` is done: a forward's answer
+        (True/False) or a local store's flush (None, or an error)."""
+        entry = [seq, False, ok]
+        self._confirms.append(entry)
+        left = [len(waits)]
+
+        def one(fut: asyncio.Future) -> None:
+            good = not fut.cancelled() and fut.exception() is None and fut.result() is not False
+            entry[2] = entry[2] and good
+            left[0] -= 1
+            if not left[0]:
+                entry[1] = True
+                self._send_confirms()
+        for fut in waits:
+            fut.add_done_callback(one)
 
     def _send_confirms(self) -> None:
         self._confirms_scheduled = False
@@ -344,9 +408,35 @@ class LinkServer(wire.FramedProtocol):
 
     def release_reading(self, reason: str) -> None:
         self.read_holds.discard(reason)
-        if not self.read_holds and self.transport is not None \
+        if not self.read_holds and not self._frames_held and self.transport is not None \
                 and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def release_frames(self) -> None:
+        if self.read_holds:  # still held by a move: its release reads on
+            self._frames_held = False
+            self.data_received(b"")
+            return
+        super().release_frames()
+
+    def _on_ix(self, m: dict) -> None:
+        """What follows was sent once the peer had applied Raft index ``ix``: nothing more
+        is handled until this node has too (bounded: a node that lags that long still
+        answers, from what it has)."""
+        index = int(m["ix"])
+        applied = self._applied
+        if applied is None or applied.applied_here >= index:
+            return
+        self.hold_frames()
+
+        async def wait() -> None:
+            if not await applied.wait_applied(index, APPLIED_WAIT):
+                log.warning("queue link from %s: Raft index %d not applied here within "
+                            "%g s; going on", self.peer, index, APPLIED_WAIT)
+            self.release_frames()
+        task = asyncio.ensure_future(wait())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def stats(self) -> ChannelStats:
         """The link as the management API shows a consumer's channel: the peer node's
@@ -488,6 +578,7 @@ def _requeue(items: list[tuple[Queue, QueueEntry, Consumer | None]]) -> None:
 
 
 _SERVER_HANDLERS: dict[str, Callable[[LinkServer, dict], None]] = {
+    "ix": LinkServer._on_ix,
     "consume": LinkServer._on_consume,
     "cancel": LinkServer._on_cancel,
     "credit": LinkServer._on_credit,
@@ -556,8 +647,13 @@ class LinkClient:
     """This node's link to one peer node: reconnects, keeps order, bounds what is in flight."""
 
     def __init__(self, me: str, peer: str, address: Callable[[], str | None],
-                 connect: Connect, queued_timeout: float = QUEUED_TIMEOUT) -> None:
+                 connect: Connect, queued_timeout: float = QUEUED_TIMEOUT,
+                 applied: Callable[[], int] = lambda: 0) -> None:
         self.me = me
+        # this node's Raft progress (MetadataStore.applied_here): what a frame is sent
+        # after, the owner handles after it has applied as much ("ix")
+        self._applied = applied
+        self._sent_index = 0
         self.peer = peer
         self._address = address
         self._connect = connect
@@ -654,6 +750,7 @@ class LinkClient:
 
     def _connected(self, session: _ClientSession) -> None:
         self.session = session
+        self._sent_index = 0  # a new session knows nothing yet
         self._up.set()
         if self._backlog_timer is not None:
             self._backlog_timer.cancel()
@@ -712,6 +809,10 @@ class LinkClient:
     def _out_frame(self, frame: bytes) -> None:
         if self._settle_op is not None:
             self._emit_settles()
+        index = self._applied()
+        if index > self._sent_index:
+            self._sent_index = index
+            self._out.append(wire.control({"t": "ix", "ix": index}))
         self._out.append(frame)
         self._schedule()
 
@@ -787,6 +888,11 @@ class LinkClient:
         self._pending_bytes += len(record)
         self._send(wire.message((PUBLISH, seq, vhost, names), record), "publish", seq)
         return fut
+
+    def reply(self, vhost: str, key: str, message: Message) -> None:
+        """A direct reply to a requester on the peer node (fire and forget, as a direct
+        reply is: it is dropped if the requester is gone)."""
+        self._send(wire.message((REPLY, vhost, key), message.encode()), "reply", 0)
 
     @property
     def full(self) -> bool:
@@ -999,8 +1105,9 @@ class Links:
     """This node's queue links, one per peer node, opened on first use."""
 
     def __init__(self, me: str, address_of: Callable[[str], str | None],
-                 connect: Connect) -> None:
+                 connect: Connect, applied: Callable[[], int] = lambda: 0) -> None:
         self.me = me
+        self._applied = applied
         self._address_of = address_of  # a node's cluster port address (its record's)
         self._connect = connect
         self._links: dict[str, LinkClient] = {}
@@ -1009,7 +1116,8 @@ class Links:
         link = self._links.get(node)
         if link is None:
             link = self._links[node] = LinkClient(
-                self.me, node, lambda: self._address_of(node), self._connect).start()
+                self.me, node, lambda: self._address_of(node), self._connect,
+                applied=self._applied).start()
         return link
 
     def close(self) -> None:

@@ -213,6 +213,18 @@ class RemoteQueue:
         self._by_rc[rc] = c
         return answered
 
+    def adopt(self, c: Consumer) -> None:
+        """A consumer that followed its queue here (the queue's shard left this node):
+        subscribed at the owner at once, its consume-ok long sent; cancelled (basic.cancel
+        to its client) if the owner refuses it."""
+        answered = self.subscribe(c)
+        self.started(c)
+
+        def refused(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                c.owner.cancel_consumers_of(self)
+        answered.add_done_callback(refused)
+
     def started(self, c: Consumer) -> None:
         waiting = self._waiting.get(c)
         while waiting:  # those still waiting count against a global prefetch (`_free`)

@@ -4,6 +4,8 @@ over alone, and clients of the vhost's other shards keep their connections."""
 
 from __future__ import annotations
 
+import time
+
 import pika
 import pika.exceptions
 
@@ -221,3 +223,163 @@ def test_exclusive_and_transient_queues_of_a_sharded_vhost_are_known_to_every_no
             lambda node=node: cluster.http(node, "GET", f"/api/queues/rpc/{reply}")[0] == 404,
             what=f"exclusive queue gone on {node.name}")
     assert cluster.http(n3, "GET", "/api/queues/rpc/transient")[0] == 200
+
+
+def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(cluster: Cluster):
+    n1, _n2, _n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/mv", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "mv")
+    cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "mv"), timeout=60,
+                       what="every shard's replicas in sync")
+    shard = _placement(cluster, n1, "mv")["shards"][1]
+    owner = cluster.by_name(shard["owner"])
+    other = next(n for n in cluster.nodes if n is not owner)
+    target = next(n for n in cluster.nodes if n not in (owner, other))
+    clients = []
+    for node in (owner, other):  # one on the shard's owner, one on another node
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", node.amqp_port, "mv", connection_attempts=3))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        clients.append((conn, ch))
+    clients[0][1].queue_declare("moving", durable=True)  # client-local: on the owner's shard
+    assert _queue_shard(cluster, n1, "mv", "moving") == 1
+
+    def publish(frm: int, to: int) -> None:
+        for i in range(frm, to):
+            _conn, ch = clients[i % 2]
+            ch.basic_publish("", "moving", str(i).encode(),
+                             pika.BasicProperties(delivery_mode=2), mandatory=True)
+    publish(0, 100)
+    code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/mv/move",
+                              {"node": target.name, "shard": 1})
+    assert code == 200 and body["owner"] == target.name, body
+    publish(100, 200)  # the same connections, the shard now elsewhere: nothing held
+    for conn, _ch in clients:
+        assert conn.is_open
+        conn.close()
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", target.amqp_port, "mv", connection_attempts=3))
+    ch = conn.channel()
+    got = []
+    while True:
+        method, _props, payload = ch.basic_get("moving", auto_ack=True)
+        if method is None:
+            break
+        got.append(int(payload))
+    conn.close()
+    assert sorted(got) == list(range(200))
+
+
+def test_a_consumer_follows_its_queue_to_and_from_its_own_node(cluster: Cluster):
+    """The shard moves onto the consumer's node and away again: the consumer goes on (no
+    basic.cancel), every message arrives, the unacked ones again with redelivered=true."""
+    n1, _n2, _n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/follow", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "follow")
+    cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "follow"), timeout=60,
+                       what="every shard's replicas in sync")
+    first = _placement(cluster, n1, "follow")["shards"][1]
+    home = cluster.by_name(first["owner"])  # the queue's shard starts here
+    here = next(n for n in cluster.nodes if n is not home)  # the consumer's node
+    third = next(n for n in cluster.nodes if n not in (home, here))
+    pub = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", home.amqp_port, "follow", connection_attempts=3))
+    pch = pub.channel()
+    pch.confirm_delivery()
+    pch.queue_declare("f", durable=True)  # client-local: shard 1, on home
+    assert _queue_shard(cluster, n1, "follow", "f") == 1
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", here.amqp_port, "follow", connection_attempts=3))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=50)
+    got: list[tuple[int, bool]] = []
+    cancelled: list[str] = []
+    pending: list[int] = []  # delivery tags left unacked on purpose
+
+    def on_message(_ch, method, _props, body) -> None:
+        got.append((int(body), method.redelivered))
+        if int(body) % 10 == 9 and not method.redelivered:
+            pending.append(method.delivery_tag)  # acked only after the next move
+        else:
+            ch.basic_ack(method.delivery_tag)
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    ch.basic_consume("f", on_message)
+
+    def publish(frm: int, to: int) -> None:
+        for i in range(frm, to):
+            pch.basic_publish("", "f", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+
+    def pump_until(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while {i for i, _ in got} != set(range(count)):
+            assert time.monotonic() < deadline, (count, sorted({i for i, _ in got}))
+            conn.process_data_events(time_limit=0.1)
+    publish(0, 50)
+    pump_until(50)
+    for target in (here, third):  # onto the consumer's node, then away from it
+        code, body = cluster.http(n1, "POST", "/api/cluster/vhosts/follow/move",
+                                  {"node": target.name, "shard": 1})
+        assert code == 200 and body["owner"] == target.name, body
+        for tag in pending:  # acks of deliveries made before the move: dropped quietly
+            ch.basic_ack(tag)
+        pending.clear()
+        start = max(i for i, _ in got) + 1
+        publish(start, start + 50)
+        pump_until(start + 50)
+    conn.process_data_events(time_limit=0.5)
+    assert cancelled == [] and conn.is_open
+    redelivered = {i for i, r in got if r}
+    # what was unacked at a move came again, redelivered; nothing else did
+    assert redelivered and all(i % 10 == 9 for i in redelivered), repr((sorted(redelivered), got))
+    conn.close()
+    pub.close()
+
+
+def test_rpc_across_nodes_with_direct_reply_to_and_exclusive_reply_queues(cluster: Cluster):
+    """A client on one node asks, a server on another answers: through direct reply-to
+    (amq.rabbitmq.reply-to) and through an exclusive server-named reply queue."""
+    n1, n2, _n3 = cluster.nodes
+    cluster.wait_until(lambda: _all_running(cluster, n1), what="every member running")
+    code, body = cluster.http(n1, "PUT", "/api/cluster/vhosts/rpc2", {"shards": 3})
+    assert code == 201, body
+    _grant(cluster, n1, "rpc2")
+    cluster.wait_until(lambda: len(_placement(cluster, n2, "rpc2").get("shards", [])) == 3,
+                       what="three shards known on n2")
+    server = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n2.amqp_port, "rpc2", connection_attempts=3))
+    sch = server.channel()
+    sch.queue_declare("requests", durable=True)
+
+    def answer(_ch, method, props, body) -> None:
+        sch.basic_publish("", props.reply_to, b"re:" + body,
+                          pika.BasicProperties(correlation_id=props.correlation_id))
+        sch.basic_ack(method.delivery_tag)
+    sch.basic_consume("requests", answer)
+    client = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", n1.amqp_port, "rpc2", connection_attempts=3))
+    cch = client.channel()
+    replies: list[tuple[str, bytes]] = []
+    cch.basic_consume("amq.rabbitmq.reply-to",
+                      lambda _c, _m, props, body: replies.append((props.correlation_id, body)),
+                      auto_ack=True)
+    own = cch.queue_declare("", exclusive=True).method.queue
+    cch.basic_consume(own, lambda _c, _m, props, body: replies.append(
+        (props.correlation_id, body)), auto_ack=True)
+    for i in range(20):
+        reply_to = "amq.rabbitmq.reply-to" if i % 2 == 0 else own
+        cch.basic_publish("", "requests", str(i).encode(),
+                          pika.BasicProperties(reply_to=reply_to, correlation_id=str(i)))
+    deadline = time.monotonic() + 30
+    while len(replies) < 20:
+        assert time.monotonic() < deadline, replies
+        server.process_data_events(time_limit=0.05)
+        client.process_data_events(time_limit=0.05)
+    assert sorted(replies, key=lambda r: int(r[0])) == \
+        [(str(i), f"re:{i}".encode()) for i in range(20)]
+    client.close()
+    server.close()
