@@ -914,7 +914,11 @@ def settle_and_check(w: World, seed: int | None = None,
             w.wait_state(lambda s, node=node: s["owner"] == node.name and s["available"],
                          shard=k, via=[node], timeout=60, what=f"{node.name} serving it")
         depths[node.name] = {q: queue_depth(w, node, q) for q in w.queues()}
-        w.note(f"owner {node.name}: depths {depths[node.name]}")
+        rows = {q: c.http(node, "GET", f"/api/queues/{quote(VHOST, safe='')}/{q}")[1]
+                for q in w.queues()}
+        w.note(f"owner {node.name}: depths {depths[node.name]}; consumers, unacked: "
+               + ", ".join(f"{q} {r.get('consumers')} {r.get('messages_unacknowledged')}"
+                           for q, r in rows.items() if isinstance(r, dict)))
     # different depths fail the schedule, after the drain below has said whether a confirmed
     # message is missing too
     differ = len({tuple(sorted(d.items())) for d in depths.values()}) != 1
