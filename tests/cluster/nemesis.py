@@ -43,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -558,7 +559,17 @@ class World:
             g.stop()
         for p in self.lives:
             p.stop()
-        return {c.drainer.queue: c.stop() for c in self.consumers}
+        out = {}
+        for c in self.consumers:
+            try:
+                out[c.drainer.queue] = c.stop()
+            except RuntimeError:
+                # where it waits (a broker call that never answers): said before failing
+                frame = sys._current_frames().get(c.ident or 0)
+                self.note(f"the consumer of {c.drainer.queue} did not stop; it waits in:\n"
+                          + "".join(traceback.format_stack(frame) if frame else ["?"]))
+                raise
+        return out
 
     def confirmed(self, queue: str) -> set[str]:
         """Every id confirmed to a publisher of `queue`."""
