@@ -584,7 +584,8 @@ class MessageStore:
     def become_replica(self) -> None:
         """Stop taking this node's own writes; records come from the owner from now on.
         What this node wrote as owner and has not committed yet keeps its own numbers (a
-        history the new owner may not share: the histories' comparison decides)."""
+        history the new owner may not share: the histories' comparison decides), and its
+        flush futures fail: none of it may be confirmed."""
         with self._lock:
             self._drop_held(f"message store at {self.path}: this node's term as owner "
                             "never began")
@@ -1087,10 +1088,19 @@ class MessageStore:
                 with self._lock:
                     self._gens.popleft()
                     fut = gen.future
+                    # this node's own write, and it is no longer the owner: no replica may
+                    # have it, nor the new owner's history; it is never confirmed (with no
+                    # hook left, it would be, as a store without replicas confirms)
+                    deposed = gen.local and self.replica
                 self.stats["commits"] += 1
                 self.stats["ops"] += gen.nops
                 self.stats["last_batch_size"] = gen.nops
-                if hook is not None and position is not None:
+                if deposed:
+                    if fut is not None:
+                        self._call_on_loop(_reject, fut, StoreError(
+                            f"message store at {self.path}: this node stopped owning the "
+                            "vhost before the write was acknowledged by its replicas"))
+                elif hook is not None and position is not None:
                     self._call_on_loop(hook.committed, position[1], fut)
                 elif fut is not None:
                     self._call_on_loop(_resolve, fut)

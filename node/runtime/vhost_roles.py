@@ -261,12 +261,14 @@ class VhostRoles:
     def step_down(self, name: str, why: str) -> None:
         """This node no longer serves ``name``: nothing pending may be confirmed, nothing
         more written locally (the runtime is torn down right after)."""
-        source = self.sources.pop(name, None)
-        if source is not None:
-            source.close(why)
+        # the store first: from then on the writer fails what this node wrote and did not
+        # commit; what it committed before reaches the source, which fails it once closed
         store = self.stores.get(name)
         if store is not None:
             store.become_replica()
+        source = self.sources.pop(name, None)
+        if source is not None:
+            source.close(why)
 
     def fenced(self, vhost: str, epoch: int) -> None:
         """A replica knows a newer epoch than ours: we were deposed while paused or cut

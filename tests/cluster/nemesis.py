@@ -13,16 +13,22 @@ compound faults come from steps that follow each other closely.  The nemeses:
   Raft and while it does not, a replica cut off, one node deaf to the others (asymmetric);
 - a replica restarted behind a large backlog and, while it catches up, a second fault;
 - the vhost moved to another copy while a consumer is active;
-- a replica killed, forgotten while down (`forget_cluster_node`) and replaced by a new node.
+- a replica killed, forgotten while down (`forget_cluster_node`) and replaced by a new node;
+- on a sharded vhost (`World(shards=3)`, `generate(..., shards=3)`): every step aims at one
+  shard (its owner, its replicas, its move), and a rebalance runs under load.
 
 While a schedule runs, publishers with confirms send to a backlog queue (never consumed until
 the end) and to a live queue that a background consumer drains throughout.  After it, every
 fault is healed and `settle_and_check` asserts: every node agrees on one owner and epoch;
 every copy's digest agrees (`POST /api/cluster/vhosts/{vhost}/verify`); each copy in turn
 is made owner and serves the same depth; and every confirmed id is consumed, exactly or
-duplicated, never missing.
+duplicated, never missing.  On a sharded vhost each shard has a backlog and a live queue,
+publishers connect to nodes that do not own the queue's shard (their publishes cross a queue
+link), each live queue's consumer to yet another node; the checks run for every shard and
+every queue, and every node's own Raft view (`/api/cluster-status`) must name the same owner
+and epoch per shard.
 
-`python3 -m tests.cluster.nemesis --soak SECONDS --seed N` runs schedule after schedule (one
+`python3 -m tests.cluster.nemesis --soak SECONDS --seed N [--shards 3]` runs schedule after schedule (one
 fresh cluster each, seeds N, N+1, ...) and prints each one's schedule, confirmed counts and
 result.  The tests (tests/cluster/test_nemesis.py) replay a seed given in WARREN_NEMESIS_SEED.
 """
@@ -37,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +53,7 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 
+from cluster import shards as shard_keys
 from tests.cluster.conftest import SECRET, Cluster
 from tests.cluster.harness import (
     BackgroundConsumer,
@@ -59,7 +67,6 @@ from tests.cluster.harness import (
     log_tails,
     vhost_path,
     vhost_state,
-    wait_in_sync,
     wait_vhost,
 )
 from tests.nodeproc import NodeProcess
@@ -79,6 +86,10 @@ NEMESES: dict[str, int] = {
     "cut_owner_leading": 2, "cut_owner_following": 2, "cut_replica": 1, "cut_one_way": 1,
 }
 PARTITIONS = {n for n in NEMESES if n.startswith("cut_")}
+# on a sharded vhost: a rebalance under load too; no membership change (a forgotten node
+# owns shards of its own, a schedule of its own to write)
+SHARD_NEMESES: dict[str, int] = {"rebalance": 2}
+NOT_SHARDED = {"forget_replica"}
 
 
 class PartitionUnavailable(AssertionError):
@@ -131,7 +142,7 @@ def _params(nemesis: str, rng: random.Random) -> dict[str, Any]:
         p["second"] = rng.choice(["kill_owner", "kill_catching_up", "kill_other_replica",
                                   "pause_owner", "crash_all"])
         p["after"] = round(rng.uniform(0.0, 1.0), 2)  # after the copy listens again
-    elif nemesis == "move":
+    elif nemesis in ("move", "rebalance"):
         p["which"] = rng.randrange(2)
     elif nemesis == "forget_replica":
         p["which"] = rng.randrange(2)
@@ -145,11 +156,14 @@ def _params(nemesis: str, rng: random.Random) -> dict[str, Any]:
     return p
 
 
-def generate(seed: int, steps: int, partitions: bool = True) -> list[Step]:
-    """The schedule of `seed`: a pure function of its arguments."""
+def generate(seed: int, steps: int, partitions: bool = True, shards: int = 1) -> list[Step]:
+    """The schedule of `seed`: a pure function of its arguments.  On a sharded vhost each
+    step also names the shard it aims at (drawn last: a one-shard schedule is unchanged)."""
     rng = random.Random(seed)
-    names = [n for n in NEMESES if partitions or n not in PARTITIONS]
-    weights = [NEMESES[n] for n in names]
+    table = NEMESES if shards == 1 else {
+        **{n: w for n, w in NEMESES.items() if n not in NOT_SHARDED}, **SHARD_NEMESES}
+    names = [n for n in table if partitions or n not in PARTITIONS]
+    weights = [table[n] for n in names]
     out: list[Step] = []
     forgot = False
     while len(out) < steps:
@@ -158,7 +172,10 @@ def generate(seed: int, steps: int, partitions: bool = True) -> list[Step]:
             if forgot:  # membership changes are slow: one per schedule
                 continue
             forgot = True
-        out.append(Step(nemesis, _params(nemesis, rng)))
+        params = _params(nemesis, rng)
+        if shards > 1:
+            params["shard"] = rng.randrange(shards)
+        out.append(Step(nemesis, params))
     return out
 
 
@@ -170,48 +187,140 @@ def describe(seed: int, schedule: Sequence[Step]) -> str:
 # the world a schedule runs in
 # =========================================================================================
 class World:
-    """A cluster with a replicated vhost, its publishers and consumer, and what the faults
-    have done to it (down, paused, cut off)."""
+    """A cluster with a replicated vhost, its publishers and consumers, and what the faults
+    have done to it (down, paused, cut off).  With `shards` > 1 the vhost is split into
+    that many shards, each with a backlog queue `q{k}` and a live queue `live{k}`; the
+    step running aims at shard `focus` (its `owner()`, `replicas()`, `state()`)."""
 
-    def __init__(self, cluster: Cluster, lab: Any = None, *, rate: float = 150.0) -> None:
+    def __init__(self, cluster: Cluster, lab: Any = None, *, rate: float = 150.0,
+                 shards: int = 1) -> None:
         self.c = cluster
         self.lab = lab
         self.rate = rate
-        self.cred = {"user": cluster.user, "password": cluster.password}
+        self.shards = shards
+        self.focus = 0
+        self.cred: dict[str, Any] = {"user": cluster.user, "password": cluster.password}
         self.paused: set[str] = set()
         self.cut: set[str] = set()
         self.extra: list[Publisher] = []     # backlog loaders: their confirms count too
         self.forgotten: list[NodeProcess] = []
         self.events: list[str] = []
-        self.pubs: Publishers | None = None
-        self.live: Publisher | None = None
-        self.consumer: BackgroundConsumer | None = None
+        self.groups: list[Publishers] = []   # per shard: the backlog queue's publishers
+        self.lives: list[Publisher] = []     # per shard: the live queue's publisher
+        self.consumers: list[BackgroundConsumer] = []  # per shard: the live queue's
         self.next_name = len(cluster.nodes) + 1
+
+    @property
+    def sharded(self) -> bool:
+        return self.shards > 1
+
+    def backlog_queue(self, shard: int) -> str:
+        return f"{BACKLOG}{shard}" if self.sharded else BACKLOG
+
+    def live_queue(self, shard: int) -> str:
+        return f"{LIVE}{shard}" if self.sharded else LIVE
+
+    def queues(self) -> list[str]:
+        return [q for k in range(self.shards)
+                for q in (self.backlog_queue(k), self.live_queue(k))]
+
+    # for the one-shard tests: shard 0's clients
+    @property
+    def pubs(self) -> Publishers | None:
+        return self.groups[0] if self.groups else None
+
+    @property
+    def live(self) -> Publisher | None:
+        return self.lives[0] if self.lives else None
+
+    @property
+    def consumer(self) -> BackgroundConsumer | None:
+        return self.consumers[0] if self.consumers else None
 
     # ------------------------------------------------------------------ set up
     def setup(self, backlog: int = 0, body_size: int = 1024) -> "World":
         c = self.c
         c.wait_until(lambda: all(n["running"] for n in c.status(c.nodes[0])["nodes"]),
                      timeout=60, what="all Raft links")
-        create_vhost(c, VHOST, c.nodes[0], 3, queues=(BACKLOG, LIVE))
-        wait_in_sync(c, VHOST, 2, timeout=90)
-        if backlog:
-            self.load_backlog(backlog, body_size)
-        self.pubs = Publishers(c.nodes, VHOST, BACKLOG, confirm_timeout=3, rate=self.rate,
-                               **self.cred).start()
-        self.live = Publisher(c.nodes, VHOST, LIVE, name="live", confirm_timeout=3,
-                              rate=self.rate / 2, start=1, **self.cred)
-        self.live.start()
-        self.consumer = BackgroundConsumer(c.nodes, VHOST, LIVE, **self.cred)
-        self.consumer.start()
-        self.pubs.wait_confirms(100, timeout=60, what="before the first fault")
+        if self.sharded:
+            self._create_sharded()
+        else:
+            create_vhost(c, VHOST, c.nodes[0], 3, queues=(BACKLOG, LIVE))
+        self.wait_all_in_sync(timeout=90)
+        for k in range(self.shards):
+            self.focus = k
+            if backlog:
+                self.load_backlog(backlog // self.shards, body_size)
+        self.focus = 0
+        for k in range(self.shards):
+            # clients start on the nodes that do not own the queue's shard: the publishes
+            # and deliveries of a sharded vhost cross a queue link
+            nodes = self._others_first(k)
+            if self.sharded:
+                group = Publishers(nodes, VHOST, self.backlog_queue(k), count=len(nodes) - 1,
+                                   prefix=f"s{k}p", confirm_timeout=3,
+                                   rate=self.rate / (len(nodes) - 1), **self.cred)
+            else:
+                group = Publishers(nodes, VHOST, BACKLOG, confirm_timeout=3, rate=self.rate,
+                                   **self.cred)
+            self.groups.append(group.start())
+            live = Publisher(nodes, VHOST, self.live_queue(k), name=f"live{k}",
+                             confirm_timeout=3, rate=self.rate / 2 / self.shards,
+                             start=1, **self.cred)
+            live.start()
+            self.lives.append(live)
+            # the consumer on the first of them, the live publisher on the second
+            consumer = BackgroundConsumer(nodes, VHOST, self.live_queue(k), **self.cred)
+            consumer.start()
+            self.consumers.append(consumer)
+        self.progress("before the first fault", more=100, timeout=60)
         return self
 
+    def _others_first(self, shard: int) -> list[NodeProcess]:
+        """The nodes, from the one after the shard's owner round to its owner (one shard:
+        the nodes in their order, as before)."""
+        nodes = list(self.c.nodes)
+        if not self.sharded:
+            return nodes
+        i = nodes.index(self.c.by_name(self.state(shard)["owner"]))
+        return nodes[i + 1:] + nodes[:i + 1]
+
+    def _create_sharded(self) -> None:
+        """The vhost with `shards` shards of 3 copies each, a backlog and a live queue on
+        every shard (`balanced` placement, checked), all known on every node."""
+        c, n1 = self.c, self.c.nodes[0]
+        code, body = c.http(n1, "PUT", vhost_path(VHOST), {"shards": self.shards,
+                                                          "replicas": 3})
+        assert code == 201, (code, body)
+        code, body = c.http(n1, "PUT", f"/api/permissions/{quote(VHOST, safe='')}/{c.user}",
+                            {"configure": ".*", "write": ".*", "read": ".*"})
+        assert code in (201, 204), (code, body)
+        for n in c.nodes:
+            c.wait_until(lambda n=n: len([s for s in self._local_view(n) if s[0]])
+                         == self.shards, timeout=30, what=f"the shards known on {n.name}")
+        balanced = {"x-queue-leader-locator": "balanced"}
+        # `balanced` puts each on the shard with the fewest queues: in this order, the
+        # backlog queues on shards 0, 1, 2..., then the live queues likewise
+        for q in [self.backlog_queue(k) for k in range(self.shards)] + \
+                 [self.live_queue(k) for k in range(self.shards)]:
+            c.wait_until(lambda q=q: c.http(n1, "PUT", f"/api/queues/{quote(VHOST, safe='')}/"
+                                            f"{q}", {"durable": True, "arguments": balanced}
+                                            )[0] in (201, 204), timeout=30, what=f"declare {q}")
+        for n in c.nodes:
+            for k in range(self.shards):
+                for q in (self.backlog_queue(k), self.live_queue(k)):
+                    got: list = []
+                    c.wait_until(lambda n=n, q=q, got=got: got.append(c.http(
+                        n, "GET", f"/api/queues/{quote(VHOST, safe='')}/{q}"))
+                        or got[-1][0] == 200, timeout=30, what=f"{q} known on {n.name}")
+                    assert got[-1][1]["shard"] == k, (q, got[-1][1])
+
     def load_backlog(self, n: int, body_size: int = 1024) -> None:
-        """`n` more confirmed messages of `body_size` bytes in the backlog queue, fast."""
-        p = Publisher(self.live_nodes(), VHOST, BACKLOG, name=f"backlog{len(self.extra)}",
-                      window=500, rate=0.0, confirm_timeout=10, body_size=body_size,
-                      **self.cred)
+        """`n` more confirmed messages of `body_size` bytes in the backlog queue (of the
+        shard in focus), fast."""
+        p = Publisher(self.live_nodes(), VHOST, self.backlog_queue(self.focus),
+                      name=f"backlog{len(self.extra)}", window=500, rate=0.0,
+                      confirm_timeout=10, body_size=body_size, **self.cred)
         self.extra.append(p)
         p.start()
         last, progressed = 0, time.monotonic()
@@ -225,27 +334,84 @@ class World:
                 break
             time.sleep(0.1)
         p.stop(settle=10)
-        self.note(f"backlog: {p.confirmed_count()} x {body_size} B confirmed")
+        self.note(f"backlog: {p.confirmed_count()} x {body_size} B confirmed in "
+                  f"{p.queue}")
 
     # ------------------------------------------------------------------ reading the state
     def note(self, what: str) -> None:
         log.warning("nemesis: %s", what)
-        self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
+        self.events.append(f"{_clock(time.time())} {what}")
+
+    def explain(self, queue: str, missing: set[str]) -> str:
+        """For a failure: who confirmed each missing id and when, and where its publisher
+        was connected meanwhile (wall clock, as the nodes' logs)."""
+        wall = time.time() - time.monotonic()
+        out = []
+        for p in self.publishers():
+            if p.queue != queue:
+                continue
+            for conf in p.snapshot("confirms"):
+                if conf.id in missing:
+                    out.append(f"{conf.id}: sent {_clock(conf.sent + wall)}, confirmed "
+                               f"{_clock(conf.confirmed + wall)} by {conf.node}")
+            if any(m.startswith(p.tag + "-") for m in missing):
+                out.append(f"{p.name} connected: " + ", ".join(
+                    f"{_clock(t + wall)} {n}" for t, n in p.snapshot("connects")))
+        return "\n".join(out + ["events:"] + self.events)
+
+    def unit(self, shard: int | None = None) -> str:
+        return shard_keys.unit_key(VHOST, self.focus if shard is None else shard)
 
     def live_nodes(self) -> list[NodeProcess]:
         """Nodes that answer and see the majority's view."""
         return [n for n in self.c.nodes
                 if n.running and n.name not in self.paused and n.name not in self.cut]
 
-    def state(self) -> dict:
-        return vhost_state(self.c, VHOST, via=self.live_nodes() or None)
+    def state(self, shard: int | None = None,
+              via: Sequence[NodeProcess] | None = None) -> dict:
+        """The placement of the shard in focus (or `shard`), from its owner where it
+        answers (its lag, its in-sync set)."""
+        k = self.focus if shard is None else shard
+        via = via or self.live_nodes() or None
+        if not self.sharded:
+            return vhost_state(self.c, VHOST, via=via)
+        last: object = None
+        for node in via or [n for n in self.c.nodes if n.running]:
+            try:
+                code, body = self.c.http(node, "GET", vhost_path(VHOST) + f"?shard={k}",
+                                         timeout=3.0)
+            except OSError as e:
+                last = e
+                continue
+            if code == 200 and isinstance(body, dict):
+                return body
+            last = (node.name, code, body)
+        raise LookupError(f"no node answered for {shard_keys.label(self.unit(k))}: {last}")
 
-    def owner(self) -> NodeProcess:
-        return self.c.by_name(self.state()["owner"])
+    def wait_state(self, cond: Callable[[dict], bool], *, shard: int | None = None,
+                   via: Sequence[NodeProcess] | None = None, timeout: float = 30.0,
+                   what: str = "vhost state") -> dict:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.state(shard, via)
+                last = st
+                if cond(st):
+                    return st
+            except LookupError as e:
+                last = e
+            time.sleep(0.1)
+        k = self.focus if shard is None else shard
+        raise AssertionError(f"{shard_keys.label(self.unit(k))}: {what}: not reached in "
+                             f"{timeout}s; last state {last}\n" + log_tails(self.c, 25))
 
-    def replicas(self) -> list[NodeProcess]:
+    def owner(self, shard: int | None = None) -> NodeProcess:
+        return self.c.by_name(self.state(shard)["owner"])
+
+    def replicas(self, shard: int | None = None) -> list[NodeProcess]:
         """The other copies, ordered by name (a step's `which` picks one)."""
-        owner = self.state()["owner"]
+        owner = self.state(shard)["owner"]
         return sorted((n for n in self.c.nodes if n.name != owner), key=lambda n: n.name)
 
     def leader(self) -> NodeProcess | None:
@@ -257,12 +423,19 @@ class World:
         return None
 
     def wait_all_in_sync(self, timeout: float = 120.0) -> dict:
-        return wait_in_sync(self.c, VHOST, 2, via=self.live_nodes(), timeout=timeout)
+        """Every shard with both replicas in sync; the state of the shard in focus."""
+        states = [self.wait_state(lambda s: len(s.get("in_sync", [])) >= 2, shard=k,
+                                  via=self.live_nodes(), timeout=timeout,
+                                  what="2 replicas in sync")
+                  for k in range(self.shards)]
+        return states[self.focus]
 
     def progress(self, what: str, more: int = 20, timeout: float = 120.0) -> None:
-        """The vhost serves again: `more` further confirms (liveness, not speed)."""
-        assert self.pubs is not None
-        self.pubs.wait_confirms(more, timeout=timeout, what=what)
+        """The vhost serves again, every shard of it: `more` further confirms (liveness,
+        not speed), shared between the shards."""
+        for k, group in enumerate(self.groups):
+            group.wait_confirms(max(1, more // self.shards), timeout=timeout,
+                                what=f"{what}" + (f" (shard {k})" if self.sharded else ""))
 
     # ------------------------------------------------------------------ faults
     def kill(self, node: NodeProcess) -> None:
@@ -311,17 +484,30 @@ class World:
                               what="every node agreeing on the owner after the heal")
         self.cut.clear()
 
-    def views(self) -> set[tuple[str, int]]:
-        """(owner, epoch) of the vhost as each live node sees it."""
+    def views(self) -> set[tuple]:
+        """(owner, epoch) of the vhost as each live node sees it; on a sharded vhost, each
+        node's own Raft view of every shard's."""
+        if self.sharded:
+            return {self._local_view(n) for n in self.live_nodes()}
         return {(s["owner"], s["epoch"]) for n in self.live_nodes()
                 for s in [vhost_state(self.c, VHOST, via=[n])]}
 
-    def move(self, target: NodeProcess, timeout: float = 180) -> tuple[int, object]:
+    def _local_view(self, node: NodeProcess) -> tuple[tuple[str, int], ...]:
+        """((owner, epoch) per shard) as `node`'s own Raft records say (not relayed)."""
+        st = self.c.status(node)["vhosts"].get(VHOST) or {"shards": []}
+        return tuple((s["owner"], s["epoch"]) for s in st["shards"])
+
+    def move(self, target: NodeProcess, timeout: float = 180,
+             shard: int | None = None) -> tuple[int, object]:
+        k = self.focus if shard is None else shard
         via = self.live_nodes()[0]
         t = time.monotonic()
         code, body = self.c.http(via, "POST", vhost_path(VHOST) + "/move",
-                                 {"node": target.name}, timeout=timeout)
-        self.note(f"move to {target.name}: {code} {body} in {time.monotonic() - t:.2f}s")
+                                 {"node": target.name, **({"shard": k} if self.sharded
+                                                          else {})}, timeout=timeout)
+        what = f" shard {k}" if self.sharded else ""
+        self.note(f"move{what} to {target.name}: {code} {body} in "
+                  f"{time.monotonic() - t:.2f}s")
         return code, body
 
     def heal_all(self) -> None:
@@ -342,52 +528,76 @@ class World:
         for p in self.publishers():
             if old in p.nodes:
                 p.nodes[p.nodes.index(old)] = new
-        if self.consumer is not None and old in self.consumer.drainer.nodes:
-            nodes = self.consumer.drainer.nodes
-            nodes[nodes.index(old)] = new
+        for consumer in self.consumers:
+            nodes = consumer.drainer.nodes
+            if old in nodes:
+                nodes[nodes.index(old)] = new
 
     def publishers(self) -> list[Publisher]:
-        return [*(self.pubs.all if self.pubs else []), *([self.live] if self.live else []),
-                *self.extra]
+        return [*(p for g in self.groups for p in g.all), *self.lives, *self.extra]
 
     # ------------------------------------------------------------------ running
     def run(self, schedule: Sequence[Step]) -> None:
         for i, step in enumerate(schedule):
+            self.focus = step.params.get("shard", 0)
             self.note(f"step {i + 1}/{len(schedule)}: {step}")
             if step.params.get("sync_first"):
                 self.wait_all_in_sync()
             time.sleep(step.params.get("delay", 0.0))
             NEMESIS_STEPS[step.nemesis](self, step.params)
             self.progress(f"step {i + 1} ({step})")
+        self.focus = 0
 
-    def stop_clients(self) -> Drained:
-        assert self.pubs is not None and self.live is not None and self.consumer is not None
-        self.pubs.stop()
-        self.live.stop()
-        return self.consumer.stop()
+    def stop_clients(self) -> dict[str, Drained]:
+        """Stop publishing and consuming; what each live queue's consumer got."""
+        for g in self.groups:
+            for p in g.all:
+                p.request_stop()
+        for p in self.lives:
+            p.request_stop()
+        for g in self.groups:
+            g.stop()
+        for p in self.lives:
+            p.stop()
+        out = {}
+        for c in self.consumers:
+            try:
+                out[c.drainer.queue] = c.stop()
+            except RuntimeError:
+                # where it waits (a broker call that never answers): said before failing
+                frame = sys._current_frames().get(c.ident or 0)
+                self.note(f"the consumer of {c.drainer.queue} did not stop; it waits in:\n"
+                          + "".join(traceback.format_stack(frame) if frame else ["?"]))
+                raise
+        return out
 
     def confirmed(self, queue: str) -> set[str]:
-        assert self.pubs is not None and self.live is not None
-        if queue == LIVE:
-            return set(self.live.confirmed)
-        return self.pubs.confirmed.union(*(p.confirmed for p in self.extra))
+        """Every id confirmed to a publisher of `queue`."""
+        return set().union(*(p.snapshot("confirmed") for p in self.publishers()
+                             if p.queue == queue))
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
 
 
 # =========================================================================================
 # the nemeses (each undoes its fault before it returns)
 # =========================================================================================
 def _kill_and_restart(w: World, victims: list[NodeProcess], p: dict) -> None:
-    before = w.state()
+    befores = [w.state(k) for k in range(w.shards)]
     for v in victims:
         w.kill(v)
-    if any(v.name == before["owner"] for v in victims):
-        survivors = [n for n in w.c.nodes if n.running]
+    survivors = [n for n in w.c.nodes if n.running]
+    for k, before in enumerate(befores):  # every shard a victim owned
+        if not any(v.name == before["owner"] for v in victims):
+            continue
         # a failover can happen only with a Raft majority and an in-sync survivor
         if len(survivors) >= 2 and any(s.name in before["in_sync"] for s in survivors):
-            st = wait_vhost(w.c, VHOST, lambda s: s["epoch"] > before["epoch"],
-                            via=survivors, timeout=60, what="a failover")
-            w.note(f"failover: {before['owner']} -> {st['owner']}, epoch {before['epoch']} "
-                   f"-> {st['epoch']}")
+            st = w.wait_state(lambda s, b=before: s["epoch"] > b["epoch"], shard=k,
+                              via=survivors, timeout=60, what="a failover")
+            w.note(f"failover{f' of shard {k}' if w.sharded else ''}: {before['owner']} -> "
+                   f"{st['owner']}, epoch {before['epoch']} -> {st['epoch']}")
     if not p.get("restart", True):
         return
     time.sleep(p.get("down", 0.0))
@@ -423,21 +633,24 @@ def kill_two(w: World, p: dict) -> None:
 def crash_all(w: World, p: dict) -> None:
     """Every node killed at once, restarted in `order` (indexes in owner-first order)."""
     owner_first = [w.owner(), *w.replicas()]
-    before = w.state()
+    befores = [w.state(k) for k in range(w.shards)]
     for n in w.c.nodes:
         n.kill()
-    w.note(f"kill -9 all (owner {before['owner']}, epoch {before['epoch']}, in sync "
-           f"{before['in_sync']})")
+    w.note("kill -9 all (" + "; ".join(
+        f"{'shard %d ' % k if w.sharded else ''}owner {b['owner']}, epoch {b['epoch']}, "
+        f"in sync {b['in_sync']}" for k, b in enumerate(befores)) + ")")
     for k in p["order"]:
         w.restart(owner_first[k], wait=False)
         time.sleep(p["gap"])
     for n in w.c.nodes:
         n.wait(90)
-    st = wait_vhost(w.c, VHOST, lambda s: s["available"], timeout=90,
-                    what="the vhost served after the whole cluster restarted")
-    w.note(f"after the restart: owner {st['owner']} epoch {st['epoch']}")
-    # every owner term is a new epoch: whoever serves after a crash serves a later one
-    assert st["epoch"] > before["epoch"], (before, st)
+    for k, before in enumerate(befores):
+        st = w.wait_state(lambda s: s["available"], shard=k, timeout=90,
+                          what="served after the whole cluster restarted")
+        w.note(f"after the restart: {f'shard {k} ' if w.sharded else ''}owner {st['owner']} "
+               f"epoch {st['epoch']}")
+        # every owner term is a new epoch: whoever serves after a crash serves a later one
+        assert st["epoch"] > before["epoch"], (k, before, st)
 
 
 def _pause(w: World, node: NodeProcess, seconds: float) -> None:
@@ -463,12 +676,12 @@ def snapshot_then_fault(w: World, p: dict) -> None:
     catching = w.owner() if p["behind"] == "owner" else w.replicas()[p["which"]]
     _kill_and_restart(w, [catching], {"down": 0.0, "restart": False})
     w.load_backlog(p["backlog"])
-    snapshots = _snapshots(catching)
+    snapshots = _snapshots(w, catching)
     w.restart(catching)
     time.sleep(p["after"])
     st = w.state()
     w.note(f"{catching.name} catching up: in sync {st['in_sync']}, lag {st.get('lag')}, "
-           f"snapshots begun {_snapshots(catching) - snapshots}")
+           f"snapshots begun {_snapshots(w, catching) - snapshots}")
     second = p["second"]
     if second == "kill_owner":
         _kill_and_restart(w, [w.owner()], {"down": 1.0})
@@ -483,12 +696,13 @@ def snapshot_then_fault(w: World, p: dict) -> None:
         crash_all(w, {"order": [2, 1, 0], "gap": 0.5})
 
 
-def _snapshots(node: NodeProcess) -> int:
-    return node.log_text().count(f"vhost '{VHOST}': loading a snapshot")
+def _snapshots(w: World, node: NodeProcess) -> int:
+    return node.log_text().count(f"{shard_keys.label(w.unit())}: loading a snapshot")
 
 
 def move(w: World, p: dict) -> None:
-    """The vhost moved to another in-sync copy while the live queue's consumer consumes."""
+    """The vhost (the shard in focus) moved to another in-sync copy while the publishers
+    publish and the live queues' consumers consume."""
     st = w.wait_all_in_sync()
     target = w.replicas()[p["which"]]
     code, body = w.move(target)
@@ -497,6 +711,29 @@ def move(w: World, p: dict) -> None:
         assert body["epoch"] > st["epoch"], (st, body)
     else:  # refused (a copy fell out of sync meanwhile): a refusal, not a fault
         assert code in (400, 412), (code, body)
+
+
+def rebalance(w: World, p: dict) -> None:
+    """A sharded vhost's shard in focus piled on the owner of another shard, then the
+    vhost rebalanced (each step a live move) while the publishers publish."""
+    w.wait_all_in_sync()
+    others = [k for k in range(w.shards) if k != w.focus]
+    pile = w.owner(others[p["which"] % len(others)])
+    if w.owner() is not pile:
+        code, body = w.move(pile)
+        if code != 200:  # refused (a copy fell out of sync meanwhile): not a fault
+            assert code in (400, 412), (code, body)
+    t = time.monotonic()
+    code, body = w.c.http(w.live_nodes()[-1], "POST", vhost_path(VHOST) + "/rebalance", {},
+                          timeout=600)
+    w.note(f"rebalance: {code} {body} in {time.monotonic() - t:.2f}s")
+    if code != 200:  # a move refused midway (a copy out of sync): the moves made stay
+        assert code in (400, 409, 412), (code, body)
+        return
+    assert isinstance(body, dict) and isinstance(body.get("moves"), list), body
+    owners = [w.state(k)["owner"] for k in range(w.shards)]
+    counts = [owners.count(n.name) for n in w.c.nodes]
+    assert max(counts) - min(counts) <= 1, (f"not spread after the rebalance: {owners}", body)
 
 
 def forget_replica(w: World, p: dict) -> None:
@@ -532,7 +769,7 @@ def _cut_for(w: World, node: NodeProcess, seconds: float, one_way: str | None = 
     try:
         time.sleep(seconds)
         try:
-            st = vhost_state(w.c, VHOST, via=w.live_nodes())
+            st = w.state(via=w.live_nodes())
             w.note(f"during the cut: owner {st['owner']} epoch {st['epoch']} in sync "
                    f"{st['in_sync']}")
         except LookupError as e:
@@ -577,9 +814,9 @@ NEMESIS_STEPS: dict[str, Callable[[World, dict], None]] = {
     "pause_replica": pause_replica, "snapshot_then_fault": snapshot_then_fault,
     "move": move, "forget_replica": forget_replica,
     "cut_owner_leading": cut_owner_leading, "cut_owner_following": cut_owner_following,
-    "cut_replica": cut_replica, "cut_one_way": cut_one_way,
+    "cut_replica": cut_replica, "cut_one_way": cut_one_way, "rebalance": rebalance,
 }
-assert set(NEMESIS_STEPS) == set(NEMESES)
+assert set(NEMESIS_STEPS) == set(NEMESES) | set(SHARD_NEMESES)
 
 
 # =========================================================================================
@@ -612,23 +849,26 @@ def queue_depth(w: World, node: NodeProcess, queue: str) -> int:
     raise AssertionError(f"{queue} on {node.name} never settled (last {last})")
 
 
-def verify_copies(w: World) -> dict:
+def verify_copies(w: World, shard: int | None = None) -> dict:
+    """Every copy's digest of the shard in focus (or `shard`) at one offset: they agree."""
     c = w.c
+    k = w.focus if shard is None else shard
+    label = shard_keys.label(w.unit(k))
     # asked of the owner, and again while a node just healed has not relinked (it refuses
     # with 400 "unavailable" until its Raft link to the owner is back)
     deadline = time.monotonic() + 30
     while True:
-        code, report = c.http(w.owner(), "POST", vhost_path(VHOST) + "/verify", {},
-                              timeout=600)
+        code, report = c.http(w.owner(k), "POST", vhost_path(VHOST) + "/verify",
+                              {"shard": k} if w.sharded else {}, timeout=600)
         if code != 400 or "unavailable" not in str(report) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert code == 200 and isinstance(report, dict), (code, report)
-    w.note(f"verify: agree {report['agree']} at {report.get('position')}: "
+    assert code == 200 and isinstance(report, dict), (label, code, report)
+    w.note(f"verify {label}: agree {report['agree']} at {report.get('position')}: "
            + ", ".join(f"{r['node']} {r.get('digest', '')[:12]} {r['agree']}"
                        for r in report["copies"]))
     assert len(report["copies"]) == len(c.nodes), report
-    assert report["agree"] is True, (f"the copies of {VHOST} disagree: {report}\n"
+    assert report["agree"] is True, (f"the copies of {label} disagree: {report}\n"
                                      + log_tails(c, 30))
     return report
 
@@ -641,60 +881,89 @@ class Result:
     consumed: dict[str, int]
     duplicates: dict[str, int]
     depths: dict[str, int]
-    epoch: int
+    epoch: int | list[int]
     seconds: float
     events: list[str]
 
 
 def settle_and_check(w: World, seed: int | None = None,
                      schedule: Sequence[Step] = ()) -> Result:
-    """Heal, then: one owner and epoch everywhere, every digest agrees, every copy made
-    owner in turn serves the same depth, and every confirmed id is consumed."""
+    """Heal, then, for every shard: one owner and epoch on every node, every digest
+    agrees, every copy made owner in turn serves the same depth of every queue, and every
+    confirmed id of every queue is consumed."""
     c = w.c
     started = time.monotonic()
+    w.focus = 0
     w.heal_all()
-    st = w.wait_all_in_sync(timeout=180)
+    w.wait_all_in_sync(timeout=180)
     w.progress("after the heal", more=50)
     consumed = w.stop_clients()
-    # no vhost split between owners: every node names the same owner and epoch
+    states = [w.wait_state(lambda s: len(s.get("in_sync", [])) >= 2, shard=k, timeout=120,
+                           what="2 replicas in sync") for k in range(w.shards)]
+    # no vhost (no shard) split between owners: every node names the same owner and epoch
+    want = [(s["owner"], s["epoch"]) for s in states]
     for n in c.nodes:
-        wait_vhost(c, VHOST, lambda s: (s["owner"], s["epoch"]) == (st["owner"], st["epoch"]),
+        if w.sharded:  # each node's own Raft records, not an answer relayed to an owner
+            c.wait_until(lambda n=n: list(w._local_view(n)) == want, timeout=60,
+                         what=f"{n.name} agreeing on every shard's owner and epoch {want}")
+            continue
+        wait_vhost(c, VHOST, lambda s: (s["owner"], s["epoch"]) == want[0],
                    via=[n], timeout=60, what=f"{n.name} agreeing on the owner and epoch")
-    st = w.wait_all_in_sync(timeout=120)
-    verify_copies(w)
-    # each copy in turn made owner: the same depth everywhere
+    w.wait_all_in_sync(timeout=120)
+    for k in range(w.shards):
+        verify_copies(w, k)
+    # each copy in turn made the owner of every shard: the same depth of every queue
     depths: dict[str, dict[str, int]] = {}
-    order = sorted(c.nodes, key=lambda n: (n.name == st["owner"], n.name))
+    order = sorted(c.nodes, key=lambda n: (n.name == states[0]["owner"], n.name))
     for node in order:
-        if w.owner() is not node:
-            w.wait_all_in_sync()
-            code, body = w.move(node)
-            assert code == 200, (f"moving {VHOST} to {node.name}: {code} {body}\n"
-                                 + log_tails(c, 30))
-        wait_vhost(c, VHOST, lambda s, node=node: s["owner"] == node.name and s["available"],
-                   via=[node], timeout=60, what=f"{node.name} serving {VHOST}")
-        depths[node.name] = {q: queue_depth(w, node, q) for q in (BACKLOG, LIVE)}
-        w.note(f"owner {node.name}: depths {depths[node.name]}")
-    assert len({tuple(sorted(d.items())) for d in depths.values()}) == 1, \
-        f"the copies serve different depths: {depths}\n" + log_tails(c, 30)
-    # and now everything is consumed
-    rest = {q: drain(c.nodes, VHOST, q, **w.cred, timeout=300) for q in (BACKLOG, LIVE)}
-    served = next(iter(depths.values()))
-    for q in (BACKLOG, LIVE):
-        got = sum(rest[q].counts.values())
-        assert got == served[q], f"{q}: drained {got} messages, its depth was {served[q]}"
-    consumed.merge(rest[LIVE])
+        for k in range(w.shards):
+            if w.owner(k) is not node:
+                w.wait_all_in_sync()
+                code, body = w.move(node, shard=k)
+                assert code == 200, (f"moving {shard_keys.label(w.unit(k))} to {node.name}: "
+                                     f"{code} {body}\n" + log_tails(c, 30))
+            w.wait_state(lambda s, node=node: s["owner"] == node.name and s["available"],
+                         shard=k, via=[node], timeout=60, what=f"{node.name} serving it")
+        depths[node.name] = {q: queue_depth(w, node, q) for q in w.queues()}
+        rows = {q: c.http(node, "GET", f"/api/queues/{quote(VHOST, safe='')}/{q}")[1]
+                for q in w.queues()}
+        w.note(f"owner {node.name}: depths {depths[node.name]}; consumers, unacked: "
+               + ", ".join(f"{q} {r.get('consumers')} {r.get('messages_unacknowledged')}"
+                           for q, r in rows.items() if isinstance(r, dict)))
+    # different depths fail the schedule, after the drain below has said whether a confirmed
+    # message is missing too
+    differ = len({tuple(sorted(d.items())) for d in depths.values()}) != 1
+    if differ:
+        w.note(f"the copies serve different depths: {depths}")
+    # and now everything is consumed, through the nodes that own none of it last
+    last = order[-1]
+    through = [n for n in c.nodes if n is not last] + [last]
+    rest = {q: drain(through, VHOST, q, **w.cred, timeout=300) for q in w.queues()}
+    served = depths[last.name]
+    for q, d in consumed.items():
+        d.merge(rest[q])
     what = f"seed {seed}" if seed is not None else "fixed schedule"
-    assert_confirmed_present(w.confirmed(BACKLOG), rest[BACKLOG], c, f"{what}: {BACKLOG}")
-    assert_confirmed_present(w.confirmed(LIVE), consumed, c, f"{what}: {LIVE}")
-    final = w.state()
+    for k in range(w.shards):
+        for q, got in ((w.backlog_queue(k), rest), (w.live_queue(k), consumed)):
+            missing = w.confirmed(q) - got[q].counts.keys()
+            if missing:
+                log.error("nemesis: %s: confirmed but missing from %s:\n%s", what, q,
+                          w.explain(q, missing))
+            assert_confirmed_present(w.confirmed(q), got[q], c, f"{what}: {q}")
+    assert not differ, f"the copies serve different depths: {depths}\n" + log_tails(c, 30)
+    for q in w.queues():
+        drained = sum(rest[q].counts.values())
+        assert drained == served[q], f"{q}: drained {drained} messages, its depth was {served[q]}"
+    every = {q: (rest[q] if q in [w.backlog_queue(k) for k in range(w.shards)]
+                 else consumed[q]) for q in w.queues()}
+    finals = [w.state(k)["epoch"] for k in range(w.shards)]
     result = Result(
         seed=seed, schedule=[str(s) for s in schedule],
-        confirmed={BACKLOG: len(w.confirmed(BACKLOG)), LIVE: len(w.confirmed(LIVE))},
-        consumed={BACKLOG: len(rest[BACKLOG].counts), LIVE: len(consumed.counts)},
-        duplicates={BACKLOG: len(rest[BACKLOG].duplicates), LIVE: len(consumed.duplicates)},
-        depths=served, epoch=final["epoch"], seconds=round(time.monotonic() - started, 1),
-        events=w.events)
+        confirmed={q: len(w.confirmed(q)) for q in w.queues()},
+        consumed={q: len(every[q].counts) for q in w.queues()},
+        duplicates={q: len(every[q].duplicates) for q in w.queues()},
+        depths=served, epoch=finals if w.sharded else finals[0],
+        seconds=round(time.monotonic() - started, 1), events=w.events)
     log.warning("nemesis: %s passed: confirmed %s, consumed %s, duplicates %s, epoch %s",
                 what, result.confirmed, result.consumed, result.duplicates, result.epoch)
     return result
@@ -703,27 +972,28 @@ def settle_and_check(w: World, seed: int | None = None,
 # =========================================================================================
 # the soak
 # =========================================================================================
-def run_seed(base: Path, seed: int, steps: int, lab: Any) -> Result:
-    """One schedule on a fresh cluster (in the lab's namespaces when there is a lab)."""
+def run_seed(base: Path, seed: int, steps: int, lab: Any, shards: int = 1) -> Result:
+    """One schedule on a fresh cluster (in the lab's namespaces when there is a lab), on a
+    vhost of `shards` shards."""
     from tests.cluster.conftest import netns_cluster
-    schedule = generate(seed, steps, partitions=lab is not None)
+    schedule = generate(seed, steps, partitions=lab is not None, shards=shards)
     log.warning("nemesis: %s", describe(seed, schedule))
     if lab is not None:
         with netns_cluster(lab, base, **SETTINGS) as c:
-            w = World(c, lab).setup(backlog=10000)
+            w = World(c, lab, shards=shards).setup(backlog=10000)
             w.run(schedule)
             return settle_and_check(w, seed, schedule)
     c = Cluster(base, **SETTINGS)
     try:
         c.start()
-        w = World(c).setup(backlog=10000)
+        w = World(c, shards=shards).setup(backlog=10000)
         w.run(schedule)
         return settle_and_check(w, seed, schedule)
     finally:
         c.stop()
 
 
-def soak(seconds: float, seed: int, steps: int, out: Path | None) -> int:
+def soak(seconds: float, seed: int, steps: int, out: Path | None, shards: int = 1) -> int:
     from tests.cluster import harness, netns
     reason = netns.unavailable_reason()
     if reason:
@@ -739,11 +1009,11 @@ def soak(seconds: float, seed: int, steps: int, out: Path | None) -> int:
         base = Path(tempfile.mkdtemp(prefix=f"nemesis-{s}-"))
         lab = netns.NetnsLab(3)
         t = time.monotonic()
-        entry: dict[str, Any] = {"seed": s,
-                                 "schedule": [str(x) for x in generate(s, steps)]}
+        entry: dict[str, Any] = {"seed": s, "shards": shards, "schedule": [
+            str(x) for x in generate(s, steps, shards=shards)]}
         try:
             lab.setup()
-            r = run_seed(base, s, steps, lab)
+            r = run_seed(base, s, steps, lab, shards)
             entry.update(ok=True, **{k2: v for k2, v in asdict(r).items()
                                      if k2 not in ("seed", "schedule")})
             shutil.rmtree(base, ignore_errors=True)
@@ -777,19 +1047,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="run schedules for this long (an hour or more before a release)")
     ap.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
     ap.add_argument("--steps", type=int, default=10, help="steps per schedule")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="shards of the vhost the schedules run on (3: one per node)")
     ap.add_argument("--results", type=Path, default=None, help="write results as JSON here")
     ap.add_argument("--print", dest="print_only", action="store_true",
                     help="only print the schedule of --seed")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.randrange(1_000_000)
     if a.print_only:
-        print(describe(seed, generate(seed, a.steps)))
+        print(describe(seed, generate(seed, a.steps, shards=a.shards)))
         return 0
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(f"nemesis soak: {a.soak:.0f} s from seed {seed}, {a.steps} steps a schedule",
-          flush=True)
-    return soak(a.soak, seed, a.steps, a.results)
+    print(f"nemesis soak: {a.soak:.0f} s from seed {seed}, {a.steps} steps a schedule, "
+          f"{a.shards} shard(s)", flush=True)
+    return soak(a.soak, seed, a.steps, a.results, a.shards)
 
 
 if __name__ == "__main__":

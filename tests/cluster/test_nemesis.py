@@ -5,9 +5,12 @@ confirmed message is consumed (duplicates allowed, never missing).
 
 - the first scenario that lost confirmed messages, as a fixed schedule;
 - the whole cluster crashed and restarted in every order;
+- a vhost of 3 shards (one per node, publishers and consumers on nodes that do not own
+  their queue's shard): kill -9 of a shard's owner, a shard moved under load, the whole
+  cluster crashed; the checks then run for every shard and every queue;
 - a random schedule from a seed (printed; WARREN_NEMESIS_SEED replays it, with
-  WARREN_NEMESIS_STEPS steps), partitions included: it fails, with the reason, where network
-  namespaces cannot be made.
+  WARREN_NEMESIS_STEPS steps), partitions included, on a one-shard vhost and (shorter) on a
+  vhost of 3 shards: it fails, with the reason, where network namespaces cannot be made.
 
 The soak runs many seeds for an hour or more: `python3 -m tests.cluster.nemesis --soak 3600`.
 """
@@ -55,6 +58,13 @@ def test_a_schedule_is_a_function_of_its_seed():
              for s in nemesis.generate(seed, 10, partitions=False)}
     assert not quiet & nemesis.PARTITIONS
     assert nemesis.describe(7, nemesis.generate(7, 3)).startswith("seed 7: 1. ")
+    # on a sharded vhost: each step names its shard, a rebalance is drawn, no forget
+    sharded = [nemesis.generate(seed, 10, shards=3) for seed in range(40)]
+    assert [str(s) for s in sharded[3]] == [str(s) for s in nemesis.generate(3, 10, shards=3)]
+    assert all(0 <= s.params["shard"] < 3 for steps in sharded for s in steps)
+    assert {s.params["shard"] for steps in sharded for s in steps} == {0, 1, 2}
+    drawn = {s.nemesis for steps in sharded for s in steps}
+    assert drawn == (set(nemesis.NEMESES) - nemesis.NOT_SHARDED) | set(nemesis.SHARD_NEMESES)
 
 
 # =========================================================================================
@@ -143,23 +153,82 @@ def test_whole_cluster_crashed_and_restarted_in_every_order(loop_cluster: Cluste
 
 
 # =========================================================================================
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sharded_vhost_owner_killed_shard_moved_and_cluster_crashed(loop_cluster: Cluster):
+    """A vhost of 3 shards, one per node, 3 copies each; a backlog and a live queue on
+    every shard, published to through nodes that do not own the shard (every publish
+    crosses a queue link), each live queue consumed through yet another node.  kill -9 of
+    shard 1's owner while it is the replica of the others; shard 2 moved while everything
+    publishes; the whole cluster crashed and restarted; then, for every shard: one owner and
+    epoch on every node, the copies' digests agree, each node made owner serves the same
+    depths, and every confirmed message of every queue is consumed."""
+    c = loop_cluster
+    w = World(c, shards=3).setup(backlog=6000)
+    owners = [w.state(k)["owner"] for k in range(3)]
+    assert sorted(owners) == sorted(n.name for n in c.nodes), owners  # one shard per node
+    # most publishes crossed a queue link: each publisher's node does not own its shard
+    assert all(conn[1] != owners[k] for k, g in enumerate(w.groups) for p in g.all
+               for conn in p.snapshot("connects")[:1]), owners
+
+    w.focus = 1
+    before = w.wait_all_in_sync()
+    nemesis.kill_owner(w, {"down": 1.0})
+    after = w.state()
+    assert after["epoch"] > before["epoch"] and after["owner"] != before["owner"], \
+        (before, after)
+    # the other shards kept their owner and epoch through the kill
+    for k in (0, 2):
+        assert w.state(k)["owner"] == owners[k], (k, owners, w.state(k))
+    w.progress("after shard 1's owner was killed", more=60)
+
+    w.focus = 2
+    st = w.wait_all_in_sync()
+    target = w.replicas()[0]
+    connects = {p.name: len(p.snapshot("connects")) for p in w.publishers()}
+    on_old_owner = [p.name for p in w.publishers()
+                    if p.snapshot("connects")[-1][1] == st["owner"]]
+    code, body = w.move(target)
+    assert code == 200 and isinstance(body, dict), (code, body)
+    assert body["owner"] == target.name and body["epoch"] > st["epoch"], (st, body)
+    w.progress("after shard 2 moved", more=60)
+    # a move closes no connection: those on the old owner publish on, confirmed
+    assert on_old_owner, "no publisher on the old owner: the move would test nothing"
+    assert {p.name: len(p.snapshot("connects")) for p in w.publishers()} == connects, \
+        ([p.snapshot("errors")[-3:] for p in w.publishers()], on_old_owner)
+
+    w.focus = 0
+    w.wait_all_in_sync()
+    nemesis.crash_all(w, {"order": [1, 2, 0], "gap": 1.0})
+    w.progress("after the whole cluster restarted", more=60)
+    r = settle_and_check(w)
+    assert set(r.confirmed) == {f"{q}{k}" for q in ("q", "live") for k in range(3)}
+    assert all(n > 0 for n in r.confirmed.values()), r.confirmed
+    log.warning("sharded schedule: confirmed %s, consumed %s, duplicates %s, events:\n%s",
+                r.confirmed, r.consumed, r.duplicates, "\n".join(r.events))
+
+
+# =========================================================================================
 def _seed() -> int:
     return int(os.environ.get("WARREN_NEMESIS_SEED") or random.randrange(1_000_000))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_seeded_schedule(netns_lab, tmp_path):
+@pytest.mark.parametrize("shards", [1, 3], ids=["one-shard", "sharded"])
+def test_seeded_schedule(netns_lab, tmp_path, shards):
     seed = _seed()
-    steps = int(os.environ.get("WARREN_NEMESIS_STEPS", "8"))
-    schedule = nemesis.generate(seed, steps)
+    # the sharded schedule is shorter: each of its steps checks three shards
+    steps = int(os.environ.get("WARREN_NEMESIS_STEPS", "8" if shards == 1 else "4"))
+    schedule = nemesis.generate(seed, steps, shards=shards)
     # printed first, so that a failure (or a hang) can be replayed
-    print(f"\nnemesis {nemesis.describe(seed, schedule)}\n"
+    print(f"\nnemesis ({shards} shard(s)) {nemesis.describe(seed, schedule)}\n"
           f"replay: WARREN_NEMESIS_SEED={seed} WARREN_NEMESIS_STEPS={steps} "
-          f"python3 -m pytest tests/cluster/test_nemesis.py -k seeded", flush=True)
+          f"python3 -m pytest tests/cluster/test_nemesis.py -k 'seeded and "
+          f"{'sharded' if shards > 1 else 'one-shard'}'", flush=True)
     log.warning("nemesis %s", nemesis.describe(seed, schedule))
     with netns_cluster(netns_lab, tmp_path, **SETTINGS) as c:
-        w = World(c, netns_lab).setup(backlog=10000)
+        w = World(c, netns_lab, shards=shards).setup(backlog=10000)
         try:
             w.run(schedule)
         except BaseException:

@@ -339,3 +339,49 @@ def test_the_node_budget_caps_every_change_log_together() -> None:
     assert budget.used <= 100
     a.close()
     assert budget.used == b.nbytes
+
+
+class Gate:
+    """A replication hook that releases nothing (replicas that have not acked)."""
+
+    def record(self, offset: int, epoch: int, payload: bytes) -> None:
+        pass
+
+    def committed(self, offset: int, fut: asyncio.Future | None) -> None:
+        pass
+
+
+def test_what_an_owner_wrote_and_nobody_acked_is_never_confirmed_once_it_steps_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write still queued behind the writer when the owner steps down (its replication
+    source closed, the store a replica) is no part of the new owner's history: its flush
+    future fails, never resolves as if the store had no replicas to wait for."""
+    import threading
+    first_commit_started, let_it_finish = threading.Event(), threading.Event()
+    real_commit = MessageStore._commit
+
+    def slow_commit(self: MessageStore, gen, position) -> None:  # type: ignore[no-untyped-def]
+        if not first_commit_started.is_set():
+            first_commit_started.set()
+            let_it_finish.wait(10)
+        real_commit(self, gen, position)
+    monkeypatch.setattr(MessageStore, "_commit", slow_commit)
+
+    async def main() -> None:
+        owner = await open_store(tmp_path / "owner")
+        owner.takeover(1)
+        owner.keep_changelog()
+        gate = Gate()
+        owner.attach(gate)
+        owner.put("q", 1, b"a")
+        await asyncio.to_thread(first_commit_started.wait, 10)  # the writer is busy
+        owner.put("q", 2, b"b")  # queued behind it
+        second = owner.flush()
+        owner.become_replica()  # deposed: as the node steps down
+        owner.detach(gate)
+        let_it_finish.set()
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(second, 10)
+        await owner.close()
+
+    asyncio.run(main())
