@@ -42,6 +42,8 @@ DECLARED_WAIT = 5.0
 # (a failover decides within the failover timeout; a move commits at once)
 FOLLOW_WAIT = 30.0
 FOLLOW_POLL = 0.02
+# how long basic.cancel-ok waits for the owner to end a remote consumer
+CANCEL_WAIT = 5.0
 
 
 class RemoteEntry(QueueEntry):
@@ -256,6 +258,14 @@ class RemoteQueue:
             if not done.done():
                 done.set_result(None)
         ended.add_done_callback(answered)
+
+        def unanswered() -> None:
+            # the owner does not answer (cut off, stopped): the client's cancel-ok is not
+            # held for it; deliveries still coming for the consumer go back and end it there
+            if not done.done():
+                self._forget(c, tell_owner=False)
+                done.set_result(None)
+        asyncio.get_event_loop().call_later(CANCEL_WAIT, unanswered)
         return done
 
     def _forget(self, c: Consumer, tell_owner: bool) -> None:
