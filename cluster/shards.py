@@ -43,8 +43,13 @@ def count(vhost_record: Mapping[str, Any] | None) -> int:
     return int(vhost_record.get("shards") or 1)
 
 
+def units(vhost: str, shard_count: int) -> list[str]:
+    """The unit keys of a vhost of ``shard_count`` shards, shard 0 first."""
+    return [unit_key(vhost, k) for k in range(shard_count)]
+
+
 def units_of(vhost: str, vhost_record: Mapping[str, Any] | None) -> list[str]:
-    return [unit_key(vhost, k) for k in range(count(vhost_record))]
+    return units(vhost, count(vhost_record))
 
 
 def queue_shard(queue_record: Mapping[str, Any]) -> int:

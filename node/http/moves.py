@@ -150,7 +150,7 @@ async def rebalance_events(request: web.Request, vhosts: Iterable[str],
     moves: list[dict[str, Any]] = []
     for vhost in vhosts:
         record = b.runtime.records.vhost(vhost)
-        units = [shards.unit_key(vhost, k) for k in range(record.shards if record else 1)]
+        units = shards.units(vhost, record.shards if record else 1)
         for _ in range(2 * len(units) * max(len(running), 1)):  # a bound; it ends sooner
             step = rebalance.next_move(units, b.runtime.units, running)
             if step is None:

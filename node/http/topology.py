@@ -86,8 +86,7 @@ async def _sharded_queues(request: web.Request, vh: Any) -> list[dict]:
     rows: list[dict] = []
     asked: dict[str, list | None] = {}  # owner node -> its rows
     record = b.runtime.records.vhost(vh.name)
-    for k in range(record.shards if record is not None else 1):
-        unit = shards.unit_key(vh.name, k)
+    for unit in shards.units(vh.name, record.shards if record is not None else 1):
         queues = [q for q in list(vh.queues.values()) if q.unit == unit]
         if b.runtime.owns(unit):
             rows.extend(queue_json(b, stats, vh.name, q, unacked) for q in queues)
@@ -99,7 +98,8 @@ async def _sharded_queues(request: web.Request, vh: Any) -> list[dict]:
             asked[owner] = await owner_list(request, unit, "/api/queues/{vhost}")
         remote = asked[owner]
         if remote is not None:
-            rows.extend(r for r in remote if r.get("shard") == k)
+            shard = shards.split(unit)[1]
+            rows.extend(r for r in remote if r.get("shard") == shard)
             continue
         why = b.roles.available(unit) or (
             f"{shards.label(unit)} is served by node '{owner}', which did not answer")

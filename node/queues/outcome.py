@@ -60,19 +60,20 @@ class PublishOutcome:
         """Resolves once the message is on disk here and on the in-sync replicas (the
         store's shared flush future: do not cancel it) and on every remote owner; fails
         if it never will be (`Rejected` when an owner refused it)."""
-        if self.remote is None:
+        if self.remote is None and not self.more_stores:
             assert self.store is not None, "nothing durable was written"
-            if not self.more_stores:
-                return self.store.flush()
-            return all_settled([self.store.flush(), *(s.flush() for s in self.more_stores)])
+            return self.store.flush()
         flushes = [] if self.store is None else [self.store.flush()]
         flushes.extend(s.flush() for s in self.more_stores)
-        return all_settled(flushes, [answer for _link, answer in self.remote])
+        return all_settled(flushes, [answer for _link, answer in self.remote or ()])
 
     def backlogged(self) -> bool:
         """A store holds more uncommitted bytes than its publishers may make it hold."""
-        return self.store is not None and any(
-            s.pending_bytes > STORE_PENDING_MAX_BYTES for s in (self.store, *self.more_stores))
+        store = self.store
+        if store is None:
+            return False
+        return store.pending_bytes > STORE_PENDING_MAX_BYTES or any(
+            s.pending_bytes > STORE_PENDING_MAX_BYTES for s in self.more_stores)
 
 
 def all_settled(futures: list[asyncio.Future],

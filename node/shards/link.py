@@ -49,7 +49,7 @@ from node.amqp import errors
 from node.amqp.message import Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.outcome import publish_to
+from node.queues.outcome import all_settled, publish_to
 from node.queues.queue import Queue
 from node.read_models import ChannelStats
 
@@ -229,8 +229,9 @@ class LinkServer(wire.FramedProtocol):
             if msg is None:
                 msg = Message.decode(record)
                 msg._record = record
-            waits = [link.publish(vhost, names_there, msg) for link, names_there in moved.items()]
-            self._answer_when(seq, ok, [*waits, *([settled] if settled is not None else [])])
+            answers = [link.publish(vhost, names_there, msg)
+                       for link, names_there in moved.items()]
+            self._answer_when(seq, ok, all_settled([settled] if settled else [], answers))
             return
         entry = [seq, settled is None, ok]
         self._confirms.append(entry)
@@ -273,22 +274,17 @@ class LinkServer(wire.FramedProtocol):
         except LookupError:
             return None
 
-    def _answer_when(self, seq: int, ok: bool, waits: list[asyncio.Future]) -> None:
-        """Answer publish ``seq`` once every one of ``waits`` is done: a forward's answer
-        (True/False) or a local store's flush (None, or an error)."""
+    def _answer_when(self, seq: int, ok: bool, settled: asyncio.Future[None]) -> None:
+        """Answer publish ``seq`` once ``settled`` is (outcome.all_settled of the local
+        flush and the new owners' answers): an ack if it succeeded and ``ok``."""
         entry = [seq, False, ok]
         self._confirms.append(entry)
-        left = [len(waits)]
 
-        def one(fut: asyncio.Future) -> None:
-            good = not fut.cancelled() and fut.exception() is None and fut.result() is not False
-            entry[2] = entry[2] and good
-            left[0] -= 1
-            if not left[0]:
-                entry[1] = True
-                self._send_confirms()
-        for fut in waits:
-            fut.add_done_callback(one)
+        def done(fut: asyncio.Future) -> None:
+            good = not fut.cancelled() and fut.exception() is None
+            entry[1], entry[2] = True, entry[2] and good
+            self._send_confirms()
+        settled.add_done_callback(done)
 
     def _send_confirms(self) -> None:
         self._confirms_scheduled = False
