@@ -5,9 +5,9 @@
    flight) and 6 consumers (manual ack every 100, prefetch 1000), spread over the three
    nodes (one amqpbench per node, its queues declared through that node, so a sharded
    vhost's go to that node's shard: client-local).  Confirmed msg/s summed over the three.
-2. failover: clients of two shards publish while the third shard's owner is killed (kill
-   -9; not the Raft leader): each one's longest gap between confirms (amqpbench's
-   max_confirm_gap_ms).
+2. failover: producers of two shards publish while the third shard's owner is killed (kill
+   -9; not the Raft leader): each producer's longest gap between confirms around the
+   failover, at a set rate and at full speed.
 3. through a non-owner: publish->confirm latency (p50, p99) of single persistent messages
    with pika, to a queue of another node's shard, against the same on that shard's owner.
 
@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +38,9 @@ import pika  # noqa: E402
 from tests.cluster.conftest import Cluster  # noqa: E402
 
 AMQPBENCH = Path(os.environ.get("AMQPBENCH", Path.home() / ".cache/warren-bench/bin/amqpbench"))
+# the failover figure: tick often enough to see a 50 ms gap, and how long after the kill
+TICK = "5ms"
+FAILOVER_WINDOW = 5.0
 S3_LIKE = ["-producers", "2", "-consumers", "2", "-queues", "2", "-persistent",
            "-confirm", "1000", "-size", "1024", "-ack-every", "100", "-prefetch", "1000"]
 
@@ -62,12 +67,12 @@ def placement(cluster: Cluster, name: str) -> list[dict]:
 
 
 def amqpbench(node, vhost: str, prefix: str, duration: float, extra: list[str],
-              pids: str) -> subprocess.Popen:
+              pids: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
     url = f"amqp://guest:guest@127.0.0.1:{node.amqp_port}/{quote(vhost, safe='')}"
     return subprocess.Popen(
         [str(AMQPBENCH), "-url", url, "-duration", f"{duration}s", "-prefix", prefix,
          "-extra-pids", pids, *S3_LIKE, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def result(proc: subprocess.Popen) -> dict:
@@ -117,25 +122,68 @@ def part_aggregate(cluster: Cluster, duration: float, rounds: int, pids: str) ->
               f"3 shards {p3:.0f}/s, ratio {p3 / p1:.2f}")
 
 
-def part_failover(cluster: Cluster, duration: float, pids: str) -> None:
-    make_vhost(cluster, "fo", 3)
-    units = placement(cluster, "fo")
-    leader = cluster.leader(cluster.nodes[0])
-    victim = next(n for n in cluster.nodes if n is not leader)
-    others = [n for n in cluster.nodes if n is not victim]
-    print(f"killing {victim.name} (owns shard "
-          f"{[u['shard'] for u in units if u['owner'] == victim.name]}); Raft leader "
-          f"{leader.name if leader else '?'}")
-    procs = [amqpbench(node, "fo", f"fo-{i}", duration, ["-tick", "100ms"], pids)
-             for i, node in enumerate(others)]
-    time.sleep(duration / 2)
-    victim.kill()
-    for node, proc in zip(others, procs, strict=True):
-        r = result(proc)
-        print(f"  client on {node.name} (its own shard): confirmed {r['confirmed']}, nacked "
-              f"{r['nacked']}, errors {r['errors']}, longest gap between confirms "
-              f"{r.get('max_confirm_gap_ms', 0):.1f} ms")
-    victim.start()
+def longest_gap(ticks: str, lo: float, hi: float) -> tuple[float, float]:
+    """From amqpbench's -tick lines (one producer per process; ``confirmed`` is a running
+    total): the longest time between two ticks that each saw new confirms, for gaps
+    ending between wall times ``lo`` and ``hi`` (seconds, and where it started)."""
+    best, last, seen = (0.0, 0.0), None, 0
+    for line in ticks.splitlines():
+        m = re.match(r"tick wall=([\d.]+) .*? confirmed=(\d+)", line)
+        if not m or int(m.group(2)) <= seen:
+            continue
+        wall, seen = float(m.group(1)), int(m.group(2))
+        if last is not None and lo <= wall <= hi and wall - last > best[0]:
+            best = (wall - last, last)
+        last = wall
+    return best
+
+
+def part_failover(cluster: Cluster, duration: float, pids: str, rate: str,
+                  rounds: int) -> None:
+    """The other shards' producers while one shard's owner is killed: one amqpbench per
+    producer (1 producer, 1 consumer, its own queue on its node's shard), ticking every
+    TICK, so each producer's gaps are seen apart; the gap counted is the longest one
+    ending in the second before the kill to FAILOVER_WINDOW after it (amqpbench's own
+    max_confirm_gap_ms covers the whole run, start-up included, and is printed too)."""
+    for r in range(rounds):
+        vhost = f"fo{rate or 'max'}{r}"
+        make_vhost(cluster, vhost, 3)
+        units = placement(cluster, vhost)
+        leader = cluster.leader(cluster.nodes[0])
+        victim = next(n for n in cluster.nodes if n is not leader)
+        others = [n for n in cluster.nodes if n is not victim]
+        print(f"  {rate or 'full speed'} msg/s per producer: killing {victim.name} (owns "
+              f"shard {[u['shard'] for u in units if u['owner'] == victim.name]}); Raft "
+              f"leader {leader.name if leader else '?'}")
+        one = ["-producers", "1", "-consumers", "1", "-queues", "1", "-tick", TICK,
+               *(["-rate", rate] if rate else [])]
+        # ticks go to files: a pipe nobody reads yet would fill and hold the ticker
+        procs = []
+        for node in others:
+            for i in range(2):
+                log = tempfile.TemporaryFile("w+")
+                procs.append((node, log, amqpbench(node, vhost, f"fo-{node.name[:2]}-{i}",
+                                                   duration, one, pids, stderr=log)))
+        time.sleep(duration / 2)
+        killed = time.time()
+        victim.kill()
+        for node, log, proc in procs:
+            out, _ = proc.communicate(timeout=180)
+            log.seek(0)
+            ticks = log.read()
+            log.close()
+            res = json.loads(out.strip().splitlines()[-1])
+            gap, at = longest_gap(ticks, killed - 1, killed + FAILOVER_WINDOW)
+            print(f"    producer on {node.name} (its own shard): confirmed {res['confirmed']}, "
+                  f"nacked {res['nacked']}, errors {res['errors']}; longest gap around the "
+                  f"failover {gap * 1000:.0f} ms (at {at - killed:+.2f} s), whole run "
+                  f"{res.get('max_confirm_gap_ms', 0):.0f} ms (at "
+                  f"{res.get('max_confirm_gap_start_unix', killed) - killed:+.2f} s)")
+        victim.start()
+        victim.wait(90)
+        cluster.wait_until(lambda v=vhost: all(len(u["in_sync"]) == 2
+                                               for u in placement(cluster, v)),
+                           timeout=90, what="copies back in sync")
 
 
 def confirm_latency(port: int, vhost: str, queue: str, n: int) -> tuple[float, float]:
@@ -180,6 +228,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--latency-messages", type=int, default=2000)
     p.add_argument("--parts", default="1,2,3")
+    p.add_argument("--failover-rates", default="1000,",
+                   help="part 2's msg/s per producer, comma-separated ('' = full speed)")
     p.add_argument("--no-sync", action="store_true",
                    help="stores commit without fsync (tells the disk's share from the CPU's)")
     a = p.parse_args()
@@ -197,7 +247,8 @@ def main() -> None:
             if "3" in parts:
                 part_non_owner(cluster, a.latency_messages, a.rounds)
             if "2" in parts:
-                part_failover(cluster, a.duration, pids)
+                for rate in a.failover_rates.split(","):
+                    part_failover(cluster, a.duration, pids, rate, a.rounds)
         finally:
             cluster.stop()
 
