@@ -993,7 +993,11 @@ class Channel:
                     q.dispatch()
 
     def _dispatch_all(self) -> None:
-        for q in {c.queue for c in self.consumers.values()}:
+        queues = {c.queue for c in self.consumers.values()}
+        # remote queues first: under a global prefetch, what their owners already sent
+        # waits for room here and must not be starved by a local queue taking it all
+        for q in sorted(queues, key=lambda q: not isinstance(q, RemoteQueue)) \
+                if len(queues) > 1 else queues:
             q.dispatch()
 
     def on_basic_recover(self, m: spec.BasicRecover) -> None:

@@ -98,6 +98,9 @@ class RemoteQueue:
         self._by_rc: dict[RemoteConsumer, Consumer] = {}
         self._following: set[asyncio.Future] = set()  # consumers following a moved shard
         self._waiting: dict[Consumer, list[RemoteEntry]] = {}  # before basic.consume-ok
+        # deliveries that came while the channel's global prefetch was full (its local
+        # queues took the room meanwhile): handed on as acks make room (`dispatch`)
+        self._parked: dict[Consumer, list[RemoteEntry]] = {}
         self.stats_publish = 0
 
     def __repr__(self) -> str:
@@ -230,7 +233,7 @@ class RemoteQueue:
     def started(self, c: Consumer) -> None:
         waiting = self._waiting.get(c)
         while waiting:  # those still waiting count against a global prefetch (`_free`)
-            self._hand(c, waiting.pop(0))
+            self._hand_or_park(c, waiting.pop(0))
         self._waiting.pop(c, None)
 
     def add_consumer(self, c: Consumer) -> None:
@@ -275,6 +278,13 @@ class RemoteQueue:
             self.consumers.remove(c)
 
     def _detach(self, c: Consumer, tell_owner: bool) -> RemoteConsumer | None:
+        # what never reached the client goes back to the owner (a settle on a session
+        # that has ended is dropped: that owner requeued it already)
+        waiting = self._waiting.get(c)  # kept while basic.consume-ok is not sent yet
+        for entry in [*(waiting or ()), *self._parked.pop(c, ())]:
+            entry.link.settle("requeue", entry.generation, entry.seq)
+        if waiting:
+            waiting.clear()
         rc = self._remote.pop(c, None)
         if rc is None:
             return None
@@ -300,6 +310,18 @@ class RemoteQueue:
         waiting = self._waiting.get(c)
         if waiting is not None:
             waiting.append(entry)
+            return
+        self._hand_or_park(c, entry)
+
+    def _hand_or_park(self, c: Consumer, entry: RemoteEntry) -> None:
+        """Hand ``entry`` to the channel, unless its global prefetch is full: the owner
+        sent it within the credit it had, but a local queue of the channel may have
+        filled the window since; then it waits here, in order, for an ack to make room
+        (the client never holds more unacked deliveries than basic.qos allows)."""
+        parked = self._parked.get(c)
+        window = _global_window(c)
+        if parked or (window and len(c.owner.unacked) >= window):
+            self._parked.setdefault(c, []).append(entry)
             return
         self._hand(c, entry)
 
@@ -379,7 +401,14 @@ class RemoteQueue:
         task.add_done_callback(self._following.discard)
 
     def dispatch(self) -> None:
-        """The channel can take deliveries again: give the owner the credit it held back."""
+        """The channel can take deliveries again: hand on what waited for room under its
+        global prefetch, then give the owner the credit it held back."""
+        for c, parked in list(self._parked.items()):
+            window = _global_window(c)
+            while parked and not (window and len(c.owner.unacked) >= window):
+                self._hand(c, parked.pop(0))
+            if not parked:
+                self._parked.pop(c, None)
         for c, rc in list(self._remote.items()):
             self._refill(c, rc)
 
@@ -414,17 +443,25 @@ def _global_window(c: Consumer) -> int:
 
 def _free(c: Consumer) -> int:
     """What the global prefetch of ``c``'s channel leaves: its window, less what is
-    delivered and unacked, less the credit its remote consumers hold and what they
-    received before their consume-ok."""
+    delivered and unacked, less what its remote consumers may still be sent."""
     channel: Any = c.owner
+    return _global_window(c) - len(channel.unacked) - held_for(channel)
+
+
+def held_for(channel: Any) -> int:
+    """Deliveries the owners of ``channel``'s remote queues may send it without asking:
+    the credit its remote consumers hold and what they received before their
+    consume-ok.  Under a global prefetch these are spoken for, so a local queue of the
+    same channel counts them too (`Channel.can_deliver`)."""
     held = 0
     for other in channel.consumers.values():
         q = other.queue
         if isinstance(q, RemoteQueue):
             rc = q._remote.get(other)
             if rc is not None:
-                held += rc.outstanding + len(q._waiting.get(other, ()))
-    return _global_window(c) - len(channel.unacked) - held
+                held += (rc.outstanding + len(q._waiting.get(other, ()))
+                         + len(q._parked.get(other, ())))
+    return held
 
 
 def _publish(q: RemoteQueue, names: list[str], message: Message

@@ -537,6 +537,61 @@ def test_global_prefetch_bounds_a_remote_consumer(cluster: Cluster):
     conn_b.close()
 
 
+def test_global_prefetch_counts_local_and_remote_queues_together(cluster: Cluster):
+    """basic.qos(global=true) bounds the channel's unacked deliveries over all its
+    consumers, as on one node, when one queue is on this node's shard and one on another
+    node's: a remote queue's owner is given credit first, then a local queue of the same
+    channel starts; the client never holds more than the window, and every message of
+    both comes once, each queue's in order."""
+    shard_of = _sharded_vhost(cluster, "spread-gqos")
+    b, c = [n for n in cluster.nodes if n.name in shard_of][:2]
+    conn_b = _connect(b, "spread-gqos")
+    ch_b = conn_b.channel()
+    ch_b.queue_declare("gq-remote", durable=True)  # client-local: b's shard
+    conn_c = _connect(c, "spread-gqos")
+    ch_c = conn_c.channel()
+    ch_c.queue_declare("gq-local", durable=True)  # c's shard
+    for ch, q in ((ch_b, "gq-remote"), (ch_c, "gq-local")):
+        ch.confirm_delivery()
+        for i in range(20):
+            ch.basic_publish("", q, f"{q}-{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    code, body = cluster.http(c, "GET", "/api/queues/spread-gqos/gq-remote")
+    assert code == 200 and body["node"] == b.name, body  # type: ignore[index]
+    code, body = cluster.http(c, "GET", "/api/queues/spread-gqos/gq-local")
+    assert code == 200 and body["node"] == c.name, body  # type: ignore[index]
+
+    ch_c.basic_qos(prefetch_count=5, global_qos=True)
+    got: list[Any] = []
+    seen: list[bytes] = []
+
+    def on_message(_ch: Any, method: Any, _props: Any, body: bytes) -> None:
+        got.append(method)
+        seen.append(body)
+    ch_c.basic_consume("gq-remote", on_message)
+    ch_c.basic_consume("gq-local", on_message)
+    _pump(conn_c, lambda: len(got) >= 5, "5 deliveries")
+    conn_c.process_data_events(time_limit=1.0)  # anything past the window would come now
+    assert len(got) == 5, seen
+    # each ack makes room for exactly one more, from either queue, until all 40 came
+    while len(seen) < 40:
+        ch_c.basic_ack(got.pop(0).delivery_tag)
+        _pump(conn_c, lambda: len(got) >= min(5, 40 - len(seen) + len(got)),
+              f"delivery {len(seen) + 1}")
+        conn_c.process_data_events(time_limit=0.05)
+        assert len(got) <= 5, seen
+    assert sorted(seen) == sorted(f"{q}-{i}".encode() for q in ("gq-remote", "gq-local")
+                                  for i in range(20))
+    # the remote queue's deliveries came in its order, and so did the local queue's
+    for q in ("gq-remote", "gq-local"):
+        assert [b for b in seen if b.startswith(q.encode())] == \
+            [f"{q}-{i}".encode() for i in range(20)]
+    ch_c.basic_ack(0, multiple=True)
+    for ch, q in ((ch_b, "gq-remote"), (ch_c, "gq-local")):
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+    conn_c.close()
+    conn_b.close()
+
+
 def test_a_remote_consumer_follows_its_shard_to_a_new_owner(cluster: Cluster):
     shard_of = _sharded_vhost(cluster, "spread-move")
     b = next(n for n in cluster.nodes if n.name in shard_of)
