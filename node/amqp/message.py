@@ -54,7 +54,7 @@ def _erlang_string(s: str) -> str:
 
 class Message:
     __slots__ = ("exchange", "routing_key", "header", "body", "persistent", "published_at",
-                 "flags", "_props", "_record", "_route_bytes", "__weakref__")
+                 "flags", "pid", "_props", "_record", "_route_bytes", "__weakref__")
 
     def __init__(self, exchange: str, routing_key: str, header: bytes, body: bytes,
                  persistent: bool, published_at: int = 0) -> None:
@@ -71,6 +71,9 @@ class Message:
         self._props: spec.BasicProperties | None = None
         self._route_bytes: bytes | None = None
         self._record: bytes | None = None  # encoded once, shared by every queue it reaches
+        # the publish's id when it crossed a queue link (node/shards/publish_ids.py): kept
+        # in the record, so the owner's replicas know it too and a resend is not doubled
+        self.pid: bytes | None = None
 
     @classmethod
     def from_publish(cls, exchange: str, routing_key: str, header: bytes,
@@ -136,10 +139,27 @@ class Message:
         """The record kept in the vhost's LMDB store: one flag byte (so recovery can drop
         transient records without decoding them), then msgpack."""
         if self._record is None:
+            fields: tuple = (self.exchange, self.routing_key, self.header, self.body,
+                             self.published_at)
+            if self.pid is not None:
+                fields = (*fields, self.pid)
             self._record = (b"P" if self.persistent else b"T") + msgpack.packb(
-                (self.exchange, self.routing_key, self.header, self.body, self.published_at),
-                use_bin_type=True)
+                fields, use_bin_type=True)
         return self._record
+
+    def record_with_pid(self, pid: bytes) -> bytes:
+        """The record as `encode` gives it, carrying publish id ``pid`` (a publish sent
+        over a queue link; this message's own record, shared with local queues, is left
+        as it is)."""
+        return (b"P" if self.persistent else b"T") + msgpack.packb(
+            (self.exchange, self.routing_key, self.header, self.body, self.published_at, pid),
+            use_bin_type=True)
+
+    @staticmethod
+    def record_pid(record: bytes) -> bytes | None:
+        """The publish id a stored record carries, if any."""
+        fields = msgpack.unpackb(memoryview(record)[1:], raw=False)
+        return fields[5] if len(fields) > 5 else None
 
     @staticmethod
     def record_is_persistent(record: bytes) -> bool:
@@ -150,7 +170,10 @@ class Message:
         fields = msgpack.unpackb(memoryview(record)[1:], raw=False)
         exchange, routing_key, header, body = fields[:4]
         published_at = fields[4] if len(fields) > 4 else 0
-        return cls(exchange, routing_key, header, body, record[:1] == b"P", published_at)
+        m = cls(exchange, routing_key, header, body, record[:1] == b"P", published_at)
+        if len(fields) > 5:
+            m.pid = fields[5]
+        return m
 
     def with_properties(self, props: spec.BasicProperties, exchange: str | None = None,
                         routing_key: str | None = None) -> "Message":

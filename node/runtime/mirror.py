@@ -51,7 +51,8 @@ class DefinitionsMirror:
         self.definitions = definitions
         # the queue links to the nodes that own the shards this node does not
         self.links = Links(settings.node_name, self._cluster_address, roles.connect,
-                           applied=lambda: metadata.applied_here)
+                           applied=lambda: metadata.applied_here,
+                           vhosts=lambda: runtime.vhosts)
 
     def _cluster_address(self, node: str) -> str | None:
         return (self.runtime.nodes.get(node) or {}).get("forward")
@@ -211,6 +212,7 @@ class DefinitionsMirror:
                 self._close_vhost(name, delete_data=True)
         for name in wanted:
             self._build_vhost(name, state)
+        self.links.owners_changed()
         self.roles.reconcile_all()
         for name in wanted:
             self._drop_orphans(name)
@@ -341,6 +343,8 @@ class DefinitionsMirror:
             if was_mine != self.runtime.owns(name):
                 self._change_shard_role(
                     name, why=f"moved to node '{result['vhost'].get('owner')}'")
+            # publishes that waited for the old owner go to the new one before any other
+            self.links.owners_changed()
             self.roles.reconcile(name)
             return
         if was_mine != self.runtime.owns(name) and name in self.runtime.vhosts:

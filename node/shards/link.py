@@ -39,7 +39,9 @@ reached the owner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -49,9 +51,10 @@ from node.amqp import errors
 from node.amqp.message import Message
 from node.queues.consumer import Consumer
 from node.queues.entry import QueueEntry
-from node.queues.outcome import all_settled, publish_to
+from node.queues.outcome import all_settled
 from node.queues.queue import Queue
 from node.read_models import ChannelStats
+from node.shards.publish_ids import PID_BYTES, publish_once
 
 log = logging.getLogger("warren.shards.link")
 
@@ -62,7 +65,10 @@ WINDOW_BYTES = 32 << 20
 CREDIT = 256  # deliveries in flight to one remote consumer, not yet handed to its client
 RECONNECT_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
-QUEUED_TIMEOUT = 3.0  # how long publishes and requests wait for a session
+QUEUED_TIMEOUT = 3.0  # how long requests wait for a session
+# how long publishes wait for their queues' owner: the node to come back, or the shard to
+# fail over or move to another (a failover decides within the failover timeout)
+PUBLISH_WAIT = 30.0
 # how long the owner waits to have applied the definitions its peer had applied when it
 # sent a request (a declare, bind or move committed there a moment ago)
 APPLIED_WAIT = 5.0
@@ -161,9 +167,10 @@ class LinkServer(wire.FramedProtocol):
             if isinstance(meta, list) and len(meta) == 3 and meta[0] == REPLY:
                 self._reply_to(str(meta[1]), str(meta[2]), record)
                 return
-            if not isinstance(meta, list) or len(meta) != 4 or meta[0] != PUBLISH:
+            if not isinstance(meta, list) or len(meta) not in (4, 5) or meta[0] != PUBLISH:
                 raise wire.WireError("expected a publish")
-            self._publish(int(meta[1]), str(meta[2]), meta[3], record)
+            self._publish(int(meta[1]), str(meta[2]), meta[3], record,
+                          len(meta) == 5 and bool(meta[4]))
             return
         if kind != wire.CONTROL:
             raise wire.WireError(f"unexpected frame kind {kind}")
@@ -199,7 +206,11 @@ class LinkServer(wire.FramedProtocol):
         return q
 
     # ------------------------------------------------------------------ publish
-    def _publish(self, seq: int, vhost: str, names: Any, record: bytes) -> None:
+    def _publish(self, seq: int, vhost: str, names: Any, record: bytes,
+                 again: bool = False) -> None:
+        """Enqueue a peer's publish ``seq``; ``again``: it was on its way when an earlier
+        session ended, so a queue that took it then does not take it twice
+        (node/shards/publish_ids.py)."""
         queues: list[Queue] = []
         moved: dict[Any, list[str]] = {}  # a link to a queue's new owner -> its names
         missing = not isinstance(names, list)
@@ -219,17 +230,15 @@ class LinkServer(wire.FramedProtocol):
         if queues:
             msg = Message.decode(record)
             msg._record = record  # stored as it came: not encoded again
-            outcome = publish_to(queues, msg)
-            ok = ok and not outcome.rejected
-            if outcome.durable:
-                settled = outcome.settled()
+            taken, settled = publish_once(queues, msg, again)
+            ok = ok and taken
         if moved:
             # the queue's shard moved, and the peer sent before it knew: this node, which
             # knows, passes the message on to the new owner and answers with its answer
             if msg is None:
                 msg = Message.decode(record)
                 msg._record = record
-            answers = [link.publish(vhost, names_there, msg)
+            answers = [link.publish(vhost, names_there, msg, again)
                        for link, names_there in moved.items()]
             self._answer_when(seq, ok, all_settled([settled] if settled else [], answers))
             return
@@ -664,7 +673,12 @@ class LinkClient:
         self._attempts = 0
         self._seq = 0
         self._wire_seq = 0  # the newest publish handed to a live session
-        self._pending: deque[tuple[int, asyncio.Future[bool], int]] = deque()
+        # publish ids: this link's nonce, then the sequence number (node/shards/publish_ids)
+        self._nonce = os.urandom(PID_BYTES - 8)
+        # unanswered publishes, oldest first: [seq, future, size, vhost, names, record,
+        # sent again (it was on its way when a session ended)]
+        self._pending: deque[list] = deque()
+        self._down_since: float | None = None  # when the last session ended
         self._pending_bytes = 0
         self._rid = 0
         # request id -> (future, the generation it went out in; None: still queued)
@@ -748,6 +762,7 @@ class LinkClient:
 
     def _connected(self, session: _ClientSession) -> None:
         self.session = session
+        self._down_since = None
         self._sent_index = 0  # a new session knows nothing yet
         self._up.set()
         if self._backlog_timer is not None:
@@ -778,10 +793,16 @@ class LinkClient:
         self._out.clear()
         self._settle_op, self._settle_ids = None, []
         self._credit_out.clear()
-        # what went out may or may not have reached the owner: a nack, an error
-        while self._pending and self._pending[0][0] <= self._wire_seq:
-            self._settle_one(False, "the queue link to the owner was lost")
+        self._down_since = asyncio.get_event_loop().time()
         again: list[tuple[bytes, str, int]] = []
+        # publishes that went out may or may not have reached the owner: sent again, marked
+        # so (to this node when it is back, or to the queues' new owner: `reroute`), and
+        # the owner does not enqueue one twice
+        for entry in self._pending:
+            if entry[0] > self._wire_seq:
+                break
+            entry[6] = True
+            again.append((_publish_frame(entry), "publish", entry[0]))
         for rid, req in list(self._requests.items()):
             if req[1] != gen:
                 continue
@@ -796,6 +817,7 @@ class LinkClient:
                     f"the link to node {self.peer}, the queue's owner, was lost"))
         if again:
             self._backlog.extendleft(reversed(again))
+        if self._backlog:
             self._arm_backlog_timer()
         for rc in list(self.consumers.values()):
             rc.outstanding = 0  # the owner forgot the consumer with the session
@@ -853,9 +875,26 @@ class LinkClient:
 
     def _backlog_expired(self) -> None:
         self._backlog_timer = None
-        if self.session is None:
-            self._fail_backlog(f"node {self.peer}, the queue's owner, cannot be reached "
-                               f"({self.last_error or 'connecting'})")
+        if self.session is not None:
+            return
+        why = (f"node {self.peer}, the queue's owner, cannot be reached "
+               f"({self.last_error or 'connecting'})")
+        loop = asyncio.get_event_loop()
+        down = loop.time() - (self._down_since if self._down_since is not None
+                              else loop.time())
+        if down < PUBLISH_WAIT and any(kind == "publish" for _f, kind, _k in self._backlog):
+            # requests fail now; publishes wait on for the owner (or a new one: `reroute`)
+            self._backlog = deque(item for item in self._backlog if item[1] != "request"
+                                  or not self._fail_request(item[2], why))
+            self._backlog_timer = loop.call_later(PUBLISH_WAIT - down, self._backlog_expired)
+            return
+        self._fail_backlog(why)
+
+    def _fail_request(self, rid: int, why: str) -> bool:
+        req = self._requests.pop(rid, None)
+        if req is not None and not req[0].done():
+            req[0].set_exception(LinkLost(errors.INTERNAL_ERROR, why))
+        return True
 
     def _fail_backlog(self, why: str) -> None:
         backlog, self._backlog = self._backlog, deque()
@@ -864,27 +903,63 @@ class LinkClient:
             self._backlog_timer = None
         for _frame, kind, key in backlog:
             if kind == "request":
-                req = self._requests.pop(key, None)
-                if req is not None and not req[0].done():
-                    req[0].set_exception(LinkLost(errors.INTERNAL_ERROR, why))
-        # queued publishes are the newest pending ones: nack them all
+                self._fail_request(key, why)
+        # queued publishes are the pending ones (what was in flight is queued again)
         while self._pending:
             self._settle_one(False, why)
         self._release_if_below()
 
+    def reroute(self, owned_here: Callable[[str, list[str]], bool],
+                republish: Callable[[str, list[str], bytes, bool, asyncio.Future[bool]],
+                                    None]) -> None:
+        """The owners of some shards changed (a Raft event): publishes still waiting for
+        this node that are for queues it does not own any more go to their new owners
+        now, in their order, before anything published after the change
+        (``republish``: Links.republish); their confirms follow the new owners' answers."""
+        if self.session is not None or not self._backlog:
+            return
+        keep: deque[tuple[bytes, str, int]] = deque()
+        moving: list[list] = []
+        by_seq = {entry[0]: entry for entry in self._pending}
+        for item in self._backlog:
+            entry = by_seq.get(item[2]) if item[1] == "publish" else None
+            if entry is None or owned_here(entry[3], entry[4]):
+                keep.append(item)
+            else:
+                moving.append(entry)
+        if not moving:
+            return
+        self._backlog = keep
+        gone = {id(entry) for entry in moving}
+        self._pending = deque(e for e in self._pending if id(e) not in gone)
+        for entry in moving:
+            self._pending_bytes -= entry[2]
+            republish(entry[3], entry[4], entry[5], entry[6], entry[1])
+        if not self._backlog and self._backlog_timer is not None:
+            self._backlog_timer.cancel()
+            self._backlog_timer = None
+        self._release_if_below()
+
     # ------------------------------------------------------------------ publish
-    def publish(self, vhost: str, names: list[str], message: Message) -> asyncio.Future[bool]:
+    def publish(self, vhost: str, names: list[str], message: Message, again: bool = False
+                ) -> asyncio.Future[bool]:
         """Enqueue ``message`` in the peer's queues ``names``; the future is True once they
         hold it durably (at once, for what is not stored), False when the owner did not
-        take it or may not have (a confirm is then a nack).  It never fails: nobody need
-        read it."""
+        take it (a confirm is then a nack).  A publish whose session ends before the
+        answer is sent again (`_lost`, `reroute`); past `PUBLISH_WAIT` without an owner it
+        is False.  ``again``: it was sent once before (passed on from another link).  It
+        never fails: nobody need read it."""
         self._seq += 1
         seq = self._seq
-        record = message.encode()
+        if message.pid is not None:  # passed on: it keeps the id it came with
+            record = message.encode()
+        else:
+            record = message.record_with_pid(self._nonce + seq.to_bytes(8, "big"))
         fut: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
-        self._pending.append((seq, fut, len(record)))
+        entry = [seq, fut, len(record), vhost, names, record, again]
+        self._pending.append(entry)
         self._pending_bytes += len(record)
-        self._send(wire.message((PUBLISH, seq, vhost, names), record), "publish", seq)
+        self._send(_publish_frame(entry), "publish", seq)
         return fut
 
     def reply(self, vhost: str, key: str, message: Message) -> None:
@@ -914,7 +989,7 @@ class LinkClient:
             conn.release_reading("link")
 
     def _settle_one(self, ok: bool, why: str = "") -> None:
-        _seq, fut, size = self._pending.popleft()
+        _seq, fut, size = self._pending.popleft()[:3]
         self._pending_bytes -= size
         if not ok and why:
             log.debug("publish %d not taken: %s", _seq, why)
@@ -1092,6 +1167,13 @@ class LinkClient:
         rc.sink.delivery(rc, did, redelivered, Message.decode(record))
 
 
+def _publish_frame(entry: list) -> bytes:
+    """A pending publish's frame: [PUBLISH, seq, vhost, names(, 1 when sent again)]."""
+    seq, _fut, _size, vhost, names, record, again = entry
+    meta = (PUBLISH, seq, vhost, names, 1) if again else (PUBLISH, seq, vhost, names)
+    return wire.message(meta, record)
+
+
 def _plain(args: dict) -> dict:
     """Consumer arguments as msgpack takes them (AMQP field values decoded already; typed
     integers are ints)."""
@@ -1108,9 +1190,11 @@ class Links:
     """This node's queue links, one per peer node, opened on first use."""
 
     def __init__(self, me: str, address_of: Callable[[str], str | None],
-                 connect: Connect, applied: Callable[[], int] = lambda: 0) -> None:
+                 connect: Connect, applied: Callable[[], int] = lambda: 0,
+                 vhosts: Callable[[], dict[str, Any]] = dict) -> None:
         self.me = me
         self._applied = applied
+        self._vhosts = vhosts  # the runtime's vhosts by name (runtime.vhosts)
         self._address_of = address_of  # a node's cluster port address (its record's)
         self._connect = connect
         self._links: dict[str, LinkClient] = {}
@@ -1127,3 +1211,56 @@ class Links:
         links, self._links = self._links, {}
         for link in links.values():
             link.close()
+
+    # ------------------------------------------------------------------ owners change
+    def owners_changed(self) -> None:
+        """Shards changed owner (a Raft event, applied here just now): publishes waiting
+        for a node that no longer owns their queues go to the new owners at once."""
+        for peer, link in list(self._links.items()):
+            link.reroute(functools.partial(self._owned_by, peer), self.republish)
+
+    def _owned_by(self, peer: str, vhost: str, names: list[str]) -> bool:
+        vh = self._vhosts().get(vhost)
+        for name in names:
+            q = vh.queues.get(name) if vh is not None else None
+            if q is None or not getattr(q, "remote", False) or q.owner != peer:
+                return False
+        return True
+
+    def republish(self, vhost: str, names: list[str], record: bytes, again: bool,
+                  fut: asyncio.Future[bool]) -> None:
+        """Publish ``record`` (a link publish, its id inside) to queues ``names`` where
+        they are now: this node's own, or their owners' over their links; ``fut`` gets
+        the answer (False when a queue is gone or refused it)."""
+        vh = self._vhosts().get(vhost)
+        msg = Message.decode(record)
+        local: list[Queue] = []
+        remote: dict[LinkClient, list[str]] = {}
+        ok = True
+        for name in names:
+            q = vh.queues.get(name) if vh is not None else None
+            if q is None or getattr(q, "deleted", False):
+                ok = False
+            elif getattr(q, "remote", False):
+                try:
+                    remote.setdefault(q.link, []).append(name)
+                except LookupError:
+                    ok = False
+            else:
+                local.append(q)
+        flushes: list[asyncio.Future] = []
+        if local:
+            msg._record = record
+            taken, settled = publish_once(local, msg, again)
+            ok = ok and taken
+            if settled is not None:
+                flushes.append(settled)
+        answers = [link.publish(vhost, there, msg, again) for link, there in remote.items()]
+        if not flushes and not answers:
+            fut.set_result(ok)
+            return
+
+        def done(f: asyncio.Future) -> None:
+            if not fut.done():
+                fut.set_result(ok and not f.cancelled() and f.exception() is None)
+        all_settled(flushes, answers).add_done_callback(done)

@@ -365,3 +365,87 @@ def test_rpc_across_nodes_with_direct_reply_to_and_exclusive_reply_queues(cluste
         [(str(i), f"re:{i}".encode()) for i in range(20)]
     client.close()
     server.close()
+
+
+def test_publishes_in_flight_to_a_killed_owner_go_to_the_new_owner_once(tmp_path):
+    """A publisher on another node keeps ~100 confirms in flight to a queue whose shard
+    owner is killed (kill -9): nothing is nacked; what was on its way waits for the new
+    owner and goes there (sent again: the new owner does not enqueue twice what the old
+    one had replicated), and every confirmed message is in the queue exactly once."""
+    import asyncio
+
+    import aio_pika
+
+    cluster = Cluster(tmp_path).start()
+    try:
+        n1 = cluster.nodes[0]
+        _sharded(cluster, "inflight")
+        cluster.wait_until(lambda: _in_sync_everywhere(cluster, n1, "inflight"), timeout=60,
+                           what="every shard's replicas in sync")
+        leader = cluster.leader(n1)
+        owners = {s["owner"]: s["shard"] for s in _placement(cluster, n1, "inflight")["shards"]}
+        victim = next(n for n in cluster.nodes if n is not leader and n.name in owners)
+        publisher = next(n for n in cluster.nodes if n is not victim)
+        conn = _connect(victim, "inflight")
+        conn.channel().queue_declare("far", durable=True)  # client-local: the victim's shard
+        conn.close()
+        assert _queue_shard(cluster, publisher, "inflight", "far") == owners[victim.name]
+
+        acked: list[int] = []
+        nacked: list[tuple[int, str]] = []
+
+        async def publish() -> None:
+            url = f"amqp://guest:guest@127.0.0.1:{publisher.amqp_port}/inflight"
+            connection = await aio_pika.connect(url)
+            channel = await connection.channel(publisher_confirms=True)
+            room = asyncio.Semaphore(100)
+            loop = asyncio.get_running_loop()
+            killed_at: list[float] = []
+
+            async def one(i: int) -> None:
+                try:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(str(i).encode(),
+                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key="far", timeout=90)
+                    acked.append(i)
+                except Exception as e:  # a nack (DeliveryError) or anything else
+                    nacked.append((i, repr(e)))
+                finally:
+                    room.release()
+            tasks = []
+            i = 0
+            start = loop.time()
+            while True:
+                now = loop.time()
+                if not killed_at and now - start > 1.0:
+                    victim.kill()  # with ~100 publishes on their way to it
+                    killed_at.append(now)
+                if killed_at and now - killed_at[0] > 3.0:
+                    break
+                await room.acquire()
+                tasks.append(asyncio.ensure_future(one(i)))
+                i += 1
+            await asyncio.gather(*tasks)
+            await connection.close()
+        asyncio.run(publish())
+
+        assert nacked == [], nacked[:5]
+        assert acked, "nothing was confirmed"
+        moved = _placement(cluster, publisher, "inflight")["shards"][owners[victim.name]]
+        assert moved["owner"] != victim.name, moved
+        conn = _connect(cluster.by_name(moved["owner"]), "inflight")
+        ch = conn.channel()
+        got: list[int] = []
+        while True:
+            method, _props, body = ch.basic_get("far", auto_ack=True)
+            if method is None:
+                break
+            got.append(int(body))
+        conn.close()
+        doubled = sorted({i for i in got if got.count(i) > 1})
+        assert doubled == [], f"enqueued twice: {doubled[:20]} of {len(got)}"
+        assert sorted(got) == sorted(acked), (len(got), len(acked))
+        assert got == sorted(got), "the publisher's order into the queue was not kept"
+    finally:
+        cluster.stop()
