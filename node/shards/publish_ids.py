@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from node.amqp.message import Message
@@ -37,19 +38,22 @@ RECENT = 3 * 4096
 
 
 class PublishIds:
-    """The ids of the last `RECENT` link publishes a queue took (insertion-ordered)."""
+    """The ids of the last `RECENT` link publishes a queue took."""
 
-    __slots__ = ("_ids", "seeded")
+    __slots__ = ("_ids", "_order", "seeded")
 
     def __init__(self) -> None:
-        self._ids: dict[bytes, None] = {}
+        self._ids: set[bytes] = set()
+        self._order: deque[bytes] = deque()  # oldest first, for forgetting in O(1)
         self.seeded = False  # read from the store's tail already
 
     def add(self, pid: bytes) -> None:
-        ids = self._ids
-        ids[pid] = None
-        if len(ids) > RECENT:
-            del ids[next(iter(ids))]
+        if pid in self._ids:
+            return
+        self._ids.add(pid)
+        self._order.append(pid)
+        if len(self._order) > RECENT:
+            self._ids.discard(self._order.popleft())
 
     def __contains__(self, pid: bytes) -> bool:
         return pid in self._ids
