@@ -73,6 +73,12 @@ PUBLISH_WAIT = 30.0
 # sent a request (a declare, bind or move committed there a moment ago)
 APPLIED_WAIT = 5.0
 AUTO_DELETE_WAIT = 2.0  # a cancel's answer waits at most this for the auto-delete
+# both ends say they are alive this often, and end a session that said nothing for
+# LINK_SILENCE: a stopped or cut-off peer leaves no RST to notice (SIGSTOP, a partition),
+# and what was in flight to it must go to the shard's new owner
+HEARTBEAT_INTERVAL = 0.5
+LINK_SILENCE = 3.0
+_HEARTBEAT = wire.control({"t": "hb"})
 
 Connect = Callable[[str, dict], Awaitable[tuple[asyncio.Transport, wire.Link]]]
 
@@ -141,6 +147,23 @@ class LinkServer(wire.FramedProtocol):
         self._unacked: dict[int, tuple[Queue, QueueEntry, Consumer | None]] = {}
         self._next_did = 0
         self._tasks: set[asyncio.Task] = set()
+        self._heard = asyncio.get_event_loop().time()
+        self._beat = asyncio.get_event_loop().call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        """Say this node is alive (whether or not it reads the peer now), and end the
+        session when the peer has said nothing for LINK_SILENCE while it was being read
+        (its node stopped or cut off: what it had not acked goes back to the queues)."""
+        if not self.open:
+            return
+        now = asyncio.get_event_loop().time()
+        if self.read_holds or self._frames_held:
+            self._heard = now  # not reading: silence says nothing
+        elif now - self._heard > LINK_SILENCE:
+            self.fail(f"no word from {self.peer} for {now - self._heard:.1f} s")
+            return
+        self.send(_HEARTBEAT)
+        self._beat = asyncio.get_event_loop().call_later(HEARTBEAT_INTERVAL, self._heartbeat)
 
     # ------------------------------------------------------------------ output
     def _queue(self, frame: bytes) -> None:
@@ -162,6 +185,7 @@ class LinkServer(wire.FramedProtocol):
 
     # ------------------------------------------------------------------ input
     def frame_received(self, kind: int, body: bytes) -> None:
+        self._heard = asyncio.get_event_loop().time()
         if kind == wire.MESSAGE:
             meta, record = self.decode_message(body)
             if isinstance(meta, list) and len(meta) == 3 and meta[0] == REPLY:
@@ -547,6 +571,7 @@ class LinkServer(wire.FramedProtocol):
         """The peer node is gone (or the link broke): its consumers end and what they had
         not acked goes back to the queues, redelivered=true, as when a channel closes."""
         self.open = False
+        self._beat.cancel()
         if self._sessions is not None:
             self._sessions.discard(self)
         for task in self._tasks:
@@ -583,6 +608,7 @@ def _requeue(items: list[tuple[Queue, QueueEntry, Consumer | None]]) -> None:
 
 
 _SERVER_HANDLERS: dict[str, Callable[[LinkServer, dict], None]] = {
+    "hb": lambda _server, _m: None,  # heard: that is all it says
     "ix": LinkServer._on_ix,
     "consume": LinkServer._on_consume,
     "cancel": LinkServer._on_cancel,
@@ -642,9 +668,22 @@ class _ClientSession(wire.FramedProtocol):
     def __init__(self, client: "LinkClient") -> None:
         super().__init__()
         self.client = client
+        self.heard = asyncio.get_event_loop().time()
 
     def frame_received(self, kind: int, body: bytes) -> None:
+        self.heard = asyncio.get_event_loop().time()
         self.client._frame(self, kind, body)
+
+    async def beat(self) -> None:
+        """Heartbeats out; the session ends when the owner said nothing for LINK_SILENCE."""
+        loop = asyncio.get_event_loop()
+        while not self.closed.done():
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            silent = loop.time() - self.heard
+            if silent > LINK_SILENCE:
+                self.fail(f"no word from {self.client.peer} for {silent:.1f} s")
+                return
+            self.send(_HEARTBEAT)
 
 
 
@@ -678,7 +717,11 @@ class LinkClient:
         # unanswered publishes, oldest first: [seq, future, size, vhost, names, record,
         # sent again (it was on its way when a session ended)]
         self._pending: deque[list] = deque()
-        self._down_since: float | None = None  # when the last session ended
+        self._down_since: float | None = None  # since when nothing can be sent
+        # called when a session ends with publishes waiting: those for queues the peer no
+        # longer owns go to their new owners (set by `Links.to`: Links.owners_changed for
+        # this link alone), as a Raft event that named the new owner first could not
+        self.on_lost: Callable[[], None] | None = None
         self._pending_bytes = 0
         self._rid = 0
         # request id -> (future, the generation it went out in; None: still queued)
@@ -744,7 +787,9 @@ class LinkClient:
             self.last_error = None
             self._attempts += 1
             self._connected(session)
+            beat = asyncio.ensure_future(session.beat())
             await session.closed
+            beat.cancel()
             self._lost(session)
             if not self.closed:
                 await asyncio.sleep(RECONNECT_DELAY)
@@ -819,6 +864,8 @@ class LinkClient:
             self._backlog.extendleft(reversed(again))
         if self._backlog:
             self._arm_backlog_timer()
+            if self.on_lost is not None and not self.closed:
+                self.on_lost()
         for rc in list(self.consumers.values()):
             rc.outstanding = 0  # the owner forgot the consumer with the session
             if rc.active and not self.closed:
@@ -865,6 +912,8 @@ class LinkClient:
             if kind == "publish":
                 self._wire_seq = key
             return
+        if self._down_since is None:  # never connected yet
+            self._down_since = asyncio.get_event_loop().time()
         self._backlog.append((frame, kind, key))
         self._arm_backlog_timer()
 
@@ -1134,6 +1183,8 @@ class LinkClient:
             raise wire.WireError(f"unexpected frame kind {kind}")
         m = session.decode_control(body)
         t = m.get("t")
+        if t == "hb":
+            return
         if t == "ack" or t == "nack":
             self._confirmed(int(m["upto"]), t == "ack")
         elif t == "reply" or t == "error":
@@ -1204,7 +1255,9 @@ class Links:
         if link is None:
             link = self._links[node] = LinkClient(
                 self.me, node, lambda: self._address_of(node), self._connect,
-                applied=self._applied).start()
+                applied=self._applied)
+            link.on_lost = functools.partial(self._reroute, link)
+            link.start()
         return link
 
     def close(self) -> None:
@@ -1216,8 +1269,11 @@ class Links:
     def owners_changed(self) -> None:
         """Shards changed owner (a Raft event, applied here just now): publishes waiting
         for a node that no longer owns their queues go to the new owners at once."""
-        for peer, link in list(self._links.items()):
-            link.reroute(functools.partial(self._owned_by, peer), self.republish)
+        for link in list(self._links.values()):
+            self._reroute(link)
+
+    def _reroute(self, link: LinkClient) -> None:
+        link.reroute(functools.partial(self._owned_by, link.peer), self.republish)
 
     def _owned_by(self, peer: str, vhost: str, names: list[str]) -> bool:
         vh = self._vhosts().get(vhost)

@@ -8,6 +8,7 @@ import time
 
 import pika
 import pika.exceptions
+import pytest
 
 from tests.cluster.conftest import Cluster
 
@@ -367,11 +368,14 @@ def test_rpc_across_nodes_with_direct_reply_to_and_exclusive_reply_queues(cluste
     server.close()
 
 
-def test_publishes_in_flight_to_a_killed_owner_go_to_the_new_owner_once(tmp_path):
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, fault):
     """A publisher on another node keeps ~100 confirms in flight to a queue whose shard
-    owner is killed (kill -9): nothing is nacked; what was on its way waits for the new
-    owner and goes there (sent again: the new owner does not enqueue twice what the old
-    one had replicated), and every confirmed message is in the queue exactly once."""
+    owner is killed (kill -9) or stopped (SIGSTOP: its link stays open until it times out,
+    and the failover may come first): nothing is nacked; what was on its way waits for
+    the new owner and goes there (sent again: the new owner does not enqueue twice what
+    the old one had replicated), and every confirmed message is in the queue exactly
+    once, in order."""
     import asyncio
 
     import aio_pika
@@ -419,7 +423,8 @@ def test_publishes_in_flight_to_a_killed_owner_go_to_the_new_owner_once(tmp_path
             while True:
                 now = loop.time()
                 if not killed_at and now - start > 1.0:
-                    victim.kill()  # with ~100 publishes on their way to it
+                    # with ~100 publishes on their way to it
+                    victim.kill() if fault == "kill" else victim.pause()
                     killed_at.append(now)
                 if killed_at and now - killed_at[0] > 3.0:
                     break
@@ -429,6 +434,8 @@ def test_publishes_in_flight_to_a_killed_owner_go_to_the_new_owner_once(tmp_path
             await asyncio.gather(*tasks)
             await connection.close()
         asyncio.run(publish())
+        if fault == "stop":
+            victim.resume()  # it finds its shard failed over, and steps down
 
         assert nacked == [], nacked[:5]
         assert acked, "nothing was confirmed"
