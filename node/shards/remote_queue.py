@@ -320,7 +320,7 @@ class RemoteQueue:
         (the client never holds more unacked deliveries than basic.qos allows)."""
         parked = self._parked.get(c)
         window = _global_window(c)
-        if parked or (window and len(c.owner.unacked) >= window):
+        if parked or (window and _delivered(c) >= window):
             self._parked.setdefault(c, []).append(entry)
             return
         self._hand(c, entry)
@@ -405,7 +405,7 @@ class RemoteQueue:
         global prefetch, then give the owner the credit it held back."""
         for c, parked in list(self._parked.items()):
             window = _global_window(c)
-            while parked and not (window and len(c.owner.unacked) >= window):
+            while parked and not (window and _delivered(c) >= window):
                 self._hand(c, parked.pop(0))
             if not parked:
                 self._parked.pop(c, None)
@@ -439,6 +439,13 @@ class RemoteQueue:
 def _global_window(c: Consumer) -> int:
     """The channel's global prefetch (basic.qos global) when it bounds ``c``, else 0."""
     return 0 if c.no_ack else getattr(c.owner, "global_prefetch", 0)
+
+
+def _delivered(c: Consumer) -> int:
+    """What ``c``'s channel has delivered and not seen acked (asked under a global
+    prefetch, which only a channel's consumers have)."""
+    channel: Any = c.owner
+    return len(channel.unacked)
 
 
 def _free(c: Consumer) -> int:
