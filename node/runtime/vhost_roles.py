@@ -69,6 +69,7 @@ class VhostRoles:
         self.lease = s.failover_timeout / 2
         self.lease_lapsed = False
         self._lease_task: asyncio.Task[None] | None = None
+        self._lease_holds: set[Any] = set()  # the client connections the lease holds now
         self.moves = 0
         # the queue links other nodes opened to this one (node/shards/link.py LinkServer)
         self.link_sessions: set[Any] = set()
@@ -100,27 +101,32 @@ class VhostRoles:
                                     silent)
                     else:
                         log.info("Raft majority heard from again: owned vhosts serve again")
-                for name, source in self.sources.items():
-                    self._apply_lease(name, source)
+                self._apply_lease()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("owner lease check failed")
 
-    def _apply_lease(self, name: str, source: ReplicationSource) -> None:
+    def _apply_lease(self) -> None:
+        """Hold (or release) confirms and the clients of every vhost this node owns.  A
+        client is released as soon as the lease no longer holds it: the lease is back, or
+        its vhost is not this node's any more (a sharded vhost's shard 0 failed over while
+        the lease had lapsed: its connections stay open, and must not stay held)."""
         held = self.lease_lapsed
-        if source.lease_held != held:
-            source.hold_for_lease(held)
-        vh = self.runtime.vhosts.get(name)
-        if vh is None:
-            return
-        for conn in list(vh.connections):
-            if held and "lease" not in conn.read_holds:
-                conn.hold_reading("lease")
-                conn.hold_output("lease")
-            elif not held and "lease" in conn.read_holds:
-                conn.release_reading("lease")
-                conn.release_output("lease")
+        holding: set[Any] = set()
+        for name, source in self.sources.items():
+            if source.lease_held != held:
+                source.hold_for_lease(held)
+            vh = self.runtime.vhosts.get(name)
+            if held and vh is not None:
+                holding.update(vh.connections)
+        for conn in holding - self._lease_holds:
+            conn.hold_reading("lease")
+            conn.hold_output("lease")
+        for conn in self._lease_holds - holding:
+            conn.release_reading("lease")
+            conn.release_output("lease")
+        self._lease_holds = holding
 
     async def stop(self) -> None:
         self.controller.stop()

@@ -4,13 +4,15 @@ over alone, and clients of the vhost's other shards keep their connections."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pika
 import pika.exceptions
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, netns_cluster
+from tests.cluster.harness import amqp_params, vhost_state, wait_epoch_change, wait_vhost
 
 
 def _placement(cluster: Cluster, node, vhost: str) -> dict:
@@ -115,9 +117,9 @@ def test_a_queue_on_the_connecting_nodes_shard_works_end_to_end(cluster: Cluster
         conn.close()
 
 
-def _in_sync_everywhere(cluster: Cluster, node, vhost: str) -> bool:
+def _in_sync_everywhere(cluster: Cluster, node, vhost: str, count: int = 0) -> bool:
     shards = _placement(cluster, node, vhost).get("shards", [])
-    return bool(shards) and all(len(s["in_sync"]) == 2 for s in shards)
+    return len(shards) >= max(count, 1) and all(len(s["in_sync"]) == 2 for s in shards)
 
 
 def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connections(
@@ -456,3 +458,79 @@ def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, 
         assert got == sorted(got), "the publisher's order into the queue was not kept"
     finally:
         cluster.stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_cut_off_owner_of_shard_0_answers_its_clients_once_it_lost_the_shard(
+        netns_lab, tmp_path):
+    """The owner of a sharded vhost's shard 0 is cut off from the other nodes: its owner
+    lease holds its clients (nothing read, nothing written) while it knows no Raft
+    majority, and the majority fails shard 0 over meanwhile.  Healed, the node is no longer
+    that shard's owner, and its clients, which stay connected, are served again: a remote
+    consumer's next delivery, its basic.cancel-ok, channel.close-ok, connection.close-ok."""
+    lab = netns_lab
+    vhost = "cutshard"
+    with netns_cluster(lab, tmp_path, replication_factor="3", failover_timeout="2") as c:
+        c.wait_until(lambda: _all_running(c, c.nodes[0]), timeout=30,
+                     what="every member running")
+        code, body = c.http(c.nodes[0], "PUT", f"/api/cluster/vhosts/{vhost}",
+                            {"shards": 3, "replicas": 3})
+        assert code == 201, body
+        code, body = c.http(c.nodes[0], "PUT", f"/api/permissions/{vhost}/{c.user}",
+                            {"configure": ".*", "write": ".*", "read": ".*"})
+        assert code in (201, 204), body
+        for node in c.nodes:
+            c.wait_until(lambda node=node: _in_sync_everywhere(c, node, vhost, 3),
+                         timeout=60, what=f"every shard in sync, as {node.name} sees it")
+        before = vhost_state(c, vhost)  # shard 0: the vhost's own record
+        a = c.by_name(before["owner"])
+        others = [n for n in c.nodes if n is not a]
+        # a queue of a shard another node owns, consumed by a client of a (over a link)
+        b = next(n for n in others
+                 if any(s["owner"] == n.name for s in before["shards"]))
+        conn_b = pika.BlockingConnection(amqp_params(b, vhost, c.user, c.password))
+        ch_b = conn_b.channel()
+        ch_b.queue_declare("far", durable=True)  # client-local: on b's shard
+        ch_b.confirm_delivery()
+        for i in range(3):
+            ch_b.basic_publish("", "far", f"m-{i}".encode(),
+                               pika.BasicProperties(delivery_mode=2))
+        conn_a = pika.BlockingConnection(amqp_params(a, vhost, c.user, c.password))
+        ch_a = conn_a.channel()
+        got: list[bytes] = []
+        tag = ch_a.basic_consume("far", lambda _ch, _m, _p, body: got.append(body),
+                                 auto_ack=True)
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            conn_a.process_data_events(time_limit=0.2)
+        assert got == [b"m-0", b"m-1", b"m-2"]
+
+        i = c.nodes.index(a)
+        lab.cut(i)
+        wait_epoch_change(c, vhost, before, via=others, timeout=60)
+        lab.heal(i)
+        wait_vhost(c, vhost, lambda s: s["owner"] != a.name, via=[a], timeout=60,
+                   what=f"{a.name} knows it lost shard 0")
+        ch_b.basic_publish("", "far", b"after", pika.BasicProperties(delivery_mode=2))
+
+        # pika's blocking calls wait forever for an answer: run them in a thread, so that
+        # one never answered fails the test instead of hanging it
+        steps: list[str] = []
+
+        def finish() -> None:
+            end = time.monotonic() + 30
+            while len(got) < 4 and time.monotonic() < end:
+                conn_a.process_data_events(time_limit=0.2)
+            steps.append(f"delivered {got[3:]!r}")
+            ch_a.basic_cancel(tag)
+            steps.append("cancel-ok")
+            ch_a.close()
+            steps.append("channel close-ok")
+            conn_a.close()
+            steps.append("connection close-ok")
+        worker = threading.Thread(target=finish, name="client-of-a", daemon=True)
+        worker.start()
+        worker.join(60)
+        assert steps == ["delivered [b'after']", "cancel-ok", "channel close-ok",
+                         "connection close-ok"], f"the client of {a.name} got only {steps}"
+        conn_b.close()
