@@ -114,12 +114,15 @@ class VhostRoles:
         the lease had lapsed: its connections stay open, and must not stay held)."""
         held = self.lease_lapsed
         holding: set[Any] = set()
+        links = False  # this node owns a shard: the peers' consumers over links too
         for name, source in self.sources.items():
             if source.lease_held != held:
                 source.hold_for_lease(held)
-            vh = self.runtime.vhosts.get(name)
+            vhost, _ = shards.split(name)
+            vh = self.runtime.vhosts.get(vhost)  # a shard's clients are its vhost's
             if held and vh is not None:
                 holding.update(vh.connections)
+                links = links or self.runtime.sharded(vhost)
         for conn in holding - self._lease_holds:
             conn.hold_reading("lease")
             conn.hold_output("lease")
@@ -127,6 +130,11 @@ class VhostRoles:
             conn.release_reading("lease")
             conn.release_output("lease")
         self._lease_holds = holding
+        for link in self.link_sessions:
+            if links:
+                link.hold_output("lease")
+            else:
+                link.release_output("lease")
 
     async def stop(self) -> None:
         self.controller.stop()

@@ -131,6 +131,7 @@ class LinkServer(wire.FramedProtocol):
         if sessions is not None:
             sessions.add(self)
         self.read_holds: set[str] = set()
+        self.output_holds: set[str] = set()  # while any: no deliveries (the owner lease)
         self.peer = peer
         self.open = True
         self._out: list[bytes] = []
@@ -401,7 +402,20 @@ class LinkServer(wire.FramedProtocol):
 
     # ConsumerOwner, called by the queues
     def can_deliver(self, consumer: Consumer) -> bool:
-        return self.open and not self._paused_writing and self._credit.get(consumer, 0) > 0
+        return self.open and not self._paused_writing and not self.output_holds \
+            and self._credit.get(consumer, 0) > 0
+
+    def hold_output(self, reason: str) -> None:
+        """Deliver nothing until released (a node whose owner lease lapsed stops serving
+        its queues, to the peers' consumers as to its own clients)."""
+        self.output_holds.add(reason)
+
+    def release_output(self, reason: str) -> None:
+        if reason in self.output_holds:
+            self.output_holds.discard(reason)
+            if not self.output_holds:
+                for q in {c.queue for c in self._consumers.values()}:
+                    q.dispatch()
 
     def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:
         self._next_did += 1
