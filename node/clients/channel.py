@@ -130,6 +130,7 @@ class Channel:
         self._confirm_flush_scheduled = False
         self._flush_future: asyncio.Future | None = None
         self._flush_future_entries: list[list] = []
+        self._flush_failure: str | None = None  # the last one logged (once, not per batch)
         self.tx: list[Callable[[], Any]] | None = None
         self.tx_taken: list[tuple[int, tuple]] = []
         self.last_queue = ""
@@ -713,8 +714,11 @@ class Channel:
             e[1] = True
             e[2] = e[2] and ok
         if not ok and (fut.cancelled() or not isinstance(fut.exception(), Rejected)):
-            self.conn.log.error("message store flush failed: %s",
-                                None if fut.cancelled() else fut.exception())
+            why = "cancelled" if fut.cancelled() else str(fut.exception())
+            if why != self._flush_failure:  # a shard failing over fails many flushes alike
+                self._flush_failure = why
+                self.conn.log.warning("publishes nacked: the message store did not confirm "
+                                      "them: %s", why)
         self._send_confirms()
 
     def _send_confirms(self) -> None:
