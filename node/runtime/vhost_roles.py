@@ -289,12 +289,15 @@ class VhostRoles:
         off.  Stop confirming and close the vhost's clients before Raft even tells us."""
         if self.role(vhost) != "owner" or vhost not in self.sources:
             return
-        log.warning("%s: a replica follows epoch %d: this node lost ownership; "
-                    "closing its clients", shards.label(vhost), epoch)
+        sharded = self.runtime.sharded(shards.split(vhost)[0])
+        # a sharded vhost's clients stay: its queues are rebuilt when Raft says who owns it
+        log.warning("%s: a replica follows epoch %d: this node lost ownership; %s",
+                    shards.label(vhost), epoch,
+                    "its queues wait for Raft to name the new owner" if sharded
+                    else "closing its clients")
         self.step_down(vhost, f"this node lost ownership (epoch {epoch})")
         vh = self.runtime.vhosts.get(vhost)
-        # a sharded vhost's clients stay: its queues are rebuilt when Raft says who owns it
-        if vh is not None and not self.runtime.sharded(vhost):
+        if vh is not None and not sharded:
             for conn in list(vh.connections):
                 conn.force_close(errors.CONNECTION_FORCED,
                                  f"vhost '{vhost}' moved: this node lost ownership "
