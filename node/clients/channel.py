@@ -38,7 +38,7 @@ from node.queues.outcome import PublishOutcome, Rejected, all_settled
 from node.queues.queue import Queue
 from node.read_models import ChannelStats
 from node.shards.link import LinkError
-from node.shards.remote_queue import RemoteQueue
+from node.shards.remote_queue import RemoteQueue, Superseded
 
 _DELIVER_HEAD = struct.Struct(">HH")
 _QWORD = struct.Struct(">Q")
@@ -408,6 +408,12 @@ class Channel:
             raise errors.resource_locked(name, self.vhost.name)
         return q
 
+    async def _again(self, m: Any) -> None:
+        """Handle ``m`` again (the queue it named was rebuilt while it waited)."""
+        result = self.handle_method(m)
+        if result is not None:
+            await result
+
     def _when_ready(self, wait: "asyncio.Future[None]", m: Any) -> Any:
         """Handle ``m`` again once the queue can answer with its counts (it was recovering,
         or its next batch was being read off the loop); the channel holds later methods."""
@@ -476,7 +482,10 @@ class Channel:
                 self.conn.exclusive_queues.add(q.name)
             self.last_queue = name
             if isinstance(q, RemoteQueue):  # on a shard another node owns
-                await _remote(q.counts(declared=True))
+                try:
+                    await _remote(q.counts(declared=True))
+                except Superseded:  # its shard changed owner meanwhile: declared again
+                    return await self._again(m)
             # a queue Raft had already (declared meanwhile, or built by a takeover) may
             # still be recovering: declare-ok reports what it holds, not 0
             while q.recovering and (wait := q.wait_for()) is not None:
@@ -489,7 +498,10 @@ class Channel:
     def _remote_declare_ok(self, q: RemoteQueue, m: spec.QueueDeclare) -> Any:
         """declare-ok for a queue another node owns: its counts come from there."""
         async def answer() -> None:
-            messages, consumers = await _remote(q.counts())
+            try:
+                messages, consumers = await _remote(q.counts())
+            except Superseded:
+                return await self._again(m)
             self.last_queue = q.name
             if not m.nowait:
                 self.conn.send_method(self.number, spec.QueueDeclareOk(
@@ -544,7 +556,10 @@ class Channel:
         q = self._lookup_queue(name)
         if isinstance(q, RemoteQueue):
             async def purge(q: RemoteQueue) -> None:
-                n = await _remote(q.purge_remote())
+                try:
+                    n = await _remote(q.purge_remote())
+                except Superseded:
+                    return await self._again(m)
                 if not m.nowait:
                     self.conn.send_method(self.number, spec.QueuePurgeOk(message_count=n))
             return purge(q)
@@ -573,7 +588,10 @@ class Channel:
 
         async def delete() -> None:
             if isinstance(q, RemoteQueue):  # its counts are the owner's
-                messages, consumers = await _remote(q.counts())
+                try:
+                    messages, consumers = await _remote(q.counts())
+                except Superseded:
+                    return await self._again(m)
                 self._check_delete(q, messages, consumers, m)
             n = q.message_count
             # RabbitMQ answers delete-ok before it cancels this channel's consumers of the
@@ -896,7 +914,10 @@ class Channel:
         q = self._lookup_queue(name)
         if isinstance(q, RemoteQueue):
             async def get(q: RemoteQueue) -> None:
-                entry, count = await _remote(q.get_remote(m.no_ack))
+                try:
+                    entry, count = await _remote(q.get_remote(m.no_ack))
+                except Superseded:  # its shard changed owner meanwhile: ask it there
+                    return await self._again(m)
                 self._get_ok(q, entry, count, m)
             return get(q)
         wait = q.wait_for()

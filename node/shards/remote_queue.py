@@ -25,7 +25,8 @@ What differs from a local queue, and how the channel (node/clients/channel.py) t
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Awaitable
+from typing import Any, Callable, TypeVar
 
 from node.amqp import errors
 from node.amqp.message import Message
@@ -34,7 +35,9 @@ from node.queues.entry import QueueEntry
 from node.queues.queue import REMOTE, store_key
 from node.queues.settings import QueueSettings, queue_settings
 from node.read_models import QueueStats
-from node.shards.link import CREDIT, LinkClient, LinkError, Links, RemoteConsumer
+from node.shards.link import CREDIT, LinkClient, LinkError, LinkLost, Links, RemoteConsumer
+
+T = TypeVar("T")
 
 # how long a declare waits for the queue's owner to have applied the declaration
 DECLARED_WAIT = 5.0
@@ -44,6 +47,11 @@ FOLLOW_WAIT = 30.0
 FOLLOW_POLL = 0.02
 # how long basic.cancel-ok waits for the owner to end a remote consumer
 CANCEL_WAIT = 5.0
+
+
+class Superseded(Exception):
+    """This queue object was replaced while an operation waited for its owner (the shard
+    failed over or moved, maybe to this node): ask the queue as it is now."""
 
 
 class RemoteEntry(QueueEntry):
@@ -170,7 +178,7 @@ class RemoteQueue:
         deadline = asyncio.get_event_loop().time() + DECLARED_WAIT
         while True:
             try:
-                counts = await self.link.counts(self.vhost, self.name)
+                counts = await self._at_owner(lambda link: link.counts(self.vhost, self.name))
                 break
             except LinkError as e:
                 if not declared or e.code != errors.NOT_FOUND or self.deleted \
@@ -181,16 +189,43 @@ class RemoteQueue:
         return counts
 
     async def purge_remote(self) -> int:
-        return await self.link.purge(self.vhost, self.name)
+        return await self._at_owner(lambda link: link.purge(self.vhost, self.name))
 
     async def get_remote(self, no_ack: bool) -> tuple[RemoteEntry | None, int]:
         """basic.get at the owner: the entry (None: empty) and the message count."""
-        link = self.link
-        msg, did, redelivered, count, gen = await link.get(self.vhost, self.name, no_ack)
-        self.message_count = count
-        if msg is None:
-            return None, count
-        return RemoteEntry(did, msg, redelivered, link, gen), count
+        async def get(link: LinkClient) -> tuple[RemoteEntry | None, int]:
+            msg, did, redelivered, count, gen = await link.get(self.vhost, self.name, no_ack)
+            self.message_count = count
+            if msg is None:
+                return None, count
+            return RemoteEntry(did, msg, redelivered, link, gen), count
+        return await self._at_owner(get)
+
+    async def _at_owner(self, op: Callable[[LinkClient], Awaitable[T]]) -> T:
+        """Run ``op`` on the link to the queue's owner; when that link is lost first (the
+        owner died, stopped, was cut off), run it again once the owner is back or the shard
+        has a new one, for up to FOLLOW_WAIT, as a quorum queue's operations wait for its
+        new leader.  Asking again is safe: a get the old owner answered on a lost session
+        went back to its queue (redelivered), unless no-ack, which is at most once."""
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + FOLLOW_WAIT
+        while True:
+            link = self.link
+            try:
+                return await op(link)
+            except LinkLost:
+                if self.deleted:
+                    raise Superseded() from None
+                if loop.time() > deadline:
+                    raise
+            while not self.deleted and loop.time() < deadline:
+                owner = self.owner
+                if owner is not None and (owner != link.peer or (
+                        self._links.to(owner).session is not None)):
+                    break
+                await asyncio.sleep(FOLLOW_POLL)
+            if self.deleted:
+                raise Superseded()
 
     # --- consumers -------------------------------------------------------------------
     def subscribe(self, c: Consumer) -> asyncio.Future[Any]:

@@ -377,7 +377,8 @@ def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, 
     and the failover may come first): nothing is nacked; what was on its way waits for
     the new owner and goes there (sent again: the new owner does not enqueue twice what
     the old one had replicated), and every confirmed message is in the queue exactly
-    once, in order."""
+    once, in order.  A basic.get sent through the publisher's node just after the fault
+    waits for the new owner too (no connection error)."""
     import asyncio
 
     import aio_pika
@@ -399,6 +400,19 @@ def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, 
 
         acked: list[int] = []
         nacked: list[tuple[int, str]] = []
+        got_during: list[object] = []
+
+        def get_during_failover() -> None:
+            try:
+                conn = _connect(publisher, "inflight")
+                ch = conn.channel()
+                method, _props, body = ch.basic_get("far", auto_ack=False)
+                got_during.append(body)
+                ch.basic_nack(method.delivery_tag, requeue=True)  # back, for the count
+                conn.close()
+            except Exception as e:
+                got_during.append(e)
+        getter = threading.Thread(target=get_during_failover, daemon=True)
 
         async def publish() -> None:
             url = f"amqp://guest:guest@127.0.0.1:{publisher.amqp_port}/inflight"
@@ -428,6 +442,7 @@ def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, 
                     # with ~100 publishes on their way to it
                     victim.kill() if fault == "kill" else victim.pause()
                     killed_at.append(now)
+                    getter.start()
                 if killed_at and now - killed_at[0] > 3.0:
                     break
                 await room.acquire()
@@ -436,6 +451,8 @@ def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, 
             await asyncio.gather(*tasks)
             await connection.close()
         asyncio.run(publish())
+        getter.join(60)
+        assert got_during == [b"0"], got_during
         if fault == "stop":
             victim.resume()  # it finds its shard failed over, and steps down
 
