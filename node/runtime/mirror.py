@@ -384,6 +384,10 @@ class DefinitionsMirror:
             self.runtime.shard_defs = dict(snapshot.get("shards", {}))
             self.runtime.set_units()
             self.roles.reconcile_all()
+        # its shards have other owners now: what waited for it goes there, and this node
+        # stops trying to reach it
+        self.links.owners_changed()
+        self.links.forget(cmd["name"])
 
     def _ev_set_vhost_limits(self, cmd: dict, result: dict) -> None:
         self.runtime.vhost_defs[cmd["name"]] = result["vhost"]  # the record, limits included

@@ -1279,6 +1279,13 @@ class Links:
         for link in links.values():
             link.close()
 
+    def forget(self, node: str) -> None:
+        """``node`` left the cluster: its link closes (what still waits for it fails) and
+        is not tried again."""
+        link = self._links.pop(node, None)
+        if link is not None:
+            link.close()
+
     # ------------------------------------------------------------------ owners change
     def owners_changed(self) -> None:
         """Shards changed owner (a Raft event, applied here just now): publishes waiting
