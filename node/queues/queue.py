@@ -127,7 +127,7 @@ class Queue:
         self._page_token = 0  # a read started before this changed is stale: dropped
         self._waiters: list[asyncio.Future[None]] = []  # wait_for() callers
         self.recovering = False  # the store is still being scanned (recover())
-        # ids of the last publishes that came over queue links (node/shards/publish_ids.py)
+        # ids of link publishes, kept a while after one came again (node/shards/publish_ids.py)
         self.publish_ids: Any = None
         self._recovery_bound = [MAX_SEQ]  # the scan counts seqs up to this one
         self.ready_bytes = 0

@@ -5,24 +5,26 @@ have reached it.  The sending node does not nack it (RabbitMQ's quorum queues do
 either): it sends it again, to the same node when it comes back or to the shard's new
 owner after a failover or a move, marked as sent again.  Each publish that crosses a
 link carries an id (`PID_BYTES`: the sending link's random nonce and its sequence
-number) inside its store record, so the owner's replicas hold it too.  Every queue
-remembers the ids of the last `RECENT` link publishes it took (`PublishIds`); a queue
-object that is new on this node (this node just became the shard's owner) first reads
-them from the tail of its stored messages.  A publish sent again to a queue that holds
-its id is not enqueued twice: its confirm waits for that queue's store as a new one's
-would.
+number) inside its store record, so the owner's replicas hold it too.  When a publish
+comes again, its queue reads the ids in the tail of its stored messages (the last
+`RECENT`, writes not yet committed included: one bounded read, on the loop, only then)
+and keeps them with the ids of the link publishes it takes after (`PublishIds`) for
+`KEEP` seconds, while the rest of what was in flight comes again.  A publish sent again
+to a queue that holds its id is not enqueued twice: its confirm waits for that queue's
+store as a new one's would.  No queue keeps ids when no publish comes again, so this
+costs no memory in the normal run.
 
-What this does not cover: a message that was delivered and acked in the moment between
-the new owner taking over and the publish coming again is gone from the store, and is
-enqueued again (RabbitMQ's quorum queues deduplicate in the Raft log; WarrenMQ's
-guarantee there is at-least-once, as a client's own retry after a nack would be).
-Transient messages in a queue object new on this node are not in its store to be found.
+What this does not cover (at-least-once there, as a client's own retry after a nack
+would be; RabbitMQ's quorum queues deduplicate in the Raft log): a message delivered and
+acked before its publish comes again is gone from the store, and is enqueued again; and
+transient messages, and those of a non-durable queue, are in no store to be found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -32,20 +34,22 @@ from node.queues.outcome import all_settled, publish_to
 log = logging.getLogger("warren.shards.publish_ids")
 
 PID_BYTES = 16
-# ids a queue remembers: more than one link's window of unanswered publishes (the most
-# a sender can send again), with room for other senders' publishes interleaved
+# ids a queue reads and remembers: more than one link's window of unanswered publishes
+# (the most a sender can send again), with room for other senders' publishes interleaved
 RECENT = 3 * 4096
+# how long a queue keeps them after the last publish that came again
+KEEP = 30.0
 
 
 class PublishIds:
     """The ids of the last `RECENT` link publishes a queue took."""
 
-    __slots__ = ("_ids", "_order", "seeded")
+    __slots__ = ("_ids", "_order", "until")
 
-    def __init__(self) -> None:
+    def __init__(self, until: float) -> None:
         self._ids: set[bytes] = set()
         self._order: deque[bytes] = deque()  # oldest first, for forgetting in O(1)
-        self.seeded = False  # read from the store's tail already
+        self.until = until  # kept until then (`KEEP` after the last publish sent again)
 
     def add(self, pid: bytes) -> None:
         if pid in self._ids:
@@ -62,17 +66,19 @@ class PublishIds:
         return len(self._ids)
 
 
-def ids_of(q: Any) -> PublishIds:
+def _ids_for_again(q: Any, now: float) -> PublishIds:
+    """``q``'s ids, read from the tail of its store when it keeps none now."""
     ids = q.publish_ids
-    if ids is None:
-        ids = q.publish_ids = PublishIds()
+    if ids is None or ids.until < now:
+        ids = q.publish_ids = PublishIds(now + KEEP)
+        _seed(q, ids)
+    ids.until = now + KEEP
     return ids
 
 
 def _seed(q: Any, ids: PublishIds) -> None:
-    """Read the ids in the tail of ``q``'s stored messages (once per queue object): what
-    the previous owner wrote and replicated before this node took the shard over."""
-    ids.seeded = True
+    """Read the ids in the tail of ``q``'s stored messages: what this node or the previous
+    owner (which replicated it) wrote."""
     store = q.store
     if store is None or not q.durable:
         return
@@ -89,8 +95,8 @@ def _seed(q: Any, ids: PublishIds) -> None:
         if pid is not None:
             ids.add(pid)
             found += 1
-    log.debug("queue '%s' in vhost '%s': %d publish ids read from its store", q.name,
-              q.vhost, found)
+    log.info("queue '%s' in vhost '%s': publishes come again over a queue link; %d publish "
+             "ids read from its store, so that none is enqueued twice", q.name, q.vhost, found)
 
 
 def publish_once(queues: list[Any], msg: Message, again: bool
@@ -103,11 +109,9 @@ def publish_once(queues: list[Any], msg: Message, again: bool
     holding: list[Any] = []
     if again and pid is not None:
         fresh = []
+        now = time.monotonic()
         for q in queues:
-            ids = ids_of(q)
-            if not ids.seeded:
-                _seed(q, ids)
-            (holding if pid in ids else fresh).append(q)
+            (holding if pid in _ids_for_again(q, now) else fresh).append(q)
     ok = True
     flushes: list[asyncio.Future] = []
     if fresh:
@@ -116,8 +120,13 @@ def publish_once(queues: list[Any], msg: Message, again: bool
         if outcome.durable:
             flushes.append(outcome.settled())
     if pid is not None:
-        for q in fresh:
-            ids_of(q).add(pid)
+        for q in fresh:  # only queues that keep ids now (a publish came again lately)
+            ids = q.publish_ids
+            if ids is not None:
+                if ids.until < time.monotonic():
+                    q.publish_ids = None  # nothing came again for KEEP: forget them
+                else:
+                    ids.add(pid)
     for q in holding:  # confirmed once what it wrote then is on disk (and replicated)
         if q.store is not None and q.durable:
             flushes.append(q.store.flush())

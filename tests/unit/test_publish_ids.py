@@ -46,15 +46,22 @@ def test_the_id_travels_in_the_record() -> None:
     assert plain.pid is None and Message.record_pid(plain.encode()) is None
 
 
-def test_the_same_queue_takes_a_publish_sent_again_once() -> None:
+def test_the_same_queue_takes_a_publish_sent_again_once(tmp_path: Path) -> None:
     async def main() -> None:
-        q = _queue(None)
-        for i in range(3):
-            assert publish_once([q], _linked(i), again=False) == (True, None)
-        # 1 and 2 come again (their answers were lost), then 3 for the first time
-        for i in (1, 2, 3):
-            assert publish_once([q], _linked(i), again=True)[0]
+        store = await _store(tmp_path)
+        q = _queue(store)
+        for i in range(3):  # their writes are not even committed yet: still found
+            assert publish_once([q], _linked(i), again=False)[0]
+        assert q.publish_ids is None  # no queue keeps ids until a publish comes again
+        # 1 and 2 come again (their answers were lost), then 3 for the first time, and 3
+        # again (what the queue took while it keeps ids is known without a store read)
+        for i in (1, 2, 3, 3):
+            ok, settled = publish_once([q], _linked(i), again=True)
+            assert ok and settled is not None
+            await settled
+        assert q.publish_ids is not None and len(q.publish_ids) == 4
         assert _bodies(q) == [b"body-0", b"body-1", b"body-2", b"body-3"]
+        await store.close()
     asyncio.run(main())
 
 
