@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import functools
 import os
 import struct
@@ -485,7 +486,9 @@ class Channel:
                 try:
                     await _remote(q.counts(declared=True))
                 except Superseded:  # its shard changed owner meanwhile: declared again
-                    return await self._again(m)
+                    again = copy.copy(m)
+                    again.queue = name  # a server-named queue keeps the name it was given
+                    return await self._again(again)
             # a queue Raft had already (declared meanwhile, or built by a takeover) may
             # still be recovering: declare-ok reports what it holds, not 0
             while q.recovering and (wait := q.wait_for()) is not None:
@@ -1100,7 +1103,6 @@ class Channel:
 
     def _stamp_reply_to(self, msg: Message) -> Message:
         """A request that asks for a direct reply: name this channel in its reply-to."""
-        import copy
         if msg.properties.reply_to != REPLY_TO:
             return msg
         if self.reply_consumer is None:

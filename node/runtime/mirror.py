@@ -212,8 +212,8 @@ class DefinitionsMirror:
                 self._close_vhost(name, delete_data=True)
         for name in wanted:
             self._build_vhost(name, state)
-        self.links.owners_changed()
         self.roles.reconcile_all()
+        self.links.owners_changed()
         for name in wanted:
             self._drop_orphans(name)
 
@@ -343,9 +343,11 @@ class DefinitionsMirror:
             if was_mine != self.runtime.owns(name):
                 self._change_shard_role(
                     name, why=f"moved to node '{result['vhost'].get('owner')}'")
-            # publishes that waited for the old owner go to the new one before any other
-            self.links.owners_changed()
             self.roles.reconcile(name)
+            # publishes that waited for the old owner go to the new one before any other
+            # (after reconcile: on this node, only into a store its replication source
+            # has attached to, so that none is confirmed before the replicas have it)
+            self.links.owners_changed()
             return
         if was_mine != self.runtime.owns(name) and name in self.runtime.vhosts:
             # the vhost moves (or fails over): clients reconnect (to any node) and reach

@@ -194,8 +194,16 @@ class LinkServer(wire.FramedProtocol):
                 return
             if not isinstance(meta, list) or len(meta) not in (4, 5) or meta[0] != PUBLISH:
                 raise wire.WireError("expected a publish")
-            self._publish(int(meta[1]), str(meta[2]), meta[3], record,
-                          len(meta) == 5 and bool(meta[4]))
+            seq = int(meta[1])
+            try:
+                self._publish(seq, str(meta[2]), meta[3], record,
+                              len(meta) == 5 and bool(meta[4]))
+            except Exception:
+                # one publish this node cannot take is nacked; the session goes on (were it
+                # ended, the sender would send it again, and end the next one too)
+                log.exception("publish %d from %s not taken", seq, self.peer)
+                self._confirms.append([seq, True, False])
+                self._send_confirms()
             return
         if kind != wire.CONTROL:
             raise wire.WireError(f"unexpected frame kind {kind}")
@@ -263,7 +271,8 @@ class LinkServer(wire.FramedProtocol):
             if msg is None:
                 msg = Message.decode(record)
                 msg._record = record
-            answers = [link.publish(vhost, names_there, msg, again)
+            # marked as sent again: the sender may send it to the new owner itself too
+            answers = [link.publish(vhost, names_there, msg, True)
                        for link, names_there in moved.items()]
             self._answer_when(seq, ok, all_settled([settled] if settled else [], answers))
             return
@@ -729,9 +738,8 @@ class LinkClient:
         # publish ids: this link's nonce, then the sequence number (node/shards/publish_ids)
         self._nonce = os.urandom(PID_BYTES - 8)
         # unanswered publishes, oldest first: [seq, future, size, vhost, names, record,
-        # sent again (it was on its way when a session ended)]
+        # sent again (it was on its way when a session ended), answer by (loop time)]
         self._pending: deque[list] = deque()
-        self._down_since: float | None = None  # since when nothing can be sent
         # called when a session ends with publishes waiting: those for queues the peer no
         # longer owns go to their new owners (set by `Links.to`: Links.owners_changed for
         # this link alone), as a Raft event that named the new owner first could not
@@ -821,7 +829,6 @@ class LinkClient:
 
     def _connected(self, session: _ClientSession) -> None:
         self.session = session
-        self._down_since = None
         self._sent_index = 0  # a new session knows nothing yet
         self._up.set()
         if self._backlog_timer is not None:
@@ -852,7 +859,12 @@ class LinkClient:
         self._out.clear()
         self._settle_op, self._settle_ids = None, []
         self._credit_out.clear()
-        self._down_since = asyncio.get_event_loop().time()
+        loop = asyncio.get_event_loop()
+        # a publish no owner answered within PUBLISH_WAIT of its first send is nacked, not
+        # sent again (one that every session it reaches ends must not go round for ever)
+        while self._pending and self._pending[0][0] <= self._wire_seq \
+                and self._pending[0][7] < loop.time():
+            self._settle_one(False, f"no answer from {self.peer} within {PUBLISH_WAIT:g} s")
         again: list[tuple[bytes, str, int]] = []
         # publishes that went out may or may not have reached the owner: sent again, marked
         # so (to this node when it is back, or to the queues' new owner: `reroute`), and
@@ -879,7 +891,10 @@ class LinkClient:
         if self._backlog:
             self._arm_backlog_timer()
             if self.on_lost is not None and not self.closed:
-                self.on_lost()
+                try:
+                    self.on_lost()
+                except Exception:
+                    log.exception("could not pass the publishes waiting for %s on", self.peer)
         for rc in list(self.consumers.values()):
             rc.outstanding = 0  # the owner forgot the consumer with the session
             if rc.active and not self.closed:
@@ -926,8 +941,6 @@ class LinkClient:
             if kind == "publish":
                 self._wire_seq = key
             return
-        if self._down_since is None:  # never connected yet
-            self._down_since = asyncio.get_event_loop().time()
         self._backlog.append((frame, kind, key))
         self._arm_backlog_timer()
 
@@ -942,16 +955,22 @@ class LinkClient:
             return
         why = (f"node {self.peer}, the queue's owner, cannot be reached "
                f"({self.last_error or 'connecting'})")
-        loop = asyncio.get_event_loop()
-        down = loop.time() - (self._down_since if self._down_since is not None
-                              else loop.time())
-        if down < PUBLISH_WAIT and any(kind == "publish" for _f, kind, _k in self._backlog):
-            # requests fail now; publishes wait on for the owner (or a new one: `reroute`)
-            self._backlog = deque(item for item in self._backlog if item[1] != "request"
-                                  or not self._fail_request(item[2], why))
-            self._backlog_timer = loop.call_later(PUBLISH_WAIT - down, self._backlog_expired)
-            return
-        self._fail_backlog(why)
+        # requests fail now; each publish waits for the owner (or a new one: `reroute`)
+        # until PUBLISH_WAIT after it was first sent
+        now = asyncio.get_event_loop().time()
+        while self._pending and self._pending[0][7] <= now:
+            self._settle_one(False, why)
+        pending = {entry[0] for entry in self._pending}
+        self._backlog = deque(item for item in self._backlog if (
+            item[2] in pending if item[1] == "publish" else
+            item[1] != "request" or not self._fail_request(item[2], why)))
+        if self._backlog:
+            wait = QUEUED_TIMEOUT
+            if self._pending:
+                wait = min(wait, max(self._pending[0][7] - now, 0.01))
+            self._backlog_timer = asyncio.get_event_loop().call_later(
+                wait, self._backlog_expired)
+        self._release_if_below()
 
     def _fail_request(self, rid: int, why: str) -> bool:
         req = self._requests.pop(rid, None)
@@ -975,33 +994,62 @@ class LinkClient:
     def reroute(self, owned_here: Callable[[str, list[str]], bool],
                 republish: Callable[[str, list[str], bytes, bool, asyncio.Future[bool]],
                                     None]) -> None:
-        """The owners of some shards changed (a Raft event): publishes still waiting for
-        this node that are for queues it does not own any more go to their new owners
-        now, in their order, before anything published after the change
-        (``republish``: Links.republish); their confirms follow the new owners' answers."""
-        if self.session is not None or not self._backlog:
+        """The owners of some shards changed (a Raft event), or a session ended: the
+        unanswered publishes for queues this node does not own any more go to their new
+        owners now, in their order, before anything published after the change
+        (``republish``: Links.republish), marked as sent again if they may have reached
+        this node (which passes on what it reads of them, marked so too: the new owner
+        takes each once).  A publish also for queues this node still owns keeps its place
+        here for those; its confirm waits for both answers."""
+        if not self._pending:
             return
-        keep: deque[tuple[bytes, str, int]] = deque()
-        moving: list[list] = []
-        by_seq = {entry[0]: entry for entry in self._pending}
-        for item in self._backlog:
-            entry = by_seq.get(item[2]) if item[1] == "publish" else None
-            if entry is None or owned_here(entry[3], entry[4]):
-                keep.append(item)
-            else:
-                moving.append(entry)
+        moving: list[tuple[list, list[str], bool]] = []
+        for entry in self._pending:
+            vhost, names = entry[3], entry[4]
+            if owned_here(vhost, names):
+                continue
+            away = [n for n in names if not owned_here(vhost, [n])]
+            sent = entry[6] or (self.session is not None and entry[0] <= self._wire_seq)
+            moving.append((entry, away, sent))
         if not moving:
             return
-        self._backlog = keep
-        gone = {id(entry) for entry in moving}
-        self._pending = deque(e for e in self._pending if id(e) not in gone)
-        for entry in moving:
-            self._pending_bytes -= entry[2]
-            republish(entry[3], entry[4], entry[5], entry[6], entry[1])
+        gone: set[int] = set()
+        loop = asyncio.get_event_loop()
+        for entry, away, sent in moving:
+            there: asyncio.Future[bool] = loop.create_future()
+            if len(away) < len(entry[4]):
+                # split: this node answers for the names it keeps, under the same seq
+                here: asyncio.Future[bool] = loop.create_future()
+                _join(entry[1], [here, there])
+                entry[1] = here
+                entry[4] = [n for n in entry[4] if n not in away]
+                self._replace_queued(entry)
+            else:
+                gone.add(id(entry))
+                self._pending_bytes -= entry[2]
+                _join(entry[1], [there])
+            try:
+                republish(entry[3], away, entry[5], sent, there)
+            except Exception:  # never leave a confirm unanswered
+                log.exception("could not pass a publish on to the new owner of %s", away)
+                if not there.done():
+                    there.set_result(False)
+        if gone:
+            self._pending = deque(e for e in self._pending if id(e) not in gone)
+            self._backlog = deque(item for item in self._backlog if item[1] != "publish"
+                                  or item[2] not in {e[0] for e, _a, _s in moving
+                                                     if id(e) in gone})
         if not self._backlog and self._backlog_timer is not None:
             self._backlog_timer.cancel()
             self._backlog_timer = None
         self._release_if_below()
+
+    def _replace_queued(self, entry: list) -> None:
+        """A queued publish whose names changed: its frame in the backlog is made again."""
+        for i, item in enumerate(self._backlog):
+            if item[1] == "publish" and item[2] == entry[0]:
+                self._backlog[i] = (_publish_frame(entry), "publish", entry[0])
+                return
 
     # ------------------------------------------------------------------ publish
     def publish(self, vhost: str, names: list[str], message: Message, again: bool = False
@@ -1018,8 +1066,11 @@ class LinkClient:
             record = message.encode()
         else:
             record = message.record_with_pid(self._nonce + seq.to_bytes(8, "big"))
-        fut: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
-        entry = [seq, fut, len(record), vhost, names, record, again]
+        loop = asyncio.get_event_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        # [seq, future, size, vhost, names, record, sent again, answer by (loop time)]
+        entry = [seq, fut, len(record), vhost, names, record, again,
+                 loop.time() + PUBLISH_WAIT]
         self._pending.append(entry)
         self._pending_bytes += len(record)
         self._send(_publish_frame(entry), "publish", seq)
@@ -1232,9 +1283,26 @@ class LinkClient:
         rc.sink.delivery(rc, did, redelivered, Message.decode(record))
 
 
+def _join(out: asyncio.Future[bool], parts: list[asyncio.Future[bool]]) -> None:
+    """``out`` is True once every one of ``parts`` is, False as soon as one is False."""
+    left = [len(parts)]
+
+    def one(f: asyncio.Future[bool]) -> None:
+        if out.done():
+            return
+        if f.cancelled() or f.exception() is not None or not f.result():
+            out.set_result(False)
+            return
+        left[0] -= 1
+        if not left[0]:
+            out.set_result(True)
+    for part in parts:
+        part.add_done_callback(one)
+
+
 def _publish_frame(entry: list) -> bytes:
     """A pending publish's frame: [PUBLISH, seq, vhost, names(, 1 when sent again)]."""
-    seq, _fut, _size, vhost, names, record, again = entry
+    seq, _fut, _size, vhost, names, record, again, _by = entry
     meta = (PUBLISH, seq, vhost, names, 1) if again else (PUBLISH, seq, vhost, names)
     return wire.message(meta, record)
 

@@ -68,12 +68,32 @@ class PublishIds:
 
 def _ids_for_again(q: Any, now: float) -> PublishIds:
     """``q``'s ids, read from the tail of its store when it keeps none now."""
-    ids = q.publish_ids
-    if ids is None or ids.until < now:
+    ids = _kept(q, now)
+    if ids is None:
         ids = q.publish_ids = PublishIds(now + KEEP)
         _seed(q, ids)
+        asyncio.get_event_loop().call_later(KEEP, _expire, q)
     ids.until = now + KEEP
     return ids
+
+
+def _kept(q: Any, now: float) -> PublishIds | None:
+    ids = q.publish_ids
+    if ids is not None and ids.until < now:
+        q.publish_ids = ids = None  # nothing came again for KEEP: forgotten
+    return ids
+
+
+def _expire(q: Any) -> None:
+    """Forget ``q``'s ids once nothing came again for KEEP (an idle queue holds none)."""
+    ids = q.publish_ids
+    if ids is None:
+        return
+    left = ids.until - time.monotonic()
+    if left <= 0:
+        q.publish_ids = None
+    else:
+        asyncio.get_event_loop().call_later(left, _expire, q)
 
 
 def _seed(q: Any, ids: PublishIds) -> None:
@@ -107,11 +127,14 @@ def publish_once(queues: list[Any], msg: Message, again: bool
     pid = msg.pid
     fresh = queues
     holding: list[Any] = []
-    if again and pid is not None:
+    if pid is not None and (again or any(q.publish_ids is not None for q in queues)):
+        # sent again, or to a queue that keeps ids now: a copy passed on by a node that is
+        # no longer the owner may come after the sender's own resend, unmarked
         fresh = []
         now = time.monotonic()
         for q in queues:
-            (holding if pid in _ids_for_again(q, now) else fresh).append(q)
+            ids = _ids_for_again(q, now) if again else _kept(q, now)
+            (holding if ids is not None and pid in ids else fresh).append(q)
     ok = True
     flushes: list[asyncio.Future] = []
     if fresh:
@@ -123,10 +146,7 @@ def publish_once(queues: list[Any], msg: Message, again: bool
         for q in fresh:  # only queues that keep ids now (a publish came again lately)
             ids = q.publish_ids
             if ids is not None:
-                if ids.until < time.monotonic():
-                    q.publish_ids = None  # nothing came again for KEEP: forget them
-                else:
-                    ids.add(pid)
+                ids.add(pid)
     for q in holding:  # confirmed once what it wrote then is on disk (and replicated)
         if q.store is not None and q.durable:
             flushes.append(q.store.flush())

@@ -210,7 +210,15 @@ class RemoteQueue:
         loop = asyncio.get_event_loop()
         deadline = loop.time() + FOLLOW_WAIT
         while True:
-            link = self.link
+            try:
+                link = self.link
+            except LookupError as e:  # no owner now (a failover under way)
+                if self.deleted:
+                    raise Superseded() from None
+                if loop.time() > deadline:
+                    raise LinkLost(errors.INTERNAL_ERROR, str(e)) from None
+                await asyncio.sleep(FOLLOW_POLL)
+                continue
             try:
                 return await op(link)
             except LinkLost:
@@ -398,6 +406,12 @@ class RemoteQueue:
         back; if the shard fails over to another node meanwhile, the consumer follows."""
         c = self._by_rc.get(rc)
         if c is not None and rc.link is not None:
+            # what that session delivered and the client has not seen yet is the owner's
+            # again (it requeued it): dropped here, it comes again, redelivered
+            gen = rc.link.generation
+            for held in (self._waiting.get(c), self._parked.get(c)):
+                if held:
+                    held[:] = [e for e in held if e.generation == gen]
             self._follow(c, rc.link.peer, rc)
 
     def _follow(self, c: Consumer, old: str | None, rc: RemoteConsumer | None = None
@@ -493,7 +507,7 @@ def held_for(channel: Any) -> int:
     """Deliveries the owners of ``channel``'s remote queues may send it without asking:
     the credit its remote consumers hold and what they received before their
     consume-ok.  Under a global prefetch these are spoken for, so a local queue of the
-    same channel counts them too (`Channel.can_deliver`)."""
+    same channel counts them too: a delivery that finds no room waits (`_hand_or_park`)."""
     held = 0
     for other in channel.consumers.values():
         q = other.queue
