@@ -226,7 +226,7 @@ def test_seeded_schedule(netns_lab, tmp_path):
     seed = _seed()
     shards = _shards(seed)
     # the sharded schedule is shorter: each of its steps checks three shards
-    steps = int(os.environ.get("WARREN_NEMESIS_STEPS", "8" if shards == 1 else "5"))
+    steps = int(os.environ.get("WARREN_NEMESIS_STEPS", "8" if shards == 1 else "4"))
     schedule = nemesis.generate(seed, steps, shards=shards)
     # printed first, so that a failure (or a hang) can be replayed
     print(f"\nnemesis ({shards} shard(s)) {nemesis.describe(seed, schedule)}\n"
