@@ -961,9 +961,13 @@ class LinkClient:
         while self._pending and self._pending[0][7] <= now:
             self._settle_one(False, why)
         pending = {entry[0] for entry in self._pending}
-        self._backlog = deque(item for item in self._backlog if (
-            item[2] in pending if item[1] == "publish" else
-            item[1] != "request" or not self._fail_request(item[2], why)))
+        kept: deque[tuple[bytes, str, int]] = deque()
+        for item in self._backlog:
+            if item[1] == "request":
+                self._fail_request(item[2], why)
+            elif item[1] != "publish" or item[2] in pending:
+                kept.append(item)
+        self._backlog = kept
         if self._backlog:
             wait = QUEUED_TIMEOUT
             if self._pending:
@@ -972,11 +976,10 @@ class LinkClient:
                 wait, self._backlog_expired)
         self._release_if_below()
 
-    def _fail_request(self, rid: int, why: str) -> bool:
+    def _fail_request(self, rid: int, why: str) -> None:
         req = self._requests.pop(rid, None)
         if req is not None and not req[0].done():
             req[0].set_exception(LinkLost(errors.INTERNAL_ERROR, why))
-        return True
 
     def _fail_backlog(self, why: str) -> None:
         backlog, self._backlog = self._backlog, deque()
@@ -1013,21 +1016,21 @@ class LinkClient:
             moving.append((entry, away, sent))
         if not moving:
             return
-        gone: set[int] = set()
+        gone: set[int] = set()  # seqs of the publishes that leave this link altogether
         loop = asyncio.get_event_loop()
         for entry, away, sent in moving:
             there: asyncio.Future[bool] = loop.create_future()
             if len(away) < len(entry[4]):
                 # split: this node answers for the names it keeps, under the same seq
                 here: asyncio.Future[bool] = loop.create_future()
-                _join(entry[1], [here, there])
+                _answer(entry[1], all_settled([], [here, there]))
                 entry[1] = here
                 entry[4] = [n for n in entry[4] if n not in away]
                 self._replace_queued(entry)
             else:
-                gone.add(id(entry))
+                gone.add(entry[0])
                 self._pending_bytes -= entry[2]
-                _join(entry[1], [there])
+                _answer(entry[1], all_settled([], [there]))
             try:
                 republish(entry[3], away, entry[5], sent, there)
             except Exception:  # never leave a confirm unanswered
@@ -1035,10 +1038,9 @@ class LinkClient:
                 if not there.done():
                     there.set_result(False)
         if gone:
-            self._pending = deque(e for e in self._pending if id(e) not in gone)
-            self._backlog = deque(item for item in self._backlog if item[1] != "publish"
-                                  or item[2] not in {e[0] for e, _a, _s in moving
-                                                     if id(e) in gone})
+            self._pending = deque(e for e in self._pending if e[0] not in gone)
+            self._backlog = deque(item for item in self._backlog
+                                  if item[1] != "publish" or item[2] not in gone)
         if not self._backlog and self._backlog_timer is not None:
             self._backlog_timer.cancel()
             self._backlog_timer = None
@@ -1283,21 +1285,14 @@ class LinkClient:
         rc.sink.delivery(rc, did, redelivered, Message.decode(record))
 
 
-def _join(out: asyncio.Future[bool], parts: list[asyncio.Future[bool]]) -> None:
-    """``out`` is True once every one of ``parts`` is, False as soon as one is False."""
-    left = [len(parts)]
-
-    def one(f: asyncio.Future[bool]) -> None:
-        if out.done():
-            return
-        if f.cancelled() or f.exception() is not None or not f.result():
-            out.set_result(False)
-            return
-        left[0] -= 1
-        if not left[0]:
-            out.set_result(True)
-    for part in parts:
-        part.add_done_callback(one)
+def _answer(out: asyncio.Future[bool], settled: asyncio.Future[None], ok: bool = True
+            ) -> None:
+    """``out`` (a publish's answer) is ``ok`` once ``settled`` (outcome.all_settled)
+    succeeds, False if it fails."""
+    def done(f: asyncio.Future[None]) -> None:
+        if not out.done():
+            out.set_result(ok and not f.cancelled() and f.exception() is None)
+    settled.add_done_callback(done)
 
 
 def _publish_frame(entry: list) -> bytes:
@@ -1404,8 +1399,4 @@ class Links:
         if not flushes and not answers:
             fut.set_result(ok)
             return
-
-        def done(f: asyncio.Future) -> None:
-            if not fut.done():
-                fut.set_result(ok and not f.cancelled() and f.exception() is None)
-        all_settled(flushes, answers).add_done_callback(done)
+        _answer(fut, all_settled(flushes, answers), ok)

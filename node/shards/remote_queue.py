@@ -499,8 +499,7 @@ def _unacked(c: Consumer) -> int:
 def _free(c: Consumer) -> int:
     """What the global prefetch of ``c``'s channel leaves: its window, less what is
     delivered and unacked, less what its remote consumers may still be sent."""
-    channel: Any = c.owner
-    return _global_window(c) - len(channel.unacked) - held_for(channel)
+    return _global_window(c) - _unacked(c) - held_for(c.owner)
 
 
 def held_for(channel: Any) -> int:

@@ -32,6 +32,16 @@ def _connect(node, vhost: str) -> pika.BlockingConnection:
         "127.0.0.1", node.amqp_port, vhost, connection_attempts=3))
 
 
+def _drain(ch, queue: str) -> list[int]:
+    """Every message of ``queue`` by basic.get (auto-ack), as the ints their bodies are."""
+    got = []
+    while True:
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return got
+        got.append(int(body))
+
+
 def _sharded(cluster: Cluster, vhost: str, count: int = 3) -> None:
     """Create ``vhost`` with ``count`` shards through the first node, guest may use it
     (owners go to running nodes only: a member still connecting would get none)."""
@@ -163,13 +173,7 @@ def test_one_shard_fails_over_alone_and_other_shards_clients_keep_their_connecti
         conn = _connect(new_owner, "fo")
         ch = conn.channel()
         assert ch.queue_declare(f"q-{n3.name}", passive=True).method.message_count == 200
-        got = []
-        while True:
-            method, _props, payload = ch.basic_get(f"q-{n3.name}", auto_ack=True)
-            if method is None:
-                break
-            got.append(int(payload))
-        assert got == list(range(200))
+        assert _drain(ch, f"q-{n3.name}") == list(range(200))
         conn.close()
         # the killed owner returns as a replica of its old shard; every shard's copies agree
         n3.start()
@@ -257,13 +261,7 @@ def test_clients_of_a_moved_shard_go_on_publishing_on_the_same_connections(clust
         assert conn.is_open
         conn.close()
     conn = _connect(target, "mv")
-    ch = conn.channel()
-    got = []
-    while True:
-        method, _props, payload = ch.basic_get("moving", auto_ack=True)
-        if method is None:
-            break
-        got.append(int(payload))
+    got = _drain(conn.channel(), "moving")
     conn.close()
     assert sorted(got) == list(range(200))
 
@@ -461,13 +459,7 @@ def test_publishes_in_flight_to_a_lost_owner_go_to_the_new_owner_once(tmp_path, 
         moved = _placement(cluster, publisher, "inflight")["shards"][owners[victim.name]]
         assert moved["owner"] != victim.name, moved
         conn = _connect(cluster.by_name(moved["owner"]), "inflight")
-        ch = conn.channel()
-        got: list[int] = []
-        while True:
-            method, _props, body = ch.basic_get("far", auto_ack=True)
-            if method is None:
-                break
-            got.append(int(body))
+        got = _drain(conn.channel(), "far")
         conn.close()
         doubled = sorted({i for i in got if got.count(i) > 1})
         assert doubled == [], f"enqueued twice: {doubled[:20]} of {len(got)}"

@@ -21,6 +21,12 @@ def _link() -> LinkClient:
     return LinkClient("a", "b", lambda: "127.0.0.1:1", _never)
 
 
+async def _turns(n: int = 3) -> None:
+    """Let the loop run the done-callbacks that carry an answer on (one turn per hop)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def _msg(i: int) -> Message:
     return Message("", "q", b"\x00" * 14, b"m%d" % i, True)
 
@@ -45,14 +51,14 @@ def test_reroute_moves_what_the_peer_no_longer_owns_in_order_and_splits_the_rest
         assert link._pending_bytes == sum(e[2] for e in link._pending)
         for _names, _body, _again, fut in sent:
             fut.set_result(True)
-        await asyncio.sleep(0)  # done-callbacks run on the loop's next turn
+        await _turns()  # done-callbacks run on the loop's next turns
         assert f1.done() and f1.result() and f4.result()
         assert not f2.done()  # q2's part is b's to answer
         link._confirmed(2, True)
-        await asyncio.sleep(0)
+        await _turns()
         assert f2.result() is True and not f3.done()
         link._confirmed(3, False)
-        await asyncio.sleep(0)
+        await _turns()
         assert f3.result() is False
         link.close()
     asyncio.run(run())
