@@ -125,19 +125,21 @@ class VhostStores:
         remove its files, even when no store is open (a vhost this node used to run)."""
         store = self._stores.pop(vhost, None)
         path = self.path(vhost)
+        tomb: str | None = None
         if delete_data and os.path.isdir(path):
             # out of the way at once: a vhost of the same name may be created in this very
             # loop turn, and must not find (or later lose) the old files
             os.makedirs(self.graveyard, exist_ok=True)
             tomb = os.path.join(self.graveyard, f"{os.path.basename(path)}-{os.urandom(4).hex()}")
             os.rename(path, tomb)
-            path = tomb
 
         async def close() -> None:
             if store is not None:
                 await store.close()
-            if delete_data:
-                shutil.rmtree(path, ignore_errors=True)
+            # only ever the tomb: the vhost's own path may hold a store opened since (a
+            # replica role given back in the next Raft event), whose files it would delete
+            if tomb is not None:
+                shutil.rmtree(tomb, ignore_errors=True)
         self._pending_closes.append(asyncio.ensure_future(close()))
 
     async def close_all(self) -> None:

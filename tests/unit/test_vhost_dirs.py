@@ -110,3 +110,27 @@ def test_orphaned_messages_are_those_of_queue_keys_no_queue_has(tmp_path: Path) 
     key = store_key(long, "cc")
     assert len(key.encode()) <= 255 and key != store_key(long, "dd")
     assert store_key("q", "") == "q"  # declared before ids: stored under the bare name
+
+
+def test_forgetting_a_copy_never_there_spares_the_store_opened_right_after(
+        tmp_path: Path) -> None:
+    """A node that holds no copy of '/' forgets it (a Raft event), and the next event makes
+    it a replica, in the same loop turn: the new store's files must outlive the first
+    forget's background cleanup (it once removed the vhost's live directory, and the store
+    wrote on into deleted files: the copy was gone at the next start, and each commit's
+    free-space check raised a disk alarm that never cleared)."""
+    async def main() -> None:
+        stores = VhostStores(str(tmp_path), sync=False)
+        stores.close("/", delete_data=True)  # no directory yet
+        store = stores.open("/")
+        await asyncio.gather(*stores._pending_closes)
+        assert os.path.isdir(stores.path("/"))
+        store.put("q", 1, b"kept")
+        await store.flush()
+        assert not store.space.short
+        assert stores.space(50_000_000)[1] is False
+        await stores.close_all()
+        again = VhostStores(str(tmp_path), sync=False)
+        assert again.open("/").read_range("q", 0, 10)[0][1] == b"kept"
+        await again.close_all()
+    asyncio.run(main())
