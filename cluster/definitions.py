@@ -626,6 +626,22 @@ class DefinitionState:
         vhost["in_sync"] = current
         return _ok(vhost=_copy(vhost))
 
+    def _op_set_in_sync_many(self, cmd: _Command) -> dict[str, Any]:
+        """Several `set_in_sync` changes in one entry, each fenced and answered on its own:
+        the units a node owns all drop a replica that died in one Raft round trip, not one
+        each (their confirms wait for it)."""
+        results = []
+        for change in cmd.get("changes", list):
+            if not isinstance(change, dict):
+                results.append({"ok": False, "code": INTERNAL_ERROR,
+                                "text": "set_in_sync_many: a change must be a map"})
+                continue
+            try:
+                results.append(self._op_set_in_sync(_Command("set_in_sync", change)))
+            except _Refused as refused:
+                results.append({"ok": False, "code": refused.code, "text": refused.text})
+        return _ok(results=results)
+
     # ------------------------------------------------------------------ users
 
     def _op_bootstrap(self, cmd: _Command) -> dict[str, Any]:

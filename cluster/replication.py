@@ -50,6 +50,10 @@ CATCH_UP_BATCH_RECORDS = 50_000
 SEND_WINDOW_BYTES = 8 << 20
 # How often both ends of a session say they are alive when nothing else is sent.
 HEARTBEAT_INTERVAL = 0.5
+# A drop that could not commit (no Raft leader: an election takes 40-800 ms) is asked again
+# after this long, doubling up to DROP_RETRY_MAX.
+DROP_RETRY_FIRST = 0.05
+DROP_RETRY_MAX = 1.0
 
 ProposeInSync = Callable[[str, bool, int, int], Awaitable[bool]]
 
@@ -116,6 +120,7 @@ class ReplicationSource:
         self._closed = False
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
+        self._drop_retry: dict[str, float] = {}  # node -> wait before asking again
         # called with a replica's name when its catch-up made headway (a live move follows)
         self.on_progress: Callable[[str], None] | None = None
         self.changelog = store.keep_changelog(changelog_bytes)
@@ -207,16 +212,34 @@ class ReplicationSource:
 
     async def _change(self, node: str, join: bool) -> bool:
         ok = False
+        uncommitted = False
         try:
             ok = await self._propose(node, join, self.epoch, self.hw)
-        except Exception as e:  # no quorum, deposed...: the watch loop tries again
+        except Exception as e:  # no quorum, no leader: see below
+            uncommitted = True
             log.warning("%s: could not %s in-sync replica %s: %s", shards.label(self.vhost),
                         "add" if join else "drop", node, e)
         if not ok:
             (self.joining if join else self.leaving).discard(node)
+        if ok or join:
+            self._drop_retry.pop(node, None)
+        elif uncommitted and not self._closed:
+            # The Raft leader died too (often on the very node this replica ran on), or
+            # the majority is out of reach for now: this unit's confirms wait for the drop,
+            # so it is asked again as soon as a new leader may be there, not after the lag
+            # timeout.  (A refusal, by contrast, is final: this owner was deposed.)
+            delay = self._drop_retry.get(node, DROP_RETRY_FIRST)
+            self._drop_retry[node] = min(delay * 2, DROP_RETRY_MAX)
+            asyncio.get_running_loop().call_later(delay, self._drop_again, node)
         if join and ok:
             log.info("%s: replica %s is in sync", shards.label(self.vhost), node)
         return ok
+
+    def _drop_again(self, node: str) -> None:
+        # only a replica still gone: one that came back is in a session (and the lag
+        # watch decides about a slow one)
+        if not self._closed and node not in self.sessions:
+            self._drop(node, "not connected (asked again)")
 
     def _drop(self, node: str, why: str) -> None:
         self.joining.discard(node)

@@ -373,6 +373,11 @@ class DefinitionsMirror:
         self.runtime.put_unit(result["vhost"])
         self.roles.reconcile(cmd["name"])
 
+    def _ev_set_in_sync_many(self, cmd: dict, result: dict) -> None:
+        for change, outcome in zip(cmd["changes"], result["results"], strict=True):
+            if outcome.get("ok"):
+                self._ev_set_in_sync(change, outcome)
+
     def _ev_register_node(self, cmd: dict, result: dict) -> None:
         self.runtime.nodes[cmd["name"]] = result.get("node") or {k: cmd.get(k) for k in (
             "name", "raft", "forward", "amqp", "http")}

@@ -25,6 +25,7 @@ from node.amqp import errors
 from node.amqp.errors import ChannelError
 from node.config import Settings
 from node.runtime.commit import commit
+from node.runtime.in_sync_proposals import InSyncProposals
 from node.runtime.placement import Placement
 from node.runtime.state import Runtime
 from node.runtime.stores import VhostStores
@@ -71,6 +72,7 @@ class VhostRoles:
         self._lease_task: asyncio.Task[None] | None = None
         self._lease_holds: set[Any] = set()  # the client connections the lease holds now
         self.moves = 0
+        self.in_sync_proposals = InSyncProposals(metadata.submit)
         # the queue links other nodes opened to this one (node/shards/link.py LinkServer)
         self.link_sessions: set[Any] = set()
         self.moving: dict[str, MoveProgress] = {}  # unit -> its move under way here
@@ -375,7 +377,7 @@ class VhostRoles:
                                "in_sync": join, "expected_epoch": epoch}
         if not join:
             cmd["confirmed"] = hw
-        result = await self.metadata.submit(cmd)
+        result = await self.in_sync_proposals.propose(cmd)
         return bool(result.get("ok"))
 
     # ------------------------------------------------------------------ seen from outside

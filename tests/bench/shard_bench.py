@@ -167,6 +167,8 @@ def part_failover(cluster: Cluster, duration: float, pids: str, rate: str,
         time.sleep(duration / 2)
         killed = time.time()
         victim.kill()
+        print(f"    killed at {time.strftime('%H:%M:%S', time.localtime(killed))}"
+              f".{int(killed % 1 * 1000):03d} (the nodes' log clock)")
         for node, log, proc in procs:
             out, _ = proc.communicate(timeout=180)
             log.seek(0)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pika
 import pytest
 
 from tests.cluster.conftest import SECRET, Cluster
+from tests.cluster.harness import (amqp_params, create_vhost, log_tails, vhost_state,
+                                   wait_in_sync)
 from tests.nodeproc import NodeProcess
 
 
@@ -41,6 +44,45 @@ def test_leader_killed_changes_resume_and_node_catches_up(fresh_cluster: Cluster
                      what=f"{q} on the restarted node")
     c.wait_until(lambda: all(n["running"] for n in c.status(leader)["nodes"]),
                  what="the restarted node linked to every member")
+
+
+def test_a_replica_that_dies_with_the_raft_leader_stops_holding_confirms_after_the_election(
+        tmp_path):
+    """The Raft leader's node is also a replica of a vhost another node owns.  Killed, its
+    replication session ends at once, but the owner's proposal to drop it from the in-sync
+    set cannot commit: the leader that would commit it is gone.  The owner asks again once a
+    new leader is there; it once waited for the lag timeout (here 30 s, so that waiting
+    shows), and every confirm of the vhost with it."""
+    c = Cluster(tmp_path, failover_timeout="30").start()
+    try:
+        leader = c.leader(c.nodes[0])
+        assert leader is not None
+        owner = next(n for n in c.nodes if n is not leader)
+        create_vhost(c, "held", owner, 3)
+        wait_in_sync(c, "held", 2)
+        conn = pika.BlockingConnection(amqp_params(owner, "held", c.user, c.password))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("", "q", b"before", pika.BasicProperties(delivery_mode=2))
+        leader.kill()
+        confirmed = threading.Event()
+
+        def publish() -> None:
+            ch.basic_publish("", "q", b"after", pika.BasicProperties(delivery_mode=2))
+            confirmed.set()
+        # pika's blocking channel is used by this one thread at a time: the main thread
+        # only waits on the event
+        t = threading.Thread(target=publish, daemon=True)
+        t.start()
+        assert confirmed.wait(10), ("no confirm 10 s after the leader's death (the drop "
+                                    "waited for the 30 s lag timeout)\n" + log_tails(c))
+        st = vhost_state(c, "held", via=[owner])
+        assert leader.name not in st["in_sync"], st
+        assert ch.basic_get("q", auto_ack=True)[2] == b"before"
+        assert ch.basic_get("q", auto_ack=True)[2] == b"after"
+        conn.close()
+    finally:
+        c.stop()
 
 
 def test_minority_refuses_definition_changes_at_once(fresh_cluster: Cluster):

@@ -171,6 +171,31 @@ def test_failover_promotes_only_an_in_sync_replica_and_keeps_the_old_owner(
     assert (v["owner"], v["replicas"], v["in_sync"]) == ("n3", ["n1", "n2"], ["n2"])
 
 
+def test_in_sync_changes_of_several_units_commit_in_one_entry_each_fenced(
+        state: DefinitionState) -> None:
+    """A dead replica leaves every unit its owner runs in one entry; a deposed owner's
+    change in it is refused without keeping the others out."""
+    for name in ("a", "b", "c"):
+        ok(state, op="add_vhost", name=name, owner="n1", replicas=["n2", "n3"])
+        for node in ("n2", "n3"):
+            ok(state, op="set_in_sync", name=name, node=node, in_sync=True, expected_epoch=1)
+    ok(state, op="set_vhost_owner", name="c", owner="n2", expected_epoch=1)  # epoch 2
+    results = ok(state, op="set_in_sync_many", changes=[
+        {"name": "a", "node": "n3", "in_sync": False, "expected_epoch": 1, "confirmed": 7},
+        {"name": "c", "node": "n3", "in_sync": False, "expected_epoch": 1, "confirmed": 9},
+        {"name": "b", "node": "n3", "in_sync": False, "expected_epoch": 1, "confirmed": 8},
+        "not a change",
+    ])["results"]
+    assert [r["ok"] for r in results] == [True, False, True, False]
+    assert results[1]["code"] == 406
+    assert results[3]["text"] == "set_in_sync_many: a change must be a map"
+    for name, confirmed in (("a", 7), ("b", 8)):
+        v = some(state.vhost(name))
+        assert (v["in_sync"], v["confirmed"]) == (["n2"], confirmed)
+        assert results[[0, 2][name == "b"]]["vhost"]["in_sync"] == ["n2"]
+    assert "n3" in some(state.vhost("c"))["in_sync"]
+
+
 def test_replicas_follow_membership(state: DefinitionState) -> None:
     ok(state, op="register_node", name="n2", raft="h:2", forward="h:3", amqp="h:4", http="h:5")
     ok(state, op="add_vhost", name="v", owner="n1", replicas=["n2"])
