@@ -9,8 +9,7 @@ import pika
 import pytest
 
 from tests.cluster.conftest import SECRET, Cluster
-from tests.cluster.harness import (amqp_params, create_vhost, log_tails, vhost_state,
-                                   wait_in_sync)
+from tests.cluster.harness import amqp_params, create_vhost, log_tails, vhost_state, wait_in_sync
 from tests.nodeproc import NodeProcess
 
 
