@@ -113,14 +113,18 @@ class FailoverController:
             offsets = {n: p[name] for n, p in positions.items() if name in p}
             vhosts, nodes = self._definitions()
             confirmed = placement.confirmed_mark(v, offsets)
-            choice = placement.promotion_choice(candidates, offsets,
+            choice = placement.promotion_choice(v.get("in_sync", []), offsets,
                                                 placement.load(vhosts.values(), nodes),
                                                 confirmed)
             if choice is None:
+                in_sync = v.get("in_sync", [])
+                heard = [n for n in in_sync if n in offsets]
                 text = (f"vhost '{name}' is unavailable: its owner {v['owner']} is down "
                         f"({why}) and no in-sync replica with a complete copy (offset "
-                        f"{confirmed} confirmed) can take over (no unclean promotion); it "
-                        f"returns with its owner")
+                        f"{confirmed} confirmed) can take over (no unclean promotion"
+                        + (f"; {len(heard)} of its {len(in_sync)} in-sync replicas answered, "
+                           "two must" if len(heard) < min(2, len(in_sync)) else "")
+                        + "); it returns with its owner")
                 if self.unavailable.get(name) != text:
                     log.error("%s", text)
                 self.unavailable[name] = text

@@ -63,7 +63,15 @@ def promotion_choice(in_sync: Iterable[str], positions: Mapping[str, list[int]],
     log ends (then the least loaded, then by name); None when no in-sync replica answered
     with a complete copy.  A copy is complete when it holds at least one record (every
     owner writes its epoch's first record at once), is not half a snapshot (offset -1),
-    and reaches the confirmed mark: no promotion may lose a confirmed message."""
+    and reaches the confirmed mark: no promotion may lose a confirmed message.
+
+    With two or more in-sync replicas, two of them must have answered: the owner confirms
+    without one copy on its way out of the in-sync set before Raft has dropped it
+    (`ReplicationSource.required`), so any single copy may lack the newest confirms, but
+    of any two, one has them, and comparing their ends finds it."""
+    in_sync = list(in_sync)
+    if len([n for n in in_sync if n in positions]) < min(2, len(in_sync)):
+        return None
     best = [n for n in in_sync if n in positions
             and positions[n][1] >= max(confirmed, 1)]
     if not best:

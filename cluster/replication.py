@@ -150,7 +150,18 @@ class ReplicationSource:
 
     @property
     def required(self) -> set[str]:
-        return self.in_sync | self.joining
+        """The replicas whose acks a confirm waits for.  One copy on its way out of the
+        in-sync set (its session ended, or it lags) stops counting at once, before Raft has
+        committed the drop, as long as another in-sync copy still counts: a failover
+        promotes only after hearing from two in-sync copies when there are two
+        (`cluster.placement.promotion_choice`), and at most one was left out of any
+        confirm, so one of the two holds every confirmed message.  (Waiting for the drop
+        to commit paused every confirm of the unit for a Raft round trip; a quorum queue
+        does not pause for a follower's death either.)"""
+        required = self.in_sync | self.joining
+        if len(self.leaving) == 1 and self.in_sync - self.leaving:
+            required -= self.leaving
+        return required
 
     def on_ack(self, node: str, offset: int) -> None:
         if offset > self.acked.get(node, -1):
@@ -219,27 +230,27 @@ class ReplicationSource:
             uncommitted = True
             log.warning("%s: could not %s in-sync replica %s: %s", shards.label(self.vhost),
                         "add" if join else "drop", node, e)
-        if not ok:
-            (self.joining if join else self.leaving).discard(node)
         if ok or join:
             self._drop_retry.pop(node, None)
+            if not ok:
+                self.joining.discard(node)
         elif uncommitted and not self._closed:
             # The Raft leader died too (often on the very node this replica ran on), or
-            # the majority is out of reach for now: this unit's confirms wait for the drop,
-            # so it is asked again as soon as a new leader may be there, not after the lag
-            # timeout.  (A refusal, by contrast, is final: this owner was deposed.)
+            # the majority is out of reach for now: the copy stays on its way out (see
+            # `required`) and the drop is asked again as soon as a new leader may be
+            # there, not after the lag timeout.
             delay = self._drop_retry.get(node, DROP_RETRY_FIRST)
             self._drop_retry[node] = min(delay * 2, DROP_RETRY_MAX)
             asyncio.get_running_loop().call_later(delay, self._drop_again, node)
+        else:  # refused: this owner was deposed
+            self.leaving.discard(node)
         if join and ok:
             log.info("%s: replica %s is in sync", shards.label(self.vhost), node)
         return ok
 
     def _drop_again(self, node: str) -> None:
-        # only a replica still gone: one that came back is in a session (and the lag
-        # watch decides about a slow one)
-        if not self._closed and node not in self.sessions:
-            self._drop(node, "not connected (asked again)")
+        if not self._closed and node in self.leaving and node in self.in_sync:
+            asyncio.ensure_future(self._change(node, False))
 
     def _drop(self, node: str, why: str) -> None:
         self.joining.discard(node)

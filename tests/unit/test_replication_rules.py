@@ -42,9 +42,15 @@ def test_promotion_takes_the_in_sync_replica_with_the_most_records() -> None:
     assert placement.promotion_choice(["n2", "n3"], {"n2": [1, 90], "n3": [1, 90]},
                                       counts) == "n3"  # a tie goes to the least loaded
     # a replica that did not answer cannot be promoted; none answering: nobody
-    assert placement.promotion_choice(["n2", "n3"], {"n3": [1, 10]}, counts) == "n3"
+    assert placement.promotion_choice(["n2"], {"n2": [1, 10]}, counts) == "n2"
     assert placement.promotion_choice(["n2"], {"n3": [1, 10]}, counts) is None
     assert placement.promotion_choice([], {}, counts) is None
+    # of two or more in-sync copies, two must answer: the owner may have confirmed without
+    # one of them (on its way out of the set, the drop not yet committed), and the one that
+    # answered alone may be that one
+    assert placement.promotion_choice(["n2", "n3"], {"n3": [1, 10]}, counts) is None
+    assert placement.promotion_choice(["n2", "n3", "n4"], {"n3": [1, 10], "n4": [1, 12]},
+                                      counts) == "n4"
 
 
 def test_promotion_compares_epoch_then_offset_and_never_goes_below_what_was_confirmed(

@@ -125,3 +125,73 @@ def test_a_copy_to_be_rebuilt_leaves_the_in_sync_set_before_its_snapshot(
         await store.close()
 
     asyncio.run(main())
+
+
+class Pending:
+    """Raft's set_in_sync when no change commits for now (a round trip under way, or no
+    leader): each proposal waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, bool, asyncio.Future[bool]]] = []
+
+    async def __call__(self, node: str, join: bool, epoch: int, hw: int) -> bool:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append((node, join, fut))
+        return await fut
+
+
+def test_one_copy_leaving_stops_holding_confirms_before_its_drop_commits(
+        tmp_path: Path) -> None:
+    """r2's session ends: confirms need r1 alone at once (a failover hears two copies, so
+    one of them has them), but with both copies gone none is released until Raft has
+    dropped them; and a drop that cannot commit keeps the copy out and is asked again."""
+    async def main() -> None:
+        store = MessageStore(tmp_path / "owner")
+        store.start(asyncio.get_running_loop())
+        store.takeover(1)
+        await store.flush()
+        proposals = Pending()
+        source = ReplicationSource("v", store, 1, ["r1", "r2"], min_in_sync=1,
+                                   lag_timeout=30, propose=proposals)
+        sessions = {n: await session_pair(source, n, store.position) for n in ("r1", "r2")}
+        store.put("q", 1, b"a")
+        first = store.flush()
+        await asyncio.sleep(0.05)
+        source.on_ack("r1", store.last_offset)
+        await asyncio.sleep(0.05)
+        assert not first.done(), "confirmed without r2 while r2 counts"
+        sessions["r2"][1].close()  # r2's node dies
+        await asyncio.sleep(0.1)
+        assert source.leaving == {"r2"} and [w[:2] for w in proposals.waiting] == [
+            ("r2", False)]
+        assert first.done() and first.exception() is None, "still held by the leaving r2"
+        # the drop cannot commit (the Raft leader died with r2): r2 stays out, asked again
+        proposals.waiting[0][2].set_exception(TimeoutError("no leader"))
+        await asyncio.sleep(0.2)
+        assert source.leaving == {"r2"}
+        assert [w[:2] for w in proposals.waiting] == [("r2", False), ("r2", False)]
+        store.put("q", 2, b"b")
+        second = store.flush()
+        await asyncio.sleep(0.05)
+        source.on_ack("r1", store.last_offset)
+        await asyncio.sleep(0.05)
+        assert second.done() and second.exception() is None
+        # r1 goes too: two copies on their way out, so nothing is confirmed on the
+        # owner's copy alone until Raft has dropped them
+        sessions["r1"][1].close()
+        await asyncio.sleep(0.1)
+        assert source.leaving == {"r1", "r2"}
+        store.put("q", 3, b"c")
+        third = store.flush()
+        await asyncio.sleep(0.1)
+        assert not third.done(), "confirmed on the owner's copy alone"
+        for _, _, fut in proposals.waiting:
+            if not fut.done():
+                fut.set_result(True)
+        source.update_in_sync([])  # what the committed drops say
+        await asyncio.sleep(0.05)
+        assert third.done() and third.exception() is None
+        source.close("test over")
+        await store.close()
+
+    asyncio.run(main())
