@@ -104,6 +104,7 @@ class ReplicationSource:
         self.min_in_sync = min_in_sync
         self.lag_timeout = lag_timeout
         self._propose = propose
+        self.may_exclude: Callable[[], bool] = lambda: True  # see `required`
         self.in_sync: set[str] = set(in_sync)  # as committed in Raft
         self.joining: set[str] = set()
         self.leaving: set[str] = set()
@@ -157,9 +158,12 @@ class ReplicationSource:
         (`cluster.placement.promotion_choice`), and at most one was left out of any
         confirm, so one of the two holds every confirmed message.  (Waiting for the drop
         to commit paused every confirm of the unit for a Raft round trip; a quorum queue
-        does not pause for a follower's death either.)"""
+        does not pause for a follower's death either.)  Only while `may_exclude` says so:
+        the owner has heard a Raft majority lately, so no failover can have read the copies'
+        positions and chosen one without it meanwhile (an owner resumed after a long pause
+        reads a departing copy's end before it learns it was deposed)."""
         required = self.in_sync | self.joining
-        if len(self.leaving) == 1 and self.in_sync - self.leaving:
+        if len(self.leaving) == 1 and self.in_sync - self.leaving and self.may_exclude():
             required -= self.leaving
         return required
 
