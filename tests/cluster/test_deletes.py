@@ -10,6 +10,7 @@ moment after declare-ok, once the new queue's recovery scan had found the old on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from urllib.parse import quote
 
 import pika
@@ -100,12 +101,6 @@ def follower(c: Cluster) -> NodeProcess:
     return next(n for n in c.nodes if n is not leader)
 
 
-def still_owned(c: Cluster, vhost: str, before: dict, survivors: list[NodeProcess]) -> None:
-    """The change just made landed before the failover (what these tests are about)."""
-    st = vhost_state(c, vhost, via=survivors)
-    assert (st["owner"], st["epoch"]) == (before["owner"], before["epoch"]), (before, st)
-
-
 def kill_owner(c: Cluster, vhost: str) -> tuple[NodeProcess, dict, list[NodeProcess]]:
     """Kill -9 the vhost's owner: (it, the placement before, the survivors)."""
     before = wait_in_sync(c, vhost, 2)
@@ -135,82 +130,116 @@ def new_owner(c: Cluster, vhost: str, before: dict, survivors: list[NodeProcess]
     return c.by_name(after["owner"])
 
 
+def owner_down_during(c: Cluster, setup: Callable[[str, NodeProcess], None],
+                      changes: Callable[[str, list[NodeProcess]], None]
+                      ) -> tuple[str, NodeProcess, dict, list[NodeProcess]]:
+    """Set a vhost up on a node that does not lead Raft (`setup(vhost, owner)`), kill the
+    owner, and make `changes(vhost, survivors)` through the survivors: (the vhost, the
+    killed owner, the placement before, the survivors) once the changes landed before the
+    failover.  The failover reacts within 20 ms of the owner's refused port, and a change
+    slowed by a loaded machine lost that race now and then: the scenario is then set up
+    again on a fresh vhost, three times at most, and the test fails saying so."""
+    lost = []
+    for attempt in range(3):
+        vhost = "orders" + (f"-{attempt}" if attempt else "")
+        setup(vhost, follower(c))
+        owner, before, survivors = kill_owner(c, vhost)
+        changes(vhost, survivors)
+        st = vhost_state(c, vhost, via=survivors)
+        if (st["owner"], st["epoch"]) == (before["owner"], before["epoch"]):
+            return vhost, owner, before, survivors
+        lost.append((before["owner"], st["owner"], st["epoch"]))
+        owner.start(60)
+        c.wait_until(lambda owner=owner: all(n["running"] for n in c.status(owner)["nodes"]),
+                     timeout=30, what="the killed owner back")
+    raise AssertionError(f"the failover came before the changes three times: {lost}\n"
+                         + log_tails(c))
+
+
 # =========================================================================================
 def test_queue_deleted_while_owner_down_stays_deleted(rcluster: Cluster):
     c = rcluster
-    owner = follower(c)
-    create_vhost(c, "orders", owner, 3, queues=("q",))
-    fill(c, owner, "orders", "q")
-    owner, before, survivors = kill_owner(c, "orders")
-    change(c, survivors[0], "DELETE", q_path("orders", "q"))
-    still_owned(c, "orders", before, survivors)
-    new = new_owner(c, "orders", before, survivors)
-    assert declared_counts(c, new, "orders", "q") == [0, 0], log_tails(c)
+
+    def setup(vhost: str, owner: NodeProcess) -> None:
+        create_vhost(c, vhost, owner, 3, queues=("q",))
+        fill(c, owner, vhost, "q")
+
+    def delete(vhost: str, survivors: list[NodeProcess]) -> None:
+        change(c, survivors[0], "DELETE", q_path(vhost, "q"))
+    vhost, owner, before, survivors = owner_down_during(c, setup, delete)
+    new = new_owner(c, vhost, before, survivors)
+    assert declared_counts(c, new, vhost, "q") == [0, 0], log_tails(c)
 
 
 def test_queue_deleted_and_declared_again_while_owner_down_starts_empty(rcluster: Cluster):
     """The new queue of the same name never recovers the old one's stored messages."""
     c = rcluster
-    owner = follower(c)
-    create_vhost(c, "orders", owner, 3, queues=("q",))
-    fill(c, owner, "orders", "q")
-    owner, before, survivors = kill_owner(c, "orders")
-    change(c, survivors[0], "DELETE", q_path("orders", "q"))
-    change(c, survivors[1], "PUT", q_path("orders", "q"), {"durable": True})
-    still_owned(c, "orders", before, survivors)
-    new = new_owner(c, "orders", before, survivors)
-    assert declared_counts(c, new, "orders", "q") == [0, 0], log_tails(c)
+
+    def setup(vhost: str, owner: NodeProcess) -> None:
+        create_vhost(c, vhost, owner, 3, queues=("q",))
+        fill(c, owner, vhost, "q")
+
+    def delete_and_declare(vhost: str, survivors: list[NodeProcess]) -> None:
+        change(c, survivors[0], "DELETE", q_path(vhost, "q"))
+        change(c, survivors[1], "PUT", q_path(vhost, "q"), {"durable": True})
+    vhost, owner, before, survivors = owner_down_during(c, setup, delete_and_declare)
+    new = new_owner(c, vhost, before, survivors)
+    assert declared_counts(c, new, vhost, "q") == [0, 0], log_tails(c)
     # and the old owner, back as a replica, then made owner again, holds none of them
     owner.start(60)
-    wait_vhost(c, "orders", lambda s: owner.name in s["in_sync"], timeout=90,
+    wait_vhost(c, vhost, lambda s: owner.name in s["in_sync"], timeout=90,
                what="the old owner back in sync")
-    code, body = c.http(new, "POST", vhost_path("orders") + "/move", {"node": owner.name},
+    code, body = c.http(new, "POST", vhost_path(vhost) + "/move", {"node": owner.name},
                         timeout=120)
     assert code == 200, (code, body, log_tails(c))
-    assert declared_counts(c, owner, "orders", "q") == [0, 0], log_tails(c)
+    assert declared_counts(c, owner, vhost, "q") == [0, 0], log_tails(c)
 
 
 def test_queue_deleted_during_failover_stays_deleted_after_a_move(rcluster: Cluster):
     """The copy a move hands the vhost to also lost the queue's messages: the node that
     took over deleted them for every copy."""
     c = rcluster
-    owner = follower(c)
-    create_vhost(c, "orders", owner, 3, queues=("q", "kept"))
-    fill(c, owner, "orders", "q")
-    fill(c, owner, "orders", "kept", n=10)
-    owner, before, survivors = kill_owner(c, "orders")
-    change(c, survivors[0], "DELETE", q_path("orders", "q"))
-    still_owned(c, "orders", before, survivors)
-    new = new_owner(c, "orders", before, survivors)
+
+    def setup(vhost: str, owner: NodeProcess) -> None:
+        create_vhost(c, vhost, owner, 3, queues=("q", "kept"))
+        fill(c, owner, vhost, "q")
+        fill(c, owner, vhost, "kept", n=10)
+
+    def delete(vhost: str, survivors: list[NodeProcess]) -> None:
+        change(c, survivors[0], "DELETE", q_path(vhost, "q"))
+    vhost, owner, before, survivors = owner_down_during(c, setup, delete)
+    new = new_owner(c, vhost, before, survivors)
     target = next(n for n in survivors if n is not new)
-    wait_vhost(c, "orders", lambda s: target.name in s["in_sync"], via=survivors,
+    wait_vhost(c, vhost, lambda s: target.name in s["in_sync"], via=survivors,
                timeout=60, what="the other survivor in sync")
-    code, body = c.http(new, "POST", vhost_path("orders") + "/move", {"node": target.name},
+    code, body = c.http(new, "POST", vhost_path(vhost) + "/move", {"node": target.name},
                         timeout=120)
     assert code == 200, (code, body, log_tails(c))
-    assert declared_counts(c, target, "orders", "q") == [0, 0], log_tails(c)
+    assert declared_counts(c, target, vhost, "q") == [0, 0], log_tails(c)
     # the queue that was not deleted kept its messages
-    assert declared_counts(c, target, "orders", "kept") == [10, 10]
+    assert declared_counts(c, target, vhost, "kept") == [10, 10]
 
 
 def test_exchange_and_binding_deleted_during_failover_stay_deleted(rcluster: Cluster):
     c = rcluster
-    owner = follower(c)
-    create_vhost(c, "orders", owner, 3, queues=("q",))
-    conn = pika.BlockingConnection(amqp_params(owner, "orders", **creds(c)))
-    ch = conn.channel()
-    ch.exchange_declare("gone", "direct", durable=True)
-    ch.exchange_declare("stays", "direct", durable=True)
-    ch.queue_bind("q", "gone", "k")
-    ch.queue_bind("q", "stays", "unbound")
-    ch.queue_bind("q", "stays", "bound")
-    conn.close()
-    owner, before, survivors = kill_owner(c, "orders")
-    change(c, survivors[0], "DELETE", "/api/exchanges/orders/gone")
-    change(c, survivors[1], "DELETE", "/api/bindings/orders/e/stays/q/q/unbound")
-    still_owned(c, "orders", before, survivors)
-    new = new_owner(c, "orders", before, survivors)
-    conn = connect(c, new, "orders")
+
+    def setup(vhost: str, owner: NodeProcess) -> None:
+        create_vhost(c, vhost, owner, 3, queues=("q",))
+        conn = pika.BlockingConnection(amqp_params(owner, vhost, **creds(c)))
+        ch = conn.channel()
+        ch.exchange_declare("gone", "direct", durable=True)
+        ch.exchange_declare("stays", "direct", durable=True)
+        ch.queue_bind("q", "gone", "k")
+        ch.queue_bind("q", "stays", "unbound")
+        ch.queue_bind("q", "stays", "bound")
+        conn.close()
+
+    def delete(vhost: str, survivors: list[NodeProcess]) -> None:
+        change(c, survivors[0], "DELETE", f"/api/exchanges/{vhost}/gone")
+        change(c, survivors[1], "DELETE", f"/api/bindings/{vhost}/e/stays/q/q/unbound")
+    vhost, owner, before, survivors = owner_down_during(c, setup, delete)
+    new = new_owner(c, vhost, before, survivors)
+    conn = connect(c, new, vhost)
     try:
         ch = conn.channel()
         ch.confirm_delivery()
@@ -225,7 +254,7 @@ def test_exchange_and_binding_deleted_during_failover_stay_deleted(rcluster: Clu
         assert ch.basic_get("q", auto_ack=True)[2] == b"bound"
     finally:
         conn.close()
-    code, body = c.http(new, "GET", "/api/exchanges/orders/gone")
+    code, body = c.http(new, "GET", f"/api/exchanges/{vhost}/gone")
     assert code == 404, (code, body)
 
 
