@@ -43,18 +43,20 @@ events_logger = "file"
 [network]
 network_backend = "netavark"
 CONF
-    # Ask the service itself (the API's /_ping): a socket file outlives a killed service,
-    # and `docker-compose version` answers without asking the engine (CI once found a
-    # stale socket this way, and every compose call was refused).
-    if ! engine_answers "$sock"; then
-        pkill -f "podman system service.*$sock" 2>/dev/null
-        rm -f "$sock"
-        mkdir -p /run/podman
-        nohup podman system service --time=0 "unix://$sock" >/tmp/podman-service.log 2>&1 &
-        local i
-        for i in $(seq 100); do engine_answers "$sock" && break; sleep 0.2; done
-        engine_answers "$sock" || { echo "podman service did not answer on $sock"; return 1; }
-    fi
+    # A fresh service for every run, started from `/`: a service left by an earlier run
+    # works in that run's directory, and once that clone was removed every container it
+    # started failed ("[conmon:e] Failed to get working directory", then docker-compose's
+    # "write child: broken pipe").  Then ask the service itself (the API's /_ping): a
+    # socket file outlives a killed service, and `docker-compose version` answers without
+    # asking the engine (CI once found a stale socket this way).
+    pkill -f "podman system service.*$sock" 2>/dev/null && sleep 0.5
+    rm -f "$sock"
+    mkdir -p /run/podman
+    (cd / && nohup podman system service --time=0 "unix://$sock" \
+        >/tmp/podman-service.log 2>&1 &)
+    local i
+    for i in $(seq 100); do engine_answers "$sock" && break; sleep 0.2; done
+    engine_answers "$sock" || { echo "podman service did not answer on $sock"; return 1; }
     if ! podman image exists "$base"; then
         local t0=$SECONDS
         mmdebstrap --quiet --variant=apt --include=python3,python3-venv,ca-certificates \
