@@ -583,6 +583,11 @@ class DefinitionState:
         vhost["replicas"] = [r for r in replicas if r != owner]
         vhost["in_sync"] = [r for r in in_sync if r != owner]
         vhost["epoch"] += 1
+        # a failover's promoted copy went furthest: no later promotion may go below it (a
+        # copy still in sync may lack the newest confirms until it has caught up with it)
+        confirmed = cmd.get("confirmed", int, 0)
+        if confirmed > int(vhost.get("confirmed", 0) or 0):
+            vhost["confirmed"] = confirmed
         return _ok(vhost=_copy(vhost), epoch=vhost["epoch"], previous_owner=old)
 
     def _op_set_vhost_replicas(self, cmd: _Command) -> dict[str, Any]:

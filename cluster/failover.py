@@ -129,9 +129,13 @@ class FailoverController:
                     log.error("%s", text)
                 self.unavailable[name] = text
                 return
+            # The copy left out of the newest confirms (`ReplicationSource.required`) may
+            # stay in sync under the new owner until it has caught up: the promoted copy's
+            # end becomes the confirmed mark, so that copy is never promoted meanwhile.
             result = await self._submit({
                 "op": "set_vhost_owner", "name": name, "owner": choice,
-                "expected_epoch": v["epoch"], "require_in_sync": True})
+                "expected_epoch": v["epoch"], "require_in_sync": True,
+                "confirmed": int(offsets[choice][1])})
             if result.get("ok"):
                 self.failovers += 1
                 self.unavailable.pop(name, None)

@@ -37,7 +37,7 @@ class VhostRecord:
     in_sync: tuple[str, ...] = ()
     replication_factor: int | None = None  # copies wanted, the owner's included
     limits: Mapping[str, int] = field(default_factory=dict)
-    confirmed: int = 0  # what the owner had confirmed when a copy last left the in-sync set
+    confirmed: int = 0  # no promotion below: the confirms when a copy left in_sync, a failover's end
     shards: int = 1  # the vhost's own placement above is its shard 0 (cluster/shards.py)
 
     @classmethod

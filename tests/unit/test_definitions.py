@@ -169,6 +169,13 @@ def test_failover_promotes_only_an_in_sync_replica_and_keeps_the_old_owner(
        old_owner_in_sync=True)
     v = some(state.vhost("v"))
     assert (v["owner"], v["replicas"], v["in_sync"]) == ("n3", ["n1", "n2"], ["n2"])
+    # a failover's promoted copy's end is the confirmed mark from then on (a copy still in
+    # sync may lack the last confirms until it has caught up)
+    ok(state, op="set_vhost_owner", name="v", owner="n2", expected_epoch=3, confirmed=40,
+       require_in_sync=True)
+    assert some(state.vhost("v"))["confirmed"] == 40
+    ok(state, op="set_vhost_owner", name="v", owner="n3", expected_epoch=4, confirmed=30)
+    assert some(state.vhost("v"))["confirmed"] == 40  # never goes back
 
 
 def test_in_sync_changes_of_several_units_commit_in_one_entry_each_fenced(
