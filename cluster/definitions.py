@@ -95,6 +95,9 @@ class _Refused(Exception):
         self.code = code
         self.text = text
 
+    def answer(self) -> dict[str, Any]:
+        return {"ok": False, "code": self.code, "text": self.text}
+
 
 _T = TypeVar("_T")
 
@@ -323,7 +326,7 @@ class DefinitionState:
                 raise _Refused(INTERNAL_ERROR, f"unknown definition command {op!r}")
             return _HANDLERS[op](self, _Command(op, command))
         except _Refused as refused:
-            return {"ok": False, "code": refused.code, "text": refused.text}
+            return refused.answer()
         except Exception as exc:  # a bug here must not wedge the replicated log
             return {
                 "ok": False,
@@ -644,7 +647,7 @@ class DefinitionState:
             try:
                 results.append(self._op_set_in_sync(_Command("set_in_sync", change)))
             except _Refused as refused:
-                results.append({"ok": False, "code": refused.code, "text": refused.text})
+                results.append(refused.answer())
         return _ok(results=results)
 
     # ------------------------------------------------------------------ users

@@ -118,13 +118,13 @@ class FailoverController:
                                                 confirmed)
             if choice is None:
                 in_sync = v.get("in_sync", [])
-                heard = [n for n in in_sync if n in offsets]
+                short = (f"; {sum(n in offsets for n in in_sync)} of its {len(in_sync)} "
+                         "in-sync replicas answered, two must"
+                         if placement.too_few_answers(in_sync, offsets) else "")
                 text = (f"vhost '{name}' is unavailable: its owner {v['owner']} is down "
                         f"({why}) and no in-sync replica with a complete copy (offset "
                         f"{confirmed} confirmed) can take over (no unclean promotion"
-                        + (f"; {len(heard)} of its {len(in_sync)} in-sync replicas answered, "
-                           "two must" if len(heard) < min(2, len(in_sync)) else "")
-                        + "); it returns with its owner")
+                        f"{short}); it returns with its owner")
                 if self.unavailable.get(name) != text:
                     log.error("%s", text)
                 self.unavailable[name] = text

@@ -57,6 +57,12 @@ def confirmed_mark(vhost: Mapping[str, Any], positions: Mapping[str, list[int]])
     return max([int(vhost.get("confirmed", 0) or 0), *marks])
 
 
+def too_few_answers(in_sync: list[str], positions: Mapping[str, list[int]]) -> bool:
+    """Whether fewer in-sync replicas answered than a promotion needs: two of them when
+    there are two or more (see `promotion_choice`)."""
+    return sum(n in positions for n in in_sync) < min(2, len(in_sync))
+
+
 def promotion_choice(in_sync: Iterable[str], positions: Mapping[str, list[int]],
                      counts: Mapping[str, int], confirmed: int = 0) -> str | None:
     """The in-sync replica whose copy goes furthest, by (epoch, offset) as Kafka compares
@@ -70,7 +76,7 @@ def promotion_choice(in_sync: Iterable[str], positions: Mapping[str, list[int]],
     (`ReplicationSource.required`), so any single copy may lack the newest confirms, but
     of any two, one has them, and comparing their ends finds it."""
     in_sync = list(in_sync)
-    if len([n for n in in_sync if n in positions]) < min(2, len(in_sync)):
+    if too_few_answers(in_sync, positions):
         return None
     best = [n for n in in_sync if n in positions
             and positions[n][1] >= max(confirmed, 1)]

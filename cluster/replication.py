@@ -97,6 +97,7 @@ class ReplicationSource:
 
     def __init__(self, vhost: str, store: MessageStore, epoch: int, in_sync: list[str],
                  *, min_in_sync: int, lag_timeout: float, propose: ProposeInSync,
+                 may_exclude: Callable[[], bool] = lambda: True,
                  changelog_bytes: int = 64 << 20) -> None:
         self.vhost = vhost
         self.store = store
@@ -104,7 +105,7 @@ class ReplicationSource:
         self.min_in_sync = min_in_sync
         self.lag_timeout = lag_timeout
         self._propose = propose
-        self.may_exclude: Callable[[], bool] = lambda: True  # see `required`
+        self.may_exclude = may_exclude  # see `required`
         self.in_sync: set[str] = set(in_sync)  # as committed in Raft
         self.joining: set[str] = set()
         self.leaving: set[str] = set()
@@ -234,10 +235,10 @@ class ReplicationSource:
             uncommitted = True
             log.warning("%s: could not %s in-sync replica %s: %s", shards.label(self.vhost),
                         "add" if join else "drop", node, e)
-        if ok or join:
+        if ok:
             self._drop_retry.pop(node, None)
-            if not ok:
-                self.joining.discard(node)
+        elif join:
+            self.joining.discard(node)
         elif uncommitted and not self._closed:
             # The Raft leader died too (often on the very node this replica ran on), or
             # the majority is out of reach for now: the copy stays on its way out (see

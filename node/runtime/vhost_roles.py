@@ -93,7 +93,7 @@ class VhostRoles:
         while True:
             await asyncio.sleep(LEASE_CHECK)
             try:
-                silent = time.monotonic() - self.metadata.majority_contact()
+                silent = self._silence()
                 lapsed = silent > self.lease
                 if lapsed != self.lease_lapsed:
                     self.lease_lapsed = lapsed
@@ -340,11 +340,10 @@ class VhostRoles:
                 s = self.settings
                 async def propose(node: str, join: bool, epoch: int, hw: int) -> bool:
                     return await self._propose(name, node, join, epoch, hw)
-                source = self.sources[name] = ReplicationSource(
+                self.sources[name] = ReplicationSource(
                     name, store, d["epoch"], d.get("in_sync", []),
                     min_in_sync=s.min_in_sync, lag_timeout=s.failover_timeout,
-                    propose=propose)
-                source.may_exclude = self._majority_heard_lately
+                    propose=propose, may_exclude=self._majority_heard_lately)
             else:
                 source.update_in_sync(d.get("in_sync", []))
             return
@@ -373,11 +372,14 @@ class VhostRoles:
                 drop_copy and self.runtime.vhosts[name].store is None):
             self.stores.close(name, delete_data=True)
 
+    def _silence(self) -> float:
+        """Seconds since this node last knew a Raft majority was with it."""
+        return time.monotonic() - self.metadata.majority_contact()
+
     def _majority_heard_lately(self) -> bool:
         """Whether this owner heard a Raft majority within half its lease, read now rather
         than at the lease's last check (which a paused process has not redone yet)."""
-        return (not self.lease_lapsed
-                and time.monotonic() - self.metadata.majority_contact() < self.lease / 2)
+        return not self.lease_lapsed and self._silence() < self.lease / 2
 
     async def _propose(self, vhost: str, node: str, join: bool, epoch: int, hw: int) -> bool:
         cmd: dict[str, Any] = {"op": "set_in_sync", "name": vhost, "node": node,

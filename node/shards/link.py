@@ -859,12 +859,10 @@ class LinkClient:
         self._out.clear()
         self._settle_op, self._settle_ids = None, []
         self._credit_out.clear()
-        loop = asyncio.get_event_loop()
         # a publish no owner answered within PUBLISH_WAIT of its first send is nacked, not
         # sent again (one that every session it reaches ends must not go round for ever)
-        while self._pending and self._pending[0][0] <= self._wire_seq \
-                and self._pending[0][7] < loop.time():
-            self._settle_one(False, f"no answer from {self.peer} within {PUBLISH_WAIT:g} s")
+        self._nack_overdue(f"no answer from {self.peer} within {PUBLISH_WAIT:g} s",
+                           sent_only=True)
         again: list[tuple[bytes, str, int]] = []
         # publishes that went out may or may not have reached the owner: sent again, marked
         # so (to this node when it is back, or to the queues' new owner: `reroute`), and
@@ -957,9 +955,7 @@ class LinkClient:
                f"({self.last_error or 'connecting'})")
         # requests fail now; each publish waits for the owner (or a new one: `reroute`)
         # until PUBLISH_WAIT after it was first sent
-        now = asyncio.get_event_loop().time()
-        while self._pending and self._pending[0][7] <= now:
-            self._settle_one(False, why)
+        now = self._nack_overdue(why)
         pending = {entry[0] for entry in self._pending}
         kept: deque[tuple[bytes, str, int]] = deque()
         for item in self._backlog:
@@ -1111,6 +1107,16 @@ class LinkClient:
             log.debug("publish %d not taken: %s", _seq, why)
         if not fut.done():
             fut.set_result(ok)
+
+    def _nack_overdue(self, why: str, sent_only: bool = False) -> float:
+        """Nack the oldest publishes whose answer-by time has passed (only those already
+        on the wire with ``sent_only``); the loop time it used."""
+        now = asyncio.get_event_loop().time()
+        pending = self._pending
+        while pending and pending[0][7] <= now and (not sent_only
+                                                     or pending[0][0] <= self._wire_seq):
+            self._settle_one(False, why)
+        return now
 
     def _confirmed(self, upto: int, ok: bool) -> None:
         pending = self._pending
