@@ -4,6 +4,7 @@ LMDB message stores) with embedded defaults, WARREN_* environment variables and 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import os
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     # The hot path allocates several small objects per message, none in reference cycles;
     # the cyclic GC's default gen-0 threshold (700) made it run thousands of times a second.
     gc.set_threshold(50_000, 20, 20)
+    # a node killed by a signal (SIGBUS from a page of an mmap'd file on a full disk, a
+    # crash in a C extension) leaves its Python stack on stderr, not an unexplained silence
+    faulthandler.enable()
     # Raft (pysyncobj's tick thread) and the stores' writer threads wait for the GIL while
     # the event loop runs; at the default 5 ms a Raft round trip under load paid it at
     # every hop (a dead replica left the in-sync set 70 ms after its death instead of 7)
