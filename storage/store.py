@@ -301,6 +301,24 @@ def _reject_quietly(fut: asyncio.Future[None], exc: BaseException) -> None:
         fut.exception()
 
 
+# LMDB's lock file (its reader table: 8 KiB and 64 bytes a reader, 126 by default) with room
+LOCK_FILE_BYTES = 64 << 10
+
+
+def _allocate_lock_file(path: str) -> None:
+    """Back the LMDB lock file of the store at ``path`` with disk blocks before LMDB maps
+    it: LMDB sizes a new one by ftruncate (sparse), and touching its pages on a full disk
+    killed the node with SIGBUS (a replica's store opened after the disk had filled).  A
+    full disk now refuses the open with OSError(ENOSPC) instead."""
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < LOCK_FILE_BYTES:
+            os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
+    finally:
+        os.close(fd)
+
+
 class MessageStore:
     """Ordered, durable message records per queue, with group-committed writes."""
 
@@ -309,6 +327,7 @@ class MessageStore:
         reserve: Reserve | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        _allocate_lock_file(self.path)
         self._env = lmdb.open(
             self.path,
             map_size=map_size,

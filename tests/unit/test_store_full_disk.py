@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,19 @@ def test_full_disk_nacks_new_messages_and_keeps_deleting(tiny_disk: Path) -> Non
         assert os.path.getsize(reserve.path) == 0  # the disk is still full
 
     asyncio.run(main())
+
+
+def test_a_store_opened_on_a_full_disk_is_refused_not_fatal(tiny_disk: Path) -> None:
+    """A replica's store opened after the disk filled: LMDB's lock file, grown sparse and
+    then touched through its mapping, killed the process with SIGBUS.  In a child process,
+    so that the old behaviour fails this test instead of ending the test run."""
+    fill(tiny_disk / "filler")
+    code = ("import errno, sys\n"
+            "from storage.store import MessageStore\n"
+            "try:\n"
+            f"    MessageStore({str(tiny_disk / 'store')!r})\n"
+            "except OSError as e:\n"
+            "    sys.exit(3 if e.errno == errno.ENOSPC else 4)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
